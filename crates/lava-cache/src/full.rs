@@ -1,0 +1,144 @@
+use burn::tensor::{backend::Backend, Tensor};
+
+use crate::{attention::causal_attention, error::dims_str, CacheError, CacheShape, KvCache};
+
+/// The uncompressed cache: every token of every head is kept.
+///
+/// Storage grows geometrically (doubling), so appending a token is amortised
+/// O(1) in copies.
+#[derive(Debug)]
+pub struct FullCache<B: Backend> {
+    shape: CacheShape,
+    device: B::Device,
+    /// Per layer: `(k, v)` buffers `[H_kv, capacity, D]`, filled up to `len`.
+    layers: Vec<Option<(Tensor<B, 3>, Tensor<B, 3>)>>,
+    lens: Vec<usize>,
+    max_tokens: usize,
+}
+
+impl<B: Backend> FullCache<B> {
+    /// A full cache for `shape`, refusing sequences longer than `max_tokens`.
+    pub fn new(shape: CacheShape, max_tokens: usize, device: &B::Device) -> Result<Self, CacheError> {
+        shape.validate()?;
+        Ok(Self {
+            shape,
+            device: device.clone(),
+            layers: (0..shape.layers).map(|_| None).collect(),
+            lens: vec![0; shape.layers],
+            max_tokens,
+        })
+    }
+
+    /// The shape this cache serves.
+    pub fn shape(&self) -> CacheShape {
+        self.shape
+    }
+
+    fn capacity(&self, layer: usize) -> usize {
+        self.layers[layer].as_ref().map_or(0, |(k, _)| k.dims()[1])
+    }
+
+    fn append(&mut self, layer: usize, k: Tensor<B, 3>, v: Tensor<B, 3>) -> (Tensor<B, 3>, Tensor<B, 3>) {
+        let [h, t, d] = k.dims();
+        let len = self.lens[layer];
+        let needed = len + t;
+        let cap = self.capacity(layer);
+        let (kb, vb) = if needed > cap {
+            let new_cap = needed.max(cap * 2).max(64).min(self.max_tokens.max(needed));
+            let kb = Tensor::<B, 3>::zeros([h, new_cap, d], &self.device);
+            let vb = Tensor::<B, 3>::zeros([h, new_cap, d], &self.device);
+            match self.layers[layer].take() {
+                Some((ok, ov)) if len > 0 => (
+                    kb.slice_assign([0..h, 0..len, 0..d], ok.slice([0..h, 0..len, 0..d])),
+                    vb.slice_assign([0..h, 0..len, 0..d], ov.slice([0..h, 0..len, 0..d])),
+                ),
+                _ => (kb, vb),
+            }
+        } else {
+            match self.layers[layer].take() {
+                Some(b) => b,
+                None => unreachable_pair(&self.device, h, d),
+            }
+        };
+        let kb = kb.slice_assign([0..h, len..needed, 0..d], k);
+        let vb = vb.slice_assign([0..h, len..needed, 0..d], v);
+        let keys = kb.clone().slice([0..h, 0..needed, 0..d]);
+        let values = vb.clone().slice([0..h, 0..needed, 0..d]);
+        self.layers[layer] = Some((kb, vb));
+        self.lens[layer] = needed;
+        (keys, values)
+    }
+}
+
+// `needed > cap` is always true when a layer has no buffer (cap 0, t >= 1), so this
+// is only reached for a zero-length append; an empty buffer is the right answer.
+fn unreachable_pair<B: Backend>(device: &B::Device, h: usize, d: usize) -> (Tensor<B, 3>, Tensor<B, 3>) {
+    (Tensor::zeros([h, 0, d], device), Tensor::zeros([h, 0, d], device))
+}
+
+impl<B: Backend> KvCache<B> for FullCache<B> {
+    fn attend(
+        &mut self,
+        layer: usize,
+        q: Tensor<B, 3>,
+        k: Tensor<B, 3>,
+        v: Tensor<B, 3>,
+    ) -> Result<Tensor<B, 3>, CacheError> {
+        let s = self.shape;
+        if layer >= s.layers {
+            return Err(CacheError::LayerOutOfRange { layer, layers: s.layers });
+        }
+        let [hq, t, dq] = q.dims();
+        if hq != s.query_heads || dq != s.head_dim || t == 0 {
+            return Err(CacheError::ShapeMismatch {
+                what: "queries",
+                expected: format!("[{}, T>0, {}]", s.query_heads, s.head_dim),
+                found: dims_str(&q.dims()),
+            });
+        }
+        for (what, x) in [("keys", &k), ("values", &v)] {
+            if x.dims() != [s.kv_heads, t, s.head_dim] {
+                return Err(CacheError::ShapeMismatch {
+                    what,
+                    expected: dims_str(&[s.kv_heads, t, s.head_dim]),
+                    found: dims_str(&x.dims()),
+                });
+            }
+        }
+        let needed = self.lens[layer] + t;
+        if needed > self.max_tokens {
+            return Err(CacheError::CapacityExceeded { needed, capacity: self.max_tokens });
+        }
+        let (keys, values) = self.append(layer, k, v);
+        Ok(causal_attention(q, keys, values))
+    }
+
+    fn next_position(&self) -> usize {
+        self.lens.first().copied().unwrap_or(0)
+    }
+
+    fn retained_tokens(&self) -> usize {
+        self.lens.iter().sum::<usize>() * self.shape.kv_heads
+    }
+
+    fn retained_bytes(&self) -> usize {
+        self.retained_tokens() * self.shape.head_dim * 2 * 4
+    }
+
+    fn allocated_bytes(&self) -> usize {
+        (0..self.shape.layers).map(|l| self.capacity(l)).sum::<usize>()
+            * self.shape.kv_heads
+            * self.shape.head_dim
+            * 2
+            * 4
+    }
+
+    fn full_bytes(&self) -> usize {
+        self.retained_bytes()
+    }
+
+    fn reset(&mut self) {
+        self.layers.iter_mut().for_each(|l| *l = None);
+        self.lens.iter_mut().for_each(|l| *l = 0);
+    }
+}

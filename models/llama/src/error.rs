@@ -1,0 +1,50 @@
+use std::path::PathBuf;
+
+use lava_cache::CacheError;
+
+use crate::gguf::GgufError;
+
+/// Errors of the model crate: loading, tokenising, running.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// A GGUF problem.
+    #[error(transparent)]
+    Gguf(#[from] GgufError),
+    /// The KV cache refused an operation.
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// Inconsistent or invalid configuration.
+    #[error("invalid model configuration: {0}")]
+    Config(String),
+    /// An architecture or feature lava does not support.
+    #[error("unsupported model: {0}")]
+    Unsupported(String),
+    /// A weight is missing or has the wrong shape or type.
+    #[error("{path}: {detail}")]
+    Weights {
+        /// File or directory.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+    /// The tokenizer could not be built or failed.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    /// Invalid input to the model (empty prompt, too long...).
+    #[error("{0}")]
+    Input(String),
+}
+
+impl ModelError {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self::Io { path: path.into(), source }
+    }
+}

@@ -1,0 +1,179 @@
+//! Reading a Llama-family model out of a GGUF file.
+
+use std::path::PathBuf;
+
+use crate::config::LlamaConfig;
+use crate::error::ModelError;
+use crate::gguf::{GgufError, GgufFile};
+use crate::transformer::WeightSource;
+
+/// Architectures (GGUF `general.architecture`) lava reads.
+pub const GGUF_ARCHITECTURES: [&str; 3] = ["llama", "mistral", "qwen2"];
+
+/// Builds the model configuration from GGUF metadata.
+pub fn config_from_gguf(g: &GgufFile) -> Result<LlamaConfig, ModelError> {
+    let arch = g.get_str("general.architecture")?.to_string();
+    if !GGUF_ARCHITECTURES.contains(&arch.as_str()) {
+        return Err(ModelError::Unsupported(format!(
+            "{}: GGUF architecture {arch:?}; supported: {}",
+            g.path().display(),
+            GGUF_ARCHITECTURES.join(", ")
+        )));
+    }
+    let k = |s: &str| format!("{arch}.{s}");
+    let u = |s: &str| g.get_u64(&k(s)).map(|v| v as usize);
+    let heads = u("attention.head_count")?;
+    let hidden = u("embedding_length")?;
+    let embd = g.tensor("token_embd.weight")?;
+    let vocab = match g.get_u64(&k("vocab_size")) {
+        Ok(v) => v as usize,
+        Err(_) => embd.shape().first().copied().unwrap_or(0),
+    };
+    let head_dim = match g.get_u64(&k("attention.key_length")) {
+        Ok(v) => v as usize,
+        Err(_) => hidden / heads.max(1),
+    };
+    let eos: Vec<u32> = g.get("tokenizer.ggml.eos_token_id").and_then(|v| v.as_u64()).map(|v| v as u32).into_iter().collect();
+    let cfg = LlamaConfig {
+        model_type: if arch == "qwen2" { "qwen2".into() } else { "llama".into() },
+        vocab_size: vocab,
+        hidden_size: hidden,
+        intermediate_size: u("feed_forward_length")?,
+        num_hidden_layers: u("block_count")?,
+        num_attention_heads: heads,
+        num_key_value_heads: g.get_u64(&k("attention.head_count_kv")).map_or(heads, |v| v as usize),
+        head_dim,
+        rms_norm_eps: g.get_f64(&k("attention.layer_norm_rms_epsilon")).unwrap_or(1e-5),
+        rope_theta: g.get_f64(&k("rope.freq_base")).unwrap_or(10000.0),
+        rope_scaling: None,
+        max_position_embeddings: u("context_length").unwrap_or(4096),
+        tie_word_embeddings: !g.tensors.contains_key("output.weight"),
+        attention_bias: g.tensors.contains_key("blk.0.attn_q.bias"),
+        bos_token_id: g.get("tokenizer.ggml.bos_token_id").and_then(|v| v.as_u64()).map(|v| v as u32),
+        eos_token_ids: eos,
+    };
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+/// Weights of a GGUF file under Hugging Face names and layout.
+pub struct GgufSource<'a> {
+    gguf: &'a GgufFile,
+    config: LlamaConfig,
+    /// llama.cpp's converter permutes Q/K rows of `llama` models for interleaved
+    /// RoPE; we undo it to get the rotate-half layout.
+    unpermute: bool,
+}
+
+impl<'a> GgufSource<'a> {
+    /// Wraps a parsed file.
+    pub fn new(gguf: &'a GgufFile, config: LlamaConfig) -> Result<Self, ModelError> {
+        let arch = gguf.get_str("general.architecture")?;
+        Ok(Self { unpermute: arch != "qwen2", gguf, config })
+    }
+
+    fn gguf_name(name: &str) -> Option<String> {
+        let name = name.strip_prefix("model.").unwrap_or(name);
+        let fixed = match name {
+            "embed_tokens.weight" => Some("token_embd.weight"),
+            "norm.weight" => Some("output_norm.weight"),
+            "lm_head.weight" => Some("output.weight"),
+            _ => None,
+        };
+        if let Some(f) = fixed {
+            return Some(f.to_string());
+        }
+        let rest = name.strip_prefix("layers.")?;
+        let (layer, param) = rest.split_once('.')?;
+        let mapped = match param {
+            "self_attn.q_proj.weight" => "attn_q.weight",
+            "self_attn.k_proj.weight" => "attn_k.weight",
+            "self_attn.v_proj.weight" => "attn_v.weight",
+            "self_attn.o_proj.weight" => "attn_output.weight",
+            "self_attn.q_proj.bias" => "attn_q.bias",
+            "self_attn.k_proj.bias" => "attn_k.bias",
+            "self_attn.v_proj.bias" => "attn_v.bias",
+            "mlp.gate_proj.weight" => "ffn_gate.weight",
+            "mlp.up_proj.weight" => "ffn_up.weight",
+            "mlp.down_proj.weight" => "ffn_down.weight",
+            "input_layernorm.weight" => "attn_norm.weight",
+            "post_attention_layernorm.weight" => "ffn_norm.weight",
+            _ => return None,
+        };
+        Some(format!("blk.{layer}.{mapped}"))
+    }
+
+    /// RoPE frequency factors (`rope_freqs.weight`), if the file has them.
+    pub fn rope_freq_factors(&self) -> Result<Option<Vec<f32>>, ModelError> {
+        if self.gguf.tensors.contains_key("rope_freqs.weight") {
+            Ok(Some(self.gguf.dequantize("rope_freqs.weight")?))
+        } else {
+            Ok(None)
+        }
+    }
+}
+
+/// Undoes llama.cpp's Q/K row permutation: GGUF row `h*D + 2i + p` holds
+/// Hugging Face row `h*D + p*D/2 + i`. Works on weights (`cols = d_in`) and biases (`cols = 1`).
+pub fn unpermute_rows(v: &[f32], heads: usize, head_dim: usize, cols: usize) -> Vec<f32> {
+    let half = head_dim / 2;
+    let mut out = vec![0f32; v.len()];
+    for h in 0..heads {
+        for i in 0..half {
+            for p in 0..2 {
+                let src = (h * head_dim + 2 * i + p) * cols;
+                let dst = (h * head_dim + p * half + i) * cols;
+                out[dst..dst + cols].copy_from_slice(&v[src..src + cols]);
+            }
+        }
+    }
+    out
+}
+
+impl WeightSource for GgufSource<'_> {
+    fn tensor(&self, name: &str) -> Result<Option<(Vec<usize>, Vec<f32>)>, ModelError> {
+        let Some(gname) = Self::gguf_name(name) else { return Ok(None) };
+        let info = match self.gguf.tensors.get(&gname) {
+            Some(i) => i,
+            None => return Ok(None),
+        };
+        let shape = info.shape();
+        let mut values = self.gguf.dequantize(&gname)?;
+        if values.len() != shape.iter().product::<usize>() {
+            return Err(GgufError::Corrupt {
+                path: self.gguf.path().to_path_buf(),
+                section: "tensor data",
+                detail: format!("tensor {gname} dequantised to {} values for shape {shape:?}", values.len()),
+            }
+            .into());
+        }
+        if self.unpermute {
+            let heads = if gname.ends_with("attn_q.weight") || gname.ends_with("attn_q.bias") {
+                Some(self.config.num_attention_heads)
+            } else if gname.ends_with("attn_k.weight") || gname.ends_with("attn_k.bias") {
+                Some(self.config.num_key_value_heads)
+            } else {
+                None
+            };
+            if let Some(h) = heads {
+                let rows = shape.first().copied().unwrap_or(0);
+                if rows != h * self.config.head_dim {
+                    return Err(ModelError::Weights {
+                        path: self.origin(),
+                        detail: format!(
+                            "tensor {gname} has {rows} rows, expected heads*head_dim = {}",
+                            h * self.config.head_dim
+                        ),
+                    });
+                }
+                let cols = values.len() / rows.max(1);
+                values = unpermute_rows(&values, h, self.config.head_dim, cols);
+            }
+        }
+        Ok(Some((shape, values)))
+    }
+
+    fn origin(&self) -> PathBuf {
+        self.gguf.path().to_path_buf()
+    }
+}

@@ -1,0 +1,248 @@
+//! Hugging Face model directories: `config.json` + `*.safetensors` (f32/f16/bf16,
+//! optionally sharded with `model.safetensors.index.json`) + `tokenizer.json`.
+//! Loading goes through `burn-store`; [`export_hf`] writes such a directory.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use burn::tensor::backend::Backend;
+use burn::tensor::DType;
+use burn_store::{ChainAdapter, ModuleAdapter, ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore, TensorSnapshot};
+
+use crate::config::LlamaConfig;
+use crate::error::ModelError;
+use crate::rope::Rope;
+use crate::tokenizer::Tokenizer;
+use crate::transformer::{Llama, LlamaWeights, WeightSource};
+
+/// The Hugging Face shape of parameter `name` under `config`, if it is one.
+pub fn expected_shape(c: &LlamaConfig, name: &str) -> Option<Vec<usize>> {
+    let (d, hd, ff) = (c.hidden_size, c.head_dim, c.intermediate_size);
+    let (q, kv) = (c.num_attention_heads * hd, c.num_key_value_heads * hd);
+    match name {
+        "model.embed_tokens.weight" => return Some(vec![c.vocab_size, d]),
+        "model.norm.weight" => return Some(vec![d]),
+        "lm_head.weight" if !c.tie_word_embeddings => return Some(vec![c.vocab_size, d]),
+        _ => {}
+    }
+    let rest = name.strip_prefix("model.layers.")?;
+    let (layer, param) = rest.split_once('.')?;
+    if layer.parse::<usize>().ok()? >= c.num_hidden_layers {
+        return None;
+    }
+    Some(match param {
+        "self_attn.q_proj.weight" => vec![q, d],
+        "self_attn.k_proj.weight" | "self_attn.v_proj.weight" => vec![kv, d],
+        "self_attn.q_proj.bias" if c.attention_bias => vec![q],
+        "self_attn.k_proj.bias" | "self_attn.v_proj.bias" if c.attention_bias => vec![kv],
+        "self_attn.o_proj.weight" => vec![d, q],
+        "mlp.gate_proj.weight" | "mlp.up_proj.weight" => vec![ff, d],
+        "mlp.down_proj.weight" => vec![d, ff],
+        "input_layernorm.weight" | "post_attention_layernorm.weight" => vec![d],
+        _ => return None,
+    })
+}
+
+/// Every parameter name of a config, in a stable order.
+pub fn parameter_names(c: &LlamaConfig) -> Vec<String> {
+    let mut names = vec!["model.embed_tokens.weight".to_string()];
+    for l in 0..c.num_hidden_layers {
+        for p in [
+            "self_attn.q_proj.weight",
+            "self_attn.q_proj.bias",
+            "self_attn.k_proj.weight",
+            "self_attn.k_proj.bias",
+            "self_attn.v_proj.weight",
+            "self_attn.v_proj.bias",
+            "self_attn.o_proj.weight",
+            "mlp.gate_proj.weight",
+            "mlp.up_proj.weight",
+            "mlp.down_proj.weight",
+            "input_layernorm.weight",
+            "post_attention_layernorm.weight",
+        ] {
+            let n = format!("model.layers.{l}.{p}");
+            if expected_shape(c, &n).is_some() {
+                names.push(n);
+            }
+        }
+    }
+    names.push("model.norm.weight".into());
+    if !c.tie_word_embeddings {
+        names.push("lm_head.weight".into());
+    }
+    names
+}
+
+/// Casts f16/bf16 tensors to f32 on load.
+#[derive(Debug, Clone, Default)]
+struct ToF32Adapter;
+
+impl ModuleAdapter for ToF32Adapter {
+    fn adapt(&self, snapshot: &TensorSnapshot) -> TensorSnapshot {
+        if !matches!(snapshot.dtype, DType::F16 | DType::BF16 | DType::F64) {
+            return snapshot.clone();
+        }
+        let data_fn = snapshot.clone_data_fn();
+        TensorSnapshot::from_closure(
+            std::rc::Rc::new(move || Ok(data_fn()?.convert_dtype(DType::F32))),
+            DType::F32,
+            snapshot.shape.clone(),
+            snapshot.path_stack.clone().unwrap_or_default(),
+            snapshot.container_stack.clone().unwrap_or_default(),
+            snapshot.tensor_id.unwrap_or_default(),
+        )
+    }
+
+    fn clone_box(&self) -> Box<dyn ModuleAdapter> {
+        Box::new(self.clone())
+    }
+}
+
+/// The safetensors files of a directory: the shards named by
+/// `model.safetensors.index.json`, else `model.safetensors`.
+fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
+    let index = dir.join("model.safetensors.index.json");
+    if index.exists() {
+        let text = std::fs::read_to_string(&index).map_err(|e| ModelError::io(&index, e))?;
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| ModelError::Weights {
+            path: index.clone(),
+            detail: format!("does not parse as JSON: {e}"),
+        })?;
+        let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| ModelError::Weights {
+            path: index.clone(),
+            detail: "has no weight_map object".into(),
+        })?;
+        let files: BTreeSet<&str> = map.values().filter_map(|f| f.as_str()).collect();
+        let mut out = Vec::new();
+        for f in files {
+            if f.contains('/') || f.contains("..") {
+                return Err(ModelError::Weights { path: index.clone(), detail: format!("shard name {f:?} is not a plain file name") });
+            }
+            out.push(dir.join(f));
+        }
+        return Ok(out);
+    }
+    let single = dir.join("model.safetensors");
+    if single.exists() {
+        return Ok(vec![single]);
+    }
+    Err(ModelError::Weights {
+        path: dir.to_path_buf(),
+        detail: "no model.safetensors or model.safetensors.index.json in this directory".into(),
+    })
+}
+
+/// Loads a Hugging Face model directory through `burn-store`.
+pub fn load_hf_dir<B: Backend>(dir: &Path, device: &B::Device) -> Result<(Llama<B>, Tokenizer), ModelError> {
+    let cfg_path = dir.join("config.json");
+    let text = std::fs::read_to_string(&cfg_path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => ModelError::Weights {
+            path: dir.to_path_buf(),
+            detail: "no config.json: not a Hugging Face model directory (give a .gguf file or a directory with config.json, *.safetensors and tokenizer.json)".into(),
+        },
+        _ => ModelError::io(&cfg_path, e),
+    })?;
+    let config = LlamaConfig::from_hf_json(&text).map_err(|e| match e {
+        ModelError::Config(m) => ModelError::Config(format!("{}: {m}", cfg_path.display())),
+        ModelError::Unsupported(m) => ModelError::Unsupported(format!("{}: {m}", cfg_path.display())),
+        other => other,
+    })?;
+    let tokenizer = Tokenizer::from_hf_dir(dir)?;
+    let mut weights = LlamaWeights::<B>::zeros(&config, device)?;
+    let mut applied = BTreeSet::new();
+    for file in safetensors_files(dir)? {
+        if !file.exists() {
+            return Err(ModelError::Weights { path: file, detail: "shard named in the index is missing".into() });
+        }
+        let mut store = SafetensorsStore::from_file(file.clone())
+            .with_from_adapter(ChainAdapter::new(ToF32Adapter, PyTorchToBurnAdapter))
+            .with_key_remapping(r"^model\.", "")
+            .with_key_remapping(r"norm\.weight$", "norm.gamma")
+            .allow_partial(true)
+            .validate(true);
+        let result = weights.load_from(&mut store).map_err(|e| ModelError::Weights {
+            path: file.clone(),
+            detail: format!("cannot be read as safetensors: {e}"),
+        })?;
+        if let Some(err) = result.errors.first() {
+            return Err(ModelError::Weights { path: file.clone(), detail: format!("{err:?}") });
+        }
+        applied.extend(result.applied);
+    }
+    let expected = parameter_names(&config);
+    let missing: Vec<&String> = expected
+        .iter()
+        .filter(|n| {
+            let burn_name = n.strip_prefix("model.").unwrap_or(n).replace("norm.weight", "norm.gamma");
+            !applied.contains(&burn_name)
+        })
+        .collect();
+    if let Some(first) = missing.first() {
+        return Err(ModelError::Weights {
+            path: dir.to_path_buf(),
+            detail: format!("{} tensors missing from the safetensors files, e.g. {first}", missing.len()),
+        });
+    }
+    let rope = Rope::new(&config);
+    Ok((Llama::new(config, weights, rope, device), tokenizer))
+}
+
+/// Writes `bytes` to `path` atomically (temporary file in the same directory, then rename).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    std::fs::write(&tmp, bytes).map_err(|e| ModelError::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        ModelError::io(path, e)
+    })
+}
+
+/// Writes a Hugging Face directory (f32 `model.safetensors`, `config.json`,
+/// `tokenizer.json`, `tokenizer_config.json`) holding the weights of `src`.
+pub fn export_hf<S: WeightSource + ?Sized>(
+    config: &LlamaConfig,
+    src: &S,
+    tokenizer: &Tokenizer,
+    out: &Path,
+) -> Result<(), ModelError> {
+    std::fs::create_dir_all(out).map_err(|e| ModelError::io(out, e))?;
+    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    for name in parameter_names(config) {
+        let Some(shape) = expected_shape(config, &name) else { continue };
+        let (found, values) = src
+            .tensor(&name)?
+            .ok_or_else(|| ModelError::Weights { path: src.origin(), detail: format!("missing tensor {name}") })?;
+        if found != shape {
+            return Err(ModelError::Weights {
+                path: src.origin(),
+                detail: format!("tensor {name} has shape {found:?}, expected {shape:?}"),
+            });
+        }
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        tensors.push((name, shape, bytes));
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+        .iter()
+        .map(|(n, s, b)| {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+                .map(|v| (n.clone(), v))
+                .map_err(|e| ModelError::Weights { path: out.to_path_buf(), detail: format!("{n}: {e}") })
+        })
+        .collect::<Result<_, _>>()?;
+    let st = safetensors::serialize(views, None)
+        .map_err(|e| ModelError::Weights { path: out.to_path_buf(), detail: e.to_string() })?;
+    write_atomic(&out.join("model.safetensors"), &st)?;
+    let cfg = serde_json::to_string_pretty(&config.to_hf_json()).unwrap_or_default();
+    write_atomic(&out.join("config.json"), cfg.as_bytes())?;
+    write_atomic(&out.join("tokenizer.json"), tokenizer.to_json().as_bytes())?;
+    let mut tc = serde_json::json!({"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": false});
+    if let Some(t) = tokenizer.chat_template() {
+        tc["chat_template"] = t.into();
+    }
+    let tc = serde_json::to_string_pretty(&tc).unwrap_or_default();
+    write_atomic(&out.join("tokenizer_config.json"), tc.as_bytes())?;
+    Ok(())
+}

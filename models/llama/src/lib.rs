@@ -1,0 +1,82 @@
+//! # lava-llama
+//!
+//! A Llama-family decoder (Llama, Mistral, Qwen2, SmolLM) in Burn, generic over
+//! the backend, that calls a [`lava_cache::KvCache`] at every attention layer.
+//!
+//! Loads GGUF files (F32, F16, BF16, Q8_0, Q4_0, Q4_1, dequantised to f32) and
+//! Hugging Face directories (`config.json`, safetensors, `tokenizer.json`).
+//!
+//! ```no_run
+//! use burn_ndarray::NdArray;
+//! use lava_cache::FullCache;
+//! use lava_llama::{load_model, Logits};
+//!
+//! # fn main() -> Result<(), lava_llama::ModelError> {
+//! let device = Default::default();
+//! let (model, tokenizer) = load_model::<NdArray<f32>>("SmolLM2-135M-Instruct.Q4_1.gguf".as_ref(), &device)?;
+//! let ids = tokenizer.encode("The capital of France is")?;
+//! let mut cache = FullCache::new(model.cache_shape(), 8192, &device)?;
+//! let logits = model.forward(&ids, &mut cache, Logits::Last)?; // [1, vocab]
+//! # Ok(()) }
+//! ```
+
+pub mod config;
+mod error;
+pub mod gguf;
+mod gguf_source;
+pub mod hf;
+mod rope;
+pub mod sampling;
+pub mod tiny;
+mod tokenizer;
+mod transformer;
+
+use std::path::Path;
+
+use burn::tensor::backend::Backend;
+
+pub use config::{Llama3RopeScaling, LlamaConfig};
+pub use error::ModelError;
+pub use gguf_source::{config_from_gguf, unpermute_rows, GgufSource, GGUF_ARCHITECTURES};
+pub use rope::{apply_rope, Rope};
+pub use sampling::{Sampler, Sampling};
+pub use tokenizer::{tokenizer_json_from_gguf, Message, Tokenizer};
+pub use transformer::{Attention, DecoderLayer, Llama, LlamaWeights, Logits, Mlp, WeightSource};
+
+/// Loads a GGUF file.
+pub fn load_gguf<B: Backend>(path: &Path, device: &B::Device) -> Result<(Llama<B>, Tokenizer), ModelError> {
+    let g = gguf::GgufFile::open(path)?;
+    let config = config_from_gguf(&g)?;
+    let tokenizer = Tokenizer::from_gguf(&g)?;
+    let src = GgufSource::new(&g, config.clone())?;
+    let mut rope = Rope::new(&config);
+    if let Some(f) = src.rope_freq_factors()? {
+        rope = rope.with_freq_factors(&f);
+    }
+    let model = Llama::from_source(config, &src, rope, device)?;
+    Ok((model, tokenizer))
+}
+
+/// Loads a model from a GGUF file or a Hugging Face directory.
+pub fn load_model<B: Backend>(path: &Path, device: &B::Device) -> Result<(Llama<B>, Tokenizer), ModelError> {
+    let meta = std::fs::metadata(path).map_err(|e| ModelError::io(path, e))?;
+    if meta.is_dir() {
+        hf::load_hf_dir(path, device)
+    } else {
+        load_gguf(path, device)
+    }
+}
+
+/// Writes the Hugging Face directory equivalent of a GGUF file (f32 weights).
+pub fn export_gguf_to_hf(gguf_path: &Path, out: &Path) -> Result<(), ModelError> {
+    let g = gguf::GgufFile::open(gguf_path)?;
+    let config = config_from_gguf(&g)?;
+    if g.tensors.contains_key("rope_freqs.weight") {
+        return Err(ModelError::Unsupported(
+            "export of GGUF files with rope_freqs (Llama-3.1 scaling) is not supported yet".into(),
+        ));
+    }
+    let tokenizer = Tokenizer::from_gguf(&g)?;
+    let src = GgufSource::new(&g, config.clone())?;
+    hf::export_hf(&config, &src, &tokenizer, out)
+}

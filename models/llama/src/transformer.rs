@@ -1,0 +1,312 @@
+//! The decoder: embeddings, RMSNorm, RoPE attention through a [`KvCache`],
+//! SwiGLU MLP, output projection. Batch 1; hidden states are `[T, d_model]`.
+
+use burn::module::{Module, Param};
+use burn::nn::{Embedding, Linear, RmsNorm};
+use burn::tensor::{activation::silu, backend::Backend, Int, Tensor, TensorData};
+use lava_cache::{CacheShape, KvCache};
+
+use crate::config::LlamaConfig;
+use crate::error::ModelError;
+use crate::rope::{apply_rope, Rope};
+
+/// Self-attention projections of one layer (Hugging Face names).
+#[derive(Module, Debug)]
+pub struct Attention<B: Backend> {
+    /// `[d_model, H_q * D]`
+    pub q_proj: Linear<B>,
+    /// `[d_model, H_kv * D]`
+    pub k_proj: Linear<B>,
+    /// `[d_model, H_kv * D]`
+    pub v_proj: Linear<B>,
+    /// `[H_q * D, d_model]`
+    pub o_proj: Linear<B>,
+}
+
+/// SwiGLU MLP: `down(silu(gate(x)) * up(x))`.
+#[derive(Module, Debug)]
+pub struct Mlp<B: Backend> {
+    /// `[d_model, d_ff]`
+    pub gate_proj: Linear<B>,
+    /// `[d_model, d_ff]`
+    pub up_proj: Linear<B>,
+    /// `[d_ff, d_model]`
+    pub down_proj: Linear<B>,
+}
+
+/// One pre-norm decoder layer.
+#[derive(Module, Debug)]
+pub struct DecoderLayer<B: Backend> {
+    /// Attention.
+    pub self_attn: Attention<B>,
+    /// MLP.
+    pub mlp: Mlp<B>,
+    /// Norm before attention.
+    pub input_layernorm: RmsNorm<B>,
+    /// Norm before the MLP.
+    pub post_attention_layernorm: RmsNorm<B>,
+}
+
+/// The Llama-family decoder's parameters (names follow Hugging Face, minus `model.`).
+#[derive(Module, Debug)]
+pub struct LlamaWeights<B: Backend> {
+    /// `[vocab, d_model]`
+    pub embed_tokens: Embedding<B>,
+    /// Decoder layers.
+    pub layers: Vec<DecoderLayer<B>>,
+    /// Final norm.
+    pub norm: RmsNorm<B>,
+    /// Output projection `[d_model, vocab]`; `None` when tied to the embeddings.
+    pub lm_head: Option<Linear<B>>,
+}
+
+/// Which positions' logits a forward pass returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    /// Only the last position: `[1, vocab]` (generation).
+    Last,
+    /// Every position: `[T, vocab]` (perplexity).
+    All,
+}
+
+/// A ready-to-run Llama-family model.
+#[derive(Debug)]
+pub struct Llama<B: Backend> {
+    /// Architecture.
+    pub config: LlamaConfig,
+    /// Parameters.
+    pub weights: LlamaWeights<B>,
+    /// Output projection in matmul layout `[d_model, vocab]` (tied models: the
+    /// transposed embedding, materialised once at load).
+    output: Tensor<B, 2>,
+    rope: Rope,
+    device: B::Device,
+}
+
+/// Where weights come from: Hugging Face names and row-major HF layout
+/// (`[out, in]` for projections), as f32.
+pub trait WeightSource {
+    /// The tensor `name` as `(shape, values)`, or `None` if absent.
+    fn tensor(&self, name: &str) -> Result<Option<(Vec<usize>, Vec<f32>)>, ModelError>;
+    /// Where the weights come from, for error messages.
+    fn origin(&self) -> std::path::PathBuf;
+}
+
+fn expect<S: WeightSource + ?Sized>(src: &S, name: &str, shape: &[usize]) -> Result<Vec<f32>, ModelError> {
+    match src.tensor(name)? {
+        None => Err(ModelError::Weights { path: src.origin(), detail: format!("missing tensor {name}") }),
+        Some((found, _)) if found != shape => Err(ModelError::Weights {
+            path: src.origin(),
+            detail: format!("tensor {name} has shape {found:?}, the configuration implies {shape:?}"),
+        }),
+        Some((_, v)) => Ok(v),
+    }
+}
+
+/// Transposes a row-major `[rows, cols]` matrix.
+pub(crate) fn transpose(v: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0f32; v.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = v[r * cols + c];
+        }
+    }
+    out
+}
+
+fn linear<B: Backend, S: WeightSource + ?Sized>(
+    src: &S,
+    name: &str,
+    d_in: usize,
+    d_out: usize,
+    bias: bool,
+    device: &B::Device,
+) -> Result<Linear<B>, ModelError> {
+    let w = expect(src, &format!("{name}.weight"), &[d_out, d_in])?;
+    let weight = Tensor::from_data(TensorData::new(transpose(&w, d_out, d_in), [d_in, d_out]), device);
+    let bias = if bias {
+        let b = expect(src, &format!("{name}.bias"), &[d_out])?;
+        Some(Param::from_tensor(Tensor::from_data(TensorData::new(b, [d_out]), device)))
+    } else {
+        None
+    };
+    Ok(Linear { weight: Param::from_tensor(weight), bias })
+}
+
+fn rms_norm<B: Backend, S: WeightSource + ?Sized>(
+    src: &S,
+    name: &str,
+    d: usize,
+    eps: f64,
+    device: &B::Device,
+) -> Result<RmsNorm<B>, ModelError> {
+    let g = expect(src, &format!("{name}.weight"), &[d])?;
+    Ok(RmsNorm { gamma: Param::from_tensor(Tensor::from_data(TensorData::new(g, [d]), device)), epsilon: eps })
+}
+
+impl<B: Backend> LlamaWeights<B> {
+    /// Builds the parameters from a [`WeightSource`], checking every shape.
+    pub fn from_source<S: WeightSource + ?Sized>(
+        config: &LlamaConfig,
+        src: &S,
+        device: &B::Device,
+    ) -> Result<Self, ModelError> {
+        config.validate()?;
+        let c = config;
+        let (d, hd) = (c.hidden_size, c.head_dim);
+        let q_out = c.num_attention_heads * hd;
+        let kv_out = c.num_key_value_heads * hd;
+        let emb = expect(src, "model.embed_tokens.weight", &[c.vocab_size, d])?;
+        let embed_tokens =
+            Embedding { weight: Param::from_tensor(Tensor::from_data(TensorData::new(emb, [c.vocab_size, d]), device)) };
+        let mut layers = Vec::with_capacity(c.num_hidden_layers);
+        for l in 0..c.num_hidden_layers {
+            let p = format!("model.layers.{l}");
+            let b = c.attention_bias;
+            layers.push(DecoderLayer {
+                self_attn: Attention {
+                    q_proj: linear(src, &format!("{p}.self_attn.q_proj"), d, q_out, b, device)?,
+                    k_proj: linear(src, &format!("{p}.self_attn.k_proj"), d, kv_out, b, device)?,
+                    v_proj: linear(src, &format!("{p}.self_attn.v_proj"), d, kv_out, b, device)?,
+                    o_proj: linear(src, &format!("{p}.self_attn.o_proj"), q_out, d, false, device)?,
+                },
+                mlp: Mlp {
+                    gate_proj: linear(src, &format!("{p}.mlp.gate_proj"), d, c.intermediate_size, false, device)?,
+                    up_proj: linear(src, &format!("{p}.mlp.up_proj"), d, c.intermediate_size, false, device)?,
+                    down_proj: linear(src, &format!("{p}.mlp.down_proj"), c.intermediate_size, d, false, device)?,
+                },
+                input_layernorm: rms_norm(src, &format!("{p}.input_layernorm"), d, c.rms_norm_eps, device)?,
+                post_attention_layernorm: rms_norm(
+                    src,
+                    &format!("{p}.post_attention_layernorm"),
+                    d,
+                    c.rms_norm_eps,
+                    device,
+                )?,
+            });
+        }
+        let norm = rms_norm(src, "model.norm", d, c.rms_norm_eps, device)?;
+        let lm_head =
+            if c.tie_word_embeddings { None } else { Some(linear(src, "lm_head", d, c.vocab_size, false, device)?) };
+        Ok(Self { embed_tokens, layers, norm, lm_head })
+    }
+
+    /// Zero-filled parameters of the right shapes (to be overwritten by a store).
+    pub fn zeros(config: &LlamaConfig, device: &B::Device) -> Result<Self, ModelError> {
+        Self::from_source(config, &ZeroSource(config.clone()), device)
+    }
+}
+
+/// Zero weights of the shapes a config implies.
+struct ZeroSource(LlamaConfig);
+
+impl WeightSource for ZeroSource {
+    fn tensor(&self, name: &str) -> Result<Option<(Vec<usize>, Vec<f32>)>, ModelError> {
+        let shape = crate::hf::expected_shape(&self.0, name);
+        Ok(shape.map(|s| {
+            let n = s.iter().product();
+            (s, vec![0.0; n])
+        }))
+    }
+    fn origin(&self) -> std::path::PathBuf {
+        "<zeros>".into()
+    }
+}
+
+impl<B: Backend> Llama<B> {
+    /// Assembles a model from its parameters.
+    pub fn new(config: LlamaConfig, weights: LlamaWeights<B>, rope: Rope, device: &B::Device) -> Self {
+        let output = match &weights.lm_head {
+            Some(l) => l.weight.val(),
+            // Materialise the transposed embedding once: the matmul then reads it contiguously.
+            None => {
+                let e = weights.embed_tokens.weight.val();
+                let [v, d] = e.dims();
+                let data = e.into_data();
+                match data.to_vec::<f32>() {
+                    Ok(vals) => Tensor::from_data(TensorData::new(transpose(&vals, v, d), [d, v]), device),
+                    Err(_) => weights.embed_tokens.weight.val().transpose(),
+                }
+            }
+        };
+        Self { config, weights, output, rope, device: device.clone() }
+    }
+
+    /// Builds from a [`WeightSource`] (GGUF, or a tiny random model).
+    pub fn from_source<S: WeightSource + ?Sized>(
+        config: LlamaConfig,
+        src: &S,
+        rope: Rope,
+        device: &B::Device,
+    ) -> Result<Self, ModelError> {
+        let weights = LlamaWeights::from_source(&config, src, device)?;
+        Ok(Self::new(config, weights, rope, device))
+    }
+
+    /// The device the model lives on.
+    pub fn device(&self) -> &B::Device {
+        &self.device
+    }
+
+    /// The cache shape this model needs.
+    pub fn cache_shape(&self) -> CacheShape {
+        CacheShape {
+            layers: self.config.num_hidden_layers,
+            query_heads: self.config.num_attention_heads,
+            kv_heads: self.config.num_key_value_heads,
+            head_dim: self.config.head_dim,
+        }
+    }
+
+    /// Bytes of f32 parameters.
+    pub fn parameter_bytes(&self) -> usize {
+        self.weights.num_params() * 4
+    }
+
+    /// Runs `tokens` through the model, appending them to `cache` at absolute
+    /// positions `cache.next_position()..`, and returns logits (`[1, vocab]` or
+    /// `[T, vocab]` per `which`).
+    pub fn forward<C: KvCache<B> + ?Sized>(
+        &self,
+        tokens: &[u32],
+        cache: &mut C,
+        which: Logits,
+    ) -> Result<Tensor<B, 2>, ModelError> {
+        let t = tokens.len();
+        if t == 0 {
+            return Err(ModelError::Input("cannot run the model on zero tokens".into()));
+        }
+        let c = &self.config;
+        if let Some(&bad) = tokens.iter().find(|&&id| id as usize >= c.vocab_size) {
+            return Err(ModelError::Input(format!("token id {bad} is outside the vocabulary ({})", c.vocab_size)));
+        }
+        let start = cache.next_position();
+        let ids: Vec<i64> = tokens.iter().map(|&x| x as i64).collect();
+        let ids = Tensor::<B, 1, Int>::from_data(TensorData::new(ids, [t]), &self.device);
+        let mut x = self.weights.embed_tokens.weight.val().select(0, ids); // [T, d]
+        let (cos, sin) = self.rope.tables::<B>(start, t, &self.device);
+        let (hq, hkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+        for (l, layer) in self.weights.layers.iter().enumerate() {
+            let h = layer.input_layernorm.forward(x.clone());
+            let a = &layer.self_attn;
+            let q = a.q_proj.forward(h.clone()).reshape([t, hq, hd]).swap_dims(0, 1);
+            let k = a.k_proj.forward(h.clone()).reshape([t, hkv, hd]).swap_dims(0, 1);
+            let v = a.v_proj.forward(h).reshape([t, hkv, hd]).swap_dims(0, 1);
+            let q = apply_rope(q, &cos, &sin);
+            let k = apply_rope(k, &cos, &sin);
+            let o = cache.attend(l, q, k, v)?; // [H_q, T, D]
+            let o = o.swap_dims(0, 1).reshape([t, hq * hd]);
+            x = x + a.o_proj.forward(o);
+            let h = layer.post_attention_layernorm.forward(x.clone());
+            let m = &layer.mlp;
+            let ff = m.down_proj.forward(silu(m.gate_proj.forward(h.clone())) * m.up_proj.forward(h));
+            x = x + ff;
+        }
+        let x = match which {
+            Logits::Last => x.slice([t - 1..t, 0..c.hidden_size]),
+            Logits::All => x,
+        };
+        let x = self.weights.norm.forward(x);
+        Ok(x.matmul(self.output.clone()))
+    }
+}

@@ -1,0 +1,194 @@
+//! The model against an independent, loop-by-loop f64 reference forward pass,
+//! on tiny random-weight models (GQA group sizes 1 and 3, tied and untied
+//! output, q/k/v bias on and off), plus the GGUF and Hugging Face loading paths.
+
+use burn::tensor::backend::Backend;
+use burn_ndarray::NdArray;
+use lava_cache::FullCache;
+use lava_llama::gguf::{GgmlType, GgufFile};
+use lava_llama::tiny::{tiny_config, RandomWeights};
+use lava_llama::{config_from_gguf, GgufSource, Llama, LlamaConfig, Logits, Rope, WeightSource};
+
+type B = NdArray<f32>;
+
+/// Reference forward: returns logits `[T][vocab]`, f64, straight from the formulas.
+fn reference(cfg: &LlamaConfig, w: &RandomWeights, tokens: &[u32]) -> Vec<Vec<f64>> {
+    let get = |n: &str| -> Vec<f64> {
+        let (_, v) = w.tensor(n).expect("source").expect("tensor");
+        v.into_iter().map(|x| x as f64).collect()
+    };
+    let (d, hd, hq, hkv) = (cfg.hidden_size, cfg.head_dim, cfg.num_attention_heads, cfg.num_key_value_heads);
+    let ff = cfg.intermediate_size;
+    let t = tokens.len();
+    // y = W x + b with W [out, in] row-major.
+    let mv = |wm: &[f64], x: &[f64], out: usize| -> Vec<f64> {
+        (0..out).map(|o| (0..x.len()).map(|i| wm[o * x.len() + i] * x[i]).sum()).collect()
+    };
+    let rms = |x: &[f64], g: &[f64]| -> Vec<f64> {
+        let ms = x.iter().map(|v| v * v).sum::<f64>() / x.len() as f64;
+        let r = (ms + cfg.rms_norm_eps).sqrt();
+        x.iter().zip(g).map(|(v, g)| v / r * g).collect()
+    };
+    let rope = |x: &mut [f64], pos: usize| {
+        let half = hd / 2;
+        for i in 0..half {
+            let f = 1.0 / cfg.rope_theta.powf(2.0 * i as f64 / hd as f64);
+            let (s, c) = (pos as f64 * f).sin_cos();
+            let (a, b) = (x[i], x[i + half]);
+            x[i] = a * c - b * s;
+            x[i + half] = b * c + a * s;
+        }
+    };
+    let emb = get("model.embed_tokens.weight");
+    let mut xs: Vec<Vec<f64>> = tokens.iter().map(|&id| emb[id as usize * d..(id as usize + 1) * d].to_vec()).collect();
+    for l in 0..cfg.num_hidden_layers {
+        let p = format!("model.layers.{l}");
+        let g1 = get(&format!("{p}.input_layernorm.weight"));
+        let (wq, wk, wv, wo) = (
+            get(&format!("{p}.self_attn.q_proj.weight")),
+            get(&format!("{p}.self_attn.k_proj.weight")),
+            get(&format!("{p}.self_attn.v_proj.weight")),
+            get(&format!("{p}.self_attn.o_proj.weight")),
+        );
+        let bias = |n: &str, len: usize| if cfg.attention_bias { get(&format!("{p}.self_attn.{n}.bias")) } else { vec![0.0; len] };
+        let (bq, bk, bv) = (bias("q_proj", hq * hd), bias("k_proj", hkv * hd), bias("v_proj", hkv * hd));
+        let mut qs = vec![];
+        let mut ks = vec![];
+        let mut vs = vec![];
+        for (pos, x) in xs.iter().enumerate() {
+            let h = rms(x, &g1);
+            let mut q: Vec<f64> = mv(&wq, &h, hq * hd).iter().zip(&bq).map(|(a, b)| a + b).collect();
+            let mut k: Vec<f64> = mv(&wk, &h, hkv * hd).iter().zip(&bk).map(|(a, b)| a + b).collect();
+            let v: Vec<f64> = mv(&wv, &h, hkv * hd).iter().zip(&bv).map(|(a, b)| a + b).collect();
+            for hh in 0..hq {
+                rope(&mut q[hh * hd..(hh + 1) * hd], pos);
+            }
+            for hh in 0..hkv {
+                rope(&mut k[hh * hd..(hh + 1) * hd], pos);
+            }
+            qs.push(q);
+            ks.push(k);
+            vs.push(v);
+        }
+        let group = hq / hkv;
+        for i in 0..t {
+            let mut att = vec![0.0; hq * hd];
+            for hh in 0..hq {
+                let g = hh / group;
+                let q = &qs[i][hh * hd..(hh + 1) * hd];
+                let scores: Vec<f64> = (0..=i)
+                    .map(|j| q.iter().zip(&ks[j][g * hd..(g + 1) * hd]).map(|(a, b)| a * b).sum::<f64>() / (hd as f64).sqrt())
+                    .collect();
+                let m = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let e: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
+                let z: f64 = e.iter().sum();
+                for j in 0..=i {
+                    for dd in 0..hd {
+                        att[hh * hd + dd] += e[j] / z * vs[j][g * hd + dd];
+                    }
+                }
+            }
+            let o = mv(&wo, &att, d);
+            for dd in 0..d {
+                xs[i][dd] += o[dd];
+            }
+            let h = rms(&xs[i], &get(&format!("{p}.post_attention_layernorm.weight")));
+            let gate = mv(&get(&format!("{p}.mlp.gate_proj.weight")), &h, ff);
+            let up = mv(&get(&format!("{p}.mlp.up_proj.weight")), &h, ff);
+            let act: Vec<f64> = gate.iter().zip(&up).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect();
+            let down = mv(&get(&format!("{p}.mlp.down_proj.weight")), &act, d);
+            for dd in 0..d {
+                xs[i][dd] += down[dd];
+            }
+        }
+    }
+    let gn = get("model.norm.weight");
+    let out = if cfg.tie_word_embeddings { emb } else { get("lm_head.weight") };
+    xs.iter().map(|x| mv(&out, &rms(x, &gn), cfg.vocab_size)).collect()
+}
+
+fn logits_all<Bk: Backend>(model: &Llama<Bk>, tokens: &[u32]) -> Vec<f32> {
+    let mut cache = FullCache::new(model.cache_shape(), 256, model.device()).expect("cache");
+    model.forward(tokens, &mut cache, Logits::All).expect("forward").into_data().to_vec::<f32>().expect("f32")
+}
+
+const TOKENS: [u32; 7] = [3, 17, 42, 5, 63, 0, 9];
+
+#[test]
+fn matches_reference_for_gqa_tying_and_bias() {
+    let device = Default::default();
+    for (heads, kv, tied, bias) in [(3, 3, true, false), (3, 1, false, false), (6, 2, true, true), (3, 1, false, true)] {
+        let cfg = tiny_config(heads, kv, tied, bias);
+        let w = RandomWeights { config: cfg.clone(), seed: 11 };
+        let model = Llama::<B>::from_source(cfg.clone(), &w, Rope::new(&cfg), &device).expect("model");
+        let got = logits_all(&model, &TOKENS);
+        let want = reference(&cfg, &w, &TOKENS);
+        let mut max_err = 0f64;
+        for (i, row) in want.iter().enumerate() {
+            for (j, &x) in row.iter().enumerate() {
+                max_err = max_err.max((got[i * cfg.vocab_size + j] as f64 - x).abs());
+            }
+        }
+        assert!(max_err < 1e-4, "heads {heads}/{kv} tied {tied} bias {bias}: max error {max_err}");
+    }
+}
+
+#[test]
+fn token_by_token_decode_equals_prefill() {
+    let device = Default::default();
+    let cfg = tiny_config(6, 2, false, true);
+    let w = RandomWeights { config: cfg.clone(), seed: 3 };
+    let model = Llama::<B>::from_source(cfg.clone(), &w, Rope::new(&cfg), &device).expect("model");
+    let all = logits_all(&model, &TOKENS);
+    let mut cache = FullCache::new(model.cache_shape(), 256, &device).expect("cache");
+    // Prefill 4 tokens, then decode the rest one at a time.
+    let mut got = model.forward(&TOKENS[..4], &mut cache, Logits::All).expect("prefill").into_data().to_vec::<f32>().expect("f32");
+    for &tok in &TOKENS[4..] {
+        let l = model.forward(&[tok], &mut cache, Logits::Last).expect("decode");
+        got.extend(l.into_data().to_vec::<f32>().expect("f32"));
+    }
+    assert_eq!(cache_len(&cache), TOKENS.len());
+    for (a, b) in all.iter().zip(&got) {
+        assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+    }
+}
+
+fn cache_len(c: &FullCache<B>) -> usize {
+    use lava_cache::KvCache;
+    c.next_position()
+}
+
+#[test]
+fn gguf_and_exported_hf_directory_match_the_source() {
+    let device = Default::default();
+    for bias in [false, true] {
+        let cfg = tiny_config(6, 2, !bias, bias);
+        let w = RandomWeights { config: cfg.clone(), seed: 5 };
+        let direct = Llama::<B>::from_source(cfg.clone(), &w, Rope::new(&cfg), &device).expect("model");
+        let want = logits_all(&direct, &TOKENS);
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let gguf_path = dir.path().join("tiny.gguf");
+        std::fs::write(&gguf_path, w.to_gguf(GgmlType::F32)).expect("write gguf");
+        let (from_gguf, tok) = lava_llama::load_model::<B>(&gguf_path, &device).expect("load gguf");
+        assert_eq!(from_gguf.config, cfg_from_file(&gguf_path));
+        let got = logits_all(&from_gguf, &TOKENS);
+        let err = want.iter().zip(&got).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(err < 1e-5, "gguf (bias {bias}): {err}");
+        assert!(tok.vocab_size() >= 64);
+
+        let hf_dir = dir.path().join("hf");
+        lava_llama::export_gguf_to_hf(&gguf_path, &hf_dir).expect("export");
+        let (from_hf, _) = lava_llama::load_model::<B>(&hf_dir, &device).expect("load hf");
+        let got = logits_all(&from_hf, &TOKENS);
+        let err = want.iter().zip(&got).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(err < 1e-5, "hf (bias {bias}): {err}");
+    }
+}
+
+fn cfg_from_file(p: &std::path::Path) -> LlamaConfig {
+    let g = GgufFile::open(p).expect("open");
+    let c = config_from_gguf(&g).expect("config");
+    let _ = GgufSource::new(&g, c.clone()).expect("source");
+    c
+}
