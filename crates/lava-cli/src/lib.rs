@@ -1,1 +1,156 @@
-pub fn _x(){}
+//! The `lava` command line: `generate`, `ppl`, `export-hf`.
+//!
+//! [`main`] parses arguments, runs the command and maps every error to one
+//! clear sentence on stderr and an exit code (2 usage, 3 model/data, 4 backend).
+
+pub mod backend;
+mod commands;
+pub mod error;
+pub mod fetch;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+pub use backend::BackendKind;
+pub use error::CliError;
+
+/// Long-context LLM inference with a compressed KV cache (LAVa and baselines), on Burn.
+#[derive(Debug, Parser)]
+#[command(name = "lava", version, about)]
+pub struct Cli {
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options shared by commands that run a model.
+#[derive(Debug, Clone, Args)]
+pub struct ModelArgs {
+    /// GGUF file or Hugging Face directory (default: SmolLM2-135M-Instruct, fetched on first use).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Compute backend.
+    #[arg(long, value_enum, default_value_t = BackendKind::Flex)]
+    pub backend: BackendKind,
+}
+
+/// `lava generate`.
+#[derive(Debug, Clone, Args)]
+pub struct GenerateArgs {
+    /// Model and backend.
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The prompt text.
+    #[arg(long, conflicts_with = "prompt_file")]
+    pub prompt: Option<String>,
+    /// Read the prompt from a UTF-8 file.
+    #[arg(long)]
+    pub prompt_file: Option<PathBuf>,
+    /// Wrap the prompt in the model's chat template as a user message.
+    #[arg(long)]
+    pub chat: bool,
+    /// Maximum tokens to generate.
+    #[arg(long, default_value_t = 128)]
+    pub max_new_tokens: usize,
+    /// Sampling temperature (0 = greedy, the default).
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    /// Nucleus sampling mass (with --temperature > 0).
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    /// Random seed for sampling.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Prompt tokens per prefill step.
+    #[arg(long, default_value_t = 512)]
+    pub prefill_chunk: usize,
+    /// Print one JSON object at the end instead of streaming text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `lava ppl`.
+#[derive(Debug, Clone, Args)]
+pub struct PplArgs {
+    /// Model and backend.
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// UTF-8 text file to score.
+    #[arg(long)]
+    pub text_file: PathBuf,
+    /// Score at most this many tokens (from the start of the text).
+    #[arg(long, default_value_t = 1024)]
+    pub max_tokens: usize,
+    /// Tokens per forward pass.
+    #[arg(long, default_value_t = 512)]
+    pub chunk: usize,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `lava export-hf`.
+#[derive(Debug, Clone, Args)]
+pub struct ExportArgs {
+    /// Source GGUF file.
+    pub gguf: PathBuf,
+    /// Output directory (created; existing files of the same names are replaced atomically).
+    pub dir: PathBuf,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Generate text from a prompt, streaming it to stdout.
+    Generate(GenerateArgs),
+    /// Mean negative log-likelihood and perplexity of a text.
+    Ppl(PplArgs),
+    /// Write a Hugging Face directory (f32 safetensors, config, tokenizer) from a GGUF file.
+    ExportHf(ExportArgs),
+}
+
+/// Runs a parsed command.
+pub fn run(cli: Cli) -> Result<(), CliError> {
+    match cli.command {
+        Command::Generate(a) => commands::generate(a),
+        Command::Ppl(a) => commands::ppl(a),
+        Command::ExportHf(a) => commands::export_hf(a),
+    }
+}
+
+/// Entry point of the binary: parse, run, report.
+pub fn main() -> ExitCode {
+    if std::env::var_os("RUST_BACKTRACE").is_none() {
+        // A panic is a bug: report it in one line, without a backtrace unless asked.
+        std::panic::set_hook(Box::new(|info| {
+            eprintln!("lava: internal error: {info}; please report it (RUST_BACKTRACE=1 shows where)");
+        }));
+    }
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lava: error: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// Mean negative log-likelihood (nats) of `ids[1..]` under `model` with a full
+/// cache, `chunk` tokens per forward pass (what `lava ppl` reports).
+pub fn commands_mean_nll<B: burn::tensor::backend::Backend>(
+    model: &lava_llama::Llama<B>,
+    ids: &[u32],
+    chunk: usize,
+) -> Result<f64, CliError> {
+    commands::mean_nll(model, ids, chunk)
+}

@@ -23,6 +23,7 @@
 pub mod config;
 mod error;
 pub mod gguf;
+mod generation;
 mod gguf_source;
 pub mod hf;
 mod rope;
@@ -37,6 +38,7 @@ use burn::tensor::backend::Backend;
 
 pub use config::{Llama3RopeScaling, LlamaConfig};
 pub use error::ModelError;
+pub use generation::{generate, GenerationConfig, GenerationStats};
 pub use gguf_source::{config_from_gguf, unpermute_rows, GgufSource, GGUF_ARCHITECTURES};
 pub use rope::{apply_rope, Rope};
 pub use sampling::{Sampler, Sampling};

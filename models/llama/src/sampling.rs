@@ -35,6 +35,11 @@ impl Sampler {
         Self { mode, state }
     }
 
+    /// The sampling mode.
+    pub fn mode(&self) -> Sampling {
+        self.mode
+    }
+
     fn next_f64(&mut self) -> f64 {
         // SplitMix64.
         self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);

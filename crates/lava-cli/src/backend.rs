@@ -1,0 +1,96 @@
+//! Backend selection. Everything in lava is generic over `B: Backend`; this is
+//! the one place that names concrete backends.
+
+use crate::error::CliError;
+
+/// The backends the binary can run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendKind {
+    /// burn-flex: fast portable CPU backend (default).
+    Flex,
+    /// burn-ndarray: reference CPU backend (exact tests).
+    Ndarray,
+    /// burn-cuda: NVIDIA GPUs (build with `--features cuda`).
+    Cuda,
+}
+
+/// Runs `$body` with `B` bound to the chosen backend type and `$device` to its device.
+#[macro_export]
+macro_rules! with_backend {
+    ($kind:expr, |$b:ident, $device:ident| $body:block) => {{
+        match $kind {
+            $crate::backend::BackendKind::Flex => {
+                type $b = burn_flex::Flex<f32>;
+                let $device = burn_flex::FlexDevice;
+                $body
+            }
+            $crate::backend::BackendKind::Ndarray => {
+                type $b = burn_ndarray::NdArray<f32>;
+                let $device = burn_ndarray::NdArrayDevice::Cpu;
+                $body
+            }
+            $crate::backend::BackendKind::Cuda => $crate::backend::cuda_dispatch!($b, $device, $body),
+        }
+    }};
+}
+
+#[cfg(feature = "cuda")]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __cuda_dispatch {
+    ($b:ident, $device:ident, $body:block) => {{
+        $crate::backend::check_cuda_driver()?;
+        type $b = burn_cuda::Cuda<f32, i32>;
+        let $device = burn_cuda::CudaDevice::new(0);
+        $body
+    }};
+}
+
+#[cfg(not(feature = "cuda"))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __cuda_dispatch {
+    ($b:ident, $device:ident, $body:block) => {{
+        Err($crate::error::CliError::Backend(
+            "this lava binary was built without CUDA support; rebuild with `cargo build --release --features cuda`, or use --backend flex".into(),
+        ))
+    }};
+}
+
+pub use crate::__cuda_dispatch as cuda_dispatch;
+
+/// Checks that an NVIDIA driver with at least one device is present, before any
+/// CUDA call: burn-cuda panics in a worker thread without one, which cannot be caught.
+pub fn check_cuda_driver() -> Result<(), CliError> {
+    let no = |why: &str| {
+        Err(CliError::Backend(format!(
+            "--backend cuda: {why}; install the NVIDIA driver or use --backend flex"
+        )))
+    };
+    // SAFETY: loading the driver library runs its initialisers, which is what any CUDA program does.
+    let lib = match unsafe { libloading::Library::new("libcuda.so.1") } {
+        Ok(l) => l,
+        Err(_) => return no("no CUDA driver found (libcuda.so.1 cannot be loaded)"),
+    };
+    type CuInit = unsafe extern "C" fn(u32) -> i32;
+    type CuDeviceGetCount = unsafe extern "C" fn(*mut i32) -> i32;
+    // SAFETY: symbols with the documented CUDA driver API signatures.
+    unsafe {
+        let init = match lib.get::<CuInit>(b"cuInit\0") {
+            Ok(f) => f,
+            Err(_) => return no("libcuda.so.1 has no cuInit"),
+        };
+        if init(0) != 0 {
+            return no("the CUDA driver failed to initialise (cuInit)");
+        }
+        let count = match lib.get::<CuDeviceGetCount>(b"cuDeviceGetCount\0") {
+            Ok(f) => f,
+            Err(_) => return no("libcuda.so.1 has no cuDeviceGetCount"),
+        };
+        let mut n = 0i32;
+        if count(&mut n) != 0 || n < 1 {
+            return no("the CUDA driver reports no GPU");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,235 @@
+//! The commands, generic over the backend.
+
+use std::io::Write;
+use std::path::Path;
+
+use burn::tensor::{activation::log_softmax, backend::Backend, Int, Tensor, TensorData};
+use lava_cache::{FullCache, KvCache};
+use lava_llama::{load_model, GenerationConfig, Llama, Logits, Message, Sampling, Tokenizer};
+
+use crate::error::CliError;
+use crate::fetch::resolve_model;
+use crate::{with_backend, ExportArgs, GenerateArgs, PplArgs};
+
+fn read_text(path: &Path) -> Result<String, CliError> {
+    let bytes = std::fs::read(path).map_err(|e| CliError::io(path, e))?;
+    String::from_utf8(bytes).map_err(|e| {
+        CliError::Usage(format!(
+            "{} is not UTF-8 text (invalid byte at offset {}); convert it to UTF-8 first",
+            path.display(),
+            e.utf8_error().valid_up_to()
+        ))
+    })
+}
+
+fn load<B: Backend>(path: &Path, device: &B::Device) -> Result<(Llama<B>, Tokenizer), CliError> {
+    let t = std::time::Instant::now();
+    let r = load_model::<B>(path, device)?;
+    eprintln!("lava: loaded {} in {:.1}s", path.display(), t.elapsed().as_secs_f64());
+    Ok(r)
+}
+
+/// Tokens that end generation: the config's EOS ids and the usual end-of-turn tokens.
+fn stop_tokens(model_eos: &[u32], tok: &Tokenizer) -> Vec<u32> {
+    let mut v = model_eos.to_vec();
+    for s in ["<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>", "</s>"] {
+        if let Some(id) = tok.token_id(s) {
+            v.push(id);
+        }
+    }
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+pub fn generate(a: GenerateArgs) -> Result<(), CliError> {
+    let prompt = match (&a.prompt, &a.prompt_file) {
+        (Some(p), None) => p.clone(),
+        (None, Some(f)) => read_text(f)?,
+        _ => return Err(CliError::Usage("give the prompt with --prompt TEXT or --prompt-file FILE".into())),
+    };
+    if prompt.trim().is_empty() {
+        return Err(CliError::Usage("the prompt is empty: give some text with --prompt or --prompt-file".into()));
+    }
+    if a.max_new_tokens == 0 {
+        return Err(CliError::Usage("--max-new-tokens must be at least 1".into()));
+    }
+    if !(a.temperature >= 0.0 && a.temperature.is_finite()) {
+        return Err(CliError::Usage(format!("--temperature must be >= 0, got {}", a.temperature)));
+    }
+    if !(a.top_p > 0.0 && a.top_p <= 1.0) {
+        return Err(CliError::Usage(format!("--top-p must be in (0, 1], got {}", a.top_p)));
+    }
+    if a.prefill_chunk == 0 {
+        return Err(CliError::Usage("--prefill-chunk must be at least 1".into()));
+    }
+    let path = resolve_model(a.model.model.as_deref())?;
+    with_backend!(a.model.backend, |B, device| { generate_on::<B>(&a, &prompt, &path, &device) })
+}
+
+fn generate_on<B: Backend>(a: &GenerateArgs, prompt: &str, path: &Path, device: &B::Device) -> Result<(), CliError> {
+    let (model, tok) = load::<B>(path, device)?;
+    let text = if a.chat {
+        tok.apply_chat_template(&[Message { role: "user".into(), content: prompt.to_string() }])?
+    } else {
+        prompt.to_string()
+    };
+    let ids = tok.encode(&text)?;
+    let ctx = model.config.max_position_embeddings;
+    if ids.len() + a.max_new_tokens > ctx {
+        return Err(CliError::Usage(format!(
+            "the prompt has {} tokens and --max-new-tokens is {}, together more than the model's context of {ctx} tokens; shorten the prompt or lower --max-new-tokens",
+            ids.len(),
+            a.max_new_tokens
+        )));
+    }
+    let sampling = if a.temperature > 0.0 {
+        Sampling::TopP { temperature: a.temperature, top_p: a.top_p, seed: a.seed }
+    } else {
+        Sampling::Greedy
+    };
+    let cfg = GenerationConfig {
+        max_new_tokens: a.max_new_tokens,
+        sampling,
+        stop_tokens: stop_tokens(&model.config.eos_token_ids, &tok),
+        prefill_chunk: a.prefill_chunk,
+    };
+    let mut cache = FullCache::<B>::new(model.cache_shape(), ctx, device)?;
+    let bar = (ids.len() > a.prefill_chunk).then(|| {
+        let b = indicatif::ProgressBar::new(ids.len() as u64);
+        b.set_style(
+            indicatif::ProgressStyle::with_template("prefill {bar:30} {pos}/{len} tokens, {per_sec}, eta {eta}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        b
+    });
+    let mut generated = Vec::new();
+    let mut printed = 0usize;
+    let mut stdout = std::io::stdout();
+    let mut stream_err = None;
+    let (out, stats) = lava_llama::generate(
+        &model,
+        &mut cache,
+        &ids,
+        &cfg,
+        |done, _| {
+            if let Some(b) = &bar {
+                b.set_position(done as u64);
+            }
+        },
+        |id| {
+            generated.push(id);
+            if a.json {
+                return true;
+            }
+            // Print the newly completed text (a token may end mid-character).
+            if let Ok(s) = tok.decode(&generated) {
+                if s.len() > printed && s.is_char_boundary(printed) && !s.ends_with('\u{fffd}') {
+                    if let Err(e) = write!(stdout, "{}", &s[printed..]).and_then(|_| stdout.flush()) {
+                        stream_err = Some(e);
+                        return false;
+                    }
+                    printed = s.len();
+                }
+            }
+            true
+        },
+    )?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    if let Some(e) = stream_err {
+        return Err(CliError::io("<stdout>", e));
+    }
+    let text = tok.decode(&out)?;
+    if a.json {
+        let j = serde_json::json!({
+            "text": text,
+            "prompt_tokens": stats.prompt_tokens,
+            "generated_tokens": stats.generated_tokens,
+            "prefill_tok_s": stats.prefill_tok_s(),
+            "decode_tok_s": stats.decode_tok_s(),
+            "kv_bytes": cache.retained_bytes(),
+            "kv_allocated_bytes": cache.allocated_bytes(),
+        });
+        println!("{j}");
+    } else {
+        if text.len() > printed {
+            print!("{}", text.get(printed..).unwrap_or(""));
+        }
+        println!();
+        eprintln!(
+            "lava: prompt {} tokens, prefill {:.1} tok/s, decode {:.1} tok/s ({} tokens), KV cache {} bytes (allocated {})",
+            stats.prompt_tokens,
+            stats.prefill_tok_s(),
+            stats.decode_tok_s(),
+            stats.generated_tokens,
+            cache.retained_bytes(),
+            cache.allocated_bytes()
+        );
+    }
+    Ok(())
+}
+
+pub fn ppl(a: PplArgs) -> Result<(), CliError> {
+    if a.max_tokens < 2 {
+        return Err(CliError::Usage("--max-tokens must be at least 2".into()));
+    }
+    if a.chunk == 0 {
+        return Err(CliError::Usage("--chunk must be at least 1".into()));
+    }
+    let text = read_text(&a.text_file)?;
+    let path = resolve_model(a.model.model.as_deref())?;
+    with_backend!(a.model.backend, |B, device| { ppl_on::<B>(&a, &text, &path, &device) })
+}
+
+/// Mean negative log-likelihood (nats) of `ids[1..]` given their prefixes, full cache.
+pub fn mean_nll<B: Backend>(model: &Llama<B>, ids: &[u32], chunk: usize) -> Result<f64, CliError> {
+    let device = model.device().clone();
+    let mut cache = FullCache::<B>::new(model.cache_shape(), ids.len(), &device)?;
+    let mut total = 0f64;
+    let mut count = 0usize;
+    let mut start = 0;
+    while start + 1 < ids.len() {
+        let end = (start + chunk).min(ids.len() - 1);
+        let logits = model.forward(&ids[start..end], &mut cache, Logits::All)?; // [T, vocab]
+        let t = end - start;
+        let targets: Vec<i64> = ids[start + 1..end + 1].iter().map(|&x| x as i64).collect();
+        let targets = Tensor::<B, 1, Int>::from_data(TensorData::new(targets, [t]), &device).reshape([t, 1]);
+        let lp = log_softmax(logits, 1).gather(1, targets);
+        let lp = lp.into_data().convert::<f32>().to_vec::<f32>().map_err(|e| CliError::Usage(format!("{e:?}")))?;
+        total -= lp.iter().map(|&x| x as f64).sum::<f64>();
+        count += t;
+        start = end;
+    }
+    Ok(total / count.max(1) as f64)
+}
+
+fn ppl_on<B: Backend>(a: &PplArgs, text: &str, path: &Path, device: &B::Device) -> Result<(), CliError> {
+    let (model, tok) = load::<B>(path, device)?;
+    let mut ids = tok.encode(text)?;
+    ids.truncate(a.max_tokens.min(model.config.max_position_embeddings));
+    if ids.len() < 2 {
+        return Err(CliError::Usage(format!(
+            "{} has {} token(s); perplexity needs at least 2",
+            a.text_file.display(),
+            ids.len()
+        )));
+    }
+    let nll = mean_nll(&model, &ids, a.chunk)?;
+    if a.json {
+        println!("{}", serde_json::json!({"tokens": ids.len(), "nll": nll, "ppl": nll.exp()}));
+    } else {
+        println!("tokens {}  mean NLL {:.4}  perplexity {:.3}", ids.len(), nll, nll.exp());
+    }
+    Ok(())
+}
+
+pub fn export_hf(a: ExportArgs) -> Result<(), CliError> {
+    if !a.gguf.is_file() {
+        return Err(CliError::Usage(format!("{} is not a file: export-hf takes a GGUF file and an output directory", a.gguf.display())));
+    }
+    lava_llama::export_gguf_to_hf(&a.gguf, &a.dir)?;
+    eprintln!("lava: wrote {}", a.dir.display());
+    Ok(())
+}

@@ -1,0 +1,49 @@
+use std::path::PathBuf;
+
+use lava_cache::CacheError;
+use lava_llama::ModelError;
+
+/// Errors of the `lava` command, each mapped to an exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// Bad arguments or input values.
+    #[error("{0}")]
+    Usage(String),
+    /// Model or data problems (missing file, corrupt GGUF, download failure).
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// Cache/policy problems.
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    /// Reading or writing a file.
+    #[error("{path}: {source}")]
+    Io {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The default model could not be fetched.
+    #[error("could not fetch the default model: {0}")]
+    Fetch(String),
+    /// The requested backend cannot run here.
+    #[error("{0}")]
+    Backend(String),
+}
+
+impl CliError {
+    /// Exit code: 2 usage, 3 model/data, 4 backend.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Usage(_) => 2,
+            CliError::Model(ModelError::Input(_)) => 2,
+            CliError::Cache(CacheError::InvalidParameters(_)) => 2,
+            CliError::Backend(_) => 4,
+            _ => 3,
+        }
+    }
+
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        CliError::Io { path: path.into(), source }
+    }
+}

