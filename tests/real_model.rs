@@ -127,3 +127,24 @@ fn ppl_command_matches_golden() {
     assert!((v["nll"].as_f64().expect("nll") - 3.023).abs() < 0.005, "{v}");
     assert!((v["ppl"].as_f64().expect("ppl") - 20.6).abs() < 0.1, "{v}");
 }
+
+#[test]
+fn greedy_generation_is_bit_identical_across_runs() {
+    let _ = model_path();
+    let run = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_lava"))
+            .args(["generate", "--prompt", "Once upon a time", "--max-new-tokens", "12", "--json"])
+            .output()
+            .expect("run lava");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        v["text"].as_str().expect("text").to_string()
+    };
+    assert_eq!(run(), run());
+    type B = burn_flex::Flex<f32>;
+    let (model, tok) = load_model::<B>(&model_path(), &burn_flex::FlexDevice).expect("load");
+    let ids = tok.encode(FOX).expect("encode");
+    let a: Vec<u32> = last_logits(&model, &ids).iter().map(|x| x.to_bits()).collect();
+    let b: Vec<u32> = last_logits(&model, &ids).iter().map(|x| x.to_bits()).collect();
+    assert!(a == b, "logits differ between two identical forward passes");
+}

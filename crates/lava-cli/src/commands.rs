@@ -9,7 +9,7 @@ use lava_llama::{load_model, GenerationConfig, Llama, Logits, Message, Sampling,
 
 use crate::error::CliError;
 use crate::fetch::resolve_model;
-use crate::{with_backend, ExportArgs, GenerateArgs, PplArgs};
+use crate::{with_backend, ExportArgs, GenerateArgs, PplArgs, SelectArgs};
 
 fn read_text(path: &Path) -> Result<String, CliError> {
     let bytes = std::fs::read(path).map_err(|e| CliError::io(path, e))?;
@@ -231,5 +231,13 @@ pub fn export_hf(a: ExportArgs) -> Result<(), CliError> {
     }
     lava_llama::export_gguf_to_hf(&a.gguf, &a.dir)?;
     eprintln!("lava: wrote {}", a.dir.display());
+    Ok(())
+}
+
+pub fn select(a: SelectArgs) -> Result<(), CliError> {
+    let config = a.policy.to_config()?;
+    let layers = crate::select::read_qkv_file(&a.qkv)?;
+    let json = with_backend!(a.backend, |B, device| { crate::select::select_json::<B>(&layers, &config, &device) })?;
+    println!("{json}");
     Ok(())
 }

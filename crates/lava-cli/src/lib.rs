@@ -7,6 +7,8 @@ pub mod backend;
 mod commands;
 pub mod error;
 pub mod fetch;
+pub mod policy_args;
+pub mod select;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,6 +17,7 @@ use clap::{Args, Parser, Subcommand};
 
 pub use backend::BackendKind;
 pub use error::CliError;
+pub use policy_args::PolicyArgs;
 
 /// Long-context LLM inference with a compressed KV cache (LAVa and baselines), on Burn.
 #[derive(Debug, Parser)]
@@ -100,6 +103,23 @@ pub struct ExportArgs {
     pub dir: PathBuf,
 }
 
+/// `lava select`.
+#[derive(Debug, Clone, Args)]
+pub struct SelectArgs {
+    /// Safetensors file with f32 tensors `layers.{l}.q` `[H_q, N, D]`, `layers.{l}.k`, `layers.{l}.v` `[H_kv, N, D]` (RoPE applied).
+    #[arg(long)]
+    pub qkv: PathBuf,
+    /// The policy.
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+    /// Compute backend for the window attention.
+    #[arg(long, value_enum, default_value_t = BackendKind::Ndarray)]
+    pub backend: BackendKind,
+    /// Print JSON (the default and only format; accepted for clarity).
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -107,6 +127,8 @@ pub enum Command {
     Generate(GenerateArgs),
     /// Mean negative log-likelihood and perplexity of a text.
     Ppl(PplArgs),
+    /// Which positions a policy keeps, per layer and KV head, from saved q/k/v tensors (JSON).
+    Select(SelectArgs),
     /// Write a Hugging Face directory (f32 safetensors, config, tokenizer) from a GGUF file.
     ExportHf(ExportArgs),
 }
@@ -117,6 +139,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Generate(a) => commands::generate(a),
         Command::Ppl(a) => commands::ppl(a),
         Command::ExportHf(a) => commands::export_hf(a),
+        Command::Select(a) => commands::select(a),
     }
 }
 

@@ -1,0 +1,52 @@
+//! Command-line options that describe a cache policy.
+
+use clap::Args;
+use lava_cache::{PolicyConfig, PolicyName, Pooling};
+
+use crate::error::CliError;
+
+/// `--policy`, `--budget` and the policy parameters (reference defaults).
+#[derive(Debug, Clone, Args)]
+pub struct PolicyArgs {
+    /// Cache policy: full, streaming, h2o, snapkv, pyramidkv, ada-snapkv, ada-pyramidkv, lava, lava-no-layer, lava-no-head.
+    #[arg(long, default_value = "full")]
+    pub policy: String,
+    /// Budget B: tokens kept per KV head per layer, window included.
+    #[arg(long, default_value_t = 128)]
+    pub budget: usize,
+    /// Observation window w (the last w prompt tokens, always kept).
+    #[arg(long, default_value_t = 32)]
+    pub window: usize,
+    /// Pooling kernel size (odd).
+    #[arg(long, default_value_t = 7)]
+    pub kernel: usize,
+    /// Pooling: maxpool or avgpool.
+    #[arg(long, default_value = "maxpool")]
+    pub pooling: String,
+    /// Head-allocation floor alpha in [0, 1] (Ada-KV, LAVa).
+    #[arg(long, default_value_t = 0.2)]
+    pub floor_alpha: f64,
+    /// PyramidKV beta.
+    #[arg(long, default_value_t = 20)]
+    pub beta: usize,
+    /// Attention sinks kept by streaming.
+    #[arg(long, default_value_t = 4)]
+    pub sinks: usize,
+}
+
+impl PolicyArgs {
+    /// The validated policy configuration.
+    pub fn to_config(&self) -> Result<PolicyConfig, CliError> {
+        let policy: PolicyName = self.policy.parse()?;
+        let pooling: Pooling = self.pooling.parse()?;
+        let mut c = PolicyConfig::new(policy, self.budget);
+        c.window = self.window;
+        c.kernel_size = self.kernel;
+        c.pooling = pooling;
+        c.floor_alpha = self.floor_alpha;
+        c.pyramid_beta = self.beta;
+        c.sinks = self.sinks;
+        c.validate()?;
+        Ok(c)
+    }
+}
