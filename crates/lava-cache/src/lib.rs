@@ -9,8 +9,74 @@
 //! needs to score tokens and can keep a different number of tokens per head.
 //!
 //! Shapes are written `[heads, tokens, head_dim]` (batch 1).
+//!
+//! # Caches and entry points
+//!
+//! - [`FullCache`]: keeps everything.
+//! - [`CompressedCache`]: at each layer's prefill, keeps per KV head the tokens a
+//!   policy selects; decoding appends. Storage is flat per layer (one row per
+//!   kept (KV head, token) slot plus each slot's head and position), so heads of
+//!   different lengths cost no padding, and attention masks other heads' slots
+//!   with `-inf`: a constant number of tensor ops per layer. See its module docs.
+//! - [`select_positions`]: for researchers and verification, runs a policy on one
+//!   sequence's per-layer `q`, `k`, `v` and returns each layer's budget and each
+//!   KV head's kept positions. The cache makes the same selection.
+//!
+//! # Policies
+//!
+//! A policy is a [`Scorer`], a [`LayerAllocation`] and a [`HeadAllocation`]
+//! (module [`policy`], math in `lava-algorithm.md`). `B` is the budget in tokens
+//! per KV head per layer, window `w` included; `B_l` a layer's budget beyond the
+//! window.
+//!
+//! | name            | scorer            | layer budgets        | head budgets     |
+//! |-----------------|-------------------|----------------------|------------------|
+//! | `full`          | none              | everything           | everything       |
+//! | `streaming`     | sinks + recency   | uniform `B - w`      | uniform          |
+//! | `h2o`           | cumulative attn.  | uniform              | uniform          |
+//! | `snapkv`        | window, group mean| uniform              | uniform          |
+//! | `pyramidkv`     | window, group mean| pyramid (`beta`)     | uniform          |
+//! | `ada-snapkv`    | window, group mean| uniform              | adaptive (`alpha`)|
+//! | `ada-pyramidkv` | window, group mean| pyramid              | adaptive         |
+//! | `lava`          | LAVa (value-norm, group max) | entropy   | adaptive         |
+//! | `lava-no-layer` | LAVa              | uniform              | adaptive         |
+//! | `lava-no-head`  | LAVa              | entropy              | uniform          |
+//!
+//! Defaults ([`PolicyConfig::new`]): window 32, kernel 7, maxpool, alpha 0.2,
+//! beta 20, 4 sinks.
+//!
+//! # Conventions where the reference code is silent or differs
+//!
+//! The selections match the public reference code (MGDDestiny/Lava, built on
+//! Ada-KV) exactly, as an independent re-implementation in the tests checks,
+//! except for these documented choices:
+//!
+//! 1. **Head floor** (Ada-KV, LAVa): `floor(alpha * B_l)` with the layer's budget
+//!    `B_l`; the LAVa code leaves it at `floor(alpha * B)` through a misspelled
+//!    attribute (`lava-algorithm.md` §4).
+//! 2. **Ties** go to the lower index: lower position in a head; lower head, then
+//!    lower rank, in the adaptive pool. PyTorch leaves them unspecified, and max
+//!    pooling makes them common.
+//! 3. **Nothing is evicted** when `n = N - w <= B - w`, for every policy, and a
+//!    layer whose budget reaches `n` keeps its whole prefix (the Ada-KV code
+//!    compresses at `B_l == n`, which can round a head to `n - 1`).
+//! 4. **GQA order for SnapKV-family scores**: the group mean is taken *before*
+//!    pooling, as the reference code does; with max pooling this differs from
+//!    reading `lava-algorithm.md` §1–2 literally (pool each query head, then
+//!    average). LAVa pools each query head, scales, then takes the group max, as
+//!    both the document and the code say.
+//! 5. **Rounding**: Ada-KV capacities are rounded half to even in `f32`, like
+//!    the reference's `torch.round` on float32 tensors.
+//! 6. **Totality**: entropies summing to 0 fall back to uniform layer budgets;
+//!    PyramidKV with a single layer gives it `B - w`; where the reference would
+//!    divide by zero.
+//! 7. **Compression happens once**, at prefill (the first `attend` of a layer);
+//!    decode tokens are appended and never evicted, as in the reference.
+
+#![warn(missing_docs)]
 
 mod attention;
+mod compressed;
 mod error;
 mod full;
 mod host;
@@ -18,6 +84,7 @@ pub mod policy;
 mod select;
 
 pub use attention::causal_attention;
+pub use compressed::CompressedCache;
 pub use error::CacheError;
 pub use full::FullCache;
 pub use policy::{Composition, HeadAllocation, LayerAllocation, PolicyConfig, PolicyName, Pooling, Scorer};

@@ -1,0 +1,331 @@
+//! Eviction policies as compositions of three parts (the unified view of the
+//! LAVa paper, arXiv 2509.09754):
+//!
+//! 1. a [`Scorer`] gives every evictable prefix token of every KV head a score
+//!    (module [`scorer`]);
+//! 2. a [`LayerAllocation`] splits the total budget across layers, giving each
+//!    layer its budget `B_l` of tokens beyond the window (module [`layer_budget`]);
+//! 3. a [`HeadAllocation`] splits a layer's `H_kv * B_l` tokens across its KV
+//!    heads (module [`head_budget`]).
+//!
+//! Each KV head then keeps its highest-scoring prefix tokens, as many as its head
+//! budget allows, plus the whole observation window. The named policies of the
+//! paper and its baselines are fixed compositions, listed by [`PolicyName`]; the
+//! math is the one of `lava-algorithm.md` (see the crate docs for the few
+//! documented deviations from the reference code).
+//!
+//! Everything that depends on the number of tokens `N` is done on the host with
+//! plain Rust, on small `[H, n]` score matrices read back from the backend: Burn's
+//! top-k is not available on every backend, and sorting copies to the host anyway.
+
+pub mod head_budget;
+pub mod layer_budget;
+pub(crate) mod plan;
+pub mod scorer;
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::CacheError;
+
+/// Pooling applied along the token axis to the window attention
+/// (stride 1, padding `kernel / 2`, output length unchanged).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Pooling {
+    /// Max pooling; padding is `-inf`, so it never wins.
+    MaxPool,
+    /// Average pooling; padding counts as zeros and every window is divided by
+    /// the kernel size (PyTorch `count_include_pad=True`).
+    AvgPool,
+}
+
+impl fmt::Display for Pooling {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Pooling::MaxPool => "maxpool",
+            Pooling::AvgPool => "avgpool",
+        })
+    }
+}
+
+impl FromStr for Pooling {
+    type Err = CacheError;
+
+    /// Parses `maxpool` or `avgpool` (case-insensitive).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "maxpool" | "max" => Ok(Pooling::MaxPool),
+            "avgpool" | "avg" => Ok(Pooling::AvgPool),
+            other => Err(CacheError::InvalidParameters(format!(
+                "unknown pooling '{other}'; expected 'maxpool' or 'avgpool'"
+            ))),
+        }
+    }
+}
+
+/// How tokens are scored (part 1 of a policy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scorer {
+    /// SnapKV: window attention, averaged over the `G` query heads of a KV head,
+    /// then pooled ([`scorer::snapkv_scores`]).
+    SnapKv,
+    /// LAVa: window attention pooled per query head, scaled by the KV head's
+    /// largest value L1 norm, then the maximum over the `G` query heads
+    /// ([`scorer::lava_scores`]).
+    Lava,
+    /// H2O-style: cumulative attention that all prompt queries pay to each
+    /// token, averaged over the group; no pooling ([`scorer::h2o_scores`]).
+    H2o,
+    /// StreamingLLM: no attention; the first `sinks` tokens, then the most
+    /// recent ones ([`scorer::streaming_scores`]).
+    Streaming,
+}
+
+/// How the total budget is split across layers (part 2 of a policy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LayerAllocation {
+    /// Every layer gets `B_l = B - w` ([`layer_budget::uniform`]).
+    Uniform,
+    /// PyramidKV: budgets decrease linearly with depth ([`layer_budget::pyramid`]).
+    Pyramid,
+    /// LAVa: budgets proportional to each layer's normalised score entropy
+    /// ([`layer_budget::entropy`]).
+    Entropy,
+}
+
+/// How a layer's budget is split across its KV heads (part 3 of a policy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HeadAllocation {
+    /// Every KV head keeps its top `B_l` tokens ([`head_budget::uniform`]).
+    Uniform,
+    /// Ada-KV: a pooled top-`H_kv * B_l` across heads with a per-head floor
+    /// ([`head_budget::adaptive`]).
+    Adaptive,
+}
+
+/// A policy's three parts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Composition {
+    /// Token scorer.
+    pub scorer: Scorer,
+    /// Layer budget allocation.
+    pub layers: LayerAllocation,
+    /// Head budget allocation.
+    pub heads: HeadAllocation,
+}
+
+/// The named policies: fixed compositions of a scorer, a layer allocation and a
+/// head allocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PolicyName {
+    /// `full`: nothing is evicted.
+    Full,
+    /// `streaming`: StreamingLLM, attention sinks plus the most recent tokens.
+    Streaming,
+    /// `h2o`: cumulative attention of all prompt queries, uniform budgets.
+    H2o,
+    /// `snapkv`: SnapKV scores, uniform layers, uniform heads.
+    SnapKv,
+    /// `pyramidkv`: SnapKV scores, pyramid layers, uniform heads.
+    PyramidKv,
+    /// `ada-snapkv`: SnapKV scores, uniform layers, adaptive heads.
+    AdaSnapKv,
+    /// `ada-pyramidkv`: SnapKV scores, pyramid layers, adaptive heads.
+    AdaPyramidKv,
+    /// `lava`: LAVa scores, entropy layers, adaptive heads.
+    Lava,
+    /// `lava-no-layer`: LAVa scores, uniform layers, adaptive heads (ablation).
+    LavaNoLayer,
+    /// `lava-no-head`: LAVa scores, entropy layers, uniform heads (ablation).
+    LavaNoHead,
+}
+
+impl PolicyName {
+    /// Every named policy, in a stable order.
+    pub const ALL: [PolicyName; 10] = [
+        PolicyName::Full,
+        PolicyName::Streaming,
+        PolicyName::H2o,
+        PolicyName::SnapKv,
+        PolicyName::PyramidKv,
+        PolicyName::AdaSnapKv,
+        PolicyName::AdaPyramidKv,
+        PolicyName::Lava,
+        PolicyName::LavaNoLayer,
+        PolicyName::LavaNoHead,
+    ];
+
+    /// The canonical name, as parsed by [`FromStr`] and printed by [`Display`](fmt::Display).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PolicyName::Full => "full",
+            PolicyName::Streaming => "streaming",
+            PolicyName::H2o => "h2o",
+            PolicyName::SnapKv => "snapkv",
+            PolicyName::PyramidKv => "pyramidkv",
+            PolicyName::AdaSnapKv => "ada-snapkv",
+            PolicyName::AdaPyramidKv => "ada-pyramidkv",
+            PolicyName::Lava => "lava",
+            PolicyName::LavaNoLayer => "lava-no-layer",
+            PolicyName::LavaNoHead => "lava-no-head",
+        }
+    }
+
+    /// The policy's parts; `None` for [`PolicyName::Full`], which evicts nothing.
+    pub fn composition(self) -> Option<Composition> {
+        use HeadAllocation as H;
+        use LayerAllocation as L;
+        let (scorer, layers, heads) = match self {
+            PolicyName::Full => return None,
+            PolicyName::Streaming => (Scorer::Streaming, L::Uniform, H::Uniform),
+            PolicyName::H2o => (Scorer::H2o, L::Uniform, H::Uniform),
+            PolicyName::SnapKv => (Scorer::SnapKv, L::Uniform, H::Uniform),
+            PolicyName::PyramidKv => (Scorer::SnapKv, L::Pyramid, H::Uniform),
+            PolicyName::AdaSnapKv => (Scorer::SnapKv, L::Uniform, H::Adaptive),
+            PolicyName::AdaPyramidKv => (Scorer::SnapKv, L::Pyramid, H::Adaptive),
+            PolicyName::Lava => (Scorer::Lava, L::Entropy, H::Adaptive),
+            PolicyName::LavaNoLayer => (Scorer::Lava, L::Uniform, H::Adaptive),
+            PolicyName::LavaNoHead => (Scorer::Lava, L::Entropy, H::Uniform),
+        };
+        Some(Composition { scorer, layers, heads })
+    }
+}
+
+impl fmt::Display for PolicyName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for PolicyName {
+    type Err = CacheError;
+
+    /// Parses a canonical policy name (case-insensitive, `_` accepted for `-`).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let wanted = s.trim().to_ascii_lowercase().replace('_', "-");
+        PolicyName::ALL.into_iter().find(|p| p.as_str() == wanted).ok_or_else(|| {
+            let names: Vec<&str> = PolicyName::ALL.iter().map(|p| p.as_str()).collect();
+            CacheError::InvalidParameters(format!(
+                "unknown policy '{}'; expected one of: {}",
+                s.trim(),
+                names.join(", ")
+            ))
+        })
+    }
+}
+
+/// A policy and its parameters. [`PolicyConfig::new`] fills in the reference
+/// defaults (`w = 32`, kernel 7, maxpool, `alpha = 0.2`, `beta = 20`, 4 sinks).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PolicyConfig {
+    /// Which named policy.
+    pub policy: PolicyName,
+    /// Budget `B`: tokens kept per KV head per layer, observation window
+    /// included (reference configs `c128_w32` mean `B = 128`, `w = 32`).
+    /// Adaptive policies move tokens between heads and layers around this mean.
+    /// Ignored by `full`.
+    pub budget: usize,
+    /// Observation window `w`: the last `w` prompt tokens, whose queries score
+    /// the others and which are always kept.
+    pub window: usize,
+    /// Pooling kernel size `k` (odd).
+    pub kernel_size: usize,
+    /// Pooling kind.
+    pub pooling: Pooling,
+    /// Floor `alpha` of the adaptive head allocation, in `[0, 1]`.
+    pub floor_alpha: f64,
+    /// PyramidKV `beta` (`min = (B - w) / beta`), at least 1.
+    pub pyramid_beta: usize,
+    /// StreamingLLM attention sinks: the first tokens always kept.
+    pub sinks: usize,
+}
+
+impl PolicyConfig {
+    /// Reference default observation window.
+    pub const DEFAULT_WINDOW: usize = 32;
+    /// Reference default pooling kernel.
+    pub const DEFAULT_KERNEL_SIZE: usize = 7;
+    /// Reference default floor `alpha`.
+    pub const DEFAULT_FLOOR_ALPHA: f64 = 0.2;
+    /// Reference default PyramidKV `beta`.
+    pub const DEFAULT_PYRAMID_BETA: usize = 20;
+    /// Reference default StreamingLLM sinks.
+    pub const DEFAULT_SINKS: usize = 4;
+
+    /// `policy` with budget `budget` and every other parameter at its reference
+    /// default (window 32, kernel 7, maxpool, alpha 0.2, beta 20, 4 sinks).
+    pub fn new(policy: PolicyName, budget: usize) -> Self {
+        Self {
+            policy,
+            budget,
+            window: Self::DEFAULT_WINDOW,
+            kernel_size: Self::DEFAULT_KERNEL_SIZE,
+            pooling: Pooling::MaxPool,
+            floor_alpha: Self::DEFAULT_FLOOR_ALPHA,
+            pyramid_beta: Self::DEFAULT_PYRAMID_BETA,
+            sinks: Self::DEFAULT_SINKS,
+        }
+    }
+
+    /// The policy's parts (`None` for `full`).
+    pub fn composition(&self) -> Option<Composition> {
+        self.policy.composition()
+    }
+
+    /// Tokens beyond the window per KV head per layer, `B - w` (0 if `B <= w`,
+    /// which [`validate`](Self::validate) rejects).
+    pub fn budget_beyond_window(&self) -> usize {
+        self.budget.saturating_sub(self.window)
+    }
+
+    /// Checks the parameters; the error says what is wrong in one sentence.
+    ///
+    /// Rejected: window 0; kernel size 0 or even; alpha not in `[0, 1]` (or not
+    /// finite); beta 0; and, for every policy but `full`, budget 0 or budget
+    /// `<=` window; for `streaming`, more sinks than `B - w`.
+    pub fn validate(&self) -> Result<(), CacheError> {
+        let bad = |msg: String| Err(CacheError::InvalidParameters(msg));
+        if self.window == 0 {
+            return bad("the observation window must hold at least 1 token".into());
+        }
+        if self.kernel_size == 0 || self.kernel_size % 2 == 0 {
+            return bad(format!(
+                "the pooling kernel size must be odd and positive (so pooling keeps the length), got {}",
+                self.kernel_size
+            ));
+        }
+        if !(self.floor_alpha.is_finite() && (0.0..=1.0).contains(&self.floor_alpha)) {
+            return bad(format!("the floor alpha must lie in [0, 1], got {}", self.floor_alpha));
+        }
+        if self.pyramid_beta == 0 {
+            return bad("the pyramid beta must be at least 1".into());
+        }
+        if self.policy == PolicyName::Full {
+            return Ok(());
+        }
+        if self.budget == 0 {
+            return bad(format!("the budget of policy '{}' must be positive", self.policy));
+        }
+        if self.budget <= self.window {
+            return bad(format!(
+                "the budget ({}) must exceed the observation window ({}): it counts the window's tokens too",
+                self.budget, self.window
+            ));
+        }
+        if self.policy == PolicyName::Streaming && self.sinks > self.budget - self.window {
+            return bad(format!(
+                "streaming keeps {} sinks but the budget leaves only {} tokens beyond the window",
+                self.sinks,
+                self.budget - self.window
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Default for PolicyConfig {
+    /// LAVa with the reference setting `c128_w32_k7_maxpool`.
+    fn default() -> Self {
+        Self::new(PolicyName::Lava, 128)
+    }
+}

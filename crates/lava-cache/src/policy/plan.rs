@@ -1,0 +1,78 @@
+//! Glue shared by [`select_positions`](crate::select_positions) and
+//! [`CompressedCache`](crate::CompressedCache): ranking a layer's scores and
+//! turning budgets into kept positions.
+
+use super::{head_budget, layer_budget, scorer::ScoreMatrix, HeadAllocation, LayerAllocation, PolicyConfig};
+
+/// One layer's scores, ranked per KV head.
+#[derive(Debug, Clone)]
+pub(crate) struct RankedLayer {
+    /// Per KV head: the prefix positions from the highest score to the lowest.
+    pub order: Vec<Vec<usize>>,
+    /// Per KV head: the scores in that order (`[H_kv, n]`, rows descending).
+    pub sorted: ScoreMatrix,
+    /// Normalised entropy of the scores (used by the entropy allocation only).
+    pub entropy: f64,
+}
+
+impl RankedLayer {
+    /// Ranks `scores` (`[H_kv, n]`).
+    pub fn new(scores: &ScoreMatrix) -> Self {
+        let order: Vec<Vec<usize>> = scores.iter_rows().map(head_budget::rank_descending).collect();
+        let sorted_data = scores
+            .iter_rows()
+            .zip(&order)
+            .flat_map(|(row, ord)| ord.iter().map(move |&j| row[j]))
+            .collect();
+        let sorted = match ScoreMatrix::new(scores.rows(), scores.cols(), sorted_data) {
+            Ok(m) => m,
+            // Same dimensions as `scores` by construction.
+            Err(_) => scores.clone(),
+        };
+        Self { order, sorted, entropy: layer_budget::normalized_entropy(scores) }
+    }
+}
+
+/// Layer budgets that need no scores (uniform, pyramid) for `layers` layers with
+/// `n` prefix tokens; `None` for the entropy allocation.
+pub(crate) fn static_layer_budgets(
+    allocation: LayerAllocation,
+    config: &PolicyConfig,
+    layers: usize,
+    n: usize,
+) -> Option<Vec<usize>> {
+    let base = config.budget_beyond_window();
+    match allocation {
+        LayerAllocation::Uniform => Some(layer_budget::uniform(layers, base)),
+        LayerAllocation::Pyramid => Some(layer_budget::pyramid(layers, base, n, config.pyramid_beta)),
+        LayerAllocation::Entropy => None,
+    }
+}
+
+/// Prefix tokens each KV head keeps for layer budget `budget`: all `n` if
+/// `budget >= n` (the layer is not compressed), else the head allocation.
+pub(crate) fn head_caps(allocation: HeadAllocation, ranked: &RankedLayer, budget: usize, alpha: f64) -> Vec<usize> {
+    let (heads, n) = (ranked.sorted.rows(), ranked.sorted.cols());
+    if budget >= n {
+        return vec![n; heads];
+    }
+    match allocation {
+        HeadAllocation::Uniform => head_budget::uniform(heads, budget, n),
+        HeadAllocation::Adaptive => head_budget::adaptive(&ranked.sorted, budget, alpha),
+    }
+}
+
+/// Kept positions per KV head, ascending: the first `caps[g]` of `order[g]`
+/// and the window `n..n_tok`.
+pub(crate) fn kept_positions(order: &[Vec<usize>], caps: &[usize], n: usize, n_tok: usize) -> Vec<Vec<usize>> {
+    order
+        .iter()
+        .zip(caps)
+        .map(|(ord, &cap)| {
+            let mut kept: Vec<usize> = ord[..cap.min(ord.len())].to_vec();
+            kept.sort_unstable();
+            kept.extend(n..n_tok);
+            kept
+        })
+        .collect()
+}

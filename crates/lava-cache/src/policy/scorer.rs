@@ -1,0 +1,372 @@
+//! Token scorers: part 1 of a policy (`lava-algorithm.md` §1, §2, §6).
+//!
+//! The attention that scores tokens is computed on the backend, never as an
+//! `N x N` matrix: [`window_attention`] multiplies only the `w` window queries by
+//! the `N` keys, and [`cumulative_attention`] (H2O) walks the prompt queries in
+//! chunks. The results, `[H_q, n]` matrices over the `n = N - w` evictable prefix
+//! tokens, are read back to the host, where pooling and the per-KV-head
+//! aggregation ([`snapkv_scores`], [`lava_scores`], [`h2o_scores`]) are plain Rust.
+//!
+//! Query heads `g*G .. (g+1)*G` share KV head `g` (Hugging Face `repeat_kv`
+//! order), as in [`causal_attention`](crate::causal_attention).
+
+use burn::tensor::{activation::softmax, backend::Backend, FloatDType, Int, Tensor, TensorData};
+
+use super::{PolicyConfig, Pooling, Scorer};
+use crate::{error::dims_str, host::to_host, CacheError};
+
+/// A row-major host matrix of scores, `[rows, cols]`: one row per head (query
+/// head or KV head, as documented where it is produced), one column per prefix
+/// token `j < n`. Always holds exactly `rows * cols` values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScoreMatrix {
+    rows: usize,
+    cols: usize,
+    data: Vec<f32>,
+}
+
+impl ScoreMatrix {
+    /// A matrix from row-major data; errors if `data.len() != rows * cols`.
+    pub fn new(rows: usize, cols: usize, data: Vec<f32>) -> Result<Self, CacheError> {
+        if rows.checked_mul(cols) != Some(data.len()) {
+            return Err(CacheError::ShapeMismatch {
+                what: "score matrix data",
+                expected: format!("{rows} * {cols} values"),
+                found: format!("{} values", data.len()),
+            });
+        }
+        Ok(Self { rows, cols, data })
+    }
+
+    /// Number of rows (heads).
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Number of columns (prefix tokens `n`).
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// All values, row after row.
+    pub fn data(&self) -> &[f32] {
+        &self.data
+    }
+
+    /// Row `r`, or `None` if `r >= rows`.
+    pub fn get_row(&self, r: usize) -> Option<&[f32]> {
+        (r < self.rows).then(|| self.row(r))
+    }
+
+    /// Iterator over the rows.
+    pub fn iter_rows(&self) -> impl Iterator<Item = &[f32]> + '_ {
+        (0..self.rows).map(move |r| self.row(r))
+    }
+
+    /// Row `r`; callers guarantee `r < rows` (the constructor guarantees the length).
+    pub(crate) fn row(&self, r: usize) -> &[f32] {
+        &self.data[r * self.cols..(r + 1) * self.cols]
+    }
+}
+
+/// Checks `q [H_q, N, D]` against `k [H_kv, N, D]`; returns `(H_q, H_kv, N, D)`.
+fn check_qk<B: Backend>(q: &Tensor<B, 3>, k: &Tensor<B, 3>) -> Result<(usize, usize, usize, usize), CacheError> {
+    let [h_q, n_tok, d] = q.dims();
+    let [h_kv, n_k, d_k] = k.dims();
+    if h_q == 0 || h_kv == 0 || d == 0 || h_q % h_kv != 0 || n_k != n_tok || d_k != d {
+        return Err(CacheError::ShapeMismatch {
+            what: "keys (against queries)",
+            expected: format!("[H_kv dividing {h_q}, {n_tok}, {d}]"),
+            found: dims_str(&k.dims()),
+        });
+    }
+    Ok((h_q, h_kv, n_tok, d))
+}
+
+/// Softmax over the last dimension of `[H_kv, G*R, N]` logits of query rows
+/// against all keys, with key `j` hidden from row `(gi, i)` when
+/// `j > first_query + i` (causal), computed in `f32`.
+fn masked_probs<B: Backend>(
+    q_rows: Tensor<B, 3>,
+    k: &Tensor<B, 3>,
+    group: usize,
+    first_query: usize,
+    rows: usize,
+) -> Tensor<B, 3> {
+    let [h_kv, gr, d] = q_rows.dims();
+    let n_tok = k.dims()[1];
+    let device = q_rows.device();
+    let scale = 1.0 / (d as f64).sqrt();
+    let logits = q_rows.matmul(k.clone().swap_dims(1, 2)).mul_scalar(scale).cast(FloatDType::F32);
+    let query_pos: Vec<i64> = (0..group).flat_map(|_| (0..rows).map(|i| (first_query + i) as i64)).collect();
+    let query_pos = Tensor::<B, 2, Int>::from_data(TensorData::new(query_pos, [gr, 1]), &device).expand([gr, n_tok]);
+    let key_pos = Tensor::<B, 1, Int>::arange(0..n_tok as i64, &device).reshape([1, n_tok]).expand([gr, n_tok]);
+    let future = key_pos.greater(query_pos).unsqueeze_dim::<3>(0).expand([h_kv, gr, n_tok]);
+    softmax(logits.mask_fill(future, f32::NEG_INFINITY), 2)
+}
+
+/// Window attention `s[h, j]` of `lava-algorithm.md` §1, `[H_q, n]` with
+/// `n = N - window`.
+///
+/// For query head `h` and window query `i` (position `n + i`),
+/// `A[h,i,j] = softmax_j(q[h,n+i] . k[g(h),j] / sqrt(D))` over all `N` keys with
+/// keys `j > n + i` masked; `s[h,j] = mean_i A[h,i,j]` for `j < n`. Computed on
+/// the backend in `f32` as one `[H_kv, G*w, N]` product (no `N x N` matrix).
+///
+/// `q`: `[H_q, N, D]`, `k`: `[H_kv, N, D]`, `1 <= window <= N`.
+pub fn window_attention<B: Backend>(q: &Tensor<B, 3>, k: &Tensor<B, 3>, window: usize) -> Result<ScoreMatrix, CacheError> {
+    let (h_q, h_kv, n_tok, d) = check_qk(q, k)?;
+    if window == 0 || window > n_tok {
+        return Err(CacheError::InvalidParameters(format!(
+            "the window ({window}) must hold between 1 and N = {n_tok} tokens"
+        )));
+    }
+    let n = n_tok - window;
+    if n == 0 {
+        return ScoreMatrix::new(h_q, 0, Vec::new());
+    }
+    let group = h_q / h_kv;
+    let q_window = q.clone().slice([0..h_q, n..n_tok, 0..d]).reshape([h_kv, group * window, d]);
+    let probs = masked_probs(q_window, k, group, n, window);
+    let mean = probs.slice([0..h_kv, 0..group * window, 0..n]).reshape([h_q, window, n]).mean_dim(1);
+    ScoreMatrix::new(h_q, n, to_host(mean)?)
+}
+
+/// Query rows per chunk of [`cumulative_attention`]: about 16 M logits at a time.
+const CUMULATIVE_CHUNK_ELEMS: usize = 1 << 24;
+
+/// Cumulative attention (H2O, `lava-algorithm.md` §6): `[H_q, prefix]` with
+/// `c[h, j] = sum_i A[h,i,j]` over all `N` prompt queries `i` (causal), for
+/// `j < prefix`.
+///
+/// The queries are processed in chunks so that at most about 16 M logits exist
+/// at a time; the `N x N` attention is never materialised.
+pub fn cumulative_attention<B: Backend>(q: &Tensor<B, 3>, k: &Tensor<B, 3>, prefix: usize) -> Result<ScoreMatrix, CacheError> {
+    let [h_q, n_tok, _] = q.dims();
+    let chunk = (CUMULATIVE_CHUNK_ELEMS / (h_q * n_tok).max(1)).max(1);
+    cumulative_attention_in_chunks(q, k, prefix, chunk)
+}
+
+/// [`cumulative_attention`] with `chunk` query rows per step (at least 1).
+fn cumulative_attention_in_chunks<B: Backend>(
+    q: &Tensor<B, 3>,
+    k: &Tensor<B, 3>,
+    prefix: usize,
+    chunk: usize,
+) -> Result<ScoreMatrix, CacheError> {
+    let (h_q, h_kv, n_tok, d) = check_qk(q, k)?;
+    let chunk = chunk.max(1);
+    if prefix > n_tok {
+        return Err(CacheError::InvalidParameters(format!(
+            "the prefix ({prefix}) exceeds the sequence length ({n_tok})"
+        )));
+    }
+    if prefix == 0 {
+        return ScoreMatrix::new(h_q, 0, Vec::new());
+    }
+    let group = h_q / h_kv;
+    let mut total: Option<Tensor<B, 3>> = None;
+    let mut start = 0;
+    while start < n_tok {
+        let end = (start + chunk).min(n_tok);
+        let rows = end - start;
+        let q_rows = q.clone().slice([0..h_q, start..end, 0..d]).reshape([h_kv, group * rows, d]);
+        let probs = masked_probs(q_rows, k, group, start, rows);
+        let part = probs.slice([0..h_kv, 0..group * rows, 0..prefix]).reshape([h_q, rows, prefix]).sum_dim(1);
+        total = Some(match total {
+            Some(t) => t.add(part),
+            None => part,
+        });
+        start = end;
+    }
+    match total {
+        Some(t) => ScoreMatrix::new(h_q, prefix, to_host(t)?),
+        None => ScoreMatrix::new(h_q, 0, Vec::new()),
+    }
+}
+
+/// LAVa's value scale per KV head: `c[g] = max_{j < prefix} ||v[g, j]||_1`
+/// (`lava-algorithm.md` §2), `[H_kv]`, computed on the backend. Empty prefix
+/// gives zeros.
+pub fn value_norm_max<B: Backend>(v: &Tensor<B, 3>, prefix: usize) -> Result<Vec<f32>, CacheError> {
+    let [h_kv, n_tok, d] = v.dims();
+    if prefix > n_tok {
+        return Err(CacheError::InvalidParameters(format!(
+            "the prefix ({prefix}) exceeds the sequence length ({n_tok})"
+        )));
+    }
+    if prefix == 0 || d == 0 {
+        return Ok(vec![0.0; h_kv]);
+    }
+    let norms = v.clone().slice([0..h_kv, 0..prefix, 0..d]).abs().sum_dim(2).max_dim(1);
+    to_host(norms)
+}
+
+/// 1-D pooling along the tokens, stride 1, padding `kernel / 2`, same length
+/// out as in. `kernel` should be odd ([`PolicyConfig::validate`] rejects even
+/// kernels); the pooled span is `2 * (kernel / 2) + 1` tokens.
+///
+/// - [`Pooling::MaxPool`]: the largest value in `[j - k/2, j + k/2]`; padding is
+///   `-inf`, so only real tokens count.
+/// - [`Pooling::AvgPool`]: the sum over that range divided by `kernel`, the
+///   padding counting as zeros (`count_include_pad=True`).
+pub fn pool(row: &[f32], kernel: usize, pooling: Pooling) -> Vec<f32> {
+    let n = row.len();
+    let half = kernel / 2;
+    (0..n)
+        .map(|j| {
+            let lo = j.saturating_sub(half);
+            let hi = (j + half + 1).min(n);
+            let span = &row[lo..hi];
+            match pooling {
+                Pooling::MaxPool => span.iter().copied().fold(f32::NEG_INFINITY, f32::max),
+                Pooling::AvgPool => span.iter().sum::<f32>() / kernel.max(1) as f32,
+            }
+        })
+        .collect()
+}
+
+/// Checks that `attn` has `H_q` rows, a multiple of `kv_heads`; returns `G`.
+fn group_of(attn: &ScoreMatrix, kv_heads: usize) -> Result<usize, CacheError> {
+    if kv_heads == 0 || attn.rows % kv_heads != 0 {
+        return Err(CacheError::ShapeMismatch {
+            what: "query-head scores",
+            expected: format!("a multiple of {kv_heads} rows"),
+            found: format!("{} rows", attn.rows),
+        });
+    }
+    Ok(attn.rows / kv_heads)
+}
+
+/// SnapKV / PyramidKV / Ada-KV scores `S[g, j]`, `[H_kv, n]`, from the window
+/// attention `s` (`[H_q, n]`): the mean over the `G` query heads of KV head
+/// `g`, then pooled.
+///
+/// Order of the two steps: the reference code (GQA support of
+/// `snapkv_utils.py`) averages the group first and pools after; this crate does
+/// the same. With average pooling the order does not matter (both are linear);
+/// with max pooling `lava-algorithm.md` §1–2 read literally (pool, then average)
+/// would differ, and the reference behaviour wins.
+pub fn snapkv_scores(attn: &ScoreMatrix, kv_heads: usize, kernel: usize, pooling: Pooling) -> Result<ScoreMatrix, CacheError> {
+    let group = group_of(attn, kv_heads)?;
+    let n = attn.cols;
+    let mut data = Vec::with_capacity(kv_heads * n);
+    for g in 0..kv_heads {
+        let mut mean = vec![0f32; n];
+        for h in g * group..(g + 1) * group {
+            mean.iter_mut().zip(attn.row(h)).for_each(|(m, &x)| *m += x);
+        }
+        mean.iter_mut().for_each(|m| *m /= group as f32);
+        data.extend(pool(&mean, kernel, pooling));
+    }
+    ScoreMatrix::new(kv_heads, n, data)
+}
+
+/// The LAVa score (`lava-algorithm.md` §2), `[H_kv, n]`:
+/// `S[g, j] = max over query heads h of g of pool(s[h])[j] * c[g]`,
+/// with `c[g] = max_j ||V[g, j]||_1` ([`value_norm_max`]).
+pub fn lava_scores(
+    attn: &ScoreMatrix,
+    value_norms: &[f32],
+    kernel: usize,
+    pooling: Pooling,
+) -> Result<ScoreMatrix, CacheError> {
+    let kv_heads = value_norms.len();
+    let group = group_of(attn, kv_heads)?;
+    let mut data = Vec::with_capacity(kv_heads * attn.cols);
+    for (g, &c) in value_norms.iter().enumerate() {
+        let mut best = vec![f32::NEG_INFINITY; attn.cols];
+        for h in g * group..(g + 1) * group {
+            let scaled = pool(attn.row(h), kernel, pooling).into_iter().map(|p| p * c);
+            best.iter_mut().zip(scaled).for_each(|(b, x)| *b = b.max(x));
+        }
+        data.extend(best);
+    }
+    ScoreMatrix::new(kv_heads, attn.cols, data)
+}
+
+/// H2O scores, `[H_kv, n]`: the cumulative attention ([`cumulative_attention`])
+/// averaged over the `G` query heads of each KV head; no pooling.
+pub fn h2o_scores(cumulative: &ScoreMatrix, kv_heads: usize) -> Result<ScoreMatrix, CacheError> {
+    let group = group_of(cumulative, kv_heads)?;
+    let n = cumulative.cols;
+    let mut data = vec![0f32; kv_heads * n];
+    for (h, row) in cumulative.iter_rows().enumerate() {
+        let out = &mut data[(h / group) * n..(h / group + 1) * n];
+        out.iter_mut().zip(row).for_each(|(o, &x)| *o += x);
+    }
+    data.iter_mut().for_each(|x| *x /= group as f32);
+    ScoreMatrix::new(kv_heads, n, data)
+}
+
+/// StreamingLLM as scores, `[H_kv, n]`: the first `sinks` tokens score `+inf`,
+/// token `j` after them scores `j` (more recent is better). Keeping the top
+/// `B_l = B - w` then keeps the sinks and the `B_l - sinks` most recent prefix
+/// tokens, which with the window are the most recent `B - sinks` tokens.
+/// (Positions are exact in `f32` up to 2^24 tokens.)
+pub fn streaming_scores(kv_heads: usize, n: usize, sinks: usize) -> ScoreMatrix {
+    let row: Vec<f32> = (0..n).map(|j| if j < sinks { f32::INFINITY } else { j as f32 }).collect();
+    let data = (0..kv_heads).flat_map(|_| row.iter().copied()).collect();
+    ScoreMatrix { rows: kv_heads, cols: n, data }
+}
+
+/// Scores one layer's `n = N - w` prefix tokens per KV head, `[H_kv, n]`, with
+/// `scorer` and the parameters of `config` (`q [H_q, N, D]`, `k`, `v [H_kv, N, D]`,
+/// `w = config.window <= N`).
+pub fn score_layer<B: Backend>(
+    q: &Tensor<B, 3>,
+    k: &Tensor<B, 3>,
+    v: &Tensor<B, 3>,
+    config: &PolicyConfig,
+    scorer: Scorer,
+) -> Result<ScoreMatrix, CacheError> {
+    let (_, h_kv, n_tok, _) = check_qk(q, k)?;
+    if v.dims() != k.dims() {
+        return Err(CacheError::ShapeMismatch {
+            what: "values",
+            expected: dims_str(&k.dims()),
+            found: dims_str(&v.dims()),
+        });
+    }
+    let window = config.window.min(n_tok);
+    let n = n_tok - window;
+    match scorer {
+        Scorer::SnapKv => snapkv_scores(&window_attention(q, k, window)?, h_kv, config.kernel_size, config.pooling),
+        Scorer::Lava => lava_scores(
+            &window_attention(q, k, window)?,
+            &value_norm_max(v, n)?,
+            config.kernel_size,
+            config.pooling,
+        ),
+        Scorer::H2o => h2o_scores(&cumulative_attention(q, k, n)?, h_kv),
+        Scorer::Streaming => Ok(streaming_scores(h_kv, n, config.sinks)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn_ndarray::NdArray;
+
+    type B = NdArray<f32>;
+
+    #[test]
+    fn cumulative_attention_is_independent_of_the_chunk_size() {
+        let device = Default::default();
+        let (h_q, h_kv, n_tok, d) = (4, 2, 9, 3);
+        let values = |len: usize, seed: f32| -> Vec<f32> {
+            (0..len).map(|i| (i as f32 * 0.7 + seed).sin() * 1.3).collect()
+        };
+        let q = Tensor::<B, 3>::from_data(TensorData::new(values(h_q * n_tok * d, 0.1), [h_q, n_tok, d]), &device);
+        let k = Tensor::<B, 3>::from_data(TensorData::new(values(h_kv * n_tok * d, 2.0), [h_kv, n_tok, d]), &device);
+        let whole = cumulative_attention_in_chunks(&q, &k, 6, n_tok).unwrap();
+        for chunk in [1, 2, 4, 100] {
+            let part = cumulative_attention_in_chunks(&q, &k, 6, chunk).unwrap();
+            assert_eq!(part.rows(), whole.rows());
+            for (a, b) in part.data().iter().zip(whole.data()) {
+                assert!((a - b).abs() < 1e-5, "chunk {chunk}: {a} vs {b}");
+            }
+        }
+        assert_eq!(cumulative_attention(&q, &k, 6).unwrap().cols(), 6);
+    }
+}
