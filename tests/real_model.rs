@@ -148,3 +148,60 @@ fn greedy_generation_is_bit_identical_across_runs() {
     let b: Vec<u32> = last_logits(&model, &ids).iter().map(|x| x.to_bits()).collect();
     assert!(a == b, "logits differ between two identical forward passes");
 }
+
+/// A ~2k-token prompt from the shared Paul Graham essays.
+fn essay_prompt(chars: usize) -> PathBuf {
+    let dir = std::env::var("LAVA_SHARED_DATA").unwrap_or_else(|_| "../shared/data".into());
+    let text = std::fs::read_to_string(PathBuf::from(dir).join("paulgraham_essays/worked.txt")).expect("shared essays");
+    let cut: String = text.chars().take(chars).collect();
+    let path = std::env::temp_dir().join(format!("lava-essay-{chars}-{}.txt", std::process::id()));
+    std::fs::write(&path, cut).expect("write prompt");
+    path
+}
+
+fn generate_json(args: &[&str]) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_lava")).args(args).output().expect("run lava");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("json")
+}
+
+#[test]
+fn compressed_cache_memory_follows_the_budget_at_2k_tokens() {
+    let _ = model_path();
+    let prompt = essay_prompt(8600);
+    let p = prompt.display().to_string();
+    // L * H_kv * B * D * 2 (K and V) * 4 bytes.
+    let expected = (30 * 3 * 128 * 64 * 2 * 4) as f64;
+    for policy in ["lava", "ada-snapkv", "pyramidkv"] {
+        let v = generate_json(&["generate", "--prompt-file", &p, "--max-new-tokens", "1", "--json", "--policy", policy, "--budget", "128"]);
+        let prompt_tokens = v["prompt_tokens"].as_u64().expect("tokens");
+        assert!(prompt_tokens >= 1900, "prompt of {prompt_tokens} tokens");
+        let retained = v["kv_bytes"].as_f64().expect("retained");
+        let allocated = v["kv_allocated_bytes"].as_f64().expect("allocated");
+        let full = v["kv_full_bytes"].as_f64().expect("full");
+        assert!((retained / expected - 1.0).abs() <= 0.10, "{policy}: retained {retained} vs {expected}");
+        assert!(allocated >= retained && allocated <= 1.10 * retained, "{policy}: allocated {allocated} vs retained {retained}");
+        assert_eq!(full, (prompt_tokens * 30 * 3 * 64 * 2 * 4) as f64);
+    }
+    let _ = std::fs::remove_file(prompt);
+}
+
+#[test]
+fn question_agnostic_mode_compresses_the_context_then_appends_the_question() {
+    let _ = model_path();
+    let prompt = essay_prompt(4000);
+    let p = prompt.display().to_string();
+    let v = generate_json(&[
+        "generate", "--chat", "--context-file", &p, "--question", "What did the author work on?", "--max-new-tokens", "1",
+        "--json", "--policy", "snapkv", "--budget", "64",
+    ]);
+    // The question's tokens are appended after compression, so every head holds
+    // the budget plus the question segment.
+    let q_tokens = v["prompt_tokens"].as_u64().expect("tokens");
+    let retained = v["kv_bytes"].as_u64().expect("retained");
+    let per_token = 30 * 3 * 64 * 2 * 4;
+    assert_eq!(retained % per_token, 0);
+    let kept = retained / per_token;
+    assert!(kept > 64 && kept < 64 + 40, "kept {kept} per head of {q_tokens} prompt tokens");
+    let _ = std::fs::remove_file(prompt);
+}

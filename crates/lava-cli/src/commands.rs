@@ -4,11 +4,12 @@ use std::io::Write;
 use std::path::Path;
 
 use burn::tensor::{activation::log_softmax, backend::Backend, Int, Tensor, TensorData};
-use lava_cache::{FullCache, KvCache};
-use lava_llama::{load_model, GenerationConfig, Llama, Logits, Message, Sampling, Tokenizer};
+use lava_cache::{FullCache, PolicyConfig, PolicyName};
+use lava_llama::{load_model, GenerationConfig, Llama, Logits, Sampling, Tokenizer};
 
 use crate::error::CliError;
 use crate::fetch::resolve_model;
+use crate::prompt::{make_cache, prompt_segments};
 use crate::{with_backend, ExportArgs, GenerateArgs, PplArgs, SelectArgs};
 
 fn read_text(path: &Path) -> Result<String, CliError> {
@@ -43,13 +44,21 @@ fn stop_tokens(model_eos: &[u32], tok: &Tokenizer) -> Vec<u32> {
 }
 
 pub fn generate(a: GenerateArgs) -> Result<(), CliError> {
-    let prompt = match (&a.prompt, &a.prompt_file) {
-        (Some(p), None) => p.clone(),
-        (None, Some(f)) => read_text(f)?,
-        _ => return Err(CliError::Usage("give the prompt with --prompt TEXT or --prompt-file FILE".into())),
+    let (context, question) = match (&a.prompt, &a.prompt_file, &a.context_file, &a.question) {
+        (Some(p), None, None, None) => (p.clone(), None),
+        (None, Some(f), None, None) => (read_text(f)?, None),
+        (None, None, Some(f), Some(q)) => (read_text(f)?, Some(q.clone())),
+        _ => {
+            return Err(CliError::Usage(
+                "give the prompt with --prompt TEXT or --prompt-file FILE, or --context-file FILE with --question TEXT".into(),
+            ))
+        }
     };
-    if prompt.trim().is_empty() {
+    if context.trim().is_empty() {
         return Err(CliError::Usage("the prompt is empty: give some text with --prompt or --prompt-file".into()));
+    }
+    if question.as_deref().is_some_and(|q| q.trim().is_empty()) {
+        return Err(CliError::Usage("--question is empty".into()));
     }
     if a.max_new_tokens == 0 {
         return Err(CliError::Usage("--max-new-tokens must be at least 1".into()));
@@ -60,26 +69,31 @@ pub fn generate(a: GenerateArgs) -> Result<(), CliError> {
     if !(a.top_p > 0.0 && a.top_p <= 1.0) {
         return Err(CliError::Usage(format!("--top-p must be in (0, 1], got {}", a.top_p)));
     }
-    if a.prefill_chunk == 0 {
+    if a.prefill_chunk == Some(0) {
         return Err(CliError::Usage("--prefill-chunk must be at least 1".into()));
     }
+    let policy = a.policy.to_config()?;
     let path = resolve_model(a.model.model.as_deref())?;
-    with_backend!(a.model.backend, |B, device| { generate_on::<B>(&a, &prompt, &path, &device) })
+    with_backend!(a.model.backend, |B, device| {
+        generate_on::<B>(&a, &policy, &context, question.as_deref(), &path, &device)
+    })
 }
 
-fn generate_on<B: Backend>(a: &GenerateArgs, prompt: &str, path: &Path, device: &B::Device) -> Result<(), CliError> {
+fn generate_on<B: Backend>(
+    a: &GenerateArgs,
+    policy: &PolicyConfig,
+    context: &str,
+    question: Option<&str>,
+    path: &Path,
+    device: &B::Device,
+) -> Result<(), CliError> {
     let (model, tok) = load::<B>(path, device)?;
-    let text = if a.chat {
-        tok.apply_chat_template(&[Message { role: "user".into(), content: prompt.to_string() }])?
-    } else {
-        prompt.to_string()
-    };
-    let ids = tok.encode(&text)?;
+    let segments = prompt_segments(&tok, a.chat, context, question)?;
+    let prompt_len: usize = segments.iter().map(Vec::len).sum();
     let ctx = model.config.max_position_embeddings;
-    if ids.len() + a.max_new_tokens > ctx {
+    if prompt_len + a.max_new_tokens > ctx {
         return Err(CliError::Usage(format!(
-            "the prompt has {} tokens and --max-new-tokens is {}, together more than the model's context of {ctx} tokens; shorten the prompt or lower --max-new-tokens",
-            ids.len(),
+            "the prompt has {prompt_len} tokens and --max-new-tokens is {}, together more than the model's context of {ctx} tokens; shorten the prompt or lower --max-new-tokens",
             a.max_new_tokens
         )));
     }
@@ -88,15 +102,21 @@ fn generate_on<B: Backend>(a: &GenerateArgs, prompt: &str, path: &Path, device: 
     } else {
         Sampling::Greedy
     };
+    let compressing = policy.policy != PolicyName::Full;
+    let prefill_chunk = match a.prefill_chunk {
+        Some(c) => c,
+        None if compressing => usize::MAX,
+        None => 512,
+    };
     let cfg = GenerationConfig {
         max_new_tokens: a.max_new_tokens,
         sampling,
         stop_tokens: stop_tokens(&model.config.eos_token_ids, &tok),
-        prefill_chunk: a.prefill_chunk,
+        prefill_chunk,
     };
-    let mut cache = FullCache::<B>::new(model.cache_shape(), ctx, device)?;
-    let bar = (ids.len() > a.prefill_chunk).then(|| {
-        let b = indicatif::ProgressBar::new(ids.len() as u64);
+    let mut cache = make_cache(&model, policy, ctx, a.max_new_tokens, device)?;
+    let bar = (prompt_len > prefill_chunk).then(|| {
+        let b = indicatif::ProgressBar::new(prompt_len as u64);
         b.set_style(
             indicatif::ProgressStyle::with_template("prefill {bar:30} {pos}/{len} tokens, {per_sec}, eta {eta}")
                 .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
@@ -107,10 +127,11 @@ fn generate_on<B: Backend>(a: &GenerateArgs, prompt: &str, path: &Path, device: 
     let mut printed = 0usize;
     let mut stdout = std::io::stdout();
     let mut stream_err = None;
-    let (out, stats) = lava_llama::generate(
+    let seg_refs: Vec<&[u32]> = segments.iter().map(Vec::as_slice).collect();
+    let (out, stats) = lava_llama::generate_segments(
         &model,
-        &mut cache,
-        &ids,
+        cache.as_mut(),
+        &seg_refs,
         &cfg,
         |done, _| {
             if let Some(b) = &bar {
@@ -151,6 +172,9 @@ fn generate_on<B: Backend>(a: &GenerateArgs, prompt: &str, path: &Path, device: 
             "decode_tok_s": stats.decode_tok_s(),
             "kv_bytes": cache.retained_bytes(),
             "kv_allocated_bytes": cache.allocated_bytes(),
+            "kv_full_bytes": cache.full_bytes(),
+            "policy": policy.policy.to_string(),
+            "budget": if compressing { Some(policy.budget) } else { None },
         });
         println!("{j}");
     } else {
@@ -159,12 +183,18 @@ fn generate_on<B: Backend>(a: &GenerateArgs, prompt: &str, path: &Path, device: 
         }
         println!();
         eprintln!(
-            "lava: prompt {} tokens, prefill {:.1} tok/s, decode {:.1} tok/s ({} tokens), KV cache {} bytes (allocated {})",
+            "lava: prompt {} tokens, prefill {:.1} tok/s, decode {:.1} tok/s ({} tokens)",
             stats.prompt_tokens,
             stats.prefill_tok_s(),
             stats.decode_tok_s(),
             stats.generated_tokens,
+        );
+        eprintln!(
+            "lava: KV cache ({}) retained {} bytes of {} full ({:.1}%), allocated {} bytes",
+            policy.policy,
             cache.retained_bytes(),
+            cache.full_bytes(),
+            100.0 * cache.retained_bytes() as f64 / cache.full_bytes().max(1) as f64,
             cache.allocated_bytes()
         );
     }

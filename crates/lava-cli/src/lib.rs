@@ -8,6 +8,7 @@ mod commands;
 pub mod error;
 pub mod fetch;
 pub mod policy_args;
+pub mod prompt;
 pub mod select;
 
 use std::path::PathBuf;
@@ -46,11 +47,20 @@ pub struct GenerateArgs {
     #[command(flatten)]
     pub model: ModelArgs,
     /// The prompt text.
-    #[arg(long, conflicts_with = "prompt_file")]
+    #[arg(long, conflicts_with_all = ["prompt_file", "context_file"])]
     pub prompt: Option<String>,
     /// Read the prompt from a UTF-8 file.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "context_file")]
     pub prompt_file: Option<PathBuf>,
+    /// Question-agnostic mode: the context (UTF-8 file) is prefilled and compressed first...
+    #[arg(long, requires = "question")]
+    pub context_file: Option<PathBuf>,
+    /// ...and this question is appended after compression, so the window cannot see it.
+    #[arg(long, requires = "context_file")]
+    pub question: Option<String>,
+    /// KV-cache policy and budget.
+    #[command(flatten)]
+    pub policy: PolicyArgs,
     /// Wrap the prompt in the model's chat template as a user message.
     #[arg(long)]
     pub chat: bool,
@@ -66,9 +76,10 @@ pub struct GenerateArgs {
     /// Random seed for sampling.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Prompt tokens per prefill step.
-    #[arg(long, default_value_t = 512)]
-    pub prefill_chunk: usize,
+    /// Prompt tokens per prefill step (default: 512 with the full cache; the whole
+    /// prompt, compressed once, with a compressing policy).
+    #[arg(long)]
+    pub prefill_chunk: Option<usize>,
     /// Print one JSON object at the end instead of streaming text.
     #[arg(long)]
     pub json: bool,

@@ -71,22 +71,39 @@ pub fn generate<B: Backend, C: KvCache<B> + ?Sized>(
     cache: &mut C,
     prompt: &[u32],
     config: &GenerationConfig,
+    on_prefill: impl FnMut(usize, usize),
+    on_token: impl FnMut(u32) -> bool,
+) -> Result<(Vec<u32>, GenerationStats), ModelError> {
+    generate_segments(model, cache, &[prompt], config, on_prefill, on_token)
+}
+
+/// Like [`generate`], with the prompt given as segments that are prefilled one
+/// after the other (each in chunks of at most `prefill_chunk` tokens). A
+/// compressing cache compresses during the first segment's prefill, so
+/// `[context, question]` gives question-agnostic compression: the observation
+/// window cannot see the question.
+pub fn generate_segments<B: Backend, C: KvCache<B> + ?Sized>(
+    model: &Llama<B>,
+    cache: &mut C,
+    segments: &[&[u32]],
+    config: &GenerationConfig,
     mut on_prefill: impl FnMut(usize, usize),
     mut on_token: impl FnMut(u32) -> bool,
 ) -> Result<(Vec<u32>, GenerationStats), ModelError> {
-    if prompt.is_empty() {
+    let total: usize = segments.iter().map(|s| s.len()).sum();
+    if total == 0 {
         return Err(ModelError::Input("the prompt is empty: give some text to continue".into()));
     }
     let mut sampler = Sampler::new(config.sampling);
-    let mut stats = GenerationStats { prompt_tokens: prompt.len(), ..Default::default() };
+    let mut stats = GenerationStats { prompt_tokens: total, ..Default::default() };
     let t0 = Instant::now();
     let chunk = config.prefill_chunk.max(1);
     let mut logits = None;
     let mut done = 0;
-    for piece in prompt.chunks(chunk) {
+    for piece in segments.iter().flat_map(|s| s.chunks(chunk)) {
         logits = Some(model.forward(piece, cache, Logits::Last)?);
         done += piece.len();
-        on_prefill(done, prompt.len());
+        on_prefill(done, total);
     }
     let mut out = Vec::new();
     let Some(mut logits) = logits else { return Ok((out, stats)) };

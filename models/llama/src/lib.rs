@@ -38,7 +38,7 @@ use burn::tensor::backend::Backend;
 
 pub use config::{Llama3RopeScaling, LlamaConfig};
 pub use error::ModelError;
-pub use generation::{generate, GenerationConfig, GenerationStats};
+pub use generation::{generate, generate_segments, GenerationConfig, GenerationStats};
 pub use gguf_source::{config_from_gguf, unpermute_rows, GgufSource, GGUF_ARCHITECTURES};
 pub use rope::{apply_rope, Rope};
 pub use sampling::{Sampler, Sampling};
