@@ -6,6 +6,9 @@ use crate::{attention::causal_attention, error::dims_str, CacheError, CacheShape
 ///
 /// Storage grows geometrically (doubling), so appending a token is amortised
 /// O(1) in copies.
+///
+/// Cloning is cheap (tensors are shared) and the clones are independent: an
+/// append to one never shows in the other.
 #[derive(Debug)]
 pub struct FullCache<B: Backend> {
     shape: CacheShape,
@@ -14,6 +17,18 @@ pub struct FullCache<B: Backend> {
     layers: Vec<Option<(Tensor<B, 3>, Tensor<B, 3>)>>,
     lens: Vec<usize>,
     max_tokens: usize,
+}
+
+impl<B: Backend> Clone for FullCache<B> {
+    fn clone(&self) -> Self {
+        Self {
+            shape: self.shape,
+            device: self.device.clone(),
+            layers: self.layers.clone(),
+            lens: self.lens.clone(),
+            max_tokens: self.max_tokens,
+        }
+    }
 }
 
 impl<B: Backend> FullCache<B> {

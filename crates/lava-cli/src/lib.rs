@@ -6,6 +6,7 @@
 pub mod backend;
 mod commands;
 pub mod error;
+pub mod eval;
 pub mod fetch;
 pub mod policy_args;
 pub mod prompt;
@@ -140,6 +141,8 @@ pub enum Command {
     Ppl(PplArgs),
     /// Which positions a policy keeps, per layer and KV head, from saved q/k/v tensors (JSON).
     Select(SelectArgs),
+    /// Evaluate policies and budgets: niah, ruler, longbench, ppl, fidelity, all, report.
+    Eval(eval::EvalArgs),
     /// Write a Hugging Face directory (f32 safetensors, config, tokenizer) from a GGUF file.
     ExportHf(ExportArgs),
 }
@@ -151,6 +154,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Ppl(a) => commands::ppl(a),
         Command::ExportHf(a) => commands::export_hf(a),
         Command::Select(a) => commands::select(a),
+        Command::Eval(a) => eval::eval(a),
     }
 }
 

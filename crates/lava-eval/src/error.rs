@@ -7,6 +7,9 @@ use std::path::{Path, PathBuf};
 /// line-oriented formats) so that a bad input can be found quickly.
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {
+    /// The model or the cache failed during an evaluation.
+    #[error("model: {0}")]
+    Model(String),
     /// Reading or writing a file or directory failed.
     #[error("I/O error on {}: {source}", path.display())]
     Io {

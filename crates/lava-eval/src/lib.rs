@@ -18,6 +18,7 @@ pub mod niah;
 pub mod report;
 pub mod results;
 pub mod ruler;
+pub mod run;
 pub mod textutil;
 pub mod tokenize;
 

@@ -1,0 +1,410 @@
+//! The task families, each a loop over samples that calls [`run_prompt`].
+
+use std::path::Path;
+
+use burn::tensor::{activation::log_softmax, backend::Backend, Int, Tensor, TensorData};
+use lava_cache::KvCache;
+use lava_llama::{Logits, Message};
+
+use super::engine::{greedy, prefill};
+use super::{ModelTokenizer, Sink, Subject, Variant};
+use crate::error::{EvalError, Result};
+use crate::longbench::{self, LongBenchConfig};
+use crate::niah::{self, NiahConfig, NiahHaystack, NiahPrompt};
+use crate::results::{CellKey, ResultRecord};
+use crate::ruler::{RulerGenerator, RulerTask};
+use crate::tokenize::Tokenize;
+
+fn model_err(e: impl std::fmt::Display) -> EvalError {
+    EvalError::Model(e.to_string())
+}
+
+/// A prompt split into what is prefilled (and compressed) and what is appended after.
+struct Prompt {
+    context: Vec<u32>,
+    suffix: Vec<u32>,
+}
+
+/// Renders `(system, user)` (+ `answer_prefix`) with or without the chat template,
+/// and splits it before `question` when `question_agnostic`.
+fn make_prompt<B: Backend>(
+    s: &Subject<'_, B>,
+    system: Option<&str>,
+    user: &str,
+    answer_prefix: &str,
+    chat: bool,
+    question: Option<&str>,
+) -> Result<Prompt> {
+    let text = if chat && s.tok.chat_template().is_some() {
+        let mut msgs = Vec::new();
+        if let Some(sys) = system.filter(|x| !x.is_empty()) {
+            msgs.push(Message { role: "system".into(), content: sys.to_string() });
+        }
+        msgs.push(Message { role: "user".into(), content: user.to_string() });
+        s.tok.apply_chat_template(&msgs).map_err(model_err)? + answer_prefix
+    } else {
+        let mut t = String::new();
+        if let Some(sys) = system.filter(|x| !x.is_empty()) {
+            t.push_str(sys);
+            t.push('\n');
+        }
+        t.push_str(user);
+        t.push_str(answer_prefix);
+        t
+    };
+    let split = question.filter(|q| !q.is_empty()).and_then(|q| text.rfind(q));
+    let (c, q) = match split {
+        Some(i) => text.split_at(i),
+        None => (text.as_str(), ""),
+    };
+    let context = s.tok.encode(c).map_err(model_err)?;
+    let suffix = if q.is_empty() { vec![] } else { s.tok.encode(q).map_err(model_err)? };
+    Ok(Prompt { context, suffix })
+}
+
+/// Prefills `prompt.context` once, then for each variant not yet done: builds its
+/// cache, appends the suffix, generates greedily and records `score(prediction)`.
+#[allow(clippy::too_many_arguments)]
+fn run_prompt<B: Backend>(
+    s: &Subject<'_, B>,
+    variants: &[Variant],
+    prompt: &Prompt,
+    max_new: usize,
+    sink: &mut Sink,
+    key: impl Fn(&Variant) -> CellKey,
+    score: impl Fn(&str) -> f64,
+    extra: &[(&str, serde_json::Value)],
+) -> Result<()> {
+    let todo: Vec<&Variant> = variants.iter().filter(|v| !sink.is_done(&key(v))).collect();
+    for _ in 0..variants.len() - todo.len() {
+        sink.skip();
+    }
+    if todo.is_empty() {
+        return Ok(());
+    }
+    let total = prompt.context.len() + prompt.suffix.len() + max_new;
+    let max_tokens = s.model.config.max_position_embeddings.max(total);
+    let pre = prefill(s.model, &prompt.context, max_tokens)?;
+    for v in todo {
+        let mut cache = pre.cache_for(s.model, &v.config, max_tokens, prompt.suffix.len() + max_new)?;
+        let t = std::time::Instant::now();
+        let ids = greedy(s.model, cache.as_mut(), &pre.last_logits, &prompt.suffix, max_new, &s.stop)?;
+        let pred = s.tok.decode(&ids).map_err(model_err)?;
+        let k = key(v);
+        let mut rec = ResultRecord::new(k.task, k.policy, k.budget, k.length, k.sample_id, score(&pred))
+            .with_extra("prediction", pred)
+            .with_extra("prompt_tokens", prompt.context.len() + prompt.suffix.len())
+            .with_extra("kv_bytes", cache.retained_bytes())
+            .with_extra("decode_seconds", t.elapsed().as_secs_f64());
+        for (name, value) in extra {
+            rec = rec.with_extra(*name, value.clone());
+        }
+        sink.push(rec)?;
+    }
+    Ok(())
+}
+
+/// Needle in a haystack: `lengths` (model tokens) x `depths` (percent), one sample each.
+#[allow(clippy::too_many_arguments)]
+pub fn run_niah<B: Backend>(
+    s: &Subject<'_, B>,
+    variants: &[Variant],
+    haystack_dir: &Path,
+    lengths: &[usize],
+    depths: &[f64],
+    question_agnostic: bool,
+    sink: &mut Sink,
+) -> Result<()> {
+    let tok = ModelTokenizer(s.tok);
+    let cfg = NiahConfig::default();
+    let max_len = lengths.iter().copied().max().unwrap_or(0);
+    let hay = NiahHaystack::from_dir(&tok, haystack_dir, max_len)?;
+    sink.expect((lengths.len() * depths.len() * variants.len()) as u64);
+    for &len in lengths {
+        for &depth in depths {
+            let ctx = niah::build_context(&tok, &hay, len, depth, &cfg)?;
+            let p = NiahPrompt::new(&ctx.context, &cfg);
+            let q = question_agnostic.then_some(cfg.question.as_str());
+            let prompt = make_prompt(s, Some(&p.system), &p.user, &p.answer_prefix, s.chat, q)?;
+            let sample = format!("depth{depth}");
+            run_prompt(
+                s,
+                variants,
+                &prompt,
+                48,
+                sink,
+                |v| CellKey { task: "niah".into(), policy: v.policy.clone(), budget: v.budget.clone(), length: Some(len as u64), sample_id: sample.clone() },
+                |pred| niah::score_response(pred, &cfg.expected_answer),
+                &[("depth_percent", depth.into())],
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// RULER tasks at each length, `samples` per task, seeded.
+#[allow(clippy::too_many_arguments)]
+pub fn run_ruler<B: Backend>(
+    s: &Subject<'_, B>,
+    variants: &[Variant],
+    tasks: &[RulerTask],
+    lengths: &[usize],
+    samples: usize,
+    seed: u64,
+    essay_dir: &Path,
+    question_agnostic: bool,
+    sink: &mut Sink,
+) -> Result<()> {
+    let tok = ModelTokenizer(s.tok);
+    let gen = RulerGenerator::new(&tok).with_essay_dir(essay_dir)?;
+    sink.expect((tasks.len() * lengths.len() * samples * variants.len()) as u64);
+    for &task in tasks {
+        for &len in lengths {
+            // Leave room for the chat template's own tokens.
+            let fit = len.saturating_sub(if s.chat { 40 } else { 0 });
+            for i in 0..samples {
+                let sample = gen.generate(task, fit, seed, i)?;
+                // RULER inputs end with the question on their last line.
+                let question = sample.input.trim_end().rsplit('\n').next().map(str::to_string);
+                let q = if question_agnostic { question.as_deref() } else { None };
+                let prompt = make_prompt(s, None, &sample.input, &sample.answer_prefix, s.chat, q)?;
+                run_prompt(
+                    s,
+                    variants,
+                    &prompt,
+                    sample.tokens_to_generate,
+                    sink,
+                    |v| CellKey { task: format!("ruler/{}", task.name()), policy: v.policy.clone(), budget: v.budget.clone(), length: Some(len as u64), sample_id: i.to_string() },
+                    |pred| sample.score(pred),
+                    &[],
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// LongBench datasets from `data_dir`, prompts truncated in the middle to `max_length` tokens.
+#[allow(clippy::too_many_arguments)]
+pub fn run_longbench<B: Backend>(
+    s: &Subject<'_, B>,
+    variants: &[Variant],
+    data_dir: &Path,
+    datasets: &[String],
+    limit: usize,
+    max_length: usize,
+    question_agnostic: bool,
+    sink: &mut Sink,
+) -> Result<()> {
+    let tok = ModelTokenizer(s.tok);
+    let cfg = LongBenchConfig::load_dir(data_dir)?;
+    for ds in datasets {
+        let records = longbench::load_longbench_jsonl(data_dir.join(format!("{ds}.jsonl")))?;
+        let records: Vec<_> = records.into_iter().take(limit).collect();
+        sink.expect((records.len() * variants.len()) as u64);
+        let max_new = cfg.max_new_tokens(ds)?;
+        let template = cfg.template(ds)?.to_string();
+        for (i, rec) in records.iter().enumerate() {
+            let prompt_text = cfg.build_prompt(rec)?;
+            let text = longbench::truncate_middle(&tok, &prompt_text, max_length.saturating_sub(max_new));
+            let chat = s.chat && longbench::uses_chat_template(ds);
+            // Question-agnostic: what the template puts after {context} is the question part.
+            let q = if question_agnostic {
+                template.split("{context}").nth(1).map(|tail| tail.replace("{input}", &rec.input))
+            } else {
+                None
+            };
+            let question = q.as_deref().map(|t| t.trim_start()).filter(|t| text.contains(*t));
+            let prompt = make_prompt(s, None, &text, "", chat, question)?;
+            let id = if rec.id.is_empty() { i.to_string() } else { rec.id.clone() };
+            run_prompt(
+                s,
+                variants,
+                &prompt,
+                max_new,
+                sink,
+                |v| CellKey { task: format!("longbench/{ds}"), policy: v.policy.clone(), budget: v.budget.clone(), length: None, sample_id: id.clone() },
+                |pred| rec.score(pred).unwrap_or(0.0),
+                &[],
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Per-token log-probabilities `[T]` of `targets` under `[T, vocab]` logits, and the logits' log-softmax.
+fn log_probs<B: Backend>(logits: Tensor<B, 2>, targets: &[u32]) -> Result<(Vec<f32>, Tensor<B, 2>)> {
+    let t = targets.len();
+    let device = logits.device();
+    let lsm = log_softmax(logits, 1);
+    let idx: Vec<i64> = targets.iter().map(|&x| x as i64).collect();
+    let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [t]), &device).reshape([t, 1]);
+    let lp = lsm.clone().gather(1, idx).into_data().convert::<f32>().to_vec::<f32>().map_err(|e| model_err(format!("{e:?}")))?;
+    Ok((lp, lsm))
+}
+
+/// Splits text files into (context, continuation) token pairs: `n` samples per file.
+fn pg19_samples(s_tok: &ModelTokenizer<'_>, dir: &Path, files: usize, context: usize, continuation: usize) -> Result<Vec<(String, Vec<u32>)>> {
+    let mut names: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| EvalError::Io { path: dir.to_path_buf(), source: e })?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "txt"))
+        .collect();
+    names.sort();
+    let mut out = Vec::new();
+    for p in names.into_iter().take(files) {
+        let text = std::fs::read_to_string(&p).map_err(|e| EvalError::Io { path: p.clone(), source: e })?;
+        // Skip the Gutenberg front matter: start a fifth of the way in.
+        let start = text.char_indices().nth(text.chars().count() / 5).map_or(0, |(i, _)| i);
+        let slice: String = text[start..].chars().take((context + continuation) * 8).collect();
+        let ids = s_tok.encode(&slice);
+        if ids.len() >= context + continuation {
+            let name = p.file_stem().map(|x| x.to_string_lossy().into_owned()).unwrap_or_default();
+            out.push((name, ids[..context + continuation].to_vec()));
+        }
+    }
+    Ok(out)
+}
+
+/// Perplexity of a continuation after compressing the context (PG-19).
+pub fn run_ppl<B: Backend>(s: &Subject<'_, B>, variants: &[Variant], dir: &Path, files: usize, context: usize, continuation: usize, sink: &mut Sink) -> Result<()> {
+    teacher_forced(s, variants, dir, files, context, continuation, sink, false)
+}
+
+/// Fidelity against the full cache on PG-19 continuations: KL divergence of the
+/// next-token distribution, top-1 agreement, and per-layer relative attention-output error.
+pub fn run_fidelity<B: Backend>(s: &Subject<'_, B>, variants: &[Variant], dir: &Path, files: usize, context: usize, continuation: usize, sink: &mut Sink) -> Result<()> {
+    teacher_forced(s, variants, dir, files, context, continuation, sink, true)
+}
+
+/// Records each layer's attention output of the continuation pass.
+struct OutputRecorder<'a, B: Backend> {
+    inner: &'a mut dyn KvCache<B>,
+    outputs: Vec<Tensor<B, 3>>,
+}
+
+impl<B: Backend> KvCache<B> for OutputRecorder<'_, B> {
+    fn attend(&mut self, layer: usize, q: Tensor<B, 3>, k: Tensor<B, 3>, v: Tensor<B, 3>) -> std::result::Result<Tensor<B, 3>, lava_cache::CacheError> {
+        let o = self.inner.attend(layer, q, k, v)?;
+        self.outputs.push(o.clone());
+        Ok(o)
+    }
+    fn next_position(&self) -> usize {
+        self.inner.next_position()
+    }
+    fn retained_tokens(&self) -> usize {
+        self.inner.retained_tokens()
+    }
+    fn retained_bytes(&self) -> usize {
+        self.inner.retained_bytes()
+    }
+    fn allocated_bytes(&self) -> usize {
+        self.inner.allocated_bytes()
+    }
+    fn full_bytes(&self) -> usize {
+        self.inner.full_bytes()
+    }
+    fn reset(&mut self) {
+        self.inner.reset();
+        self.outputs.clear();
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn teacher_forced<B: Backend>(
+    s: &Subject<'_, B>,
+    variants: &[Variant],
+    dir: &Path,
+    files: usize,
+    context: usize,
+    continuation: usize,
+    sink: &mut Sink,
+    fidelity: bool,
+) -> Result<()> {
+    let tok = ModelTokenizer(s.tok);
+    let samples = pg19_samples(&tok, dir, files, context, continuation)?;
+    let task = if fidelity { "fidelity" } else { "ppl" };
+    sink.expect((samples.len() * variants.len()) as u64);
+    for (name, ids) in &samples {
+        let key = |v: &Variant| CellKey { task: task.into(), policy: v.policy.clone(), budget: v.budget.clone(), length: Some(context as u64), sample_id: name.clone() };
+        if variants.iter().all(|v| sink.is_done(&key(v))) {
+            variants.iter().for_each(|_| sink.skip());
+            continue;
+        }
+        let max_tokens = ids.len();
+        let pre = prefill(s.model, &ids[..context], max_tokens)?;
+        let inputs = &ids[context - 1..ids.len() - 1];
+        let targets = &ids[context..];
+        // Reference: the full cache.
+        let mut full_cache = pre.cache_for(s.model, &variants_full(variants), max_tokens, continuation)?;
+        let (full_lsm, full_out) = forced_pass(s, full_cache.as_mut(), &pre, inputs)?;
+        for v in variants {
+            if sink.is_done(&key(v)) {
+                sink.skip();
+                continue;
+            }
+            let mut cache = pre.cache_for(s.model, &v.config, max_tokens, continuation)?;
+            let (lsm, out) = forced_pass(s, cache.as_mut(), &pre, inputs)?;
+            let (lp, lsm) = log_probs(lsm, targets)?;
+            let nll = -lp.iter().map(|&x| x as f64).sum::<f64>() / lp.len().max(1) as f64;
+            let k = key(v);
+            let rec = if fidelity {
+                let (kl, agree) = kl_and_agreement(&full_lsm, &lsm)?;
+                let layer_err = layer_errors(&full_out, &out)?;
+                ResultRecord::new(k.task, k.policy, k.budget, k.length, k.sample_id, agree)
+                    .with_extra("kl", kl)
+                    .with_extra("top1_agreement", agree)
+                    .with_extra("layer_rel_error", layer_err)
+                    .with_extra("nll", nll)
+            } else {
+                ResultRecord::new(k.task, k.policy, k.budget, k.length, k.sample_id, nll.exp()).with_extra("nll", nll).with_extra("ppl", nll.exp())
+            };
+            sink.push(rec.with_extra("kv_bytes", cache.retained_bytes()))?;
+        }
+    }
+    Ok(())
+}
+
+fn variants_full(variants: &[Variant]) -> lava_cache::PolicyConfig {
+    let mut c = variants.first().map(|v| v.config.clone()).unwrap_or_default();
+    c.policy = lava_cache::PolicyName::Full;
+    c
+}
+
+/// Runs the continuation inputs through `cache` in one pass; returns `[T, vocab]` log-softmax and per-layer outputs.
+fn forced_pass<B: Backend>(
+    s: &Subject<'_, B>,
+    cache: &mut dyn KvCache<B>,
+    _pre: &super::engine::Prefilled<B>,
+    inputs: &[u32],
+) -> Result<(Tensor<B, 2>, Vec<Tensor<B, 3>>)> {
+    let mut rec = OutputRecorder { inner: cache, outputs: Vec::new() };
+    let logits = s.model.forward(inputs, &mut rec, Logits::All).map_err(model_err)?;
+    Ok((log_softmax(logits, 1), rec.outputs))
+}
+
+/// Mean KL(full || policy) per token and top-1 agreement.
+fn kl_and_agreement<B: Backend>(full: &Tensor<B, 2>, pol: &Tensor<B, 2>) -> Result<(f64, f64)> {
+    let kl = full.clone().exp().mul(full.clone().sub(pol.clone())).sum_dim(1);
+    let kl = kl.into_data().convert::<f32>().to_vec::<f32>().map_err(|e| model_err(format!("{e:?}")))?;
+    let a = full.clone().argmax(1).into_data().convert::<i64>().to_vec::<i64>().map_err(|e| model_err(format!("{e:?}")))?;
+    let b = pol.clone().argmax(1).into_data().convert::<i64>().to_vec::<i64>().map_err(|e| model_err(format!("{e:?}")))?;
+    let n = kl.len().max(1) as f64;
+    let agree = a.iter().zip(&b).filter(|(x, y)| x == y).count() as f64 / n;
+    Ok((kl.iter().map(|&x| x as f64).sum::<f64>() / n, agree))
+}
+
+/// Per layer: `||o_policy - o_full|| / ||o_full||` over the continuation.
+fn layer_errors<B: Backend>(full: &[Tensor<B, 3>], pol: &[Tensor<B, 3>]) -> Result<Vec<f64>> {
+    full.iter()
+        .zip(pol)
+        .map(|(f, p)| {
+            let num = f.clone().sub(p.clone()).square().sum().into_data().convert::<f32>().to_vec::<f32>();
+            let den = f.clone().square().sum().into_data().convert::<f32>().to_vec::<f32>();
+            match (num, den) {
+                (Ok(n), Ok(d)) => Ok((n.first().copied().unwrap_or(0.0) as f64 / d.first().copied().unwrap_or(1.0).max(1e-30) as f64).sqrt()),
+                _ => Err(model_err("reading a layer error")),
+            }
+        })
+        .collect()
+}
