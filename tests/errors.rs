@@ -140,6 +140,60 @@ fn bad_inputs_get_clear_errors() {
             code: 2,
             expect: "--temperature must be >= 0",
         },
+        Case {
+            name: "budget 0",
+            args: s(&["generate", "--prompt", "x", "--policy", "lava", "--budget", "0", "--model", &p(&good_path)]),
+            code: 2,
+            expect: "budget",
+        },
+        Case {
+            name: "budget <= window",
+            args: s(&["generate", "--prompt", "x", "--policy", "snapkv", "--budget", "32", "--model", &p(&good_path)]),
+            code: 2,
+            expect: "must exceed the observation window",
+        },
+        Case {
+            name: "negative budget",
+            args: s(&["generate", "--prompt", "x", "--policy", "lava", "--budget=-5"]),
+            code: 2,
+            expect: "invalid value '-5'",
+        },
+        Case {
+            name: "unknown policy",
+            args: s(&["generate", "--prompt", "x", "--policy", "magic", "--model", &p(&good_path)]),
+            code: 2,
+            expect: "magic",
+        },
+        Case {
+            name: "even pooling kernel",
+            args: s(&["generate", "--prompt", "x", "--policy", "lava", "--kernel", "6", "--model", &p(&good_path)]),
+            code: 2,
+            expect: "kernel",
+        },
+        Case {
+            name: "zero pooling kernel",
+            args: s(&["generate", "--prompt", "x", "--policy", "lava", "--kernel", "0", "--model", &p(&good_path)]),
+            code: 2,
+            expect: "kernel",
+        },
+        Case {
+            name: "alpha outside [0, 1]",
+            args: s(&["generate", "--prompt", "x", "--policy", "ada-snapkv", "--floor-alpha", "1.5", "--model", &p(&good_path)]),
+            code: 2,
+            expect: "alpha",
+        },
+        Case {
+            name: "select: not safetensors",
+            args: s(&["select", "--qkv", &p(&latin1), "--policy", "lava"]),
+            code: 2,
+            expect: "not a valid safetensors file",
+        },
+        Case {
+            name: "eval: unknown RULER task",
+            args: s(&["eval", "ruler", "--tasks", "qa_9", "--model", &p(&good_path), "--results", &p(&d.join("r.jsonl"))]),
+            code: 2,
+            expect: "unknown RULER task",
+        },
         Case { name: "unknown backend", args: s(&["generate", "--prompt", "x", "--backend", "tpu"]), code: 2, expect: "invalid value 'tpu'" },
     ];
     for c in &cases {
