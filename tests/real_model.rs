@@ -205,3 +205,21 @@ fn question_agnostic_mode_compresses_the_context_then_appends_the_question() {
     assert!(kept > 64 && kept < 64 + 40, "kept {kept} per head of {q_tokens} prompt tokens");
     let _ = std::fs::remove_file(prompt);
 }
+
+#[test]
+fn chunked_prefill_and_decode_eviction_stay_within_the_budget() {
+    let _ = model_path();
+    let prompt = essay_prompt(8600);
+    let p = prompt.display().to_string();
+    let v = generate_json(&[
+        "generate", "--prompt-file", &p, "--max-new-tokens", "40", "--json", "--policy", "snapkv", "--budget", "128",
+        "--prefill-chunk", "256", "--decode-budget", "8",
+    ]);
+    assert!(v["generated_tokens"].as_u64().expect("generated") >= 1);
+    // Each head: at most B + slack tokens (window included), so with 30 layers x 3 heads:
+    let bound = (30 * 3 * (128 + 8) * 64 * 2 * 4) as u64;
+    let retained = v["kv_bytes"].as_u64().expect("retained");
+    assert!(retained <= bound, "retained {retained} > bound {bound}");
+    assert!(v["kv_full_bytes"].as_u64().expect("full") > 10 * retained);
+    let _ = std::fs::remove_file(prompt);
+}

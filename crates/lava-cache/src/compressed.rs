@@ -1,5 +1,8 @@
 //! The compressed KV cache: a policy chooses, at prefill, which tokens each KV
 //! head keeps; decoding appends and attends over unequal head lengths.
+//! Optionally the cache also evicts during decoding
+//! ([`CompressedCache::with_decode_budget`]) and compresses a prompt that
+//! arrives in chunks after every chunk ([`CompressedCache::with_chunked_prefill`]).
 //!
 //! # Storage layout
 //!
@@ -35,14 +38,121 @@
 //! re-pruned by truncating each head's score-sorted list (shares only shrink).
 //! After the last layer the kept sets equal [`select_positions`](crate::select_positions)'s.
 //! Peak prefill memory is about the total budget plus one layer's full KV.
-//! Later calls (decode, or a further chunk of `T > 1` tokens) only append.
+//! By default later calls (decode, or a further chunk of `T > 1` tokens) only
+//! append; the two options below change that.
+//!
+//! # Re-scoring (both options)
+//!
+//! Eviction after prefill re-scores a layer with the same policy, on what the
+//! layer holds. Let `A` be the tokens ever appended to the layer, `r = min(w, A)`;
+//! the *window* is the last `r` positions `A - r .. A` (the new observation
+//! window, always kept; every head holds all of it) and each head's
+//! *evictable* tokens are the positions it holds below `A - r`.
+//!
+//! - **Queries**: a rolling buffer of the layer's last `r` RoPE-rotated queries,
+//!   `[H_q, r, D]`, is kept on the device (only when an option is on; see
+//!   [`CompressedCache::query_window_bytes`]).
+//! - **Attention**: window query `i` (position `A - r + i`) of query head `h`
+//!   attends, softmax in `f32`, over the kept tokens of its KV head with
+//!   position `<= A - r + i`; `s[h, j]` is the mean over the `r` queries
+//!   (H2O: the sum, a cumulative attention over the window instead of over
+//!   the whole prompt). Evicted tokens are simply absent.
+//! - **Pooling** uses absolute positions ([`pool_at`](crate::policy::scorer::pool_at)):
+//!   a token's neighbourhood is the evictable tokens of its head within
+//!   `kernel / 2` positions; missing ones count as zero attention. With nothing
+//!   evicted this is the prefill's pooling.
+//! - **Scores** per KV head as at prefill: SnapKV family group mean then pool;
+//!   LAVa pool, times the head's largest value L1 norm over its evictable
+//!   tokens, group max; H2O group mean; StreamingLLM `+inf` for the first
+//!   `sinks` positions, else the position.
+//! - **Selection**: head budgets from the head allocation
+//!   ([`HeadAllocation`](crate::HeadAllocation)) on these ragged score rows
+//!   (adaptive: the pool runs on rows padded with `-inf`); each head keeps its
+//!   top `min(cap_g, n_g)` evictable tokens (ties: lower position) and the
+//!   window. Absolute positions are never changed: tokens keep their recorded
+//!   positions and [`KvCache::next_position`] counts every token appended.
+//!
+//! # Decode-time eviction
+//!
+//! [`CompressedCache::with_decode_budget`]`(s)`: after an `attend` that is not
+//! a chunk of a chunked prefill (below), if some KV head of the layer holds
+//! more than `cap_g + s` evictable tokens (`cap_g` its head budget, see
+//! [`CompressedCache::head_budgets`]), the layer is re-scored and every head
+//! evicted back to its budget. With `s = 0` that re-scores at every token; with
+//! slack `s` once every `s + 1` tokens (the heads of a layer grow together), at
+//! the price of `s` extra tokens per head.
+//!
+//! **Budgets**: the layer budget `B_l` stays the one set at prefill; the head
+//! budgets are re-derived from the re-scored matrix by the policy's head
+//! allocation. Why: the head allocation lives inside one layer, needs only the
+//! scores just computed, and keeps the layer's total at `H_kv * B_l` (up to
+//! rounding), so memory stays bounded while each head's share follows what the
+//! recent queries need (which is the point of Ada-KV and LAVa). The layer
+//! allocation (pyramid, LAVa entropy) needs every layer's scores at the same
+//! time, while layers are re-scored one at a time during a forward pass, and a
+//! layer whose budget grew could not get back the tokens it has already
+//! evicted: re-deriving it would move memory between layers without
+//! restoring information. A layer whose prefill kept everything (prompt
+//! within the budget) has no budget yet: it is compressed when its evictable
+//! tokens exceed its static allocation plus `s` (uniform: `B - w`; pyramid:
+//! the formula with the current prefix length; entropy: `B - w`, as its
+//! cross-layer shares are unknown), and that budget is then kept.
+//!
+//! # Chunked prefill
+//!
+//! [`CompressedCache::with_chunked_prefill`]`(true)`: every `attend` of
+//! `T > 1` tokens after the layer's first (each chunk of a prompt processed in
+//! chunks) appends, computes the chunk's attention over the kept tokens plus
+//! the chunk (causal inside the chunk, as always), then compresses: a layer
+//! already compressed is re-scored with the chunk's window (its last `w`
+//! queries, earlier ones from the rolling buffer when `T < w`) and a layer that
+//! kept everything is compressed once its evictable tokens exceed `B - w` (the
+//! prefill rule). After each chunk a head therefore holds at most its budget
+//! plus the window; during the chunk, `T` more. The first chunk is an ordinary
+//! prefill, so a chunk at least as long as the prompt is exactly the one-shot
+//! prefill. A 1-token `attend` is always decode (a last chunk of one token is
+//! compressed by the decode rule, if enabled).
+//!
+//! **Layer budgets per chunk**: uniform and pyramid budgets are recomputed
+//! with the current prefix length `n = A - w` (what a one-shot prefill of the
+//! prompt so far would give). LAVa's entropy allocation runs its cascade
+//! inside every chunk's forward pass: when layer `l` has been re-scored its
+//! entropy replaces its previous one, the shares are recomputed over the
+//! latest entropy of every layer (this chunk's for layers `<= l`, the previous
+//! chunk's for the others; in the first chunk only the layers seen so far, as
+//! at prefill), and every layer whose budget shrank is truncated along its
+//! latest ranking (a layer not yet re-scored in this chunk and which has
+//! received tokens since its last ranking is re-scored first). Once every
+//! layer has an entropy the shares sum to at most `L * (B - w)` at every
+//! moment, so the total stays within the budget during the pass; in the first
+//! pass that compresses, as in the one-shot cascade, the layers not yet scored
+//! still hold everything they have (at most `B - w` evictable tokens per head,
+//! by the prefill rule, plus the chunk once it arrives). A layer whose share
+//! grows keeps what it has until its own re-scoring fills it. At the end of a
+//! chunk the budgets are the entropy formula of that chunk's scores. Each
+//! layer's latest ranking is kept on the host for this (about 12 bytes per
+//! evictable token per KV head: for the first chunk, its whole prefix).
+//!
+//! # Memory bounds
+//!
+//! With head budgets `cap_g` ([`CompressedCache::head_budgets`]; for adaptive
+//! heads `sum_g cap_g <= H_kv * (B_l + 1)`), after every `attend` each head of
+//! a compressed layer holds the window and at most `cap_g + s` evictable tokens
+//! (`s` the decode slack; 0 right after a chunk); during an `attend`, `T` more.
+//! Allocated slots stay within `1.1 * retained + L * H_kv * h`, where `h` is
+//! the decode headroom, raised to `s + 1` with decode eviction so that a layer
+//! reallocates once per eviction cycle at most.
 
-use burn::tensor::{activation::softmax, backend::Backend, Int, Tensor, TensorData};
+use std::collections::HashSet;
+
+use burn::tensor::{activation::softmax, backend::Backend, FloatDType, Int, Tensor, TensorData};
 
 use crate::attention::causal_attention;
 use crate::error::dims_str;
-use crate::policy::plan::{head_caps, kept_positions, static_layer_budgets, RankedLayer};
-use crate::policy::{layer_budget, scorer::score_layer, Composition, LayerAllocation, PolicyConfig};
+use crate::host::to_host;
+use crate::policy::plan::{kept_positions, matrix_rows, ragged_head_caps, static_layer_budgets, RankedLayer};
+use crate::policy::scorer::{pool_at, ScoreMatrix};
+use crate::policy::{head_budget, layer_budget, scorer::score_layer, Composition, LayerAllocation, PolicyConfig, Scorer};
 use crate::{CacheError, CacheShape, KvCache};
 
 /// Bytes per stored element (K and V are accounted as `f32`, as in [`KvCache`]).
@@ -62,14 +172,27 @@ struct Buffers<B: Backend> {
     capacity: usize,
 }
 
-/// A layer's scores kept between its prefill and the end of the LAVa cascade.
+/// A layer's latest ranking, kept for the LAVa cascade.
 #[derive(Debug, Clone)]
 struct Pending {
-    ranked: RankedLayer,
-    /// Prefix length of the layer's prompt.
-    n: usize,
-    /// Current prefix tokens kept per KV head.
+    /// Per KV head: the evictable positions (below `boundary`), from the
+    /// highest score to the lowest.
+    order: Vec<Vec<usize>>,
+    /// Per KV head: their scores, in that order.
+    sorted: Vec<Vec<f32>>,
+    /// First position of the window the ranking was made with: positions at
+    /// or after it are kept whatever the caps.
+    boundary: usize,
+    /// Prefix tokens allowed per KV head (a head keeps the first
+    /// `min(cap, len)` of its `order`).
     caps: Vec<usize>,
+}
+
+impl Pending {
+    /// Per KV head: the ranked positions kept under the current caps.
+    fn selected(&self) -> Vec<Vec<usize>> {
+        self.order.iter().zip(&self.caps).map(|(o, &c)| o[..c.min(o.len())].to_vec()).collect()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -79,21 +202,48 @@ struct LayerStore<B: Backend> {
     slots: Vec<(usize, usize)>,
     /// Tokens ever appended to this layer.
     appended: usize,
-    /// Layer budget `B_l` chosen at prefill (updated by the cascade).
+    /// Layer budget `B_l` in force (prefill, cascade, chunk or first decode eviction).
     budget: Option<usize>,
-    /// Normalised entropy, for the LAVa cascade.
+    /// Head budgets in force (prefix tokens per KV head); `None` while the
+    /// layer keeps everything.
+    caps: Option<Vec<usize>>,
+    /// Latest normalised entropy, for the LAVa cascade.
     entropy: Option<f64>,
     pending: Option<Pending>,
+    /// The last `min(w, appended)` queries `[H_q, r, D]` (only with eviction after prefill).
+    recent_q: Option<Tensor<B, 3>>,
 }
 
 impl<B: Backend> LayerStore<B> {
     fn empty() -> Self {
-        Self { buffers: None, slots: Vec::new(), appended: 0, budget: None, entropy: None, pending: None }
+        Self {
+            buffers: None,
+            slots: Vec::new(),
+            appended: 0,
+            budget: None,
+            caps: None,
+            entropy: None,
+            pending: None,
+            recent_q: None,
+        }
+    }
+
+    /// Window start `A - min(w, A)`.
+    fn boundary(&self, window: usize) -> usize {
+        self.appended - window.min(self.appended)
     }
 }
 
+/// A re-scored layer: per KV head its evictable positions by decreasing score.
+struct Rescored {
+    order: Vec<Vec<usize>>,
+    sorted: Vec<Vec<f32>>,
+    entropy: f64,
+}
+
 /// A KV cache that keeps, per layer and KV head, the tokens a policy selects
-/// (see the module docs for the layout and the LAVa prefill cascade).
+/// (see the module docs for the layout, the LAVa prefill cascade, and the
+/// optional decode-time eviction and chunked prefill).
 #[derive(Debug)]
 pub struct CompressedCache<B: Backend> {
     shape: CacheShape,
@@ -102,6 +252,9 @@ pub struct CompressedCache<B: Backend> {
     device: B::Device,
     max_tokens: usize,
     headroom: usize,
+    decode_slack: Option<usize>,
+    chunked: bool,
+    rescores: usize,
     layers: Vec<LayerStore<B>>,
 }
 
@@ -121,6 +274,9 @@ impl<B: Backend> CompressedCache<B> {
             device: device.clone(),
             max_tokens,
             headroom: Self::DEFAULT_HEADROOM,
+            decode_slack: None,
+            chunked: false,
+            rescores: 0,
             layers: (0..shape.layers).map(|_| LayerStore::empty()).collect(),
         })
     }
@@ -130,6 +286,45 @@ impl<B: Backend> CompressedCache<B> {
     pub fn with_decode_headroom(mut self, tokens_per_head: usize) -> Self {
         self.headroom = tokens_per_head.max(1);
         self
+    }
+
+    /// Enables decode-time eviction with slack `slack` (module docs,
+    /// "Decode-time eviction"): after any `attend` that is not a chunk of a
+    /// chunked prefill, a layer in which some KV head holds more than its head
+    /// budget plus `slack` evictable tokens (tokens before the last `w`) is
+    /// re-scored with its last `w` queries and every head evicted back to its
+    /// budget. The layer budget stays the one set at prefill (or, if the
+    /// prefill kept everything, the static allocation at the first eviction);
+    /// head budgets are re-derived from the new scores. The most recent `w`
+    /// tokens are always kept; positions stay absolute. The decode headroom is
+    /// raised to at least `slack + 1`. Set it before the first `attend` (the
+    /// query buffer starts with it; eviction waits until it holds `w` queries).
+    /// No effect with the `full` policy.
+    pub fn with_decode_budget(mut self, slack: usize) -> Self {
+        self.decode_slack = Some(slack);
+        self
+    }
+
+    /// Enables (or disables) chunked prefill (module docs, "Chunked prefill"):
+    /// every `attend` of more than one token after a layer's first re-scores
+    /// the layer with the chunk's last `w` queries and evicts back to the
+    /// budget, re-deriving layer budgets per chunk (LAVa: its cascade runs
+    /// inside each chunk's forward pass). A prompt of any length processed in
+    /// chunks of `T` tokens then holds at most the budget plus `T` tokens per
+    /// head. Set it before the first `attend`. No effect with the `full` policy.
+    pub fn with_chunked_prefill(mut self, enabled: bool) -> Self {
+        self.chunked = enabled;
+        self
+    }
+
+    /// The decode-eviction slack, `None` when decode-time eviction is off.
+    pub fn decode_slack(&self) -> Option<usize> {
+        self.decode_slack
+    }
+
+    /// Whether chunked prefill is on.
+    pub fn chunked_prefill(&self) -> bool {
+        self.chunked
     }
 
     /// The shape this cache serves.
@@ -142,11 +337,29 @@ impl<B: Backend> CompressedCache<B> {
         &self.config
     }
 
-    /// The budget `B_l` (tokens beyond the window) that `layer` was given at
-    /// prefill, as in [`LayerSelection::budget`](crate::LayerSelection);
-    /// `None` before its prefill.
+    /// The budget `B_l` (tokens beyond the window) in force for `layer`, as
+    /// in [`LayerSelection::budget`](crate::LayerSelection): set at prefill
+    /// (and by the LAVa cascade), re-derived at each chunk of a chunked
+    /// prefill, or set at the first decode-time eviction of a layer whose
+    /// prefill kept everything. While a layer keeps everything it is the
+    /// prefix length of its prefill (or last chunk). `None` before its prefill.
     pub fn layer_budget(&self, layer: usize) -> Option<usize> {
         self.layers.get(layer).and_then(|l| l.budget)
+    }
+
+    /// The head budgets in force for `layer`: per KV head, the evictable
+    /// (non-window) tokens it may keep after a compression; a head keeps
+    /// `min(budget, available)`. `None` while the layer keeps everything (or
+    /// before its prefill, or for an out-of-range layer).
+    pub fn head_budgets(&self, layer: usize) -> Option<Vec<usize>> {
+        self.layers.get(layer).and_then(|l| l.caps.clone())
+    }
+
+    /// How many times a layer was re-scored after its prefill (decode-time
+    /// eviction and chunked prefill), summed over layers, since creation or
+    /// the last [`reset`](KvCache::reset).
+    pub fn rescores(&self) -> usize {
+        self.rescores
     }
 
     /// The positions each KV head of `layer` keeps, ascending.
@@ -167,8 +380,22 @@ impl<B: Backend> CompressedCache<B> {
         self.layers.iter().filter_map(|l| l.buffers.as_ref()).map(|b| b.capacity * 2 * 8).sum()
     }
 
+    /// Bytes of the rolling query buffers kept for re-scoring (at most
+    /// `L * H_q * w * D` elements, counted as 4 bytes each; 0 unless
+    /// decode-time eviction or chunked prefill is on), not included in
+    /// [`KvCache::allocated_bytes`].
+    pub fn query_window_bytes(&self) -> usize {
+        let elems: usize = self.layers.iter().filter_map(|l| l.recent_q.as_ref()).map(|q| q.dims().iter().product::<usize>()).sum();
+        elems * ELEM_BYTES
+    }
+
     fn store(&self, layer: usize) -> Result<&LayerStore<B>, CacheError> {
         self.layers.get(layer).ok_or(CacheError::LayerOutOfRange { layer, layers: self.shape.layers })
+    }
+
+    /// Whether later `attend` calls may evict (so the query window is needed).
+    fn evicts_after_prefill(&self) -> bool {
+        self.composition.is_some() && (self.chunked || self.decode_slack.is_some())
     }
 
     fn check_inputs(&self, layer: usize, q: &Tensor<B, 3>, k: &Tensor<B, 3>, v: &Tensor<B, 3>) -> Result<usize, CacheError> {
@@ -200,9 +427,17 @@ impl<B: Backend> CompressedCache<B> {
         Ok(t)
     }
 
+    /// Free slots per KV head reserved at each (re)allocation.
+    fn headroom_tokens(&self) -> usize {
+        match self.decode_slack {
+            Some(s) => self.headroom.max(s.saturating_add(1)),
+            None => self.headroom,
+        }
+    }
+
     /// Capacity for `live` slots: live plus `max(10%, H_kv * headroom)`.
     fn capacity_for(&self, live: usize) -> usize {
-        live + (live / 10).max(self.shape.kv_heads * self.headroom)
+        live + (live / 10).max(self.shape.kv_heads * self.headroom_tokens())
     }
 
     fn int_tensor(&self, values: impl Iterator<Item = usize>) -> Tensor<B, 1, Int> {
@@ -226,6 +461,14 @@ impl<B: Backend> CompressedCache<B> {
         Buffers { keys, values, heads, positions, capacity }
     }
 
+    /// Layer budget of a static allocation (uniform, pyramid) for `layer` with
+    /// `n` evictable tokens; `B - w` for the entropy allocation.
+    fn static_budget(&self, layer: usize, comp: Composition, n: usize) -> usize {
+        static_layer_budgets(comp.layers, &self.config, self.shape.layers, n)
+            .and_then(|b| b.get(layer).copied())
+            .unwrap_or(self.config.budget_beyond_window())
+    }
+
     /// Prefill of `layer`: full causal attention, then selection.
     fn prefill(&mut self, layer: usize, q: Tensor<B, 3>, k: Tensor<B, 3>, v: Tensor<B, 3>) -> Result<Tensor<B, 3>, CacheError> {
         let [h_kv, n_tok, d] = k.dims();
@@ -239,21 +482,32 @@ impl<B: Backend> CompressedCache<B> {
             }
             Some(comp) => {
                 let ranked = RankedLayer::new(&score_layer(&q, &k, &v, &self.config, comp.scorer)?);
+                let pending = Pending {
+                    order: ranked.order.clone(),
+                    sorted: matrix_rows(&ranked.sorted),
+                    boundary: n,
+                    caps: vec![usize::MAX; h_kv],
+                };
                 match static_layer_budgets(comp.layers, &self.config, self.shape.layers, n) {
                     Some(budgets) => {
                         let budget = budgets.get(layer).copied().unwrap_or(n);
-                        let caps = head_caps(comp.heads, &ranked, budget, self.config.floor_alpha);
-                        self.layers[layer].budget = Some(budget);
+                        let caps = ragged_head_caps(comp.heads, &pending.sorted, budget, self.config.floor_alpha);
+                        let store = &mut self.layers[layer];
+                        store.budget = Some(budget);
+                        store.caps = Some(caps.clone());
+                        if self.chunked {
+                            store.pending = Some(Pending { caps: caps.clone(), ..pending });
+                        }
                         kept_positions(&ranked.order, &caps, n, n_tok)
                     }
                     None => {
                         debug_assert_eq!(comp.layers, LayerAllocation::Entropy);
                         let store = &mut self.layers[layer];
                         store.entropy = Some(ranked.entropy);
-                        store.pending = Some(Pending { ranked, n, caps: vec![n; h_kv] });
-                        self.cascade(comp)?;
+                        store.pending = Some(pending);
+                        self.cascade(comp, layer)?;
                         match &self.layers[layer].pending {
-                            Some(p) => kept_positions(&p.ranked.order, &p.caps, n, n_tok),
+                            Some(p) => kept_positions(&p.order, &p.caps, n, n_tok),
                             None => vec![(0..n_tok).collect(); h_kv],
                         }
                     }
@@ -269,51 +523,90 @@ impl<B: Backend> CompressedCache<B> {
         store.buffers = Some(buffers);
         store.slots = slots;
         store.appended = n_tok;
-        if self.layers.iter().all(|l| l.entropy.is_some()) {
-            // The cascade is over: its scores are no longer needed.
+        if !self.chunked && self.layers.iter().all(|l| l.entropy.is_some()) {
+            // The cascade is over: its scores are no longer needed (chunked
+            // prefill keeps them for the cascades of later chunks).
             self.layers.iter_mut().for_each(|l| l.pending = None);
         }
         Ok(causal_attention(q, k, v))
     }
 
-    /// LAVa cascade: recompute the entropy shares over the layers prefilled so
-    /// far and shrink every one of them to its new budget.
-    fn cascade(&mut self, comp: Composition) -> Result<(), CacheError> {
+    /// LAVa cascade: recompute the entropy shares over the latest entropy of
+    /// every layer that has one and shrink each of them to its new budget
+    /// (`current` is the layer just scored; any other layer whose ranking is
+    /// older than its last append is re-scored before it is truncated).
+    fn cascade(&mut self, comp: Composition, current: usize) -> Result<(), CacheError> {
         let seen: Vec<usize> = (0..self.layers.len()).filter(|&l| self.layers[l].entropy.is_some()).collect();
         let entropies: Vec<f64> = seen.iter().filter_map(|&l| self.layers[l].entropy).collect();
         let budgets = layer_budget::entropy(&entropies, self.shape.layers, self.config.budget_beyond_window());
         for (&l, budget) in seen.iter().zip(budgets) {
-            let Some(pending) = self.layers[l].pending.as_mut() else { continue };
-            let new_caps = head_caps(comp.heads, &pending.ranked, budget, self.config.floor_alpha);
-            // Shares only shrink, so this is a prefix truncation; `min` keeps it one.
+            if l != current && self.layers[l].buffers.is_some() {
+                self.refresh_ranking(l, comp)?;
+            }
+            let alpha = self.config.floor_alpha;
+            let store = &mut self.layers[l];
+            let Some(pending) = store.pending.as_mut() else { continue };
+            let new_caps = ragged_head_caps(comp.heads, &pending.sorted, budget, alpha);
+            // Shares of the layers already holding their ranking only shrink
+            // within a pass; `min` keeps this a prefix truncation.
             let caps: Vec<usize> = pending.caps.iter().zip(&new_caps).map(|(&a, &b)| a.min(b)).collect();
             let changed = caps != pending.caps;
-            pending.caps = caps;
-            self.layers[l].budget = Some(budget);
-            if changed && self.layers[l].buffers.is_some() {
+            pending.caps = caps.clone();
+            store.budget = Some(budget);
+            store.caps = Some(caps);
+            if changed && store.buffers.is_some() {
                 self.prune(l)?;
             }
         }
         Ok(())
     }
 
-    /// Drops from `layer`'s storage the prefix tokens beyond its pending caps.
+    /// Re-scores `layer` if tokens were appended to it after its latest
+    /// ranking (its caps carry over); keeps the entropy of that ranking.
+    fn refresh_ranking(&mut self, layer: usize, comp: Composition) -> Result<(), CacheError> {
+        let boundary = self.layers[layer].boundary(self.config.window);
+        let stale = match &self.layers[layer].pending {
+            Some(p) => p.boundary != boundary,
+            None => false,
+        };
+        if !stale || !self.can_rescore(layer, comp.scorer) {
+            return Ok(());
+        }
+        let rs = self.rescore(layer, comp.scorer, boundary)?;
+        self.rescores += 1;
+        let store = &mut self.layers[layer];
+        let caps = store.pending.as_ref().map(|p| p.caps.clone()).unwrap_or_else(|| vec![usize::MAX; rs.order.len()]);
+        store.pending = Some(Pending { order: rs.order, sorted: rs.sorted, boundary, caps });
+        self.prune(layer)
+    }
+
+    /// Drops from `layer`'s storage the ranked tokens beyond its pending caps.
     fn prune(&mut self, layer: usize) -> Result<(), CacheError> {
-        let store = &self.layers[layer];
-        let (Some(pending), Some(buffers)) = (&store.pending, &store.buffers) else {
+        let Some(pending) = &self.layers[layer].pending else {
             return Ok(());
         };
-        let n = pending.n;
-        let mut keep = vec![vec![false; n]; self.shape.kv_heads];
-        for (g, (order, &cap)) in pending.ranked.order.iter().zip(&pending.caps).enumerate() {
-            order.iter().take(cap).for_each(|&p| keep[g][p] = true);
-        }
+        let (selected, boundary) = (pending.selected(), pending.boundary);
+        self.retain(layer, &selected, boundary)
+    }
+
+    /// Keeps in `layer`'s storage the slots at or after `boundary` and, per KV
+    /// head, the positions in `selected`; gathers them on the device.
+    fn retain(&mut self, layer: usize, selected: &[Vec<usize>], boundary: usize) -> Result<(), CacheError> {
+        let store = &self.layers[layer];
+        let Some(buffers) = &store.buffers else {
+            return Ok(());
+        };
+        let keep: HashSet<(usize, usize)> =
+            selected.iter().enumerate().flat_map(|(g, ps)| ps.iter().map(move |&p| (g, p))).collect();
         let kept: Vec<usize> = (0..store.slots.len())
             .filter(|&s| {
                 let (g, p) = store.slots[s];
-                p >= n || keep[g][p]
+                p >= boundary || keep.contains(&(g, p))
             })
             .collect();
+        if kept.len() == store.slots.len() {
+            return Ok(());
+        }
         let slots: Vec<(usize, usize)> = kept.iter().map(|&s| store.slots[s]).collect();
         let idx = self.int_tensor(kept.iter().copied());
         let keys = buffers.keys.clone().select(0, idx.clone());
@@ -323,6 +616,190 @@ impl<B: Backend> CompressedCache<B> {
         store.buffers = Some(rebuilt);
         store.slots = slots;
         Ok(())
+    }
+
+    /// Appends `q` to `layer`'s rolling window of the last `w` queries.
+    fn push_queries(&mut self, layer: usize, q: Tensor<B, 3>) {
+        let w = self.config.window;
+        let store = &mut self.layers[layer];
+        let all = match store.recent_q.take() {
+            Some(old) => Tensor::cat(vec![old, q], 1),
+            None => q,
+        };
+        let [h_q, len, d] = all.dims();
+        let keep = w.min(len);
+        store.recent_q = Some(if keep == len { all } else { all.slice([0..h_q, len - keep..len, 0..d]) });
+    }
+
+    /// Whether `layer` holds what re-scoring needs: the last `min(w, A)`
+    /// queries (StreamingLLM needs none).
+    fn can_rescore(&self, layer: usize, scorer: Scorer) -> bool {
+        let store = &self.layers[layer];
+        if store.buffers.is_none() {
+            return false;
+        }
+        if scorer == Scorer::Streaming {
+            return true;
+        }
+        let r = self.config.window.min(store.appended);
+        store.recent_q.as_ref().is_some_and(|q| q.dims()[1] == r)
+    }
+
+    /// Window attention of `layer`'s last `r` queries over its live slots,
+    /// aggregated over the queries (mean, or sum for H2O): `[H_q * used]`.
+    fn window_scores(&self, layer: usize, sum: bool) -> Result<Vec<f32>, CacheError> {
+        let CacheShape { query_heads: h_q, kv_heads: h_kv, head_dim: d, .. } = self.shape;
+        let store = &self.layers[layer];
+        let (Some(buf), Some(q)) = (&store.buffers, &store.recent_q) else {
+            return Err(CacheError::InvalidShape(format!("layer {layer} has no storage or query window")));
+        };
+        let used = store.slots.len();
+        let r = q.dims()[1];
+        let first = store.appended - r;
+        let rows = h_q * r;
+        let group = h_q / h_kv;
+        let scale = 1.0 / (d as f64).sqrt();
+        let keys = buf.keys.clone().slice([0..used, 0..d]);
+        let logits = q.clone().reshape([rows, d]).matmul(keys.transpose()).mul_scalar(scale).cast(FloatDType::F32);
+        // Query row x = h*r + i reads KV head h / G and sees positions <= first + i.
+        let row_head = self.int_tensor((0..rows).map(|x| x / r / group)).reshape([rows, 1]).expand([rows, used]);
+        let slot_head = buf.heads.clone().slice([0..used]).reshape([1, used]).expand([rows, used]);
+        let row_pos = self.int_tensor((0..rows).map(|x| first + x % r)).reshape([rows, 1]).expand([rows, used]);
+        let slot_pos = buf.positions.clone().slice([0..used]).reshape([1, used]).expand([rows, used]);
+        let hidden = slot_head.equal(row_head).bool_not().bool_or(slot_pos.greater(row_pos));
+        let probs = softmax(logits.mask_fill(hidden, f32::NEG_INFINITY), 1).reshape([h_q, r, used]);
+        let agg = if sum { probs.sum_dim(1) } else { probs.mean_dim(1) };
+        to_host(agg)
+    }
+
+    /// Re-scores `layer` (module docs, "Re-scoring"): per KV head, its
+    /// evictable tokens (positions below `boundary`) ranked by the policy's
+    /// scorer over the window queries.
+    fn rescore(&self, layer: usize, scorer: Scorer, boundary: usize) -> Result<Rescored, CacheError> {
+        let CacheShape { query_heads: h_q, kv_heads: h_kv, head_dim: d, .. } = self.shape;
+        let store = &self.layers[layer];
+        // Per KV head: (position, slot) of its evictable tokens, by position.
+        let mut prefix: Vec<Vec<(usize, usize)>> = vec![Vec::new(); h_kv];
+        for (s, &(g, p)) in store.slots.iter().enumerate() {
+            if p < boundary {
+                prefix[g].push((p, s));
+            }
+        }
+        prefix.iter_mut().for_each(|v| v.sort_unstable());
+        let (kernel, pooling) = (self.config.kernel_size, self.config.pooling);
+        let rows: Vec<Vec<f32>> = if scorer == Scorer::Streaming {
+            let sinks = self.config.sinks;
+            prefix.iter().map(|ps| ps.iter().map(|&(p, _)| if p < sinks { f32::INFINITY } else { p as f32 }).collect()).collect()
+        } else {
+            let used = store.slots.len();
+            let attn_host = self.window_scores(layer, scorer == Scorer::H2o)?;
+            let attn: &[f32] = &attn_host;
+            let norms_host = match (scorer, &store.buffers) {
+                (Scorer::Lava, Some(buf)) => to_host(buf.values.clone().slice([0..used, 0..d]).abs().sum_dim(1))?,
+                _ => Vec::new(),
+            };
+            let norms: &[f32] = &norms_host;
+            let group = h_q / h_kv;
+            prefix
+                .iter()
+                .enumerate()
+                .map(|(g, ps)| {
+                    let positions: Vec<usize> = ps.iter().map(|x| x.0).collect();
+                    let column = |h: usize| ps.iter().map(move |&(_, s)| attn[h * used + s]);
+                    let mean = || {
+                        let mut m = vec![0f32; ps.len()];
+                        for h in g * group..(g + 1) * group {
+                            m.iter_mut().zip(column(h)).for_each(|(m, x)| *m += x);
+                        }
+                        m.iter_mut().for_each(|m| *m /= group as f32);
+                        m
+                    };
+                    match scorer {
+                        Scorer::Lava => {
+                            let c = ps.iter().map(|&(_, s)| norms[s]).fold(f32::NEG_INFINITY, f32::max);
+                            let mut best = vec![f32::NEG_INFINITY; ps.len()];
+                            for h in g * group..(g + 1) * group {
+                                let row: Vec<f32> = column(h).collect();
+                                let pooled = pool_at(&positions, &row, kernel, pooling);
+                                best.iter_mut().zip(pooled).for_each(|(b, x)| *b = b.max(x * c));
+                            }
+                            best
+                        }
+                        Scorer::H2o => mean(),
+                        _ => pool_at(&positions, &mean(), kernel, pooling),
+                    }
+                })
+                .collect()
+        };
+        let flat: Vec<f32> = rows.iter().flatten().copied().collect();
+        let entropy = ScoreMatrix::new(1, flat.len(), flat).map(|m| layer_budget::normalized_entropy(&m)).unwrap_or(0.0);
+        let mut order = Vec::with_capacity(h_kv);
+        let mut sorted = Vec::with_capacity(h_kv);
+        for (row, ps) in rows.iter().zip(&prefix) {
+            let idx = head_budget::rank_descending(row);
+            order.push(idx.iter().map(|&i| ps[i].0).collect());
+            sorted.push(idx.iter().map(|&i| row[i]).collect());
+        }
+        Ok(Rescored { order, sorted, entropy })
+    }
+
+    /// After `T` tokens were appended to an already filled `layer`: chunked
+    /// prefill or decode-time eviction, if enabled and due.
+    fn compress_after_append(&mut self, layer: usize, t: usize) -> Result<(), CacheError> {
+        let Some(comp) = self.composition else { return Ok(()) };
+        let chunk = t > 1 && self.chunked;
+        let slack = match (chunk, self.decode_slack) {
+            (true, _) => 0,
+            (false, Some(s)) => s,
+            (false, None) => return Ok(()),
+        };
+        let h_kv = self.shape.kv_heads;
+        let base = self.config.budget_beyond_window();
+        let store = &self.layers[layer];
+        let boundary = store.boundary(self.config.window);
+        let due = match (&store.caps, chunk) {
+            // A compressed layer is re-scored at every chunk.
+            (Some(_), true) => true,
+            // The prefill rule: compress once the evictable tokens exceed `B - w`.
+            (None, true) => boundary > base,
+            (caps, false) => {
+                let limits = match caps {
+                    Some(c) => c.clone(),
+                    None => vec![self.static_budget(layer, comp, boundary); h_kv],
+                };
+                let mut held = vec![0usize; h_kv];
+                store.slots.iter().filter(|s| s.1 < boundary).for_each(|&(g, _)| held[g] += 1);
+                held.iter().zip(&limits).any(|(&n, &c)| n > c.saturating_add(slack))
+            }
+        };
+        if !due || !self.can_rescore(layer, comp.scorer) {
+            if chunk && self.layers[layer].caps.is_none() {
+                self.layers[layer].budget = Some(boundary);
+            }
+            return Ok(());
+        }
+        let rs = self.rescore(layer, comp.scorer, boundary)?;
+        self.rescores += 1;
+        if chunk && comp.layers == LayerAllocation::Entropy {
+            let store = &mut self.layers[layer];
+            store.entropy = Some(rs.entropy);
+            store.pending = Some(Pending { order: rs.order, sorted: rs.sorted, boundary, caps: vec![usize::MAX; h_kv] });
+            return self.cascade(comp, layer);
+        }
+        let budget = match (&self.layers[layer].caps, self.layers[layer].budget) {
+            (Some(_), Some(b)) if !chunk => b,
+            _ => self.static_budget(layer, comp, boundary),
+        };
+        let caps = ragged_head_caps(comp.heads, &rs.sorted, budget, self.config.floor_alpha);
+        let pending = Pending { order: rs.order, sorted: rs.sorted, boundary, caps: caps.clone() };
+        let selected = pending.selected();
+        let store = &mut self.layers[layer];
+        store.budget = Some(budget);
+        store.caps = Some(caps);
+        if self.chunked {
+            store.pending = Some(pending);
+        }
+        self.retain(layer, &selected, boundary)
     }
 
     /// Appends `T` tokens to a filled layer and attends over its slots.
@@ -385,11 +862,26 @@ impl<B: Backend> CompressedCache<B> {
 
 impl<B: Backend> KvCache<B> for CompressedCache<B> {
     fn attend(&mut self, layer: usize, q: Tensor<B, 3>, k: Tensor<B, 3>, v: Tensor<B, 3>) -> Result<Tensor<B, 3>, CacheError> {
-        self.check_inputs(layer, &q, &k, &v)?;
+        let t = self.check_inputs(layer, &q, &k, &v)?;
+        let window_q = self.evicts_after_prefill().then(|| q.clone());
         if self.layers[layer].buffers.is_none() {
-            self.prefill(layer, q, k, v)
+            // The query window must hold the prompt's last queries before the
+            // cascade may re-score a layer.
+            if let Some(wq) = window_q {
+                self.push_queries(layer, wq);
+            }
+            let out = self.prefill(layer, q, k, v);
+            if out.is_err() {
+                self.layers[layer].recent_q = None;
+            }
+            out
         } else {
-            self.extend(layer, q, k, v)
+            let out = self.extend(layer, q, k, v)?;
+            if let Some(wq) = window_q {
+                self.push_queries(layer, wq);
+            }
+            self.compress_after_append(layer, t)?;
+            Ok(out)
         }
     }
 
@@ -417,5 +909,67 @@ impl<B: Backend> KvCache<B> for CompressedCache<B> {
 
     fn reset(&mut self) {
         self.layers.iter_mut().for_each(|l| *l = LayerStore::empty());
+        self.rescores = 0;
+    }
+}
+
+impl<B: Backend> CompressedCache<B> {
+    /// The cache `config` would hold after a prefill whose per-layer full keys and
+    /// values (`[H_kv, N, D]`, RoPE applied) are `kv`, given the policy's
+    /// [`Selection`](crate::Selection) of that prefill (from
+    /// [`select_positions`](crate::select_positions) on the same tensors).
+    ///
+    /// Every policy computes the prefill's attention over the full prompt and
+    /// evicts afterwards, so the prefill is policy-independent: an evaluation can
+    /// run it once and build each policy's cache from it. The result equals the
+    /// state after running the policy live (decode appends as usual); decode-time
+    /// eviction and chunked prefill are not available on a cache built this way.
+    pub fn from_selection(
+        shape: CacheShape,
+        config: PolicyConfig,
+        max_tokens: usize,
+        device: &B::Device,
+        kv: &[(Tensor<B, 3>, Tensor<B, 3>)],
+        selection: &crate::Selection,
+    ) -> Result<Self, CacheError> {
+        let mut cache = Self::new(shape, config, max_tokens, device)?;
+        if kv.len() != shape.layers || selection.layers.len() != shape.layers {
+            return Err(CacheError::InvalidShape(format!(
+                "from_selection: {} layers of keys/values and {} of selection for a {}-layer cache",
+                kv.len(),
+                selection.layers.len(),
+                shape.layers
+            )));
+        }
+        for (layer, ((k, v), sel)) in kv.iter().zip(&selection.layers).enumerate() {
+            let [h_kv, n_tok, d] = k.dims();
+            if h_kv != shape.kv_heads || d != shape.head_dim || v.dims() != k.dims() || n_tok != selection.prompt_len {
+                return Err(CacheError::ShapeMismatch {
+                    what: "keys/values",
+                    expected: format!("[{}, {}, {}]", shape.kv_heads, selection.prompt_len, shape.head_dim),
+                    found: crate::error::dims_str(&k.dims()),
+                });
+            }
+            if sel.heads.len() != h_kv || sel.heads.iter().flatten().any(|&p| p >= n_tok) {
+                return Err(CacheError::InvalidShape(format!("from_selection: layer {layer}'s selection does not fit {h_kv} heads of {n_tok} tokens")));
+            }
+            let slots: Vec<(usize, usize)> =
+                sel.heads.iter().enumerate().flat_map(|(g, ps)| ps.iter().map(move |&p| (g, p))).collect();
+            let rows = cache.int_tensor(slots.iter().map(|&(g, p)| g * n_tok + p));
+            let keys = k.clone().reshape([h_kv * n_tok, d]).select(0, rows.clone());
+            let values = v.clone().reshape([h_kv * n_tok, d]).select(0, rows);
+            let buffers = cache.build_buffers(keys, values, &slots);
+            let store = &mut cache.layers[layer];
+            store.buffers = Some(buffers);
+            store.slots = slots;
+            store.appended = n_tok;
+            // A layer that kept its whole prefix has no head budgets in force,
+            // as after a live prefill that did not compress it.
+            let prefix = selection.prefix_len();
+            let kept_all = sel.head_budgets.iter().all(|&c| c >= prefix);
+            store.budget = Some(sel.budget);
+            store.caps = if kept_all { None } else { Some(sel.head_budgets.clone()) };
+        }
+        Ok(cache)
     }
 }

@@ -18,6 +18,8 @@
 //!   kept (KV head, token) slot plus each slot's head and position), so heads of
 //!   different lengths cost no padding, and attention masks other heads' slots
 //!   with `-inf`: a constant number of tensor ops per layer. See its module docs.
+//!   Two options go beyond the reference (below): decode-time eviction and
+//!   chunked prefill.
 //! - [`select_positions`]: for researchers and verification, runs a policy on one
 //!   sequence's per-layer `q`, `k`, `v` and returns each layer's budget and each
 //!   KV head's kept positions. The cache makes the same selection.
@@ -70,8 +72,46 @@
 //! 6. **Totality**: entropies summing to 0 fall back to uniform layer budgets;
 //!    PyramidKV with a single layer gives it `B - w`; where the reference would
 //!    divide by zero.
-//! 7. **Compression happens once**, at prefill (the first `attend` of a layer);
-//!    decode tokens are appended and never evicted, as in the reference.
+//! 7. **Compression happens once** by default, at prefill (the first `attend` of
+//!    a layer); decode tokens are appended and never evicted, as in the
+//!    reference. The two options below change this.
+//!
+//! # Beyond the reference: eviction after prefill
+//!
+//! The reference implementations compress once, after a one-shot prefill, for
+//! batch 1. [`CompressedCache`] can also keep compressing afterwards; both
+//! options re-score a layer with the same policy on what it holds, using a
+//! rolling device buffer of the layer's last `w` RoPE-rotated queries
+//! (`[H_q, w, D]`) as the new observation window. The last `w` tokens are
+//! always kept, tokens keep their absolute positions (RoPE phases are never
+//! touched) and [`KvCache::next_position`] counts every token ever appended.
+//! Everything runs on the backend except the selection on the small `[H, n]`
+//! score rows; kept K/V rows are gathered on the device with `select`.
+//!
+//! - **Decode-time eviction**,
+//!   [`with_decode_budget(slack)`](CompressedCache::with_decode_budget): when
+//!   generation grows some KV head of a layer past its head budget plus `slack`
+//!   evictable tokens, the layer is re-scored and every head evicted back to
+//!   its budget (so one re-scoring per `slack + 1` tokens). The layer budget
+//!   `B_l` stays the one set at prefill; the head budgets are re-derived by the
+//!   policy's head allocation from the new scores (a layer's total is
+//!   preserved, and a layer cannot get back evicted tokens, so moving budget
+//!   between layers mid-generation would not help).
+//! - **Chunked prefill**,
+//!   [`with_chunked_prefill(true)`](CompressedCache::with_chunked_prefill):
+//!   every multi-token `attend` after a layer's first (each prompt chunk)
+//!   attends over the kept tokens plus the chunk (causal inside it), then
+//!   re-scores with the chunk's last `w` queries and evicts back to the budget,
+//!   so a prompt of any length in chunks of `T` tokens holds at most the
+//!   budget plus `T` tokens per head, and never needs the whole prompt's KV.
+//!   Layer budgets are re-derived per chunk (uniform, pyramid at the current
+//!   prefix length); LAVa's entropy cascade runs inside each chunk's forward
+//!   pass over the latest entropy of every layer. A first chunk as long as the
+//!   prompt is exactly the one-shot prefill.
+//!
+//! The exact semantics (how re-scoring pools over evicted positions, the H2O
+//! and StreamingLLM variants, budgets of layers whose prefill kept everything,
+//! and the memory bounds) are in the `CompressedCache` module docs.
 
 #![warn(missing_docs)]
 

@@ -9,7 +9,7 @@ use lava_llama::{load_model, GenerationConfig, Llama, Logits, Sampling, Tokenize
 
 use crate::error::CliError;
 use crate::fetch::resolve_model;
-use crate::prompt::{make_cache, prompt_segments};
+use crate::prompt::{make_cache, prompt_segments, CacheOptions};
 use crate::{with_backend, ExportArgs, GenerateArgs, PplArgs, SelectArgs};
 
 fn read_text(path: &Path) -> Result<String, CliError> {
@@ -73,6 +73,9 @@ pub fn generate(a: GenerateArgs) -> Result<(), CliError> {
         return Err(CliError::Usage("--prefill-chunk must be at least 1".into()));
     }
     let policy = a.policy.to_config()?;
+    if a.decode_budget.is_some() && policy.policy == PolicyName::Full {
+        return Err(CliError::Usage("--decode-budget needs a compressing --policy (e.g. --policy lava)".into()));
+    }
     let path = resolve_model(a.model.model.as_deref())?;
     with_backend!(a.model.backend, |B, device| {
         generate_on::<B>(&a, &policy, &context, question.as_deref(), &path, &device)
@@ -114,7 +117,12 @@ fn generate_on<B: Backend>(
         stop_tokens: stop_tokens(&model.config.eos_token_ids, &tok),
         prefill_chunk,
     };
-    let mut cache = make_cache(&model, policy, ctx, a.max_new_tokens, device)?;
+    let options = CacheOptions {
+        decode_tokens: a.max_new_tokens,
+        chunked_prefill: compressing && a.prefill_chunk.is_some(),
+        decode_slack: a.decode_budget,
+    };
+    let mut cache = make_cache(&model, policy, ctx, options, device)?;
     let bar = (prompt_len > prefill_chunk).then(|| {
         let b = indicatif::ProgressBar::new(prompt_len as u64);
         b.set_style(

@@ -78,9 +78,15 @@ pub struct GenerateArgs {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Prompt tokens per prefill step (default: 512 with the full cache; the whole
-    /// prompt, compressed once, with a compressing policy).
+    /// prompt, compressed once, with a compressing policy). With a compressing
+    /// policy, each chunk is compressed back to the budget before the next one, so
+    /// prompts whose full attention would not fit in memory still run.
     #[arg(long)]
     pub prefill_chunk: Option<usize>,
+    /// Decode-time eviction: when generation grows a head past its budget plus this
+    /// many tokens, re-score with the recent queries and evict again (same policy).
+    #[arg(long)]
+    pub decode_budget: Option<usize>,
     /// Print one JSON object at the end instead of streaming text.
     #[arg(long)]
     pub json: bool,

@@ -40,22 +40,35 @@ pub fn prompt_segments(
     }
 }
 
-/// The cache a policy asks for: [`FullCache`] for `full`, else a [`CompressedCache`]
-/// that reserves room for `decode_tokens` generated tokens per head after prefill.
+/// How a compressing cache behaves beyond the prefill.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CacheOptions {
+    /// Generated tokens to reserve room for.
+    pub decode_tokens: usize,
+    /// Compress after every prefill chunk, not only the first.
+    pub chunked_prefill: bool,
+    /// Decode-time eviction slack (`None`: never evict during decode).
+    pub decode_slack: Option<usize>,
+}
+
+/// The cache a policy asks for: [`FullCache`] for `full`, else a [`CompressedCache`].
 pub fn make_cache<B: Backend>(
     model: &Llama<B>,
     policy: &PolicyConfig,
     max_tokens: usize,
-    decode_tokens: usize,
+    options: CacheOptions,
     device: &B::Device,
 ) -> Result<Box<dyn KvCache<B>>, CliError> {
     Ok(if policy.policy == PolicyName::Full {
         Box::new(FullCache::<B>::new(model.cache_shape(), max_tokens, device)?)
     } else {
-        let headroom = decode_tokens.clamp(1, CompressedCache::<B>::DEFAULT_HEADROOM);
-        Box::new(
-            CompressedCache::<B>::new(model.cache_shape(), policy.clone(), max_tokens, device)?
-                .with_decode_headroom(headroom),
-        )
+        let headroom = options.decode_tokens.clamp(1, CompressedCache::<B>::DEFAULT_HEADROOM);
+        let mut cache = CompressedCache::<B>::new(model.cache_shape(), policy.clone(), max_tokens, device)?
+            .with_decode_headroom(headroom)
+            .with_chunked_prefill(options.chunked_prefill);
+        if let Some(slack) = options.decode_slack {
+            cache = cache.with_decode_budget(slack);
+        }
+        Box::new(cache)
     })
 }

@@ -62,6 +62,45 @@ pub(crate) fn head_caps(allocation: HeadAllocation, ranked: &RankedLayer, budget
     }
 }
 
+/// Head budgets (prefix tokens per KV head) for layer budget `budget` when the
+/// heads have different numbers of evictable tokens: `sorted[g]` holds head
+/// `g`'s scores, descending (its length is the head's evictable count).
+///
+/// The result is the head's *budget*, not clamped to its length: head `g`
+/// keeps the first `min(caps[g], sorted[g].len())` tokens of its ranking.
+/// When `budget` reaches the longest row every head gets `budget` (nothing is
+/// evicted). Uniform heads get `budget`. Adaptive heads run
+/// [`head_budget::adaptive`] on the rows padded with `-inf` to the longest one
+/// (padding ranks last, so it only enters the pool when the real tokens do not
+/// fill it). With rows of equal length this keeps exactly what [`head_caps`]
+/// keeps.
+pub(crate) fn ragged_head_caps(allocation: HeadAllocation, sorted: &[Vec<f32>], budget: usize, alpha: f64) -> Vec<usize> {
+    let heads = sorted.len();
+    let n_max = sorted.iter().map(Vec::len).max().unwrap_or(0);
+    if budget >= n_max {
+        return vec![budget; heads];
+    }
+    match allocation {
+        HeadAllocation::Uniform => vec![budget; heads],
+        HeadAllocation::Adaptive => {
+            let data: Vec<f32> = sorted
+                .iter()
+                .flat_map(|row| row.iter().copied().chain(std::iter::repeat_n(f32::NEG_INFINITY, n_max - row.len())))
+                .collect();
+            match ScoreMatrix::new(heads, n_max, data) {
+                Ok(padded) => head_budget::adaptive(&padded, budget, alpha),
+                // `heads * n_max` values by construction.
+                Err(_) => vec![budget; heads],
+            }
+        }
+    }
+}
+
+/// The rows of a score matrix as vectors.
+pub(crate) fn matrix_rows(m: &ScoreMatrix) -> Vec<Vec<f32>> {
+    m.iter_rows().map(<[f32]>::to_vec).collect()
+}
+
 /// Kept positions per KV head, ascending: the first `caps[g]` of `order[g]`
 /// and the window `n..n_tok`.
 pub(crate) fn kept_positions(order: &[Vec<usize>], caps: &[usize], n: usize, n_tok: usize) -> Vec<Vec<usize>> {

@@ -226,6 +226,36 @@ pub fn pool(row: &[f32], kernel: usize, pooling: Pooling) -> Vec<f32> {
         .collect()
 }
 
+/// [`pool`] over a subset of the positions: `values[j]` belongs to absolute
+/// position `positions[j]` (strictly increasing), and the neighbourhood of `j`
+/// is every given position within `kernel / 2` of `positions[j]`. Missing
+/// positions count as zero attention: max pooling ignores them (attention is
+/// non-negative and `j` itself is in its neighbourhood), average pooling
+/// divides by `kernel` as [`pool`] does. With `positions = 0..n` this is
+/// exactly [`pool`]. Used to re-score a layer after some tokens were evicted.
+pub fn pool_at(positions: &[usize], values: &[f32], kernel: usize, pooling: Pooling) -> Vec<f32> {
+    let n = values.len().min(positions.len());
+    let half = kernel / 2;
+    let (mut lo, mut hi) = (0, 0);
+    (0..n)
+        .map(|j| {
+            let p = positions[j];
+            while positions[lo].saturating_add(half) < p {
+                lo += 1;
+            }
+            hi = hi.max(j + 1);
+            while hi < n && positions[hi] <= p.saturating_add(half) {
+                hi += 1;
+            }
+            let span = &values[lo..hi];
+            match pooling {
+                Pooling::MaxPool => span.iter().copied().fold(f32::NEG_INFINITY, f32::max),
+                Pooling::AvgPool => span.iter().sum::<f32>() / kernel.max(1) as f32,
+            }
+        })
+        .collect()
+}
+
 /// Checks that `attn` has `H_q` rows, a multiple of `kv_heads`; returns `G`.
 fn group_of(attn: &ScoreMatrix, kv_heads: usize) -> Result<usize, CacheError> {
     if kv_heads == 0 || attn.rows % kv_heads != 0 {

@@ -4,9 +4,14 @@
 
 use burn::tensor::{Tensor, TensorData};
 
+/// The backend the suite runs on: ndarray, or CUDA with `--features cuda`.
+#[cfg(not(feature = "cuda"))]
 pub type B = burn_ndarray::NdArray<f32>;
+/// The backend the suite runs on: ndarray, or CUDA with `--features cuda`.
+#[cfg(feature = "cuda")]
+pub type B = burn_cuda::Cuda<f32, i32>;
 
-pub fn device() -> burn_ndarray::NdArrayDevice {
+pub fn device() -> burn::tensor::Device<B> {
     Default::default()
 }
 

@@ -1,0 +1,55 @@
+//! A cache built from a recorded prefill and `select_positions` equals the
+//! cache the policy builds live, for every policy.
+
+mod common;
+
+use burn::tensor::{Distribution, Tensor};
+use common::B;
+use lava_cache::{select_positions, CacheShape, CompressedCache, KvCache, LayerQkv, PolicyConfig, PolicyName};
+
+
+#[test]
+fn from_selection_equals_the_live_policy() {
+    let device = common::device();
+    let shape = CacheShape { layers: 3, query_heads: 6, kv_heads: 2, head_dim: 8 };
+    let n = 60;
+    let layers: Vec<LayerQkv<B>> = (0..shape.layers)
+        .map(|_| {
+            LayerQkv::new(
+                Tensor::random([6, n, 8], Distribution::Normal(0.0, 1.0), &device),
+                Tensor::random([2, n, 8], Distribution::Normal(0.0, 1.0), &device),
+                Tensor::random([2, n, 8], Distribution::Normal(0.0, 1.0), &device),
+            )
+        })
+        .collect();
+    let q1: Vec<Tensor<B, 3>> = (0..shape.layers).map(|_| Tensor::random([6, 1, 8], Distribution::Normal(0.0, 1.0), &device)).collect();
+    let kv1: Vec<Tensor<B, 3>> = (0..shape.layers).map(|_| Tensor::random([2, 1, 8], Distribution::Normal(0.0, 1.0), &device)).collect();
+    for policy in PolicyName::ALL {
+        if policy == PolicyName::Full {
+            continue;
+        }
+        let mut config = PolicyConfig::new(policy, 24);
+        config.window = 8;
+        config.kernel_size = 3;
+        let mut live = CompressedCache::<B>::new(shape, config.clone(), 128, &device).expect("cache");
+        for (l, x) in layers.iter().enumerate() {
+            live.attend(l, x.q.clone(), x.k.clone(), x.v.clone()).expect("prefill");
+        }
+        let sel = select_positions(&layers, &config).expect("select");
+        let kv: Vec<_> = layers.iter().map(|x| (x.k.clone(), x.v.clone())).collect();
+        let mut built = CompressedCache::<B>::from_selection(shape, config, 128, &device, &kv, &sel).expect("from_selection");
+        assert_eq!(built.retained_tokens(), live.retained_tokens(), "{policy}");
+        for l in 0..shape.layers {
+            let mut a = live.kept_positions(l).expect("live");
+            let mut b = built.kept_positions(l).expect("built");
+            a.iter_mut().for_each(|h| h.sort_unstable());
+            b.iter_mut().for_each(|h| h.sort_unstable());
+            assert_eq!(a, b, "{policy} layer {l}");
+            let oa = live.attend(l, q1[l].clone(), kv1[l].clone(), kv1[l].clone()).expect("decode").into_data().to_vec::<f32>().expect("f32");
+            let ob = built.attend(l, q1[l].clone(), kv1[l].clone(), kv1[l].clone()).expect("decode").into_data().to_vec::<f32>().expect("f32");
+            let err = oa.iter().zip(&ob).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+            assert!(err < 1e-5, "{policy} layer {l}: decode outputs differ by {err}");
+        }
+        assert_eq!(built.next_position(), live.next_position());
+    }
+}
