@@ -73,7 +73,39 @@ impl LlamaConfig {
         if self.head_dim % 2 != 0 {
             return bad(format!("head_dim ({}) must be even for RoPE", self.head_dim));
         }
+        // The weights' sizes are products of these fields: reject dimensions
+        // whose f32 weights could not even be addressed, so that no product
+        // made later (shapes, allocations) can overflow.
+        if self.weight_bytes().is_none_or(|b| b > isize::MAX as usize) {
+            return bad(format!(
+                "dimensions too large: the f32 weights of vocab_size {}, hidden_size {}, intermediate_size {}, \
+                 {} layers, {} heads and {} KV heads of dimension {} do not fit in memory",
+                self.vocab_size,
+                self.hidden_size,
+                self.intermediate_size,
+                self.num_hidden_layers,
+                self.num_attention_heads,
+                self.num_key_value_heads,
+                self.head_dim
+            ));
+        }
         Ok(())
+    }
+
+    /// Bytes of all f32 weights (biases and an untied output counted), or `None` on overflow.
+    fn weight_bytes(&self) -> Option<usize> {
+        let (d, ff) = (self.hidden_size, self.intermediate_size);
+        let q = self.num_attention_heads.checked_mul(self.head_dim)?;
+        let kv = self.num_key_value_heads.checked_mul(self.head_dim)?;
+        // q, o: [q, d]; k, v: [kv, d]; gate, up, down: [ff, d]; biases; two norms.
+        let layer = [q, q, kv, kv, ff, ff, ff]
+            .iter()
+            .try_fold(0usize, |acc, &rows| acc.checked_add(rows.checked_mul(d)?))?
+            .checked_add(q.checked_add(kv.checked_mul(2)?)?)?
+            .checked_add(d.checked_mul(2)?)?;
+        // Embedding, output projection, final norm.
+        let rest = self.vocab_size.checked_mul(d)?.checked_mul(2)?.checked_add(d)?;
+        layer.checked_mul(self.num_hidden_layers)?.checked_add(rest)?.checked_mul(4)
     }
 
     /// Parses a Hugging Face `config.json`.

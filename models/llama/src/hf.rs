@@ -6,8 +6,11 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::backend::Backend;
-use burn::tensor::DType;
-use burn_store::{ChainAdapter, ModuleAdapter, ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore, TensorSnapshot};
+use burn::tensor::{DType, TensorData};
+use burn_store::{
+    ChainAdapter, ModuleAdapter, ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore, TensorSnapshot,
+    TensorSnapshotError,
+};
 
 use crate::config::LlamaConfig;
 use crate::error::ModelError;
@@ -74,18 +77,24 @@ pub fn parameter_names(c: &LlamaConfig) -> Vec<String> {
     names
 }
 
-/// Casts f16/bf16 tensors to f32 on load.
+/// Casts f16/bf16/f64 tensors to f32 on load; any other dtype (integer,
+/// boolean, quantised) becomes a load error instead of reaching the backend,
+/// which panics on non-float data for a float parameter.
 #[derive(Debug, Clone, Default)]
 struct ToF32Adapter;
 
 impl ModuleAdapter for ToF32Adapter {
     fn adapt(&self, snapshot: &TensorSnapshot) -> TensorSnapshot {
-        if !matches!(snapshot.dtype, DType::F16 | DType::BF16 | DType::F64) {
-            return snapshot.clone();
-        }
         let data_fn = snapshot.clone_data_fn();
+        let to_f32: std::rc::Rc<dyn Fn() -> Result<TensorData, TensorSnapshotError>> = match snapshot.dtype {
+            DType::F32 => return snapshot.clone(),
+            DType::F16 | DType::BF16 | DType::F64 => std::rc::Rc::new(move || Ok(data_fn()?.convert_dtype(DType::F32))),
+            other => std::rc::Rc::new(move || {
+                Err(TensorSnapshotError::DataError(format!("dtype {other:?}: lava reads F32, F16, BF16 or F64 weights")))
+            }),
+        };
         TensorSnapshot::from_closure(
-            std::rc::Rc::new(move || Ok(data_fn()?.convert_dtype(DType::F32))),
+            to_f32,
             DType::F32,
             snapshot.shape.clone(),
             snapshot.path_stack.clone().unwrap_or_default(),

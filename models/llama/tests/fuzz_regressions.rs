@@ -10,9 +10,12 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 
-use lava_llama::gguf::{GgmlType, GgufFile};
+use lava_llama::gguf::{GgmlType, GgufFile, GgufWriter, Value};
 use lava_llama::tiny::{tiny_config, RandomWeights};
-use lava_llama::{config_from_gguf, tokenizer_json_from_gguf, GgufSource, LlamaConfig, Tokenizer, WeightSource};
+use lava_llama::hf::expected_shape;
+use lava_llama::{
+    config_from_gguf, tokenizer_json_from_gguf, GgufSource, LlamaConfig, ModelError, Tokenizer, WeightSource,
+};
 
 /// Same bound as the `gguf` fuzz target: bigger tensors are OOM by design.
 const MAX_ELEMENTS: u64 = 1 << 22;
@@ -62,6 +65,125 @@ fn exercise_gguf(bytes: Vec<u8>) {
                 assert_eq!(shape.iter().product::<usize>(), values.len(), "{hf}");
             }
         }
+    }
+}
+
+/// Found by hand while fuzzing `hf_config`: a `config.json` whose head count
+/// times head dimension overflows passed `validate`, then `expected_shape`
+/// panicked ("attempt to multiply with overflow", debug builds) or produced
+/// wrapped shapes (release builds).
+#[test]
+fn hf_config_with_overflowing_dimensions_is_rejected() {
+    let base = serde_json::to_string(&tiny_config(3, 1, true, false).to_hf_json()).expect("json");
+    let cases = [
+        ("num_attention_heads", "4611686018427387904"), // 2^62 heads x head_dim 8
+        ("head_dim", "4611686018427387904"),
+        ("vocab_size", "18446744073709551615"),
+        ("intermediate_size", "9223372036854775807"),
+        ("num_hidden_layers", "4611686018427387904"),
+    ];
+    for (key, value) in cases {
+        let mut v: serde_json::Value = serde_json::from_str(&base).expect("parse");
+        v[key] = serde_json::from_str(value).expect("number");
+        if key == "num_attention_heads" {
+            v["num_key_value_heads"] = 1.into();
+        }
+        let text = v.to_string();
+        let result = catch_unwind(|| {
+            LlamaConfig::from_hf_json(&text).map(|c| expected_shape(&c, "model.layers.0.self_attn.q_proj.weight"))
+        });
+        match result {
+            Ok(Err(ModelError::Config(m))) => assert!(m.contains("too large"), "{key}: {m}"),
+            other => panic!("{key} = {value}: expected a Config error, got {other:?}"),
+        }
+    }
+    // Large but addressable dimensions are still accepted.
+    let mut v: serde_json::Value = serde_json::from_str(&base).expect("parse");
+    v["vocab_size"] = 262144.into();
+    v["num_hidden_layers"] = 128.into();
+    LlamaConfig::from_hf_json(&v.to_string()).expect("big but valid");
+}
+
+/// The GGUF form of the same bug: `config_from_gguf` accepted 2^62 heads with
+/// an explicit key length, then `GgufSource::tensor` overflowed computing
+/// `heads * head_dim` for `attn_q`.
+#[test]
+fn gguf_with_overflowing_head_count_is_rejected() {
+    let mut w = GgufWriter::new();
+    w.kv("general.architecture", Value::Str("llama".into()));
+    for (k, v) in [
+        ("block_count", 1u64),
+        ("embedding_length", 32),
+        ("feed_forward_length", 32),
+        ("attention.head_count", 1 << 62),
+        ("attention.head_count_kv", 1),
+        ("attention.key_length", 8),
+    ] {
+        w.kv(&format!("llama.{k}"), Value::U64(v));
+    }
+    w.tensor("token_embd.weight", &[4, 32], GgmlType::F32, &[0.5; 128]);
+    w.tensor("blk.0.attn_q.weight", &[1, 32], GgmlType::F32, &[0.5; 32]);
+    let bytes = w.to_bytes();
+    let file = GgufFile::from_bytes("heads.gguf", bytes.clone()).expect("parse");
+    match config_from_gguf(&file) {
+        Err(ModelError::Config(m)) => assert!(m.contains("too large"), "{m}"),
+        other => panic!("expected a Config error, got {other:?}"),
+    }
+    exercise_gguf(bytes);
+}
+
+/// The tiny model's Hugging Face export, with one weight rewritten as `dtype`.
+fn hf_dir_with_dtype(dtype: safetensors::Dtype, elem_bytes: usize) -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let gguf = tmp.path().join("tiny.gguf");
+    std::fs::write(&gguf, tiny_gguf(GgmlType::F32)).expect("write gguf");
+    lava_llama::export_gguf_to_hf(&gguf, tmp.path()).expect("export");
+    let path = tmp.path().join("model.safetensors");
+    let bytes = std::fs::read(&path).expect("read");
+    let st = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");
+    let target = "model.layers.0.mlp.down_proj.weight";
+    let tensors: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(name, t)| {
+            if name == target {
+                let n: usize = t.shape().iter().product();
+                (name, dtype, t.shape().to_vec(), vec![1u8; n * elem_bytes])
+            } else {
+                (name, t.dtype(), t.shape().to_vec(), t.data().to_vec())
+            }
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+        .iter()
+        .map(|(n, d, s, b)| (n.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b).expect("view")))
+        .collect();
+    std::fs::write(&path, safetensors::serialize(views, None).expect("serialize")).expect("write");
+    tmp
+}
+
+/// Found by the `safetensors` fuzzer (a weight's dtype flipped from F16 to
+/// I16): burn's backend panicked "Expected float dtype, got I16" when
+/// `load_hf_dir` handed integer data to a float parameter.
+#[test]
+fn safetensors_with_non_float_weights_is_an_error() {
+    use safetensors::Dtype;
+    type B = burn_ndarray::NdArray<f32>;
+    for (dtype, size) in [(Dtype::I16, 2), (Dtype::I8, 1), (Dtype::U8, 1), (Dtype::I32, 4), (Dtype::I64, 8), (Dtype::BOOL, 1)] {
+        let dir = hf_dir_with_dtype(dtype, size);
+        let result = catch_unwind(|| lava_llama::hf::load_hf_dir::<B>(dir.path(), &Default::default()).map(|_| ()));
+        match result {
+            Ok(Err(ModelError::Weights { detail, .. })) => {
+                assert!(detail.contains("down_proj") && detail.contains("lava reads F32"), "{dtype:?}: {detail}")
+            }
+            Ok(other) => panic!("{dtype:?}: expected a Weights error, got {other:?}"),
+            Err(_) => panic!("{dtype:?}: load_hf_dir panicked"),
+        }
+    }
+    // The float dtypes still load.
+    for (dtype, size) in [(Dtype::F16, 2), (Dtype::BF16, 2), (Dtype::F64, 8)] {
+        let dir = hf_dir_with_dtype(dtype, size);
+        lava_llama::hf::load_hf_dir::<B>(dir.path(), &Default::default()).unwrap_or_else(|e| panic!("{dtype:?}: {e}"));
     }
 }
 
@@ -130,10 +252,11 @@ fn mutate(rng: &mut Rng, base: &[u8], hot: usize) -> Vec<u8> {
 
 #[test]
 fn random_mutations_of_tiny_gguf_never_panic() {
-    let bases: Vec<Vec<u8>> = [GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::F32, GgmlType::F16]
+    let mut bases: Vec<Vec<u8>> = [GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::F32, GgmlType::F16]
         .into_iter()
         .map(tiny_gguf)
         .collect();
+    bases.push(full_featured_gguf());
     for base in &bases {
         exercise_gguf(base.clone());
     }
@@ -148,6 +271,76 @@ fn random_mutations_of_tiny_gguf_never_panic() {
         }
     }
     assert!(failures.is_empty(), "GGUF mutations that panicked (iteration, rng seed): {failures:?}");
+}
+
+/// A one-layer image using every optional key and tensor lava reads (explicit
+/// key length, vocab size, alignment, token types, special ids, chat template,
+/// merges, `rope_freqs`, q bias) and every tensor type, so the fuzzer starts
+/// from code paths the `to_gguf` images never reach.
+fn full_featured_gguf() -> Vec<u8> {
+    let mut w = GgufWriter::new();
+    w.kv("general.architecture", Value::Str("llama".into()));
+    w.kv("general.alignment", Value::U64(32));
+    for (k, v) in [
+        ("block_count", 1),
+        ("context_length", 128),
+        ("embedding_length", 16),
+        ("feed_forward_length", 32),
+        ("attention.head_count", 2),
+        ("attention.head_count_kv", 1),
+        ("attention.key_length", 8),
+        ("vocab_size", 32),
+    ] {
+        w.kv(&format!("llama.{k}"), Value::U64(v));
+    }
+    w.kv("llama.attention.layer_norm_rms_epsilon", Value::F64(1e-5));
+    w.kv("llama.rope.freq_base", Value::F64(500000.0));
+    w.kv("tokenizer.ggml.model", Value::Str("gpt2".into()));
+    w.kv("tokenizer.ggml.pre", Value::Str("llama-bpe".into()));
+    let mut tokens: Vec<String> = "abcdefghijklmnopqrstuvwxyz".chars().map(String::from).collect();
+    tokens.extend(["ab", "abc", "\u{120}a", "\u{120}"].map(String::from));
+    tokens.extend(["<|begin_of_text|>", "<|eot_id|>"].map(String::from));
+    let types: Vec<Value> = (0..tokens.len()).map(|i| Value::U64(if i >= 30 { 3 } else { 1 })).collect();
+    w.kv("tokenizer.ggml.tokens", Value::Array(tokens.into_iter().map(Value::Str).collect()));
+    w.kv("tokenizer.ggml.token_type", Value::Array(types));
+    w.kv("tokenizer.ggml.merges", Value::Array(["a b", "ab c", "\u{120} a"].map(|m| Value::Str(m.into())).to_vec()));
+    w.kv("tokenizer.ggml.bos_token_id", Value::U64(30));
+    w.kv("tokenizer.ggml.eos_token_id", Value::U64(31));
+    w.kv(
+        "tokenizer.chat_template",
+        Value::Str("{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}".into()),
+    );
+    let vals = |n: usize| -> Vec<f32> { (0..n).map(|i| ((i as f32) * 0.37).sin() * 0.3).collect() };
+    w.tensor("token_embd.weight", &[32, 16], GgmlType::Q8_0, &vals(512));
+    w.tensor("output.weight", &[32, 16], GgmlType::Q4_0, &vals(512));
+    w.tensor("output_norm.weight", &[16], GgmlType::F32, &[1.0; 16]);
+    w.tensor("rope_freqs.weight", &[4], GgmlType::F32, &[1.0, 1.0, 2.0, 8.0]);
+    w.tensor("blk.0.attn_q.weight", &[16, 16], GgmlType::F16, &vals(256));
+    w.tensor("blk.0.attn_q.bias", &[16], GgmlType::F32, &vals(16));
+    w.tensor("blk.0.attn_k.weight", &[8, 16], GgmlType::BF16, &vals(128));
+    w.tensor("blk.0.attn_v.weight", &[8, 16], GgmlType::Q4_1, &vals(128));
+    w.tensor("blk.0.attn_output.weight", &[16, 16], GgmlType::F32, &vals(256));
+    w.tensor("blk.0.ffn_gate.weight", &[32, 16], GgmlType::Q8_0, &vals(512));
+    w.tensor("blk.0.ffn_up.weight", &[32, 16], GgmlType::Q4_0, &vals(512));
+    w.tensor("blk.0.ffn_down.weight", &[16, 32], GgmlType::Q4_1, &vals(512));
+    w.tensor("blk.0.attn_norm.weight", &[16], GgmlType::F32, &[1.0; 16]);
+    w.tensor("blk.0.ffn_norm.weight", &[16], GgmlType::F32, &[1.0; 16]);
+    w.to_bytes()
+}
+
+#[test]
+fn full_featured_gguf_is_valid() {
+    let file = GgufFile::from_bytes("full.gguf", full_featured_gguf()).expect("parse");
+    let config = config_from_gguf(&file).expect("config");
+    assert_eq!((config.head_dim, config.vocab_size, config.bos_token_id), (8, 32, Some(30)));
+    let tok = Tokenizer::from_gguf(&file).expect("tokenizer");
+    assert_eq!(tok.token_id("abc"), Some(27));
+    for name in &file.tensor_order {
+        file.dequantize(name).expect("dequantize");
+    }
+    let src = GgufSource::new(&file, config).expect("source");
+    assert_eq!(src.rope_freq_factors().expect("rope_freqs").map(|f| f.len()), Some(4));
+    exercise_gguf(full_featured_gguf());
 }
 
 /// Writes the seed corpora when `LAVA_FUZZ_CORPUS` names a directory.
@@ -174,6 +367,7 @@ fn write_fuzz_seeds() {
     // Qwen2 layout: q/k/v biases, untied output, no Q/K row permutation.
     let qwen = RandomWeights { config: tiny_config(2, 2, false, true), seed: 2 };
     put("gguf", "tiny_qwen2_h2_kv2_bias_q8_0.gguf", &qwen.to_gguf(GgmlType::Q8_0));
+    put("gguf", "full_featured_l1.gguf", &full_featured_gguf());
 
     // The Hugging Face export of the main tiny model: the safetensors seed and
     // the config.json seed (the `safetensors` target exports the same directory).
