@@ -150,11 +150,11 @@ fn greedy_generation_is_bit_identical_across_runs() {
 }
 
 /// A ~2k-token prompt from the shared Paul Graham essays.
-fn essay_prompt(chars: usize) -> PathBuf {
+fn essay_prompt(chars: usize, tag: &str) -> PathBuf {
     let dir = std::env::var("LAVA_SHARED_DATA").unwrap_or_else(|_| "../shared/data".into());
     let text = std::fs::read_to_string(PathBuf::from(dir).join("paulgraham_essays/worked.txt")).expect("shared essays");
     let cut: String = text.chars().take(chars).collect();
-    let path = std::env::temp_dir().join(format!("lava-essay-{chars}-{}.txt", std::process::id()));
+    let path = std::env::temp_dir().join(format!("lava-essay-{tag}-{chars}-{}.txt", std::process::id()));
     std::fs::write(&path, cut).expect("write prompt");
     path
 }
@@ -168,7 +168,7 @@ fn generate_json(args: &[&str]) -> serde_json::Value {
 #[test]
 fn compressed_cache_memory_follows_the_budget_at_2k_tokens() {
     let _ = model_path();
-    let prompt = essay_prompt(8600);
+    let prompt = essay_prompt(8600, "memory");
     let p = prompt.display().to_string();
     // L * H_kv * B * D * 2 (K and V) * 4 bytes.
     let expected = (30 * 3 * 128 * 64 * 2 * 4) as f64;
@@ -189,7 +189,7 @@ fn compressed_cache_memory_follows_the_budget_at_2k_tokens() {
 #[test]
 fn question_agnostic_mode_compresses_the_context_then_appends_the_question() {
     let _ = model_path();
-    let prompt = essay_prompt(4000);
+    let prompt = essay_prompt(4000, "agnostic");
     let p = prompt.display().to_string();
     let v = generate_json(&[
         "generate", "--chat", "--context-file", &p, "--question", "What did the author work on?", "--max-new-tokens", "1",
@@ -209,7 +209,7 @@ fn question_agnostic_mode_compresses_the_context_then_appends_the_question() {
 #[test]
 fn chunked_prefill_and_decode_eviction_stay_within_the_budget() {
     let _ = model_path();
-    let prompt = essay_prompt(8600);
+    let prompt = essay_prompt(8600, "chunked");
     let p = prompt.display().to_string();
     let v = generate_json(&[
         "generate", "--prompt-file", &p, "--max-new-tokens", "40", "--json", "--policy", "snapkv", "--budget", "128",
