@@ -35,7 +35,8 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(heads.len(), h_kv);
         assert_eq!(budgets.len(), h_kv);
         for (h, b) in heads.iter().zip(budgets) {
-            let pos: Vec<u64> = h.as_array().expect("positions").iter().map(|p| p.as_u64().expect("position")).collect();
+            let pos: Vec<u64> =
+                h.as_array().expect("positions").iter().map(|p| p.as_u64().expect("position")).collect();
             assert_eq!(pos.len() as u64, b.as_u64().expect("budget") + window as u64, "{l}");
             assert!(pos.windows(2).all(|w| w[0] < w[1]), "positions not ascending: {pos:?}");
             assert!(pos.iter().all(|&p| (p as usize) < n_tok), "position out of range: {pos:?}");

@@ -3,16 +3,17 @@
 //! deterministic mutation loop over valid tiny GGUF images that runs in the
 //! normal suite. None of these may panic: bad input must give an error.
 //!
-//! With `LAVA_FUZZ_CORPUS=<dir>` set, `write_fuzz_seeds` also writes the seed
-//! corpus of the `gguf`, `hf_config` and `safetensors` fuzz targets under
-//! `<dir>/<target>/` (see `fuzz/README.md`).
+//! With `LAVA_FUZZ_CORPUS=<dir>` set (a relative `<dir>` is taken from the
+//! workspace root), `write_fuzz_seeds` also writes the seed corpus of the
+//! `gguf`, `hf_config` and `safetensors` fuzz targets under `<dir>/<target>/`
+//! (see `fuzz/README.md`).
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use lava_llama::gguf::{GgmlType, GgufFile, GgufWriter, Value};
-use lava_llama::tiny::{tiny_config, RandomWeights};
 use lava_llama::hf::expected_shape;
+use lava_llama::tiny::{tiny_config, RandomWeights};
 use lava_llama::{
     config_from_gguf, tokenizer_json_from_gguf, GgufSource, LlamaConfig, ModelError, Tokenizer, WeightSource,
 };
@@ -24,11 +25,19 @@ fn tiny_gguf(kind: GgmlType) -> Vec<u8> {
     RandomWeights { config: tiny_config(3, 1, true, false), seed: 1 }.to_gguf(kind)
 }
 
+/// How far an input got through [`exercise_gguf`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Stage {
+    Rejected,
+    Parsed,
+    Configured,
+}
+
 /// What the `gguf` fuzz target does: parse, dequantise every (bounded) tensor,
 /// build the config and the tokenizer, read the weights under their Hugging
 /// Face names. Errors are fine; panics are not.
-fn exercise_gguf(bytes: Vec<u8>) {
-    let Ok(file) = GgufFile::from_bytes("fuzz.gguf", bytes) else { return };
+fn exercise_gguf(bytes: Vec<u8>) -> Stage {
+    let Ok(file) = GgufFile::from_bytes("fuzz.gguf", bytes) else { return Stage::Rejected };
     let small = |n: &str| file.tensors.get(n).is_some_and(|t| t.elements() <= MAX_ELEMENTS);
     for name in &file.tensor_order {
         if small(name) {
@@ -43,8 +52,8 @@ fn exercise_gguf(bytes: Vec<u8>) {
             let _ = tok.decode(&ids);
         }
     }
-    let Ok(config) = config_from_gguf(&file) else { return };
-    let Ok(src) = GgufSource::new(&file, config.clone()) else { return };
+    let Ok(config) = config_from_gguf(&file) else { return Stage::Parsed };
+    let Ok(src) = GgufSource::new(&file, config.clone()) else { return Stage::Parsed };
     let mut names = vec![
         ("model.embed_tokens.weight".to_string(), "token_embd.weight".to_string()),
         ("lm_head.weight".to_string(), "output.weight".to_string()),
@@ -66,6 +75,7 @@ fn exercise_gguf(bytes: Vec<u8>) {
             }
         }
     }
+    Stage::Configured
 }
 
 /// Found by hand while fuzzing `hf_config`: a `config.json` whose head count
@@ -129,7 +139,7 @@ fn gguf_with_overflowing_head_count_is_rejected() {
         Err(ModelError::Config(m)) => assert!(m.contains("too large"), "{m}"),
         other => panic!("expected a Config error, got {other:?}"),
     }
-    exercise_gguf(bytes);
+    assert_eq!(exercise_gguf(bytes), Stage::Parsed);
 }
 
 /// The tiny model's Hugging Face export, with one weight rewritten as `dtype`.
@@ -169,7 +179,9 @@ fn hf_dir_with_dtype(dtype: safetensors::Dtype, elem_bytes: usize) -> tempfile::
 fn safetensors_with_non_float_weights_is_an_error() {
     use safetensors::Dtype;
     type B = burn_ndarray::NdArray<f32>;
-    for (dtype, size) in [(Dtype::I16, 2), (Dtype::I8, 1), (Dtype::U8, 1), (Dtype::I32, 4), (Dtype::I64, 8), (Dtype::BOOL, 1)] {
+    for (dtype, size) in
+        [(Dtype::I16, 2), (Dtype::I8, 1), (Dtype::U8, 1), (Dtype::I32, 4), (Dtype::I64, 8), (Dtype::BOOL, 1)]
+    {
         let dir = hf_dir_with_dtype(dtype, size);
         let result = catch_unwind(|| lava_llama::hf::load_hf_dir::<B>(dir.path(), &Default::default()).map(|_| ()));
         match result {
@@ -252,25 +264,28 @@ fn mutate(rng: &mut Rng, base: &[u8], hot: usize) -> Vec<u8> {
 
 #[test]
 fn random_mutations_of_tiny_gguf_never_panic() {
-    let mut bases: Vec<Vec<u8>> = [GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::F32, GgmlType::F16]
-        .into_iter()
-        .map(tiny_gguf)
-        .collect();
+    let mut bases: Vec<Vec<u8>> =
+        [GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::F32, GgmlType::F16].into_iter().map(tiny_gguf).collect();
     bases.push(full_featured_gguf());
     for base in &bases {
-        exercise_gguf(base.clone());
+        assert_eq!(exercise_gguf(base.clone()), Stage::Configured);
     }
     let mut failures = Vec::new();
+    let mut reached = [0usize; 3];
     for i in 0..2000u64 {
         let seed = 0x9e37_79b9_7f4a_7c15 ^ i.wrapping_mul(0x1000_0000_01b3);
         let mut rng = Rng(seed | 1);
         let base = &bases[i as usize % bases.len()];
         let bytes = mutate(&mut rng, base, 4096);
-        if catch_unwind(AssertUnwindSafe(|| exercise_gguf(bytes))).is_err() {
-            failures.push((i, seed));
+        match catch_unwind(AssertUnwindSafe(|| exercise_gguf(bytes))) {
+            Ok(stage) => reached[stage as usize] += 1,
+            Err(_) => failures.push((i, seed)),
         }
     }
     assert!(failures.is_empty(), "GGUF mutations that panicked (iteration, rng seed): {failures:?}");
+    // The loop must exercise every stage, not only the header checks.
+    eprintln!("GGUF mutations per stage (rejected, parsed, configured): {reached:?}");
+    assert!(reached.iter().all(|&n| n >= 25), "inputs per stage (rejected, parsed, configured): {reached:?}");
 }
 
 /// A one-layer image using every optional key and tensor lava reads (explicit
@@ -340,14 +355,20 @@ fn full_featured_gguf_is_valid() {
     }
     let src = GgufSource::new(&file, config).expect("source");
     assert_eq!(src.rope_freq_factors().expect("rope_freqs").map(|f| f.len()), Some(4));
-    exercise_gguf(full_featured_gguf());
+    assert_eq!(exercise_gguf(full_featured_gguf()), Stage::Configured);
+}
+
+/// `LAVA_FUZZ_CORPUS`, a relative path resolved from the workspace root (cargo
+/// runs tests in the package directory).
+fn corpus_root() -> Option<PathBuf> {
+    let dir = PathBuf::from(std::env::var_os("LAVA_FUZZ_CORPUS")?);
+    Some(if dir.is_relative() { Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(dir) } else { dir })
 }
 
 /// Writes the seed corpora when `LAVA_FUZZ_CORPUS` names a directory.
 #[test]
 fn write_fuzz_seeds() {
-    let Some(root) = std::env::var_os("LAVA_FUZZ_CORPUS") else { return };
-    let root = Path::new(&root);
+    let Some(root) = corpus_root() else { return };
     let put = |target: &str, name: &str, bytes: &[u8]| {
         let dir = root.join(target);
         std::fs::create_dir_all(&dir).expect("corpus dir");
