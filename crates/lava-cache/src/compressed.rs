@@ -148,7 +148,6 @@ use std::collections::HashSet;
 use burn::tensor::{activation::softmax, backend::Backend, FloatDType, Int, Tensor, TensorData};
 
 use crate::attention::causal_attention;
-use crate::error::dims_str;
 use crate::host::to_host;
 use crate::policy::plan::{kept_positions, matrix_rows, ragged_head_caps, static_layer_budgets, RankedLayer};
 use crate::policy::scorer::{pool_at, ScoreMatrix};
@@ -399,27 +398,7 @@ impl<B: Backend> CompressedCache<B> {
     }
 
     fn check_inputs(&self, layer: usize, q: &Tensor<B, 3>, k: &Tensor<B, 3>, v: &Tensor<B, 3>) -> Result<usize, CacheError> {
-        let s = self.shape;
-        if layer >= s.layers {
-            return Err(CacheError::LayerOutOfRange { layer, layers: s.layers });
-        }
-        let [hq, t, dq] = q.dims();
-        if hq != s.query_heads || dq != s.head_dim || t == 0 {
-            return Err(CacheError::ShapeMismatch {
-                what: "queries",
-                expected: format!("[{}, T>0, {}]", s.query_heads, s.head_dim),
-                found: dims_str(&q.dims()),
-            });
-        }
-        for (what, x) in [("keys", k), ("values", v)] {
-            if x.dims() != [s.kv_heads, t, s.head_dim] {
-                return Err(CacheError::ShapeMismatch {
-                    what,
-                    expected: dims_str(&[s.kv_heads, t, s.head_dim]),
-                    found: dims_str(&x.dims()),
-                });
-            }
-        }
+        let t = self.shape.check_attend(layer, q, k, v)?;
         let needed = self.layers[layer].appended + t;
         if needed > self.max_tokens {
             return Err(CacheError::CapacityExceeded { needed, capacity: self.max_tokens });

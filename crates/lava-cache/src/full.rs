@@ -1,6 +1,6 @@
 use burn::tensor::{backend::Backend, Tensor};
 
-use crate::{attention::causal_attention, error::dims_str, CacheError, CacheShape, KvCache};
+use crate::{attention::causal_attention, CacheError, CacheShape, KvCache};
 
 /// The uncompressed cache: every token of every head is kept.
 ///
@@ -99,27 +99,7 @@ impl<B: Backend> KvCache<B> for FullCache<B> {
         k: Tensor<B, 3>,
         v: Tensor<B, 3>,
     ) -> Result<Tensor<B, 3>, CacheError> {
-        let s = self.shape;
-        if layer >= s.layers {
-            return Err(CacheError::LayerOutOfRange { layer, layers: s.layers });
-        }
-        let [hq, t, dq] = q.dims();
-        if hq != s.query_heads || dq != s.head_dim || t == 0 {
-            return Err(CacheError::ShapeMismatch {
-                what: "queries",
-                expected: format!("[{}, T>0, {}]", s.query_heads, s.head_dim),
-                found: dims_str(&q.dims()),
-            });
-        }
-        for (what, x) in [("keys", &k), ("values", &v)] {
-            if x.dims() != [s.kv_heads, t, s.head_dim] {
-                return Err(CacheError::ShapeMismatch {
-                    what,
-                    expected: dims_str(&[s.kv_heads, t, s.head_dim]),
-                    found: dims_str(&x.dims()),
-                });
-            }
-        }
+        let t = self.shape.check_attend(layer, &q, &k, &v)?;
         let needed = self.lens[layer] + t;
         if needed > self.max_tokens {
             return Err(CacheError::CapacityExceeded { needed, capacity: self.max_tokens });

@@ -168,6 +168,40 @@ impl CacheShape {
     }
 }
 
+impl CacheShape {
+    /// Checks one `attend` call against this shape: `layer` in range, `q`
+    /// `[H_q, T>0, D]`, `k` and `v` `[H_kv, T, D]`. Returns `T`.
+    pub(crate) fn check_attend<B: Backend>(
+        &self,
+        layer: usize,
+        q: &Tensor<B, 3>,
+        k: &Tensor<B, 3>,
+        v: &Tensor<B, 3>,
+    ) -> Result<usize, CacheError> {
+        if layer >= self.layers {
+            return Err(CacheError::LayerOutOfRange { layer, layers: self.layers });
+        }
+        let [hq, t, dq] = q.dims();
+        if hq != self.query_heads || dq != self.head_dim || t == 0 {
+            return Err(CacheError::ShapeMismatch {
+                what: "queries",
+                expected: format!("[{}, T>0, {}]", self.query_heads, self.head_dim),
+                found: error::dims_str(&q.dims()),
+            });
+        }
+        for (what, x) in [("keys", k), ("values", v)] {
+            if x.dims() != [self.kv_heads, t, self.head_dim] {
+                return Err(CacheError::ShapeMismatch {
+                    what,
+                    expected: error::dims_str(&[self.kv_heads, t, self.head_dim]),
+                    found: error::dims_str(&x.dims()),
+                });
+            }
+        }
+        Ok(t)
+    }
+}
+
 /// The cache interface a model's attention layers call.
 ///
 /// For each forward pass the model calls [`KvCache::attend`] once per layer, in

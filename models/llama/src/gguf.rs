@@ -309,7 +309,7 @@ impl<'a> Cursor<'a> {
         GgufError::Corrupt { path: self.path.to_path_buf(), section: self.section, detail }
     }
     /// A length that must fit in what remains of the file (each element at least `min_size` bytes).
-    fn len(&mut self, what: &str, min_size: usize) -> Result<usize, GgufError> {
+    fn len(&mut self, min_size: usize) -> Result<usize, GgufError> {
         let n = self.u64()?;
         let remaining = (self.bytes.len() - self.pos) as u64;
         if n.saturating_mul(min_size as u64) > remaining {
@@ -319,13 +319,12 @@ impl<'a> Cursor<'a> {
                 offset: self.pos as u64,
                 needed: n.saturating_mul(min_size as u64),
                 len: self.bytes.len() as u64,
-            }
-            .with_detail(what));
+            });
         }
         Ok(n as usize)
     }
     fn string(&mut self) -> Result<String, GgufError> {
-        let n = self.len("string", 1)?;
+        let n = self.len(1)?;
         Ok(String::from_utf8_lossy(self.take(n)?).into_owned())
     }
     fn value(&mut self, ty: u32, depth: usize) -> Result<Value, GgufError> {
@@ -344,7 +343,7 @@ impl<'a> Cursor<'a> {
                     return Err(self.corrupt("arrays nested too deeply".into()));
                 }
                 let ety = self.u32()?;
-                let n = self.len("array", 1)?;
+                let n = self.len(1)?;
                 let mut v = Vec::with_capacity(n.min(1 << 20));
                 for _ in 0..n {
                     v.push(self.value(ety, depth + 1)?);
@@ -356,12 +355,6 @@ impl<'a> Cursor<'a> {
             12 => Value::F64(f64::from_le_bytes(self.arr()?)),
             other => return Err(self.corrupt(format!("unknown metadata value type {other}"))),
         })
-    }
-}
-
-impl GgufError {
-    fn with_detail(self, _what: &str) -> Self {
-        self
     }
 }
 
