@@ -9,8 +9,37 @@ use burn::tensor::{activation::softmax, backend::Backend, Bool, Tensor, TensorDa
 ///
 /// K and V are never repeated per query head: the `G` query heads of a group
 /// are folded into the row dimension, `[H_kv, G*T, D]`, and multiplied by the
-/// group's keys once.
+/// group's keys once. Long query blocks are processed in chunks of
+/// [`QUERY_CHUNK`] queries, each against the keys up to its last query only,
+/// so the score matrix never exceeds `[H_kv, G*QUERY_CHUNK, S]` and the
+/// masked upper triangle is mostly skipped.
 pub fn causal_attention<B: Backend>(q: Tensor<B, 3>, k: Tensor<B, 3>, v: Tensor<B, 3>) -> Tensor<B, 3> {
+    let [h_q, t, d] = q.dims();
+    if t <= QUERY_CHUNK {
+        return attention_block(q, k, v);
+    }
+    let [h_kv, s, _] = k.dims();
+    let past = s - t;
+    let mut outs = Vec::with_capacity(t.div_ceil(QUERY_CHUNK));
+    let mut start = 0;
+    while start < t {
+        let end = (start + QUERY_CHUNK).min(t);
+        let keys = past + end;
+        outs.push(attention_block(
+            q.clone().slice([0..h_q, start..end, 0..d]),
+            k.clone().slice([0..h_kv, 0..keys, 0..d]),
+            v.clone().slice([0..h_kv, 0..keys, 0..d]),
+        ));
+        start = end;
+    }
+    Tensor::cat(outs, 1)
+}
+
+/// Queries per block of [`causal_attention`].
+pub const QUERY_CHUNK: usize = 256;
+
+/// One block: `T` queries that are the last `T` of the `S` keys.
+fn attention_block<B: Backend>(q: Tensor<B, 3>, k: Tensor<B, 3>, v: Tensor<B, 3>) -> Tensor<B, 3> {
     let [h_q, t, d] = q.dims();
     let [h_kv, s, _] = k.dims();
     let g = h_q / h_kv;
@@ -41,4 +70,28 @@ fn causal_mask<B: Backend>(g: usize, t: usize, s: usize, device: &B::Device) -> 
         }
     }
     Tensor::from_data(TensorData::new(data, [g * t, s]), device)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::Distribution;
+    use burn_ndarray::NdArray;
+
+    type B = NdArray<f32>;
+
+    #[test]
+    fn chunked_attention_equals_one_block() {
+        let device = Default::default();
+        // 600 new queries after 50 cached tokens: three chunks, the last partial.
+        let (t, past) = (600, 50);
+        let q = Tensor::<B, 3>::random([6, t, 8], Distribution::Normal(0.0, 1.0), &device);
+        let k = Tensor::<B, 3>::random([2, past + t, 8], Distribution::Normal(0.0, 1.0), &device);
+        let v = Tensor::<B, 3>::random([2, past + t, 8], Distribution::Normal(0.0, 1.0), &device);
+        let chunked = causal_attention(q.clone(), k.clone(), v.clone()).into_data().to_vec::<f32>().unwrap();
+        let whole = attention_block(q, k, v).into_data().to_vec::<f32>().unwrap();
+        assert_eq!(chunked.len(), whole.len());
+        let err = chunked.iter().zip(&whole).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(err < 1e-6, "chunked attention differs by {err}");
+    }
 }

@@ -128,7 +128,7 @@ pub use compressed::CompressedCache;
 pub use error::CacheError;
 pub use full::FullCache;
 pub use policy::{Composition, HeadAllocation, LayerAllocation, PolicyConfig, PolicyName, Pooling, Scorer};
-pub use select::{select_positions, LayerQkv, LayerSelection, Selection};
+pub use select::{select_positions, LayerQkv, LayerSelection, PromptScores, Selection};
 
 use burn::tensor::{backend::Backend, Tensor};
 

@@ -5,7 +5,7 @@ use burn::tensor::{backend::Backend, Tensor};
 
 use crate::error::dims_str;
 use crate::policy::plan::{head_caps, kept_positions, static_layer_budgets, RankedLayer};
-use crate::policy::{layer_budget, scorer::score_layer, LayerAllocation, PolicyConfig};
+use crate::policy::{layer_budget, scorer::score_layer, LayerAllocation, PolicyConfig, Pooling, Scorer};
 use crate::CacheError;
 
 /// One layer's attention inputs for one sequence, RoPE already applied:
@@ -100,9 +100,20 @@ pub(crate) fn check_qkv<B: Backend>(q: &Tensor<B, 3>, k: &Tensor<B, 3>, v: &Tens
 /// result by its cascade).
 ///
 /// When `N - w <= B - w`, or the policy is `full`, every token is kept and no
-/// attention is computed.
+/// attention is computed. To select for several budgets or policies that share
+/// a scorer, score once with [`PromptScores::new`] and call
+/// [`PromptScores::select`] for each.
 pub fn select_positions<B: Backend>(layers: &[LayerQkv<B>], config: &PolicyConfig) -> Result<Selection, CacheError> {
     config.validate()?;
+    let [_, h_kv, n_tok, _] = check_layers(layers)?;
+    if let Some(all) = keep_all(config, layers.len(), h_kv, n_tok) {
+        return Ok(all);
+    }
+    PromptScores::new(layers, config)?.select(config)
+}
+
+/// Checks that all layers share valid shapes; returns `(H_q, H_kv, N, D)`.
+fn check_layers<B: Backend>(layers: &[LayerQkv<B>]) -> Result<[usize; 4], CacheError> {
     let first = layers
         .first()
         .ok_or_else(|| CacheError::InvalidShape("select_positions needs at least one layer".into()))?;
@@ -117,35 +128,113 @@ pub fn select_positions<B: Backend>(layers: &[LayerQkv<B>], config: &PolicyConfi
             });
         }
     }
-    let [_, h_kv, n_tok, _] = dims;
+    Ok(dims)
+}
+
+/// The everything-kept selection, when `config` keeps every token of an
+/// `n_tok`-token prompt (policy `full`, or `N - w <= B - w`).
+fn keep_all(config: &PolicyConfig, layers: usize, h_kv: usize, n_tok: usize) -> Option<Selection> {
     let window = config.window.min(n_tok);
     let n = n_tok - window;
-    let compressing = config.composition().filter(|_| n > config.budget_beyond_window());
-    let Some(comp) = compressing else {
-        let all: Vec<usize> = (0..n_tok).collect();
-        let layer = LayerSelection { budget: n, head_budgets: vec![n; h_kv], heads: vec![all; h_kv] };
-        return Ok(Selection { prompt_len: n_tok, window, layers: vec![layer; layers.len()] });
-    };
-    let ranked = layers
-        .iter()
-        .map(|l| score_layer(&l.q, &l.k, &l.v, config, comp.scorer).map(|s| RankedLayer::new(&s)))
-        .collect::<Result<Vec<_>, _>>()?;
-    let budgets = match static_layer_budgets(comp.layers, config, layers.len(), n) {
-        Some(b) => b,
-        None => {
-            debug_assert_eq!(comp.layers, LayerAllocation::Entropy);
-            let entropies: Vec<f64> = ranked.iter().map(|r| r.entropy).collect();
-            layer_budget::entropy(&entropies, layers.len(), config.budget_beyond_window())
-        }
-    };
-    let layers = ranked
-        .iter()
-        .zip(budgets)
-        .map(|(r, budget)| {
-            let head_budgets = head_caps(comp.heads, r, budget, config.floor_alpha);
-            let heads = kept_positions(&r.order, &head_budgets, n, n_tok);
-            LayerSelection { budget, head_budgets, heads }
+    if config.composition().is_some() && n > config.budget_beyond_window() {
+        return None;
+    }
+    let all: Vec<usize> = (0..n_tok).collect();
+    let layer = LayerSelection { budget: n, head_budgets: vec![n; h_kv], heads: vec![all; h_kv] };
+    Some(Selection { prompt_len: n_tok, window, layers: vec![layer; layers] })
+}
+
+/// Every layer's scores of one sequence under one scorer, ranked: the part of
+/// a selection that does not depend on the budget or on the layer and head
+/// allocations. Score a prompt once, then [`select`](Self::select) for every
+/// budget and every policy with the same scorer and scoring parameters
+/// (window, kernel, pooling, sinks).
+#[derive(Debug, Clone)]
+pub struct PromptScores {
+    scorer: Scorer,
+    window: usize,
+    kernel_size: usize,
+    pooling: Pooling,
+    sinks: usize,
+    kv_heads: usize,
+    prompt_len: usize,
+    layers: Vec<RankedLayer>,
+}
+
+impl PromptScores {
+    /// Scores every layer of `layers` with `config`'s scorer and parameters
+    /// (its budget and allocations are not used). Errors for `full`.
+    pub fn new<B: Backend>(layers: &[LayerQkv<B>], config: &PolicyConfig) -> Result<Self, CacheError> {
+        config.validate()?;
+        let [_, kv_heads, prompt_len, _] = check_layers(layers)?;
+        let comp = config
+            .composition()
+            .ok_or_else(|| CacheError::InvalidParameters("policy 'full' has no scorer: it keeps every token".into()))?;
+        let ranked = layers
+            .iter()
+            .map(|l| score_layer(&l.q, &l.k, &l.v, config, comp.scorer).map(|s| RankedLayer::new(&s)))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            scorer: comp.scorer,
+            window: config.window,
+            kernel_size: config.kernel_size,
+            pooling: config.pooling,
+            sinks: config.sinks,
+            kv_heads,
+            prompt_len,
+            layers: ranked,
         })
-        .collect();
-    Ok(Selection { prompt_len: n_tok, window, layers })
+    }
+
+    /// Whether these scores serve `config`: same scorer, window, kernel,
+    /// pooling and sinks (`full` is served by any scores).
+    pub fn serves(&self, config: &PolicyConfig) -> bool {
+        config.composition().is_none_or(|c| {
+            c.scorer == self.scorer
+                && config.window == self.window
+                && config.kernel_size == self.kernel_size
+                && config.pooling == self.pooling
+                && config.sinks == self.sinks
+        })
+    }
+
+    /// What `config` keeps: exactly [`select_positions`] on the scored layers.
+    /// Errors if the scores do not [`serve`](Self::serves) `config`.
+    pub fn select(&self, config: &PolicyConfig) -> Result<Selection, CacheError> {
+        config.validate()?;
+        if !self.serves(config) {
+            return Err(CacheError::InvalidParameters(format!(
+                "policy '{}' needs other scores than these ({:?} scorer, window {}, kernel {}, {:?}, {} sinks)",
+                config.policy, self.scorer, self.window, self.kernel_size, self.pooling, self.sinks
+            )));
+        }
+        let (n_tok, layer_count) = (self.prompt_len, self.layers.len());
+        if let Some(all) = keep_all(config, layer_count, self.kv_heads, n_tok) {
+            return Ok(all);
+        }
+        let Some(comp) = config.composition() else {
+            return Err(CacheError::InvalidParameters("policy 'full' keeps every token".into()));
+        };
+        let window = config.window.min(n_tok);
+        let n = n_tok - window;
+        let budgets = match static_layer_budgets(comp.layers, config, layer_count, n) {
+            Some(b) => b,
+            None => {
+                debug_assert_eq!(comp.layers, LayerAllocation::Entropy);
+                let entropies: Vec<f64> = self.layers.iter().map(|r| r.entropy).collect();
+                layer_budget::entropy(&entropies, layer_count, config.budget_beyond_window())
+            }
+        };
+        let layers = self
+            .layers
+            .iter()
+            .zip(budgets)
+            .map(|(r, budget)| {
+                let head_budgets = head_caps(comp.heads, r, budget, config.floor_alpha);
+                let heads = kept_positions(&r.order, &head_budgets, n, n_tok);
+                LayerSelection { budget, head_budgets, heads }
+            })
+            .collect();
+        Ok(Selection { prompt_len: n_tok, window, layers })
+    }
 }

@@ -53,3 +53,49 @@ fn from_selection_equals_the_live_policy() {
         assert_eq!(built.next_position(), live.next_position());
     }
 }
+
+#[test]
+fn prompt_scores_select_equals_select_positions_for_every_budget() {
+    use lava_cache::PromptScores;
+    let device = common::device();
+    let n = 50;
+    let layers: Vec<LayerQkv<B>> = (0..4)
+        .map(|_| {
+            LayerQkv::new(
+                Tensor::random([6, n, 8], Distribution::Normal(0.0, 1.0), &device),
+                Tensor::random([2, n, 8], Distribution::Normal(0.0, 1.0), &device),
+                Tensor::random([2, n, 8], Distribution::Normal(0.0, 1.0), &device),
+            )
+        })
+        .collect();
+    let config = |policy, budget| {
+        let mut c = PolicyConfig::new(policy, budget);
+        c.window = 6;
+        c.kernel_size = 3;
+        c
+    };
+    let mut shared: Vec<PromptScores> = Vec::new();
+    for policy in PolicyName::ALL.into_iter().filter(|&p| p != PolicyName::Full) {
+        // Budgets below the prompt and at/above it (keep-all).
+        for budget in [10, 20, 40, 56, 80] {
+            let c = config(policy, budget);
+            let scores = match shared.iter().position(|s| s.serves(&c)) {
+                Some(i) => &shared[i],
+                None => {
+                    shared.push(PromptScores::new(&layers, &c).expect("scores"));
+                    shared.last().expect("pushed")
+                }
+            };
+            assert_eq!(scores.select(&c).expect("select"), select_positions(&layers, &c).expect("direct"), "{policy} B={budget}");
+        }
+    }
+    // One set of scores per scorer (snapkv family, lava family, h2o, streaming).
+    assert_eq!(shared.len(), 4);
+    // Scores of one scorer refuse a policy of another, and other parameters.
+    let lava = PromptScores::new(&layers, &config(PolicyName::Lava, 20)).expect("scores");
+    assert!(lava.select(&config(PolicyName::SnapKv, 20)).is_err());
+    let mut other_kernel = config(PolicyName::Lava, 20);
+    other_kernel.kernel_size = 5;
+    assert!(lava.select(&other_kernel).is_err());
+    assert!(PromptScores::new(&layers, &config(PolicyName::Full, 20)).is_err());
+}

@@ -259,12 +259,12 @@ impl Preset {
         match name {
             "smollm2" => Ok(Self {
                 niah_lengths: vec![1000, 2000, 4000],
-                niah_depths: (0..=10).map(|i| i as f64 / 10.0).collect(),
+                niah_depths: (0..=5).map(|i| i as f64 / 5.0).collect(),
                 ruler_tasks: s(&["niah_single_1", "niah_single_2", "niah_multikey_1", "niah_multivalue", "niah_multiquery", "vt", "cwe", "fwe"]),
                 ruler_lengths: vec![2000, 4000],
-                ruler_samples: 2,
+                ruler_samples: 1,
                 longbench_tasks: vec![],
-                longbench_limit: 3,
+                longbench_limit: 1,
                 longbench_max_length: 4000,
                 pg19_files: 3,
                 pg19_context: 2048,

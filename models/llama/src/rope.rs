@@ -50,10 +50,17 @@ impl Rope {
 
     /// `(cos, sin)`, each `[1, T, D/2]`, for absolute positions `start..start+T`.
     pub fn tables<B: Backend>(&self, start: usize, len: usize, device: &B::Device) -> (Tensor<B, 3>, Tensor<B, 3>) {
+        let positions: Vec<usize> = (start..start + len).collect();
+        self.tables_at(&positions, device)
+    }
+
+    /// `(cos, sin)`, each `[1, T, D/2]`, for arbitrary absolute positions (one per row).
+    pub fn tables_at<B: Backend>(&self, positions: &[usize], device: &B::Device) -> (Tensor<B, 3>, Tensor<B, 3>) {
         let half = self.inv_freq.len();
+        let len = positions.len();
         let mut cos = Vec::with_capacity(len * half);
         let mut sin = Vec::with_capacity(len * half);
-        for p in start..start + len {
+        for &p in positions {
             for &f in &self.inv_freq {
                 let a = p as f64 * f;
                 cos.push(a.cos() as f32);

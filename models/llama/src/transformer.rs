@@ -309,4 +309,50 @@ impl<B: Backend> Llama<B> {
         let x = self.weights.norm.forward(x);
         Ok(x.matmul(self.output.clone()))
     }
+
+    /// One decode step for `n` independent sequences: `tokens[i]` is appended
+    /// to `caches[i]` at that cache's own next position. Returns `[n, vocab]`.
+    ///
+    /// The projections and the MLP run once on `[n, d_model]` (the weights are
+    /// read once for all sequences); attention runs per cache. The result
+    /// equals `n` separate [`forward`](Self::forward) calls up to float
+    /// summation order.
+    pub fn decode_batch<C: KvCache<B> + ?Sized>(&self, tokens: &[u32], caches: &mut [&mut C]) -> Result<Tensor<B, 2>, ModelError> {
+        let n = tokens.len();
+        if n == 0 || n != caches.len() {
+            return Err(ModelError::Input(format!(
+                "decode_batch needs one token per cache and at least one (got {n} tokens for {} caches)",
+                caches.len()
+            )));
+        }
+        let c = &self.config;
+        if let Some(&bad) = tokens.iter().find(|&&id| id as usize >= c.vocab_size) {
+            return Err(ModelError::Input(format!("token id {bad} is outside the vocabulary ({})", c.vocab_size)));
+        }
+        let positions: Vec<usize> = caches.iter().map(|c| c.next_position()).collect();
+        let ids: Vec<i64> = tokens.iter().map(|&x| x as i64).collect();
+        let ids = Tensor::<B, 1, Int>::from_data(TensorData::new(ids, [n]), &self.device);
+        let mut x = self.weights.embed_tokens.weight.val().select(0, ids); // [n, d]
+        let (cos, sin) = self.rope.tables_at::<B>(&positions, &self.device);
+        let (hq, hkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+        for (l, layer) in self.weights.layers.iter().enumerate() {
+            let h = layer.input_layernorm.forward(x.clone());
+            let a = &layer.self_attn;
+            let q = apply_rope(a.q_proj.forward(h.clone()).reshape([n, hq, hd]).swap_dims(0, 1), &cos, &sin);
+            let k = apply_rope(a.k_proj.forward(h.clone()).reshape([n, hkv, hd]).swap_dims(0, 1), &cos, &sin);
+            let v = a.v_proj.forward(h).reshape([n, hkv, hd]).swap_dims(0, 1);
+            let mut outs = Vec::with_capacity(n);
+            for (i, cache) in caches.iter_mut().enumerate() {
+                let row = |t: &Tensor<B, 3>, heads: usize| t.clone().slice([0..heads, i..i + 1, 0..hd]);
+                outs.push(cache.attend(l, row(&q, hq), row(&k, hkv), row(&v, hkv))?); // [H_q, 1, D]
+            }
+            let o = Tensor::cat(outs, 1).swap_dims(0, 1).reshape([n, hq * hd]);
+            x = x + a.o_proj.forward(o);
+            let h = layer.post_attention_layernorm.forward(x.clone());
+            let m = &layer.mlp;
+            x = x + m.down_proj.forward(silu(m.gate_proj.forward(h.clone())) * m.up_proj.forward(h));
+        }
+        let x = self.weights.norm.forward(x);
+        Ok(x.matmul(self.output.clone()))
+    }
 }

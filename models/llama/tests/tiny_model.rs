@@ -192,3 +192,45 @@ fn cfg_from_file(p: &std::path::Path) -> LlamaConfig {
     let _ = GgufSource::new(&g, c.clone()).expect("source");
     c
 }
+
+#[test]
+fn decode_batch_equals_separate_decodes() {
+    use lava_cache::{CompressedCache, KvCache, PolicyConfig, PolicyName};
+    let device = Default::default();
+    let cfg = tiny_config(6, 2, false, true);
+    let w = RandomWeights { config: cfg.clone(), seed: 5 };
+    let model = Llama::<B>::from_source(cfg.clone(), &w, Rope::new(&cfg), &device).expect("model");
+    let prompt: Vec<u32> = (0..40).map(|i| (i * 7 % 60) as u32).collect();
+    // Three caches at different positions and of different kinds.
+    let make = || -> Vec<Box<dyn KvCache<B>>> {
+        let mut full_a = FullCache::new(model.cache_shape(), 256, &device).expect("cache");
+        model.forward(&prompt, &mut full_a, Logits::Last).expect("prefill");
+        let mut full_b = FullCache::new(model.cache_shape(), 256, &device).expect("cache");
+        model.forward(&prompt[..13], &mut full_b, Logits::Last).expect("prefill");
+        let mut policy = PolicyConfig::new(PolicyName::Lava, 12);
+        policy.window = 4;
+        let mut comp = CompressedCache::new(model.cache_shape(), policy, 256, &device).expect("cache");
+        model.forward(&prompt, &mut comp, Logits::Last).expect("prefill");
+        vec![Box::new(full_a), Box::new(full_b), Box::new(comp)]
+    };
+    let tokens = [9u32, 33, 51];
+    let mut separate = make();
+    let mut want = Vec::new();
+    for (c, &t) in separate.iter_mut().zip(&tokens) {
+        want.extend(model.forward(&[t], c.as_mut(), Logits::Last).expect("decode").into_data().to_vec::<f32>().expect("f32"));
+    }
+    let mut batched = make();
+    let mut refs: Vec<_> = batched.iter_mut().map(|c| c.as_mut()).collect();
+    for step in 0..2 {
+        let got = model.decode_batch(&tokens, &mut refs).expect("batch").into_data().to_vec::<f32>().expect("f32");
+        if step == 0 {
+            let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(err < 1e-5, "decode_batch differs from separate decodes by {err}");
+        }
+    }
+    // The second step advanced each cache by one more position.
+    assert_eq!(refs[0].next_position(), 42);
+    assert_eq!(refs[1].next_position(), 15);
+    assert_eq!(refs[2].next_position(), 42);
+    assert!(model.decode_batch(&tokens[..2], &mut refs).is_err());
+}

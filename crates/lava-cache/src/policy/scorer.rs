@@ -10,7 +10,7 @@
 //! Query heads `g*G .. (g+1)*G` share KV head `g` (Hugging Face `repeat_kv`
 //! order), as in [`causal_attention`](crate::causal_attention).
 
-use burn::tensor::{activation::softmax, backend::Backend, FloatDType, Int, Tensor, TensorData};
+use burn::tensor::{activation::softmax, backend::Backend, Bool, FloatDType, Tensor, TensorData};
 
 use super::{PolicyConfig, Pooling, Scorer};
 use crate::{error::dims_str, host::to_host, CacheError};
@@ -98,10 +98,15 @@ fn masked_probs<B: Backend>(
     let device = q_rows.device();
     let scale = 1.0 / (d as f64).sqrt();
     let logits = q_rows.matmul(k.clone().swap_dims(1, 2)).mul_scalar(scale).cast(FloatDType::F32);
-    let query_pos: Vec<i64> = (0..group).flat_map(|_| (0..rows).map(|i| (first_query + i) as i64)).collect();
-    let query_pos = Tensor::<B, 2, Int>::from_data(TensorData::new(query_pos, [gr, 1]), &device).expand([gr, n_tok]);
-    let key_pos = Tensor::<B, 1, Int>::arange(0..n_tok as i64, &device).reshape([1, n_tok]).expand([gr, n_tok]);
-    let future = key_pos.greater(query_pos).unsqueeze_dim::<3>(0).expand([h_kv, gr, n_tok]);
+    let mut future = Vec::with_capacity(gr * n_tok);
+    for _ in 0..group {
+        for i in 0..rows {
+            future.extend((0..n_tok).map(|j| j > first_query + i));
+        }
+    }
+    let future = Tensor::<B, 2, Bool>::from_data(TensorData::new(future, [gr, n_tok]), &device)
+        .unsqueeze_dim::<3>(0)
+        .expand([h_kv, gr, n_tok]);
     softmax(logits.mask_fill(future, f32::NEG_INFINITY), 2)
 }
 
@@ -132,18 +137,22 @@ pub fn window_attention<B: Backend>(q: &Tensor<B, 3>, k: &Tensor<B, 3>, window: 
     ScoreMatrix::new(h_q, n, to_host(mean)?)
 }
 
-/// Query rows per chunk of [`cumulative_attention`]: about 16 M logits at a time.
-const CUMULATIVE_CHUNK_ELEMS: usize = 1 << 24;
+/// Logits per chunk of [`cumulative_attention`]: at most about 4 M at a time
+/// (and at most [`CUMULATIVE_CHUNK_ROWS`] query rows, so that the keys after
+/// each chunk, masked for all its rows, are mostly skipped).
+const CUMULATIVE_CHUNK_ELEMS: usize = 1 << 22;
+/// Most query rows per chunk of [`cumulative_attention`].
+const CUMULATIVE_CHUNK_ROWS: usize = 256;
 
 /// Cumulative attention (H2O, `lava-algorithm.md` §6): `[H_q, prefix]` with
 /// `c[h, j] = sum_i A[h,i,j]` over all `N` prompt queries `i` (causal), for
 /// `j < prefix`.
 ///
-/// The queries are processed in chunks so that at most about 16 M logits exist
+/// The queries are processed in chunks so that at most about 4 M logits exist
 /// at a time; the `N x N` attention is never materialised.
 pub fn cumulative_attention<B: Backend>(q: &Tensor<B, 3>, k: &Tensor<B, 3>, prefix: usize) -> Result<ScoreMatrix, CacheError> {
     let [h_q, n_tok, _] = q.dims();
-    let chunk = (CUMULATIVE_CHUNK_ELEMS / (h_q * n_tok).max(1)).max(1);
+    let chunk = (CUMULATIVE_CHUNK_ELEMS / (h_q * n_tok).max(1)).clamp(1, CUMULATIVE_CHUNK_ROWS);
     cumulative_attention_in_chunks(q, k, prefix, chunk)
 }
 
@@ -165,14 +174,21 @@ fn cumulative_attention_in_chunks<B: Backend>(
         return ScoreMatrix::new(h_q, 0, Vec::new());
     }
     let group = h_q / h_kv;
+    let device = q.device();
     let mut total: Option<Tensor<B, 3>> = None;
     let mut start = 0;
     while start < n_tok {
         let end = (start + chunk).min(n_tok);
         let rows = end - start;
+        // Keys after the chunk's last query are masked for every row: skip them.
+        let keys = k.clone().slice([0..h_kv, 0..end, 0..d]);
         let q_rows = q.clone().slice([0..h_q, start..end, 0..d]).reshape([h_kv, group * rows, d]);
-        let probs = masked_probs(q_rows, k, group, start, rows);
-        let part = probs.slice([0..h_kv, 0..group * rows, 0..prefix]).reshape([h_q, rows, prefix]).sum_dim(1);
+        let probs = masked_probs(q_rows, &keys, group, start, rows);
+        let cols = prefix.min(end);
+        let mut part = probs.slice([0..h_kv, 0..group * rows, 0..cols]).reshape([h_q, rows, cols]).sum_dim(1);
+        if cols < prefix {
+            part = Tensor::cat(vec![part, Tensor::zeros([h_q, 1, prefix - cols], &device)], 2);
+        }
         total = Some(match total {
             Some(t) => t.add(part),
             None => part,

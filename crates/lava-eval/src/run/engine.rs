@@ -8,7 +8,7 @@
 //! exactly what running that policy live would keep.
 
 use burn::tensor::{backend::Backend, Tensor};
-use lava_cache::{select_positions, CacheError, CompressedCache, FullCache, KvCache, LayerQkv, PolicyConfig, PolicyName};
+use lava_cache::{CacheError, CompressedCache, FullCache, KvCache, LayerQkv, PolicyConfig, PolicyName, PromptScores};
 use lava_llama::{Llama, Logits, ModelError};
 
 use crate::error::{EvalError, Result};
@@ -67,6 +67,9 @@ pub struct Prefilled<B: Backend> {
     pub last_logits: Tensor<B, 2>,
     /// Prompt tokens.
     pub prompt_len: usize,
+    /// Scores computed so far, one per scorer: every budget and every policy
+    /// sharing a scorer selects from the same scores.
+    scores: Vec<PromptScores>,
 }
 
 /// Runs the prompt once (one forward pass) and records what the policies need.
@@ -74,16 +77,23 @@ pub fn prefill<B: Backend>(model: &Llama<B>, ids: &[u32], max_tokens: usize) -> 
     let mut rec = RecordingCache::new(model, max_tokens)?;
     let last_logits = model.forward(ids, &mut rec, Logits::Last).map_err(model_err)?;
     let qkv = rec.recorded.into_iter().collect::<Option<Vec<_>>>().ok_or_else(|| EvalError::Model("a layer was not recorded".into()))?;
-    Ok(Prefilled { full: rec.inner, qkv, last_logits, prompt_len: ids.len() })
+    Ok(Prefilled { full: rec.inner, qkv, last_logits, prompt_len: ids.len(), scores: Vec::new() })
 }
 
 impl<B: Backend> Prefilled<B> {
     /// The cache `policy` would hold after this prefill, with room for `decode_tokens`.
-    pub fn cache_for(&self, model: &Llama<B>, policy: &PolicyConfig, max_tokens: usize, decode_tokens: usize) -> Result<Box<dyn KvCache<B>>> {
+    pub fn cache_for(&mut self, model: &Llama<B>, policy: &PolicyConfig, max_tokens: usize, decode_tokens: usize) -> Result<Box<dyn KvCache<B>>> {
         if policy.policy == PolicyName::Full {
             return Ok(Box::new(self.full.clone()));
         }
-        let selection = select_positions(&self.qkv, policy).map_err(model_err)?;
+        let i = match self.scores.iter().position(|s| s.serves(policy)) {
+            Some(i) => i,
+            None => {
+                self.scores.push(PromptScores::new(&self.qkv, policy).map_err(model_err)?);
+                self.scores.len() - 1
+            }
+        };
+        let selection = self.scores[i].select(policy).map_err(model_err)?;
         let kv: Vec<(Tensor<B, 3>, Tensor<B, 3>)> = self.qkv.iter().map(|l| (l.k.clone(), l.v.clone())).collect();
         let cache = CompressedCache::from_selection(model.cache_shape(), policy.clone(), max_tokens, model.device(), &kv, &selection)
             .map_err(model_err)?
@@ -92,38 +102,66 @@ impl<B: Backend> Prefilled<B> {
     }
 }
 
-/// Greedy continuation: appends `suffix` (if any) to `cache`, then generates up
-/// to `max_new` tokens, stopping before any of `stop`. Without a suffix the first
-/// token comes from `first_logits`.
-pub fn greedy<B: Backend>(
+/// Greedy continuation of several caches of the same prompt: each appends
+/// `suffix` (if any; without one the first token comes from `first_logits`)
+/// and generates up to `max_new` tokens, stopping before any of `stop`. The caches step
+/// together through [`Llama::decode_batch`] (one pass over the weights per step
+/// for all of them), and a cache leaves the batch when it stops. Returns each
+/// cache's tokens, in order.
+pub fn greedy_batch<B: Backend>(
     model: &Llama<B>,
-    cache: &mut dyn KvCache<B>,
+    caches: &mut [Box<dyn KvCache<B>>],
     first_logits: &Tensor<B, 2>,
     suffix: &[u32],
     max_new: usize,
     stop: &[u32],
-) -> Result<Vec<u32>> {
-    let mut logits = if suffix.is_empty() {
-        first_logits.clone()
+) -> Result<Vec<Vec<u32>>> {
+    let n = caches.len();
+    let mut next: Vec<u32> = if suffix.is_empty() {
+        vec![argmax(first_logits.clone())?; n]
     } else {
-        model.forward(suffix, cache, Logits::Last).map_err(model_err)?
+        let mut v = Vec::with_capacity(n);
+        for c in caches.iter_mut() {
+            v.push(argmax(model.forward(suffix, c.as_mut(), Logits::Last).map_err(model_err)?)?);
+        }
+        v
     };
-    let mut out = Vec::new();
-    while out.len() < max_new {
-        let id = argmax(logits)?;
-        if stop.contains(&id) {
-            break;
+    let mut out: Vec<Vec<u32>> = vec![Vec::new(); n];
+    let mut active: Vec<usize> = (0..n).collect();
+    loop {
+        active.retain(|&i| {
+            let id = next[i];
+            if stop.contains(&id) || out[i].len() >= max_new {
+                return false;
+            }
+            out[i].push(id);
+            out[i].len() < max_new
+        });
+        if active.is_empty() {
+            return Ok(out);
         }
-        out.push(id);
-        if out.len() == max_new {
-            break;
+        let tokens: Vec<u32> = active.iter().map(|&i| next[i]).collect();
+        let mut refs: Vec<&mut dyn KvCache<B>> = Vec::with_capacity(active.len());
+        let mut it = active.iter().peekable();
+        for (i, c) in caches.iter_mut().enumerate() {
+            if it.peek() == Some(&&i) {
+                refs.push(c.as_mut());
+                it.next();
+            }
         }
-        logits = model.forward(&[id], cache, Logits::Last).map_err(model_err)?;
+        let logits = model.decode_batch(&tokens, &mut refs).map_err(model_err)?;
+        for (&i, id) in active.iter().zip(argmax_rows(logits)?) {
+            next[i] = id;
+        }
     }
-    Ok(out)
 }
 
 fn argmax<B: Backend>(logits: Tensor<B, 2>) -> Result<u32> {
+    Ok(argmax_rows(logits)?.first().copied().unwrap_or(0))
+}
+
+/// Per-row argmax of `[n, vocab]` logits.
+fn argmax_rows<B: Backend>(logits: Tensor<B, 2>) -> Result<Vec<u32>> {
     let v = logits.argmax(1).into_data().convert::<i64>().to_vec::<i64>().map_err(|e| EvalError::Model(format!("{e:?}")))?;
-    Ok(v.first().copied().unwrap_or(0) as u32)
+    Ok(v.into_iter().map(|x| x as u32).collect())
 }
