@@ -98,6 +98,9 @@ fn bad_inputs_get_clear_errors() {
 
     let cases = vec![
         Case { name: "missing model file", args: gen_args(&d.join("nope.gguf")), code: 3, expect: "no such file" },
+        Case { name: "bench zero length", args: s(&["bench", "--lengths", "0,128"]), code: 2, expect: "--lengths needs positive" },
+        Case { name: "bench budget within window", args: s(&["bench", "--budgets", "16"]), code: 2, expect: "must exceed the observation window" },
+        Case { name: "bench unknown policy", args: s(&["bench", "--policies", "lava,nope"]), code: 2, expect: "unknown policy 'nope'" },
         Case { name: "not a GGUF", args: gen_args(&write("zip.gguf", b"PK\x03\x04 hello")), code: 3, expect: "is not a GGUF file" },
         Case { name: "truncated header", args: gen_args(&write("h.gguf", &good[..12])), code: 3, expect: "truncated: it ends inside the header" },
         Case { name: "truncated metadata", args: gen_args(&write("m.gguf", &good[..table - 20])), code: 3, expect: "ends inside the metadata" },

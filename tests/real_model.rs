@@ -223,3 +223,29 @@ fn chunked_prefill_and_decode_eviction_stay_within_the_budget() {
     assert!(v["kv_full_bytes"].as_u64().expect("full") > 10 * retained);
     let _ = std::fs::remove_file(prompt);
 }
+
+#[test]
+fn bench_json_has_every_section() {
+    let _ = model_path();
+    let out = Command::new(env!("CARGO_BIN_EXE_lava"))
+        .args(["bench", "--lengths", "96", "--policies", "lava", "--budgets", "64", "--runs", "1", "--decode-tokens", "2", "--no-bandwidth", "--json"])
+        .output()
+        .expect("run lava");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let prefill = v["prefill"].as_array().expect("prefill");
+    assert_eq!(prefill.len(), 2); // full, lava
+    assert!(prefill.iter().all(|r| r["tokens"] == 96 && r["seconds"].as_f64().is_some_and(|s| s > 0.0)));
+    assert!(prefill[1]["evict_seconds"].as_f64().is_some_and(|s| s > 0.0));
+    let decode = v["decode"].as_array().expect("decode");
+    assert_eq!(decode.len(), 2);
+    assert!(decode.iter().all(|r| r["context"] == 96 && r["tok_s"].as_f64().is_some_and(|t| t > 0.0)));
+    // LAVa at B = 64 over a 96-token prompt keeps 64 tokens per head on average:
+    // 30 layers x 3 heads x 64 x 64 dims x 2 x 4 bytes, within 10%.
+    let kv = v["kv"].as_array().expect("kv");
+    let lava = kv.iter().find(|r| r["policy"] == "lava").expect("lava row");
+    let retained = lava["retained_bytes"].as_f64().expect("bytes");
+    let expected = (30 * 3 * 64 * 64 * 2 * 4) as f64;
+    assert!((retained / expected - 1.0).abs() < 0.1, "retained {retained} vs {expected}");
+    assert!(v["peak_rss_bytes"].as_u64().is_some_and(|b| b > 500_000_000));
+}

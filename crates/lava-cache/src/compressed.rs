@@ -254,6 +254,7 @@ pub struct CompressedCache<B: Backend> {
     decode_slack: Option<usize>,
     chunked: bool,
     rescores: usize,
+    compression_time: std::time::Duration,
     layers: Vec<LayerStore<B>>,
 }
 
@@ -276,6 +277,7 @@ impl<B: Backend> CompressedCache<B> {
             decode_slack: None,
             chunked: false,
             rescores: 0,
+            compression_time: std::time::Duration::ZERO,
             layers: (0..shape.layers).map(|_| LayerStore::empty()).collect(),
         })
     }
@@ -352,6 +354,16 @@ impl<B: Backend> CompressedCache<B> {
     /// before its prefill, or for an out-of-range layer).
     pub fn head_budgets(&self, layer: usize) -> Option<Vec<usize>> {
         self.layers.get(layer).and_then(|l| l.caps.clone())
+    }
+
+    /// Wall time spent scoring, selecting and gathering kept tokens since
+    /// creation or the last [`reset`](KvCache::reset) (prefill compression,
+    /// the LAVa cascade, decode-time and chunk eviction), excluding the
+    /// attention itself. Host time: on asynchronous backends (CUDA) device
+    /// work queued here may complete later, although reading the scores back
+    /// for selection synchronises each scoring.
+    pub fn compression_seconds(&self) -> f64 {
+        self.compression_time.as_secs_f64()
     }
 
     /// How many times a layer was re-scored after its prefill (decode-time
@@ -450,6 +462,7 @@ impl<B: Backend> CompressedCache<B> {
 
     /// Prefill of `layer`: full causal attention, then selection.
     fn prefill(&mut self, layer: usize, q: Tensor<B, 3>, k: Tensor<B, 3>, v: Tensor<B, 3>) -> Result<Tensor<B, 3>, CacheError> {
+        let started = std::time::Instant::now();
         let [h_kv, n_tok, d] = k.dims();
         let window = self.config.window.min(n_tok);
         let n = n_tok - window;
@@ -507,6 +520,7 @@ impl<B: Backend> CompressedCache<B> {
             // prefill keeps them for the cascades of later chunks).
             self.layers.iter_mut().for_each(|l| l.pending = None);
         }
+        self.compression_time += started.elapsed();
         Ok(causal_attention(q, k, v))
     }
 
@@ -859,7 +873,10 @@ impl<B: Backend> KvCache<B> for CompressedCache<B> {
             if let Some(wq) = window_q {
                 self.push_queries(layer, wq);
             }
-            self.compress_after_append(layer, t)?;
+            let started = std::time::Instant::now();
+            let compressed = self.compress_after_append(layer, t);
+            self.compression_time += started.elapsed();
+            compressed?;
             Ok(out)
         }
     }
@@ -889,6 +906,7 @@ impl<B: Backend> KvCache<B> for CompressedCache<B> {
     fn reset(&mut self) {
         self.layers.iter_mut().for_each(|l| *l = LayerStore::empty());
         self.rescores = 0;
+        self.compression_time = std::time::Duration::ZERO;
     }
 }
 
@@ -911,7 +929,19 @@ impl<B: Backend> CompressedCache<B> {
         kv: &[(Tensor<B, 3>, Tensor<B, 3>)],
         selection: &crate::Selection,
     ) -> Result<Self, CacheError> {
-        let mut cache = Self::new(shape, config, max_tokens, device)?;
+        Self::new(shape, config, max_tokens, device)?.filled_from_selection(kv, selection)
+    }
+
+    /// [`from_selection`](Self::from_selection) on a cache already configured
+    /// (e.g. [`with_decode_headroom`](Self::with_decode_headroom), which sizes
+    /// the buffers built here): fills every layer from `kv` and `selection`.
+    /// Errors if the cache already holds tokens or the inputs do not fit it.
+    pub fn filled_from_selection(self, kv: &[(Tensor<B, 3>, Tensor<B, 3>)], selection: &crate::Selection) -> Result<Self, CacheError> {
+        let mut cache = self;
+        let shape = cache.shape;
+        if cache.layers.iter().any(|l| l.buffers.is_some()) {
+            return Err(CacheError::InvalidShape("from_selection: the cache already holds tokens; reset it first".into()));
+        }
         if kv.len() != shape.layers || selection.layers.len() != shape.layers {
             return Err(CacheError::InvalidShape(format!(
                 "from_selection: {} layers of keys/values and {} of selection for a {}-layer cache",

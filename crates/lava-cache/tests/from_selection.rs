@@ -99,3 +99,32 @@ fn prompt_scores_select_equals_select_positions_for_every_budget() {
     assert!(lava.select(&other_kernel).is_err());
     assert!(PromptScores::new(&layers, &config(PolicyName::Full, 20)).is_err());
 }
+
+#[test]
+fn filled_from_selection_uses_the_configured_headroom() {
+    let device = common::device();
+    let shape = CacheShape { layers: 2, query_heads: 4, kv_heads: 2, head_dim: 8 };
+    let n = 300;
+    let layers: Vec<LayerQkv<B>> = (0..shape.layers)
+        .map(|_| {
+            LayerQkv::new(
+                Tensor::random([4, n, 8], Distribution::Normal(0.0, 1.0), &device),
+                Tensor::random([2, n, 8], Distribution::Normal(0.0, 1.0), &device),
+                Tensor::random([2, n, 8], Distribution::Normal(0.0, 1.0), &device),
+            )
+        })
+        .collect();
+    let config = PolicyConfig::new(PolicyName::SnapKv, 128);
+    let sel = select_positions(&layers, &config).expect("select");
+    let kv: Vec<_> = layers.iter().map(|x| (x.k.clone(), x.v.clone())).collect();
+    let cache = CompressedCache::<B>::new(shape, config.clone(), 512, &device)
+        .expect("cache")
+        .with_decode_headroom(1)
+        .filled_from_selection(&kv, &sel)
+        .expect("filled");
+    // 2 layers x 2 heads x 128 tokens x 8 dims x K,V x 4 bytes; +10% growth room (> 1 token per head).
+    assert_eq!(cache.retained_bytes(), 2 * 2 * 128 * 8 * 2 * 4);
+    assert_eq!(cache.allocated_bytes(), 2 * (256 + 25) * 8 * 2 * 4);
+    // Filling twice is refused.
+    assert!(cache.filled_from_selection(&kv, &sel).is_err());
+}

@@ -26,6 +26,9 @@ pub enum CliError {
     /// The default model could not be fetched.
     #[error("could not fetch the default model: {0}")]
     Fetch(String),
+    /// A computation failed at run time (reading back a result, an evaluation step).
+    #[error("{0}")]
+    Runtime(String),
     /// The requested backend cannot run here.
     #[error("{0}")]
     Backend(String),

@@ -1,9 +1,10 @@
-//! The `lava` command line: `generate`, `ppl`, `export-hf`.
+//! The `lava` command line: `generate`, `ppl`, `select`, `eval`, `bench`, `export-hf`.
 //!
 //! [`main`] parses arguments, runs the command and maps every error to one
 //! clear sentence on stderr and an exit code (2 usage, 3 model/data, 4 backend).
 
 pub mod backend;
+pub mod bench;
 mod commands;
 pub mod error;
 pub mod eval;
@@ -151,6 +152,8 @@ pub enum Command {
     Eval(eval::EvalArgs),
     /// Write a Hugging Face directory (f32 safetensors, config, tokenizer) from a GGUF file.
     ExportHf(ExportArgs),
+    /// Prefill and decode speed, compression overhead and KV memory per policy and budget.
+    Bench(bench::BenchArgs),
 }
 
 /// Runs a parsed command.
@@ -161,6 +164,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::ExportHf(a) => commands::export_hf(a),
         Command::Select(a) => commands::select(a),
         Command::Eval(a) => eval::eval(a),
+        Command::Bench(a) => bench::bench(a),
     }
 }
 

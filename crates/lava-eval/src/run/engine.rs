@@ -95,9 +95,11 @@ impl<B: Backend> Prefilled<B> {
         };
         let selection = self.scores[i].select(policy).map_err(model_err)?;
         let kv: Vec<(Tensor<B, 3>, Tensor<B, 3>)> = self.qkv.iter().map(|l| (l.k.clone(), l.v.clone())).collect();
-        let cache = CompressedCache::from_selection(model.cache_shape(), policy.clone(), max_tokens, model.device(), &kv, &selection)
+        let cache = CompressedCache::new(model.cache_shape(), policy.clone(), max_tokens, model.device())
             .map_err(model_err)?
-            .with_decode_headroom(decode_tokens.clamp(1, CompressedCache::<B>::DEFAULT_HEADROOM));
+            .with_decode_headroom(decode_tokens.clamp(1, CompressedCache::<B>::DEFAULT_HEADROOM))
+            .filled_from_selection(&kv, &selection)
+            .map_err(model_err)?;
         Ok(Box::new(cache))
     }
 }

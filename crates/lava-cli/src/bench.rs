@@ -1,0 +1,401 @@
+//! `lava bench`: prefill and decode speed, compression overhead, KV memory and
+//! peak RSS on the real model, per policy and budget, against the machine's
+//! memory-bandwidth bound.
+//!
+//! - **Prefill**: for each prompt length and policy, a live prefill through the
+//!   policy's [`CompressedCache`] (what `lava generate` does), median of
+//!   `--runs`; `evict_seconds` is the time the cache spent scoring, selecting
+//!   and gathering ([`CompressedCache::compression_seconds`]).
+//! - **Decode**: for each context length, one recorded prefill; every policy
+//!   and budget's cache is derived from it (exactly the cache a live prefill
+//!   builds, see `lava_eval::run::engine`), then `--decode-tokens` greedy steps
+//!   are timed one by one; tokens/s is one over the median step.
+//! - **Bound**: a triad loop measures the read+write bandwidth once; a decode
+//!   step must read the weights and the KV cache, so
+//!   `bound = bandwidth / (weight bytes + KV bytes)` tokens/s.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use burn::tensor::{backend::Backend, Tensor};
+use clap::Args;
+use lava_cache::{CompressedCache, FullCache, PolicyConfig, PolicyName};
+use lava_llama::{Llama, Logits};
+use serde::Serialize;
+
+use crate::error::CliError;
+use crate::fetch::resolve_model;
+use crate::{with_backend, ModelArgs};
+
+/// `lava bench`.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Model and backend.
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Prompt lengths (tokens) for prefill, and context lengths for decode.
+    #[arg(long, value_delimiter = ',', default_value = "1024,2048,4096,8192")]
+    pub lengths: Vec<usize>,
+    /// Policies besides `full` (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "streaming,snapkv,pyramidkv,ada-snapkv,lava")]
+    pub policies: Vec<String>,
+    /// Budgets for decode (prefill uses the first).
+    #[arg(long, value_delimiter = ',', default_value = "64,128,256,512")]
+    pub budgets: Vec<usize>,
+    /// Timed prefill runs per cell (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Timed decode steps per cell (the median step is reported).
+    #[arg(long, default_value_t = 16)]
+    pub decode_tokens: usize,
+    /// A few minutes: lengths 512,1024; policies snapkv,lava; budget 128; 1 run; 8 decode steps.
+    #[arg(long)]
+    pub quick: bool,
+    /// UTF-8 text the prompts are cut from (default: a built-in paragraph, repeated).
+    #[arg(long)]
+    pub text_file: Option<PathBuf>,
+    /// Skip the bandwidth measurement (and the bound).
+    #[arg(long)]
+    pub no_bandwidth: bool,
+    /// Print one JSON object instead of tables.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One prefill measurement.
+#[derive(Debug, Clone, Serialize)]
+pub struct PrefillRow {
+    /// Prompt tokens.
+    pub tokens: usize,
+    /// Policy (`full` or a compressing one at the first budget).
+    pub policy: String,
+    /// Budget (`None` for full).
+    pub budget: Option<usize>,
+    /// Median wall time of the prefill forward pass.
+    pub seconds: f64,
+    /// Median time of it spent scoring, selecting and gathering.
+    pub evict_seconds: f64,
+}
+
+/// One decode measurement.
+#[derive(Debug, Clone, Serialize)]
+pub struct DecodeRow {
+    /// Context length (prompt tokens before decoding).
+    pub context: usize,
+    /// Policy.
+    pub policy: String,
+    /// Budget (`None` for full).
+    pub budget: Option<usize>,
+    /// One over the median step time.
+    pub tok_s: f64,
+    /// `bandwidth / (weight bytes + retained KV bytes)`, if measured.
+    pub bound_tok_s: Option<f64>,
+    /// `tok_s / bound_tok_s`.
+    pub bound_fraction: Option<f64>,
+}
+
+/// KV memory of one cache after its prefill.
+#[derive(Debug, Clone, Serialize)]
+pub struct KvRow {
+    /// Context length.
+    pub context: usize,
+    /// Policy.
+    pub policy: String,
+    /// Budget (`None` for full).
+    pub budget: Option<usize>,
+    /// Bytes of kept keys and values.
+    pub retained_bytes: usize,
+    /// Bytes allocated for keys and values (headroom included).
+    pub allocated_bytes: usize,
+    /// `layers * kv_heads * budget * head_dim * 2 * 4` (the full cache's bytes for `full`).
+    pub expected_bytes: usize,
+}
+
+/// Everything `lava bench --json` prints.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    /// Model file.
+    pub model: String,
+    /// Backend.
+    pub backend: String,
+    /// Threads available to the process.
+    pub threads: usize,
+    /// f32 parameter bytes (what one decode step reads).
+    pub weight_bytes: usize,
+    /// Triad bandwidth in GB/s (10^9 bytes), if measured.
+    pub bandwidth_gb_s: Option<f64>,
+    /// Prefill rows.
+    pub prefill: Vec<PrefillRow>,
+    /// Decode rows.
+    pub decode: Vec<DecodeRow>,
+    /// KV rows.
+    pub kv: Vec<KvRow>,
+    /// Peak resident set size of the process (Linux `VmHWM`), if known.
+    pub peak_rss_bytes: Option<u64>,
+}
+
+const DEFAULT_TEXT: &str = "The history of the printing press is a history of people who wanted to share what they knew. \
+Before movable type, a single book could take a scribe months to copy, and errors crept in with every copy. \
+Gutenberg's press changed the economics of knowledge: pamphlets, newspapers and scientific journals followed, \
+and with them arguments that could be checked by anyone who could read. ";
+
+pub fn bench(mut a: BenchArgs) -> Result<(), CliError> {
+    if a.quick {
+        a.lengths = vec![512, 1024];
+        a.policies = vec!["snapkv".into(), "lava".into()];
+        a.budgets = vec![128];
+        a.runs = 1;
+        a.decode_tokens = 8;
+    }
+    if a.lengths.is_empty() || a.lengths.contains(&0) {
+        return Err(CliError::Usage("--lengths needs positive token counts, e.g. --lengths 1024,4096".into()));
+    }
+    if a.budgets.is_empty() || a.runs == 0 || a.decode_tokens == 0 {
+        return Err(CliError::Usage("--budgets, --runs and --decode-tokens must be non-empty / at least 1".into()));
+    }
+    let mut policies = Vec::new();
+    for p in &a.policies {
+        let name: PolicyName = p.parse()?;
+        if name != PolicyName::Full && !policies.contains(&name) {
+            policies.push(name);
+        }
+    }
+    for &b in &a.budgets {
+        PolicyConfig::new(PolicyName::Lava, b).validate()?;
+    }
+    let text = match &a.text_file {
+        Some(p) => std::fs::read_to_string(p).map_err(|e| CliError::io(p, e))?,
+        None => DEFAULT_TEXT.to_string(),
+    };
+    if text.trim().is_empty() {
+        return Err(CliError::Usage("--text-file is empty".into()));
+    }
+    let bandwidth = if a.no_bandwidth { None } else { Some(triad_bandwidth_gb_s()) };
+    let path = resolve_model(a.model.model.as_deref())?;
+    let report = with_backend!(a.model.backend, |B, device| {
+        let (model, tok) = lava_llama::load_model::<B>(&path, &device)?;
+        let max_len = a.lengths.iter().copied().max().unwrap_or(0);
+        if max_len + a.decode_tokens + 1 > model.config.max_position_embeddings {
+            return Err(CliError::Usage(format!(
+                "--lengths up to {max_len} plus {} decode tokens exceed the model's context ({})",
+                a.decode_tokens, model.config.max_position_embeddings
+            )));
+        }
+        let base = tok.encode(&text)?;
+        if base.is_empty() {
+            return Err(CliError::Usage("the bench text encodes to no tokens".into()));
+        }
+        let ids: Vec<u32> = base.iter().copied().cycle().take(max_len).collect();
+        run_bench::<B>(&a, &model, &ids, &policies, bandwidth, &path, &device)
+    })?;
+    if a.json {
+        let s = serde_json::to_string_pretty(&report).map_err(model_err)?;
+        println!("{s}");
+    } else {
+        print_tables(&report);
+    }
+    Ok(())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn model_err(e: impl std::fmt::Display) -> CliError {
+    CliError::Runtime(e.to_string())
+}
+
+fn argmax<B: Backend>(logits: Tensor<B, 2>) -> Result<u32, CliError> {
+    let v = logits.argmax(1).into_data().convert::<i64>().to_vec::<i64>().map_err(|e| model_err(format!("{e:?}")))?;
+    Ok(v.first().copied().unwrap_or(0) as u32)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_bench<B: Backend>(
+    a: &BenchArgs,
+    model: &Llama<B>,
+    ids: &[u32],
+    policies: &[PolicyName],
+    bandwidth: Option<f64>,
+    path: &std::path::Path,
+    device: &B::Device,
+) -> Result<BenchReport, CliError> {
+    let shape = model.cache_shape();
+    let max_tokens = model.config.max_position_embeddings;
+    let weight_bytes = model.parameter_bytes();
+    let prefill_cells = a.lengths.len() * (1 + policies.len()) * a.runs;
+    let decode_cells = a.lengths.len() * (1 + policies.len() * a.budgets.len());
+    let bar = if a.json { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new((prefill_cells + decode_cells) as u64) };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("bench {bar:30} {pos}/{len} {msg} eta {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    // Warm-up: first calls allocate and page in the weights.
+    let mut warm = FullCache::new(shape, max_tokens, device)?;
+    model.forward(&ids[..ids.len().min(64)], &mut warm, Logits::Last)?;
+    drop(warm);
+
+    let mut prefill = Vec::new();
+    for &len in &a.lengths {
+        let prompt = &ids[..len];
+        let mut cells: Vec<(PolicyName, Option<usize>)> = vec![(PolicyName::Full, None)];
+        cells.extend(policies.iter().map(|&p| (p, Some(a.budgets[0]))));
+        for (policy, budget) in cells {
+            bar.set_message(format!("prefill {len} {policy}"));
+            let (mut secs, mut evict) = (Vec::new(), Vec::new());
+            for _ in 0..a.runs {
+                let (s, e) = match budget {
+                    None => {
+                        let mut c = FullCache::new(shape, max_tokens, device)?;
+                        let t = Instant::now();
+                        let logits = model.forward(prompt, &mut c, Logits::Last)?;
+                        argmax(logits)?; // waits for the device
+                        (t.elapsed().as_secs_f64(), 0.0)
+                    }
+                    Some(b) => {
+                        let mut c = CompressedCache::new(shape, PolicyConfig::new(policy, b), max_tokens, device)?;
+                        let t = Instant::now();
+                        let logits = model.forward(prompt, &mut c, Logits::Last)?;
+                        argmax(logits)?;
+                        (t.elapsed().as_secs_f64(), c.compression_seconds())
+                    }
+                };
+                secs.push(s);
+                evict.push(e);
+                bar.inc(1);
+            }
+            prefill.push(PrefillRow { tokens: len, policy: policy.to_string(), budget, seconds: median(secs), evict_seconds: median(evict) });
+        }
+    }
+
+    let mut decode = Vec::new();
+    let mut kv = Vec::new();
+    for &len in &a.lengths {
+        bar.set_message(format!("decode {len}: prefill"));
+        let mut pre = lava_eval::run::engine::prefill(model, &ids[..len], max_tokens).map_err(model_err)?;
+        let first = argmax(pre.last_logits.clone())?;
+        let mut cells: Vec<(PolicyName, Option<usize>)> = vec![(PolicyName::Full, None)];
+        for &p in policies {
+            cells.extend(a.budgets.iter().map(|&b| (p, Some(b))));
+        }
+        for (policy, budget) in cells {
+            bar.set_message(format!("decode {len} {policy} {}", budget.map_or("".into(), |b| b.to_string())));
+            let config = PolicyConfig::new(policy, budget.unwrap_or(a.budgets[0]));
+            let mut cache = pre.cache_for(model, &config, max_tokens, a.decode_tokens + 1).map_err(model_err)?;
+            let retained = cache.retained_bytes();
+            let expected = match budget {
+                Some(b) => shape.layers * shape.kv_heads * b.min(len) * shape.head_dim * 2 * 4,
+                None => cache.full_bytes(),
+            };
+            kv.push(KvRow { context: len, policy: policy.to_string(), budget, retained_bytes: retained, allocated_bytes: cache.allocated_bytes(), expected_bytes: expected });
+            let mut id = first;
+            // One untimed step (first use of the cache's buffers), then the timed ones.
+            id = argmax(model.forward(&[id], cache.as_mut(), Logits::Last)?)?;
+            let mut steps = Vec::with_capacity(a.decode_tokens);
+            for _ in 0..a.decode_tokens {
+                let t = Instant::now();
+                id = argmax(model.forward(&[id], cache.as_mut(), Logits::Last)?)?;
+                steps.push(t.elapsed().as_secs_f64());
+            }
+            let tok_s = 1.0 / median(steps);
+            let bound = bandwidth.map(|bw| bw * 1e9 / (weight_bytes + retained) as f64);
+            decode.push(DecodeRow { context: len, policy: policy.to_string(), budget, tok_s, bound_tok_s: bound, bound_fraction: bound.map(|b| tok_s / b) });
+            bar.inc(1);
+        }
+    }
+    bar.finish_and_clear();
+    Ok(BenchReport {
+        model: path.display().to_string(),
+        backend: format!("{:?}", a.model.backend).to_lowercase(),
+        threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        weight_bytes,
+        bandwidth_gb_s: bandwidth,
+        prefill,
+        decode,
+        kv,
+        peak_rss_bytes: peak_rss_bytes(),
+    })
+}
+
+/// Peak resident set size (`VmHWM` of `/proc/self/status`), Linux only.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Memory bandwidth of a STREAM-style triad `a[i] = b[i] + s * c[i]` over
+/// three 64 MiB arrays on all available threads, counting 12 bytes per element
+/// (two reads, one write), best of 5 passes, in GB/s.
+pub fn triad_bandwidth_gb_s() -> f64 {
+    const N: usize = 16 << 20;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let b: Vec<f32> = (0..N).map(|i| i as f32).collect();
+    let c: Vec<f32> = (0..N).map(|i| (N - i) as f32).collect();
+    let mut a = vec![0f32; N];
+    let chunk = N.div_ceil(threads);
+    let mut best = f64::INFINITY;
+    for pass in 0..5 {
+        let s = 1.0 + pass as f32;
+        let t = Instant::now();
+        std::thread::scope(|scope| {
+            for ((a, b), c) in a.chunks_mut(chunk).zip(b.chunks(chunk)).zip(c.chunks(chunk)) {
+                scope.spawn(move || {
+                    for ((x, &y), &z) in a.iter_mut().zip(b).zip(c) {
+                        *x = y + s * z;
+                    }
+                });
+            }
+        });
+        best = best.min(t.elapsed().as_secs_f64());
+        std::hint::black_box(&a);
+    }
+    (3 * 4 * N) as f64 / best / 1e9
+}
+
+fn print_tables(r: &BenchReport) {
+    println!("model {}  backend {}  threads {}  weights {:.1} MB", r.model, r.backend, r.threads, r.weight_bytes as f64 / 1e6);
+    if let Some(bw) = r.bandwidth_gb_s {
+        println!("triad bandwidth {bw:.1} GB/s");
+    }
+    println!("\nprefill (median)\n{:>7} {:>12} {:>7} {:>9} {:>9} {:>8} {:>7}", "tokens", "policy", "budget", "seconds", "tok/s", "evict s", "evict%");
+    for p in &r.prefill {
+        println!(
+            "{:>7} {:>12} {:>7} {:>9.3} {:>9.1} {:>8.3} {:>6.2}%",
+            p.tokens,
+            p.policy,
+            p.budget.map_or("-".into(), |b| b.to_string()),
+            p.seconds,
+            p.tokens as f64 / p.seconds,
+            p.evict_seconds,
+            100.0 * p.evict_seconds / p.seconds
+        );
+    }
+    println!("\ndecode (median step)\n{:>7} {:>12} {:>7} {:>9} {:>9} {:>7} {:>12} {:>12}", "context", "policy", "budget", "tok/s", "bound", "of bound", "KV retained", "KV alloc");
+    for (d, k) in r.decode.iter().zip(&r.kv) {
+        println!(
+            "{:>7} {:>12} {:>7} {:>9.1} {:>9} {:>7} {:>12} {:>12}",
+            d.context,
+            d.policy,
+            d.budget.map_or("-".into(), |b| b.to_string()),
+            d.tok_s,
+            d.bound_tok_s.map_or("-".into(), |b| format!("{b:.1}")),
+            d.bound_fraction.map_or("-".into(), |f| format!("{:.0}%", 100.0 * f)),
+            k.retained_bytes,
+            k.allocated_bytes
+        );
+    }
+    if let Some(rss) = r.peak_rss_bytes {
+        println!("\npeak RSS {:.1} MB", rss as f64 / 1e6);
+    }
+}
