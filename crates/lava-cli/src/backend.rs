@@ -94,3 +94,19 @@ pub fn check_cuda_driver() -> Result<(), CliError> {
     }
     Ok(())
 }
+
+/// Loads a model and tunes it for `kind`: on the CPU backends, decode-step
+/// projections are split across the available cores
+/// ([`Llama::with_matvec_split`](lava_llama::Llama::with_matvec_split)).
+pub fn load_for<B: burn::tensor::backend::Backend>(
+    kind: BackendKind,
+    path: &std::path::Path,
+    device: &B::Device,
+) -> Result<(lava_llama::Llama<B>, lava_llama::Tokenizer), CliError> {
+    let (model, tok) = lava_llama::load_model::<B>(path, device)?;
+    let parts = match kind {
+        BackendKind::Cuda => 1,
+        BackendKind::Flex | BackendKind::Ndarray => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    Ok((model.with_matvec_split(parts), tok))
+}

@@ -173,7 +173,7 @@ pub fn bench(mut a: BenchArgs) -> Result<(), CliError> {
     let bandwidth = if a.no_bandwidth { None } else { Some(triad_bandwidth_gb_s()) };
     let path = resolve_model(a.model.model.as_deref())?;
     let report = with_backend!(a.model.backend, |B, device| {
-        let (model, tok) = lava_llama::load_model::<B>(&path, &device)?;
+        let (model, tok) = crate::backend::load_for::<B>(a.model.backend, &path, &device)?;
         let max_len = a.lengths.iter().copied().max().unwrap_or(0);
         if max_len + a.decode_tokens + 1 > model.config.max_position_embeddings {
             return Err(CliError::Usage(format!(

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use burn::tensor::{activation::log_softmax, backend::Backend, Int, Tensor, TensorData};
 use lava_cache::{FullCache, PolicyConfig, PolicyName};
-use lava_llama::{load_model, GenerationConfig, Llama, Logits, Sampling, Tokenizer};
+use lava_llama::{GenerationConfig, Llama, Logits, Sampling, Tokenizer};
 
 use crate::error::CliError;
 use crate::fetch::resolve_model;
@@ -23,9 +23,9 @@ fn read_text(path: &Path) -> Result<String, CliError> {
     })
 }
 
-fn load<B: Backend>(path: &Path, device: &B::Device) -> Result<(Llama<B>, Tokenizer), CliError> {
+fn load<B: Backend>(kind: crate::BackendKind, path: &Path, device: &B::Device) -> Result<(Llama<B>, Tokenizer), CliError> {
     let t = std::time::Instant::now();
-    let r = load_model::<B>(path, device)?;
+    let r = crate::backend::load_for::<B>(kind, path, device)?;
     eprintln!("lava: loaded {} in {:.1}s", path.display(), t.elapsed().as_secs_f64());
     Ok(r)
 }
@@ -90,7 +90,7 @@ fn generate_on<B: Backend>(
     path: &Path,
     device: &B::Device,
 ) -> Result<(), CliError> {
-    let (model, tok) = load::<B>(path, device)?;
+    let (model, tok) = load::<B>(a.model.backend, path, device)?;
     let segments = prompt_segments(&tok, a.chat, context, question)?;
     let prompt_len: usize = segments.iter().map(Vec::len).sum();
     let ctx = model.config.max_position_embeddings;
@@ -244,7 +244,7 @@ pub fn mean_nll<B: Backend>(model: &Llama<B>, ids: &[u32], chunk: usize) -> Resu
 }
 
 fn ppl_on<B: Backend>(a: &PplArgs, text: &str, path: &Path, device: &B::Device) -> Result<(), CliError> {
-    let (model, tok) = load::<B>(path, device)?;
+    let (model, tok) = load::<B>(a.model.backend, path, device)?;
     let mut ids = tok.encode(text)?;
     ids.truncate(a.max_tokens.min(model.config.max_position_embeddings));
     if ids.len() < 2 {

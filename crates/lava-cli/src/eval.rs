@@ -178,7 +178,7 @@ pub fn eval(a: EvalArgs) -> Result<(), CliError> {
 }
 
 fn eval_on<B: Backend>(a: &EvalArgs, g: &Grid, path: &Path, device: &B::Device) -> Result<(), CliError> {
-    let (model, tok) = lava_llama::load_model::<B>(path, device)?;
+    let (model, tok) = crate::backend::load_for::<B>(a.common.backend, path, device)?;
     let mut stop: Vec<u32> = model.config.eos_token_ids.clone();
     for t in ["<|im_end|>", "<|endoftext|>", "<|eot_id|>", "</s>"] {
         stop.extend(tok.token_id(t));

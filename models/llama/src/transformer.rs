@@ -60,6 +60,9 @@ pub struct LlamaWeights<B: Backend> {
     pub lm_head: Option<Linear<B>>,
 }
 
+/// Steps of at most this many tokens use [`Llama::with_matvec_split`].
+pub const MATVEC_SPLIT_MAX_ROWS: usize = 8;
+
 /// Which positions' logits a forward pass returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Logits {
@@ -81,6 +84,9 @@ pub struct Llama<B: Backend> {
     output: Tensor<B, 2>,
     rope: Rope,
     device: B::Device,
+    /// Column blocks the projections are split into for few-token steps
+    /// (see [`Llama::with_matvec_split`]); 1 = one matmul.
+    matvec_split: usize,
 }
 
 /// Where weights come from: Hugging Face names and row-major HF layout
@@ -229,7 +235,7 @@ impl<B: Backend> Llama<B> {
                 }
             }
         };
-        Self { config, weights, output, rope, device: device.clone() }
+        Self { config, weights, output, rope, device: device.clone(), matvec_split: 1 }
     }
 
     /// Builds from a [`WeightSource`] (GGUF, or a tiny random model).
@@ -241,6 +247,46 @@ impl<B: Backend> Llama<B> {
     ) -> Result<Self, ModelError> {
         let weights = LlamaWeights::from_source(&config, src, device)?;
         Ok(Self::new(config, weights, rope, device))
+    }
+
+    /// Splits every projection of a decode step (at most
+    /// [`MATVEC_SPLIT_MAX_ROWS`] tokens) into `parts` column blocks computed in
+    /// parallel on the rayon pool, then concatenated.
+    ///
+    /// For CPU backends: their matmul runs a vector-matrix product this small on
+    /// one thread, so decode, which is bound by reading the weights, uses a
+    /// single core's memory bandwidth. The blocks are views of the weights
+    /// (no copy). Results are identical (each output column is computed by the
+    /// same dot product). Leave it at 1 (the default) on GPUs.
+    pub fn with_matvec_split(mut self, parts: usize) -> Self {
+        self.matvec_split = parts.max(1);
+        self
+    }
+
+    /// `x [T, in] @ weight [in, out] (+ bias)`, split by columns for small `T`.
+    fn project(&self, layer: &Linear<B>, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        let [t, _] = x.dims();
+        let w = layer.weight.val();
+        let [d_in, d_out] = w.dims();
+        let parts = self.matvec_split.min(d_out / 16).max(1);
+        let y = if parts > 1 && t <= MATVEC_SPLIT_MAX_ROWS {
+            use rayon::prelude::*;
+            let block = d_out.div_ceil(parts);
+            let outs: Vec<Tensor<B, 2>> = (0..parts)
+                .into_par_iter()
+                .map(|i| {
+                    let cols = i * block..((i + 1) * block).min(d_out);
+                    x.clone().matmul(w.clone().slice([0..d_in, cols]))
+                })
+                .collect();
+            Tensor::cat(outs, 1)
+        } else {
+            x.matmul(w)
+        };
+        match &layer.bias {
+            Some(b) => y + b.val().unsqueeze_dim(0),
+            None => y,
+        }
     }
 
     /// The device the model lives on.
@@ -289,17 +335,17 @@ impl<B: Backend> Llama<B> {
         for (l, layer) in self.weights.layers.iter().enumerate() {
             let h = layer.input_layernorm.forward(x.clone());
             let a = &layer.self_attn;
-            let q = a.q_proj.forward(h.clone()).reshape([t, hq, hd]).swap_dims(0, 1);
-            let k = a.k_proj.forward(h.clone()).reshape([t, hkv, hd]).swap_dims(0, 1);
-            let v = a.v_proj.forward(h).reshape([t, hkv, hd]).swap_dims(0, 1);
+            let q = self.project(&a.q_proj, h.clone()).reshape([t, hq, hd]).swap_dims(0, 1);
+            let k = self.project(&a.k_proj, h.clone()).reshape([t, hkv, hd]).swap_dims(0, 1);
+            let v = self.project(&a.v_proj, h).reshape([t, hkv, hd]).swap_dims(0, 1);
             let q = apply_rope(q, &cos, &sin);
             let k = apply_rope(k, &cos, &sin);
             let o = cache.attend(l, q, k, v)?; // [H_q, T, D]
             let o = o.swap_dims(0, 1).reshape([t, hq * hd]);
-            x = x + a.o_proj.forward(o);
+            x = x + self.project(&a.o_proj, o);
             let h = layer.post_attention_layernorm.forward(x.clone());
             let m = &layer.mlp;
-            let ff = m.down_proj.forward(silu(m.gate_proj.forward(h.clone())) * m.up_proj.forward(h));
+            let ff = self.project(&m.down_proj, silu(self.project(&m.gate_proj, h.clone())) * self.project(&m.up_proj, h));
             x = x + ff;
         }
         let x = match which {
@@ -338,19 +384,19 @@ impl<B: Backend> Llama<B> {
         for (l, layer) in self.weights.layers.iter().enumerate() {
             let h = layer.input_layernorm.forward(x.clone());
             let a = &layer.self_attn;
-            let q = apply_rope(a.q_proj.forward(h.clone()).reshape([n, hq, hd]).swap_dims(0, 1), &cos, &sin);
-            let k = apply_rope(a.k_proj.forward(h.clone()).reshape([n, hkv, hd]).swap_dims(0, 1), &cos, &sin);
-            let v = a.v_proj.forward(h).reshape([n, hkv, hd]).swap_dims(0, 1);
+            let q = apply_rope(self.project(&a.q_proj, h.clone()).reshape([n, hq, hd]).swap_dims(0, 1), &cos, &sin);
+            let k = apply_rope(self.project(&a.k_proj, h.clone()).reshape([n, hkv, hd]).swap_dims(0, 1), &cos, &sin);
+            let v = self.project(&a.v_proj, h).reshape([n, hkv, hd]).swap_dims(0, 1);
             let mut outs = Vec::with_capacity(n);
             for (i, cache) in caches.iter_mut().enumerate() {
                 let row = |t: &Tensor<B, 3>, heads: usize| t.clone().slice([0..heads, i..i + 1, 0..hd]);
                 outs.push(cache.attend(l, row(&q, hq), row(&k, hkv), row(&v, hkv))?); // [H_q, 1, D]
             }
             let o = Tensor::cat(outs, 1).swap_dims(0, 1).reshape([n, hq * hd]);
-            x = x + a.o_proj.forward(o);
+            x = x + self.project(&a.o_proj, o);
             let h = layer.post_attention_layernorm.forward(x.clone());
             let m = &layer.mlp;
-            x = x + m.down_proj.forward(silu(m.gate_proj.forward(h.clone())) * m.up_proj.forward(h));
+            x = x + self.project(&m.down_proj, silu(self.project(&m.gate_proj, h.clone())) * self.project(&m.up_proj, h));
         }
         let x = self.weights.norm.forward(x);
         Ok(x.matmul(self.output.clone()))

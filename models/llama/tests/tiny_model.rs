@@ -234,3 +234,23 @@ fn decode_batch_equals_separate_decodes() {
     assert_eq!(refs[2].next_position(), 42);
     assert!(model.decode_batch(&tokens[..2], &mut refs).is_err());
 }
+
+#[test]
+fn matvec_split_gives_the_same_logits() {
+    let device = Default::default();
+    let cfg = tiny_config(6, 2, false, true);
+    let w = RandomWeights { config: cfg.clone(), seed: 8 };
+    let one = Llama::<B>::from_source(cfg.clone(), &w, Rope::new(&cfg), &device).expect("model");
+    let split = Llama::<B>::from_source(cfg.clone(), &w, Rope::new(&cfg), &device).expect("model").with_matvec_split(3);
+    let run = |m: &Llama<B>| {
+        let mut cache = FullCache::new(m.cache_shape(), 64, &device).expect("cache");
+        let mut out = m.forward(&TOKENS, &mut cache, Logits::Last).expect("prefill").into_data().to_vec::<f32>().expect("f32");
+        for &t in &[4u32, 8, 15] {
+            out.extend(m.forward(&[t], &mut cache, Logits::Last).expect("decode").into_data().to_vec::<f32>().expect("f32"));
+        }
+        out
+    };
+    let (a, b) = (run(&one), run(&split));
+    let err = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    assert!(err < 1e-5, "split projections differ by {err}");
+}
