@@ -339,6 +339,28 @@ fn report_text(results: &Path) -> Result<String, CliError> {
     let pick = |f: &dyn Fn(&ResultRecord) -> bool| recs.iter().filter(|r| f(r)).cloned().collect::<Vec<_>>();
     let acc = pick(&|r| r.task != "ppl" && r.task != "fidelity");
     let mut text = String::new();
+    // Summary: one column per task family and budget (RULER and LongBench
+    // averaged over their tasks' samples; fidelity = top-1 agreement).
+    let summary: Vec<ResultRecord> = recs
+        .iter()
+        .filter(|r| r.task != "ppl")
+        .map(|r| {
+            let mut r = r.clone();
+            r.task = match r.task.split('/').next().unwrap_or_default() {
+                "niah" => "NIAH".into(),
+                "ruler" => "RULER".into(),
+                "longbench" => "LongBench".into(),
+                "fidelity" => "fidelity top-1".into(),
+                other => other.to_string(),
+            };
+            r
+        })
+        .collect();
+    if !summary.is_empty() {
+        text.push_str("### Summary (%, higher is better; each family averaged over its samples)\n\n");
+        text.push_str(&render_report(&summary, &ReportOptions { policy_order: order.clone(), decimals: 1, ..Default::default() }));
+        text.push('\n');
+    }
     if !acc.is_empty() {
         text.push_str("### Accuracy (%, higher is better)\n\n");
         text.push_str(&render_report(&acc, &ReportOptions { policy_order: order.clone(), ..Default::default() }));
