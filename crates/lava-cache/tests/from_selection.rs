@@ -7,21 +7,27 @@ use burn::tensor::{Distribution, Tensor};
 use common::B;
 use lava_cache::{select_positions, CacheShape, CompressedCache, KvCache, LayerQkv, PolicyConfig, PolicyName};
 
+/// `layers` layers of random `q [h_q, n, 8]`, `k`, `v [h_kv, n, 8]`.
+fn random_layers(layers: usize, h_q: usize, h_kv: usize, n: usize) -> Vec<LayerQkv<B>> {
+    let device = common::device();
+    (0..layers)
+        .map(|_| {
+            LayerQkv::new(
+                Tensor::random([h_q, n, 8], Distribution::Normal(0.0, 1.0), &device),
+                Tensor::random([h_kv, n, 8], Distribution::Normal(0.0, 1.0), &device),
+                Tensor::random([h_kv, n, 8], Distribution::Normal(0.0, 1.0), &device),
+            )
+        })
+        .collect()
+}
+
 
 #[test]
 fn from_selection_equals_the_live_policy() {
     let device = common::device();
     let shape = CacheShape { layers: 3, query_heads: 6, kv_heads: 2, head_dim: 8 };
     let n = 60;
-    let layers: Vec<LayerQkv<B>> = (0..shape.layers)
-        .map(|_| {
-            LayerQkv::new(
-                Tensor::random([6, n, 8], Distribution::Normal(0.0, 1.0), &device),
-                Tensor::random([2, n, 8], Distribution::Normal(0.0, 1.0), &device),
-                Tensor::random([2, n, 8], Distribution::Normal(0.0, 1.0), &device),
-            )
-        })
-        .collect();
+    let layers = random_layers(shape.layers, 6, 2, n);
     let q1: Vec<Tensor<B, 3>> = (0..shape.layers).map(|_| Tensor::random([6, 1, 8], Distribution::Normal(0.0, 1.0), &device)).collect();
     let kv1: Vec<Tensor<B, 3>> = (0..shape.layers).map(|_| Tensor::random([2, 1, 8], Distribution::Normal(0.0, 1.0), &device)).collect();
     for policy in PolicyName::ALL {
@@ -57,17 +63,8 @@ fn from_selection_equals_the_live_policy() {
 #[test]
 fn prompt_scores_select_equals_select_positions_for_every_budget() {
     use lava_cache::PromptScores;
-    let device = common::device();
     let n = 50;
-    let layers: Vec<LayerQkv<B>> = (0..4)
-        .map(|_| {
-            LayerQkv::new(
-                Tensor::random([6, n, 8], Distribution::Normal(0.0, 1.0), &device),
-                Tensor::random([2, n, 8], Distribution::Normal(0.0, 1.0), &device),
-                Tensor::random([2, n, 8], Distribution::Normal(0.0, 1.0), &device),
-            )
-        })
-        .collect();
+    let layers = random_layers(4, 6, 2, n);
     let config = |policy, budget| {
         let mut c = PolicyConfig::new(policy, budget);
         c.window = 6;
@@ -105,15 +102,7 @@ fn filled_from_selection_uses_the_configured_headroom() {
     let device = common::device();
     let shape = CacheShape { layers: 2, query_heads: 4, kv_heads: 2, head_dim: 8 };
     let n = 300;
-    let layers: Vec<LayerQkv<B>> = (0..shape.layers)
-        .map(|_| {
-            LayerQkv::new(
-                Tensor::random([4, n, 8], Distribution::Normal(0.0, 1.0), &device),
-                Tensor::random([2, n, 8], Distribution::Normal(0.0, 1.0), &device),
-                Tensor::random([2, n, 8], Distribution::Normal(0.0, 1.0), &device),
-            )
-        })
-        .collect();
+    let layers = random_layers(shape.layers, 4, 2, n);
     let config = PolicyConfig::new(PolicyName::SnapKv, 128);
     let sel = select_positions(&layers, &config).expect("select");
     let kv: Vec<_> = layers.iter().map(|x| (x.k.clone(), x.v.clone())).collect();
