@@ -437,6 +437,21 @@ impl<B: Backend> CompressedCache<B> {
         Tensor::from_data(TensorData::new(data, [len]), &self.device)
     }
 
+    /// Gathers, per KV head `g`, the positions `kept[g]` of a whole prompt's
+    /// `k`, `v` (`[H_kv, N, D]`) into `layer`'s fresh storage.
+    fn store_kept(&mut self, layer: usize, k: &Tensor<B, 3>, v: &Tensor<B, 3>, kept: &[Vec<usize>]) {
+        let [h_kv, n_tok, d] = k.dims();
+        let slots: Vec<(usize, usize)> = kept.iter().enumerate().flat_map(|(g, ps)| ps.iter().map(move |&p| (g, p))).collect();
+        let rows = self.int_tensor(slots.iter().map(|&(g, p)| g * n_tok + p));
+        let keys = k.clone().reshape([h_kv * n_tok, d]).select(0, rows.clone());
+        let values = v.clone().reshape([h_kv * n_tok, d]).select(0, rows);
+        let buffers = self.build_buffers(keys, values, &slots);
+        let store = &mut self.layers[layer];
+        store.buffers = Some(buffers);
+        store.slots = slots;
+        store.appended = n_tok;
+    }
+
     /// Fresh buffers holding `rows` of `keys`/`values` (`[R, D]`), for `slots`.
     fn build_buffers(&self, keys: Tensor<B, 2>, values: Tensor<B, 2>, slots: &[(usize, usize)]) -> Buffers<B> {
         let live = slots.len();
@@ -463,7 +478,7 @@ impl<B: Backend> CompressedCache<B> {
     /// Prefill of `layer`: full causal attention, then selection.
     fn prefill(&mut self, layer: usize, q: Tensor<B, 3>, k: Tensor<B, 3>, v: Tensor<B, 3>) -> Result<Tensor<B, 3>, CacheError> {
         let started = std::time::Instant::now();
-        let [h_kv, n_tok, d] = k.dims();
+        let [h_kv, n_tok, _] = k.dims();
         let window = self.config.window.min(n_tok);
         let n = n_tok - window;
         let compressing = self.composition.filter(|_| n > self.config.budget_beyond_window());
@@ -506,15 +521,7 @@ impl<B: Backend> CompressedCache<B> {
                 }
             }
         };
-        let slots: Vec<(usize, usize)> = kept.iter().enumerate().flat_map(|(g, ps)| ps.iter().map(move |&p| (g, p))).collect();
-        let rows = self.int_tensor(slots.iter().map(|&(g, p)| g * n_tok + p));
-        let keys = k.clone().reshape([h_kv * n_tok, d]).select(0, rows.clone());
-        let values = v.clone().reshape([h_kv * n_tok, d]).select(0, rows);
-        let buffers = self.build_buffers(keys, values, &slots);
-        let store = &mut self.layers[layer];
-        store.buffers = Some(buffers);
-        store.slots = slots;
-        store.appended = n_tok;
+        self.store_kept(layer, &k, &v, &kept);
         if !self.chunked && self.layers.iter().all(|l| l.entropy.is_some()) {
             // The cascade is over: its scores are no longer needed (chunked
             // prefill keeps them for the cascades of later chunks).
@@ -962,16 +969,8 @@ impl<B: Backend> CompressedCache<B> {
             if sel.heads.len() != h_kv || sel.heads.iter().flatten().any(|&p| p >= n_tok) {
                 return Err(CacheError::InvalidShape(format!("from_selection: layer {layer}'s selection does not fit {h_kv} heads of {n_tok} tokens")));
             }
-            let slots: Vec<(usize, usize)> =
-                sel.heads.iter().enumerate().flat_map(|(g, ps)| ps.iter().map(move |&p| (g, p))).collect();
-            let rows = cache.int_tensor(slots.iter().map(|&(g, p)| g * n_tok + p));
-            let keys = k.clone().reshape([h_kv * n_tok, d]).select(0, rows.clone());
-            let values = v.clone().reshape([h_kv * n_tok, d]).select(0, rows);
-            let buffers = cache.build_buffers(keys, values, &slots);
+            cache.store_kept(layer, k, v, &sel.heads);
             let store = &mut cache.layers[layer];
-            store.buffers = Some(buffers);
-            store.slots = slots;
-            store.appended = n_tok;
             // A layer that kept its whole prefix has no head budgets in force,
             // as after a live prefill that did not compress it.
             let prefix = selection.prefix_len();

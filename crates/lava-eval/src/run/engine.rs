@@ -143,14 +143,8 @@ pub fn greedy_batch<B: Backend>(
             return Ok(out);
         }
         let tokens: Vec<u32> = active.iter().map(|&i| next[i]).collect();
-        let mut refs: Vec<&mut dyn KvCache<B>> = Vec::with_capacity(active.len());
-        let mut it = active.iter().peekable();
-        for (i, c) in caches.iter_mut().enumerate() {
-            if it.peek() == Some(&&i) {
-                refs.push(c.as_mut());
-                it.next();
-            }
-        }
+        let mut refs: Vec<&mut dyn KvCache<B>> =
+            caches.iter_mut().enumerate().filter(|(i, _)| active.contains(i)).map(|(_, c)| c.as_mut()).collect();
         let logits = model.decode_batch(&tokens, &mut refs).map_err(model_err)?;
         for (&i, id) in active.iter().zip(argmax_rows(logits)?) {
             next[i] = id;
