@@ -289,6 +289,32 @@ impl<B: Backend> Llama<B> {
         }
     }
 
+    /// One decoder layer on `x [T, d_model]`: norm, q/k/v projections, RoPE
+    /// (`cos`/`sin` per row), `attend(q [H_q,T,D], k, v [H_kv,T,D]) -> [H_q,T,D]`,
+    /// output projection, residual, norm, SwiGLU MLP, residual.
+    fn layer_step(
+        &self,
+        layer: &DecoderLayer<B>,
+        x: Tensor<B, 2>,
+        cos: &Tensor<B, 3>,
+        sin: &Tensor<B, 3>,
+        attend: impl FnOnce(Tensor<B, 3>, Tensor<B, 3>, Tensor<B, 3>) -> Result<Tensor<B, 3>, lava_cache::CacheError>,
+    ) -> Result<Tensor<B, 2>, ModelError> {
+        let c = &self.config;
+        let (hq, hkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+        let [t, _] = x.dims();
+        let h = layer.input_layernorm.forward(x.clone());
+        let a = &layer.self_attn;
+        let q = apply_rope(self.project(&a.q_proj, h.clone()).reshape([t, hq, hd]).swap_dims(0, 1), cos, sin);
+        let k = apply_rope(self.project(&a.k_proj, h.clone()).reshape([t, hkv, hd]).swap_dims(0, 1), cos, sin);
+        let v = self.project(&a.v_proj, h).reshape([t, hkv, hd]).swap_dims(0, 1);
+        let o = attend(q, k, v)?.swap_dims(0, 1).reshape([t, hq * hd]);
+        let x = x + self.project(&a.o_proj, o);
+        let h = layer.post_attention_layernorm.forward(x.clone());
+        let m = &layer.mlp;
+        Ok(x + self.project(&m.down_proj, silu(self.project(&m.gate_proj, h.clone())) * self.project(&m.up_proj, h)))
+    }
+
     /// The device the model lives on.
     pub fn device(&self) -> &B::Device {
         &self.device
@@ -331,22 +357,8 @@ impl<B: Backend> Llama<B> {
         let ids = Tensor::<B, 1, Int>::from_data(TensorData::new(ids, [t]), &self.device);
         let mut x = self.weights.embed_tokens.weight.val().select(0, ids); // [T, d]
         let (cos, sin) = self.rope.tables::<B>(start, t, &self.device);
-        let (hq, hkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
         for (l, layer) in self.weights.layers.iter().enumerate() {
-            let h = layer.input_layernorm.forward(x.clone());
-            let a = &layer.self_attn;
-            let q = self.project(&a.q_proj, h.clone()).reshape([t, hq, hd]).swap_dims(0, 1);
-            let k = self.project(&a.k_proj, h.clone()).reshape([t, hkv, hd]).swap_dims(0, 1);
-            let v = self.project(&a.v_proj, h).reshape([t, hkv, hd]).swap_dims(0, 1);
-            let q = apply_rope(q, &cos, &sin);
-            let k = apply_rope(k, &cos, &sin);
-            let o = cache.attend(l, q, k, v)?; // [H_q, T, D]
-            let o = o.swap_dims(0, 1).reshape([t, hq * hd]);
-            x = x + self.project(&a.o_proj, o);
-            let h = layer.post_attention_layernorm.forward(x.clone());
-            let m = &layer.mlp;
-            let ff = self.project(&m.down_proj, silu(self.project(&m.gate_proj, h.clone())) * self.project(&m.up_proj, h));
-            x = x + ff;
+            x = self.layer_step(layer, x, &cos, &sin, |q, k, v| cache.attend(l, q, k, v))?;
         }
         let x = match which {
             Logits::Last => x.slice([t - 1..t, 0..c.hidden_size]),
@@ -382,21 +394,14 @@ impl<B: Backend> Llama<B> {
         let (cos, sin) = self.rope.tables_at::<B>(&positions, &self.device);
         let (hq, hkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
         for (l, layer) in self.weights.layers.iter().enumerate() {
-            let h = layer.input_layernorm.forward(x.clone());
-            let a = &layer.self_attn;
-            let q = apply_rope(self.project(&a.q_proj, h.clone()).reshape([n, hq, hd]).swap_dims(0, 1), &cos, &sin);
-            let k = apply_rope(self.project(&a.k_proj, h.clone()).reshape([n, hkv, hd]).swap_dims(0, 1), &cos, &sin);
-            let v = self.project(&a.v_proj, h).reshape([n, hkv, hd]).swap_dims(0, 1);
-            let mut outs = Vec::with_capacity(n);
-            for (i, cache) in caches.iter_mut().enumerate() {
-                let row = |t: &Tensor<B, 3>, heads: usize| t.clone().slice([0..heads, i..i + 1, 0..hd]);
-                outs.push(cache.attend(l, row(&q, hq), row(&k, hkv), row(&v, hkv))?); // [H_q, 1, D]
-            }
-            let o = Tensor::cat(outs, 1).swap_dims(0, 1).reshape([n, hq * hd]);
-            x = x + self.project(&a.o_proj, o);
-            let h = layer.post_attention_layernorm.forward(x.clone());
-            let m = &layer.mlp;
-            x = x + self.project(&m.down_proj, silu(self.project(&m.gate_proj, h.clone())) * self.project(&m.up_proj, h));
+            x = self.layer_step(layer, x, &cos, &sin, |q, k, v| {
+                let mut outs = Vec::with_capacity(n);
+                for (i, cache) in caches.iter_mut().enumerate() {
+                    let row = |t: &Tensor<B, 3>, heads: usize| t.clone().slice([0..heads, i..i + 1, 0..hd]);
+                    outs.push(cache.attend(l, row(&q, hq), row(&k, hkv), row(&v, hkv))?); // [H_q, 1, D]
+                }
+                Ok(Tensor::cat(outs, 1))
+            })?;
         }
         let x = self.weights.norm.forward(x);
         Ok(x.matmul(self.output.clone()))
