@@ -148,6 +148,7 @@ use std::collections::HashSet;
 use burn::tensor::{activation::softmax, backend::Backend, FloatDType, Int, Tensor, TensorData};
 
 use crate::attention::causal_attention;
+use crate::flex::{decode_attention, write_in_place, write_ints_in_place, Segment};
 use crate::host::to_host;
 use crate::policy::plan::{kept_positions, matrix_rows, ragged_head_caps, static_layer_budgets, RankedLayer};
 use crate::policy::scorer::{pool_at, ScoreMatrix};
@@ -829,10 +830,26 @@ impl<B: Backend> CompressedCache<B> {
             };
         }
         let new_slots: Vec<(usize, usize)> = (0..h_kv).flat_map(|g| (0..t).map(move |i| (g, first + i))).collect();
-        buf.keys = buf.keys.slice_assign([live..needed, 0..d], k.reshape([h_kv * t, d]));
-        buf.values = buf.values.slice_assign([live..needed, 0..d], v.reshape([h_kv * t, d]));
-        buf.heads = buf.heads.slice_assign([live..needed], self.int_tensor(new_slots.iter().map(|s| s.0)));
-        buf.positions = buf.positions.slice_assign([live..needed], self.int_tensor(new_slots.iter().map(|s| s.1)));
+        let run = [(live * d, 0, h_kv * t * d)];
+        buf.keys = write_in_place(buf.keys, &k, &run).unwrap_or_else(|b| b.slice_assign([live..needed, 0..d], k.reshape([h_kv * t, d])));
+        buf.values = write_in_place(buf.values, &v, &run).unwrap_or_else(|b| b.slice_assign([live..needed, 0..d], v.reshape([h_kv * t, d])));
+        let (heads, positions): (Vec<usize>, Vec<usize>) = new_slots.iter().copied().unzip();
+        buf.heads = write_ints_in_place(buf.heads, live, &heads)
+            .unwrap_or_else(|b| b.slice_assign([live..needed], self.int_tensor(heads.iter().copied())));
+        buf.positions = write_ints_in_place(buf.positions, live, &positions)
+            .unwrap_or_else(|b| b.slice_assign([live..needed], self.int_tensor(positions.iter().copied())));
+        if t == 1 {
+            // Decode on flex: attend over the slots in place, one segment per
+            // run of consecutive slots of one KV head.
+            let all = self.layers[layer].slots.iter().chain(&new_slots);
+            if let Some(out) = decode_attention(&q, h_kv, &buf.keys, &buf.values, &segments(all)) {
+                let store = &mut self.layers[layer];
+                store.buffers = Some(buf);
+                store.slots.extend(new_slots);
+                store.appended = first + t;
+                return Ok(out);
+            }
+        }
 
         let keys = buf.keys.clone().slice([0..needed, 0..d]);
         let values = buf.values.clone().slice([0..needed, 0..d]);
@@ -858,6 +875,18 @@ impl<B: Backend> CompressedCache<B> {
         store.appended = first + t;
         Ok(out)
     }
+}
+
+/// Runs of consecutive slots of one KV head, as row segments of the storage.
+fn segments<'a>(slots: impl Iterator<Item = &'a (usize, usize)>) -> Vec<Segment> {
+    let mut out: Vec<Segment> = Vec::new();
+    for (row, &(head, _)) in slots.enumerate() {
+        match out.last_mut() {
+            Some(s) if s.kv_head == head && s.rows.end == row => s.rows.end += 1,
+            _ => out.push(Segment { kv_head: head, rows: row..row + 1 }),
+        }
+    }
+    out
 }
 
 impl<B: Backend> KvCache<B> for CompressedCache<B> {

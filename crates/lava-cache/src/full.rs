@@ -1,5 +1,6 @@
 use burn::tensor::{backend::Backend, Tensor};
 
+use crate::flex::{decode_attention, write_in_place, Segment};
 use crate::{attention::causal_attention, CacheError, CacheShape, KvCache};
 
 /// The uncompressed cache: every token of every head is kept.
@@ -75,8 +76,11 @@ impl<B: Backend> FullCache<B> {
                 None => unreachable_pair(&self.device, h, d),
             }
         };
-        let kb = kb.slice_assign([0..h, len..needed, 0..d], k);
-        let vb = vb.slice_assign([0..h, len..needed, 0..d], v);
+        // Head g's new rows go to `g * capacity + len ..` of the buffer.
+        let cap = kb.dims()[1];
+        let runs: Vec<(usize, usize, usize)> = (0..h).map(|g| ((g * cap + len) * d, g * t * d, t * d)).collect();
+        let kb = write_in_place(kb, &k, &runs).unwrap_or_else(|kb| kb.slice_assign([0..h, len..needed, 0..d], k));
+        let vb = write_in_place(vb, &v, &runs).unwrap_or_else(|vb| vb.slice_assign([0..h, len..needed, 0..d], v));
         let keys = kb.clone().slice([0..h, 0..needed, 0..d]);
         let values = vb.clone().slice([0..h, 0..needed, 0..d]);
         self.layers[layer] = Some((kb, vb));
@@ -105,6 +109,18 @@ impl<B: Backend> KvCache<B> for FullCache<B> {
             return Err(CacheError::CapacityExceeded { needed, capacity: self.max_tokens });
         }
         let (keys, values) = self.append(layer, k, v);
+        if t == 1 {
+            // Decode on flex: read the buffers in place (each head's rows are
+            // `g * capacity .. g * capacity + needed`).
+            if let Some((kb, vb)) = &self.layers[layer] {
+                let cap = kb.dims()[1];
+                let segments: Vec<Segment> =
+                    (0..self.shape.kv_heads).map(|g| Segment { kv_head: g, rows: g * cap..g * cap + needed }).collect();
+                if let Some(out) = decode_attention(&q, self.shape.kv_heads, kb, vb, &segments) {
+                    return Ok(out);
+                }
+            }
+        }
         Ok(causal_attention(q, keys, values))
     }
 

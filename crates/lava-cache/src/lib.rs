@@ -118,6 +118,7 @@
 mod attention;
 mod compressed;
 mod error;
+pub mod flex;
 mod full;
 mod host;
 pub mod policy;

@@ -1,0 +1,462 @@
+//! Fast paths for the `burn-flex` CPU backend.
+//!
+//! The caches are written against Burn's `Backend` trait, and that generic
+//! code is the reference. For one query token (decode), composing it from
+//! tensor ops costs more than the attention itself on a CPU: the sliced K/V
+//! views are copied to contiguous memory before the matmul, and the softmax
+//! allocates several temporaries. When the backend is flex (recognised at run
+//! time by `TypeId`; primitives move through `Box<dyn Any>`, no `unsafe`),
+//! [`decode_attention`] reads K and V where they lie instead, each row once.
+//! Every other backend, and every case this module declines (`None`), takes
+//! the generic path. Tests check both paths agree.
+
+use std::any::{Any, TypeId};
+use std::ops::Range;
+
+use burn::tensor::{backend::Backend, DType, Int, Tensor, TensorData, TensorPrimitive};
+use burn_flex::{Flex, FlexTensor};
+use rayon::prelude::*;
+
+/// Whether `B` is the flex backend.
+pub fn is_flex<B: Backend>() -> bool {
+    TypeId::of::<B>() == TypeId::of::<Flex>()
+}
+
+/// The flex primitive of an f32 tensor, or `None` on any other backend or dtype.
+pub fn to_flex<B: Backend, const D: usize>(t: Tensor<B, D>) -> Option<FlexTensor> {
+    if !is_flex::<B>() || t.dtype() != DType::F32 {
+        return None;
+    }
+    match t.into_primitive() {
+        TensorPrimitive::Float(p) => {
+            let boxed: Box<dyn Any> = Box::new(p);
+            boxed.downcast::<FlexTensor>().ok().map(|b| *b)
+        }
+        TensorPrimitive::QFloat(_) => None,
+    }
+}
+
+/// A contiguous f32 tensor of `shape` holding `values`, or `None` unless `B` is flex.
+pub fn from_host<B: Backend, const D: usize>(values: Vec<f32>, shape: [usize; D]) -> Option<Tensor<B, D>> {
+    from_flex(FlexTensor::from_data(TensorData::new(values, shape)))
+}
+
+/// Wraps a flex primitive back into a float tensor of `B` (`None` unless `B` is flex).
+fn from_flex<B: Backend, const D: usize>(t: FlexTensor) -> Option<Tensor<B, D>> {
+    let boxed: Box<dyn Any> = Box::new(t);
+    let prim = boxed.downcast::<B::FloatTensorPrimitive>().ok()?;
+    Some(Tensor::from_primitive(TensorPrimitive::Float(*prim)))
+}
+
+/// Copies `src` (any f32 tensor, read in row-major order) into `dst` in
+/// place: `runs` are `(dst_offset, src_offset, len)` in elements of the
+/// storages. `Err(dst)`, untouched, unless `B` is flex, both are f32, `dst` is
+/// contiguous from offset 0, uniquely owned (no clone or view of it alive)
+/// and every run fits.
+///
+/// `slice_assign` on flex copies the whole destination first (0.21 keeps a
+/// second reference to it while writing), which makes every decode append
+/// cost a copy of the layer's cache.
+pub fn write_in_place<B: Backend, const D: usize, const S: usize>(
+    dst: Tensor<B, D>,
+    src: &Tensor<B, S>,
+    runs: &[(usize, usize, usize)],
+) -> Result<Tensor<B, D>, Tensor<B, D>> {
+    if !is_flex::<B>() || dst.dtype() != DType::F32 {
+        return Err(dst);
+    }
+    let Some(src) = to_flex(src.clone()).map(|s| s.to_contiguous()) else { return Err(dst) };
+    let keep = dst.clone();
+    let Some(mut flex) = to_flex(dst) else { return Err(keep) };
+    drop(keep);
+    let plain = flex.is_contiguous() && flex.layout().start_offset() == 0;
+    let from = src.storage::<f32>();
+    let written = plain
+        && match flex.try_storage_mut::<f32>() {
+            Some(to) if runs.iter().all(|&(d, s, n)| d + n <= to.len() && s + n <= from.len()) => {
+                for &(d, s, n) in runs {
+                    to[d..d + n].copy_from_slice(&from[s..s + n]);
+                }
+                true
+            }
+            _ => false,
+        };
+    let dst = from_flex(flex).expect("B is flex");
+    if written {
+        Ok(dst)
+    } else {
+        Err(dst)
+    }
+}
+
+/// As [`write_in_place`] for an integer tensor: writes `values` at element
+/// offset `at`.
+pub fn write_ints_in_place<B: Backend, const D: usize>(dst: Tensor<B, D, Int>, at: usize, values: &[usize]) -> Result<Tensor<B, D, Int>, Tensor<B, D, Int>> {
+    if !is_flex::<B>() {
+        return Err(dst);
+    }
+    let boxed: Box<dyn Any> = Box::new(dst.into_primitive());
+    let mut flex = *boxed.downcast::<FlexTensor>().expect("B is flex");
+    let plain = flex.is_contiguous() && flex.layout().start_offset() == 0;
+    let written = plain
+        && match flex.dtype() {
+            DType::I64 => put(flex.try_storage_mut::<i64>(), at, values, |v| v as i64),
+            DType::I32 => put(flex.try_storage_mut::<i32>(), at, values, |v| v as i32),
+            _ => false,
+        };
+    let boxed: Box<dyn Any> = Box::new(flex);
+    let dst = Tensor::from_primitive(*boxed.downcast::<B::IntTensorPrimitive>().expect("B is flex"));
+    if written {
+        Ok(dst)
+    } else {
+        Err(dst)
+    }
+}
+
+fn put<E: Copy>(to: Option<&mut [E]>, at: usize, values: &[usize], cast: impl Fn(usize) -> E) -> bool {
+    match to {
+        Some(to) if at + values.len() <= to.len() => {
+            to[at..at + values.len()].iter_mut().zip(values).for_each(|(t, &v)| *t = cast(v));
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Rows `rows` of a K/V storage (row `r` = elements `r*D .. (r+1)*D`) that
+/// belong to KV head `kv_head`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Segment {
+    /// The KV head these rows belong to.
+    pub kv_head: usize,
+    /// Row range in the storage.
+    pub rows: Range<usize>,
+}
+
+/// Rows of K/V above which [`decode_attention`] splits the work across threads.
+const PARALLEL_ROWS: usize = 2048;
+
+/// `[H_q, 1, D]` attention of one query token per query head (`kv_heads`
+/// KV heads) over the rows `segments` of the storages `keys` and `values` (each `[R, D]` in memory,
+/// any leading shape), as a tensor of `B`; `None` unless `B` is flex, all
+/// three are f32 and the storages are contiguous from offset 0.
+pub fn decode_attention<B: Backend, const K: usize>(
+    q: &Tensor<B, 3>,
+    kv_heads: usize,
+    keys: &Tensor<B, K>,
+    values: &Tensor<B, K>,
+    segments: &[Segment],
+) -> Option<Tensor<B, 3>> {
+    let [h_q, t, d] = q.dims();
+    if t != 1 || !is_flex::<B>() {
+        return None;
+    }
+    let qf = to_flex(q.clone())?.to_contiguous();
+    let kf = to_flex(keys.clone())?;
+    let vf = to_flex(values.clone())?;
+    let plain = |f: &FlexTensor| f.is_contiguous() && f.layout().start_offset() == 0;
+    if !plain(&kf) || !plain(&vf) {
+        return None;
+    }
+    let out = attend_rows(qf.storage::<f32>(), h_q, kv_heads, d, kf.storage::<f32>(), vf.storage::<f32>(), segments, rayon::current_num_threads())?;
+    from_host(out, [h_q, 1, d])
+}
+
+/// Softmax attention of `q [H_q, D]` over the given rows of `keys`/`values`
+/// (`[R, D]` row-major): query head `h` sees the rows of KV head `h / G`,
+/// `G = H_q / H_kv` (Hugging Face `repeat_kv` order), scaled by `1/sqrt(D)`.
+/// Returns `[H_q, D]`, or `None` if `H_kv` does not divide `H_q` or a segment
+/// lies outside the storage or names a KV head `>= H_kv`. A query head whose
+/// KV head has no rows gets zeros.
+///
+/// Each K and V row is read once for the `G` query heads that share it. Above
+/// [`PARALLEL_ROWS`] rows the rows are split into `threads` parts whose partial
+/// softmax sums are merged (max-shifted), as in flash-decoding.
+#[allow(clippy::too_many_arguments)]
+pub fn attend_rows(
+    q: &[f32],
+    h_q: usize,
+    h_kv: usize,
+    d: usize,
+    keys: &[f32],
+    values: &[f32],
+    segments: &[Segment],
+    threads: usize,
+) -> Option<Vec<f32>> {
+    let fits = |s: &Segment| s.kv_head < h_kv && s.rows.end * d <= keys.len().min(values.len());
+    if d == 0 || h_kv == 0 || h_q % h_kv != 0 || q.len() < h_q * d || !segments.iter().all(fits) {
+        return None;
+    }
+    let g = h_q / h_kv;
+    let total: usize = segments.iter().map(|s| s.rows.len()).sum();
+    let parts = if total >= PARALLEL_ROWS { threads.max(1) } else { 1 };
+    let pieces = split_rows(segments, total, parts);
+    let scale = 1.0 / (d as f32).sqrt();
+    let partials: Vec<Partial> = pieces.par_iter().map(|p| Partial::compute(q, h_q, g, d, keys, values, p, scale)).collect();
+    Some(Partial::merge(&partials, h_q, d))
+}
+
+/// Cuts `segments` (holding `total` rows) into `parts` runs of about equal row counts.
+fn split_rows(segments: &[Segment], total: usize, parts: usize) -> Vec<Vec<Segment>> {
+    let per = total.div_ceil(parts.max(1)).max(1);
+    let mut out = vec![Vec::new()];
+    let mut filled = 0;
+    for s in segments {
+        let mut start = s.rows.start;
+        while start < s.rows.end {
+            let take = (per - filled).min(s.rows.end - start);
+            out.last_mut().expect("non-empty").push(Segment { kv_head: s.kv_head, rows: start..start + take });
+            start += take;
+            filled += take;
+            if filled == per {
+                out.push(Vec::new());
+                filled = 0;
+            }
+        }
+    }
+    out
+}
+
+/// Per query head: the running max logit, the sum of `exp(logit - max)` and
+/// the value sum weighted the same way, over one part's rows.
+struct Partial {
+    max: Vec<f32>,
+    sum: Vec<f32>,
+    /// `[H_q, D]`.
+    acc: Vec<f32>,
+}
+
+impl Partial {
+    #[allow(clippy::too_many_arguments)]
+    fn compute(q: &[f32], h_q: usize, g: usize, d: usize, keys: &[f32], values: &[f32], segments: &[Segment], scale: f32) -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                // SAFETY: the CPU supports the features the function is compiled for.
+                return unsafe { Self::compute_avx2(q, h_q, g, d, keys, values, segments, scale) };
+            }
+        }
+        Self::compute_portable(q, h_q, g, d, keys, values, segments, scale)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn compute_avx2(q: &[f32], h_q: usize, g: usize, d: usize, keys: &[f32], values: &[f32], segments: &[Segment], scale: f32) -> Self {
+        Self::compute_portable(q, h_q, g, d, keys, values, segments, scale)
+    }
+
+    /// Per segment: the logits of its rows for the `G` query heads of its KV
+    /// head (`[G, rows]`), their max folded into the running max, then the
+    /// exponentials and the weighted value rows.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn compute_portable(q: &[f32], h_q: usize, g: usize, d: usize, keys: &[f32], values: &[f32], segments: &[Segment], scale: f32) -> Self {
+        let mut max = vec![f32::NEG_INFINITY; h_q];
+        let mut sum = vec![0f32; h_q];
+        let mut acc = vec![0f32; h_q * d];
+        let mut logits = Vec::new();
+        for s in segments {
+            let n = s.rows.len();
+            if n == 0 {
+                continue;
+            }
+            let first = s.kv_head * g;
+            logits.clear();
+            logits.resize(g * n, 0f32);
+            for (j, r) in s.rows.clone().enumerate() {
+                let k = &keys[r * d..(r + 1) * d];
+                for i in 0..g {
+                    let h = first + i;
+                    logits[i * n + j] = dot(&q[h * d..(h + 1) * d], k) * scale;
+                }
+            }
+            for i in 0..g {
+                let h = first + i;
+                let row = &mut logits[i * n..(i + 1) * n];
+                let seg_max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                if seg_max > max[h] {
+                    let shrink = exp(max[h] - seg_max);
+                    sum[h] *= shrink;
+                    acc[h * d..(h + 1) * d].iter_mut().for_each(|a| *a *= shrink);
+                    max[h] = seg_max;
+                }
+                let m = max[h];
+                row.iter_mut().for_each(|x| *x = exp(*x - m));
+                sum[h] += row.iter().sum::<f32>();
+            }
+            for (j, r) in s.rows.clone().enumerate() {
+                let v = &values[r * d..(r + 1) * d];
+                for i in 0..g {
+                    let h = first + i;
+                    axpy(logits[i * n + j], v, &mut acc[h * d..(h + 1) * d]);
+                }
+            }
+        }
+        Self { max, sum, acc }
+    }
+
+    /// Combines parts: each part's sums are rescaled to the overall max.
+    fn merge(parts: &[Partial], h_q: usize, d: usize) -> Vec<f32> {
+        let mut out = vec![0f32; h_q * d];
+        for h in 0..h_q {
+            let m = parts.iter().map(|p| p.max[h]).fold(f32::NEG_INFINITY, f32::max);
+            if m == f32::NEG_INFINITY {
+                continue;
+            }
+            let mut total = 0f32;
+            let o = &mut out[h * d..(h + 1) * d];
+            for p in parts {
+                if p.max[h] == f32::NEG_INFINITY {
+                    continue;
+                }
+                let c = exp(p.max[h] - m);
+                total += c * p.sum[h];
+                axpy(c, &p.acc[h * d..(h + 1) * d], o);
+            }
+            o.iter_mut().for_each(|x| *x /= total);
+        }
+        out
+    }
+}
+
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut s = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for k in 0..8 {
+            s[k] += x[k] * y[k];
+        }
+    }
+    let tail: f32 = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
+    s.iter().sum::<f32>() + tail
+}
+
+#[inline]
+fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
+    for (y, x) in y.iter_mut().zip(x) {
+        *y += a * x;
+    }
+}
+
+/// `e^x` for `x <= 0` to about 2e-7 relative error (`e^-87` below -87, where
+/// the softmax weight is negligible anyway; NaN is not propagated), written
+/// so that it vectorises: `e^x = 2^n * e^f`, `n = round(x / ln 2)`,
+/// `f = x - n ln 2` (Cody-Waite: `ln 2` in two parts, so `f` is exact to a few
+/// ulp), `|f| <= ln(2)/2`, `e^f` by its Taylor polynomial of degree 7.
+#[inline(always)]
+fn exp(x: f32) -> f32 {
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    let x = x.max(-87.0);
+    let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
+    let f = (x - n * LN2_HI) - n * LN2_LO;
+    let p = 1.0 + f * (1.0 + f * (0.5 + f * (1.0 / 6.0 + f * (1.0 / 24.0 + f * (1.0 / 120.0 + f * (1.0 / 720.0 + f * (1.0 / 5040.0)))))));
+    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(len: usize, seed: u64) -> Vec<f32> {
+        let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (0..len)
+            .map(|_| {
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((state >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
+            })
+            .collect()
+    }
+
+    /// Softmax attention in f64, one query head at a time, over explicit rows.
+    fn reference(q: &[f32], h_q: usize, h_kv: usize, d: usize, keys: &[f32], vals: &[f32], segments: &[Segment]) -> Vec<f64> {
+        let g = h_q / h_kv;
+        let mut out = vec![0f64; h_q * d];
+        for h in 0..h_q {
+            let rows: Vec<usize> = segments.iter().filter(|s| s.kv_head == h / g).flat_map(|s| s.rows.clone()).collect();
+            let logits: Vec<f64> = rows
+                .iter()
+                .map(|&r| (0..d).map(|c| q[h * d + c] as f64 * keys[r * d + c] as f64).sum::<f64>() / (d as f64).sqrt())
+                .collect();
+            let m = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let z: f64 = logits.iter().map(|l| (l - m).exp()).sum();
+            for (&r, l) in rows.iter().zip(&logits) {
+                for c in 0..d {
+                    out[h * d + c] += (l - m).exp() / z * vals[r * d + c] as f64;
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn exp_is_accurate_on_the_softmax_range() {
+        for i in 0..=20000 {
+            let x = -(i as f32) * 0.0043;
+            let (got, want) = (exp(x) as f64, (x as f64).exp());
+            assert!((got - want).abs() <= 4e-7 * want + 1e-38, "exp({x}) = {got}, want {want}");
+        }
+        assert_eq!(exp(0.0), 1.0);
+        assert!(exp(f32::NEG_INFINITY) < 1e-37);
+    }
+
+    #[test]
+    fn attend_rows_matches_f64_reference() {
+        let (h_q, h_kv, d) = (6, 2, 8);
+        // Interleaved single rows (decode appends) after grouped runs (prefill),
+        // with unused rows in between.
+        let segments = vec![
+            Segment { kv_head: 0, rows: 0..40 },
+            Segment { kv_head: 1, rows: 45..3000 },
+            Segment { kv_head: 0, rows: 3000..3001 },
+            Segment { kv_head: 1, rows: 3001..3002 },
+            Segment { kv_head: 0, rows: 3002..3003 },
+        ];
+        let q = values(h_q * d, 1);
+        let keys = values(3010 * d, 2);
+        let vals = values(3010 * d, 3);
+        let want = reference(&q, h_q, h_kv, d, &keys, &vals, &segments);
+        for threads in [1, 2, 5] {
+            let got = attend_rows(&q, h_q, h_kv, d, &keys, &vals, &segments, threads).expect("valid input");
+            for (k, (&a, &b)) in got.iter().zip(&want).enumerate() {
+                assert!((a as f64 - b).abs() < 1e-5, "threads {threads} [{k}]: {a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn attend_rows_rejects_bad_segments_and_zeroes_empty_heads() {
+        let (q, kv) = (values(4 * 2, 1), values(10 * 2, 2));
+        let seg = |g, rows| vec![Segment { kv_head: g, rows }];
+        assert!(attend_rows(&q, 4, 2, 2, &kv, &kv, &seg(2, 0..3), 1).is_none(), "KV head out of range");
+        assert!(attend_rows(&q, 4, 2, 2, &kv, &kv, &seg(0, 5..11), 1).is_none(), "rows past the storage");
+        assert!(attend_rows(&q, 4, 3, 2, &kv, &kv, &seg(0, 0..3), 1).is_none(), "H_kv does not divide H_q");
+        let out = attend_rows(&q, 4, 2, 2, &kv, &kv, &seg(1, 0..3), 1).expect("valid");
+        assert!(out[..4].iter().all(|&x| x == 0.0), "query heads of KV head 0 see nothing");
+        assert!(out[4..].iter().all(|&x| x != 0.0));
+    }
+
+    #[test]
+    fn write_in_place_writes_without_copying_and_declines_shared_buffers() {
+        type F = burn_flex::Flex;
+        let device = Default::default();
+        let buf = Tensor::<F, 2>::zeros([4, 3], &device);
+        let src = Tensor::<F, 2>::from_data(TensorData::new(vec![1f32, 2., 3., 4., 5., 6.], [2, 3]), &device);
+        let out = write_in_place(buf, &src, &[(3, 0, 3), (9, 3, 3)]).expect("unique f32 buffer");
+        assert_eq!(out.to_data().to_vec::<f32>().unwrap(), vec![0., 0., 0., 1., 2., 3., 0., 0., 0., 4., 5., 6.]);
+        let view = out.clone();
+        let shared = write_in_place(out, &src, &[(0, 0, 3)]).expect_err("a view is alive");
+        assert_eq!(shared.to_data(), view.to_data(), "declined writes leave the buffer untouched");
+        drop(view);
+        assert!(write_in_place(shared, &src, &[(10, 0, 3)]).is_err(), "run past the end");
+
+        let ints = Tensor::<F, 1, Int>::zeros([5], &device);
+        let ints = write_ints_in_place(ints, 2, &[7, 8]).expect("unique");
+        assert_eq!(ints.to_data().to_vec::<i32>().unwrap(), vec![0, 0, 7, 8, 0]);
+        let nd = Tensor::<burn_ndarray::NdArray<f32>, 2>::zeros([2, 2], &Default::default());
+        assert!(write_in_place(nd.clone(), &nd, &[(0, 0, 1)]).is_err(), "other backends take the generic path");
+    }
+}
