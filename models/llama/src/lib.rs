@@ -26,6 +26,7 @@ pub mod gguf;
 mod generation;
 mod gguf_source;
 pub mod hf;
+pub mod kernels;
 mod rope;
 pub mod sampling;
 pub mod tiny;

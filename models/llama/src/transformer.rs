@@ -269,7 +269,10 @@ impl<B: Backend> Llama<B> {
         let w = layer.weight.val();
         let [d_in, d_out] = w.dims();
         let parts = self.matvec_split.min(d_out / 16).max(1);
-        let y = if parts > 1 && t <= MATVEC_SPLIT_MAX_ROWS {
+        let fast = if t <= MATVEC_SPLIT_MAX_ROWS { crate::kernels::project_rows(&x, &w, self.matvec_split) } else { None };
+        let y = if let Some(y) = fast {
+            y
+        } else if parts > 1 && t <= MATVEC_SPLIT_MAX_ROWS {
             use rayon::prelude::*;
             let block = d_out.div_ceil(parts);
             let outs: Vec<Tensor<B, 2>> = (0..parts)
@@ -287,6 +290,12 @@ impl<B: Backend> Llama<B> {
             Some(b) => y + b.val().unsqueeze_dim(0),
             None => y,
         }
+    }
+
+    /// `x [T, d_model] @ output [d_model, vocab]`.
+    fn logits(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        let fast = if x.dims()[0] <= MATVEC_SPLIT_MAX_ROWS { crate::kernels::project_rows(&x, &self.output, self.matvec_split) } else { None };
+        fast.unwrap_or_else(|| x.matmul(self.output.clone()))
     }
 
     /// One decoder layer on `x [T, d_model]`: norm, q/k/v projections, RoPE
@@ -364,8 +373,7 @@ impl<B: Backend> Llama<B> {
             Logits::Last => x.slice([t - 1..t, 0..c.hidden_size]),
             Logits::All => x,
         };
-        let x = self.weights.norm.forward(x);
-        Ok(x.matmul(self.output.clone()))
+        Ok(self.logits(self.weights.norm.forward(x)))
     }
 
     /// One decode step for `n` independent sequences: `tokens[i]` is appended
@@ -403,7 +411,6 @@ impl<B: Backend> Llama<B> {
                 Ok(Tensor::cat(outs, 1))
             })?;
         }
-        let x = self.weights.norm.forward(x);
-        Ok(x.matmul(self.output.clone()))
+        Ok(self.logits(self.weights.norm.forward(x)))
     }
 }
