@@ -3,17 +3,17 @@
 //! Decode multiplies one (or a few) activation rows by every weight matrix:
 //! a vector-matrix product bound by how fast the weights stream from memory.
 //! `burn-flex` runs products this small through a general matmul on one
-//! thread; [`matvec`] streams the weights on all cores instead.
+//! thread; [`matvec`] streams the weights on all cores instead. The other
+//! kernels (RMS norm, RoPE, SwiGLU) let a whole decode step run on the
+//! weights' storage without a tensor op per step (see `Llama::decode_batch`).
 //!
-//! The kernels are reached through [`project_rows`], which recognises the
-//! flex backend at run time (`TypeId`) and otherwise returns `None`, so every
-//! other backend keeps Burn's own matmul. No `unsafe` is needed: primitives are
-//! moved through `Box<dyn Any>`.
+//! Flex is recognised at run time (`TypeId`, via [`lava_cache::flex`]); every
+//! other backend keeps Burn's own ops, which stay the reference the tests
+//! compare against.
 
-use std::any::{Any, TypeId};
-
-use burn::tensor::{backend::Backend, DType, Tensor, TensorData, TensorPrimitive};
-use burn_flex::{Flex, FlexTensor};
+use burn::tensor::{backend::Backend, Tensor};
+use burn_flex::FlexTensor;
+use lava_cache::flex::{from_host, to_flex};
 use rayon::prelude::*;
 
 /// Row counts up to this use [`matvec`]; longer blocks (prefill) use the matmul.
@@ -26,34 +26,34 @@ const ROW_BLOCK: usize = 4;
 /// f32, `n <= MATVEC_MAX_ROWS` and `w` is contiguous; `None` otherwise (the
 /// caller falls back to `matmul`).
 pub fn project_rows<B: Backend>(x: &Tensor<B, 2>, w: &Tensor<B, 2>, threads: usize) -> Option<Tensor<B, 2>> {
-    if TypeId::of::<B>() != TypeId::of::<Flex>() {
-        return None;
-    }
     let [n, d_in] = x.dims();
     let [w_in, d_out] = w.dims();
-    if n > MATVEC_MAX_ROWS || w_in != d_in || x.dtype() != DType::F32 || w.dtype() != DType::F32 {
+    if n > MATVEC_MAX_ROWS || w_in != d_in {
         return None;
     }
-    let wp = flex_primitive(w.clone())?;
-    if !wp.is_contiguous() || wp.layout().start_offset() != 0 {
-        return None;
-    }
-    let xp = flex_primitive(x.clone())?.to_contiguous();
+    let wp = Host::new(w)?;
+    let xp = to_flex(x.clone())?.to_contiguous();
     let mut y = vec![0f32; n * d_out];
-    matvec(xp.storage::<f32>(), wp.storage::<f32>(), &mut y, n, d_in, d_out, threads);
-    let out = FlexTensor::from_data(TensorData::new(y, [n, d_out]));
-    let boxed: Box<dyn Any> = Box::new(out);
-    let prim = boxed.downcast::<B::FloatTensorPrimitive>().ok()?;
-    Some(Tensor::from_primitive(TensorPrimitive::Float(*prim)))
+    matvec(xp.storage::<f32>(), wp.values(), &mut y, n, d_in, d_out, threads);
+    from_host(y, [n, d_out])
 }
 
-fn flex_primitive<B: Backend>(t: Tensor<B, 2>) -> Option<FlexTensor> {
-    match t.into_primitive() {
-        TensorPrimitive::Float(p) => {
-            let boxed: Box<dyn Any> = Box::new(p);
-            boxed.downcast::<FlexTensor>().ok().map(|b| *b)
-        }
-        TensorPrimitive::QFloat(_) => None,
+/// The f32 values of a flex tensor that is contiguous and covers its whole
+/// storage (a parameter, say); `None` on other backends.
+#[derive(Debug, Clone)]
+pub struct Host(FlexTensor);
+
+impl Host {
+    /// The storage of `t`, shared (no copy).
+    pub fn new<B: Backend, const D: usize>(t: &Tensor<B, D>) -> Option<Self> {
+        let f = to_flex(t.clone())?;
+        let whole = f.is_contiguous() && f.layout().start_offset() == 0 && f.storage::<f32>().len() == f.layout().num_elements();
+        whole.then_some(Self(f))
+    }
+
+    /// Row-major values.
+    pub fn values(&self) -> &[f32] {
+        self.0.storage::<f32>()
     }
 }
 
@@ -67,29 +67,72 @@ fn flex_primitive<B: Backend>(t: Tensor<B, 2>) -> Option<FlexTensor> {
 /// # Panics
 /// If a slice is shorter than its shape says.
 pub fn matvec(x: &[f32], w: &[f32], y: &mut [f32], n: usize, d_in: usize, d_out: usize, threads: usize) {
-    assert!(x.len() >= n * d_in && w.len() >= d_in * d_out && y.len() >= n * d_out, "matvec: slice shorter than its shape");
-    let y = &mut y[..n * d_out];
+    let out = matvec_multi(x, n, d_in, &[(w, d_out)], threads);
+    y[..n * d_out].copy_from_slice(&out[0]);
+}
+
+/// [`matvec`] of one input `x [n, d_in]` with several matrices
+/// `(w [d_in, d_out], d_out)` in one parallel pass (q/k/v, gate/up): returns
+/// each product `[n, d_out]`.
+///
+/// # Panics
+/// If a slice is shorter than its shape says.
+pub fn matvec_multi(x: &[f32], n: usize, d_in: usize, mats: &[(&[f32], usize)], threads: usize) -> Vec<Vec<f32>> {
+    assert!(x.len() >= n * d_in, "matvec: x shorter than its shape");
+    assert!(mats.iter().all(|&(w, d_out)| w.len() >= d_in * d_out), "matvec: w shorter than its shape");
     let threads = threads.clamp(1, d_in.div_ceil(ROW_BLOCK).max(1));
-    if threads == 1 {
-        y.fill(0.0);
-        rows(x, w, y, n, d_in, d_out, 0, d_in);
-        return;
-    }
-    // Each task streams a contiguous band of rows of `w` into its own partial
-    // sum; the bands are then added in order.
     let per = d_in.div_ceil(threads).div_ceil(ROW_BLOCK) * ROW_BLOCK;
-    let partials: Vec<Vec<f32>> = (0..threads)
-        .into_par_iter()
-        .map(|t| {
-            let mut out = vec![0f32; n * d_out];
-            rows(x, w, &mut out, n, d_in, d_out, (t * per).min(d_in), ((t + 1) * per).min(d_in));
-            out
-        })
-        .collect();
-    y.fill(0.0);
-    for part in partials {
-        y.iter_mut().zip(&part).for_each(|(a, b)| *a += b);
+    let band = |t: usize| -> Vec<Vec<f32>> {
+        mats.iter()
+            .map(|&(w, d_out)| {
+                let mut out = vec![0f32; n * d_out];
+                rows(x, w, &mut out, n, d_in, d_out, (t * per).min(d_in), ((t + 1) * per).min(d_in));
+                out
+            })
+            .collect()
+    };
+    if threads == 1 {
+        return band(0);
     }
+    // Each task streams a contiguous band of rows of every matrix into its
+    // own partial sums; the bands are then added in order.
+    let mut partials: Vec<Vec<Vec<f32>>> = (0..threads).into_par_iter().map(band).collect();
+    let mut total = partials.remove(0);
+    for part in partials {
+        for (acc, p) in total.iter_mut().zip(part) {
+            acc.iter_mut().zip(&p).for_each(|(a, b)| *a += b);
+        }
+    }
+    total
+}
+
+/// `x / sqrt(mean(x^2) + eps) * gamma` per row of `x [n, d]`, in place.
+pub fn rms_norm(x: &mut [f32], gamma: &[f32], eps: f64) {
+    let d = gamma.len();
+    for row in x.chunks_exact_mut(d) {
+        let mean = row.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / d as f64;
+        let inv = (1.0 / (mean + eps).sqrt()) as f32;
+        row.iter_mut().zip(gamma).for_each(|(v, &g)| *v = *v * inv * g);
+    }
+}
+
+/// Rotate-half RoPE of each head of one token, `x [H * D]`, with that
+/// position's `cos`/`sin` (`[D/2]` each).
+pub fn rope(x: &mut [f32], cos: &[f32], sin: &[f32]) {
+    let half = cos.len();
+    for head in x.chunks_exact_mut(2 * half) {
+        let (a, b) = head.split_at_mut(half);
+        for i in 0..half {
+            let (x1, x2) = (a[i], b[i]);
+            a[i] = x1 * cos[i] - x2 * sin[i];
+            b[i] = x2 * cos[i] + x1 * sin[i];
+        }
+    }
+}
+
+/// `silu(gate) * up`, into `gate`.
+pub fn swiglu(gate: &mut [f32], up: &[f32]) {
+    gate.iter_mut().zip(up).for_each(|(g, &u)| *g = *g / (1.0 + (-*g).exp()) * u);
 }
 
 /// Adds rows `r0..r1` of `w`, weighted by the matching entries of `x`, to

@@ -56,10 +56,18 @@ impl Rope {
 
     /// `(cos, sin)`, each `[1, T, D/2]`, for arbitrary absolute positions (one per row).
     pub fn tables_at<B: Backend>(&self, positions: &[usize], device: &B::Device) -> (Tensor<B, 3>, Tensor<B, 3>) {
-        let half = self.inv_freq.len();
-        let len = positions.len();
-        let mut cos = Vec::with_capacity(len * half);
-        let mut sin = Vec::with_capacity(len * half);
+        let (half, len) = (self.inv_freq.len(), positions.len());
+        let (cos, sin) = self.host_tables(positions);
+        (
+            Tensor::from_data(TensorData::new(cos, [1, len, half]), device),
+            Tensor::from_data(TensorData::new(sin, [1, len, half]), device),
+        )
+    }
+
+    /// `(cos, sin)` as row-major `[T, D/2]` host values, one row per position.
+    pub fn host_tables(&self, positions: &[usize]) -> (Vec<f32>, Vec<f32>) {
+        let n = positions.len() * self.inv_freq.len();
+        let (mut cos, mut sin) = (Vec::with_capacity(n), Vec::with_capacity(n));
         for &p in positions {
             for &f in &self.inv_freq {
                 let a = p as f64 * f;
@@ -67,10 +75,7 @@ impl Rope {
                 sin.push(a.sin() as f32);
             }
         }
-        (
-            Tensor::from_data(TensorData::new(cos, [1, len, half]), device),
-            Tensor::from_data(TensorData::new(sin, [1, len, half]), device),
-        )
+        (cos, sin)
     }
 }
 

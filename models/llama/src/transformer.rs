@@ -8,6 +8,7 @@ use lava_cache::{CacheShape, KvCache};
 
 use crate::config::LlamaConfig;
 use crate::error::ModelError;
+use crate::kernels;
 use crate::rope::{apply_rope, Rope};
 
 /// Self-attention projections of one layer (Hugging Face names).
@@ -361,6 +362,10 @@ impl<B: Backend> Llama<B> {
         if let Some(&bad) = tokens.iter().find(|&&id| id as usize >= c.vocab_size) {
             return Err(ModelError::Input(format!("token id {bad} is outside the vocabulary ({})", c.vocab_size)));
         }
+        if t == 1 {
+            // One new token: the decode step (which has a fast path on CPU).
+            return self.decode_batch(tokens, &mut [cache]);
+        }
         let start = cache.next_position();
         let ids: Vec<i64> = tokens.iter().map(|&x| x as i64).collect();
         let ids = Tensor::<B, 1, Int>::from_data(TensorData::new(ids, [t]), &self.device);
@@ -396,6 +401,11 @@ impl<B: Backend> Llama<B> {
             return Err(ModelError::Input(format!("token id {bad} is outside the vocabulary ({})", c.vocab_size)));
         }
         let positions: Vec<usize> = caches.iter().map(|c| c.next_position()).collect();
+        if n <= kernels::MATVEC_MAX_ROWS {
+            if let Some(logits) = self.decode_on_host(tokens, &positions, caches)? {
+                return Ok(logits);
+            }
+        }
         let ids: Vec<i64> = tokens.iter().map(|&x| x as i64).collect();
         let ids = Tensor::<B, 1, Int>::from_data(TensorData::new(ids, [n]), &self.device);
         let mut x = self.weights.embed_tokens.weight.val().select(0, ids); // [n, d]
@@ -412,5 +422,84 @@ impl<B: Backend> Llama<B> {
             })?;
         }
         Ok(self.logits(self.weights.norm.forward(x)))
+    }
+
+    /// [`decode_batch`](Self::decode_batch) on the weights' own storage, for
+    /// the flex backend: the residual stream stays a host vector, every
+    /// projection is one [`kernels::matvec_multi`] pass (q/k/v together,
+    /// gate/up together), and only attention goes through the caches. Same
+    /// math as [`layer_step`](Self::layer_step), without a tensor op per
+    /// step; `None` (take the generic path) on other backends.
+    fn decode_on_host<C: KvCache<B> + ?Sized>(
+        &self,
+        tokens: &[u32],
+        positions: &[usize],
+        caches: &mut [&mut C],
+    ) -> Result<Option<Tensor<B, 2>>, ModelError> {
+        use kernels::{matvec_multi, rms_norm, rope, swiglu, Host};
+        let c = &self.config;
+        let (n, d, hd) = (tokens.len(), c.hidden_size, c.head_dim);
+        let (hq, hkv) = (c.num_attention_heads, c.num_key_value_heads);
+        let (Some(embed), Some(norm), Some(output)) =
+            (Host::new(&self.weights.embed_tokens.weight.val()), Host::new(&self.weights.norm.gamma.val()), Host::new(&self.output))
+        else {
+            return Ok(None);
+        };
+        let threads = self.matvec_split;
+        let mut x: Vec<f32> = tokens.iter().flat_map(|&t| embed.values()[t as usize * d..(t as usize + 1) * d].iter().copied()).collect();
+        let (cos, sin) = self.rope.host_tables(positions);
+        let half = hd / 2;
+        let err = |e: lava_cache::CacheError| ModelError::Cache(e);
+        for (l, layer) in self.weights.layers.iter().enumerate() {
+            let (a, m) = (&layer.self_attn, &layer.mlp);
+            let host = |lin: &Linear<B>| Host::new(&lin.weight.val());
+            let (Some(wq), Some(wk), Some(wv), Some(wo), Some(wg), Some(wu), Some(wd)) =
+                (host(&a.q_proj), host(&a.k_proj), host(&a.v_proj), host(&a.o_proj), host(&m.gate_proj), host(&m.up_proj), host(&m.down_proj))
+            else {
+                return Ok(None);
+            };
+            let (Some(g1), Some(g2)) = (Host::new(&layer.input_layernorm.gamma.val()), Host::new(&layer.post_attention_layernorm.gamma.val()))
+            else {
+                return Ok(None);
+            };
+            let mut h = x.clone();
+            rms_norm(&mut h, g1.values(), layer.input_layernorm.epsilon);
+            let mut qkv = matvec_multi(&h, n, d, &[(wq.values(), hq * hd), (wk.values(), hkv * hd), (wv.values(), hkv * hd)], threads);
+            for (out, lin) in qkv.iter_mut().zip([&a.q_proj, &a.k_proj, &a.v_proj]) {
+                if let Some(bias) = &lin.bias {
+                    let Some(b) = Host::new(&bias.val()) else { return Ok(None) };
+                    let width = b.values().len();
+                    out.chunks_exact_mut(width).for_each(|row| row.iter_mut().zip(b.values()).for_each(|(o, b)| *o += b));
+                }
+            }
+            let mut attn = Vec::with_capacity(n * hq * hd);
+            for (i, cache) in caches.iter_mut().enumerate() {
+                let (cs, sn) = (&cos[i * half..(i + 1) * half], &sin[i * half..(i + 1) * half]);
+                let mut q = qkv[0][i * hq * hd..(i + 1) * hq * hd].to_vec();
+                let mut k = qkv[1][i * hkv * hd..(i + 1) * hkv * hd].to_vec();
+                let v = qkv[2][i * hkv * hd..(i + 1) * hkv * hd].to_vec();
+                rope(&mut q, cs, sn);
+                rope(&mut k, cs, sn);
+                let tensor = |v: Vec<f32>, heads: usize| lava_cache::flex::from_host::<B, 3>(v, [heads, 1, hd]);
+                let (Some(q), Some(k), Some(v)) = (tensor(q, hq), tensor(k, hkv), tensor(v, hkv)) else { return Ok(None) };
+                let out = cache.attend(l, q, k, v).map_err(err)?;
+                attn.extend(out.into_data().convert::<f32>().into_vec::<f32>().map_err(|e| ModelError::Input(format!("{e:?}")))?);
+            }
+            let o = matvec_multi(&attn, n, hq * hd, &[(wo.values(), d)], threads);
+            x.iter_mut().zip(&o[0]).for_each(|(x, o)| *x += o);
+            let mut h = x.clone();
+            rms_norm(&mut h, g2.values(), layer.post_attention_layernorm.epsilon);
+            let ff = c.intermediate_size;
+            let mut gu = matvec_multi(&h, n, d, &[(wg.values(), ff), (wu.values(), ff)], threads);
+            let up = gu.pop().unwrap_or_default();
+            let mut act = gu.pop().unwrap_or_default();
+            swiglu(&mut act, &up);
+            let down = matvec_multi(&act, n, ff, &[(wd.values(), d)], threads);
+            x.iter_mut().zip(&down[0]).for_each(|(x, o)| *x += o);
+        }
+        rms_norm(&mut x, norm.values(), self.weights.norm.epsilon);
+        let vocab = c.vocab_size;
+        let logits = matvec_multi(&x, n, d, &[(output.values(), vocab)], threads);
+        Ok(logits.into_iter().next().and_then(|l| lava_cache::flex::from_host(l, [n, vocab])))
     }
 }
