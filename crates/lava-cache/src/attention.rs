@@ -14,6 +14,9 @@ use burn::tensor::{activation::softmax, backend::Backend, Bool, Tensor, TensorDa
 /// so the score matrix never exceeds `[H_kv, G*QUERY_CHUNK, S]` and the
 /// masked upper triangle is mostly skipped.
 pub fn causal_attention<B: Backend>(q: Tensor<B, 3>, k: Tensor<B, 3>, v: Tensor<B, 3>) -> Tensor<B, 3> {
+    if let Some(out) = crate::flex::prefill_attention(&q, &k, &v) {
+        return out;
+    }
     let [h_q, t, d] = q.dims();
     if t <= QUERY_CHUNK {
         return attention_block(q, k, v);

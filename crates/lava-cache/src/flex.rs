@@ -196,6 +196,221 @@ pub fn attend_rows(
     Some(Partial::merge(&partials, h_q, d))
 }
 
+/// Causal grouped-query attention of `T` new queries over `S` keys (the new
+/// tokens are the last `T`), as [`causal_attention`](crate::causal_attention),
+/// read in place on flex: `q [H_q, T, D]`, `k`, `v [H_kv, S, D]` (any head
+/// stride, rows contiguous). `None` on other backends, other dtypes or layouts.
+///
+/// Work items are (KV head, block of [`PREFILL_QUERIES`] query positions); a
+/// block's `G` query heads share each key tile ([`PREFILL_KEYS`] keys), keys
+/// after the block's last query are never visited, and the softmax is online
+/// (flash attention), so no `T x S` matrix exists.
+pub fn prefill_attention<B: Backend>(q: &Tensor<B, 3>, k: &Tensor<B, 3>, v: &Tensor<B, 3>) -> Option<Tensor<B, 3>> {
+    let [h_q, t, d] = q.dims();
+    let [h_kv, s, dk] = k.dims();
+    if !is_flex::<B>() || dk != d || v.dims() != [h_kv, s, d] || t > s || h_kv == 0 || h_q % h_kv != 0 {
+        return None;
+    }
+    let qf = to_flex(q.clone())?.to_contiguous();
+    let (kf, vf) = (to_flex(k.clone())?, to_flex(v.clone())?);
+    let heads = |f: &FlexTensor| -> Option<(usize, usize)> {
+        let st = f.layout().strides();
+        (st.len() == 3 && st[2] == 1 && st[1] == d as isize && st[0] >= (s * d) as isize).then(|| (st[0] as usize, f.layout().start_offset()))
+    };
+    let (k_at, v_at) = (heads(&kf)?, heads(&vf)?);
+    let g = h_q / h_kv;
+    let (qs, ks, vs) = (qf.storage::<f32>(), kf.storage::<f32>(), vf.storage::<f32>());
+    let blocks = t.div_ceil(PREFILL_QUERIES);
+    let mut out = vec![0f32; h_q * t * d];
+    let items: Vec<(usize, usize)> = (0..h_kv).flat_map(|kv| (0..blocks).map(move |b| (kv, b))).collect();
+    let results: Vec<Vec<f32>> = items
+        .par_iter()
+        .map(|&(kv, b)| {
+            let keys = &ks[k_at.1 + kv * k_at.0..];
+            let values = &vs[v_at.1 + kv * v_at.0..];
+            let t0 = b * PREFILL_QUERIES;
+            let t1 = (t0 + PREFILL_QUERIES).min(t);
+            flash_block(qs, t, d, kv * g..(kv + 1) * g, t0..t1, s - t, keys, values)
+        })
+        .collect::<Option<_>>()?;
+    for (&(kv, b), res) in items.iter().zip(results) {
+        let t0 = b * PREFILL_QUERIES;
+        let n = (t0 + PREFILL_QUERIES).min(t) - t0;
+        for (i, h) in (kv * g..(kv + 1) * g).enumerate() {
+            out[(h * t + t0) * d..(h * t + t0 + n) * d].copy_from_slice(&res[i * n * d..(i + 1) * n * d]);
+        }
+    }
+    from_host(out, [h_q, t, d])
+}
+
+/// Query positions per work item of [`prefill_attention`].
+pub const PREFILL_QUERIES: usize = 32;
+/// Keys per tile of [`prefill_attention`].
+pub const PREFILL_KEYS: usize = 64;
+
+/// One work item of [`prefill_attention`]: query heads `heads`, query
+/// positions `block` (of `T`; position `t` sits at key index `past + t`),
+/// against `keys`/`values` rows `0 .. past + block.end` (`[rows, D]` from the
+/// start of the slices). Returns `[heads.len(), block.len(), D]`, or `None`
+/// for a head dimension without a compiled kernel (the caller then takes the
+/// generic path).
+#[allow(clippy::too_many_arguments)]
+fn flash_block(q: &[f32], t: usize, d: usize, heads: Range<usize>, block: Range<usize>, past: usize, keys: &[f32], values: &[f32]) -> Option<Vec<f32>> {
+    macro_rules! dispatch {
+        ($d:literal) => {{
+            #[cfg(target_arch = "x86_64")]
+            {
+                if std::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU supports the features the function is compiled for.
+                    return Some(unsafe { flash_block_avx512::<$d>(q, t, heads, block, past, keys, values) });
+                }
+                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                    // SAFETY: as above.
+                    return Some(unsafe { flash_block_avx2::<$d>(q, t, heads, block, past, keys, values) });
+                }
+            }
+            Some(flash_block_portable::<$d, false>(q, t, heads, block, past, keys, values))
+        }};
+    }
+    match d {
+        64 => dispatch!(64),
+        128 => dispatch!(128),
+        _ => None,
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn flash_block_avx512<const D: usize>(q: &[f32], t: usize, heads: Range<usize>, block: Range<usize>, past: usize, keys: &[f32], values: &[f32]) -> Vec<f32> {
+    flash_block_portable::<D, true>(q, t, heads, block, past, keys, values)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn flash_block_avx2<const D: usize>(q: &[f32], t: usize, heads: Range<usize>, block: Range<usize>, past: usize, keys: &[f32], values: &[f32]) -> Vec<f32> {
+    flash_block_portable::<D, true>(q, t, heads, block, past, keys, values)
+}
+
+/// `a * b + c`, fused where the caller was compiled with FMA.
+#[inline(always)]
+fn madd<const FUSED: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FUSED {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
+}
+
+/// Rows of the query block processed together (their accumulators stay in
+/// registers while a key or value row is reused for all of them).
+const ROWS: usize = 4;
+
+#[inline(always)]
+fn flash_block_portable<const D: usize, const FUSED: bool>(
+    q: &[f32],
+    t: usize,
+    heads: Range<usize>,
+    block: Range<usize>,
+    past: usize,
+    keys: &[f32],
+    values: &[f32],
+) -> Vec<f32> {
+    const BK: usize = PREFILL_KEYS;
+    let n = block.len();
+    let rows = heads.len() * n;
+    let padded = rows.div_ceil(ROWS) * ROWS;
+    let scale = 1.0 / (D as f32).sqrt();
+    // Row r = i * n + j: query head heads.start + i, position block.start + j;
+    // rows past `rows` are padding (zero queries, never returned).
+    let mut qb = vec![[0f32; D]; padded];
+    for (i, h) in heads.clone().enumerate() {
+        for j in 0..n {
+            let src = &q[(h * t + block.start + j) * D..(h * t + block.start + j + 1) * D];
+            qb[i * n + j].iter_mut().zip(src).for_each(|(a, &b)| *a = b * scale);
+        }
+    }
+    let visible_until = |r: usize| if r < rows { past + block.start + r % n + 1 } else { usize::MAX };
+    let mut acc = vec![[0f32; D]; padded];
+    let mut max = vec![f32::NEG_INFINITY; padded];
+    let mut sum = vec![0f32; padded];
+    let mut kt = vec![[0f32; BK]; D];
+    let mut sc = vec![[0f32; BK]; padded];
+    let end = past + block.end;
+    let mut k0 = 0;
+    while k0 < end {
+        let k1 = (k0 + BK).min(end);
+        let w = k1 - k0;
+        // K tile transposed: kt[c][j] = K[k0 + j][c]; unused lanes 0.
+        for j in 0..BK {
+            if j < w {
+                let row = &keys[(k0 + j) * D..(k0 + j + 1) * D];
+                for c in 0..D {
+                    kt[c][j] = row[c];
+                }
+            } else {
+                kt.iter_mut().for_each(|col| col[j] = 0.0);
+            }
+        }
+        // Scores, ROWS rows at a time: sc[r] = q_r . K tile.
+        for r0 in (0..padded).step_by(ROWS) {
+            let mut s = [[0f32; BK]; ROWS];
+            for c in 0..D {
+                let kc = &kt[c];
+                for (x, srow) in s.iter_mut().enumerate() {
+                    let a = qb[r0 + x][c];
+                    for j in 0..BK {
+                        srow[j] = madd::<FUSED>(a, kc[j], srow[j]);
+                    }
+                }
+            }
+            sc[r0..r0 + ROWS].copy_from_slice(&s);
+        }
+        // Mask (keys past the row's position, and unused lanes), online softmax.
+        for r in 0..padded {
+            let row = &mut sc[r];
+            let visible = visible_until(r).saturating_sub(k0).min(w);
+            if visible == 0 {
+                row.iter_mut().for_each(|x| *x = 0.0);
+                continue;
+            }
+            row[visible..].iter_mut().for_each(|x| *x = f32::NEG_INFINITY);
+            let tile_max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            if tile_max > max[r] {
+                let shrink = exp(max[r] - tile_max);
+                sum[r] *= shrink;
+                acc[r].iter_mut().for_each(|a| *a *= shrink);
+                max[r] = tile_max;
+            }
+            let m = max[r];
+            row.iter_mut().for_each(|x| *x = exp(*x - m));
+            row[visible..].iter_mut().for_each(|x| *x = 0.0);
+            sum[r] += row.iter().sum::<f32>();
+        }
+        // acc_r += sum_j p_rj V_j, ROWS rows at a time.
+        for r0 in (0..padded).step_by(ROWS) {
+            let mut o = [[0f32; D]; ROWS];
+            o.copy_from_slice(&acc[r0..r0 + ROWS]);
+            for j in 0..w {
+                let vj = &values[(k0 + j) * D..(k0 + j + 1) * D];
+                for (x, orow) in o.iter_mut().enumerate() {
+                    let p = sc[r0 + x][j];
+                    for c in 0..D {
+                        orow[c] = madd::<FUSED>(p, vj[c], orow[c]);
+                    }
+                }
+            }
+            acc[r0..r0 + ROWS].copy_from_slice(&o);
+        }
+        k0 = k1;
+    }
+    let mut out = Vec::with_capacity(rows * D);
+    for r in 0..rows {
+        let inv = 1.0 / sum[r];
+        out.extend(acc[r].iter().map(|a| a * inv));
+    }
+    out
+}
+
 /// Cuts `segments` (holding `total` rows) into `parts` runs of about equal row counts.
 fn split_rows(segments: &[Segment], total: usize, parts: usize) -> Vec<Vec<Segment>> {
     let per = total.div_ceil(parts.max(1)).max(1);
@@ -425,6 +640,40 @@ mod tests {
                 assert!((a as f64 - b).abs() < 1e-5, "threads {threads} [{k}]: {a} vs {b}");
             }
         }
+    }
+
+    #[test]
+    fn prefill_attention_matches_f64_causal_reference_on_views() {
+        type F = burn_flex::Flex;
+        let device = Default::default();
+        let (h_q, h_kv, d) = (6, 2, 64);
+        // 100 new queries after 37 cached keys; K/V are views of a larger buffer
+        // (as the full cache hands them over).
+        let (past, t, cap) = (37, 100, 200);
+        let s = past + t;
+        let q = values(h_q * t * d, 4);
+        let kbuf = values(h_kv * cap * d, 5);
+        let vbuf = values(h_kv * cap * d, 6);
+        let tensor = |v: &[f32], shape: [usize; 3]| Tensor::<F, 3>::from_data(TensorData::new(v.to_vec(), shape), &device);
+        let k = tensor(&kbuf, [h_kv, cap, d]).slice([0..h_kv, 0..s, 0..d]);
+        let v = tensor(&vbuf, [h_kv, cap, d]).slice([0..h_kv, 0..s, 0..d]);
+        let got = prefill_attention(&tensor(&q, [h_q, t, d]), &k, &v).expect("flex").into_data().to_vec::<f32>().unwrap();
+        let g = h_q / h_kv;
+        for h in 0..h_q {
+            for i in 0..t {
+                // Query i sees keys 0..=past+i of its KV head.
+                let segs = [Segment { kv_head: h / g, rows: (h / g) * cap..(h / g) * cap + past + i + 1 }];
+                let one = reference(&q[(h * t + i) * d..(h * t + i + 1) * d], 1, 1, d, &kbuf, &vbuf, &[Segment { kv_head: 0, ..segs[0].clone() }]);
+                for c in 0..d {
+                    let a = got[(h * t + i) * d + c] as f64;
+                    assert!((a - one[c]).abs() < 1e-5, "head {h} query {i} [{c}]: {a} vs {}", one[c]);
+                }
+            }
+        }
+        let nd = Tensor::<burn_ndarray::NdArray<f32>, 3>::zeros([2, 3, 64], &Default::default());
+        assert!(prefill_attention(&nd, &nd, &nd).is_none(), "other backends take the generic path");
+        let odd = Tensor::<F, 3>::zeros([2, 3, 16], &device);
+        assert!(prefill_attention(&odd, &odd, &odd).is_none(), "head dims without a kernel take the generic path");
     }
 
     #[test]
