@@ -268,6 +268,12 @@ fn flex_host_decode_matches_reference_and_batches() {
         let w = RandomWeights { config: cfg.clone(), seed: 11 };
         let model = Llama::<F>::from_source(cfg.clone(), &w, Rope::new(&cfg), &device).expect("model").with_matvec_split(2);
         let want = reference(&cfg, &w, &TOKENS);
+        // A prompt longer than the matvec limit goes through the matmul branch.
+        let long = TOKENS.repeat(3);
+        let all = logits_all(&model, &long);
+        let want_long = reference(&cfg, &w, &long);
+        let err = want_long.iter().flatten().zip(&all).map(|(&b, &a)| (a as f64 - b).abs()).fold(0f64, f64::max);
+        assert!(err < 1e-4, "heads {heads}/{kv} tied {tied} bias {bias}: host prefill max error {err}");
         let mut cache = FullCache::new(model.cache_shape(), 256, &device).expect("cache");
         model.forward(&TOKENS[..2], &mut cache, Logits::Last).expect("prefill");
         for (i, &tok) in TOKENS.iter().enumerate().skip(2) {
