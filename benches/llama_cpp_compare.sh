@@ -12,8 +12,8 @@
 # by llama-quantize is the file both programs read.
 #
 # llama.cpp side: KV f16 (its default), best of flash attention off/on, weight
-# repacking off (-nr 1; set LLAMA_BENCH_EXTRA to change or drop flags that an
-# older llama-bench lacks). Decode at depths 0, 1024, 4096, 8192; prefill 2048.
+# repacking off (--repack 0, or -nr 1 on older builds; LLAMA_BENCH_EXTRA replaces
+# these flags). Decode at depths 0, 1024, 4096, 8192; prefill 2048.
 # lava side: `lava bench --json` on the same file, full cache and LAVa at 128.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -47,7 +47,9 @@ if [ -z "$F32" ]; then
 fi
 
 echo "== llama.cpp ($LLAMA_BENCH), $THREADS threads, $F32"
-EXTRA=${LLAMA_BENCH_EXTRA--nr 1}
+# Weight repacking off: `--repack 0` in current llama-bench, `-nr 1` in older ones.
+if "$LLAMA_BENCH" --help 2>&1 | grep -q -- '--repack'; then NO_REPACK="--repack 0"; else NO_REPACK="-nr 1"; fi
+EXTRA=${LLAMA_BENCH_EXTRA-$NO_REPACK}
 # shellcheck disable=SC2086
 "$LLAMA_BENCH" -m "$F32" -t "$THREADS" -p 0 -n 32 -d 0,1024,4096,8192 -fa 0,1 -r 3 $EXTRA -o json >"$OUT/llama_decode.json"
 # shellcheck disable=SC2086

@@ -446,19 +446,30 @@ impl Partial {
     fn compute(q: &[f32], h_q: usize, g: usize, d: usize, keys: &[f32], values: &[f32], segments: &[Segment], scale: f32) -> Self {
         #[cfg(target_arch = "x86_64")]
         {
-            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            if std::is_x86_feature_detected!("avx512f") {
                 // SAFETY: the CPU supports the features the function is compiled for.
+                return unsafe { Self::compute_avx512(q, h_q, g, d, keys, values, segments, scale) };
+            }
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                // SAFETY: as above.
                 return unsafe { Self::compute_avx2(q, h_q, g, d, keys, values, segments, scale) };
             }
         }
-        Self::compute_portable(q, h_q, g, d, keys, values, segments, scale)
+        Self::compute_portable::<false>(q, h_q, g, d, keys, values, segments, scale)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn compute_avx512(q: &[f32], h_q: usize, g: usize, d: usize, keys: &[f32], values: &[f32], segments: &[Segment], scale: f32) -> Self {
+        Self::compute_portable::<true>(q, h_q, g, d, keys, values, segments, scale)
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
     unsafe fn compute_avx2(q: &[f32], h_q: usize, g: usize, d: usize, keys: &[f32], values: &[f32], segments: &[Segment], scale: f32) -> Self {
-        Self::compute_portable(q, h_q, g, d, keys, values, segments, scale)
+        Self::compute_portable::<true>(q, h_q, g, d, keys, values, segments, scale)
     }
 
     /// Per segment: the logits of its rows for the `G` query heads of its KV
@@ -466,7 +477,7 @@ impl Partial {
     /// exponentials and the weighted value rows.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    fn compute_portable(q: &[f32], h_q: usize, g: usize, d: usize, keys: &[f32], values: &[f32], segments: &[Segment], scale: f32) -> Self {
+    fn compute_portable<const FUSED: bool>(q: &[f32], h_q: usize, g: usize, d: usize, keys: &[f32], values: &[f32], segments: &[Segment], scale: f32) -> Self {
         let mut max = vec![f32::NEG_INFINITY; h_q];
         let mut sum = vec![0f32; h_q];
         let mut acc = vec![0f32; h_q * d];
@@ -483,7 +494,7 @@ impl Partial {
                 let k = &keys[r * d..(r + 1) * d];
                 for i in 0..g {
                     let h = first + i;
-                    logits[i * n + j] = dot(&q[h * d..(h + 1) * d], k) * scale;
+                    logits[i * n + j] = dot::<FUSED>(&q[h * d..(h + 1) * d], k) * scale;
                 }
             }
             for i in 0..g {
@@ -504,7 +515,7 @@ impl Partial {
                 let v = &values[r * d..(r + 1) * d];
                 for i in 0..g {
                     let h = first + i;
-                    axpy(logits[i * n + j], v, &mut acc[h * d..(h + 1) * d]);
+                    axpy::<FUSED>(logits[i * n + j], v, &mut acc[h * d..(h + 1) * d]);
                 }
             }
         }
@@ -527,7 +538,7 @@ impl Partial {
                 }
                 let c = exp(p.max[h] - m);
                 total += c * p.sum[h];
-                axpy(c, &p.acc[h * d..(h + 1) * d], o);
+                axpy::<false>(c, &p.acc[h * d..(h + 1) * d], o);
             }
             o.iter_mut().for_each(|x| *x /= total);
         }
@@ -535,24 +546,24 @@ impl Partial {
     }
 }
 
-#[inline]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut s = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+#[inline(always)]
+fn dot<const FUSED: bool>(a: &[f32], b: &[f32]) -> f32 {
+    let mut s = [0f32; 16];
+    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
     let (ra, rb) = (ca.remainder(), cb.remainder());
     for (x, y) in ca.zip(cb) {
-        for k in 0..8 {
-            s[k] += x[k] * y[k];
+        for k in 0..16 {
+            s[k] = madd::<FUSED>(x[k], y[k], s[k]);
         }
     }
     let tail: f32 = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
     s.iter().sum::<f32>() + tail
 }
 
-#[inline]
-fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
+#[inline(always)]
+fn axpy<const FUSED: bool>(a: f32, x: &[f32], y: &mut [f32]) {
     for (y, x) in y.iter_mut().zip(x) {
-        *y += a * x;
+        *y = madd::<FUSED>(a, *x, *y);
     }
 }
 
