@@ -250,15 +250,15 @@ impl<B: Backend> Llama<B> {
         Ok(Self::new(config, weights, rope, device))
     }
 
-    /// Splits every projection of a decode step (at most
-    /// [`MATVEC_SPLIT_MAX_ROWS`] tokens) into `parts` column blocks computed in
-    /// parallel on the rayon pool, then concatenated.
+    /// Uses `parts` threads for the projections of a decode step (at most
+    /// [`MATVEC_SPLIT_MAX_ROWS`] tokens), which are bound by reading the
+    /// weights: on flex, the threads of [`kernels::matvec_multi`]; on other
+    /// backends, `parts` column blocks (views of the weights, no copy) computed
+    /// in parallel on the rayon pool and concatenated, identical results.
     ///
-    /// For CPU backends: their matmul runs a vector-matrix product this small on
-    /// one thread, so decode, which is bound by reading the weights, uses a
-    /// single core's memory bandwidth. The blocks are views of the weights
-    /// (no copy). Results are identical (each output column is computed by the
-    /// same dot product). Leave it at 1 (the default) on GPUs.
+    /// For CPU backends, whose matmul runs a vector-matrix product this small
+    /// on one thread, i.e. at one core's memory bandwidth. Leave it at 1 (the
+    /// default) on GPUs.
     pub fn with_matvec_split(mut self, parts: usize) -> Self {
         self.matvec_split = parts.max(1);
         self
@@ -270,10 +270,7 @@ impl<B: Backend> Llama<B> {
         let w = layer.weight.val();
         let [d_in, d_out] = w.dims();
         let parts = self.matvec_split.min(d_out / 16).max(1);
-        let fast = if t <= MATVEC_SPLIT_MAX_ROWS { crate::kernels::project_rows(&x, &w, self.matvec_split) } else { None };
-        let y = if let Some(y) = fast {
-            y
-        } else if parts > 1 && t <= MATVEC_SPLIT_MAX_ROWS {
+        let y = if parts > 1 && t <= MATVEC_SPLIT_MAX_ROWS {
             use rayon::prelude::*;
             let block = d_out.div_ceil(parts);
             let outs: Vec<Tensor<B, 2>> = (0..parts)
