@@ -223,14 +223,31 @@ pub fn prefill_attention<B: Backend>(q: &Tensor<B, 3>, k: &Tensor<B, 3>, v: &Ten
     let blocks = t.div_ceil(PREFILL_QUERIES);
     let mut out = vec![0f32; h_q * t * d];
     let items: Vec<(usize, usize)> = (0..h_kv).flat_map(|kv| (0..blocks).map(move |b| (kv, b))).collect();
+    // Each KV head's keys transposed once, tile by tile: tile `i` is a
+    // contiguous `[D, PREFILL_KEYS]` block (keys past `S` are 0), so every
+    // query block reads its key tiles without strided loads.
+    let tiles = s.div_ceil(PREFILL_KEYS);
+    let transposed: Vec<Vec<f32>> = (0..h_kv)
+        .into_par_iter()
+        .map(|kv| {
+            let keys = &ks[k_at.1 + kv * k_at.0..];
+            let mut kt = vec![0f32; tiles * d * PREFILL_KEYS];
+            for j in 0..s {
+                let (tile, lane) = (j / PREFILL_KEYS, j % PREFILL_KEYS);
+                for (c, &x) in keys[j * d..(j + 1) * d].iter().enumerate() {
+                    kt[(tile * d + c) * PREFILL_KEYS + lane] = x;
+                }
+            }
+            kt
+        })
+        .collect();
     let results: Vec<Vec<f32>> = items
         .par_iter()
         .map(|&(kv, b)| {
-            let keys = &ks[k_at.1 + kv * k_at.0..];
             let values = &vs[v_at.1 + kv * v_at.0..];
             let t0 = b * PREFILL_QUERIES;
             let t1 = (t0 + PREFILL_QUERIES).min(t);
-            flash_block(qs, t, d, kv * g..(kv + 1) * g, t0..t1, s - t, keys, values)
+            flash_block(qs, t, d, kv * g..(kv + 1) * g, t0..t1, s - t, &transposed[kv], values)
         })
         .collect::<Option<_>>()?;
     for (&(kv, b), res) in items.iter().zip(results) {
@@ -250,26 +267,27 @@ pub const PREFILL_KEYS: usize = 64;
 
 /// One work item of [`prefill_attention`]: query heads `heads`, query
 /// positions `block` (of `T`; position `t` sits at key index `past + t`),
-/// against `keys`/`values` rows `0 .. past + block.end` (`[rows, D]` from the
-/// start of the slices). Returns `[heads.len(), block.len(), D]`, or `None`
+/// against keys `0 .. past + block.end`: `kt` (the KV head's keys transposed
+/// tile by tile, `[tiles, D, PREFILL_KEYS]`, zero-padded) and `values` (`[rows, D]` from the
+/// start of the slice). Returns `[heads.len(), block.len(), D]`, or `None`
 /// for a head dimension without a compiled kernel (the caller then takes the
 /// generic path).
 #[allow(clippy::too_many_arguments)]
-fn flash_block(q: &[f32], t: usize, d: usize, heads: Range<usize>, block: Range<usize>, past: usize, keys: &[f32], values: &[f32]) -> Option<Vec<f32>> {
+fn flash_block(q: &[f32], t: usize, d: usize, heads: Range<usize>, block: Range<usize>, past: usize, kt: &[f32], values: &[f32]) -> Option<Vec<f32>> {
     macro_rules! dispatch {
         ($d:literal) => {{
             #[cfg(target_arch = "x86_64")]
             {
                 if std::is_x86_feature_detected!("avx512f") {
                     // SAFETY: the CPU supports the features the function is compiled for.
-                    return Some(unsafe { flash_block_avx512::<$d>(q, t, heads, block, past, keys, values) });
+                    return Some(unsafe { flash_block_avx512::<$d>(q, t, heads, block, past, kt, values) });
                 }
                 if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
                     // SAFETY: as above.
-                    return Some(unsafe { flash_block_avx2::<$d>(q, t, heads, block, past, keys, values) });
+                    return Some(unsafe { flash_block_avx2::<$d>(q, t, heads, block, past, kt, values) });
                 }
             }
-            Some(flash_block_portable::<$d, false>(q, t, heads, block, past, keys, values))
+            Some(flash_block_portable::<$d, false>(q, t, heads, block, past, kt, values))
         }};
     }
     match d {
@@ -281,14 +299,16 @@ fn flash_block(q: &[f32], t: usize, d: usize, heads: Range<usize>, block: Range<
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn flash_block_avx512<const D: usize>(q: &[f32], t: usize, heads: Range<usize>, block: Range<usize>, past: usize, keys: &[f32], values: &[f32]) -> Vec<f32> {
-    flash_block_portable::<D, true>(q, t, heads, block, past, keys, values)
+#[allow(clippy::too_many_arguments)]
+unsafe fn flash_block_avx512<const D: usize>(q: &[f32], t: usize, heads: Range<usize>, block: Range<usize>, past: usize, kt: &[f32], values: &[f32]) -> Vec<f32> {
+    flash_block_portable::<D, true>(q, t, heads, block, past, kt, values)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn flash_block_avx2<const D: usize>(q: &[f32], t: usize, heads: Range<usize>, block: Range<usize>, past: usize, keys: &[f32], values: &[f32]) -> Vec<f32> {
-    flash_block_portable::<D, true>(q, t, heads, block, past, keys, values)
+#[allow(clippy::too_many_arguments)]
+unsafe fn flash_block_avx2<const D: usize>(q: &[f32], t: usize, heads: Range<usize>, block: Range<usize>, past: usize, kt: &[f32], values: &[f32]) -> Vec<f32> {
+    flash_block_portable::<D, true>(q, t, heads, block, past, kt, values)
 }
 
 /// `a * b + c`, fused where the caller was compiled with FMA.
@@ -306,13 +326,14 @@ fn madd<const FUSED: bool>(a: f32, b: f32, c: f32) -> f32 {
 const ROWS: usize = 4;
 
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn flash_block_portable<const D: usize, const FUSED: bool>(
     q: &[f32],
     t: usize,
     heads: Range<usize>,
     block: Range<usize>,
     past: usize,
-    keys: &[f32],
+    kt: &[f32],
     values: &[f32],
 ) -> Vec<f32> {
     const BK: usize = PREFILL_KEYS;
@@ -333,29 +354,17 @@ fn flash_block_portable<const D: usize, const FUSED: bool>(
     let mut acc = vec![[0f32; D]; padded];
     let mut max = vec![f32::NEG_INFINITY; padded];
     let mut sum = vec![0f32; padded];
-    let mut kt = vec![[0f32; BK]; D];
     let mut sc = vec![[0f32; BK]; padded];
     let end = past + block.end;
     let mut k0 = 0;
     while k0 < end {
         let k1 = (k0 + BK).min(end);
         let w = k1 - k0;
-        // K tile transposed: kt[c][j] = K[k0 + j][c]; unused lanes 0.
-        for j in 0..BK {
-            if j < w {
-                let row = &keys[(k0 + j) * D..(k0 + j + 1) * D];
-                for c in 0..D {
-                    kt[c][j] = row[c];
-                }
-            } else {
-                kt.iter_mut().for_each(|col| col[j] = 0.0);
-            }
-        }
         // Scores, ROWS rows at a time: sc[r] = q_r . K tile.
         for r0 in (0..padded).step_by(ROWS) {
             let mut s = [[0f32; BK]; ROWS];
             for c in 0..D {
-                let kc = &kt[c];
+                let kc = &kt[((k0 / BK) * D + c) * BK..][..BK];
                 for (x, srow) in s.iter_mut().enumerate() {
                     let a = qb[r0 + x][c];
                     for j in 0..BK {
@@ -374,7 +383,7 @@ fn flash_block_portable<const D: usize, const FUSED: bool>(
                 continue;
             }
             row[visible..].iter_mut().for_each(|x| *x = f32::NEG_INFINITY);
-            let tile_max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let tile_max = row.iter().fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m });
             if tile_max > max[r] {
                 let shrink = exp(max[r] - tile_max);
                 sum[r] *= shrink;
