@@ -461,18 +461,32 @@ impl<B: Backend> Llama<B> {
         let (Some(embed), Some(norm)) = (Host::new(&self.weights.embed_tokens.weight.val()), Host::new(&self.weights.norm.gamma.val())) else {
             return Ok(None);
         };
-        // Every parameter is looked up once, before any cache is touched.
-        let Some(hosts) = self.weights.layers.iter().map(HostLayer::new).collect::<Option<Vec<_>>>() else {
+        // Every parameter must be readable in place before any cache is touched.
+        fn linears<B: Backend>(l: &DecoderLayer<B>) -> [&Linear<B>; 7] {
+            let (a, m) = (&l.self_attn, &l.mlp);
+            [&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj, &m.gate_proj, &m.up_proj, &m.down_proj]
+        }
+        let readable = self.weights.layers.iter().all(|l| {
+            linears(l).iter().all(|p| Host::new(&p.weight.val()).is_some() && p.bias.as_ref().is_none_or(|b| Host::new(&b.val()).is_some()))
+                && Host::new(&l.input_layernorm.gamma.val()).is_some()
+                && Host::new(&l.post_attention_layernorm.gamma.val()).is_some()
+        });
+        if !readable {
             return Ok(None);
-        };
+        }
         let mut x: Vec<f32> = tokens.iter().flat_map(|&t| embed.values()[t as usize * d..(t as usize + 1) * d].iter().copied()).collect();
         let (cos, sin) = self.rope.host_tables(positions);
         let half = hd / 2;
-        for (l, (layer, host)) in self.weights.layers.iter().zip(&hosts).enumerate() {
+        let lost = || ModelError::Input("a parameter stopped being readable during the step".into());
+        for (l, layer) in self.weights.layers.iter().enumerate() {
             let (a, m) = (&layer.self_attn, &layer.mlp);
+            let (Some(g1), Some(g2)) = (Host::new(&layer.input_layernorm.gamma.val()), Host::new(&layer.post_attention_layernorm.gamma.val()))
+            else {
+                return Err(lost());
+            };
             let mut h = x.clone();
-            rms_norm(&mut h, host.norms[0].values(), layer.input_layernorm.epsilon);
-            let mut qkv = self.project_host(&h, rows, &[(&a.q_proj, &host.linears[0]), (&a.k_proj, &host.linears[1]), (&a.v_proj, &host.linears[2])])?;
+            rms_norm(&mut h, g1.values(), layer.input_layernorm.epsilon);
+            let mut qkv = self.project_host(&h, rows, &[&a.q_proj, &a.k_proj, &a.v_proj]).ok_or_else(lost)?;
             for r in 0..rows {
                 let (cs, sn) = (&cos[r * half..(r + 1) * half], &sin[r * half..(r + 1) * half]);
                 rope(&mut qkv[0][r * hq * hd..(r + 1) * hq * hd], cs, sn);
@@ -492,7 +506,7 @@ impl<B: Backend> Llama<B> {
                     lava_cache::flex::from_host::<B, 3>(out, [heads, t, hd])
                 };
                 let (Some(q), Some(k), Some(v)) = (heads_first(&qkv[0], hq), heads_first(&qkv[1], hkv), heads_first(&qkv[2], hkv)) else {
-                    return Err(ModelError::Input("flex tensors could not be built from host rows".into()));
+                    return Err(lost());
                 };
                 let out = cache.attend(l, q, k, v)?;
                 let out = out.into_data().convert::<f32>().into_vec::<f32>().map_err(|e| ModelError::Input(format!("attention output: {e:?}")))?;
@@ -502,44 +516,45 @@ impl<B: Backend> Llama<B> {
                     }
                 }
             }
-            let o = self.project_host(&attn, rows, &[(&a.o_proj, &host.linears[3])])?;
+            let o = self.project_host(&attn, rows, &[&a.o_proj]).ok_or_else(lost)?;
             x.iter_mut().zip(&o[0]).for_each(|(x, o)| *x += o);
             let mut h = x.clone();
-            rms_norm(&mut h, host.norms[1].values(), layer.post_attention_layernorm.epsilon);
-            let mut gu = self.project_host(&h, rows, &[(&m.gate_proj, &host.linears[4]), (&m.up_proj, &host.linears[5])])?;
+            rms_norm(&mut h, g2.values(), layer.post_attention_layernorm.epsilon);
+            let mut gu = self.project_host(&h, rows, &[&m.gate_proj, &m.up_proj]).ok_or_else(lost)?;
             let up = gu.pop().unwrap_or_default();
             let mut act = gu.pop().unwrap_or_default();
             swiglu(&mut act, &up);
             debug_assert_eq!(act.len(), rows * ff);
-            let down = self.project_host(&act, rows, &[(&m.down_proj, &host.linears[6])])?;
+            let down = self.project_host(&act, rows, &[&m.down_proj]).ok_or_else(lost)?;
             x.iter_mut().zip(&down[0]).for_each(|(x, o)| *x += o);
         }
         rms_norm(&mut x, norm.values(), self.weights.norm.epsilon);
         Ok(Some(x))
     }
 
-    /// `x [rows, d_in] @ W (+ bias)` for each `(layer, its host view)`, all
-    /// with the same input: one matvec pass for few rows, else the backend's
-    /// matmul per layer.
-    fn project_host(&self, x: &[f32], rows: usize, layers: &[(&Linear<B>, &HostLinear)]) -> Result<Vec<Vec<f32>>, ModelError> {
+    /// `x [rows, d_in] @ W (+ bias)` for each layer of `layers` (all with the
+    /// same input), on host values; `None` unless `B` is flex.
+    fn project_host(&self, x: &[f32], rows: usize, layers: &[&Linear<B>]) -> Option<Vec<Vec<f32>>> {
         let d_in = x.len() / rows.max(1);
         let mut outs = if rows <= kernels::MATVEC_MAX_ROWS {
-            let mats: Vec<(&[f32], usize)> = layers.iter().map(|(_, h)| (h.weight.values(), h.d_out)).collect();
+            let hosts: Vec<kernels::Host> = layers.iter().map(|l| kernels::Host::new(&l.weight.val())).collect::<Option<_>>()?;
+            let mats: Vec<(&[f32], usize)> = hosts.iter().zip(layers).map(|(h, l)| (h.values(), l.weight.dims()[1])).collect();
             kernels::matvec_multi(x, rows, d_in, &mats, self.matvec_split)
         } else {
-            let input = Tensor::<B, 2>::from_data(TensorData::new(x.to_vec(), [rows, d_in]), &self.device);
-            layers
-                .iter()
-                .map(|(l, _)| input.clone().matmul(l.weight.val()).into_data().into_vec::<f32>())
-                .collect::<Result<_, _>>()
-                .map_err(|e| ModelError::Input(format!("projection output: {e:?}")))?
+            let input = lava_cache::flex::from_host::<B, 2>(x.to_vec(), [rows, d_in])?;
+            let mut outs = Vec::with_capacity(layers.len());
+            for l in layers {
+                outs.push(kernels::Host::new(&input.clone().matmul(l.weight.val()))?.values().to_vec());
+            }
+            outs
         };
-        for (out, (_, h)) in outs.iter_mut().zip(layers) {
-            if let Some(b) = &h.bias {
+        for (out, l) in outs.iter_mut().zip(layers) {
+            if let Some(bias) = &l.bias {
+                let b = kernels::Host::new(&bias.val())?;
                 out.chunks_exact_mut(b.values().len()).for_each(|row| row.iter_mut().zip(b.values()).for_each(|(o, b)| *o += b));
             }
         }
-        Ok(outs)
+        Some(outs)
     }
 
     /// `x [R, d_model] @ output` for host rows (flex), as a tensor.
@@ -547,37 +562,5 @@ impl<B: Backend> Llama<B> {
         let d = self.config.hidden_size;
         let input = lava_cache::flex::from_host::<B, 2>(x, [rows, d])?;
         Some(self.logits(input))
-    }
-}
-
-/// A linear layer's parameters read in place (flex).
-struct HostLinear {
-    weight: kernels::Host,
-    bias: Option<kernels::Host>,
-    d_out: usize,
-}
-
-/// One decoder layer's parameters read in place (flex): q, k, v, o, gate,
-/// up, down, then the two norms' gains.
-struct HostLayer {
-    linears: [HostLinear; 7],
-    norms: [kernels::Host; 2],
-}
-
-impl HostLayer {
-    /// `None` unless every parameter is an f32 flex tensor covering its storage.
-    fn new<B: Backend>(l: &DecoderLayer<B>) -> Option<Self> {
-        let lin = |p: &Linear<B>| -> Option<HostLinear> {
-            let bias = match &p.bias {
-                Some(b) => Some(kernels::Host::new(&b.val())?),
-                None => None,
-            };
-            Some(HostLinear { weight: kernels::Host::new(&p.weight.val())?, bias, d_out: p.weight.dims()[1] })
-        };
-        let (a, m) = (&l.self_attn, &l.mlp);
-        Some(Self {
-            linears: [lin(&a.q_proj)?, lin(&a.k_proj)?, lin(&a.v_proj)?, lin(&a.o_proj)?, lin(&m.gate_proj)?, lin(&m.up_proj)?, lin(&m.down_proj)?],
-            norms: [kernels::Host::new(&l.input_layernorm.gamma.val())?, kernels::Host::new(&l.post_attention_layernorm.gamma.val())?],
-        })
     }
 }
