@@ -133,6 +133,9 @@ pub struct Segment {
     pub rows: Range<usize>,
 }
 
+/// Rows of K/V per block of the decode kernel for head dims 64/128.
+const DECODE_BLOCK: usize = 64;
+
 /// Rows of K/V above which [`decode_attention`] splits the work across threads.
 const PARALLEL_ROWS: usize = 2048;
 
@@ -471,7 +474,81 @@ impl Partial {
     #[target_feature(enable = "avx512f,avx2,fma")]
     #[allow(clippy::too_many_arguments)]
     unsafe fn compute_avx512(q: &[f32], h_q: usize, g: usize, d: usize, keys: &[f32], values: &[f32], segments: &[Segment], scale: f32) -> Self {
-        Self::compute_portable::<true>(q, h_q, g, d, keys, values, segments, scale)
+        match d {
+            64 => Self::blocked_avx512::<64, 4>(q, h_q, g, keys, values, segments, scale),
+            128 => Self::blocked_avx512::<128, 8>(q, h_q, g, keys, values, segments, scale),
+            _ => Self::compute_portable::<true>(q, h_q, g, d, keys, values, segments, scale),
+        }
+    }
+
+    /// [`Self::compute_blocked`] written with AVX-512 intrinsics (`L = D / 16`
+    /// vectors per row): the compiler vectorises the portable loops across
+    /// rows with gathers instead.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn blocked_avx512<const D: usize, const L: usize>(q: &[f32], h_q: usize, g: usize, keys: &[f32], values: &[f32], segments: &[Segment], scale: f32) -> Self {
+        use std::arch::x86_64::*;
+        let mut max = vec![f32::NEG_INFINITY; h_q];
+        let mut sum = vec![0f32; h_q];
+        let mut acc = vec![0f32; h_q * D];
+        let mut p = [0f32; DECODE_BLOCK];
+        for s in segments {
+            let mut start = s.rows.start;
+            while start < s.rows.end {
+                let end = (start + DECODE_BLOCK).min(s.rows.end);
+                let n = end - start;
+                let (kb, vb) = (&keys[start * D..end * D], &values[start * D..end * D]);
+                for h in s.kv_head * g..(s.kv_head + 1) * g {
+                    let qh = &q[h * D..(h + 1) * D];
+                    let sv = _mm512_set1_ps(scale);
+                    // SAFETY (all loads/stores below): every pointer is to a slice of at least
+                    // the `D` (or 16) floats read, checked by the slicing above.
+                    let qv: [__m512; L] = std::array::from_fn(|c| _mm512_mul_ps(_mm512_loadu_ps(qh[c * 16..].as_ptr()), sv));
+                    let p = &mut p[..n];
+                    // Prefetch the next block (keys and values) while this one is used.
+                    let ahead = if h == s.kv_head * g { (s.rows.end - end).min(DECODE_BLOCK) * D } else { 0 };
+                    let (kn, vn) = (&keys[end * D..end * D + ahead], &values[end * D..end * D + ahead]);
+                    for (j, (pj, k)) in p.iter_mut().zip(kb.chunks_exact(D)).enumerate() {
+                        if j * D < ahead {
+                            for c in (0..D).step_by(16) {
+                                _mm_prefetch::<_MM_HINT_T0>(kn[j * D + c..].as_ptr() as *const i8);
+                                _mm_prefetch::<_MM_HINT_T0>(vn[j * D + c..].as_ptr() as *const i8);
+                            }
+                        }
+                        let mut t = _mm512_mul_ps(qv[0], _mm512_loadu_ps(k.as_ptr()));
+                        for c in 1..L {
+                            t = _mm512_fmadd_ps(qv[c], _mm512_loadu_ps(k[c * 16..].as_ptr()), t);
+                        }
+                        *pj = _mm512_reduce_add_ps(t);
+                    }
+                    let block_max = max_lanes(p);
+                    let a0 = &mut acc[h * D..(h + 1) * D];
+                    let mut a: [__m512; L] = std::array::from_fn(|c| _mm512_loadu_ps(a0[c * 16..].as_ptr()));
+                    if block_max > max[h] {
+                        let shrink = exp(max[h] - block_max);
+                        sum[h] *= shrink;
+                        let sh = _mm512_set1_ps(shrink);
+                        a.iter_mut().for_each(|x| *x = _mm512_mul_ps(*x, sh));
+                        max[h] = block_max;
+                    }
+                    let m = max[h];
+                    p.iter_mut().for_each(|x| *x = exp(*x - m));
+                    sum[h] += sum_lanes(p);
+                    for (&w, v) in p.iter().zip(vb.chunks_exact(D)) {
+                        let wv = _mm512_set1_ps(w);
+                        for c in 0..L {
+                            a[c] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(v[c * 16..].as_ptr()), a[c]);
+                        }
+                    }
+                    for c in 0..L {
+                        _mm512_storeu_ps(a0[c * 16..].as_mut_ptr(), a[c]);
+                    }
+                }
+                start = end;
+            }
+        }
+        Self { max, sum, acc }
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -481,12 +558,71 @@ impl Partial {
         Self::compute_portable::<true>(q, h_q, g, d, keys, values, segments, scale)
     }
 
-    /// Per segment: the logits of its rows for the `G` query heads of its KV
-    /// head (`[G, rows]`), their max folded into the running max, then the
-    /// exponentials and the weighted value rows.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
     fn compute_portable<const FUSED: bool>(q: &[f32], h_q: usize, g: usize, d: usize, keys: &[f32], values: &[f32], segments: &[Segment], scale: f32) -> Self {
+        match d {
+            64 => Self::compute_blocked::<64, FUSED>(q, h_q, g, keys, values, segments, scale),
+            128 => Self::compute_blocked::<128, FUSED>(q, h_q, g, keys, values, segments, scale),
+            _ => Self::compute_any::<FUSED>(q, h_q, g, d, keys, values, segments, scale),
+        }
+    }
+
+    /// Head dims 64 and 128: each segment in blocks of [`DECODE_BLOCK`] rows
+    /// (a block's K and V stay in L1/L2 while the `G` query heads reuse
+    /// them); per query head, its query and its value accumulator live in
+    /// registers, the block's logits are computed, the running max and sums
+    /// rescaled once per block (online softmax), and the weighted value rows
+    /// added.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn compute_blocked<const D: usize, const FUSED: bool>(q: &[f32], h_q: usize, g: usize, keys: &[f32], values: &[f32], segments: &[Segment], scale: f32) -> Self {
+        let mut max = vec![f32::NEG_INFINITY; h_q];
+        let mut sum = vec![0f32; h_q];
+        let mut acc = vec![0f32; h_q * D];
+        let mut p = [0f32; DECODE_BLOCK];
+        for s in segments {
+            let mut start = s.rows.start;
+            while start < s.rows.end {
+                let end = (start + DECODE_BLOCK).min(s.rows.end);
+                let n = end - start;
+                let (kb, vb) = (&keys[start * D..end * D], &values[start * D..end * D]);
+                for h in s.kv_head * g..(s.kv_head + 1) * g {
+                    let qh: [f32; D] = std::array::from_fn(|c| q[h * D + c] * scale);
+                    let p = &mut p[..n];
+                    for (pj, k) in p.iter_mut().zip(kb.chunks_exact(D)) {
+                        *pj = dot_lanes::<D, FUSED>(&qh, k);
+                    }
+                    let block_max = max_lanes(p);
+                    let mut a: [f32; D] = std::array::from_fn(|c| acc[h * D + c]);
+                    if block_max > max[h] {
+                        let shrink = exp(max[h] - block_max);
+                        sum[h] *= shrink;
+                        a.iter_mut().for_each(|x| *x *= shrink);
+                        max[h] = block_max;
+                    }
+                    let m = max[h];
+                    p.iter_mut().for_each(|x| *x = exp(*x - m));
+                    sum[h] += sum_lanes(p);
+                    for (&w, v) in p.iter().zip(vb.chunks_exact(D)) {
+                        for c in 0..D {
+                            a[c] = madd::<FUSED>(w, v[c], a[c]);
+                        }
+                    }
+                    acc[h * D..(h + 1) * D].copy_from_slice(&a);
+                }
+                start = end;
+            }
+        }
+        Self { max, sum, acc }
+    }
+
+    /// Any head dim: per segment, the logits of its rows for the `G` query
+    /// heads of its KV head (`[G, rows]`), their max folded into the running
+    /// max, then the exponentials and the weighted value rows.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn compute_any<const FUSED: bool>(q: &[f32], h_q: usize, g: usize, d: usize, keys: &[f32], values: &[f32], segments: &[Segment], scale: f32) -> Self {
         let mut max = vec![f32::NEG_INFINITY; h_q];
         let mut sum = vec![0f32; h_q];
         let mut acc = vec![0f32; h_q * d];
@@ -569,6 +705,53 @@ fn dot<const FUSED: bool>(a: &[f32], b: &[f32]) -> f32 {
     s.iter().sum::<f32>() + tail
 }
 
+/// `a . b` for `D`-long rows (`D` a multiple of 16): 16 lanes, summed as a tree.
+#[inline(always)]
+fn dot_lanes<const D: usize, const FUSED: bool>(a: &[f32; D], b: &[f32]) -> f32 {
+    let mut s = [0f32; 16];
+    for (x, y) in a.chunks_exact(16).zip(b[..D].chunks_exact(16)) {
+        for k in 0..16 {
+            s[k] = madd::<FUSED>(x[k], y[k], s[k]);
+        }
+    }
+    tree16(s)
+}
+
+#[inline(always)]
+fn tree16(s: [f32; 16]) -> f32 {
+    let h: [f32; 8] = std::array::from_fn(|k| s[k] + s[k + 8]);
+    let h: [f32; 4] = std::array::from_fn(|k| h[k] + h[k + 4]);
+    (h[0] + h[2]) + (h[1] + h[3])
+}
+
+/// Sum of `x`, 16 lanes at a time.
+#[inline(always)]
+fn sum_lanes(x: &[f32]) -> f32 {
+    let mut s = [0f32; 16];
+    let chunks = x.chunks_exact(16);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for k in 0..16 {
+            s[k] += c[k];
+        }
+    }
+    tree16(s) + tail
+}
+
+/// Max of `x` (`-inf` if empty), 16 lanes at a time.
+#[inline(always)]
+fn max_lanes(x: &[f32]) -> f32 {
+    let mut s = [f32::NEG_INFINITY; 16];
+    let chunks = x.chunks_exact(16);
+    let tail = chunks.remainder().iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    for c in chunks {
+        for k in 0..16 {
+            s[k] = if c[k] > s[k] { c[k] } else { s[k] };
+        }
+    }
+    s.iter().copied().fold(tail, f32::max)
+}
+
 #[inline(always)]
 fn axpy<const FUSED: bool>(a: f32, x: &[f32], y: &mut [f32]) {
     for (y, x) in y.iter_mut().zip(x) {
@@ -640,24 +823,30 @@ mod tests {
 
     #[test]
     fn attend_rows_matches_f64_reference() {
-        let (h_q, h_kv, d) = (6, 2, 8);
-        // Interleaved single rows (decode appends) after grouped runs (prefill),
-        // with unused rows in between.
-        let segments = vec![
-            Segment { kv_head: 0, rows: 0..40 },
-            Segment { kv_head: 1, rows: 45..3000 },
-            Segment { kv_head: 0, rows: 3000..3001 },
-            Segment { kv_head: 1, rows: 3001..3002 },
-            Segment { kv_head: 0, rows: 3002..3003 },
-        ];
-        let q = values(h_q * d, 1);
-        let keys = values(3010 * d, 2);
-        let vals = values(3010 * d, 3);
-        let want = reference(&q, h_q, h_kv, d, &keys, &vals, &segments);
-        for threads in [1, 2, 5] {
-            let got = attend_rows(&q, h_q, h_kv, d, &keys, &vals, &segments, threads).expect("valid input");
-            for (k, (&a, &b)) in got.iter().zip(&want).enumerate() {
-                assert!((a as f64 - b).abs() < 1e-5, "threads {threads} [{k}]: {a} vs {b}");
+        // Head dims 64 and 128 take the blocked kernels, 8 and 40 the generic one.
+        for d in [8, 40, 64, 128] {
+            let (h_q, h_kv) = (6, 2);
+            // Interleaved single rows (decode appends) after grouped runs (prefill),
+            // with unused rows in between; runs that end inside a block, and a
+            // later run whose logits exceed the earlier max (rescaling).
+            let segments = vec![
+                Segment { kv_head: 0, rows: 0..40 },
+                Segment { kv_head: 1, rows: 45..3000 },
+                Segment { kv_head: 0, rows: 3000..3001 },
+                Segment { kv_head: 1, rows: 3001..3002 },
+                Segment { kv_head: 0, rows: 3002..3003 },
+                Segment { kv_head: 0, rows: 3003..3200 },
+            ];
+            let q = values(h_q * d, 1);
+            let mut keys = values(3210 * d, 2);
+            keys[3100 * d..3101 * d].iter_mut().zip(&q).for_each(|(k, &q)| *k = 3.0 * q);
+            let vals = values(3210 * d, 3);
+            let want = reference(&q, h_q, h_kv, d, &keys, &vals, &segments);
+            for threads in [1, 2, 5] {
+                let got = attend_rows(&q, h_q, h_kv, d, &keys, &vals, &segments, threads).expect("valid input");
+                for (k, (&a, &b)) in got.iter().zip(&want).enumerate() {
+                    assert!((a as f64 - b).abs() < 1e-5, "d {d} threads {threads} [{k}]: {a} vs {b}");
+                }
             }
         }
     }
