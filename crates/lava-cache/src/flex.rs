@@ -16,6 +16,7 @@ use std::ops::Range;
 use burn::tensor::{backend::Backend, DType, Int, Tensor, TensorData, TensorPrimitive};
 use burn_flex::{Flex, FlexTensor};
 use rayon::prelude::*;
+use std::sync::OnceLock;
 
 /// Whether `B` is the flex backend.
 pub fn is_flex<B: Backend>() -> bool {
@@ -195,7 +196,11 @@ pub fn attend_rows(
     let parts = if total >= PARALLEL_ROWS { threads.max(1) } else { 1 };
     let pieces = split_rows(segments, total, parts);
     let scale = 1.0 / (d as f32).sqrt();
-    let partials: Vec<Partial> = pieces.par_iter().map(|p| Partial::compute(q, h_q, g, d, keys, values, p, scale)).collect();
+    let slots: Vec<OnceLock<Partial>> = pieces.iter().map(|_| OnceLock::new()).collect();
+    crate::spin_pool::run(pieces.len(), &|i| {
+        let _ = slots[i].set(Partial::compute(q, h_q, g, d, keys, values, &pieces[i], scale));
+    });
+    let partials: Vec<Partial> = slots.into_iter().filter_map(OnceLock::into_inner).collect();
     Some(Partial::merge(&partials, h_q, d))
 }
 

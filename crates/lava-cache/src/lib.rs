@@ -123,6 +123,7 @@ mod full;
 mod host;
 pub mod policy;
 mod select;
+pub mod spin_pool;
 
 pub use attention::causal_attention;
 pub use compressed::CompressedCache;

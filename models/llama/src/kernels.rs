@@ -14,7 +14,7 @@
 use burn::tensor::{backend::Backend, Tensor};
 use burn_flex::FlexTensor;
 use lava_cache::flex::{from_host, to_flex};
-use rayon::prelude::*;
+use std::sync::OnceLock;
 
 /// Row counts up to this use [`matvec`]; longer blocks (prefill) use the matmul.
 pub const MATVEC_MAX_ROWS: usize = 8;
@@ -96,8 +96,12 @@ pub fn matvec_multi(x: &[f32], n: usize, d_in: usize, mats: &[(&[f32], usize)], 
     }
     // Each task streams a contiguous band of rows of every matrix into its
     // own partial sums; the bands are then added in order.
-    let mut partials: Vec<Vec<Vec<f32>>> = (0..threads).into_par_iter().map(band).collect();
-    let mut total = partials.remove(0);
+    let slots: Vec<OnceLock<Vec<Vec<f32>>>> = (0..threads).map(|_| OnceLock::new()).collect();
+    lava_cache::spin_pool::run(threads, &|t| {
+        let _ = slots[t].set(band(t));
+    });
+    let mut partials = slots.into_iter().map(|s| s.into_inner().unwrap_or_default());
+    let mut total = partials.next().unwrap_or_default();
     for part in partials {
         for (acc, p) in total.iter_mut().zip(part) {
             acc.iter_mut().zip(&p).for_each(|(a, b)| *a += b);
@@ -141,12 +145,24 @@ pub fn swiglu(gate: &mut [f32], up: &[f32]) {
 fn rows(x: &[f32], w: &[f32], out: &mut [f32], n: usize, d_in: usize, d_out: usize, r0: usize, r1: usize) {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        if std::is_x86_feature_detected!("avx512f") {
             // SAFETY: the CPU supports the features the function is compiled for.
+            unsafe { rows_avx512(x, w, out, n, d_in, d_out, r0, r1) };
+            return;
+        }
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: as above.
             unsafe { rows_avx2(x, w, out, n, d_in, d_out, r0, r1) };
             return;
         }
     }
+    rows_portable(x, w, out, n, d_in, d_out, r0, r1)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn rows_avx512(x: &[f32], w: &[f32], out: &mut [f32], n: usize, d_in: usize, d_out: usize, r0: usize, r1: usize) {
     rows_portable(x, w, out, n, d_in, d_out, r0, r1)
 }
 
