@@ -204,6 +204,129 @@ pub fn attend_rows(
     Some(Partial::merge(&partials, h_q, d))
 }
 
+/// The window attention of [`window_attention`](crate::policy::scorer::window_attention)
+/// on flex: `q_window [H_kv, G*w, D]` (the `w` window queries of the `G`
+/// query heads of each KV head), `k [H_kv, N, D]`; returns `[H_q, n]` row-major,
+/// `n = N - w`: for query head `h`, the mean over the window queries `i` of
+/// `softmax_j(q . k_j / sqrt(D))`, keys `j > n + i` masked. The logits come
+/// from flex's matmul; the masked softmax and the mean run on the host (no
+/// mask tensor, no `[H_kv, G*w, N]` softmax tensor). `None` unless `B` is flex.
+pub fn window_attention_mean<B: Backend>(q_window: Tensor<B, 3>, k: &Tensor<B, 3>, group: usize, window: usize) -> Option<Vec<f32>> {
+    if !is_flex::<B>() || group == 0 || window == 0 {
+        return None;
+    }
+    let [h_kv, gw, d] = q_window.dims();
+    let n_tok = k.dims()[1];
+    if gw != group * window || window > n_tok {
+        return None;
+    }
+    let n = n_tok - window;
+    let logits = to_flex(q_window.matmul(k.clone().swap_dims(1, 2)))?.to_contiguous();
+    let logits = logits.storage::<f32>();
+    if logits.len() < h_kv * gw * n_tok {
+        return None;
+    }
+    let scale = 1.0 / (d as f32).sqrt();
+    let h_q = h_kv * group;
+    // One part per query head: its `w` rows of logits, softmaxed and averaged.
+    let slots: Vec<OnceLock<Vec<f32>>> = (0..h_q).map(|_| OnceLock::new()).collect();
+    crate::spin_pool::run(h_q, &|h| {
+        // Rows (g, gi, 0..w) of the [H_kv, G*w, N] logits, g = h / G, gi = h % G.
+        let _ = slots[h].set(window_mean(&logits[h * window * n_tok..(h + 1) * window * n_tok], n_tok, window, scale));
+    });
+    let mut out = Vec::with_capacity(h_q * n);
+    for s in slots {
+        out.extend(s.into_inner()?);
+    }
+    Some(out)
+}
+
+/// `max_{j < prefix} ||v[g, j]||_1` per KV head of `v [H_kv, N, D]`, read on
+/// the host (as [`value_norm_max`](crate::policy::scorer::value_norm_max));
+/// `None` unless `B` is flex.
+pub fn value_norm_max<B: Backend>(v: &Tensor<B, 3>, prefix: usize) -> Option<Vec<f32>> {
+    let [h_kv, n_tok, d] = v.dims();
+    if prefix > n_tok {
+        return None;
+    }
+    // Read `v` in place when it is contiguous (the usual case), else copy the prefix.
+    let whole = to_flex(v.clone())?;
+    let (f, stride) = if whole.is_contiguous() && whole.layout().start_offset() == 0 {
+        (whole, n_tok * d)
+    } else {
+        (to_flex(v.clone().slice([0..h_kv, 0..prefix, 0..d]))?.to_contiguous(), prefix * d)
+    };
+    let x = f.storage::<f32>();
+    if d == 0 || h_kv == 0 || x.len() < (h_kv - 1) * stride + prefix * d {
+        return None;
+    }
+    Some(
+        (0..h_kv)
+            .map(|g| {
+                x[g * stride..g * stride + prefix * d]
+                    .chunks_exact(d)
+                    .map(|row| {
+                        let mut s = [0f32; 16];
+                        let chunks = row.chunks_exact(16);
+                        let tail: f32 = chunks.remainder().iter().map(|a| a.abs()).sum();
+                        for c in chunks {
+                            for k in 0..16 {
+                                s[k] += c[k].abs();
+                            }
+                        }
+                        tree16(s) + tail
+                    })
+                    .fold(0f32, f32::max)
+            })
+            .collect(),
+    )
+}
+
+/// For `w` rows of logits (`[w, N]`, row `i` sees keys `0..=N - w + i`): the
+/// mean over the rows of the scaled, masked softmax, for the first `N - w` keys.
+fn window_mean(logits: &[f32], n_tok: usize, window: usize, scale: f32) -> Vec<f32> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports the features the function is compiled for.
+            return unsafe { window_mean_avx512(logits, n_tok, window, scale) };
+        }
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: as above.
+            return unsafe { window_mean_avx2(logits, n_tok, window, scale) };
+        }
+    }
+    window_mean_portable(logits, n_tok, window, scale)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn window_mean_avx512(logits: &[f32], n_tok: usize, window: usize, scale: f32) -> Vec<f32> {
+    window_mean_portable(logits, n_tok, window, scale)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn window_mean_avx2(logits: &[f32], n_tok: usize, window: usize, scale: f32) -> Vec<f32> {
+    window_mean_portable(logits, n_tok, window, scale)
+}
+
+#[inline(always)]
+fn window_mean_portable(logits: &[f32], n_tok: usize, window: usize, scale: f32) -> Vec<f32> {
+    let n = n_tok - window;
+    let mut mean = vec![0f32; n];
+    let mut e = vec![0f32; n_tok];
+    for i in 0..window {
+        let row = &logits[i * n_tok..][..n + i + 1];
+        let e = &mut e[..row.len()];
+        let m = max_lanes(row) * scale;
+        e.iter_mut().zip(row).for_each(|(e, &x)| *e = exp(x * scale - m));
+        let w = 1.0 / (sum_lanes(e) * window as f32);
+        mean.iter_mut().zip(&e[..n]).for_each(|(a, &p)| *a += p * w);
+    }
+    mean
+}
+
 /// Causal grouped-query attention of `T` new queries over `S` keys (the new
 /// tokens are the last `T`), as [`causal_attention`](crate::causal_attention),
 /// read in place on flex: `q [H_q, T, D]`, `k`, `v [H_kv, S, D]` (any head
@@ -777,7 +900,11 @@ fn exp(x: f32) -> f32 {
     let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
     let f = (x - n * LN2_HI) - n * LN2_LO;
     let p = 1.0 + f * (1.0 + f * (0.5 + f * (1.0 / 6.0 + f * (1.0 / 24.0 + f * (1.0 / 120.0 + f * (1.0 / 720.0 + f * (1.0 / 5040.0)))))));
-    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    // 2^n from the bits of `n + 1.5 * 2^23` (`n` is an integer in [-126, 1]):
+    // integer ops that vectorise, where `n as i32` (saturating) does not.
+    const MAGIC: f32 = 12_582_912.0;
+    let bits = (n + MAGIC).to_bits().wrapping_sub(MAGIC.to_bits()).wrapping_add(127) << 23;
+    p * f32::from_bits(bits)
 }
 
 #[cfg(test)]

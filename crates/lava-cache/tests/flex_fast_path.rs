@@ -1,7 +1,8 @@
 //! The flex fast paths (decode attention read in place, in-place appends;
 //! `lava_cache::flex`) against the generic tensor-op path on ndarray: the same
 //! prompt and decode steps through `FullCache` and `CompressedCache` (with and
-//! without decode-time eviction) give the same outputs on both backends.
+//! without decode-time eviction) give the same outputs on both backends, and
+//! the scorers' host window attention and value norms equal the tensor-op ones.
 
 mod common;
 
@@ -61,22 +62,35 @@ fn assert_close(a: &[Vec<f32>], b: &[Vec<f32>], what: &str) {
 
 #[test]
 fn full_cache_decode_on_flex_equals_ndarray() {
-    let shape = CacheShape { layers: 2, query_heads: 6, kv_heads: 2, head_dim: 16 };
-    // 1100 prompt tokens: the decode attention splits its rows across threads.
-    let s = steps(&mut Rng::new(7), shape, &[1100, 1, 1, 1, 3, 1, 1]);
-    let mut nd = FullCache::<Nd>::new(shape, 4096, &Default::default()).unwrap();
-    let mut fx = FullCache::<Fx>::new(shape, 4096, &Default::default()).unwrap();
-    assert_close(&run(&mut nd, shape, &s), &run(&mut fx, shape, &s), "full");
-    assert_eq!(nd.allocated_bytes(), fx.allocated_bytes());
+    // Head dim 16 takes the generic decode kernel, 64 the blocked one.
+    for head_dim in [16, 64] {
+        let shape = CacheShape { layers: 2, query_heads: 6, kv_heads: 2, head_dim };
+        // 1100 prompt tokens: the decode attention splits its rows across threads.
+        let s = steps(&mut Rng::new(7), shape, &[1100, 1, 1, 1, 3, 1, 1]);
+        let mut nd = FullCache::<Nd>::new(shape, 4096, &Default::default()).unwrap();
+        let mut fx = FullCache::<Fx>::new(shape, 4096, &Default::default()).unwrap();
+        assert_close(&run(&mut nd, shape, &s), &run(&mut fx, shape, &s), &format!("full, head dim {head_dim}"));
+        assert_eq!(nd.allocated_bytes(), fx.allocated_bytes());
+    }
 }
 
 #[test]
 fn compressed_cache_decode_on_flex_equals_ndarray() {
-    let shape = CacheShape { layers: 3, query_heads: 4, kv_heads: 2, head_dim: 8 };
-    let s = steps(&mut Rng::new(11), shape, &[120, 1, 1, 1, 1, 2, 1, 1, 1, 1, 1, 1, 1, 1]);
+    compressed_cache_matches(CacheShape { layers: 3, query_heads: 4, kv_heads: 2, head_dim: 8 }, 120, 8, 24);
+}
+
+#[test]
+fn compressed_cache_with_head_dim_64_on_flex_equals_ndarray() {
+    // The blocked decode kernel, and the host window attention of the scorers
+    // over a prompt longer than a decode block.
+    compressed_cache_matches(CacheShape { layers: 2, query_heads: 6, kv_heads: 2, head_dim: 64 }, 300, 16, 48);
+}
+
+fn compressed_cache_matches(shape: CacheShape, prompt: usize, window: usize, budget: usize) {
+    let s = steps(&mut Rng::new(11), shape, &[prompt, 1, 1, 1, 1, 2, 1, 1, 1, 1, 1, 1, 1, 1]);
     for policy in [PolicyName::Lava, PolicyName::SnapKv, PolicyName::Streaming] {
         for slack in [None, Some(2)] {
-            let config = PolicyConfig { window: 8, ..PolicyConfig::new(policy, 24) };
+            let config = PolicyConfig { window, ..PolicyConfig::new(policy, budget) };
             let mut nd = with_slack(CompressedCache::<Nd>::new(shape, config.clone(), 1000, &Default::default()).unwrap(), slack);
             let mut fx = with_slack(CompressedCache::<Fx>::new(shape, config.clone(), 1000, &Default::default()).unwrap(), slack);
             let what = format!("{policy} slack {slack:?}");
@@ -107,4 +121,34 @@ fn a_cloned_cache_is_not_changed_by_decoding_the_original() {
     let from_a = run(&mut a, shape, &s[1..]);
     let from_b = run(&mut b, shape, &s[1..]);
     assert_eq!(from_a, from_b);
+}
+
+#[test]
+fn scorer_inputs_on_flex_equal_ndarray() {
+    use lava_cache::policy::scorer::{value_norm_max, window_attention};
+    let (h_q, h_kv, n_tok, d) = (6, 2, 700, 64);
+    let mut rng = Rng::new(5);
+    let (q, k, v) = (random_values(&mut rng, h_q * n_tok * d, 1.5), random_values(&mut rng, h_kv * n_tok * d, 1.5), random_values(&mut rng, h_kv * n_tok * d, 1.0));
+    fn t3<B: Backend>(x: &[f32], h: usize, n: usize, d: usize) -> Tensor<B, 3> {
+        Tensor::from_data(TensorData::new(x.to_vec(), [h, n, d]), &Default::default())
+    }
+    for window in [1, 32, 700] {
+        let a = window_attention(&t3::<Nd>(&q, h_q, n_tok, d), &t3::<Nd>(&k, h_kv, n_tok, d), window).unwrap();
+        let b = window_attention(&t3::<Fx>(&q, h_q, n_tok, d), &t3::<Fx>(&k, h_kv, n_tok, d), window).unwrap();
+        assert_eq!((a.rows(), a.cols()), (b.rows(), b.cols()));
+        let worst = a.data().iter().zip(b.data()).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        assert!(worst <= 1e-6, "window {window}: window attention differs by {worst}");
+    }
+    // A view (the first 500 tokens) and the whole tensor.
+    for prefix in [0, 1, 500, 700] {
+        let a = value_norm_max(&t3::<Nd>(&v, h_kv, n_tok, d), prefix).unwrap();
+        let b = value_norm_max(&t3::<Fx>(&v, h_kv, n_tok, d), prefix).unwrap();
+        let vb = t3::<Fx>(&v, h_kv, n_tok, d).slice([0..h_kv, 0..600, 0..d]);
+        let c = value_norm_max(&vb, prefix.min(600)).unwrap();
+        let a600 = value_norm_max(&t3::<Nd>(&v, h_kv, n_tok, d), prefix.min(600)).unwrap();
+        for g in 0..h_kv {
+            assert!((a[g] - b[g]).abs() <= 1e-4 * a[g].abs().max(1.0), "prefix {prefix} head {g}: {} vs {}", a[g], b[g]);
+            assert!((a600[g] - c[g]).abs() <= 1e-4 * a600[g].abs().max(1.0), "view, prefix {prefix} head {g}");
+        }
+    }
 }

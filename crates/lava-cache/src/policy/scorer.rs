@@ -132,6 +132,9 @@ pub fn window_attention<B: Backend>(q: &Tensor<B, 3>, k: &Tensor<B, 3>, window: 
     }
     let group = h_q / h_kv;
     let q_window = q.clone().slice([0..h_q, n..n_tok, 0..d]).reshape([h_kv, group * window, d]);
+    if let Some(mean) = crate::flex::window_attention_mean(q_window.clone(), k, group, window) {
+        return ScoreMatrix::new(h_q, n, mean);
+    }
     let probs = masked_probs(q_window, k, group, n, window);
     let mean = probs.slice([0..h_kv, 0..group * window, 0..n]).reshape([h_q, window, n]).mean_dim(1);
     ScoreMatrix::new(h_q, n, to_host(mean)?)
@@ -213,6 +216,9 @@ pub fn value_norm_max<B: Backend>(v: &Tensor<B, 3>, prefix: usize) -> Result<Vec
     }
     if prefix == 0 || d == 0 {
         return Ok(vec![0.0; h_kv]);
+    }
+    if let Some(norms) = crate::flex::value_norm_max(v, prefix) {
+        return Ok(norms);
     }
     let norms = v.clone().slice([0..h_kv, 0..prefix, 0..d]).abs().sum_dim(2).max_dim(1);
     to_host(norms)
