@@ -247,5 +247,8 @@ fn bench_json_has_every_section() {
     let retained = lava["retained_bytes"].as_f64().expect("bytes");
     let expected = (30 * 3 * 64 * 64 * 2 * 4) as f64;
     assert!((retained / expected - 1.0).abs() < 0.1, "retained {retained} vs {expected}");
+    // After the 2 + 1 decode steps the reserved room is used: allocated within 10% of retained.
+    let (after, alloc_after) = (lava["retained_after_decode_bytes"].as_f64().expect("bytes"), lava["allocated_after_decode_bytes"].as_f64().expect("bytes"));
+    assert!(after > retained && alloc_after >= after && alloc_after <= 1.1 * after, "after decode: allocated {alloc_after} vs retained {after}");
     assert!(v["peak_rss_bytes"].as_u64().is_some_and(|b| b > 500_000_000));
 }

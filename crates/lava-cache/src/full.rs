@@ -5,8 +5,10 @@ use crate::{attention::causal_attention, CacheError, CacheShape, KvCache};
 
 /// The uncompressed cache: every token of every head is kept.
 ///
-/// Storage grows geometrically (doubling), so appending a token is amortised
-/// O(1) in copies.
+/// The first allocation holds the prompt exactly, plus the decode headroom
+/// ([`FullCache::with_decode_headroom`]); later growth adds at least 10% (and
+/// at least the headroom), so appending a token is amortised O(1) in copies
+/// while the allocation stays within 10% (or the headroom) of what is kept.
 ///
 /// Cloning is cheap (tensors are shared) and the clones are independent: an
 /// append to one never shows in the other.
@@ -18,6 +20,7 @@ pub struct FullCache<B: Backend> {
     layers: Vec<Option<(Tensor<B, 3>, Tensor<B, 3>)>>,
     lens: Vec<usize>,
     max_tokens: usize,
+    headroom: usize,
 }
 
 impl<B: Backend> Clone for FullCache<B> {
@@ -28,6 +31,7 @@ impl<B: Backend> Clone for FullCache<B> {
             layers: self.layers.clone(),
             lens: self.lens.clone(),
             max_tokens: self.max_tokens,
+            headroom: self.headroom,
         }
     }
 }
@@ -42,7 +46,16 @@ impl<B: Backend> FullCache<B> {
             layers: (0..shape.layers).map(|_| None).collect(),
             lens: vec![0; shape.layers],
             max_tokens,
+            headroom: 0,
         })
+    }
+
+    /// Reserves room for `tokens` more tokens whenever the storage grows (the
+    /// prefill's allocation included), so that a generation of known length
+    /// allocates once: `lava generate` passes `--max-new-tokens`.
+    pub fn with_decode_headroom(mut self, tokens: usize) -> Self {
+        self.headroom = tokens;
+        self
     }
 
     /// The shape this cache serves.
@@ -60,7 +73,9 @@ impl<B: Backend> FullCache<B> {
         let needed = len + t;
         let cap = self.capacity(layer);
         let (kb, vb) = if needed > cap {
-            let new_cap = needed.max(cap * 2).max(64).min(self.max_tokens.max(needed));
+            // The first allocation is exact (plus the headroom); later ones add 10%.
+            let spare = if cap == 0 { self.headroom } else { self.headroom.max(needed / 10) };
+            let new_cap = (needed + spare).max(64).min(self.max_tokens.max(needed));
             let kb = Tensor::<B, 3>::zeros([h, new_cap, d], &self.device);
             let vb = Tensor::<B, 3>::zeros([h, new_cap, d], &self.device);
             match self.layers[layer].take() {

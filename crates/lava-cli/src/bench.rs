@@ -105,8 +105,12 @@ pub struct KvRow {
     pub budget: Option<usize>,
     /// Bytes of kept keys and values.
     pub retained_bytes: usize,
-    /// Bytes allocated for keys and values (headroom included).
+    /// Bytes allocated for keys and values (headroom for the timed decode steps included).
     pub allocated_bytes: usize,
+    /// Bytes of kept keys and values after the decode steps (prompt plus generated tokens).
+    pub retained_after_decode_bytes: usize,
+    /// Bytes allocated after the decode steps.
+    pub allocated_after_decode_bytes: usize,
     /// `layers * kv_heads * budget * head_dim * 2 * 4` (the full cache's bytes for `full`).
     pub expected_bytes: usize,
 }
@@ -296,7 +300,7 @@ fn run_bench<B: Backend>(
                 Some(b) => shape.layers * shape.kv_heads * b.min(len) * shape.head_dim * 2 * 4,
                 None => cache.full_bytes(),
             };
-            kv.push(KvRow { context: len, policy: policy.to_string(), budget, retained_bytes: retained, allocated_bytes: cache.allocated_bytes(), expected_bytes: expected });
+            let allocated = cache.allocated_bytes();
             let mut id = first;
             // One untimed step (first use of the cache's buffers), then the timed ones.
             id = argmax(model.forward(&[id], cache.as_mut(), Logits::Last)?)?;
@@ -306,6 +310,16 @@ fn run_bench<B: Backend>(
                 id = argmax(model.forward(&[id], cache.as_mut(), Logits::Last)?)?;
                 steps.push(t.elapsed().as_secs_f64());
             }
+            kv.push(KvRow {
+                context: len,
+                policy: policy.to_string(),
+                budget,
+                retained_bytes: retained,
+                allocated_bytes: allocated,
+                expected_bytes: expected,
+                retained_after_decode_bytes: cache.retained_bytes(),
+                allocated_after_decode_bytes: cache.allocated_bytes(),
+            });
             let tok_s = 1.0 / median(steps);
             let bound = bandwidth.map(|bw| bw * 1e9 / (weight_bytes + retained) as f64);
             decode.push(DecodeRow { context: len, policy: policy.to_string(), budget, tok_s, bound_tok_s: bound, bound_fraction: bound.map(|b| tok_s / b) });
@@ -381,18 +395,37 @@ fn print_tables(r: &BenchReport) {
             100.0 * p.evict_seconds / p.seconds
         );
     }
-    println!("\ndecode (median step)\n{:>7} {:>12} {:>7} {:>9} {:>9} {:>7} {:>12} {:>12}", "context", "policy", "budget", "tok/s", "bound", "of bound", "KV retained", "KV alloc");
-    for (d, k) in r.decode.iter().zip(&r.kv) {
+    println!("\ndecode (median step)\n{:>7} {:>12} {:>7} {:>9} {:>9} {:>8}", "context", "policy", "budget", "tok/s", "bound", "of bound");
+    for d in &r.decode {
         println!(
-            "{:>7} {:>12} {:>7} {:>9.1} {:>9} {:>7} {:>12} {:>12}",
+            "{:>7} {:>12} {:>7} {:>9.1} {:>9} {:>8}",
             d.context,
             d.policy,
             d.budget.map_or("-".into(), |b| b.to_string()),
             d.tok_s,
             d.bound_tok_s.map_or("-".into(), |b| format!("{b:.1}")),
             d.bound_fraction.map_or("-".into(), |f| format!("{:.0}%", 100.0 * f)),
+        );
+    }
+    println!(
+        "\nKV bytes (after prefill: retained vs expected, allocated vs retained; after the decode steps: the same)\n{:>7} {:>12} {:>7} {:>12} {:>12} {:>6} {:>12} {:>6} {:>12} {:>12} {:>6}",
+        "context", "policy", "budget", "retained", "expected", "ratio", "allocated", "ratio", "retained", "allocated", "ratio"
+    );
+    let ratio = |a: usize, b: usize| if b == 0 { "-".to_string() } else { format!("{:.3}", a as f64 / b as f64) };
+    for k in &r.kv {
+        println!(
+            "{:>7} {:>12} {:>7} {:>12} {:>12} {:>6} {:>12} {:>6} {:>12} {:>12} {:>6}",
+            k.context,
+            k.policy,
+            k.budget.map_or("-".into(), |b| b.to_string()),
             k.retained_bytes,
-            k.allocated_bytes
+            k.expected_bytes,
+            ratio(k.retained_bytes, k.expected_bytes),
+            k.allocated_bytes,
+            ratio(k.allocated_bytes, k.retained_bytes),
+            k.retained_after_decode_bytes,
+            k.allocated_after_decode_bytes,
+            ratio(k.allocated_after_decode_bytes, k.retained_after_decode_bytes),
         );
     }
     if let Some(rss) = r.peak_rss_bytes {

@@ -60,7 +60,7 @@ pub fn make_cache<B: Backend>(
     device: &B::Device,
 ) -> Result<Box<dyn KvCache<B>>, CliError> {
     Ok(if policy.policy == PolicyName::Full {
-        Box::new(FullCache::<B>::new(model.cache_shape(), max_tokens, device)?)
+        Box::new(FullCache::<B>::new(model.cache_shape(), max_tokens, device)?.with_decode_headroom(options.decode_tokens))
     } else {
         let headroom = options.decode_tokens.clamp(1, CompressedCache::<B>::DEFAULT_HEADROOM);
         let mut cache = CompressedCache::<B>::new(model.cache_shape(), policy.clone(), max_tokens, device)?
