@@ -61,6 +61,10 @@ pub struct LlamaWeights<B: Backend> {
     pub lm_head: Option<Linear<B>>,
 }
 
+/// Rows per block of the host MLP (`run_on_host`): bounds the `[rows, ff]`
+/// intermediates of a long prefill.
+const MLP_BLOCK_ROWS: usize = 1024;
+
 /// Steps of at most this many tokens use [`Llama::with_matvec_split`].
 pub const MATVEC_SPLIT_MAX_ROWS: usize = 8;
 
@@ -229,10 +233,14 @@ impl<B: Backend> Llama<B> {
             None => {
                 let e = weights.embed_tokens.weight.val();
                 let [v, d] = e.dims();
-                let data = e.into_data();
-                match data.to_vec::<f32>() {
-                    Ok(vals) => Tensor::from_data(TensorData::new(transpose(&vals, v, d), [d, v]), device),
-                    Err(_) => weights.embed_tokens.weight.val().transpose(),
+                // On flex, read the embedding in place (no host copy of it at load time).
+                let transposed = match crate::kernels::Host::new(&e) {
+                    Some(host) => Some(transpose(host.values(), v, d)),
+                    None => e.into_data().to_vec::<f32>().ok().map(|vals| transpose(&vals, v, d)),
+                };
+                match transposed {
+                    Some(t) => Tensor::from_data(TensorData::new(t, [d, v]), device),
+                    None => weights.embed_tokens.weight.val().transpose(),
                 }
             }
         };
@@ -518,15 +526,21 @@ impl<B: Backend> Llama<B> {
             }
             let o = self.project_host(&attn, rows, &[&a.o_proj]).ok_or_else(lost)?;
             x.iter_mut().zip(&o[0]).for_each(|(x, o)| *x += o);
-            let mut h = x.clone();
-            rms_norm(&mut h, g2.values(), layer.post_attention_layernorm.epsilon);
-            let mut gu = self.project_host(&h, rows, &[&m.gate_proj, &m.up_proj]).ok_or_else(lost)?;
-            let up = gu.pop().unwrap_or_default();
-            let mut act = gu.pop().unwrap_or_default();
-            swiglu(&mut act, &up);
-            debug_assert_eq!(act.len(), rows * ff);
-            let down = self.project_host(&act, rows, &[&m.down_proj]).ok_or_else(lost)?;
-            x.iter_mut().zip(&down[0]).for_each(|(x, o)| *x += o);
+            // The MLP in blocks of rows: its [rows, ff] intermediates are the
+            // largest activations of a long prefill.
+            for r0 in (0..rows).step_by(MLP_BLOCK_ROWS) {
+                let r1 = (r0 + MLP_BLOCK_ROWS).min(rows);
+                let xr = &mut x[r0 * d..r1 * d];
+                let mut h = xr.to_vec();
+                rms_norm(&mut h, g2.values(), layer.post_attention_layernorm.epsilon);
+                let mut gu = self.project_host(&h, r1 - r0, &[&m.gate_proj, &m.up_proj]).ok_or_else(lost)?;
+                let up = gu.pop().unwrap_or_default();
+                let mut act = gu.pop().unwrap_or_default();
+                swiglu(&mut act, &up);
+                debug_assert_eq!(act.len(), (r1 - r0) * ff);
+                let down = self.project_host(&act, r1 - r0, &[&m.down_proj]).ok_or_else(lost)?;
+                xr.iter_mut().zip(&down[0]).for_each(|(x, o)| *x += o);
+            }
         }
         rms_norm(&mut x, norm.values(), self.weights.norm.epsilon);
         Ok(Some(x))

@@ -283,6 +283,19 @@ fn flex_host_decode_matches_reference_and_batches() {
         }
     }
 
+    // A prompt longer than the host MLP's row block (1024 rows): the blocks
+    // together equal the reference.
+    let mut cfg = tiny_config(6, 2, true, false);
+    cfg.max_position_embeddings = 2048;
+    let w = RandomWeights { config: cfg.clone(), seed: 3 };
+    let model = Llama::<F>::from_source(cfg.clone(), &w, Rope::new(&cfg), &device).expect("model").with_matvec_split(2);
+    let long: Vec<u32> = (0..1100u32).map(|i| (i * 37 + 11) % 64).collect();
+    let want = reference(&cfg, &w, &long);
+    let mut cache = FullCache::new(model.cache_shape(), 2048, &device).expect("cache");
+    let all = model.forward(&long, &mut cache, Logits::All).expect("forward").into_data().to_vec::<f32>().expect("f32");
+    let err = want.iter().flatten().zip(&all).map(|(&b, &a)| (a as f64 - b).abs()).fold(0f64, f64::max);
+    assert!(err < 1e-4, "1100-token host prefill: max error {err}");
+
     let cfg = tiny_config(6, 2, false, true);
     let w = RandomWeights { config: cfg.clone(), seed: 5 };
     let model = Llama::<F>::from_source(cfg.clone(), &w, Rope::new(&cfg), &device).expect("model").with_matvec_split(2);
