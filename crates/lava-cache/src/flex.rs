@@ -1017,6 +1017,48 @@ mod tests {
         assert!(prefill_attention(&odd, &odd, &odd).is_none(), "head dims without a kernel take the generic path");
     }
 
+    /// The portable kernels (what CPUs without AVX-512 or AVX2 run; this
+    /// machine's dispatch may never reach them) against the same references.
+    #[test]
+    fn portable_kernels_match_references() {
+        let (h_q, h_kv) = (6, 2);
+        let segments = vec![Segment { kv_head: 0, rows: 0..150 }, Segment { kv_head: 1, rows: 150..333 }, Segment { kv_head: 0, rows: 333..334 }];
+        for d in [40, 64, 128] {
+            let q = values(h_q * d, 7);
+            let keys = values(340 * d, 8);
+            let vals = values(340 * d, 9);
+            let want = reference(&q, h_q, h_kv, d, &keys, &vals, &segments);
+            let scale = 1.0 / (d as f32).sqrt();
+            for fused in [false, true] {
+                let part = if fused {
+                    Partial::compute_portable::<true>(&q, h_q, h_q / h_kv, d, &keys, &vals, &segments, scale)
+                } else {
+                    Partial::compute_portable::<false>(&q, h_q, h_q / h_kv, d, &keys, &vals, &segments, scale)
+                };
+                let got = Partial::merge(&[part], h_q, d);
+                for (k, (&a, &b)) in got.iter().zip(&want).enumerate() {
+                    assert!((a as f64 - b).abs() < 1e-5, "d {d} fused {fused} [{k}]: {a} vs {b}");
+                }
+            }
+        }
+        // Window means: the dispatched kernel and the portable one against f64.
+        let (n_tok, window) = (200, 7);
+        let logits = values(window * n_tok, 10);
+        let n = n_tok - window;
+        let mut want = vec![0f64; n];
+        for i in 0..window {
+            let row: Vec<f64> = logits[i * n_tok..i * n_tok + n + i + 1].iter().map(|&x| x as f64 * 0.125).collect();
+            let m = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let z: f64 = row.iter().map(|x| (x - m).exp()).sum();
+            want.iter_mut().zip(&row).for_each(|(w, x)| *w += (x - m).exp() / z / window as f64);
+        }
+        for got in [window_mean(&logits, n_tok, window, 0.125), window_mean_portable(&logits, n_tok, window, 0.125)] {
+            for (j, (&a, &b)) in got.iter().zip(&want).enumerate() {
+                assert!((a as f64 - b).abs() < 1e-6, "window mean [{j}]: {a} vs {b}");
+            }
+        }
+    }
+
     #[test]
     fn attend_rows_rejects_bad_segments_and_zeroes_empty_heads() {
         let (q, kv) = (values(4 * 2, 1), values(10 * 2, 2));
