@@ -16,7 +16,6 @@ use std::ops::Range;
 use burn::tensor::{backend::Backend, DType, Int, Tensor, TensorData, TensorPrimitive};
 use burn_flex::{Flex, FlexTensor};
 use rayon::prelude::*;
-use std::sync::OnceLock;
 
 /// Whether `B` is the flex backend.
 pub fn is_flex<B: Backend>() -> bool {
@@ -196,11 +195,7 @@ pub fn attend_rows(
     let parts = if total >= PARALLEL_ROWS { threads.max(1) } else { 1 };
     let pieces = split_rows(segments, total, parts);
     let scale = 1.0 / (d as f32).sqrt();
-    let slots: Vec<OnceLock<Partial>> = pieces.iter().map(|_| OnceLock::new()).collect();
-    crate::spin_pool::run(pieces.len(), &|i| {
-        let _ = slots[i].set(Partial::compute(q, h_q, g, d, keys, values, &pieces[i], scale));
-    });
-    let partials: Vec<Partial> = slots.into_iter().filter_map(OnceLock::into_inner).collect();
+    let partials = crate::spin_pool::map(pieces.len(), &|i| Partial::compute(q, h_q, g, d, keys, values, &pieces[i], scale));
     Some(Partial::merge(&partials, h_q, d))
 }
 
@@ -220,7 +215,6 @@ pub fn window_attention_mean<B: Backend>(q_window: Tensor<B, 3>, k: &Tensor<B, 3
     if gw != group * window || window > n_tok {
         return None;
     }
-    let n = n_tok - window;
     let logits = to_flex(q_window.matmul(k.clone().swap_dims(1, 2)))?.to_contiguous();
     let logits = logits.storage::<f32>();
     if logits.len() < h_kv * gw * n_tok {
@@ -228,16 +222,9 @@ pub fn window_attention_mean<B: Backend>(q_window: Tensor<B, 3>, k: &Tensor<B, 3
     }
     let scale = 1.0 / (d as f32).sqrt();
     let h_q = h_kv * group;
-    // One part per query head: its `w` rows of logits, softmaxed and averaged.
-    let slots: Vec<OnceLock<Vec<f32>>> = (0..h_q).map(|_| OnceLock::new()).collect();
-    crate::spin_pool::run(h_q, &|h| {
-        // Rows (g, gi, 0..w) of the [H_kv, G*w, N] logits, g = h / G, gi = h % G.
-        let _ = slots[h].set(window_mean(&logits[h * window * n_tok..(h + 1) * window * n_tok], n_tok, window, scale));
-    });
-    let mut out = Vec::with_capacity(h_q * n);
-    for s in slots {
-        out.extend(s.into_inner()?);
-    }
+    // One part per query head: its `w` rows (g, gi, 0..w) of the [H_kv, G*w, N]
+    // logits, g = h / G, gi = h % G, softmaxed and averaged.
+    let out = crate::spin_pool::map(h_q, &|h| window_mean(&logits[h * window * n_tok..(h + 1) * window * n_tok], n_tok, window, scale)).concat();
     Some(out)
 }
 
@@ -621,59 +608,47 @@ impl Partial {
         let mut sum = vec![0f32; h_q];
         let mut acc = vec![0f32; h_q * D];
         let mut p = [0f32; DECODE_BLOCK];
-        for s in segments {
-            let mut start = s.rows.start;
-            while start < s.rows.end {
-                let end = (start + DECODE_BLOCK).min(s.rows.end);
-                let n = end - start;
-                let (kb, vb) = (&keys[start * D..end * D], &values[start * D..end * D]);
-                for h in s.kv_head * g..(s.kv_head + 1) * g {
-                    let qh = &q[h * D..(h + 1) * D];
-                    let sv = _mm512_set1_ps(scale);
-                    // SAFETY (all loads/stores below): every pointer is to a slice of at least
-                    // the `D` (or 16) floats read, checked by the slicing above.
-                    let qv: [__m512; L] = std::array::from_fn(|c| _mm512_mul_ps(_mm512_loadu_ps(qh[c * 16..].as_ptr()), sv));
-                    let p = &mut p[..n];
-                    // Prefetch the next block (keys and values) while this one is used.
-                    let ahead = if h == s.kv_head * g { (s.rows.end - end).min(DECODE_BLOCK) * D } else { 0 };
-                    let (kn, vn) = (&keys[end * D..end * D + ahead], &values[end * D..end * D + ahead]);
-                    for (j, (pj, k)) in p.iter_mut().zip(kb.chunks_exact(D)).enumerate() {
-                        if j * D < ahead {
-                            for c in (0..D).step_by(16) {
-                                _mm_prefetch::<_MM_HINT_T0>(kn[j * D + c..].as_ptr() as *const i8);
-                                _mm_prefetch::<_MM_HINT_T0>(vn[j * D + c..].as_ptr() as *const i8);
-                            }
-                        }
-                        let mut t = _mm512_mul_ps(qv[0], _mm512_loadu_ps(k.as_ptr()));
-                        for c in 1..L {
-                            t = _mm512_fmadd_ps(qv[c], _mm512_loadu_ps(k[c * 16..].as_ptr()), t);
-                        }
-                        *pj = _mm512_reduce_add_ps(t);
-                    }
-                    let block_max = max_lanes(p);
-                    let a0 = &mut acc[h * D..(h + 1) * D];
-                    let mut a: [__m512; L] = std::array::from_fn(|c| _mm512_loadu_ps(a0[c * 16..].as_ptr()));
-                    if block_max > max[h] {
-                        let shrink = exp(max[h] - block_max);
-                        sum[h] *= shrink;
-                        let sh = _mm512_set1_ps(shrink);
-                        a.iter_mut().for_each(|x| *x = _mm512_mul_ps(*x, sh));
-                        max[h] = block_max;
-                    }
-                    let m = max[h];
-                    p.iter_mut().for_each(|x| *x = exp(*x - m));
-                    sum[h] += sum_lanes(p);
-                    for (&w, v) in p.iter().zip(vb.chunks_exact(D)) {
-                        let wv = _mm512_set1_ps(w);
-                        for c in 0..L {
-                            a[c] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(v[c * 16..].as_ptr()), a[c]);
+        for (s, Range { start, end }) in decode_blocks(segments) {
+            let n = end - start;
+            let (kb, vb) = (&keys[start * D..end * D], &values[start * D..end * D]);
+            for h in s.kv_head * g..(s.kv_head + 1) * g {
+                let qh = &q[h * D..(h + 1) * D];
+                let sv = _mm512_set1_ps(scale);
+                // SAFETY (all loads/stores below): every pointer is to a slice of at least
+                // the `D` (or 16) floats read, checked by the slicing above.
+                let qv: [__m512; L] = std::array::from_fn(|c| _mm512_mul_ps(_mm512_loadu_ps(qh[c * 16..].as_ptr()), sv));
+                let p = &mut p[..n];
+                // Prefetch the next block (keys and values) while this one is used.
+                let ahead = if h == s.kv_head * g { (s.rows.end - end).min(DECODE_BLOCK) * D } else { 0 };
+                let (kn, vn) = (&keys[end * D..end * D + ahead], &values[end * D..end * D + ahead]);
+                for (j, (pj, k)) in p.iter_mut().zip(kb.chunks_exact(D)).enumerate() {
+                    if j * D < ahead {
+                        for c in (0..D).step_by(16) {
+                            _mm_prefetch::<_MM_HINT_T0>(kn[j * D + c..].as_ptr() as *const i8);
+                            _mm_prefetch::<_MM_HINT_T0>(vn[j * D + c..].as_ptr() as *const i8);
                         }
                     }
+                    let mut t = _mm512_mul_ps(qv[0], _mm512_loadu_ps(k.as_ptr()));
+                    for c in 1..L {
+                        t = _mm512_fmadd_ps(qv[c], _mm512_loadu_ps(k[c * 16..].as_ptr()), t);
+                    }
+                    *pj = _mm512_reduce_add_ps(t);
+                }
+                let a0 = &mut acc[h * D..(h + 1) * D];
+                let mut a: [__m512; L] = std::array::from_fn(|c| _mm512_loadu_ps(a0[c * 16..].as_ptr()));
+                if let Some(shrink) = softmax_block(p, &mut max[h], &mut sum[h]) {
+                    let sh = _mm512_set1_ps(shrink);
+                    a.iter_mut().for_each(|x| *x = _mm512_mul_ps(*x, sh));
+                }
+                for (&w, v) in p.iter().zip(vb.chunks_exact(D)) {
+                    let wv = _mm512_set1_ps(w);
                     for c in 0..L {
-                        _mm512_storeu_ps(a0[c * 16..].as_mut_ptr(), a[c]);
+                        a[c] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(v[c * 16..].as_ptr()), a[c]);
                     }
                 }
-                start = end;
+                for c in 0..L {
+                    _mm512_storeu_ps(a0[c * 16..].as_mut_ptr(), a[c]);
+                }
             }
         }
         Self { max, sum, acc }
@@ -709,37 +684,25 @@ impl Partial {
         let mut sum = vec![0f32; h_q];
         let mut acc = vec![0f32; h_q * D];
         let mut p = [0f32; DECODE_BLOCK];
-        for s in segments {
-            let mut start = s.rows.start;
-            while start < s.rows.end {
-                let end = (start + DECODE_BLOCK).min(s.rows.end);
-                let n = end - start;
-                let (kb, vb) = (&keys[start * D..end * D], &values[start * D..end * D]);
-                for h in s.kv_head * g..(s.kv_head + 1) * g {
-                    let qh: [f32; D] = std::array::from_fn(|c| q[h * D + c] * scale);
-                    let p = &mut p[..n];
-                    for (pj, k) in p.iter_mut().zip(kb.chunks_exact(D)) {
-                        *pj = dot_lanes::<D, FUSED>(&qh, k);
-                    }
-                    let block_max = max_lanes(p);
-                    let mut a: [f32; D] = std::array::from_fn(|c| acc[h * D + c]);
-                    if block_max > max[h] {
-                        let shrink = exp(max[h] - block_max);
-                        sum[h] *= shrink;
-                        a.iter_mut().for_each(|x| *x *= shrink);
-                        max[h] = block_max;
-                    }
-                    let m = max[h];
-                    p.iter_mut().for_each(|x| *x = exp(*x - m));
-                    sum[h] += sum_lanes(p);
-                    for (&w, v) in p.iter().zip(vb.chunks_exact(D)) {
-                        for c in 0..D {
-                            a[c] = madd::<FUSED>(w, v[c], a[c]);
-                        }
-                    }
-                    acc[h * D..(h + 1) * D].copy_from_slice(&a);
+        for (s, Range { start, end }) in decode_blocks(segments) {
+            let n = end - start;
+            let (kb, vb) = (&keys[start * D..end * D], &values[start * D..end * D]);
+            for h in s.kv_head * g..(s.kv_head + 1) * g {
+                let qh: [f32; D] = std::array::from_fn(|c| q[h * D + c] * scale);
+                let p = &mut p[..n];
+                for (pj, k) in p.iter_mut().zip(kb.chunks_exact(D)) {
+                    *pj = dot_lanes::<D, FUSED>(&qh, k);
                 }
-                start = end;
+                let mut a: [f32; D] = std::array::from_fn(|c| acc[h * D + c]);
+                if let Some(shrink) = softmax_block(p, &mut max[h], &mut sum[h]) {
+                    a.iter_mut().for_each(|x| *x *= shrink);
+                }
+                for (&w, v) in p.iter().zip(vb.chunks_exact(D)) {
+                    for c in 0..D {
+                        a[c] = madd::<FUSED>(w, v[c], a[c]);
+                    }
+                }
+                acc[h * D..(h + 1) * D].copy_from_slice(&a);
             }
         }
         Self { max, sum, acc }
@@ -831,6 +794,31 @@ fn dot<const FUSED: bool>(a: &[f32], b: &[f32]) -> f32 {
     }
     let tail: f32 = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
     s.iter().sum::<f32>() + tail
+}
+
+/// The rows of `segments` in blocks of at most [`DECODE_BLOCK`] rows, each
+/// with its segment.
+fn decode_blocks(segments: &[Segment]) -> impl Iterator<Item = (&Segment, Range<usize>)> {
+    segments.iter().flat_map(|s| s.rows.clone().step_by(DECODE_BLOCK).map(move |start| (s, start..(start + DECODE_BLOCK).min(s.rows.end))))
+}
+
+/// One block of the online softmax of a query head with running `max` and
+/// `sum`: turns the logits `p` into `exp(p - max)` with the updated max and
+/// adds them to `sum`. Returns the factor the head's value accumulator must be
+/// multiplied by when the max rose (flash attention's rescaling), else `None`.
+#[inline(always)]
+fn softmax_block(p: &mut [f32], max: &mut f32, sum: &mut f32) -> Option<f32> {
+    let block_max = max_lanes(p);
+    let shrink = (block_max > *max).then(|| {
+        let shrink = exp(*max - block_max);
+        *sum *= shrink;
+        *max = block_max;
+        shrink
+    });
+    let m = *max;
+    p.iter_mut().for_each(|x| *x = exp(*x - m));
+    *sum += sum_lanes(p);
+    shrink
 }
 
 /// `a . b` for `D`-long rows (`D` a multiple of 16): 16 lanes, summed as a tree.

@@ -25,8 +25,8 @@ const SPIN: Duration = Duration::from_micros(200);
 
 /// Runs `job(i)` for every `i` in `0..parts`, spread over the pool's threads
 /// and the caller; returns when all have finished. Parts are taken in order
-/// from a shared counter, so any `parts` works; `parts == threads()` gives
-/// each thread one.
+/// from a shared counter, so any `parts` works; `parts` equal to the thread
+/// count (`rayon::current_num_threads()`) gives each thread one.
 ///
 /// # Panics
 /// If a part panics (after all parts have finished).
@@ -44,9 +44,17 @@ pub fn run(parts: usize, job: &(dyn Fn(usize) + Sync)) {
     }
 }
 
-/// Threads a pass runs on (the caller included).
-pub fn threads() -> usize {
-    global().map_or(1, |p| p.workers + 1)
+/// [`run`] collecting each part's result: `[f(0), f(1), .., f(parts - 1)]`.
+///
+/// # Panics
+/// If a part panics (after all parts have finished).
+pub fn map<T: Send + Sync>(parts: usize, f: &(dyn Fn(usize) -> T + Sync)) -> Vec<T> {
+    let slots: Vec<OnceLock<T>> = (0..parts).map(|_| OnceLock::new()).collect();
+    run(parts, &|i| {
+        let _ = slots[i].set(f(i));
+    });
+    // `run` returned without panicking, so every part stored its result.
+    slots.into_iter().filter_map(OnceLock::into_inner).collect()
 }
 
 fn global() -> Option<&'static Pool> {

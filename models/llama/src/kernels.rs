@@ -14,7 +14,6 @@
 use burn::tensor::{backend::Backend, Tensor};
 use burn_flex::FlexTensor;
 use lava_cache::flex::{from_host, to_flex};
-use std::sync::OnceLock;
 
 /// Row counts up to this use [`matvec`]; longer blocks (prefill) use the matmul.
 pub const MATVEC_MAX_ROWS: usize = 8;
@@ -96,11 +95,7 @@ pub fn matvec_multi(x: &[f32], n: usize, d_in: usize, mats: &[(&[f32], usize)], 
     }
     // Each task streams a contiguous band of rows of every matrix into its
     // own partial sums; the bands are then added in order.
-    let slots: Vec<OnceLock<Vec<Vec<f32>>>> = (0..threads).map(|_| OnceLock::new()).collect();
-    lava_cache::spin_pool::run(threads, &|t| {
-        let _ = slots[t].set(band(t));
-    });
-    let mut partials = slots.into_iter().map(|s| s.into_inner().unwrap_or_default());
+    let mut partials = lava_cache::spin_pool::map(threads, &band).into_iter();
     let mut total = partials.next().unwrap_or_default();
     for part in partials {
         for (acc, p) in total.iter_mut().zip(part) {
