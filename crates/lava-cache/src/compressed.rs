@@ -136,7 +136,9 @@
 //! # Memory bounds
 //!
 //! With head budgets `cap_g` ([`CompressedCache::head_budgets`]; for adaptive
-//! heads `sum_g cap_g <= H_kv * (B_l + 1)`), after every `attend` each head of
+//! heads `sum_g cap_g <= (1 - alpha) * H_kv * B_l + H_kv * (f + 1)`, `f` the
+//! floor of the policy's [`FloorRule`](crate::FloorRule): `H_kv * (B_l + 1)`
+//! with the layer rule), after every `attend` each head of
 //! a compressed layer holds the window and at most `cap_g + s` evictable tokens
 //! (`s` the decode slack; 0 right after a chunk); during an `attend`, `T` more.
 //! Allocated slots stay within `1.1 * retained + L * H_kv * h`, where `h` is
@@ -150,9 +152,9 @@ use burn::tensor::{activation::softmax, backend::Backend, FloatDType, Int, Tenso
 use crate::attention::causal_attention;
 use crate::flex::{decode_attention, write_in_place, write_ints_in_place, Segment};
 use crate::host::to_host;
-use crate::policy::plan::{kept_positions, matrix_rows, ragged_head_caps, static_layer_budgets, RankedLayer};
-use crate::policy::scorer::{pool_at, ScoreMatrix};
-use crate::policy::{head_budget, layer_budget, scorer::score_layer, Composition, LayerAllocation, PolicyConfig, Scorer};
+use crate::policy::plan::{dynamic_layer_budgets, kept_positions, matrix_rows, ragged_head_caps, static_layer_budgets, RankedLayer};
+use crate::policy::scorer::{cake_preference, cake_statistics, pool_at, ScoreMatrix};
+use crate::policy::{head_budget, layer_budget, scorer::score_layer_weighted, Composition, PolicyConfig, Scorer};
 use crate::{CacheError, CacheShape, KvCache};
 
 /// Bytes per stored element (K and V are accounted as `f32`, as in [`KvCache`]).
@@ -207,8 +209,9 @@ struct LayerStore<B: Backend> {
     /// Head budgets in force (prefix tokens per KV head); `None` while the
     /// layer keeps everything.
     caps: Option<Vec<usize>>,
-    /// Latest normalised entropy, for the LAVa cascade.
-    entropy: Option<f64>,
+    /// Latest weight in a dynamic layer allocation (LAVa entropy, CAKE
+    /// preference), for the cascade.
+    weight: Option<f64>,
     pending: Option<Pending>,
     /// The last `min(w, appended)` queries `[H_q, r, D]` (only with eviction after prefill).
     recent_q: Option<Tensor<B, 3>>,
@@ -222,7 +225,7 @@ impl<B: Backend> LayerStore<B> {
             appended: 0,
             budget: None,
             caps: None,
-            entropy: None,
+            weight: None,
             pending: None,
             recent_q: None,
         }
@@ -238,7 +241,7 @@ impl<B: Backend> LayerStore<B> {
 struct Rescored {
     order: Vec<Vec<usize>>,
     sorted: Vec<Vec<f32>>,
-    entropy: f64,
+    weight: f64,
 }
 
 /// A KV cache that keeps, per layer and KV head, the tokens a policy selects
@@ -482,14 +485,15 @@ impl<B: Backend> CompressedCache<B> {
         let [h_kv, n_tok, _] = k.dims();
         let window = self.config.window.min(n_tok);
         let n = n_tok - window;
-        let compressing = self.composition.filter(|_| n > self.config.budget_beyond_window());
+        let compressing = self.composition.filter(|_| n > self.config.keep_all_prefix());
         let kept: Vec<Vec<usize>> = match compressing {
             None => {
                 self.layers[layer].budget = Some(n);
                 vec![(0..n_tok).collect(); h_kv]
             }
             Some(comp) => {
-                let ranked = RankedLayer::new(&score_layer(&q, &k, &v, &self.config, comp.scorer)?);
+                let (scores, weight) = score_layer_weighted(&q, &k, &v, &self.config, comp.scorer)?;
+                let ranked = RankedLayer::new(&scores, weight);
                 let pending = Pending {
                     order: ranked.order.clone(),
                     sorted: matrix_rows(&ranked.sorted),
@@ -499,7 +503,7 @@ impl<B: Backend> CompressedCache<B> {
                 match static_layer_budgets(comp.layers, &self.config, self.shape.layers, n) {
                     Some(budgets) => {
                         let budget = budgets.get(layer).copied().unwrap_or(n);
-                        let caps = ragged_head_caps(comp.heads, &pending.sorted, budget, self.config.floor_alpha);
+                        let caps = ragged_head_caps(comp.heads, &pending.sorted, budget, &self.config);
                         let store = &mut self.layers[layer];
                         store.budget = Some(budget);
                         store.caps = Some(caps.clone());
@@ -509,11 +513,10 @@ impl<B: Backend> CompressedCache<B> {
                         kept_positions(&ranked.order, &caps, n, n_tok)
                     }
                     None => {
-                        debug_assert_eq!(comp.layers, LayerAllocation::Entropy);
                         let store = &mut self.layers[layer];
-                        store.entropy = Some(ranked.entropy);
+                        store.weight = Some(ranked.weight);
                         store.pending = Some(pending);
-                        self.cascade(comp, layer)?;
+                        self.cascade(comp, layer, n)?;
                         match &self.layers[layer].pending {
                             Some(p) => kept_positions(&p.order, &p.caps, n, n_tok),
                             None => vec![(0..n_tok).collect(); h_kv],
@@ -523,7 +526,7 @@ impl<B: Backend> CompressedCache<B> {
             }
         };
         self.store_kept(layer, &k, &v, &kept);
-        if !self.chunked && self.layers.iter().all(|l| l.entropy.is_some()) {
+        if !self.chunked && self.layers.iter().all(|l| l.weight.is_some()) {
             // The cascade is over: its scores are no longer needed (chunked
             // prefill keeps them for the cascades of later chunks).
             self.layers.iter_mut().for_each(|l| l.pending = None);
@@ -532,22 +535,32 @@ impl<B: Backend> CompressedCache<B> {
         Ok(causal_attention(q, k, v))
     }
 
-    /// LAVa cascade: recompute the entropy shares over the latest entropy of
-    /// every layer that has one and shrink each of them to its new budget
-    /// (`current` is the layer just scored; any other layer whose ranking is
-    /// older than its last append is re-scored before it is truncated).
-    fn cascade(&mut self, comp: Composition, current: usize) -> Result<(), CacheError> {
-        let seen: Vec<usize> = (0..self.layers.len()).filter(|&l| self.layers[l].entropy.is_some()).collect();
-        let entropies: Vec<f64> = seen.iter().filter_map(|&l| self.layers[l].entropy).collect();
-        let budgets = layer_budget::entropy(&entropies, self.shape.layers, self.config.budget_beyond_window());
+    /// Cascade of a dynamic layer allocation (LAVa entropy, CAKE preference):
+    /// recompute the shares over the latest weight of every layer that has one
+    /// and shrink each of them to its new budget (`current` is the layer just
+    /// scored; any other layer whose ranking is older than its last append is
+    /// re-scored before it is truncated).
+    /// `n` is the current layer's evictable length (the prefix length of the
+    /// allocation: CAKE caps every layer's budget at it).
+    fn cascade(&mut self, comp: Composition, current: usize, n: usize) -> Result<(), CacheError> {
+        let seen: Vec<usize> = (0..self.layers.len()).filter(|&l| self.layers[l].weight.is_some()).collect();
+        let weights: Vec<f64> = seen.iter().filter_map(|&l| self.layers[l].weight).collect();
+        let budgets = dynamic_layer_budgets(comp.layers, &self.config, &weights, self.shape.layers, n);
         for (&l, budget) in seen.iter().zip(budgets) {
             if l != current && self.layers[l].buffers.is_some() {
                 self.refresh_ranking(l, comp)?;
             }
-            let alpha = self.config.floor_alpha;
+            let config = &self.config;
             let store = &mut self.layers[l];
             let Some(pending) = store.pending.as_mut() else { continue };
-            let new_caps = ragged_head_caps(comp.heads, &pending.sorted, budget, alpha);
+            // A one-shot prefill only truncates: the budget in force is the
+            // smallest the layer was given (the CAKE preference can hand a
+            // layer a token more once later layers are seen).
+            let budget = match (self.chunked, store.budget) {
+                (false, Some(b)) if store.caps.is_some() => b.min(budget),
+                _ => budget,
+            };
+            let new_caps = ragged_head_caps(comp.heads, &pending.sorted, budget, config);
             // Shares of the layers already holding their ranking only shrink
             // within a pass; `min` keeps this a prefix truncation.
             let caps: Vec<usize> = pending.caps.iter().zip(&new_caps).map(|(&a, &b)| a.min(b)).collect();
@@ -563,7 +576,7 @@ impl<B: Backend> CompressedCache<B> {
     }
 
     /// Re-scores `layer` if tokens were appended to it after its latest
-    /// ranking (its caps carry over); keeps the entropy of that ranking.
+    /// ranking (its caps carry over); keeps the weight of that ranking.
     fn refresh_ranking(&mut self, layer: usize, comp: Composition) -> Result<(), CacheError> {
         let boundary = self.layers[layer].boundary(self.config.window);
         let stale = match &self.layers[layer].pending {
@@ -647,8 +660,9 @@ impl<B: Backend> CompressedCache<B> {
     }
 
     /// Window attention of `layer`'s last `r` queries over its live slots,
-    /// aggregated over the queries (mean, or sum for H2O): `[H_q * used]`.
-    fn window_scores(&self, layer: usize, sum: bool) -> Result<Vec<f32>, CacheError> {
+    /// aggregated over the queries (mean, or sum for H2O): `[H_q * used]`; or,
+    /// with [`WindowRows::Each`], every query's row, `[H_q * r * used]`.
+    fn window_scores(&self, layer: usize, rows_out: WindowRows) -> Result<Vec<f32>, CacheError> {
         let CacheShape { query_heads: h_q, kv_heads: h_kv, head_dim: d, .. } = self.shape;
         let store = &self.layers[layer];
         let (Some(buf), Some(q)) = (&store.buffers, &store.recent_q) else {
@@ -669,8 +683,11 @@ impl<B: Backend> CompressedCache<B> {
         let slot_pos = buf.positions.clone().slice([0..used]).reshape([1, used]).expand([rows, used]);
         let hidden = slot_head.equal(row_head).bool_not().bool_or(slot_pos.greater(row_pos));
         let probs = softmax(logits.mask_fill(hidden, f32::NEG_INFINITY), 1).reshape([h_q, r, used]);
-        let agg = if sum { probs.sum_dim(1) } else { probs.mean_dim(1) };
-        to_host(agg)
+        match rows_out {
+            WindowRows::Mean => to_host(probs.mean_dim(1)),
+            WindowRows::Sum => to_host(probs.sum_dim(1)),
+            WindowRows::Each => to_host(probs),
+        }
     }
 
     /// Re-scores `layer` (module docs, "Re-scoring"): per KV head, its
@@ -688,12 +705,38 @@ impl<B: Backend> CompressedCache<B> {
         }
         prefix.iter_mut().for_each(|v| v.sort_unstable());
         let (kernel, pooling) = (self.config.kernel_size, self.config.pooling);
+        let mut cake_weight = None;
         let rows: Vec<Vec<f32>> = if scorer == Scorer::Streaming {
             let sinks = self.config.sinks;
             prefix.iter().map(|ps| ps.iter().map(|&(p, _)| if p < sinks { f32::INFINITY } else { p as f32 }).collect()).collect()
+        } else if scorer == Scorer::Cake {
+            // The prefill's CAKE statistics per KV head over its evictable
+            // slots; the preference sums the entropy and variance of all heads.
+            let used = store.slots.len();
+            let probs = self.window_scores(layer, WindowRows::Each)?;
+            let r = probs.len() / (h_q * used).max(1);
+            let group = h_q / h_kv;
+            let (mut entropy, mut variance) = (0f64, 0f64);
+            let mut rows = Vec::with_capacity(h_kv);
+            for (g, ps) in prefix.iter().enumerate() {
+                let positions: Vec<usize> = ps.iter().map(|x| x.0).collect();
+                let mut attn = Vec::with_capacity(group * r * ps.len());
+                for h in g * group..(g + 1) * group {
+                    for i in 0..r {
+                        attn.extend(ps.iter().map(|&(_, s)| probs[(h * r + i) * used + s]));
+                    }
+                }
+                let (scores, e, v) = cake_statistics(&attn, group, r, 1, &positions)?;
+                entropy += e;
+                variance += v;
+                rows.push(scores.data().to_vec());
+            }
+            cake_weight = Some(cake_preference(entropy, variance));
+            rows
         } else {
             let used = store.slots.len();
-            let attn_host = self.window_scores(layer, scorer == Scorer::H2o)?;
+            let rows_out = if scorer == Scorer::H2o { WindowRows::Sum } else { WindowRows::Mean };
+            let attn_host = self.window_scores(layer, rows_out)?;
             let attn: &[f32] = &attn_host;
             let norms_host = match (scorer, &store.buffers) {
                 (Scorer::Lava, Some(buf)) => to_host(buf.values.clone().slice([0..used, 0..d]).abs().sum_dim(1))?,
@@ -733,7 +776,10 @@ impl<B: Backend> CompressedCache<B> {
                 .collect()
         };
         let flat: Vec<f32> = rows.iter().flatten().copied().collect();
-        let entropy = ScoreMatrix::new(1, flat.len(), flat).map(|m| layer_budget::normalized_entropy(&m)).unwrap_or(0.0);
+        let weight = match cake_weight {
+            Some(w) => w,
+            None => ScoreMatrix::new(1, flat.len(), flat).map(|m| layer_budget::normalized_entropy(&m)).unwrap_or(0.0),
+        };
         let mut order = Vec::with_capacity(h_kv);
         let mut sorted = Vec::with_capacity(h_kv);
         for (row, ps) in rows.iter().zip(&prefix) {
@@ -741,7 +787,7 @@ impl<B: Backend> CompressedCache<B> {
             order.push(idx.iter().map(|&i| ps[i].0).collect());
             sorted.push(idx.iter().map(|&i| row[i]).collect());
         }
-        Ok(Rescored { order, sorted, entropy })
+        Ok(Rescored { order, sorted, weight })
     }
 
     /// After `T` tokens were appended to an already filled `layer`: chunked
@@ -755,14 +801,13 @@ impl<B: Backend> CompressedCache<B> {
             (false, None) => return Ok(()),
         };
         let h_kv = self.shape.kv_heads;
-        let base = self.config.budget_beyond_window();
         let store = &self.layers[layer];
         let boundary = store.boundary(self.config.window);
         let due = match (&store.caps, chunk) {
             // A compressed layer is re-scored at every chunk.
             (Some(_), true) => true,
             // The prefill rule: compress once the evictable tokens exceed `B - w`.
-            (None, true) => boundary > base,
+            (None, true) => boundary > self.config.keep_all_prefix(),
             (caps, false) => {
                 let limits = match caps {
                     Some(c) => c.clone(),
@@ -781,17 +826,17 @@ impl<B: Backend> CompressedCache<B> {
         }
         let rs = self.rescore(layer, comp.scorer, boundary)?;
         self.rescores += 1;
-        if chunk && comp.layers == LayerAllocation::Entropy {
+        if chunk && comp.layers.is_dynamic() {
             let store = &mut self.layers[layer];
-            store.entropy = Some(rs.entropy);
+            store.weight = Some(rs.weight);
             store.pending = Some(Pending { order: rs.order, sorted: rs.sorted, boundary, caps: vec![usize::MAX; h_kv] });
-            return self.cascade(comp, layer);
+            return self.cascade(comp, layer, boundary);
         }
         let budget = match (&self.layers[layer].caps, self.layers[layer].budget) {
             (Some(_), Some(b)) if !chunk => b,
             _ => self.static_budget(layer, comp, boundary),
         };
-        let caps = ragged_head_caps(comp.heads, &rs.sorted, budget, self.config.floor_alpha);
+        let caps = ragged_head_caps(comp.heads, &rs.sorted, budget, &self.config);
         let pending = Pending { order: rs.order, sorted: rs.sorted, boundary, caps: caps.clone() };
         let selected = pending.selected();
         let store = &mut self.layers[layer];
@@ -875,6 +920,17 @@ impl<B: Backend> CompressedCache<B> {
         store.appended = first + t;
         Ok(out)
     }
+}
+
+/// What [`CompressedCache::window_scores`] returns per query head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WindowRows {
+    /// The mean over the window queries.
+    Mean,
+    /// The sum over the window queries (H2O's cumulative attention).
+    Sum,
+    /// Every window query's row (CAKE).
+    Each,
 }
 
 /// Runs of consecutive slots of one KV head, as row segments of the storage.

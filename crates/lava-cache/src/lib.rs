@@ -53,9 +53,18 @@
 //! Ada-KV) exactly, as an independent re-implementation in the tests checks,
 //! except for these documented choices:
 //!
-//! 1. **Head floor** (Ada-KV, LAVa): `floor(alpha * B_l)` with the layer's budget
-//!    `B_l`; the LAVa code leaves it at `floor(alpha * B)` through a misspelled
-//!    attribute (`lava-algorithm.md` §4).
+//! 1. **Head floor** ([`FloorRule`], `lava-algorithm.md` §4). `lava`,
+//!    `lava-no-layer` and `lava-no-head` follow the published LAVa code as run:
+//!    `int(alpha * B)` with the whole budget `B` (window included), the same in
+//!    every layer (its per-layer update writes a misspelled attribute that is
+//!    never read); this is a per-layer minimum and keeps about `alpha * w` tokens
+//!    per head above the nominal budget (+16% at `B = 64`, +5% at 128).
+//!    `ada-snapkv` and `ada-pyramidkv` follow the Ada-KV code, `floor(alpha *
+//!    B_l)`. `lava-matched` is `lava` with `int(alpha * (B - w))`: the same kind
+//!    of per-layer minimum at a total equal to the nominal `L * H_kv * (B - w)`
+//!    up to rounding, so LAVa can be compared with the baselines at equal
+//!    memory. `--floor-rule` / [`PolicyConfig::floor_rule`] picks any rule for
+//!    any adaptive policy.
 //! 2. **Ties** go to the lower index: lower position in a head; lower head, then
 //!    lower rank, in the adaptive pool. PyTorch leaves them unspecified, and max
 //!    pooling makes them common.
@@ -69,9 +78,14 @@
 //!    both the document and the code say.
 //! 5. **Rounding**: Ada-KV capacities are rounded half to even in `f32`, like
 //!    the reference's `torch.round` on float32 tensors.
-//! 6. **Totality**: entropies summing to 0 fall back to uniform layer budgets;
-//!    PyramidKV with a single layer gives it `B - w`; where the reference would
-//!    divide by zero.
+//! 6. **Totality**: entropies (CAKE: preferences) summing to 0 fall back to
+//!    uniform layer budgets; PyramidKV with a single layer gives it `B - w`;
+//!    where the reference would divide by zero. CAKE with a single window query
+//!    takes the variance as 0 (PyTorch's unbiased variance of one value is NaN).
+//! 8. **CAKE's cascade** keeps, per layer, the smallest budget the cascade gave
+//!    it (cakekv's `adjust_budgets` can hand a layer one token more once later
+//!    layers are seen, and evicted tokens cannot come back); nothing is
+//!    compressed while `N <= B + w`, as in the cakekv code.
 //! 7. **Compression happens once** by default, at prefill (the first `attend` of
 //!    a layer); decode tokens are appended and never evicted, as in the
 //!    reference. The two options below change this.
@@ -129,7 +143,7 @@ pub use attention::causal_attention;
 pub use compressed::CompressedCache;
 pub use error::CacheError;
 pub use full::FullCache;
-pub use policy::{Composition, HeadAllocation, LayerAllocation, PolicyConfig, PolicyName, Pooling, Scorer};
+pub use policy::{Composition, FloorRule, HeadAllocation, LayerAllocation, PolicyConfig, PolicyName, Pooling, Scorer};
 pub use select::{select_positions, LayerQkv, LayerSelection, PromptScores, Selection};
 
 use burn::tensor::{backend::Backend, Tensor};

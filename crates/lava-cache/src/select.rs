@@ -4,8 +4,8 @@
 use burn::tensor::{backend::Backend, Tensor};
 
 use crate::error::dims_str;
-use crate::policy::plan::{head_caps, kept_positions, static_layer_budgets, RankedLayer};
-use crate::policy::{layer_budget, scorer::score_layer, LayerAllocation, PolicyConfig, Pooling, Scorer};
+use crate::policy::plan::{cascade_layer_budgets, head_caps, kept_positions, static_layer_budgets, RankedLayer};
+use crate::policy::{scorer::score_layer_weighted, PolicyConfig, Pooling, Scorer};
 use crate::CacheError;
 
 /// One layer's attention inputs for one sequence, RoPE already applied:
@@ -132,11 +132,12 @@ fn check_layers<B: Backend>(layers: &[LayerQkv<B>]) -> Result<[usize; 4], CacheE
 }
 
 /// The everything-kept selection, when `config` keeps every token of an
-/// `n_tok`-token prompt (policy `full`, or `N - w <= B - w`).
+/// `n_tok`-token prompt (policy `full`, or `N - w <= B - w`; for `cake`,
+/// `N - w <= B`: see [`PolicyConfig::keep_all_prefix`]).
 fn keep_all(config: &PolicyConfig, layers: usize, h_kv: usize, n_tok: usize) -> Option<Selection> {
     let window = config.window.min(n_tok);
     let n = n_tok - window;
-    if config.composition().is_some() && n > config.budget_beyond_window() {
+    if config.composition().is_some() && n > config.keep_all_prefix() {
         return None;
     }
     let all: Vec<usize> = (0..n_tok).collect();
@@ -172,7 +173,7 @@ impl PromptScores {
             .ok_or_else(|| CacheError::InvalidParameters("policy 'full' has no scorer: it keeps every token".into()))?;
         let ranked = layers
             .iter()
-            .map(|l| score_layer(&l.q, &l.k, &l.v, config, comp.scorer).map(|s| RankedLayer::new(&s)))
+            .map(|l| score_layer_weighted(&l.q, &l.k, &l.v, config, comp.scorer).map(|(s, w)| RankedLayer::new(&s, w)))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
             scorer: comp.scorer,
@@ -186,15 +187,19 @@ impl PromptScores {
         })
     }
 
-    /// Whether these scores serve `config`: same scorer, window, kernel,
-    /// pooling and sinks (`full` is served by any scores).
+    /// Whether these scores serve `config`: same scorer and window, and the
+    /// parameters that scorer reads (kernel and pooling for the window scorers,
+    /// sinks for StreamingLLM; CAKE's pooling is fixed) (`full` is served by any
+    /// scores).
     pub fn serves(&self, config: &PolicyConfig) -> bool {
         config.composition().is_none_or(|c| {
             c.scorer == self.scorer
                 && config.window == self.window
-                && config.kernel_size == self.kernel_size
-                && config.pooling == self.pooling
-                && config.sinks == self.sinks
+                && match c.scorer {
+                    Scorer::SnapKv | Scorer::Lava => config.kernel_size == self.kernel_size && config.pooling == self.pooling,
+                    Scorer::Streaming => config.sinks == self.sinks,
+                    Scorer::H2o | Scorer::Cake => true,
+                }
         })
     }
 
@@ -220,9 +225,8 @@ impl PromptScores {
         let budgets = match static_layer_budgets(comp.layers, config, layer_count, n) {
             Some(b) => b,
             None => {
-                debug_assert_eq!(comp.layers, LayerAllocation::Entropy);
-                let entropies: Vec<f64> = self.layers.iter().map(|r| r.entropy).collect();
-                layer_budget::entropy(&entropies, layer_count, config.budget_beyond_window())
+                let weights: Vec<f64> = self.layers.iter().map(|r| r.weight).collect();
+                cascade_layer_budgets(comp.layers, config, &weights, n)
             }
         };
         let layers = self
@@ -230,7 +234,7 @@ impl PromptScores {
             .iter()
             .zip(budgets)
             .map(|(r, budget)| {
-                let head_budgets = head_caps(comp.heads, r, budget, config.floor_alpha);
+                let head_budgets = head_caps(comp.heads, r, budget, config);
                 let heads = kept_positions(&r.order, &head_budgets, n, n_tok);
                 LayerSelection { budget, head_budgets, heads }
             })

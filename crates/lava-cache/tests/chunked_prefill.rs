@@ -42,8 +42,10 @@ fn attend(cache: &mut impl KvCache<B>, layer: usize, qkv: &(Vec<f32>, Vec<f32>, 
     to_vec3(out)
 }
 
-const ALL_COMPRESSING: [PolicyName; 9] = [
+const ALL_COMPRESSING: [PolicyName; 11] = [
     PolicyName::Lava,
+    PolicyName::LavaMatched,
+    PolicyName::Cake,
     PolicyName::LavaNoLayer,
     PolicyName::LavaNoHead,
     PolicyName::SnapKv,
@@ -161,7 +163,7 @@ fn chunks_match_independent(config: PolicyConfig, chunks: &[usize], seed: u64) -
             for head in &got {
                 assert!(head.ends_with(&(boundary..a).collect::<Vec<_>>()), "window kept");
             }
-            if comp.layers == LayerAllocation::Entropy {
+            if comp.layers.is_dynamic() {
                 continue;
             }
             if !compressed && boundary <= base {

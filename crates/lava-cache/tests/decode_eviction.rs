@@ -95,6 +95,8 @@ fn kept_sets_after_decode_eviction_are_the_policy_selection_on_the_rescored_matr
         PolicyName::LavaNoLayer,
         PolicyName::H2o,
         PolicyName::Streaming,
+        PolicyName::LavaMatched,
+        PolicyName::Cake,
     ];
     for (i, policy) in policies.into_iter().enumerate() {
         for (pooling, slack) in [(Pooling::MaxPool, 2), (Pooling::AvgPool, 0)] {

@@ -43,6 +43,7 @@ fn scenario() -> impl Strategy<Value = Scenario> {
                     floor_alpha: alpha as f64 / 10.0,
                     pyramid_beta: beta,
                     sinks: sinks.min(extra),
+                    floor_rule: None,
                 };
                 let mut calls = vec![first];
                 calls.extend(chunks);
@@ -117,7 +118,7 @@ proptest! {
                             // Not compressed: everything kept.
                             prop_assert!(kept.iter().all(|h| h.len() == a));
                             if comp.is_some() && s.slack.is_some() && c.composition().unwrap().layers != LayerAllocation::Pyramid {
-                                prop_assert!(boundary <= base + s.slack.unwrap(), "layer {} holds {} evictable", k, boundary);
+                                prop_assert!(boundary <= c.keep_all_prefix().max(base) + s.slack.unwrap(), "layer {} holds {} evictable", k, boundary);
                             }
                         }
                         Some(caps) => {
@@ -127,7 +128,14 @@ proptest! {
                             let heads = comp.unwrap().heads;
                             match heads {
                                 HeadAllocation::Uniform => prop_assert!(caps.iter().all(|&x| x <= b_l)),
-                                HeadAllocation::Adaptive => prop_assert!(caps.iter().sum::<usize>() <= s.hkv * (b_l + 1)),
+                                HeadAllocation::Adaptive => {
+                                    // (1 - alpha) H b_l from the pool plus the rule's floor per head, rounded.
+                                    let floor = c.head_floor(b_l);
+                                    let bound = ((1.0 - c.floor_alpha) * (s.hkv * b_l) as f64).floor() as usize + s.hkv * (floor + 1);
+                                    // (A layer whose budget covers its longest head reports `b_l` for every head.)
+                                    let all_kept = caps.iter().all(|&x| x == b_l);
+                                    prop_assert!(all_kept || caps.iter().sum::<usize>() <= bound, "caps {:?} b_l {} floor {} bound {}", caps, b_l, floor, bound)
+                                }
                             }
                             let allowance = s.slack.unwrap_or(0) + unbounded[k];
                             for (g, head) in kept.iter().enumerate() {

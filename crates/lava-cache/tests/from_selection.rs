@@ -86,8 +86,8 @@ fn prompt_scores_select_equals_select_positions_for_every_budget() {
             assert_eq!(scores.select(&c).expect("select"), select_positions(&layers, &c).expect("direct"), "{policy} B={budget}");
         }
     }
-    // One set of scores per scorer (snapkv family, lava family, h2o, streaming).
-    assert_eq!(shared.len(), 4);
+    // One set of scores per scorer (snapkv family, lava family, h2o, streaming, cake).
+    assert_eq!(shared.len(), 5);
     // Scores of one scorer refuse a policy of another, and other parameters.
     let lava = PromptScores::new(&layers, &config(PolicyName::Lava, 20)).expect("scores");
     assert!(lava.select(&config(PolicyName::SnapKv, 20)).is_err());

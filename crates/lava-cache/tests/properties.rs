@@ -40,6 +40,7 @@ fn setup() -> impl Strategy<Value = Setup> {
                 floor_alpha: alpha as f64 / 20.0,
                 pyramid_beta: beta,
                 sinks: sinks.min(extra),
+                floor_rule: None,
             };
             Setup { seed, hkv, group, n_tok, d, layers, config }
         })
@@ -80,7 +81,7 @@ proptest! {
         let base = c.budget - c.window;
         prop_assert_eq!(sel.window, w);
         prop_assert_eq!(sel.layers.len(), s.layers);
-        let everything = c.policy == PolicyName::Full || n <= base;
+        let everything = c.policy == PolicyName::Full || n <= c.keep_all_prefix();
         for layer in &sel.layers {
             prop_assert_eq!(layer.heads.len(), s.hkv);
             prop_assert_eq!(layer.head_budgets.len(), s.hkv);
@@ -130,6 +131,12 @@ proptest! {
                     prop_assert!(budgets.iter().all(|&b| b == base));
                 }
             }
+            LayerAllocation::Preference => {
+                // CAKE: the shares of L (B - w), adjusted to the prefix, never
+                // add up to more than the total.
+                let total: usize = budgets.iter().sum();
+                prop_assert!(total <= s.layers * base, "CAKE budgets {:?} sum above {}", budgets, s.layers * base);
+            }
         }
         // Head budgets.
         for layer in &sel.layers {
@@ -141,10 +148,17 @@ proptest! {
             match comp.heads {
                 HeadAllocation::Uniform => prop_assert!(layer.head_budgets.iter().all(|&h| h == b)),
                 HeadAllocation::Adaptive => {
-                    let floor = (c.floor_alpha * b as f64).floor() as usize;
+                    // The floor of the policy's rule (lava-algorithm.md §4).
+                    let floor_of = match c.effective_floor_rule() {
+                        lava_cache::FloorRule::Reference => c.budget,
+                        lava_cache::FloorRule::Matched => c.budget - c.window,
+                        lava_cache::FloorRule::Layer => b,
+                    };
+                    let floor = (c.floor_alpha * floor_of as f64) as usize;
                     prop_assert!(layer.head_budgets.iter().all(|&h| h >= floor.min(n)));
                     let total: usize = layer.head_budgets.iter().sum();
-                    prop_assert!(total <= s.hkv * b + s.hkv, "total {} for {} heads of budget {}", total, s.hkv, b);
+                    let bound = ((1.0 - c.floor_alpha) * (s.hkv * b) as f64 + (s.hkv * floor) as f64).floor() as usize + s.hkv;
+                    prop_assert!(total <= bound, "total {} for {} heads of budget {} (floor {})", total, s.hkv, b, floor);
                 }
             }
         }

@@ -5,8 +5,8 @@ mod common;
 mod reference;
 
 use common::{RandomLayer, Rng};
-use lava_cache::{select_positions, PolicyConfig, PolicyName, Pooling};
-use reference::{reference_select, RefConfig, RefLayer, RefLayers, RefScorer};
+use lava_cache::{select_positions, FloorRule, PolicyConfig, PolicyName, Pooling};
+use reference::{reference_select, RefConfig, RefFloor, RefLayer, RefLayers, RefScorer};
 
 fn ref_config(config: &PolicyConfig) -> RefConfig {
     let (scorer, layers, adaptive_heads) = match config.policy {
@@ -17,7 +17,14 @@ fn ref_config(config: &PolicyConfig) -> RefConfig {
         PolicyName::Lava => (RefScorer::Lava, RefLayers::Entropy, true),
         PolicyName::LavaNoLayer => (RefScorer::Lava, RefLayers::Uniform, true),
         PolicyName::LavaNoHead => (RefScorer::Lava, RefLayers::Entropy, false),
+        PolicyName::LavaMatched => (RefScorer::Lava, RefLayers::Entropy, true),
+        PolicyName::Cake => (RefScorer::Cake, RefLayers::Cake, false),
         other => panic!("no reference for {other}"),
+    };
+    let floor = match config.effective_floor_rule() {
+        FloorRule::Reference => RefFloor::Reference,
+        FloorRule::Matched => RefFloor::Matched,
+        FloorRule::Layer => RefFloor::Layer,
     };
     RefConfig {
         budget: config.budget,
@@ -29,6 +36,7 @@ fn ref_config(config: &PolicyConfig) -> RefConfig {
         scorer,
         layers,
         adaptive_heads,
+        floor,
     }
 }
 
@@ -43,7 +51,7 @@ struct Case {
     qk_scale: f64,
 }
 
-const POLICIES: [PolicyName; 7] = [
+const POLICIES: [PolicyName; 9] = [
     PolicyName::SnapKv,
     PolicyName::PyramidKv,
     PolicyName::AdaSnapKv,
@@ -51,6 +59,8 @@ const POLICIES: [PolicyName; 7] = [
     PolicyName::Lava,
     PolicyName::LavaNoLayer,
     PolicyName::LavaNoHead,
+    PolicyName::LavaMatched,
+    PolicyName::Cake,
 ];
 
 /// Runs every policy, both poolings and the given budgets on one random model
@@ -69,18 +79,22 @@ fn check_case(seed: u64, case: &Case, budgets: &[usize], alphas: &[f64]) -> usiz
     for &policy in &POLICIES {
         for pooling in [Pooling::MaxPool, Pooling::AvgPool] {
             for &budget in budgets {
-                for &alpha in alphas {
+                for (&alpha, rule) in alphas.iter().flat_map(|a| [None, Some(FloorRule::Reference), Some(FloorRule::Matched), Some(FloorRule::Layer)].map(move |r| (a, r))) {
+                    if rule.is_some() && config_is_uniform_heads(policy) {
+                        continue;
+                    }
                     let mut config = PolicyConfig::new(policy, budget);
                     config.window = case.window;
                     config.kernel_size = case.kernel;
                     config.pooling = pooling;
                     config.floor_alpha = alpha;
+                    config.floor_rule = rule;
                     let got = select_positions(&qkv, &config).expect("selection");
                     let want = reference_select(&reference_layers, &ref_config(&config));
                     for (l, (g, w)) in got.layers.iter().zip(&want.kept).enumerate() {
                         assert_eq!(
                             &g.heads, w,
-                            "seed {seed} policy {policy} {pooling} budget {budget} alpha {alpha} layer {l}"
+                            "seed {seed} policy {policy} {pooling} budget {budget} alpha {alpha} floor {rule:?} layer {l}"
                         );
                     }
                     let got_budgets: Vec<usize> = got.layers.iter().map(|l| l.budget).collect();
@@ -91,6 +105,11 @@ fn check_case(seed: u64, case: &Case, budgets: &[usize], alphas: &[f64]) -> usiz
         }
     }
     compared
+}
+
+/// Policies whose heads are uniform: the floor rule does not apply.
+fn config_is_uniform_heads(policy: PolicyName) -> bool {
+    policy.composition().is_none_or(|c| c.heads == lava_cache::HeadAllocation::Uniform)
 }
 
 #[test]

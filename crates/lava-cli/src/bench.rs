@@ -57,6 +57,9 @@ pub struct BenchArgs {
     /// Skip the bandwidth measurement (and the bound).
     #[arg(long)]
     pub no_bandwidth: bool,
+    /// Head floor of the adaptive head allocation (reference, matched, layer; default: each policy's own).
+    #[arg(long)]
+    pub floor_rule: Option<String>,
     /// Print one JSON object instead of tables.
     #[arg(long)]
     pub json: bool,
@@ -138,6 +141,13 @@ pub struct BenchReport {
     pub peak_rss_bytes: Option<u64>,
 }
 
+/// `policy` at budget `budget` with the reference defaults and `--floor-rule`.
+fn policy_config(a: &BenchArgs, policy: PolicyName, budget: usize) -> Result<PolicyConfig, CliError> {
+    let mut c = PolicyConfig::new(policy, budget);
+    c.floor_rule = crate::policy_args::parse_floor_rule(a.floor_rule.as_deref())?;
+    Ok(c)
+}
+
 const DEFAULT_TEXT: &str = "The history of the printing press is a history of people who wanted to share what they knew. \
 Before movable type, a single book could take a scribe months to copy, and errors crept in with every copy. \
 Gutenberg's press changed the economics of knowledge: pamphlets, newspapers and scientific journals followed, \
@@ -167,6 +177,7 @@ pub fn bench(mut a: BenchArgs) -> Result<(), CliError> {
     for &b in &a.budgets {
         PolicyConfig::new(PolicyName::Lava, b).validate()?;
     }
+    crate::policy_args::parse_floor_rule(a.floor_rule.as_deref())?;
     let text = match &a.text_file {
         Some(p) => std::fs::read_to_string(p).map_err(|e| CliError::io(p, e))?,
         None => DEFAULT_TEXT.to_string(),
@@ -266,7 +277,7 @@ fn run_bench<B: Backend>(
                         (t.elapsed().as_secs_f64(), 0.0)
                     }
                     Some(b) => {
-                        let mut c = CompressedCache::new(shape, PolicyConfig::new(policy, b), max_tokens, device)?;
+                        let mut c = CompressedCache::new(shape, policy_config(a, policy, b)?, max_tokens, device)?;
                         let t = Instant::now();
                         let logits = model.forward(prompt, &mut c, Logits::Last)?;
                         argmax(logits)?;
@@ -293,7 +304,7 @@ fn run_bench<B: Backend>(
         }
         for (policy, budget) in cells {
             bar.set_message(format!("decode {len} {policy} {}", budget.map_or("".into(), |b| b.to_string())));
-            let config = PolicyConfig::new(policy, budget.unwrap_or(a.budgets[0]));
+            let config = policy_config(a, policy, budget.unwrap_or(a.budgets[0]))?;
             let mut cache = pre.cache_for(model, &config, max_tokens, a.decode_tokens + 1).map_err(model_err)?;
             let retained = cache.retained_bytes();
             let expected = match budget {

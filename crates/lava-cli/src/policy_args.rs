@@ -1,14 +1,14 @@
 //! Command-line options that describe a cache policy.
 
 use clap::Args;
-use lava_cache::{PolicyConfig, PolicyName, Pooling};
+use lava_cache::{FloorRule, PolicyConfig, PolicyName, Pooling};
 
 use crate::error::CliError;
 
 /// `--policy`, `--budget` and the policy parameters (reference defaults).
 #[derive(Debug, Clone, Args)]
 pub struct PolicyArgs {
-    /// Cache policy: full, streaming, h2o, snapkv, pyramidkv, ada-snapkv, ada-pyramidkv, lava, lava-no-layer, lava-no-head.
+    /// Cache policy: full, streaming, h2o, snapkv, pyramidkv, ada-snapkv, ada-pyramidkv, lava, lava-no-layer, lava-no-head, lava-matched, cake.
     #[arg(long, default_value = "full")]
     pub policy: String,
     /// Budget B: tokens kept per KV head per layer, window included.
@@ -32,6 +32,17 @@ pub struct PolicyArgs {
     /// Attention sinks kept by streaming.
     #[arg(long, default_value_t = 4)]
     pub sinks: usize,
+    /// Head floor of the adaptive head allocation: reference (int(alpha*B), the published
+    /// LAVa code), matched (int(alpha*(B-w)), total equal to the nominal budget) or layer
+    /// (floor(alpha*B_l), the Ada-KV code). Default: the policy's own (lava, lava-no-layer,
+    /// lava-no-head: reference; lava-matched: matched; ada-*: layer).
+    #[arg(long)]
+    pub floor_rule: Option<String>,
+}
+
+/// Parses an optional `--floor-rule` value.
+pub fn parse_floor_rule(value: Option<&str>) -> Result<Option<FloorRule>, CliError> {
+    value.map(|v| v.parse::<FloorRule>().map_err(CliError::from)).transpose()
 }
 
 impl PolicyArgs {
@@ -46,6 +57,7 @@ impl PolicyArgs {
         c.floor_alpha = self.floor_alpha;
         c.pyramid_beta = self.beta;
         c.sinks = self.sinks;
+        c.floor_rule = parse_floor_rule(self.floor_rule.as_deref())?;
         c.validate()?;
         Ok(c)
     }

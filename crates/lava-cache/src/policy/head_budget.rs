@@ -35,18 +35,25 @@ pub fn uniform(heads: usize, layer_budget: usize, n: usize) -> Vec<usize> {
     vec![layer_budget.min(n); heads]
 }
 
-/// Ada-KV with floor `alpha` (Ada-SnapKV, Ada-PyramidKV, LAVa): prefix tokens
-/// per KV head, from `sorted`, `[H_kv, n]`, each row already sorted descending.
+/// Ada-KV with floor `alpha` and the layer's own floor `floor(alpha * B_l)`
+/// ([`FloorRule::Layer`](super::FloorRule::Layer), what the Ada-KV code
+/// runs): [`adaptive_with_floor`] with that floor.
+pub fn adaptive(sorted: &ScoreMatrix, layer_budget: usize, alpha: f64) -> Vec<usize> {
+    adaptive_with_floor(sorted, layer_budget, alpha, (alpha * layer_budget as f64).floor() as usize)
+}
+
+/// The adaptive head allocation (Ada-SnapKV, Ada-PyramidKV, LAVa): prefix
+/// tokens per KV head, from `sorted`, `[H_kv, n]`, each row already sorted
+/// descending.
 ///
 /// The top `H_kv * B_l` entries of `sorted` form one pool (ties: lower head,
 /// then lower rank); `count_g` of them belong to head `g`, which keeps
-/// `cap_g = round_half_even(count_g * (1 - alpha) + floor(alpha * B_l))`
-/// tokens, at most `n`. The floor uses the layer's budget `B_l` (the intent;
-/// the LAVa reference code uses the global `B` through a misspelled
-/// attribute). `floor(alpha * B_l)` is computed in `f64` like Python's `int()`;
-/// the rest in `f32` like the reference's `torch` tensors, so that halves round
+/// `cap_g = round_half_even(count_g * (1 - alpha) + floor)` tokens, at most
+/// `n`. The floor comes from the policy's [`FloorRule`](super::FloorRule)
+/// ([`PolicyConfig::head_floor`](super::PolicyConfig::head_floor)); the sum is
+/// computed in `f32` like the reference's `torch` tensors, so that halves round
 /// the same way.
-pub fn adaptive(sorted: &ScoreMatrix, layer_budget: usize, alpha: f64) -> Vec<usize> {
+pub fn adaptive_with_floor(sorted: &ScoreMatrix, layer_budget: usize, alpha: f64, floor: usize) -> Vec<usize> {
     let (heads, n) = (sorted.rows(), sorted.cols());
     let values = sorted.data();
     let pool = heads.saturating_mul(layer_budget).min(values.len());
@@ -56,7 +63,7 @@ pub fn adaptive(sorted: &ScoreMatrix, layer_budget: usize, alpha: f64) -> Vec<us
         flat.select_nth_unstable_by(pool - 1, |&a, &b| score_order(values[a], a, values[b], b));
         flat[..pool].iter().for_each(|&i| counts[i / n] += 1);
     }
-    let floor = (alpha * layer_budget as f64).floor() as f32;
+    let floor = floor as f32;
     let keep = (1.0 - alpha) as f32;
     counts
         .into_iter()

@@ -79,3 +79,58 @@ pub fn entropy(entropies: &[f64], total_layers: usize, base: usize) -> Vec<usize
     let total = (total_layers as f64) * (base as f64);
     entropies.iter().map(|&e| (clean(e) / sum * total).floor() as usize).collect()
 }
+
+/// CAKE preference allocation (cakekv defaults): `B_l = floor(p_l / sum_k p_k *
+/// L * base)` for each layer whose preference `p_l` is given (`L =
+/// total_layers`), then [`adjust_to_prefix`] with the prefix length `n` and the
+/// total `L * base`. As [`entropy`], given only the first layers' preferences
+/// it is the allocation over the layers seen so far (the prefill cascade).
+/// Negative or non-finite preferences count as 0; if they sum to 0 every layer
+/// gets `base`.
+pub fn preference(preferences: &[f64], total_layers: usize, base: usize, n: usize) -> Vec<usize> {
+    let shares = entropy(preferences, total_layers, base);
+    adjust_to_prefix(shares, total_layers.saturating_mul(base), n)
+}
+
+/// cakekv's `adjust_budgets`: caps every budget at `n` (the prefix length) and
+/// spreads the excess evenly over the layers still below `n` (the remainder,
+/// one token each, to the first of them); then, if the budgets do not sum to
+/// `total`, spreads the difference the same way (adding over the layers below
+/// `n`, removing over the layers above 1). Integer arithmetic, as the
+/// reference's numpy code; a layer may end above `n` after the spreading (it
+/// then keeps its whole prefix).
+pub fn adjust_to_prefix(budgets: Vec<usize>, total: usize, n: usize) -> Vec<usize> {
+    let mut b: Vec<i128> = budgets.into_iter().map(|x| x as i128).collect();
+    let (n, total) = (n as i128, total as i128);
+    let spread = |b: &mut [i128], amount: i128, valid: &[bool], sign: i128| {
+        let count = valid.iter().filter(|&&v| v).count() as i128;
+        if count == 0 {
+            return;
+        }
+        let (each, mut rest) = (amount / count, amount % count);
+        for (x, &ok) in b.iter_mut().zip(valid) {
+            if ok {
+                *x += sign * each;
+                if rest > 0 {
+                    *x += sign;
+                    rest -= 1;
+                }
+            }
+        }
+    };
+    let excess: i128 = b.iter().map(|&x| (x - n).max(0)).sum();
+    b.iter_mut().for_each(|x| *x = (*x).min(n));
+    if excess > 0 {
+        let valid: Vec<bool> = b.iter().map(|&x| x < n).collect();
+        spread(&mut b, excess, &valid, 1);
+    }
+    let diff = total - b.iter().sum::<i128>();
+    if diff > 0 {
+        let valid: Vec<bool> = b.iter().map(|&x| x < n).collect();
+        spread(&mut b, diff, &valid, 1);
+    } else if diff < 0 {
+        let valid: Vec<bool> = b.iter().map(|&x| x > 1).collect();
+        spread(&mut b, -diff, &valid, -1);
+    }
+    b.into_iter().map(|x| x.max(0) as usize).collect()
+}

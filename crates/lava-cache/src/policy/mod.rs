@@ -79,6 +79,10 @@ pub enum Scorer {
     /// StreamingLLM: no attention; the first `sinks` tokens, then the most
     /// recent ones ([`scorer::streaming_scores`]).
     Streaming,
+    /// CAKE: mean plus `gamma` times the variance of the window attention
+    /// across the window queries, average-pooled (kernel 5), averaged over the
+    /// `G` query heads ([`scorer::cake_scores`]).
+    Cake,
 }
 
 /// How the total budget is split across layers (part 2 of a policy).
@@ -91,6 +95,85 @@ pub enum LayerAllocation {
     /// LAVa: budgets proportional to each layer's normalised score entropy
     /// ([`layer_budget::entropy`]).
     Entropy,
+    /// CAKE: budgets proportional to each layer's preference (entropy times
+    /// variance of the window attention), none above the prefix
+    /// ([`layer_budget::preference`]).
+    Preference,
+}
+
+impl LayerAllocation {
+    /// Whether the budgets depend on every layer's scores (LAVa entropy,
+    /// CAKE preference): the prefill then runs a cascade over the layers.
+    pub fn is_dynamic(self) -> bool {
+        matches!(self, LayerAllocation::Entropy | LayerAllocation::Preference)
+    }
+}
+
+/// The floor `f` the adaptive head allocation grants every KV head,
+/// `cap_g = round_half_even(count_g * (1 - alpha) + f)` (`lava-algorithm.md` §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FloorRule {
+    /// `f = int(alpha * B)`, `B` the whole budget *window included*, the same in
+    /// every layer: the published LAVa code as run (its per-layer update writes
+    /// a misspelled attribute that is never read). A per-layer minimum that damps
+    /// the layer allocation and spends about `alpha * w` tokens per head above
+    /// the nominal budget.
+    Reference,
+    /// `f = int(alpha * (B - w))`, the same in every layer: the reference's
+    /// per-layer minimum with a model total equal to the nominal
+    /// `L * H_kv * (B - w)` up to rounding (`lava-matched`).
+    Matched,
+    /// `f = floor(alpha * B_l)`, the layer's own budget: what the Ada-KV code
+    /// runs (`ada-snapkv`, `ada-pyramidkv`).
+    Layer,
+}
+
+impl FloorRule {
+    /// Every rule, in a stable order.
+    pub const ALL: [FloorRule; 3] = [FloorRule::Reference, FloorRule::Matched, FloorRule::Layer];
+
+    /// The canonical name, as parsed by [`FromStr`].
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FloorRule::Reference => "reference",
+            FloorRule::Matched => "matched",
+            FloorRule::Layer => "layer",
+        }
+    }
+
+    /// The floor for budget `budget` (window included), window `window` and
+    /// layer budget `layer_budget` (beyond the window), computed in `f64` and
+    /// truncated like Python's `int()`.
+    pub fn floor(self, alpha: f64, budget: usize, window: usize, layer_budget: usize) -> usize {
+        let base = match self {
+            FloorRule::Reference => budget,
+            FloorRule::Matched => budget.saturating_sub(window),
+            FloorRule::Layer => layer_budget,
+        };
+        // `as usize` truncates toward zero and saturates (NaN and negatives: 0).
+        (alpha * base as f64) as usize
+    }
+}
+
+impl fmt::Display for FloorRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for FloorRule {
+    type Err = CacheError;
+
+    /// Parses `reference`, `matched` or `layer` (case-insensitive).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let wanted = s.trim().to_ascii_lowercase();
+        FloorRule::ALL.into_iter().find(|r| r.as_str() == wanted).ok_or_else(|| {
+            CacheError::InvalidParameters(format!(
+                "unknown floor rule '{}'; expected 'reference', 'matched' or 'layer'",
+                s.trim()
+            ))
+        })
+    }
 }
 
 /// How a layer's budget is split across its KV heads (part 3 of a policy).
@@ -138,11 +221,16 @@ pub enum PolicyName {
     LavaNoLayer,
     /// `lava-no-head`: LAVa scores, entropy layers, uniform heads (ablation).
     LavaNoHead,
+    /// `lava-matched`: `lava` with the [`FloorRule::Matched`] floor, so that its
+    /// total equals the nominal budget (comparison at equal memory).
+    LavaMatched,
+    /// `cake`: CAKE (mean + variance scores, preference layers, uniform heads).
+    Cake,
 }
 
 impl PolicyName {
     /// Every named policy, in a stable order.
-    pub const ALL: [PolicyName; 10] = [
+    pub const ALL: [PolicyName; 12] = [
         PolicyName::Full,
         PolicyName::Streaming,
         PolicyName::H2o,
@@ -153,6 +241,8 @@ impl PolicyName {
         PolicyName::Lava,
         PolicyName::LavaNoLayer,
         PolicyName::LavaNoHead,
+        PolicyName::LavaMatched,
+        PolicyName::Cake,
     ];
 
     /// The canonical name, as parsed by [`FromStr`] and printed by [`Display`](fmt::Display).
@@ -168,6 +258,8 @@ impl PolicyName {
             PolicyName::Lava => "lava",
             PolicyName::LavaNoLayer => "lava-no-layer",
             PolicyName::LavaNoHead => "lava-no-head",
+            PolicyName::LavaMatched => "lava-matched",
+            PolicyName::Cake => "cake",
         }
     }
 
@@ -186,8 +278,24 @@ impl PolicyName {
             PolicyName::Lava => (Scorer::Lava, L::Entropy, H::Adaptive),
             PolicyName::LavaNoLayer => (Scorer::Lava, L::Uniform, H::Adaptive),
             PolicyName::LavaNoHead => (Scorer::Lava, L::Entropy, H::Uniform),
+            PolicyName::LavaMatched => (Scorer::Lava, L::Entropy, H::Adaptive),
+            PolicyName::Cake => (Scorer::Cake, L::Preference, H::Uniform),
         };
         Some(Composition { scorer, layers, heads })
+    }
+
+    /// The head floor the policy uses unless [`PolicyConfig::floor_rule`] says
+    /// otherwise: the published LAVa code's [`FloorRule::Reference`] for `lava`,
+    /// `lava-no-layer` and `lava-no-head` (they are the paper's code),
+    /// [`FloorRule::Matched`] for `lava-matched`, and the Ada-KV code's
+    /// [`FloorRule::Layer`] for every other policy (only `ada-snapkv` and
+    /// `ada-pyramidkv` have adaptive heads among them).
+    pub fn default_floor_rule(self) -> FloorRule {
+        match self {
+            PolicyName::Lava | PolicyName::LavaNoLayer | PolicyName::LavaNoHead => FloorRule::Reference,
+            PolicyName::LavaMatched => FloorRule::Matched,
+            _ => FloorRule::Layer,
+        }
     }
 }
 
@@ -238,6 +346,10 @@ pub struct PolicyConfig {
     pub pyramid_beta: usize,
     /// StreamingLLM attention sinks: the first tokens always kept.
     pub sinks: usize,
+    /// Head floor of the adaptive head allocation; `None` means the policy's
+    /// own ([`PolicyName::default_floor_rule`]). See
+    /// [`effective_floor_rule`](Self::effective_floor_rule).
+    pub floor_rule: Option<FloorRule>,
 }
 
 impl PolicyConfig {
@@ -264,6 +376,31 @@ impl PolicyConfig {
             floor_alpha: Self::DEFAULT_FLOOR_ALPHA,
             pyramid_beta: Self::DEFAULT_PYRAMID_BETA,
             sinks: Self::DEFAULT_SINKS,
+            floor_rule: None,
+        }
+    }
+
+    /// The head floor rule in force: [`floor_rule`](Self::floor_rule) if set,
+    /// else the policy's default.
+    pub fn effective_floor_rule(&self) -> FloorRule {
+        self.floor_rule.unwrap_or_else(|| self.policy.default_floor_rule())
+    }
+
+    /// The floor `f` every KV head gets from the adaptive head allocation in a
+    /// layer with budget `layer_budget` (beyond the window), under
+    /// [`effective_floor_rule`](Self::effective_floor_rule).
+    pub fn head_floor(&self, layer_budget: usize) -> usize {
+        self.effective_floor_rule().floor(self.floor_alpha, self.budget, self.window, layer_budget)
+    }
+
+    /// Longest prefix `n = N - w` the policy keeps whole (nothing is evicted
+    /// while `n` is at most this): `B - w` for every policy but `cake`, which,
+    /// as the cakekv code, compresses only prompts longer than `B + w`
+    /// (`n > B`).
+    pub fn keep_all_prefix(&self) -> usize {
+        match self.policy {
+            PolicyName::Cake => self.budget,
+            _ => self.budget_beyond_window(),
         }
     }
 

@@ -11,13 +11,14 @@ pub(crate) struct RankedLayer {
     pub order: Vec<Vec<usize>>,
     /// Per KV head: the scores in that order (`[H_kv, n]`, rows descending).
     pub sorted: ScoreMatrix,
-    /// Normalised entropy of the scores (used by the entropy allocation only).
-    pub entropy: f64,
+    /// The layer's weight in a dynamic layer allocation: the normalised entropy
+    /// of the scores (LAVa) or the CAKE preference.
+    pub weight: f64,
 }
 
 impl RankedLayer {
-    /// Ranks `scores` (`[H_kv, n]`).
-    pub fn new(scores: &ScoreMatrix) -> Self {
+    /// Ranks `scores` (`[H_kv, n]`) of a layer with dynamic-allocation weight `weight`.
+    pub fn new(scores: &ScoreMatrix, weight: f64) -> Self {
         let order: Vec<Vec<usize>> = scores.iter_rows().map(head_budget::rank_descending).collect();
         let sorted_data = scores
             .iter_rows()
@@ -29,12 +30,12 @@ impl RankedLayer {
             // Same dimensions as `scores` by construction.
             Err(_) => scores.clone(),
         };
-        Self { order, sorted, entropy: layer_budget::normalized_entropy(scores) }
+        Self { order, sorted, weight }
     }
 }
 
 /// Layer budgets that need no scores (uniform, pyramid) for `layers` layers with
-/// `n` prefix tokens; `None` for the entropy allocation.
+/// `n` prefix tokens; `None` for the dynamic ones (entropy, preference).
 pub(crate) fn static_layer_budgets(
     allocation: LayerAllocation,
     config: &PolicyConfig,
@@ -45,20 +46,54 @@ pub(crate) fn static_layer_budgets(
     match allocation {
         LayerAllocation::Uniform => Some(layer_budget::uniform(layers, base)),
         LayerAllocation::Pyramid => Some(layer_budget::pyramid(layers, base, n, config.pyramid_beta)),
-        LayerAllocation::Entropy => None,
+        LayerAllocation::Entropy | LayerAllocation::Preference => None,
     }
+}
+
+/// Budgets of a dynamic allocation from the weights of the layers seen so far
+/// (all `layers` of them once the prefill is over), `n` prefix tokens.
+pub(crate) fn dynamic_layer_budgets(
+    allocation: LayerAllocation,
+    config: &PolicyConfig,
+    weights: &[f64],
+    layers: usize,
+    n: usize,
+) -> Vec<usize> {
+    let base = config.budget_beyond_window();
+    match allocation {
+        LayerAllocation::Preference => layer_budget::preference(weights, layers, base, n),
+        _ => layer_budget::entropy(weights, layers, base),
+    }
+}
+
+/// What the prefill cascade of a dynamic allocation leaves each layer: the
+/// budget after its last truncation, i.e. the smallest of the budgets it was
+/// given as the layers after it were seen (a cascade only truncates). For the
+/// entropy allocation the shares only shrink, so this is the final formula;
+/// the CAKE preference redistributes the excess over the prefix and rounding
+/// remainders, which can raise a layer's share by a token.
+pub(crate) fn cascade_layer_budgets(allocation: LayerAllocation, config: &PolicyConfig, weights: &[f64], n: usize) -> Vec<usize> {
+    let layers = weights.len();
+    let mut out = vec![usize::MAX; layers];
+    for seen in 1..=layers {
+        let step = dynamic_layer_budgets(allocation, config, &weights[..seen], layers, n);
+        out.iter_mut().zip(step).for_each(|(b, s)| *b = (*b).min(s));
+    }
+    out
 }
 
 /// Prefix tokens each KV head keeps for layer budget `budget`: all `n` if
 /// `budget >= n` (the layer is not compressed), else the head allocation.
-pub(crate) fn head_caps(allocation: HeadAllocation, ranked: &RankedLayer, budget: usize, alpha: f64) -> Vec<usize> {
+pub(crate) fn head_caps(allocation: HeadAllocation, ranked: &RankedLayer, budget: usize, config: &PolicyConfig) -> Vec<usize> {
     let (heads, n) = (ranked.sorted.rows(), ranked.sorted.cols());
     if budget >= n {
         return vec![n; heads];
     }
     match allocation {
         HeadAllocation::Uniform => head_budget::uniform(heads, budget, n),
-        HeadAllocation::Adaptive => head_budget::adaptive(&ranked.sorted, budget, alpha),
+        HeadAllocation::Adaptive => {
+            head_budget::adaptive_with_floor(&ranked.sorted, budget, config.floor_alpha, config.head_floor(budget))
+        }
     }
 }
 
@@ -74,7 +109,7 @@ pub(crate) fn head_caps(allocation: HeadAllocation, ranked: &RankedLayer, budget
 /// (padding ranks last, so it only enters the pool when the real tokens do not
 /// fill it). With rows of equal length this keeps exactly what [`head_caps`]
 /// keeps.
-pub(crate) fn ragged_head_caps(allocation: HeadAllocation, sorted: &[Vec<f32>], budget: usize, alpha: f64) -> Vec<usize> {
+pub(crate) fn ragged_head_caps(allocation: HeadAllocation, sorted: &[Vec<f32>], budget: usize, config: &PolicyConfig) -> Vec<usize> {
     let heads = sorted.len();
     let n_max = sorted.iter().map(Vec::len).max().unwrap_or(0);
     if budget >= n_max {
@@ -88,7 +123,7 @@ pub(crate) fn ragged_head_caps(allocation: HeadAllocation, sorted: &[Vec<f32>], 
                 .flat_map(|row| row.iter().copied().chain(std::iter::repeat_n(f32::NEG_INFINITY, n_max - row.len())))
                 .collect();
             match ScoreMatrix::new(heads, n_max, data) {
-                Ok(padded) => head_budget::adaptive(&padded, budget, alpha),
+                Ok(padded) => head_budget::adaptive_with_floor(&padded, budget, config.floor_alpha, config.head_floor(budget)),
                 // `heads * n_max` values by construction.
                 Err(_) => vec![budget; heads],
             }

@@ -12,7 +12,7 @@
 
 use burn::tensor::{activation::softmax, backend::Backend, Bool, FloatDType, Tensor, TensorData};
 
-use super::{PolicyConfig, Pooling, Scorer};
+use super::{layer_budget, PolicyConfig, Pooling, Scorer};
 use crate::{error::dims_str, host::to_host, CacheError};
 
 /// A row-major host matrix of scores, `[rows, cols]`: one row per head (query
@@ -138,6 +138,111 @@ pub fn window_attention<B: Backend>(q: &Tensor<B, 3>, k: &Tensor<B, 3>, window: 
     let probs = masked_probs(q_window, k, group, n, window);
     let mean = probs.slice([0..h_kv, 0..group * window, 0..n]).reshape([h_q, window, n]).mean_dim(1);
     ScoreMatrix::new(h_q, n, to_host(mean)?)
+}
+
+/// The window attention itself, `A[h, i, j]` of `lava-algorithm.md` §1 for
+/// the prefix keys `j < n = N - window`: `[H_q, window, n]`, row-major, read
+/// back to the host (CAKE needs every window query's row, not only their mean).
+///
+/// `q`: `[H_q, N, D]`, `k`: `[H_kv, N, D]`, `1 <= window <= N`.
+pub fn window_attention_rows<B: Backend>(q: &Tensor<B, 3>, k: &Tensor<B, 3>, window: usize) -> Result<Vec<f32>, CacheError> {
+    let (h_q, h_kv, n_tok, d) = check_qk(q, k)?;
+    if window == 0 || window > n_tok {
+        return Err(CacheError::InvalidParameters(format!(
+            "the window ({window}) must hold between 1 and N = {n_tok} tokens"
+        )));
+    }
+    let n = n_tok - window;
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let group = h_q / h_kv;
+    let q_window = q.clone().slice([0..h_q, n..n_tok, 0..d]).reshape([h_kv, group * window, d]);
+    let probs = masked_probs(q_window, k, group, n, window);
+    to_host(probs.slice([0..h_kv, 0..group * window, 0..n]))
+}
+
+/// CAKE's fixed settings (cakekv defaults): `gamma` weighting the variance in
+/// the token score, the preference temperatures `tau1`, `tau2`, and the
+/// average pooling of kernel 5 it applies whatever the policy's pooling.
+pub mod cake {
+    /// Weight of the variance in the token score.
+    pub const GAMMA: f64 = 200.0;
+    /// Entropy temperature of the layer preference.
+    pub const TAU1: f64 = 1.0;
+    /// Variance temperature of the layer preference.
+    pub const TAU2: f64 = 1.0;
+    /// Average-pooling kernel of the token score.
+    pub const KERNEL: usize = 5;
+}
+
+/// CAKE scores and layer preference (`lava-algorithm.md` §6, cakekv defaults)
+/// from the window attention rows `attn` (`[H_q, r, n]`, see
+/// [`window_attention_rows`]) of a layer with `kv_heads` KV heads.
+///
+/// Per query head and token: `m = mean_i A[h,i,j]`, `v` the unbiased variance
+/// of `A[h,i,j]` across the `r` window queries (0 when `r < 2`); the token
+/// score is `avgpool_5(m + gamma * v)` averaged over the `G` query heads of
+/// each KV head (`[H_kv, n]`). The preference is `H^(1/tau1) * V^(1/tau2)` with
+/// `H = -sum A ln(A + 1e-10)` over every head, window query and prefix key and
+/// `V = sum_{h,j} v[h,j]` ([`cake_preference`]). Computed in `f64`, scores
+/// returned as `f32`.
+pub fn cake_scores(attn: &[f32], query_heads: usize, rows: usize, kv_heads: usize) -> Result<(ScoreMatrix, f64), CacheError> {
+    let n = if query_heads * rows == 0 { 0 } else { attn.len() / (query_heads * rows) };
+    let positions: Vec<usize> = (0..n).collect();
+    let (scores, entropy, variance) = cake_statistics(attn, query_heads, rows, kv_heads, &positions)?;
+    Ok((scores, cake_preference(entropy, variance)))
+}
+
+/// CAKE's layer preference `H^(1/tau1) * V^(1/tau2)` from the attention
+/// entropy `H` and the summed variance `V` (0 if not finite).
+pub fn cake_preference(entropy: f64, variance: f64) -> f64 {
+    let p = entropy.max(0.0).powf(1.0 / cake::TAU1) * variance.max(0.0).powf(1.0 / cake::TAU2);
+    if p.is_finite() {
+        p
+    } else {
+        0.0
+    }
+}
+
+/// The parts of [`cake_scores`]: the `[H_kv, n]` token scores, the entropy `H`
+/// and the summed variance `V`, for attention rows `attn` (`[H_q, r, n]`) over
+/// tokens at absolute `positions` (strictly increasing, length `n`; pooling
+/// uses them as [`pool_at`] does, so `0..n` is the plain pooling of a prefill).
+pub fn cake_statistics(
+    attn: &[f32],
+    query_heads: usize,
+    rows: usize,
+    kv_heads: usize,
+    positions: &[usize],
+) -> Result<(ScoreMatrix, f64, f64), CacheError> {
+    let n = positions.len();
+    if kv_heads == 0 || query_heads % kv_heads != 0 || rows == 0 || attn.len() != query_heads * rows * n {
+        return Err(CacheError::ShapeMismatch {
+            what: "window attention rows",
+            expected: format!("[{query_heads} (a multiple of {kv_heads}), {rows} > 0, {n}] values"),
+            found: format!("{} values", attn.len()),
+        });
+    }
+    let group = query_heads / kv_heads;
+    let (mut entropy, mut variance) = (0f64, 0f64);
+    let mut data = vec![0f32; kv_heads * n];
+    for h in 0..query_heads {
+        let head = &attn[h * rows * n..(h + 1) * rows * n];
+        let mut token = vec![0f32; n];
+        for (j, t) in token.iter_mut().enumerate() {
+            let column = (0..rows).map(|i| head[i * n + j] as f64);
+            let mean = column.clone().sum::<f64>() / rows as f64;
+            let var = if rows < 2 { 0.0 } else { column.clone().map(|x| (x - mean) * (x - mean)).sum::<f64>() / (rows - 1) as f64 };
+            entropy -= column.map(|x| x * (x + 1e-10).ln()).sum::<f64>();
+            variance += var;
+            *t = (mean + cake::GAMMA * var) as f32;
+        }
+        let pooled = pool_at(positions, &token, cake::KERNEL, Pooling::AvgPool);
+        let out = &mut data[(h / group) * n..(h / group + 1) * n];
+        out.iter_mut().zip(pooled).for_each(|(o, x)| *o += x / group as f32);
+    }
+    Ok((ScoreMatrix::new(kv_heads, n, data)?, entropy, variance))
 }
 
 /// Logits per chunk of [`cumulative_attention`]: at most about 4 M at a time
@@ -372,7 +477,20 @@ pub fn score_layer<B: Backend>(
     config: &PolicyConfig,
     scorer: Scorer,
 ) -> Result<ScoreMatrix, CacheError> {
-    let (_, h_kv, n_tok, _) = check_qk(q, k)?;
+    score_layer_weighted(q, k, v, config, scorer).map(|(scores, _)| scores)
+}
+
+/// [`score_layer`] and the layer's weight in a dynamic layer allocation: the
+/// CAKE preference for [`Scorer::Cake`] ([`cake_scores`]), else the normalised
+/// entropy of the scores ([`layer_budget::normalized_entropy`], LAVa's).
+pub fn score_layer_weighted<B: Backend>(
+    q: &Tensor<B, 3>,
+    k: &Tensor<B, 3>,
+    v: &Tensor<B, 3>,
+    config: &PolicyConfig,
+    scorer: Scorer,
+) -> Result<(ScoreMatrix, f64), CacheError> {
+    let (h_q, h_kv, n_tok, _) = check_qk(q, k)?;
     if v.dims() != k.dims() {
         return Err(CacheError::ShapeMismatch {
             what: "values",
@@ -382,17 +500,25 @@ pub fn score_layer<B: Backend>(
     }
     let window = config.window.min(n_tok);
     let n = n_tok - window;
-    match scorer {
-        Scorer::SnapKv => snapkv_scores(&window_attention(q, k, window)?, h_kv, config.kernel_size, config.pooling),
+    let scores = match scorer {
+        Scorer::SnapKv => snapkv_scores(&window_attention(q, k, window)?, h_kv, config.kernel_size, config.pooling)?,
         Scorer::Lava => lava_scores(
             &window_attention(q, k, window)?,
             &value_norm_max(v, n)?,
             config.kernel_size,
             config.pooling,
-        ),
-        Scorer::H2o => h2o_scores(&cumulative_attention(q, k, n)?, h_kv),
-        Scorer::Streaming => Ok(streaming_scores(h_kv, n, config.sinks)),
-    }
+        )?,
+        Scorer::H2o => h2o_scores(&cumulative_attention(q, k, n)?, h_kv)?,
+        Scorer::Streaming => streaming_scores(h_kv, n, config.sinks),
+        Scorer::Cake => {
+            if n == 0 {
+                return Ok((ScoreMatrix::new(h_kv, 0, Vec::new())?, 0.0));
+            }
+            return cake_scores(&window_attention_rows(q, k, window)?, h_q, window, h_kv);
+        }
+    };
+    let weight = layer_budget::normalized_entropy(&scores);
+    Ok((scores, weight))
 }
 
 #[cfg(test)]

@@ -101,9 +101,17 @@ pub struct Expected {
     pub kept: Vec<Vec<usize>>,
     /// Per KV head: (position, score) of the evictable tokens, by position.
     pub scores: Vec<Vec<(usize, f64)>>,
+    /// CAKE only: the layer's preference (entropy times summed variance).
+    pub preference: Option<f64>,
 }
 
 impl Expected {
+    /// The layer's weight in a dynamic allocation: CAKE's preference, else the
+    /// normalised entropy of the scores.
+    pub fn weight(&self) -> f64 {
+        self.preference.unwrap_or_else(|| self.entropy())
+    }
+
     /// Normalised entropy of the scores (lava-algorithm.md §3), over all heads.
     pub fn entropy(&self) -> f64 {
         let all: Vec<f64> = self.scores.iter().flatten().map(|x| x.1).collect();
@@ -126,7 +134,11 @@ pub fn rescore(layer: &HostLayer, kept: &[Vec<usize>], config: &PolicyConfig, bu
     let a = layer.len();
     let r = config.window.min(a);
     let boundary = a - r;
-    let half = config.kernel_size / 2;
+    let cake = comp.scorer == Scorer::Cake;
+    // CAKE pools with its own average kernel of 5.
+    let (kernel, pooling) = if cake { (5, Pooling::AvgPool) } else { (config.kernel_size, config.pooling) };
+    let half = kernel / 2;
+    let (mut cake_entropy, mut cake_variance) = (0f64, 0f64);
     let mut scores: Vec<Vec<(usize, f64)>> = Vec::new();
     for g in 0..hkv {
         let mut held = kept[g].clone();
@@ -137,9 +149,9 @@ pub fn rescore(layer: &HostLayer, kept: &[Vec<usize>], config: &PolicyConfig, bu
                 .map(|j| {
                     let near: Vec<f64> =
                         (0..prefix.len()).filter(|&m| prefix[m].abs_diff(prefix[j]) <= half).map(|m| row[m]).collect();
-                    match config.pooling {
+                    match pooling {
                         Pooling::MaxPool => near.iter().copied().fold(f64::NEG_INFINITY, f64::max),
-                        Pooling::AvgPool => near.iter().sum::<f64>() / config.kernel_size as f64,
+                        Pooling::AvgPool => near.iter().sum::<f64>() / kernel as f64,
                     }
                 })
                 .collect()
@@ -149,6 +161,8 @@ pub fn rescore(layer: &HostLayer, kept: &[Vec<usize>], config: &PolicyConfig, bu
         } else {
             // s[h][j]: attention of the window queries of query head h to prefix token j.
             let mut s = vec![vec![0f64; prefix.len()]; group];
+            // CAKE: every window query's attention, a[h][i][j].
+            let mut a_rows = vec![vec![vec![0f64; prefix.len()]; r]; group];
             for (hi, h) in (g * group..(g + 1) * group).enumerate() {
                 for i in 0..r {
                     let qpos = boundary + i;
@@ -158,6 +172,7 @@ pub fn rescore(layer: &HostLayer, kept: &[Vec<usize>], config: &PolicyConfig, bu
                     for (&p, pr) in visible.iter().zip(softmax(&logits)) {
                         if let Ok(j) = prefix.binary_search(&p) {
                             s[hi][j] += pr;
+                            a_rows[hi][i][j] = pr;
                         }
                     }
                 }
@@ -183,6 +198,25 @@ pub fn rescore(layer: &HostLayer, kept: &[Vec<usize>], config: &PolicyConfig, bu
                         }
                     }
                     best
+                }
+                Scorer::Cake => {
+                    // mean + 200 * unbiased variance over the window queries,
+                    // pooled per query head, then the group mean.
+                    let mut out = vec![0f64; prefix.len()];
+                    for rows in &a_rows {
+                        let mut token = Vec::new();
+                        for j in 0..prefix.len() {
+                            let mean = rows.iter().map(|row| row[j]).sum::<f64>() / r as f64;
+                            let var = if r > 1 { rows.iter().map(|row| (row[j] - mean).powi(2)).sum::<f64>() / (r - 1) as f64 } else { 0.0 };
+                            cake_entropy -= rows.iter().map(|row| row[j] * (row[j] + 1e-10).ln()).sum::<f64>();
+                            cake_variance += var;
+                            token.push(mean + 200.0 * var);
+                        }
+                        for (o, x) in out.iter_mut().zip(pool(&token)) {
+                            *o += x / group as f64;
+                        }
+                    }
+                    out
                 }
                 Scorer::Streaming => unreachable!(),
             }
@@ -214,7 +248,12 @@ pub fn rescore(layer: &HostLayer, kept: &[Vec<usize>], config: &PolicyConfig, bu
         entries.sort_by(|a, b| b.0.partial_cmp(&a.0).unwrap().then(a.1.cmp(&b.1)));
         let mut counts = vec![0usize; hkv];
         entries.iter().take(hkv * budget).for_each(|e| counts[e.1 / n_max] += 1);
-        let floor = (config.floor_alpha * budget as f64).floor() as f32;
+        let floor_of = match config.effective_floor_rule() {
+            lava_cache::FloorRule::Reference => config.budget,
+            lava_cache::FloorRule::Matched => config.budget - config.window,
+            lava_cache::FloorRule::Layer => budget,
+        };
+        let floor = (config.floor_alpha * floor_of as f64).floor() as f32;
         let keep = (1.0 - config.floor_alpha) as f32;
         counts.iter().map(|&c| ((c as f32 * keep + floor).round_ties_even() as usize).min(n_max)).collect()
     };
@@ -226,7 +265,8 @@ pub fn rescore(layer: &HostLayer, kept: &[Vec<usize>], config: &PolicyConfig, bu
             out
         })
         .collect();
-    Expected { caps, kept: kept_after, scores }
+    let preference = cake.then_some(cake_entropy * cake_variance);
+    Expected { caps, kept: kept_after, scores, preference }
 }
 
 /// PyramidKV layer budgets (lava-algorithm.md §3), independently.

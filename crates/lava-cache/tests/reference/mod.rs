@@ -16,9 +16,18 @@
 //! - ties in top-k / sort go to the lower index (PyTorch leaves them unspecified);
 //! - a layer whose budget reaches the prefix length keeps everything (Ada-KV
 //!   code compresses at equality, rounding some heads to `n - 1`), and nothing
-//!   is compressed when `B - w >= n`;
-//! - LAVa's head floor is `floor(alpha * B_l)` (the code's misspelled attribute
-//!   leaves it at `floor(alpha * B)`).
+//!   is compressed when `B - w >= n` (CAKE: when `B >= n`, as the cakekv code);
+//! - the head floor follows one of three rules ([`RefFloor`]): `int(alpha * B)`
+//!   as the LAVa code runs it (its per-layer update writes a misspelled
+//!   attribute, so the floor of the whole budget `B` stays), `int(alpha * (B -
+//!   w))`, or the Ada-KV code's `int(alpha * B_l)`.
+//!
+//! CAKE (antgroup/cakekv defaults: `tau1 = tau2 = 1`, `gamma = 200`, average
+//! pooling of kernel 5) is simulated the same way: window attention rows per
+//! query, token scores `avgpool(mean + gamma * var)` averaged over the group,
+//! the preference `entropy * variance` per layer, budgets from the preference
+//! shares of `L * (B - w)` put through cakekv's `adjust_budgets`, and the
+//! cascade over the layers seen so far.
 #![allow(dead_code)]
 
 /// Which scorer.
@@ -28,6 +37,8 @@ pub enum RefScorer {
     Snap,
     /// LAVa: pooling per query head, value-norm scale, group max.
     Lava,
+    /// CAKE: mean + gamma * variance over the window queries, avgpool 5, group mean.
+    Cake,
 }
 
 /// Which layer budgets.
@@ -36,6 +47,19 @@ pub enum RefLayers {
     Uniform,
     Pyramid,
     Entropy,
+    /// CAKE preference shares and `adjust_budgets`.
+    Cake,
+}
+
+/// Which head floor the adaptive heads get.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefFloor {
+    /// `int(alpha * B)`, `B` window included (the LAVa code as run).
+    Reference,
+    /// `int(alpha * (B - w))`.
+    Matched,
+    /// `int(alpha * B_l)` (the Ada-KV code).
+    Layer,
 }
 
 #[derive(Debug, Clone)]
@@ -49,6 +73,7 @@ pub struct RefConfig {
     pub scorer: RefScorer,
     pub layers: RefLayers,
     pub adaptive_heads: bool,
+    pub floor: RefFloor,
 }
 
 /// One layer's inputs as nested vectors: `q[h][t][d]`, `k[g][t][d]`, `v[g][t][d]`.
@@ -181,8 +206,139 @@ fn pool1d(x: &[f64], kernel: usize, maxpool: bool) -> Vec<f64> {
     out
 }
 
+/// Every window query's causal attention over the prefix keys, per query
+/// head: `a[h][i][j]`, `j < n`.
+fn window_rows(layer: &RefLayer, window: usize) -> Vec<Vec<Vec<f64>>> {
+    let hq = layer.q.len();
+    let hkv = layer.k.len();
+    let group = hq / hkv;
+    let n_tok = layer.q[0].len();
+    let d = layer.q[0][0].len();
+    let n = n_tok - window;
+    let mut a = vec![vec![vec![0.0; n]; window]; hq];
+    for h in 0..hq {
+        let g = h / group;
+        for i in 0..window {
+            let qpos = n + i;
+            let mut logits = Vec::new();
+            for j in 0..=qpos {
+                let mut dot = 0.0;
+                for e in 0..d {
+                    dot += layer.q[h][qpos][e] * layer.k[g][j][e];
+                }
+                logits.push(dot / (d as f64).sqrt());
+            }
+            let mut mx = f64::NEG_INFINITY;
+            for &x in &logits {
+                mx = mx.max(x);
+            }
+            let mut z = 0.0;
+            for &x in &logits {
+                z += (x - mx).exp();
+            }
+            for j in 0..n {
+                a[h][i][j] = (logits[j] - mx).exp() / z;
+            }
+        }
+    }
+    a
+}
+
+/// CAKE token scores per KV head and the layer's preference score.
+fn cake_scores_and_preference(layer: &RefLayer, window: usize) -> (Vec<Vec<f64>>, f64) {
+    let a = window_rows(layer, window);
+    let hq = layer.q.len();
+    let hkv = layer.k.len();
+    let group = hq / hkv;
+    let n = a[0][0].len();
+    let mut entropy = 0.0;
+    let mut variance = 0.0;
+    let mut per_head = Vec::new();
+    for h in 0..hq {
+        let mut token = Vec::new();
+        for j in 0..n {
+            let mut mean = 0.0;
+            for i in 0..window {
+                mean += a[h][i][j];
+                entropy -= a[h][i][j] * (a[h][i][j] + 1e-10).ln();
+            }
+            mean /= window as f64;
+            let mut var = 0.0;
+            if window > 1 {
+                for i in 0..window {
+                    var += (a[h][i][j] - mean) * (a[h][i][j] - mean);
+                }
+                var /= (window - 1) as f64; // torch.var: unbiased
+            }
+            variance += var;
+            token.push(mean + 200.0 * var);
+        }
+        per_head.push(pool1d(&token, 5, false));
+    }
+    let mut out = Vec::new();
+    for g in 0..hkv {
+        let mut mean = vec![0.0; n];
+        for h in g * group..(g + 1) * group {
+            for j in 0..n {
+                mean[j] += per_head[h][j] / group as f64;
+            }
+        }
+        out.push(mean);
+    }
+    (out, entropy * variance) // tau1 = tau2 = 1
+}
+
+/// cakekv's `adjust_budgets` on numpy integer arrays.
+fn adjust_budgets(budget_list: &[i64], total_budget: i64, seq_len: i64) -> Vec<i64> {
+    let mut b: Vec<i64> = budget_list.to_vec();
+    let mut total_excess = 0;
+    for x in b.iter_mut() {
+        if *x > seq_len {
+            total_excess += *x - seq_len;
+            *x = seq_len;
+        }
+    }
+    if total_excess > 0 {
+        let valid: Vec<usize> = (0..b.len()).filter(|&i| b[i] < seq_len).collect();
+        if !valid.is_empty() {
+            let per = total_excess / valid.len() as i64;
+            let rem = (total_excess % valid.len() as i64) as usize;
+            for &i in &valid {
+                b[i] += per;
+            }
+            for &i in valid.iter().take(rem) {
+                b[i] += 1;
+            }
+        }
+    }
+    let current: i64 = b.iter().sum();
+    let diff = total_budget - current;
+    if diff != 0 {
+        let valid: Vec<usize> = if diff > 0 {
+            (0..b.len()).filter(|&i| b[i] < seq_len).collect()
+        } else {
+            (0..b.len()).filter(|&i| b[i] > 1).collect()
+        };
+        if !valid.is_empty() {
+            let per = diff.abs() / valid.len() as i64;
+            let rem = (diff.abs() % valid.len() as i64) as usize;
+            let sign = if diff > 0 { 1 } else { -1 };
+            for &i in &valid {
+                b[i] += sign * per;
+            }
+            for &i in valid.iter().take(rem) {
+                b[i] += sign;
+            }
+        }
+    }
+    b
+}
+
 /// Per KV head token scores `S[g][j]`.
 fn token_scores(layer: &RefLayer, cfg: &RefConfig) -> Vec<Vec<f64>> {
+    if cfg.scorer == RefScorer::Cake {
+        return cake_scores_and_preference(layer, cfg.window).0;
+    }
     let s = window_scores(layer, cfg.window);
     let hq = layer.q.len();
     let hkv = layer.k.len();
@@ -201,6 +357,7 @@ fn token_scores(layer: &RefLayer, cfg: &RefConfig) -> Vec<Vec<f64>> {
                 }
                 out.push(pool1d(&mean, cfg.kernel, cfg.maxpool));
             }
+            RefScorer::Cake => unreachable!("handled above"),
             RefScorer::Lava => {
                 // largest L1 norm of the head's prefix values
                 let mut c = 0.0f64;
@@ -306,8 +463,11 @@ fn head_capacities(sorted: &[Vec<f64>], b: usize, cfg: &RefConfig) -> Vec<usize>
     for &i in order.iter().take(hkv * b) {
         counts[i / n] += 1;
     }
-    // PROJECT: floor from the layer budget b (LAVa code: from the global B).
-    let floor_capacity = (b as f64 * cfg.alpha) as i64; // Python int()
+    let floor_capacity = match cfg.floor {
+        RefFloor::Layer => (b as f64 * cfg.alpha) as i64, // Python int()
+        RefFloor::Reference => (cfg.budget as f64 * cfg.alpha) as i64,
+        RefFloor::Matched => ((cfg.budget - cfg.window) as f64 * cfg.alpha) as i64,
+    };
     let mut caps = Vec::new();
     for c in counts {
         let x = (c as f32) * ((1.0 - cfg.alpha) as f32) + floor_capacity as f32;
@@ -360,15 +520,21 @@ pub fn reference_select(layers: &[RefLayer], cfg: &RefConfig) -> RefResult {
     let n = n_tok - w;
     let base = cfg.budget - cfg.window;
     let everything: Vec<usize> = (0..n_tok).collect();
-    // PROJECT: nothing is compressed when B - w >= n.
-    if n <= base {
+    // PROJECT: nothing is compressed when B - w >= n (cakekv: when the
+    // prompt is at most B + w tokens long, i.e. B >= n).
+    let keep_up_to = if cfg.layers == RefLayers::Cake { cfg.budget } else { base };
+    if n <= keep_up_to {
         return RefResult { budgets: vec![n; n_layers], kept: vec![vec![everything; hkv]; n_layers] };
     }
     let mut states = Vec::new();
     let mut sparsities = Vec::new();
     for layer in layers {
         let scores = token_scores(layer, cfg);
-        sparsities.push(sparsity(&scores));
+        if cfg.layers == RefLayers::Cake {
+            sparsities.push(cake_scores_and_preference(layer, cfg.window).1);
+        } else {
+            sparsities.push(sparsity(&scores));
+        }
         let mut sorted_scores = Vec::new();
         let mut sorted_idx = Vec::new();
         for row in &scores {
@@ -388,6 +554,33 @@ pub fn reference_select(layers: &[RefLayer], cfg: &RefConfig) -> RefResult {
                     pyramid_budget(base as i64, n as i64, cfg.beta as i64, n_layers as i64, l as i64) as usize
                 };
                 compress_fresh(&mut states[l], budgets[l], cfg);
+            }
+        }
+        RefLayers::Cake => {
+            // The cascade: after layer `upto`, preference shares over layers
+            // 0..=upto of the whole L * (B - w), adjusted to the prefix.
+            let total = (base * n_layers) as i64;
+            for upto in 0..n_layers {
+                let mut sum = 0.0;
+                for &p in &sparsities[..=upto] {
+                    sum += p;
+                }
+                let mut shares = Vec::new();
+                for l in 0..=upto {
+                    shares.push((sparsities[l] / sum * total as f64) as i64);
+                }
+                let adjusted = adjust_budgets(&shares, total, n as i64);
+                for l in 0..=upto {
+                    let b = adjusted[l].max(0) as usize;
+                    if states[l].prefix.is_some() {
+                        recompress(&mut states[l], b, cfg);
+                        // What the layer holds: the smallest budget so far.
+                        budgets[l] = budgets[l].min(b);
+                    } else {
+                        compress_fresh(&mut states[l], b, cfg);
+                        budgets[l] = b;
+                    }
+                }
             }
         }
         RefLayers::Entropy => {
