@@ -43,9 +43,15 @@
 //! | `lava`          | LAVa (value-norm, group max) | entropy   | adaptive         |
 //! | `lava-no-layer` | LAVa              | uniform              | adaptive         |
 //! | `lava-no-head`  | LAVa              | entropy              | uniform          |
+//! | `lava-matched`  | LAVa              | entropy              | adaptive, matched floor |
+//! | `cake`          | CAKE (mean + 200 var, avgpool 5) | preference (entropy x variance) | uniform |
 //!
 //! Defaults ([`PolicyConfig::new`]): window 32, kernel 7, maxpool, alpha 0.2,
-//! beta 20, 4 sinks.
+//! beta 20, 4 sinks; the head floor rule is the policy's own
+//! ([`PolicyName::default_floor_rule`], overridden by [`PolicyConfig::floor_rule`]).
+//! CAKE uses the cakekv defaults (`tau1 = tau2 = 1`, `gamma = 200`, average
+//! pooling of kernel 5, module [`policy::scorer::cake`]) whatever the pooling
+//! parameters say.
 //!
 //! # Conventions where the reference code is silent or differs
 //!
