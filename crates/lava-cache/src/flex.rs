@@ -272,46 +272,82 @@ pub fn value_norm_max<B: Backend>(v: &Tensor<B, 3>, prefix: usize) -> Option<Vec
 /// For `w` rows of logits (`[w, N]`, row `i` sees keys `0..=N - w + i`): the
 /// mean over the rows of the scaled, masked softmax, for the first `N - w` keys.
 fn window_mean(logits: &[f32], n_tok: usize, window: usize, scale: f32) -> Vec<f32> {
+    let n = n_tok - window;
+    column_sums(logits, n_tok, window, n, n, scale, 1.0 / window as f32)
+}
+
+/// For `rows` rows of logits (`[rows, keys]`, row `i` sees keys
+/// `0..=first + i`): `weight` times the sum over the rows of the scaled,
+/// masked softmax, for the first `cols` keys.
+fn column_sums(logits: &[f32], keys: usize, rows: usize, first: usize, cols: usize, scale: f32, weight: f32) -> Vec<f32> {
     #[cfg(target_arch = "x86_64")]
     {
         if std::is_x86_feature_detected!("avx512f") {
             // SAFETY: the CPU supports the features the function is compiled for.
-            return unsafe { window_mean_avx512(logits, n_tok, window, scale) };
+            return unsafe { column_sums_avx512(logits, keys, rows, first, cols, scale, weight) };
         }
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
             // SAFETY: as above.
-            return unsafe { window_mean_avx2(logits, n_tok, window, scale) };
+            return unsafe { column_sums_avx2(logits, keys, rows, first, cols, scale, weight) };
         }
     }
-    window_mean_portable(logits, n_tok, window, scale)
+    column_sums_portable(logits, keys, rows, first, cols, scale, weight)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn window_mean_avx512(logits: &[f32], n_tok: usize, window: usize, scale: f32) -> Vec<f32> {
-    window_mean_portable(logits, n_tok, window, scale)
+unsafe fn column_sums_avx512(logits: &[f32], keys: usize, rows: usize, first: usize, cols: usize, scale: f32, weight: f32) -> Vec<f32> {
+    column_sums_portable(logits, keys, rows, first, cols, scale, weight)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn window_mean_avx2(logits: &[f32], n_tok: usize, window: usize, scale: f32) -> Vec<f32> {
-    window_mean_portable(logits, n_tok, window, scale)
+unsafe fn column_sums_avx2(logits: &[f32], keys: usize, rows: usize, first: usize, cols: usize, scale: f32, weight: f32) -> Vec<f32> {
+    column_sums_portable(logits, keys, rows, first, cols, scale, weight)
 }
 
 #[inline(always)]
-fn window_mean_portable(logits: &[f32], n_tok: usize, window: usize, scale: f32) -> Vec<f32> {
-    let n = n_tok - window;
-    let mut mean = vec![0f32; n];
-    let mut e = vec![0f32; n_tok];
-    for i in 0..window {
-        let row = &logits[i * n_tok..][..n + i + 1];
-        let e = &mut e[..row.len()];
+fn column_sums_portable(logits: &[f32], keys: usize, rows: usize, first: usize, cols: usize, scale: f32, weight: f32) -> Vec<f32> {
+    let mut acc = vec![0f32; cols];
+    let mut e = vec![0f32; keys];
+    for i in 0..rows {
+        let visible = (first + i + 1).min(keys);
+        let row = &logits[i * keys..][..visible];
+        let e = &mut e[..visible];
         let m = max_lanes(row) * scale;
         e.iter_mut().zip(row).for_each(|(e, &x)| *e = exp(x * scale - m));
-        let w = 1.0 / (sum_lanes(e) * window as f32);
-        mean.iter_mut().zip(&e[..n]).for_each(|(a, &p)| *a += p * w);
+        let w = weight / sum_lanes(e);
+        let upto = cols.min(visible);
+        acc[..upto].iter_mut().zip(&e[..upto]).for_each(|(a, &p)| *a += p * w);
     }
-    mean
+    acc
+}
+
+/// The column sums of H2O's cumulative attention for one chunk of query rows
+/// on flex: `q_rows [H_kv, G*R, D]` (the `R` queries at positions `first ..
+/// first + R` of the `G` query heads of each KV head), `k [H_kv, S, D]` the
+/// keys up to the chunk's end; returns `[H_q, cols]` row-major: for query head
+/// `h` and key `j < cols`, `sum_i softmax_j(q_i . k_j / sqrt(D))` with keys
+/// after each query masked. Logits from flex's matmul, the rest on the host.
+/// `None` unless `B` is flex.
+pub fn cumulative_column_sums<B: Backend>(q_rows: Tensor<B, 3>, k: &Tensor<B, 3>, group: usize, rows: usize, first: usize, cols: usize) -> Option<Vec<f32>> {
+    if !is_flex::<B>() || group == 0 || rows == 0 {
+        return None;
+    }
+    let [h_kv, gr, d] = q_rows.dims();
+    let keys = k.dims()[1];
+    if gr != group * rows || cols > keys || first + rows > keys {
+        return None;
+    }
+    let logits = to_flex(q_rows.matmul(k.clone().swap_dims(1, 2)))?.to_contiguous();
+    let logits = logits.storage::<f32>();
+    if logits.len() < h_kv * gr * keys {
+        return None;
+    }
+    let scale = 1.0 / (d as f32).sqrt();
+    let h_q = h_kv * group;
+    let out = crate::spin_pool::map(h_q, &|h| column_sums(&logits[h * rows * keys..(h + 1) * rows * keys], keys, rows, first, cols, scale, 1.0)).concat();
+    Some(out)
 }
 
 /// Causal grouped-query attention of `T` new queries over `S` keys (the new
@@ -1040,7 +1076,8 @@ mod tests {
             let z: f64 = row.iter().map(|x| (x - m).exp()).sum();
             want.iter_mut().zip(&row).for_each(|(w, x)| *w += (x - m).exp() / z / window as f64);
         }
-        for got in [window_mean(&logits, n_tok, window, 0.125), window_mean_portable(&logits, n_tok, window, 0.125)] {
+        let portable = column_sums_portable(&logits, n_tok, window, n, n, 0.125, 1.0 / window as f32);
+        for got in [window_mean(&logits, n_tok, window, 0.125), portable] {
             for (j, (&a, &b)) in got.iter().zip(&want).enumerate() {
                 assert!((a as f64 - b).abs() < 1e-6, "window mean [{j}]: {a} vs {b}");
             }

@@ -139,6 +139,15 @@ fn scorer_inputs_on_flex_equal_ndarray() {
         let worst = a.data().iter().zip(b.data()).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
         assert!(worst <= 1e-6, "window {window}: window attention differs by {worst}");
     }
+    // H2O's cumulative attention: host column sums on flex, tensor ops on ndarray.
+    for prefix in [0, 1, 300, 668, 700] {
+        use lava_cache::policy::scorer::cumulative_attention;
+        let a = cumulative_attention(&t3::<Nd>(&q, h_q, n_tok, d), &t3::<Nd>(&k, h_kv, n_tok, d), prefix).unwrap();
+        let b = cumulative_attention(&t3::<Fx>(&q, h_q, n_tok, d), &t3::<Fx>(&k, h_kv, n_tok, d), prefix).unwrap();
+        assert_eq!((a.rows(), a.cols()), (b.rows(), b.cols()));
+        let worst = a.data().iter().zip(b.data()).map(|(x, y)| (x - y).abs() / x.abs().max(1.0)).fold(0f32, f32::max);
+        assert!(worst <= 1e-4, "prefix {prefix}: cumulative attention differs by {worst}");
+    }
     // A view (the first 500 tokens) and the whole tensor.
     for prefix in [0, 1, 500, 700] {
         let a = value_norm_max(&t3::<Nd>(&v, h_kv, n_tok, d), prefix).unwrap();

@@ -284,6 +284,8 @@ fn cumulative_attention_in_chunks<B: Backend>(
     let group = h_q / h_kv;
     let device = q.device();
     let mut total: Option<Tensor<B, 3>> = None;
+    // On flex the chunks' column sums accumulate on the host.
+    let mut host: Option<Vec<f32>> = None;
     let mut start = 0;
     while start < n_tok {
         let end = (start + chunk).min(n_tok);
@@ -291,8 +293,22 @@ fn cumulative_attention_in_chunks<B: Backend>(
         // Keys after the chunk's last query are masked for every row: skip them.
         let keys = k.clone().slice([0..h_kv, 0..end, 0..d]);
         let q_rows = q.clone().slice([0..h_q, start..end, 0..d]).reshape([h_kv, group * rows, d]);
-        let probs = masked_probs(q_rows, &keys, group, start, rows);
         let cols = prefix.min(end);
+        if total.is_none() {
+            if let Some(part) = crate::flex::cumulative_column_sums(q_rows.clone(), &keys, group, rows, start, cols) {
+                let acc = host.get_or_insert_with(|| vec![0f32; h_q * prefix]);
+                for h in 0..h_q {
+                    acc[h * prefix..h * prefix + cols].iter_mut().zip(&part[h * cols..(h + 1) * cols]).for_each(|(a, &x)| *a += x);
+                }
+                start = end;
+                continue;
+            }
+        }
+        if let Some(acc) = host.take() {
+            // Not reached on flex (every chunk takes the host path); keep the sums exact anyway.
+            total = Some(Tensor::<B, 3>::from_data(TensorData::new(acc, [h_q, 1, prefix]), &device));
+        }
+        let probs = masked_probs(q_rows, &keys, group, start, rows);
         let mut part = probs.slice([0..h_kv, 0..group * rows, 0..cols]).reshape([h_q, rows, cols]).sum_dim(1);
         if cols < prefix {
             part = Tensor::cat(vec![part, Tensor::zeros([h_q, 1, prefix - cols], &device)], 2);
@@ -302,6 +318,9 @@ fn cumulative_attention_in_chunks<B: Backend>(
             None => part,
         });
         start = end;
+    }
+    if let Some(acc) = host {
+        return ScoreMatrix::new(h_q, prefix, acc);
     }
     match total {
         Some(t) => ScoreMatrix::new(h_q, prefix, to_host(t)?),
