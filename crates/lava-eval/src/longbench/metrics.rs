@@ -38,6 +38,40 @@ pub const ENGLISH_DATASETS: [&str; 16] = [
     "repobench-p",
 ];
 
+/// The datasets of LongBench-E (the length-balanced subset): their files and records name
+/// them `<dataset>_e` and they use `<dataset>`'s prompt, output length and metric.
+pub const LONGBENCH_E_DATASETS: [&str; 13] = [
+    "qasper",
+    "multifieldqa_en",
+    "hotpotqa",
+    "2wikimqa",
+    "gov_report",
+    "multi_news",
+    "trec",
+    "triviaqa",
+    "samsum",
+    "passage_count",
+    "passage_retrieval_en",
+    "lcc",
+    "repobench-p",
+];
+
+/// The LongBench dataset whose prompt, output length, metric and scorer rules `dataset`
+/// uses: `<d>` for a LongBench-E name `<d>_e` where `<d>` is an English dataset
+/// ([`ENGLISH_DATASETS`]; the official LongBench-E files are the
+/// [`LONGBENCH_E_DATASETS`]), else `dataset` itself.
+pub fn base_dataset(dataset: &str) -> &str {
+    match dataset.strip_suffix("_e") {
+        Some(base) if ENGLISH_DATASETS.contains(&base) => base,
+        _ => dataset,
+    }
+}
+
+/// Whether `dataset` is a LongBench-E name (`<d>_e`, see [`base_dataset`]).
+pub fn is_longbench_e(dataset: &str) -> bool {
+    base_dataset(dataset) != dataset
+}
+
 /// A LongBench metric (the English ones; the Chinese metrics need `jieba` and are not ported).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -57,11 +91,11 @@ pub enum Metric {
 }
 
 impl Metric {
-    /// `dataset2metric` of `eval.py`, restricted to the English datasets. `None` for unknown
-    /// or Chinese datasets (`multifieldqa_zh`, `dureader`, `vcsum`, `lsht`,
-    /// `passage_retrieval_zh`).
+    /// `dataset2metric` of `eval.py`, restricted to the English datasets (LongBench-E names
+    /// `<d>_e` get `<d>`'s metric, see [`base_dataset`]). `None` for unknown or Chinese
+    /// datasets (`multifieldqa_zh`, `dureader`, `vcsum`, `lsht`, `passage_retrieval_zh`).
     pub fn for_dataset(dataset: &str) -> Option<Metric> {
-        Some(match dataset {
+        Some(match base_dataset(dataset) {
             "narrativeqa" | "qasper" | "multifieldqa_en" | "hotpotqa" | "2wikimqa" | "musique" | "triviaqa" => {
                 Metric::QaF1
             }
@@ -114,9 +148,9 @@ impl Metric {
 }
 
 /// Whether `dataset` is prompted with the model's chat template (everything except
-/// [`NO_CHAT_TEMPLATE_DATASETS`]).
+/// [`NO_CHAT_TEMPLATE_DATASETS`] and their LongBench-E versions).
 pub fn uses_chat_template(dataset: &str) -> bool {
-    !NO_CHAT_TEMPLATE_DATASETS.contains(&dataset)
+    !NO_CHAT_TEMPLATE_DATASETS.contains(&base_dataset(dataset))
 }
 
 /// `prediction.lstrip('\n').split('\n')[0]`.
@@ -126,7 +160,7 @@ pub fn first_line(prediction: &str) -> &str {
 }
 
 /// Scores one prediction of `dataset` like `eval.py`'s `scorer`: cut to the first line for
-/// [`FIRST_LINE_DATASETS`], then the maximum of the dataset's metric over the ground-truth
+/// [`FIRST_LINE_DATASETS`] (and their LongBench-E versions, as `scorer_e` does), then the maximum of the dataset's metric over the ground-truth
 /// answers (0 when there are none). Returns a value in `[0, 1]`.
 pub fn score_prediction(
     dataset: &str,
@@ -135,7 +169,7 @@ pub fn score_prediction(
     all_classes: Option<&[String]>,
 ) -> Result<f64> {
     let metric = Metric::for_dataset(dataset).ok_or_else(|| EvalError::UnknownDataset(dataset.to_string()))?;
-    let prediction = if FIRST_LINE_DATASETS.contains(&dataset) { first_line(prediction) } else { prediction };
+    let prediction = if FIRST_LINE_DATASETS.contains(&base_dataset(dataset)) { first_line(prediction) } else { prediction };
     let mut score = 0.0f64;
     for gt in answers {
         let s = metric.score(prediction, gt, all_classes).map_err(|e| match e {
@@ -497,5 +531,30 @@ mod tests {
         assert_eq!(length_bucket(3999), "0-4k");
         assert_eq!(length_bucket(4000), "4-8k");
         assert_eq!(length_bucket(8000), "8k+");
+    }
+
+    #[test]
+    fn longbench_e_names_use_the_base_dataset() {
+        for d in LONGBENCH_E_DATASETS {
+            let e = format!("{d}_e");
+            assert_eq!(base_dataset(&e), d);
+            assert!(is_longbench_e(&e) && !is_longbench_e(d));
+            assert_eq!(Metric::for_dataset(&e), Metric::for_dataset(d), "{e}");
+            assert!(Metric::for_dataset(&e).is_some(), "{e}");
+            assert_eq!(uses_chat_template(&e), uses_chat_template(d), "{e}");
+        }
+        // Only English datasets have an `_e` version; other names are left alone.
+        assert_eq!(base_dataset("dureader_e"), "dureader_e");
+        assert_eq!(base_dataset("multifieldqa_en"), "multifieldqa_en");
+        assert_eq!(Metric::for_dataset("nope_e"), None);
+        assert!(!uses_chat_template("trec_e") && uses_chat_template("qasper_e"));
+        // trec_e: first line only, classification metric, like trec
+        let classes: Vec<String> = vec!["Date".into(), "City".into()];
+        let s = score_prediction("trec_e", "\nCity\nDate", &["City".into()], Some(&classes)).unwrap();
+        assert_eq!(s, 1.0);
+        let s = score_prediction("trec_e", "\nCity\nDate", &["Date".into()], Some(&classes)).unwrap();
+        assert_eq!(s, 0.0);
+        assert!(close(score_prediction("hotpotqa_e", "Paris\nLondon", &["London".into()], None).unwrap(), 2.0 / 3.0));
+        assert!(matches!(score_prediction("nope_e", "x", &[], None), Err(EvalError::UnknownDataset(_))));
     }
 }

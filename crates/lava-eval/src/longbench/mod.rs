@@ -1,5 +1,7 @@
-//! LongBench (THUDM/LongBench, v1 English tasks): data loading, prompt building, middle
-//! truncation, and the metrics of `metrics.py` / the scorer rules of `eval.py`.
+//! LongBench (THUDM/LongBench, v1 English tasks, and LongBench-E's `<task>_e` files): data
+//! loading, prompt building, middle truncation, and the metrics of `metrics.py` / the scorer
+//! rules of `eval.py`. A LongBench-E dataset `<task>_e` uses `<task>`'s prompt, output length
+//! and metric ([`base_dataset`]); the record's `length` (words) gives its length bucket.
 //!
 //! Typical use by a runner:
 //! ```no_run
@@ -26,11 +28,12 @@ pub mod rouge;
 
 pub use data::{
     build_prompt, list_datasets, load_longbench_jsonl, middle_truncation_split, truncate_middle, LongBenchConfig,
-    LongBenchRecord,
+    LongBenchRecord, PreparedPrompt,
 };
 pub use metrics::{
-    aggregate_score, classification_score, code_sim_score, count_score, first_line, fuzz_ratio, length_bucket,
-    normalize_answer, qa_f1_score, retrieval_score, score_prediction, token_f1, uses_chat_template, Metric,
-    ENGLISH_DATASETS, FIRST_LINE_DATASETS, NO_CHAT_TEMPLATE_DATASETS,
+    aggregate_score, base_dataset, classification_score, code_sim_score, count_score, first_line, fuzz_ratio,
+    is_longbench_e, length_bucket, normalize_answer, qa_f1_score, retrieval_score, score_prediction, token_f1,
+    uses_chat_template, Metric, ENGLISH_DATASETS, FIRST_LINE_DATASETS, LONGBENCH_E_DATASETS,
+    NO_CHAT_TEMPLATE_DATASETS,
 };
 pub use rouge::rouge_l_f;

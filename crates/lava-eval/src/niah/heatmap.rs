@@ -31,13 +31,13 @@ pub fn score_color(score: f64) -> (u8, u8, u8) {
 }
 
 /// Width in pixels of `text` drawn at `scale`.
-fn text_width(text: &str, scale: i32) -> i32 {
+pub(crate) fn text_width(text: &str, scale: i32) -> i32 {
     text.chars().count() as i32 * 8 * scale
 }
 
 /// Draws ASCII `text` with its top-left corner at `(x, y)`, each glyph pixel a
 /// `scale` x `scale` square. Non-ASCII characters are drawn as `?`.
-fn draw_text<DB: DrawingBackend>(
+pub(crate) fn draw_text<DB: DrawingBackend>(
     area: &DrawingArea<DB, plotters::coord::Shift>,
     text: &str,
     x: i32,

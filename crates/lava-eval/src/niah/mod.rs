@@ -30,6 +30,8 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 pub use heatmap::render_heatmap_png;
+/// Bitmap-font text helpers, shared with the report's plots.
+pub(crate) use heatmap::{draw_text, text_width};
 
 use crate::error::{EvalError, Result};
 use crate::haystack::load_txt_dir;

@@ -2,6 +2,9 @@
 //! policies and budgets, results appended to a JSONL file as they finish.
 
 pub mod engine;
+mod shard;
+#[cfg(test)]
+mod stamp_tests;
 mod tasks;
 
 use std::collections::HashSet;
@@ -11,6 +14,7 @@ use burn::tensor::backend::Backend;
 use lava_cache::{PolicyConfig, PolicyName};
 use lava_llama::{Llama, Tokenizer};
 
+pub use shard::Shard;
 pub use tasks::{run_fidelity, run_longbench, run_niah, run_ppl, run_ruler};
 
 use crate::error::Result;
@@ -71,6 +75,12 @@ pub struct Sink {
     /// Records written by this run.
     pub written: Vec<ResultRecord>,
     bar: indicatif::ProgressBar,
+    /// Which prompts this process runs.
+    shard: Shard,
+    /// Prompts met so far (of every shard, done or not), in the run's order.
+    prompts: u64,
+    /// Fields added to every record written (see [`Sink::set_stamp`]).
+    stamp: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Sink {
@@ -84,7 +94,28 @@ impl Sink {
             indicatif::ProgressStyle::with_template("{msg:30} {bar:30} {pos}/{len} cells, elapsed {elapsed}, eta {eta}")
                 .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
-        Ok(Self { writer, done, written: Vec::new(), bar })
+        Ok(Self { writer, done, written: Vec::new(), bar, shard: Shard::ALL, prompts: 0, stamp: Default::default() })
+    }
+
+    /// Runs only the prompts of `shard` (default: every prompt).
+    pub fn with_shard(mut self, shard: Shard) -> Self {
+        self.shard = shard;
+        self
+    }
+
+    /// Counts the next prompt of the run and says whether this shard runs it. The tasks call
+    /// it once per prompt, before building it, whether or not its cells are already done, so
+    /// the numbering is the same in every shard and on every resume.
+    pub fn take_prompt(&mut self) -> bool {
+        let i = self.prompts;
+        self.prompts += 1;
+        self.shard.contains(i)
+    }
+
+    /// Grows the expected number of cells by those of this shard among the next `prompts`
+    /// prompts, `cells_per_prompt` cells each.
+    pub fn expect_prompts(&self, prompts: usize, cells_per_prompt: usize) {
+        self.expect(self.shard.count_in(self.prompts, prompts as u64) * cells_per_prompt as u64);
     }
 
     /// Grows the expected number of cells.
@@ -100,7 +131,21 @@ impl Sink {
         self.bar.inc(1);
     }
 
-    fn push(&mut self, rec: ResultRecord) -> Result<()> {
+    /// Adds `stamp`'s fields (`code_version`, `settings_hash`, `kv_shape`, see
+    /// [`crate::provenance`]) to every record written from now on, replacing fields of the
+    /// same name. Fails, naming both versions, if the file already holds records of another
+    /// code version or settings hash (or without them), unless `allow_mixed`.
+    pub fn set_stamp(&mut self, stamp: serde_json::Map<String, serde_json::Value>, allow_mixed: bool) -> Result<()> {
+        let existing = crate::results::load_results(self.writer.path())?;
+        crate::provenance::check_resume(self.writer.path(), &existing, &stamp, allow_mixed)?;
+        self.stamp = stamp;
+        Ok(())
+    }
+
+    fn push(&mut self, mut rec: ResultRecord) -> Result<()> {
+        for (k, v) in &self.stamp {
+            rec.extra.insert(k.clone(), v.clone());
+        }
         self.bar.set_message(format!("{} {} {}", rec.task, rec.policy, budget_label(&rec.budget)));
         self.writer.append(&rec)?;
         self.done.insert(rec.key());

@@ -118,7 +118,8 @@ fn run_prompt<B: Backend>(
     Ok(())
 }
 
-/// Needle in a haystack: `lengths` (model tokens) x `depths` (percent), one sample each.
+/// Needle in a haystack: `lengths` (model tokens) x `depths` (percent), one sample (one
+/// prompt, in that order) each.
 #[allow(clippy::too_many_arguments)]
 pub fn run_niah<B: Backend>(
     s: &Subject<'_, B>,
@@ -133,9 +134,12 @@ pub fn run_niah<B: Backend>(
     let cfg = NiahConfig::default();
     let max_len = lengths.iter().copied().max().unwrap_or(0);
     let hay = NiahHaystack::from_dir(&tok, haystack_dir, max_len)?;
-    sink.expect((lengths.len() * depths.len() * variants.len()) as u64);
+    sink.expect_prompts(lengths.len() * depths.len(), variants.len());
     for &len in lengths {
         for &depth in depths {
+            if !sink.take_prompt() {
+                continue;
+            }
             let ctx = niah::build_context(&tok, &hay, len, depth, &cfg)?;
             let p = NiahPrompt::new(&ctx.context, &cfg);
             let q = question_agnostic.then_some(cfg.question.as_str());
@@ -156,7 +160,9 @@ pub fn run_niah<B: Backend>(
     Ok(())
 }
 
-/// RULER tasks at each length, `samples` per task, seeded.
+/// RULER tasks at each length, `samples` per task, seeded (prompts in task, length, sample
+/// order). `essay_dir` is the essay haystack, needed when a task uses it
+/// ([`RulerTask::config`]`.needs_essay()`); `None` otherwise.
 #[allow(clippy::too_many_arguments)]
 pub fn run_ruler<B: Backend>(
     s: &Subject<'_, B>,
@@ -165,18 +171,24 @@ pub fn run_ruler<B: Backend>(
     lengths: &[usize],
     samples: usize,
     seed: u64,
-    essay_dir: &Path,
+    essay_dir: Option<&Path>,
     question_agnostic: bool,
     sink: &mut Sink,
 ) -> Result<()> {
     let tok = ModelTokenizer(s.tok);
-    let gen = RulerGenerator::new(&tok).with_essay_dir(essay_dir)?;
-    sink.expect((tasks.len() * lengths.len() * samples * variants.len()) as u64);
+    let mut gen = RulerGenerator::new(&tok);
+    if let Some(dir) = essay_dir {
+        gen = gen.with_essay_dir(dir)?;
+    }
+    sink.expect_prompts(tasks.len() * lengths.len() * samples, variants.len());
     for &task in tasks {
         for &len in lengths {
             // Leave room for the chat template's own tokens.
             let fit = len.saturating_sub(if s.chat { 40 } else { 0 });
             for i in 0..samples {
+                if !sink.take_prompt() {
+                    continue;
+                }
                 let sample = gen.generate(task, fit, seed, i)?;
                 // RULER inputs end with the question on their last line.
                 let question = sample.input.trim_end().rsplit('\n').next().map(str::to_string);
@@ -198,7 +210,10 @@ pub fn run_ruler<B: Backend>(
     Ok(())
 }
 
-/// LongBench datasets from `data_dir`, prompts truncated in the middle to `max_length` tokens.
+/// LongBench datasets from `data_dir` (`<dataset>.jsonl`, LongBench-E's `<task>_e.jsonl`
+/// included), the first `limit` records of each (prompts in dataset, record order), prompts
+/// truncated in the middle to `max_length` tokens. Each result carries the record's `length`
+/// as `"longbench_length"` when it has one.
 #[allow(clippy::too_many_arguments)]
 pub fn run_longbench<B: Backend>(
     s: &Subject<'_, B>,
@@ -215,31 +230,28 @@ pub fn run_longbench<B: Backend>(
     for ds in datasets {
         let records = longbench::load_longbench_jsonl(data_dir.join(format!("{ds}.jsonl")))?;
         let records: Vec<_> = records.into_iter().take(limit).collect();
-        sink.expect((records.len() * variants.len()) as u64);
-        let max_new = cfg.max_new_tokens(ds)?;
-        let template = cfg.template(ds)?.to_string();
+        sink.expect_prompts(records.len(), variants.len());
+        // Unknown datasets fail before any prompt is run.
+        cfg.max_new_tokens(ds)?;
+        cfg.template(ds)?;
         for (i, rec) in records.iter().enumerate() {
-            let prompt_text = cfg.build_prompt(rec)?;
-            let text = longbench::truncate_middle(&tok, &prompt_text, max_length.saturating_sub(max_new));
-            let chat = s.chat && longbench::uses_chat_template(ds);
+            if !sink.take_prompt() {
+                continue;
+            }
+            let p = cfg.prepare(ds, rec, &tok, max_length)?;
             // Question-agnostic: what the template puts after {context} is the question part.
-            let q = if question_agnostic {
-                template.split("{context}").nth(1).map(|tail| tail.replace("{input}", &rec.input))
-            } else {
-                None
-            };
-            let question = q.as_deref().map(|t| t.trim_start()).filter(|t| text.contains(*t));
-            let prompt = make_prompt(s, None, &text, "", chat, question)?;
+            let question = if question_agnostic { p.question.as_deref() } else { None };
+            let prompt = make_prompt(s, None, &p.text, "", s.chat && p.chat, question)?;
             let id = if rec.id.is_empty() { i.to_string() } else { rec.id.clone() };
             run_prompt(
                 s,
                 variants,
                 &prompt,
-                max_new,
+                p.max_new_tokens,
                 sink,
                 |v| CellKey { task: format!("longbench/{ds}"), policy: v.policy.clone(), budget: v.budget.clone(), length: None, sample_id: id.clone() },
                 |pred| rec.score(pred).unwrap_or(0.0),
-                &[],
+                &rec.result_extras(),
             )?;
         }
     }
@@ -257,38 +269,57 @@ fn log_probs<B: Backend>(logits: Tensor<B, 2>, targets: &[u32]) -> Result<(Vec<f
     Ok((lp, lsm))
 }
 
-/// Splits text files into (context, continuation) token pairs: `n` samples per file.
-fn pg19_samples(s_tok: &ModelTokenizer<'_>, dir: &Path, files: usize, context: usize, continuation: usize) -> Result<Vec<(String, Vec<u32>)>> {
+/// Where window `j` of `windows` starts, as a fraction of a book: the first a fifth of the way
+/// in (past the Gutenberg front matter), the others spread evenly over the remaining four
+/// fifths (two windows: 1/5 and 3/5).
+fn window_start(j: usize, windows: usize) -> f64 {
+    0.2 + 0.8 * j as f64 / windows.max(1) as f64
+}
+
+/// Splits the first `files` `.txt` files of `dir` (sorted by name) into (id, tokens) samples:
+/// `windows` non-overlapping windows per book, each `context + continuation` tokens, with id
+/// `<book>#<window>`. A window is cut off where the next one starts, so windows never share
+/// text; a window without enough tokens before that (or the end of the book) is left out.
+fn pg19_samples(s_tok: &impl Tokenize, dir: &Path, files: usize, windows: usize, context: usize, continuation: usize) -> Result<Vec<(String, Vec<u32>)>> {
     let mut names: Vec<_> = std::fs::read_dir(dir)
         .map_err(|e| EvalError::Io { path: dir.to_path_buf(), source: e })?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "txt"))
         .collect();
     names.sort();
+    let need = context + continuation;
     let mut out = Vec::new();
     for p in names.into_iter().take(files) {
         let text = std::fs::read_to_string(&p).map_err(|e| EvalError::Io { path: p.clone(), source: e })?;
-        // Skip the Gutenberg front matter: start a fifth of the way in.
-        let start = text.char_indices().nth(text.chars().count() / 5).map_or(0, |(i, _)| i);
-        let slice: String = text[start..].chars().take((context + continuation) * 8).collect();
-        let ids = s_tok.encode(&slice);
-        if ids.len() >= context + continuation {
-            let name = p.file_stem().map(|x| x.to_string_lossy().into_owned()).unwrap_or_default();
-            out.push((name, ids[..context + continuation].to_vec()));
+        let chars: Vec<(usize, char)> = text.char_indices().collect();
+        let at = |frac: f64| ((chars.len() as f64 * frac) as usize).min(chars.len());
+        let name = p.file_stem().map(|x| x.to_string_lossy().into_owned()).unwrap_or_default();
+        for j in 0..windows {
+            let (from, to) = (at(window_start(j, windows)), if j + 1 < windows { at(window_start(j + 1, windows)) } else { chars.len() });
+            let to = to.min(from.saturating_add(need * 8));
+            let byte = |c: usize| chars.get(c).map_or(text.len(), |&(b, _)| b);
+            let ids = s_tok.encode(&text[byte(from)..byte(to)]);
+            if ids.len() >= need {
+                out.push((format!("{name}#{j}"), ids[..need].to_vec()));
+            }
         }
     }
     Ok(out)
 }
 
-/// Perplexity of a continuation after compressing the context (PG-19).
-pub fn run_ppl<B: Backend>(s: &Subject<'_, B>, variants: &[Variant], dir: &Path, files: usize, context: usize, continuation: usize, sink: &mut Sink) -> Result<()> {
-    teacher_forced(s, variants, dir, files, context, continuation, sink, false)
+/// Perplexity of a continuation after compressing the context (PG-19): `windows` samples from
+/// each of the first `files` books (one prompt each, in book, window order).
+#[allow(clippy::too_many_arguments)]
+pub fn run_ppl<B: Backend>(s: &Subject<'_, B>, variants: &[Variant], dir: &Path, files: usize, windows: usize, context: usize, continuation: usize, sink: &mut Sink) -> Result<()> {
+    teacher_forced(s, variants, dir, files, windows, context, continuation, sink, false)
 }
 
-/// Fidelity against the full cache on PG-19 continuations: KL divergence of the
-/// next-token distribution, top-1 agreement, and per-layer relative attention-output error.
-pub fn run_fidelity<B: Backend>(s: &Subject<'_, B>, variants: &[Variant], dir: &Path, files: usize, context: usize, continuation: usize, sink: &mut Sink) -> Result<()> {
-    teacher_forced(s, variants, dir, files, context, continuation, sink, true)
+/// Fidelity against the full cache on PG-19 continuations (`windows` samples from each of
+/// the first `files` books): KL divergence of the next-token distribution, top-1 agreement,
+/// and per-layer relative attention-output error.
+#[allow(clippy::too_many_arguments)]
+pub fn run_fidelity<B: Backend>(s: &Subject<'_, B>, variants: &[Variant], dir: &Path, files: usize, windows: usize, context: usize, continuation: usize, sink: &mut Sink) -> Result<()> {
+    teacher_forced(s, variants, dir, files, windows, context, continuation, sink, true)
 }
 
 /// Records each layer's attention output of the continuation pass.
@@ -330,16 +361,32 @@ fn teacher_forced<B: Backend>(
     variants: &[Variant],
     dir: &Path,
     files: usize,
+    windows: usize,
     context: usize,
     continuation: usize,
     sink: &mut Sink,
     fidelity: bool,
 ) -> Result<()> {
+    if context == 0 || continuation == 0 {
+        return Err(EvalError::InvalidArgument(format!(
+            "PG-19 context and continuation must be at least one token each (got {context} and {continuation})"
+        )));
+    }
     let tok = ModelTokenizer(s.tok);
-    let samples = pg19_samples(&tok, dir, files, context, continuation)?;
+    let samples = pg19_samples(&tok, dir, files, windows, context, continuation)?;
+    if samples.is_empty() && files > 0 && windows > 0 {
+        return Err(EvalError::invalid(
+            dir,
+            None,
+            format!("no .txt book here has {} tokens for a window (expected PG-19 test-set books)", context + continuation),
+        ));
+    }
     let task = if fidelity { "fidelity" } else { "ppl" };
-    sink.expect((samples.len() * variants.len()) as u64);
+    sink.expect_prompts(samples.len(), variants.len());
     for (name, ids) in &samples {
+        if !sink.take_prompt() {
+            continue;
+        }
         let key = |v: &Variant| CellKey { task: task.into(), policy: v.policy.clone(), budget: v.budget.clone(), length: Some(context as u64), sample_id: name.clone() };
         if variants.iter().all(|v| sink.is_done(&key(v))) {
             variants.iter().for_each(|_| sink.skip());
@@ -358,6 +405,8 @@ fn teacher_forced<B: Backend>(
                 continue;
             }
             let mut cache = pre.cache_for(s.model, &v.config, max_tokens, continuation)?;
+            // Retained bytes after the prefill's compression, before the continuation is appended.
+            let kv_bytes = cache.retained_bytes();
             let (lsm, out) = forced_pass(s, cache.as_mut(), &pre, inputs)?;
             let (lp, lsm) = log_probs(lsm, targets)?;
             let nll = -lp.iter().map(|&x| x as f64).sum::<f64>() / lp.len().max(1) as f64;
@@ -373,7 +422,7 @@ fn teacher_forced<B: Backend>(
             } else {
                 ResultRecord::new(k.task, k.policy, k.budget, k.length, k.sample_id, nll.exp()).with_extra("nll", nll).with_extra("ppl", nll.exp())
             };
-            sink.push(rec.with_extra("kv_bytes", cache.retained_bytes()))?;
+            sink.push(rec.with_extra("kv_bytes", kv_bytes))?;
         }
     }
     Ok(())
@@ -421,4 +470,39 @@ fn layer_errors<B: Backend>(full: &[Tensor<B, 3>], pol: &[Tensor<B, 3>]) -> Resu
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tokenize::CharTokenizer;
+
+    #[test]
+    fn pg19_windows_are_disjoint_and_named() {
+        let dir = tempfile::tempdir().unwrap();
+        // Each character is a token; distinct characters show where a window comes from.
+        let book: String = (0..1000u32).map(|i| char::from_u32(0x4e00 + i).unwrap()).collect();
+        std::fs::write(dir.path().join("b.txt"), &book).unwrap();
+        std::fs::write(dir.path().join("a.txt"), "too short").unwrap();
+        std::fs::write(dir.path().join("c.md"), &book).unwrap();
+        let s = pg19_samples(&CharTokenizer, dir.path(), 6, 2, 30, 10).unwrap();
+        let ids: Vec<&str> = s.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(ids, ["b#0", "b#1"]);
+        let all: Vec<u32> = CharTokenizer.encode(&book);
+        assert_eq!(s[0].1, all[200..240]);
+        assert_eq!(s[1].1, all[600..640]);
+        // One window: the first one only, as before.
+        let one = pg19_samples(&CharTokenizer, dir.path(), 6, 1, 30, 10).unwrap();
+        assert_eq!(one.len(), 1);
+        assert_eq!(one[0], s[0]);
+        // A window never reaches into the next one: windows start at tokens 200 and 600, so
+        // 400 tokens fit in each (the second ends with the book), 411 fit in neither.
+        let big = pg19_samples(&CharTokenizer, dir.path(), 6, 2, 390, 10).unwrap();
+        assert_eq!(big.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["b#0", "b#1"]);
+        let bigger = pg19_samples(&CharTokenizer, dir.path(), 6, 2, 401, 10).unwrap();
+        assert!(bigger.is_empty(), "{:?}", bigger.iter().map(|(n, _)| n).collect::<Vec<_>>());
+        // Only the first `files` books.
+        assert!(pg19_samples(&CharTokenizer, dir.path(), 1, 2, 30, 10).unwrap().is_empty());
+        assert!(pg19_samples(&CharTokenizer, &dir.path().join("missing"), 1, 2, 30, 10).is_err());
+    }
 }
