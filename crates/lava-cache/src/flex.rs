@@ -207,25 +207,8 @@ pub fn attend_rows(
 /// from flex's matmul; the masked softmax and the mean run on the host (no
 /// mask tensor, no `[H_kv, G*w, N]` softmax tensor). `None` unless `B` is flex.
 pub fn window_attention_mean<B: Backend>(q_window: Tensor<B, 3>, k: &Tensor<B, 3>, group: usize, window: usize) -> Option<Vec<f32>> {
-    if !is_flex::<B>() || group == 0 || window == 0 {
-        return None;
-    }
-    let [h_kv, gw, d] = q_window.dims();
-    let n_tok = k.dims()[1];
-    if gw != group * window || window > n_tok {
-        return None;
-    }
-    let logits = to_flex(q_window.matmul(k.clone().swap_dims(1, 2)))?.to_contiguous();
-    let logits = logits.storage::<f32>();
-    if logits.len() < h_kv * gw * n_tok {
-        return None;
-    }
-    let scale = 1.0 / (d as f32).sqrt();
-    let h_q = h_kv * group;
-    // One part per query head: its `w` rows (g, gi, 0..w) of the [H_kv, G*w, N]
-    // logits, g = h / G, gi = h % G, softmaxed and averaged.
-    let out = crate::spin_pool::map(h_q, &|h| window_mean(&logits[h * window * n_tok..(h + 1) * window * n_tok], n_tok, window, scale)).concat();
-    Some(out)
+    let n = k.dims()[1].checked_sub(window)?;
+    masked_column_sums(q_window, k, group, window, n, n, 1.0 / window.max(1) as f32)
 }
 
 /// `max_{j < prefix} ||v[g, j]||_1` per KV head of `v [H_kv, N, D]`, read on
@@ -267,13 +250,6 @@ pub fn value_norm_max<B: Backend>(v: &Tensor<B, 3>, prefix: usize) -> Option<Vec
             })
             .collect(),
     )
-}
-
-/// For `w` rows of logits (`[w, N]`, row `i` sees keys `0..=N - w + i`): the
-/// mean over the rows of the scaled, masked softmax, for the first `N - w` keys.
-fn window_mean(logits: &[f32], n_tok: usize, window: usize, scale: f32) -> Vec<f32> {
-    let n = n_tok - window;
-    column_sums(logits, n_tok, window, n, n, scale, 1.0 / window as f32)
 }
 
 /// For `rows` rows of logits (`[rows, keys]`, row `i` sees keys
@@ -331,6 +307,14 @@ fn column_sums_portable(logits: &[f32], keys: usize, rows: usize, first: usize, 
 /// after each query masked. Logits from flex's matmul, the rest on the host.
 /// `None` unless `B` is flex.
 pub fn cumulative_column_sums<B: Backend>(q_rows: Tensor<B, 3>, k: &Tensor<B, 3>, group: usize, rows: usize, first: usize, cols: usize) -> Option<Vec<f32>> {
+    masked_column_sums(q_rows, k, group, rows, first, cols, 1.0)
+}
+
+/// The host pass of [`window_attention_mean`] and [`cumulative_column_sums`]:
+/// `q_rows [H_kv, G*R, D]` against `k [H_kv, S, D]` (flex's matmul), then per
+/// query head [`column_sums`] of its `R` rows (row `i` sees keys `0..=first + i`)
+/// for the first `cols` keys, times `weight`: `[H_q, cols]`.
+fn masked_column_sums<B: Backend>(q_rows: Tensor<B, 3>, k: &Tensor<B, 3>, group: usize, rows: usize, first: usize, cols: usize, weight: f32) -> Option<Vec<f32>> {
     if !is_flex::<B>() || group == 0 || rows == 0 {
         return None;
     }
@@ -346,7 +330,8 @@ pub fn cumulative_column_sums<B: Backend>(q_rows: Tensor<B, 3>, k: &Tensor<B, 3>
     }
     let scale = 1.0 / (d as f32).sqrt();
     let h_q = h_kv * group;
-    let out = crate::spin_pool::map(h_q, &|h| column_sums(&logits[h * rows * keys..(h + 1) * rows * keys], keys, rows, first, cols, scale, 1.0)).concat();
+    // One part per query head h: its R rows (g = h / G, gi = h % G) of the logits.
+    let out = crate::spin_pool::map(h_q, &|h| column_sums(&logits[h * rows * keys..(h + 1) * rows * keys], keys, rows, first, cols, scale, weight)).concat();
     Some(out)
 }
 
@@ -1077,7 +1062,8 @@ mod tests {
             want.iter_mut().zip(&row).for_each(|(w, x)| *w += (x - m).exp() / z / window as f64);
         }
         let portable = column_sums_portable(&logits, n_tok, window, n, n, 0.125, 1.0 / window as f32);
-        for got in [window_mean(&logits, n_tok, window, 0.125), portable] {
+        let dispatched = column_sums(&logits, n_tok, window, n, n, 0.125, 1.0 / window as f32);
+        for got in [dispatched, portable] {
             for (j, (&a, &b)) in got.iter().zip(&want).enumerate() {
                 assert!((a as f64 - b).abs() < 1e-6, "window mean [{j}]: {a} vs {b}");
             }

@@ -110,6 +110,24 @@ fn masked_probs<B: Backend>(
     softmax(logits.mask_fill(future, f32::NEG_INFINITY), 2)
 }
 
+/// The window queries of `q [H_q, N, D]` grouped by KV head, `[H_kv, G*w, D]`,
+/// with `G` and the prefix length `n = N - window`; `None` when `n = 0`.
+/// Errors on mismatched shapes or a window outside `1..=N`.
+fn window_queries<B: Backend>(q: &Tensor<B, 3>, k: &Tensor<B, 3>, window: usize) -> Result<Option<(Tensor<B, 3>, usize, usize)>, CacheError> {
+    let (h_q, h_kv, n_tok, d) = check_qk(q, k)?;
+    if window == 0 || window > n_tok {
+        return Err(CacheError::InvalidParameters(format!(
+            "the window ({window}) must hold between 1 and N = {n_tok} tokens"
+        )));
+    }
+    let n = n_tok - window;
+    if n == 0 {
+        return Ok(None);
+    }
+    let group = h_q / h_kv;
+    Ok(Some((q.clone().slice([0..h_q, n..n_tok, 0..d]).reshape([h_kv, group * window, d]), group, n)))
+}
+
 /// Window attention `s[h, j]` of `lava-algorithm.md` §1, `[H_q, n]` with
 /// `n = N - window`.
 ///
@@ -120,18 +138,10 @@ fn masked_probs<B: Backend>(
 ///
 /// `q`: `[H_q, N, D]`, `k`: `[H_kv, N, D]`, `1 <= window <= N`.
 pub fn window_attention<B: Backend>(q: &Tensor<B, 3>, k: &Tensor<B, 3>, window: usize) -> Result<ScoreMatrix, CacheError> {
-    let (h_q, h_kv, n_tok, d) = check_qk(q, k)?;
-    if window == 0 || window > n_tok {
-        return Err(CacheError::InvalidParameters(format!(
-            "the window ({window}) must hold between 1 and N = {n_tok} tokens"
-        )));
-    }
-    let n = n_tok - window;
-    if n == 0 {
-        return ScoreMatrix::new(h_q, 0, Vec::new());
-    }
-    let group = h_q / h_kv;
-    let q_window = q.clone().slice([0..h_q, n..n_tok, 0..d]).reshape([h_kv, group * window, d]);
+    let Some((q_window, group, n)) = window_queries(q, k, window)? else {
+        return ScoreMatrix::new(q.dims()[0], 0, Vec::new());
+    };
+    let (h_q, h_kv) = (q.dims()[0], k.dims()[0]);
     if let Some(mean) = crate::flex::window_attention_mean(q_window.clone(), k, group, window) {
         return ScoreMatrix::new(h_q, n, mean);
     }
@@ -146,18 +156,10 @@ pub fn window_attention<B: Backend>(q: &Tensor<B, 3>, k: &Tensor<B, 3>, window: 
 ///
 /// `q`: `[H_q, N, D]`, `k`: `[H_kv, N, D]`, `1 <= window <= N`.
 pub fn window_attention_rows<B: Backend>(q: &Tensor<B, 3>, k: &Tensor<B, 3>, window: usize) -> Result<Vec<f32>, CacheError> {
-    let (h_q, h_kv, n_tok, d) = check_qk(q, k)?;
-    if window == 0 || window > n_tok {
-        return Err(CacheError::InvalidParameters(format!(
-            "the window ({window}) must hold between 1 and N = {n_tok} tokens"
-        )));
-    }
-    let n = n_tok - window;
-    if n == 0 {
+    let Some((q_window, group, n)) = window_queries(q, k, window)? else {
         return Ok(Vec::new());
-    }
-    let group = h_q / h_kv;
-    let q_window = q.clone().slice([0..h_q, n..n_tok, 0..d]).reshape([h_kv, group * window, d]);
+    };
+    let h_kv = k.dims()[0];
     let probs = masked_probs(q_window, k, group, n, window);
     to_host(probs.slice([0..h_kv, 0..group * window, 0..n]))
 }
