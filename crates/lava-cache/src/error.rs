@@ -39,6 +39,10 @@ pub enum CacheError {
     /// value norms are read back to choose the kept tokens).
     #[error("reading tensor data from the backend failed: {0}")]
     Backend(String),
+    /// An invariant of the cache itself does not hold (a bug of this crate, not
+    /// of the input): please report it with the message.
+    #[error("internal error of the KV cache (a bug, please report it): {0}")]
+    Internal(String),
 }
 
 pub(crate) fn dims_str(dims: &[usize]) -> String {

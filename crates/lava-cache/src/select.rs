@@ -4,7 +4,7 @@
 use burn::tensor::{backend::Backend, Tensor};
 
 use crate::error::dims_str;
-use crate::policy::plan::{cascade_layer_budgets, head_caps, kept_positions, static_layer_budgets, RankedLayer};
+use crate::policy::plan::{cascade_layer_budgets, head_caps, kept_positions, static_layer_budgets, Ranking};
 use crate::policy::{scorer::score_layer_weighted, PolicyConfig, Pooling, Scorer};
 use crate::CacheError;
 
@@ -159,7 +159,7 @@ pub struct PromptScores {
     sinks: usize,
     kv_heads: usize,
     prompt_len: usize,
-    layers: Vec<RankedLayer>,
+    layers: Vec<Ranking>,
 }
 
 impl PromptScores {
@@ -173,7 +173,7 @@ impl PromptScores {
             .ok_or_else(|| CacheError::InvalidParameters("policy 'full' has no scorer: it keeps every token".into()))?;
         let ranked = layers
             .iter()
-            .map(|l| score_layer_weighted(&l.q, &l.k, &l.v, config, comp.scorer).map(|(s, w)| RankedLayer::new(&s, w)))
+            .map(|l| score_layer_weighted(&l.q, &l.k, &l.v, config, comp.scorer).map(|(s, w)| Ranking::of_prefill(&s, w)))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
             scorer: comp.scorer,

@@ -4,33 +4,39 @@
 
 use super::{head_budget, layer_budget, scorer::ScoreMatrix, HeadAllocation, LayerAllocation, PolicyConfig};
 
-/// One layer's scores, ranked per KV head.
+/// One layer's scores ranked per KV head: what every selection works from
+/// (the prefill, the dynamic-allocation cascade, re-scoring after prefill).
+/// Heads may rank different numbers of tokens (after evictions).
 #[derive(Debug, Clone)]
-pub(crate) struct RankedLayer {
-    /// Per KV head: the prefix positions from the highest score to the lowest.
+pub(crate) struct Ranking {
+    /// Per KV head: the evictable positions from the highest score to the lowest.
     pub order: Vec<Vec<usize>>,
-    /// Per KV head: the scores in that order (`[H_kv, n]`, rows descending).
-    pub sorted: ScoreMatrix,
+    /// Per KV head: their scores, in that order.
+    pub sorted: Vec<Vec<f32>>,
     /// The layer's weight in a dynamic layer allocation: the normalised entropy
     /// of the scores (LAVa) or the CAKE preference.
     pub weight: f64,
 }
 
-impl RankedLayer {
-    /// Ranks `scores` (`[H_kv, n]`) of a layer with dynamic-allocation weight `weight`.
-    pub fn new(scores: &ScoreMatrix, weight: f64) -> Self {
-        let order: Vec<Vec<usize>> = scores.iter_rows().map(head_budget::rank_descending).collect();
-        let sorted_data = scores
-            .iter_rows()
-            .zip(&order)
-            .flat_map(|(row, ord)| ord.iter().map(move |&j| row[j]))
-            .collect();
-        let sorted = match ScoreMatrix::new(scores.rows(), scores.cols(), sorted_data) {
-            Ok(m) => m,
-            // Same dimensions as `scores` by construction.
-            Err(_) => scores.clone(),
-        };
+impl Ranking {
+    /// Ranks `rows[g]`, the scores of KV head `g`'s tokens at `positions[g]`
+    /// (ties: lower index, i.e. lower position), for a layer of weight `weight`.
+    pub fn new(rows: &[Vec<f32>], positions: &[Vec<usize>], weight: f64) -> Self {
+        let mut order = Vec::with_capacity(rows.len());
+        let mut sorted = Vec::with_capacity(rows.len());
+        for (row, ps) in rows.iter().zip(positions) {
+            let idx = head_budget::rank_descending(row);
+            order.push(idx.iter().map(|&i| ps[i]).collect());
+            sorted.push(idx.iter().map(|&i| row[i]).collect());
+        }
         Self { order, sorted, weight }
+    }
+
+    /// Ranks a prefill's `scores` (`[H_kv, n]`, every head over positions `0..n`).
+    pub fn of_prefill(scores: &ScoreMatrix, weight: f64) -> Self {
+        let rows: Vec<Vec<f32>> = scores.iter_rows().map(<[f32]>::to_vec).collect();
+        let positions = vec![(0..scores.cols()).collect(); scores.rows()];
+        Self::new(&rows, &positions, weight)
     }
 }
 
@@ -82,19 +88,15 @@ pub(crate) fn cascade_layer_budgets(allocation: LayerAllocation, config: &Policy
     out
 }
 
-/// Prefix tokens each KV head keeps for layer budget `budget`: all `n` if
-/// `budget >= n` (the layer is not compressed), else the head allocation.
-pub(crate) fn head_caps(allocation: HeadAllocation, ranked: &RankedLayer, budget: usize, config: &PolicyConfig) -> Vec<usize> {
-    let (heads, n) = (ranked.sorted.rows(), ranked.sorted.cols());
+/// Prefix tokens each KV head of a prefill keeps for layer budget `budget`:
+/// all `n` if `budget >= n` (the layer is not compressed), else the head
+/// allocation ([`ragged_head_caps`] on rows of equal length `n`).
+pub(crate) fn head_caps(allocation: HeadAllocation, ranked: &Ranking, budget: usize, config: &PolicyConfig) -> Vec<usize> {
+    let n = ranked.sorted.first().map_or(0, Vec::len);
     if budget >= n {
-        return vec![n; heads];
+        return vec![n; ranked.sorted.len()];
     }
-    match allocation {
-        HeadAllocation::Uniform => head_budget::uniform(heads, budget, n),
-        HeadAllocation::Adaptive => {
-            head_budget::adaptive_with_floor(&ranked.sorted, budget, config.floor_alpha, config.head_floor(budget))
-        }
-    }
+    ragged_head_caps(allocation, &ranked.sorted, budget, config)
 }
 
 /// Head budgets (prefix tokens per KV head) for layer budget `budget` when the
@@ -107,8 +109,7 @@ pub(crate) fn head_caps(allocation: HeadAllocation, ranked: &RankedLayer, budget
 /// evicted). Uniform heads get `budget`. Adaptive heads run
 /// [`head_budget::adaptive`] on the rows padded with `-inf` to the longest one
 /// (padding ranks last, so it only enters the pool when the real tokens do not
-/// fill it). With rows of equal length this keeps exactly what [`head_caps`]
-/// keeps.
+/// fill it), so rows of equal length are the plain pool.
 pub(crate) fn ragged_head_caps(allocation: HeadAllocation, sorted: &[Vec<f32>], budget: usize, config: &PolicyConfig) -> Vec<usize> {
     let heads = sorted.len();
     let n_max = sorted.iter().map(Vec::len).max().unwrap_or(0);
@@ -129,11 +130,6 @@ pub(crate) fn ragged_head_caps(allocation: HeadAllocation, sorted: &[Vec<f32>], 
             }
         }
     }
-}
-
-/// The rows of a score matrix as vectors.
-pub(crate) fn matrix_rows(m: &ScoreMatrix) -> Vec<Vec<f32>> {
-    m.iter_rows().map(<[f32]>::to_vec).collect()
 }
 
 /// Kept positions per KV head, ascending: the first `caps[g]` of `order[g]`

@@ -416,74 +416,134 @@ fn group_of(attn: &ScoreMatrix, kv_heads: usize) -> Result<usize, CacheError> {
     Ok(attn.rows / kv_heads)
 }
 
-/// SnapKV / PyramidKV / Ada-KV scores `S[g, j]`, `[H_kv, n]`, from the window
-/// attention `s` (`[H_q, n]`): the mean over the `G` query heads of KV head
-/// `g`, then pooled.
+/// One KV head's scores (`lava-algorithm.md` §1, §2, §6): the one definition
+/// of every scorer but CAKE, used by the prefill (positions `0..n`) and by
+/// re-scoring a layer that has already evicted tokens.
 ///
-/// Order of the two steps: the reference code (GQA support of
-/// `snapkv_utils.py`) averages the group first and pools after; this crate does
-/// the same. With average pooling the order does not matter (both are linear);
-/// with max pooling `lava-algorithm.md` §1–2 read literally (pool, then average)
-/// would differ, and the reference behaviour wins.
-pub fn snapkv_scores(attn: &ScoreMatrix, kv_heads: usize, kernel: usize, pooling: Pooling) -> Result<ScoreMatrix, CacheError> {
-    let group = group_of(attn, kv_heads)?;
-    let n = attn.cols;
-    let mut data = Vec::with_capacity(kv_heads * n);
-    for g in 0..kv_heads {
+/// - `attn`: the attention of the head's `G = group` query heads over its
+///   evictable tokens, `G` rows of `positions.len()` values (row `i` for query
+///   head `g*G + i`): the window mean `s[h, j]`, for H2O the cumulative sum.
+///   Ignored by StreamingLLM.
+/// - `positions`: the tokens' absolute positions, strictly increasing; pooling
+///   neighbourhoods follow them ([`pool_at`]; `0..n` is plain [`pool`]).
+/// - `value_scale`: LAVa's `c[g] = max_j ||v[g, j]||_1` over the same tokens.
+///
+/// Scores per scorer:
+/// - SnapKV family: the mean over the group, then pooled. The reference code
+///   (GQA support of `snapkv_utils.py`) averages the group first and pools
+///   after, and so does this crate; with average pooling the order does not
+///   matter (both are linear), with max pooling `lava-algorithm.md` §1–2 read
+///   literally (pool, then average) would differ, and the reference wins.
+/// - LAVa: `max over the group of pool(s[h])[j] * c[g]`.
+/// - H2O: the mean over the group; no pooling.
+/// - StreamingLLM: `+inf` for the first `sinks` positions, else the position
+///   (more recent is better; exact in `f32` up to 2^24 tokens).
+///
+/// CAKE's score needs every window query's row, not their mean: it is
+/// [`cake_statistics`], and this function refuses it.
+pub fn head_scores(
+    scorer: Scorer,
+    attn: &[f32],
+    group: usize,
+    positions: &[usize],
+    value_scale: f32,
+    config: &PolicyConfig,
+) -> Result<Vec<f32>, CacheError> {
+    let n = positions.len();
+    if scorer != Scorer::Streaming && (group == 0 || attn.len() != group * n) {
+        return Err(CacheError::ShapeMismatch {
+            what: "one KV head's attention rows",
+            expected: format!("{group} > 0 rows of {n} values"),
+            found: format!("{} values", attn.len()),
+        });
+    }
+    let row = |i: usize| &attn[i * n..(i + 1) * n];
+    let group_mean = || {
         let mut mean = vec![0f32; n];
-        for h in g * group..(g + 1) * group {
-            mean.iter_mut().zip(attn.row(h)).for_each(|(m, &x)| *m += x);
+        for i in 0..group {
+            mean.iter_mut().zip(row(i)).for_each(|(m, &x)| *m += x);
         }
         mean.iter_mut().for_each(|m| *m /= group as f32);
-        data.extend(pool(&mean, kernel, pooling));
+        mean
+    };
+    let (kernel, pooling) = (config.kernel_size, config.pooling);
+    Ok(match scorer {
+        Scorer::SnapKv => pool_at(positions, &group_mean(), kernel, pooling),
+        Scorer::Lava => {
+            let mut best = vec![f32::NEG_INFINITY; n];
+            for i in 0..group {
+                let scaled = pool_at(positions, row(i), kernel, pooling).into_iter().map(|p| p * value_scale);
+                best.iter_mut().zip(scaled).for_each(|(b, x)| *b = b.max(x));
+            }
+            best
+        }
+        Scorer::H2o => group_mean(),
+        Scorer::Streaming => positions.iter().map(|&p| if p < config.sinks { f32::INFINITY } else { p as f32 }).collect(),
+        Scorer::Cake => {
+            return Err(CacheError::InvalidParameters(
+                "CAKE scores need every window query's attention row: use cake_statistics, not head_scores".into(),
+            ))
+        }
+    })
+}
+
+/// [`head_scores`] for every KV head of a prefill, whose heads all hold the
+/// prefix `0..n`: `attn` `[H_q, n]`, `value_scales` one per KV head (LAVa).
+fn prefill_scores(scorer: Scorer, attn: &ScoreMatrix, kv_heads: usize, value_scales: &[f32], config: &PolicyConfig) -> Result<ScoreMatrix, CacheError> {
+    let group = group_of(attn, kv_heads)?;
+    let n = attn.cols;
+    let positions: Vec<usize> = (0..n).collect();
+    let mut data = Vec::with_capacity(kv_heads * n);
+    for g in 0..kv_heads {
+        let rows = &attn.data[g * group * n..(g + 1) * group * n];
+        let scale = value_scales.get(g).copied().unwrap_or(0.0);
+        data.extend(head_scores(scorer, rows, group, &positions, scale, config)?);
     }
     ScoreMatrix::new(kv_heads, n, data)
 }
 
+/// The parameters [`head_scores`] reads, with every other field at its default.
+fn pooling_config(kernel: usize, pooling: Pooling, sinks: usize) -> PolicyConfig {
+    let mut config = PolicyConfig::new(super::PolicyName::SnapKv, 1);
+    config.kernel_size = kernel;
+    config.pooling = pooling;
+    config.sinks = sinks;
+    config
+}
+
+/// SnapKV / PyramidKV / Ada-KV scores `S[g, j]`, `[H_kv, n]`, from the window
+/// attention `s` (`[H_q, n]`): the mean over the `G` query heads of KV head
+/// `g`, then pooled ([`head_scores`], which says why the mean comes first).
+pub fn snapkv_scores(attn: &ScoreMatrix, kv_heads: usize, kernel: usize, pooling: Pooling) -> Result<ScoreMatrix, CacheError> {
+    prefill_scores(Scorer::SnapKv, attn, kv_heads, &[], &pooling_config(kernel, pooling, 0))
+}
+
 /// The LAVa score (`lava-algorithm.md` §2), `[H_kv, n]`:
 /// `S[g, j] = max over query heads h of g of pool(s[h])[j] * c[g]`,
-/// with `c[g] = max_j ||V[g, j]||_1` ([`value_norm_max`]).
+/// with `c[g] = max_j ||V[g, j]||_1` ([`value_norm_max`]); see [`head_scores`].
 pub fn lava_scores(
     attn: &ScoreMatrix,
     value_norms: &[f32],
     kernel: usize,
     pooling: Pooling,
 ) -> Result<ScoreMatrix, CacheError> {
-    let kv_heads = value_norms.len();
-    let group = group_of(attn, kv_heads)?;
-    let mut data = Vec::with_capacity(kv_heads * attn.cols);
-    for (g, &c) in value_norms.iter().enumerate() {
-        let mut best = vec![f32::NEG_INFINITY; attn.cols];
-        for h in g * group..(g + 1) * group {
-            let scaled = pool(attn.row(h), kernel, pooling).into_iter().map(|p| p * c);
-            best.iter_mut().zip(scaled).for_each(|(b, x)| *b = b.max(x));
-        }
-        data.extend(best);
-    }
-    ScoreMatrix::new(kv_heads, attn.cols, data)
+    prefill_scores(Scorer::Lava, attn, value_norms.len(), value_norms, &pooling_config(kernel, pooling, 0))
 }
 
 /// H2O scores, `[H_kv, n]`: the cumulative attention ([`cumulative_attention`])
 /// averaged over the `G` query heads of each KV head; no pooling.
 pub fn h2o_scores(cumulative: &ScoreMatrix, kv_heads: usize) -> Result<ScoreMatrix, CacheError> {
-    let group = group_of(cumulative, kv_heads)?;
-    let n = cumulative.cols;
-    let mut data = vec![0f32; kv_heads * n];
-    for (h, row) in cumulative.iter_rows().enumerate() {
-        let out = &mut data[(h / group) * n..(h / group + 1) * n];
-        out.iter_mut().zip(row).for_each(|(o, &x)| *o += x);
-    }
-    data.iter_mut().for_each(|x| *x /= group as f32);
-    ScoreMatrix::new(kv_heads, n, data)
+    prefill_scores(Scorer::H2o, cumulative, kv_heads, &[], &pooling_config(1, Pooling::MaxPool, 0))
 }
 
 /// StreamingLLM as scores, `[H_kv, n]`: the first `sinks` tokens score `+inf`,
 /// token `j` after them scores `j` (more recent is better). Keeping the top
 /// `B_l = B - w` then keeps the sinks and the `B_l - sinks` most recent prefix
 /// tokens, which with the window are the most recent `B - sinks` tokens.
-/// (Positions are exact in `f32` up to 2^24 tokens.)
 pub fn streaming_scores(kv_heads: usize, n: usize, sinks: usize) -> ScoreMatrix {
-    let row: Vec<f32> = (0..n).map(|j| if j < sinks { f32::INFINITY } else { j as f32 }).collect();
+    let positions: Vec<usize> = (0..n).collect();
+    let config = pooling_config(1, Pooling::MaxPool, sinks);
+    let row = head_scores(Scorer::Streaming, &[], 1, &positions, 0.0, &config).unwrap_or_default();
     let data = (0..kv_heads).flat_map(|_| row.iter().copied()).collect();
     ScoreMatrix { rows: kv_heads, cols: n, data }
 }
@@ -522,14 +582,9 @@ pub fn score_layer_weighted<B: Backend>(
     let window = config.window.min(n_tok);
     let n = n_tok - window;
     let scores = match scorer {
-        Scorer::SnapKv => snapkv_scores(&window_attention(q, k, window)?, h_kv, config.kernel_size, config.pooling)?,
-        Scorer::Lava => lava_scores(
-            &window_attention(q, k, window)?,
-            &value_norm_max(v, n)?,
-            config.kernel_size,
-            config.pooling,
-        )?,
-        Scorer::H2o => h2o_scores(&cumulative_attention(q, k, n)?, h_kv)?,
+        Scorer::SnapKv => prefill_scores(scorer, &window_attention(q, k, window)?, h_kv, &[], config)?,
+        Scorer::Lava => prefill_scores(scorer, &window_attention(q, k, window)?, h_kv, &value_norm_max(v, n)?, config)?,
+        Scorer::H2o => prefill_scores(scorer, &cumulative_attention(q, k, n)?, h_kv, &[], config)?,
         Scorer::Streaming => streaming_scores(h_kv, n, config.sinks),
         Scorer::Cake => {
             if n == 0 {

@@ -4,6 +4,11 @@
 //! ([`CompressedCache::with_decode_budget`]) and compresses a prompt that
 //! arrives in chunks after every chunk ([`CompressedCache::with_chunked_prefill`]).
 //!
+//! Files: `storage.rs` holds one layer's slots (buffers, growth, append,
+//! retain, slot attention and its mask); `rescore.rs` re-scores a layer with
+//! the policy's own scorer functions; this file is the state machine (prefill,
+//! cascade, decode-time eviction, chunked prefill).
+//!
 //! # Storage layout
 //!
 //! Each layer stores its kept tokens *flat*: `keys`, `values` `[capacity, D]`,
@@ -145,65 +150,46 @@
 //! the decode headroom, raised to `s + 1` with decode eviction so that a layer
 //! reallocates once per eviction cycle at most.
 
-use std::collections::HashSet;
-
-use burn::tensor::{activation::softmax, backend::Backend, FloatDType, Int, Tensor, TensorData};
+use burn::tensor::{backend::Backend, Tensor};
 
 use crate::attention::causal_attention;
-use crate::flex::{decode_attention, write_in_place, write_ints_in_place, Segment};
-use crate::host::to_host;
-use crate::policy::plan::{dynamic_layer_budgets, kept_positions, matrix_rows, ragged_head_caps, static_layer_budgets, RankedLayer};
-use crate::policy::scorer::{cake_preference, cake_statistics, pool_at, ScoreMatrix};
-use crate::policy::{head_budget, layer_budget, scorer::score_layer_weighted, Composition, PolicyConfig, Scorer};
+use crate::policy::plan::{dynamic_layer_budgets, kept_positions, ragged_head_caps, static_layer_budgets, Ranking};
+use crate::policy::{scorer::score_layer_weighted, Composition, PolicyConfig, Scorer};
 use crate::{CacheError, CacheShape, KvCache};
+
+mod rescore;
+mod storage;
+
+use storage::{LayerSlots, Room};
 
 /// Bytes per stored element (K and V are accounted as `f32`, as in [`KvCache`]).
 const ELEM_BYTES: usize = 4;
 
-/// Device buffers of one layer.
-#[derive(Debug, Clone)]
-struct Buffers<B: Backend> {
-    /// `[capacity, D]`.
-    keys: Tensor<B, 2>,
-    /// `[capacity, D]`.
-    values: Tensor<B, 2>,
-    /// `[capacity]`: KV head of each slot.
-    heads: Tensor<B, 1, Int>,
-    /// `[capacity]`: absolute position of each slot.
-    positions: Tensor<B, 1, Int>,
-    capacity: usize,
-}
-
-/// A layer's latest ranking, kept for the LAVa cascade.
+/// A layer's latest ranking and the caps it is cut at, kept for the cascade
+/// (and, with chunked prefill, for the cascades of later chunks).
 #[derive(Debug, Clone)]
 struct Pending {
-    /// Per KV head: the evictable positions (below `boundary`), from the
-    /// highest score to the lowest.
-    order: Vec<Vec<usize>>,
-    /// Per KV head: their scores, in that order.
-    sorted: Vec<Vec<f32>>,
+    /// The ranking of the evictable positions (below `boundary`).
+    ranking: Ranking,
     /// First position of the window the ranking was made with: positions at
     /// or after it are kept whatever the caps.
     boundary: usize,
     /// Prefix tokens allowed per KV head (a head keeps the first
-    /// `min(cap, len)` of its `order`).
+    /// `min(cap, len)` of its ranking).
     caps: Vec<usize>,
 }
 
 impl Pending {
     /// Per KV head: the ranked positions kept under the current caps.
     fn selected(&self) -> Vec<Vec<usize>> {
-        self.order.iter().zip(&self.caps).map(|(o, &c)| o[..c.min(o.len())].to_vec()).collect()
+        self.ranking.order.iter().zip(&self.caps).map(|(o, &c)| o[..c.min(o.len())].to_vec()).collect()
     }
 }
 
+/// One layer: its slots and the policy state that decides what they keep.
 #[derive(Debug, Clone)]
-struct LayerStore<B: Backend> {
-    buffers: Option<Buffers<B>>,
-    /// Host mirror of the live slots: `(kv_head, position)`.
-    slots: Vec<(usize, usize)>,
-    /// Tokens ever appended to this layer.
-    appended: usize,
+struct LayerState<B: Backend> {
+    slots: LayerSlots<B>,
     /// Layer budget `B_l` in force (prefill, cascade, chunk or first decode eviction).
     budget: Option<usize>,
     /// Head budgets in force (prefix tokens per KV head); `None` while the
@@ -217,31 +203,16 @@ struct LayerStore<B: Backend> {
     recent_q: Option<Tensor<B, 3>>,
 }
 
-impl<B: Backend> LayerStore<B> {
+impl<B: Backend> LayerState<B> {
     fn empty() -> Self {
-        Self {
-            buffers: None,
-            slots: Vec::new(),
-            appended: 0,
-            budget: None,
-            caps: None,
-            weight: None,
-            pending: None,
-            recent_q: None,
-        }
+        Self { slots: LayerSlots::empty(), budget: None, caps: None, weight: None, pending: None, recent_q: None }
     }
 
     /// Window start `A - min(w, A)`.
     fn boundary(&self, window: usize) -> usize {
-        self.appended - window.min(self.appended)
+        let appended = self.slots.appended();
+        appended - window.min(appended)
     }
-}
-
-/// A re-scored layer: per KV head its evictable positions by decreasing score.
-struct Rescored {
-    order: Vec<Vec<usize>>,
-    sorted: Vec<Vec<f32>>,
-    weight: f64,
 }
 
 /// A KV cache that keeps, per layer and KV head, the tokens a policy selects
@@ -259,7 +230,7 @@ pub struct CompressedCache<B: Backend> {
     chunked: bool,
     rescores: usize,
     compression_time: std::time::Duration,
-    layers: Vec<LayerStore<B>>,
+    layers: Vec<LayerState<B>>,
 }
 
 impl<B: Backend> CompressedCache<B> {
@@ -282,7 +253,7 @@ impl<B: Backend> CompressedCache<B> {
             chunked: false,
             rescores: 0,
             compression_time: std::time::Duration::ZERO,
-            layers: (0..shape.layers).map(|_| LayerStore::empty()).collect(),
+            layers: (0..shape.layers).map(|_| LayerState::empty()).collect(),
         })
     }
 
@@ -379,20 +350,14 @@ impl<B: Backend> CompressedCache<B> {
 
     /// The positions each KV head of `layer` keeps, ascending.
     pub fn kept_positions(&self, layer: usize) -> Result<Vec<Vec<usize>>, CacheError> {
-        let store = self.store(layer)?;
-        let mut heads = vec![Vec::new(); self.shape.kv_heads];
-        for &(g, p) in &store.slots {
-            heads[g].push(p);
-        }
-        heads.iter_mut().for_each(|h| h.sort_unstable());
-        Ok(heads)
+        Ok(self.state(layer)?.slots.kept_positions(self.shape.kv_heads))
     }
 
     /// Bytes of the per-slot bookkeeping on the device (KV head and position,
     /// one integer each, counted as 8 bytes; 4 on backends with 32-bit
     /// integers), not included in [`KvCache::allocated_bytes`].
     pub fn index_bytes(&self) -> usize {
-        self.layers.iter().filter_map(|l| l.buffers.as_ref()).map(|b| b.capacity * 2 * 8).sum()
+        self.layers.iter().map(|l| l.slots.capacity() * 2 * 8).sum()
     }
 
     /// Bytes of the rolling query buffers kept for re-scoring (at most
@@ -404,7 +369,7 @@ impl<B: Backend> CompressedCache<B> {
         elems * ELEM_BYTES
     }
 
-    fn store(&self, layer: usize) -> Result<&LayerStore<B>, CacheError> {
+    fn state(&self, layer: usize) -> Result<&LayerState<B>, CacheError> {
         self.layers.get(layer).ok_or(CacheError::LayerOutOfRange { layer, layers: self.shape.layers })
     }
 
@@ -415,7 +380,7 @@ impl<B: Backend> CompressedCache<B> {
 
     fn check_inputs(&self, layer: usize, q: &Tensor<B, 3>, k: &Tensor<B, 3>, v: &Tensor<B, 3>) -> Result<usize, CacheError> {
         let t = self.shape.check_attend(layer, q, k, v)?;
-        let needed = self.layers[layer].appended + t;
+        let needed = self.layers[layer].slots.appended() + t;
         if needed > self.max_tokens {
             return Err(CacheError::CapacityExceeded { needed, capacity: self.max_tokens });
         }
@@ -430,45 +395,15 @@ impl<B: Backend> CompressedCache<B> {
         }
     }
 
-    /// Capacity for `live` slots: live plus `max(10%, H_kv * headroom)`.
-    fn capacity_for(&self, live: usize) -> usize {
-        live + (live / 10).max(self.shape.kv_heads * self.headroom_tokens())
-    }
-
-    fn int_tensor(&self, values: impl Iterator<Item = usize>) -> Tensor<B, 1, Int> {
-        let data: Vec<i64> = values.map(|x| x as i64).collect();
-        let len = data.len();
-        Tensor::from_data(TensorData::new(data, [len]), &self.device)
-    }
-
-    /// Gathers, per KV head `g`, the positions `kept[g]` of a whole prompt's
-    /// `k`, `v` (`[H_kv, N, D]`) into `layer`'s fresh storage.
-    fn store_kept(&mut self, layer: usize, k: &Tensor<B, 3>, v: &Tensor<B, 3>, kept: &[Vec<usize>]) {
-        let [h_kv, n_tok, d] = k.dims();
-        let slots: Vec<(usize, usize)> = kept.iter().enumerate().flat_map(|(g, ps)| ps.iter().map(move |&p| (g, p))).collect();
-        let rows = self.int_tensor(slots.iter().map(|&(g, p)| g * n_tok + p));
-        let keys = k.clone().reshape([h_kv * n_tok, d]).select(0, rows.clone());
-        let values = v.clone().reshape([h_kv * n_tok, d]).select(0, rows);
-        let buffers = self.build_buffers(keys, values, &slots);
-        let store = &mut self.layers[layer];
-        store.buffers = Some(buffers);
-        store.slots = slots;
-        store.appended = n_tok;
-    }
-
-    /// Fresh buffers holding `rows` of `keys`/`values` (`[R, D]`), for `slots`.
-    fn build_buffers(&self, keys: Tensor<B, 2>, values: Tensor<B, 2>, slots: &[(usize, usize)]) -> Buffers<B> {
-        let live = slots.len();
-        let capacity = self.capacity_for(live);
-        let d = self.shape.head_dim;
-        let (kd, vd) = (keys.dtype(), values.dtype());
-        let pad = capacity - live;
-        let keys = Tensor::cat(vec![keys, Tensor::zeros([pad, d], (&self.device, kd))], 0);
-        let values = Tensor::cat(vec![values, Tensor::zeros([pad, d], (&self.device, vd))], 0);
-        let fill = std::iter::repeat_n(0, pad);
-        let heads = self.int_tensor(slots.iter().map(|s| s.0).chain(fill.clone()));
-        let positions = self.int_tensor(slots.iter().map(|s| s.1).chain(fill));
-        Buffers { keys, values, heads, positions, capacity }
+    /// Where and how layer storage (re)allocates: `H_kv` times the headroom
+    /// free slots at least.
+    fn room(&self) -> Room<B> {
+        Room {
+            device: self.device.clone(),
+            kv_heads: self.shape.kv_heads,
+            head_dim: self.shape.head_dim,
+            reserve: self.shape.kv_heads * self.headroom_tokens(),
+        }
     }
 
     /// Layer budget of a static allocation (uniform, pyramid) for `layer` with
@@ -493,39 +428,35 @@ impl<B: Backend> CompressedCache<B> {
             }
             Some(comp) => {
                 let (scores, weight) = score_layer_weighted(&q, &k, &v, &self.config, comp.scorer)?;
-                let ranked = RankedLayer::new(&scores, weight);
-                let pending = Pending {
-                    order: ranked.order.clone(),
-                    sorted: matrix_rows(&ranked.sorted),
-                    boundary: n,
-                    caps: vec![usize::MAX; h_kv],
-                };
+                let pending = Pending { ranking: Ranking::of_prefill(&scores, weight), boundary: n, caps: vec![usize::MAX; h_kv] };
                 match static_layer_budgets(comp.layers, &self.config, self.shape.layers, n) {
                     Some(budgets) => {
                         let budget = budgets.get(layer).copied().unwrap_or(n);
-                        let caps = ragged_head_caps(comp.heads, &pending.sorted, budget, &self.config);
+                        let caps = ragged_head_caps(comp.heads, &pending.ranking.sorted, budget, &self.config);
+                        let kept = kept_positions(&pending.ranking.order, &caps, n, n_tok);
                         let store = &mut self.layers[layer];
                         store.budget = Some(budget);
                         store.caps = Some(caps.clone());
                         if self.chunked {
-                            store.pending = Some(Pending { caps: caps.clone(), ..pending });
+                            store.pending = Some(Pending { caps, ..pending });
                         }
-                        kept_positions(&ranked.order, &caps, n, n_tok)
+                        kept
                     }
                     None => {
                         let store = &mut self.layers[layer];
-                        store.weight = Some(ranked.weight);
+                        store.weight = Some(weight);
                         store.pending = Some(pending);
                         self.cascade(comp, layer, n)?;
                         match &self.layers[layer].pending {
-                            Some(p) => kept_positions(&p.order, &p.caps, n, n_tok),
+                            Some(p) => kept_positions(&p.ranking.order, &p.caps, n, n_tok),
                             None => vec![(0..n_tok).collect(); h_kv],
                         }
                     }
                 }
             }
         };
-        self.store_kept(layer, &k, &v, &kept);
+        let room = self.room();
+        self.layers[layer].slots.fill(&k, &v, &kept, &room);
         if !self.chunked && self.layers.iter().all(|l| l.weight.is_some()) {
             // The cascade is over: its scores are no longer needed (chunked
             // prefill keeps them for the cascades of later chunks).
@@ -547,7 +478,7 @@ impl<B: Backend> CompressedCache<B> {
         let weights: Vec<f64> = seen.iter().filter_map(|&l| self.layers[l].weight).collect();
         let budgets = dynamic_layer_budgets(comp.layers, &self.config, &weights, self.shape.layers, n);
         for (&l, budget) in seen.iter().zip(budgets) {
-            if l != current && self.layers[l].buffers.is_some() {
+            if l != current && self.layers[l].slots.is_filled() {
                 self.refresh_ranking(l, comp)?;
             }
             let config = &self.config;
@@ -560,7 +491,7 @@ impl<B: Backend> CompressedCache<B> {
                 (false, Some(b)) if store.caps.is_some() => b.min(budget),
                 _ => budget,
             };
-            let new_caps = ragged_head_caps(comp.heads, &pending.sorted, budget, config);
+            let new_caps = ragged_head_caps(comp.heads, &pending.ranking.sorted, budget, config);
             // Shares of the layers already holding their ranking only shrink
             // within a pass; `min` keeps this a prefix truncation.
             let caps: Vec<usize> = pending.caps.iter().zip(&new_caps).map(|(&a, &b)| a.min(b)).collect();
@@ -568,7 +499,7 @@ impl<B: Backend> CompressedCache<B> {
             pending.caps = caps.clone();
             store.budget = Some(budget);
             store.caps = Some(caps);
-            if changed && store.buffers.is_some() {
+            if changed && store.slots.is_filled() {
                 self.prune(l)?;
             }
         }
@@ -590,7 +521,7 @@ impl<B: Backend> CompressedCache<B> {
         self.rescores += 1;
         let store = &mut self.layers[layer];
         let caps = store.pending.as_ref().map(|p| p.caps.clone()).unwrap_or_else(|| vec![usize::MAX; rs.order.len()]);
-        store.pending = Some(Pending { order: rs.order, sorted: rs.sorted, boundary, caps });
+        store.pending = Some(Pending { ranking: rs, boundary, caps });
         self.prune(layer)
     }
 
@@ -600,35 +531,8 @@ impl<B: Backend> CompressedCache<B> {
             return Ok(());
         };
         let (selected, boundary) = (pending.selected(), pending.boundary);
-        self.retain(layer, &selected, boundary)
-    }
-
-    /// Keeps in `layer`'s storage the slots at or after `boundary` and, per KV
-    /// head, the positions in `selected`; gathers them on the device.
-    fn retain(&mut self, layer: usize, selected: &[Vec<usize>], boundary: usize) -> Result<(), CacheError> {
-        let store = &self.layers[layer];
-        let Some(buffers) = &store.buffers else {
-            return Ok(());
-        };
-        let keep: HashSet<(usize, usize)> =
-            selected.iter().enumerate().flat_map(|(g, ps)| ps.iter().map(move |&p| (g, p))).collect();
-        let kept: Vec<usize> = (0..store.slots.len())
-            .filter(|&s| {
-                let (g, p) = store.slots[s];
-                p >= boundary || keep.contains(&(g, p))
-            })
-            .collect();
-        if kept.len() == store.slots.len() {
-            return Ok(());
-        }
-        let slots: Vec<(usize, usize)> = kept.iter().map(|&s| store.slots[s]).collect();
-        let idx = self.int_tensor(kept.iter().copied());
-        let keys = buffers.keys.clone().select(0, idx.clone());
-        let values = buffers.values.clone().select(0, idx);
-        let rebuilt = self.build_buffers(keys, values, &slots);
-        let store = &mut self.layers[layer];
-        store.buffers = Some(rebuilt);
-        store.slots = slots;
+        let room = self.room();
+        self.layers[layer].slots.retain(&selected, boundary, &room);
         Ok(())
     }
 
@@ -649,145 +553,14 @@ impl<B: Backend> CompressedCache<B> {
     /// queries (StreamingLLM needs none).
     fn can_rescore(&self, layer: usize, scorer: Scorer) -> bool {
         let store = &self.layers[layer];
-        if store.buffers.is_none() {
+        if !store.slots.is_filled() {
             return false;
         }
         if scorer == Scorer::Streaming {
             return true;
         }
-        let r = self.config.window.min(store.appended);
+        let r = self.config.window.min(store.slots.appended());
         store.recent_q.as_ref().is_some_and(|q| q.dims()[1] == r)
-    }
-
-    /// Window attention of `layer`'s last `r` queries over its live slots,
-    /// aggregated over the queries (mean, or sum for H2O): `[H_q * used]`; or,
-    /// with [`WindowRows::Each`], every query's row, `[H_q * r * used]`.
-    fn window_scores(&self, layer: usize, rows_out: WindowRows) -> Result<Vec<f32>, CacheError> {
-        let CacheShape { query_heads: h_q, kv_heads: h_kv, head_dim: d, .. } = self.shape;
-        let store = &self.layers[layer];
-        let (Some(buf), Some(q)) = (&store.buffers, &store.recent_q) else {
-            return Err(CacheError::InvalidShape(format!("layer {layer} has no storage or query window")));
-        };
-        let used = store.slots.len();
-        let r = q.dims()[1];
-        let first = store.appended - r;
-        let rows = h_q * r;
-        let group = h_q / h_kv;
-        let scale = 1.0 / (d as f64).sqrt();
-        let keys = buf.keys.clone().slice([0..used, 0..d]);
-        let logits = q.clone().reshape([rows, d]).matmul(keys.transpose()).mul_scalar(scale).cast(FloatDType::F32);
-        // Query row x = h*r + i reads KV head h / G and sees positions <= first + i.
-        let row_head = self.int_tensor((0..rows).map(|x| x / r / group)).reshape([rows, 1]).expand([rows, used]);
-        let slot_head = buf.heads.clone().slice([0..used]).reshape([1, used]).expand([rows, used]);
-        let row_pos = self.int_tensor((0..rows).map(|x| first + x % r)).reshape([rows, 1]).expand([rows, used]);
-        let slot_pos = buf.positions.clone().slice([0..used]).reshape([1, used]).expand([rows, used]);
-        let hidden = slot_head.equal(row_head).bool_not().bool_or(slot_pos.greater(row_pos));
-        let probs = softmax(logits.mask_fill(hidden, f32::NEG_INFINITY), 1).reshape([h_q, r, used]);
-        match rows_out {
-            WindowRows::Mean => to_host(probs.mean_dim(1)),
-            WindowRows::Sum => to_host(probs.sum_dim(1)),
-            WindowRows::Each => to_host(probs),
-        }
-    }
-
-    /// Re-scores `layer` (module docs, "Re-scoring"): per KV head, its
-    /// evictable tokens (positions below `boundary`) ranked by the policy's
-    /// scorer over the window queries.
-    fn rescore(&self, layer: usize, scorer: Scorer, boundary: usize) -> Result<Rescored, CacheError> {
-        let CacheShape { query_heads: h_q, kv_heads: h_kv, head_dim: d, .. } = self.shape;
-        let store = &self.layers[layer];
-        // Per KV head: (position, slot) of its evictable tokens, by position.
-        let mut prefix: Vec<Vec<(usize, usize)>> = vec![Vec::new(); h_kv];
-        for (s, &(g, p)) in store.slots.iter().enumerate() {
-            if p < boundary {
-                prefix[g].push((p, s));
-            }
-        }
-        prefix.iter_mut().for_each(|v| v.sort_unstable());
-        let (kernel, pooling) = (self.config.kernel_size, self.config.pooling);
-        let mut cake_weight = None;
-        let rows: Vec<Vec<f32>> = if scorer == Scorer::Streaming {
-            let sinks = self.config.sinks;
-            prefix.iter().map(|ps| ps.iter().map(|&(p, _)| if p < sinks { f32::INFINITY } else { p as f32 }).collect()).collect()
-        } else if scorer == Scorer::Cake {
-            // The prefill's CAKE statistics per KV head over its evictable
-            // slots; the preference sums the entropy and variance of all heads.
-            let used = store.slots.len();
-            let probs = self.window_scores(layer, WindowRows::Each)?;
-            let r = probs.len() / (h_q * used).max(1);
-            let group = h_q / h_kv;
-            let (mut entropy, mut variance) = (0f64, 0f64);
-            let mut rows = Vec::with_capacity(h_kv);
-            for (g, ps) in prefix.iter().enumerate() {
-                let positions: Vec<usize> = ps.iter().map(|x| x.0).collect();
-                let mut attn = Vec::with_capacity(group * r * ps.len());
-                for h in g * group..(g + 1) * group {
-                    for i in 0..r {
-                        attn.extend(ps.iter().map(|&(_, s)| probs[(h * r + i) * used + s]));
-                    }
-                }
-                let (scores, e, v) = cake_statistics(&attn, group, r, 1, &positions)?;
-                entropy += e;
-                variance += v;
-                rows.push(scores.data().to_vec());
-            }
-            cake_weight = Some(cake_preference(entropy, variance));
-            rows
-        } else {
-            let used = store.slots.len();
-            let rows_out = if scorer == Scorer::H2o { WindowRows::Sum } else { WindowRows::Mean };
-            let attn_host = self.window_scores(layer, rows_out)?;
-            let attn: &[f32] = &attn_host;
-            let norms_host = match (scorer, &store.buffers) {
-                (Scorer::Lava, Some(buf)) => to_host(buf.values.clone().slice([0..used, 0..d]).abs().sum_dim(1))?,
-                _ => Vec::new(),
-            };
-            let norms: &[f32] = &norms_host;
-            let group = h_q / h_kv;
-            prefix
-                .iter()
-                .enumerate()
-                .map(|(g, ps)| {
-                    let positions: Vec<usize> = ps.iter().map(|x| x.0).collect();
-                    let column = |h: usize| ps.iter().map(move |&(_, s)| attn[h * used + s]);
-                    let mean = || {
-                        let mut m = vec![0f32; ps.len()];
-                        for h in g * group..(g + 1) * group {
-                            m.iter_mut().zip(column(h)).for_each(|(m, x)| *m += x);
-                        }
-                        m.iter_mut().for_each(|m| *m /= group as f32);
-                        m
-                    };
-                    match scorer {
-                        Scorer::Lava => {
-                            let c = ps.iter().map(|&(_, s)| norms[s]).fold(f32::NEG_INFINITY, f32::max);
-                            let mut best = vec![f32::NEG_INFINITY; ps.len()];
-                            for h in g * group..(g + 1) * group {
-                                let row: Vec<f32> = column(h).collect();
-                                let pooled = pool_at(&positions, &row, kernel, pooling);
-                                best.iter_mut().zip(pooled).for_each(|(b, x)| *b = b.max(x * c));
-                            }
-                            best
-                        }
-                        Scorer::H2o => mean(),
-                        _ => pool_at(&positions, &mean(), kernel, pooling),
-                    }
-                })
-                .collect()
-        };
-        let flat: Vec<f32> = rows.iter().flatten().copied().collect();
-        let weight = match cake_weight {
-            Some(w) => w,
-            None => ScoreMatrix::new(1, flat.len(), flat).map(|m| layer_budget::normalized_entropy(&m)).unwrap_or(0.0),
-        };
-        let mut order = Vec::with_capacity(h_kv);
-        let mut sorted = Vec::with_capacity(h_kv);
-        for (row, ps) in rows.iter().zip(&prefix) {
-            let idx = head_budget::rank_descending(row);
-            order.push(idx.iter().map(|&i| ps[i].0).collect());
-            sorted.push(idx.iter().map(|&i| row[i]).collect());
-        }
-        Ok(Rescored { order, sorted, weight })
     }
 
     /// After `T` tokens were appended to an already filled `layer`: chunked
@@ -814,7 +587,7 @@ impl<B: Backend> CompressedCache<B> {
                     None => vec![self.static_budget(layer, comp, boundary); h_kv],
                 };
                 let mut held = vec![0usize; h_kv];
-                store.slots.iter().filter(|s| s.1 < boundary).for_each(|&(g, _)| held[g] += 1);
+                store.slots.slots().iter().filter(|s| s.1 < boundary).for_each(|&(g, _)| held[g] += 1);
                 held.iter().zip(&limits).any(|(&n, &c)| n > c.saturating_add(slack))
             }
         };
@@ -829,7 +602,7 @@ impl<B: Backend> CompressedCache<B> {
         if chunk && comp.layers.is_dynamic() {
             let store = &mut self.layers[layer];
             store.weight = Some(rs.weight);
-            store.pending = Some(Pending { order: rs.order, sorted: rs.sorted, boundary, caps: vec![usize::MAX; h_kv] });
+            store.pending = Some(Pending { ranking: rs, boundary, caps: vec![usize::MAX; h_kv] });
             return self.cascade(comp, layer, boundary);
         }
         let budget = match (&self.layers[layer].caps, self.layers[layer].budget) {
@@ -837,7 +610,7 @@ impl<B: Backend> CompressedCache<B> {
             _ => self.static_budget(layer, comp, boundary),
         };
         let caps = ragged_head_caps(comp.heads, &rs.sorted, budget, &self.config);
-        let pending = Pending { order: rs.order, sorted: rs.sorted, boundary, caps: caps.clone() };
+        let pending = Pending { ranking: rs, boundary, caps: caps.clone() };
         let selected = pending.selected();
         let store = &mut self.layers[layer];
         store.budget = Some(budget);
@@ -845,111 +618,18 @@ impl<B: Backend> CompressedCache<B> {
         if self.chunked {
             store.pending = Some(pending);
         }
-        self.retain(layer, &selected, boundary)
+        let room = self.room();
+        self.layers[layer].slots.retain(&selected, boundary, &room);
+        Ok(())
     }
 
-    /// Appends `T` tokens to a filled layer and attends over its slots.
-    fn extend(&mut self, layer: usize, q: Tensor<B, 3>, k: Tensor<B, 3>, v: Tensor<B, 3>) -> Result<Tensor<B, 3>, CacheError> {
-        let CacheShape { query_heads: h_q, kv_heads: h_kv, head_dim: d, .. } = self.shape;
-        let t = k.dims()[1];
-        let first = self.layers[layer].appended;
-        let live = self.layers[layer].slots.len();
-        let needed = live + h_kv * t;
-        let Some(mut buf) = self.layers[layer].buffers.take() else {
-            return Err(CacheError::InvalidShape(format!("layer {layer} has no storage")));
-        };
-        if needed > buf.capacity {
-            let capacity = self.capacity_for(needed);
-            let grow = |x: Tensor<B, 2>| {
-                let dtype = x.dtype();
-                Tensor::zeros([capacity, d], (&self.device, dtype)).slice_assign([0..live, 0..d], x.slice([0..live, 0..d]))
-            };
-            let grow_int =
-                |x: Tensor<B, 1, Int>| Tensor::<B, 1, Int>::zeros([capacity], &self.device).slice_assign([0..live], x.slice([0..live]));
-            buf = Buffers {
-                keys: grow(buf.keys),
-                values: grow(buf.values),
-                heads: grow_int(buf.heads),
-                positions: grow_int(buf.positions),
-                capacity,
-            };
-        }
-        let new_slots: Vec<(usize, usize)> = (0..h_kv).flat_map(|g| (0..t).map(move |i| (g, first + i))).collect();
-        let run = [(live * d, 0, h_kv * t * d)];
-        buf.keys = write_in_place(buf.keys, &k, &run).unwrap_or_else(|b| b.slice_assign([live..needed, 0..d], k.reshape([h_kv * t, d])));
-        buf.values = write_in_place(buf.values, &v, &run).unwrap_or_else(|b| b.slice_assign([live..needed, 0..d], v.reshape([h_kv * t, d])));
-        let (heads, positions): (Vec<usize>, Vec<usize>) = new_slots.iter().copied().unzip();
-        buf.heads = write_ints_in_place(buf.heads, live, &heads)
-            .unwrap_or_else(|b| b.slice_assign([live..needed], self.int_tensor(heads.iter().copied())));
-        buf.positions = write_ints_in_place(buf.positions, live, &positions)
-            .unwrap_or_else(|b| b.slice_assign([live..needed], self.int_tensor(positions.iter().copied())));
-        if t == 1 {
-            // Decode on flex: attend over the slots in place, one segment per
-            // run of consecutive slots of one KV head.
-            let all = self.layers[layer].slots.iter().chain(&new_slots);
-            if let Some(out) = decode_attention(&q, h_kv, &buf.keys, &buf.values, &segments(all)) {
-                let store = &mut self.layers[layer];
-                store.buffers = Some(buf);
-                store.slots.extend(new_slots);
-                store.appended = first + t;
-                return Ok(out);
-            }
-        }
-
-        let keys = buf.keys.clone().slice([0..needed, 0..d]);
-        let values = buf.values.clone().slice([0..needed, 0..d]);
-        let rows = h_q * t;
-        let group = h_q / h_kv;
-        let scale = 1.0 / (d as f64).sqrt();
-        let logits = q.reshape([rows, d]).matmul(keys.transpose()).mul_scalar(scale); // [H_q*T, S]
-        // Query row r = h*T + i reads KV head h / G and sees positions <= first + i.
-        let row_head = self.int_tensor((0..rows).map(|r| r / t / group)).reshape([rows, 1]).expand([rows, needed]);
-        let slot_head = buf.heads.clone().slice([0..needed]).reshape([1, needed]).expand([rows, needed]);
-        let mut hidden = slot_head.equal(row_head).bool_not();
-        if t > 1 {
-            let row_pos = self.int_tensor((0..rows).map(|r| first + r % t)).reshape([rows, 1]).expand([rows, needed]);
-            let slot_pos = buf.positions.clone().slice([0..needed]).reshape([1, needed]).expand([rows, needed]);
-            hidden = hidden.bool_or(slot_pos.greater(row_pos));
-        }
-        let probs = softmax(logits.mask_fill(hidden, f32::NEG_INFINITY), 1);
-        let out = probs.matmul(values).reshape([h_q, t, d]);
-
-        let store = &mut self.layers[layer];
-        store.buffers = Some(buf);
-        store.slots.extend(new_slots);
-        store.appended = first + t;
-        Ok(out)
-    }
-}
-
-/// What [`CompressedCache::window_scores`] returns per query head.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum WindowRows {
-    /// The mean over the window queries.
-    Mean,
-    /// The sum over the window queries (H2O's cumulative attention).
-    Sum,
-    /// Every window query's row (CAKE).
-    Each,
-}
-
-/// Runs of consecutive slots of one KV head, as row segments of the storage.
-fn segments<'a>(slots: impl Iterator<Item = &'a (usize, usize)>) -> Vec<Segment> {
-    let mut out: Vec<Segment> = Vec::new();
-    for (row, &(head, _)) in slots.enumerate() {
-        match out.last_mut() {
-            Some(s) if s.kv_head == head && s.rows.end == row => s.rows.end += 1,
-            _ => out.push(Segment { kv_head: head, rows: row..row + 1 }),
-        }
-    }
-    out
 }
 
 impl<B: Backend> KvCache<B> for CompressedCache<B> {
     fn attend(&mut self, layer: usize, q: Tensor<B, 3>, k: Tensor<B, 3>, v: Tensor<B, 3>) -> Result<Tensor<B, 3>, CacheError> {
         let t = self.check_inputs(layer, &q, &k, &v)?;
         let window_q = self.evicts_after_prefill().then(|| q.clone());
-        if self.layers[layer].buffers.is_none() {
+        if !self.layers[layer].slots.is_filled() {
             // The query window must hold the prompt's last queries before the
             // cascade may re-score a layer.
             if let Some(wq) = window_q {
@@ -961,7 +641,8 @@ impl<B: Backend> KvCache<B> for CompressedCache<B> {
             }
             out
         } else {
-            let out = self.extend(layer, q, k, v)?;
+            let room = self.room();
+            let out = self.layers[layer].slots.append_and_attend(layer, q, k, v, &room)?;
             if let Some(wq) = window_q {
                 self.push_queries(layer, wq);
             }
@@ -974,11 +655,11 @@ impl<B: Backend> KvCache<B> for CompressedCache<B> {
     }
 
     fn next_position(&self) -> usize {
-        self.layers.first().map_or(0, |l| l.appended)
+        self.layers.first().map_or(0, |l| l.slots.appended())
     }
 
     fn retained_tokens(&self) -> usize {
-        self.layers.iter().map(|l| l.slots.len()).sum()
+        self.layers.iter().map(|l| l.slots.slots().len()).sum()
     }
 
     fn retained_bytes(&self) -> usize {
@@ -986,17 +667,17 @@ impl<B: Backend> KvCache<B> for CompressedCache<B> {
     }
 
     fn allocated_bytes(&self) -> usize {
-        let slots: usize = self.layers.iter().filter_map(|l| l.buffers.as_ref()).map(|b| b.capacity).sum();
+        let slots: usize = self.layers.iter().map(|l| l.slots.capacity()).sum();
         slots * self.shape.head_dim * 2 * ELEM_BYTES
     }
 
     fn full_bytes(&self) -> usize {
-        let tokens: usize = self.layers.iter().map(|l| l.appended).sum();
+        let tokens: usize = self.layers.iter().map(|l| l.slots.appended()).sum();
         tokens * self.shape.kv_heads * self.shape.head_dim * 2 * ELEM_BYTES
     }
 
     fn reset(&mut self) {
-        self.layers.iter_mut().for_each(|l| *l = LayerStore::empty());
+        self.layers.iter_mut().for_each(|l| *l = LayerState::empty());
         self.rescores = 0;
         self.compression_time = std::time::Duration::ZERO;
     }
@@ -1031,8 +712,8 @@ impl<B: Backend> CompressedCache<B> {
     pub fn filled_from_selection(self, kv: &[(Tensor<B, 3>, Tensor<B, 3>)], selection: &crate::Selection) -> Result<Self, CacheError> {
         let mut cache = self;
         let shape = cache.shape;
-        if cache.layers.iter().any(|l| l.buffers.is_some()) {
-            return Err(CacheError::InvalidShape("from_selection: the cache already holds tokens; reset it first".into()));
+        if cache.layers.iter().any(|l| l.slots.is_filled()) {
+            return Err(CacheError::InvalidParameters("from_selection: the cache already holds tokens; reset it first".into()));
         }
         if kv.len() != shape.layers || selection.layers.len() != shape.layers {
             return Err(CacheError::InvalidShape(format!(
@@ -1054,7 +735,8 @@ impl<B: Backend> CompressedCache<B> {
             if sel.heads.len() != h_kv || sel.heads.iter().flatten().any(|&p| p >= n_tok) {
                 return Err(CacheError::InvalidShape(format!("from_selection: layer {layer}'s selection does not fit {h_kv} heads of {n_tok} tokens")));
             }
-            cache.store_kept(layer, k, v, &sel.heads);
+            let room = cache.room();
+            cache.layers[layer].slots.fill(k, v, &sel.heads, &room);
             let store = &mut cache.layers[layer];
             // A layer that kept its whole prefix has no head budgets in force,
             // as after a live prefill that did not compress it.
