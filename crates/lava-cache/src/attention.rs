@@ -14,7 +14,7 @@ use burn::tensor::{activation::softmax, backend::Backend, Bool, Tensor, TensorDa
 /// so the score matrix never exceeds `[H_kv, G*QUERY_CHUNK, S]` and the
 /// masked upper triangle is mostly skipped.
 pub fn causal_attention<B: Backend>(q: Tensor<B, 3>, k: Tensor<B, 3>, v: Tensor<B, 3>) -> Tensor<B, 3> {
-    if let Some(out) = crate::flex::prefill_attention(&q, &k, &v) {
+    if let Some(out) = crate::fast_path::prefill_attention(&q, &k, &v) {
         return out;
     }
     let [h_q, t, d] = q.dims();

@@ -1,7 +1,7 @@
 use burn::tensor::{backend::Backend, Tensor};
 
-use crate::flex::{decode_attention, write_in_place, Segment};
-use crate::{attention::causal_attention, CacheError, CacheShape, KvCache};
+use crate::fast_path::{decode_attention, write_in_place, Segment};
+use crate::{attention::causal_attention, CacheError, CacheShape, CacheStats, KvCache};
 
 /// The uncompressed cache: every token of every head is kept.
 ///
@@ -143,24 +143,11 @@ impl<B: Backend> KvCache<B> for FullCache<B> {
         self.lens.first().copied().unwrap_or(0)
     }
 
-    fn retained_tokens(&self) -> usize {
-        self.lens.iter().sum::<usize>() * self.shape.kv_heads
-    }
-
-    fn retained_bytes(&self) -> usize {
-        self.retained_tokens() * self.shape.head_dim * 2 * 4
-    }
-
-    fn allocated_bytes(&self) -> usize {
-        (0..self.shape.layers).map(|l| self.capacity(l)).sum::<usize>()
-            * self.shape.kv_heads
-            * self.shape.head_dim
-            * 2
-            * 4
-    }
-
-    fn full_bytes(&self) -> usize {
-        self.retained_bytes()
+    fn stats(&self) -> CacheStats {
+        let retained_tokens = self.lens.iter().sum::<usize>() * self.shape.kv_heads;
+        let retained_bytes = retained_tokens * self.shape.head_dim * 2 * 4;
+        let allocated_slots = (0..self.shape.layers).map(|l| self.capacity(l)).sum::<usize>() * self.shape.kv_heads;
+        CacheStats { retained_tokens, retained_bytes, allocated_bytes: allocated_slots * self.shape.head_dim * 2 * 4, full_bytes: retained_bytes }
     }
 
     fn reset(&mut self) {

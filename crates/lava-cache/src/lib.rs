@@ -138,12 +138,11 @@
 mod attention;
 mod compressed;
 mod error;
-pub mod flex;
+mod fast_path;
 mod full;
 mod host;
 pub mod policy;
 mod select;
-pub mod spin_pool;
 
 pub use attention::causal_attention;
 pub use compressed::CompressedCache;
@@ -224,6 +223,19 @@ impl CacheShape {
     }
 }
 
+/// What a cache holds at one moment (K and V accounted as `f32`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CacheStats {
+    /// Tokens kept, summed over layers and KV heads.
+    pub retained_tokens: usize,
+    /// Bytes of K and V kept (`retained_tokens * D * 2 * 4`).
+    pub retained_bytes: usize,
+    /// Bytes of K and V storage allocated (kept plus headroom).
+    pub allocated_bytes: usize,
+    /// Bytes the same tokens would take in a full, uncompressed cache.
+    pub full_bytes: usize,
+}
+
 /// The cache interface a model's attention layers call.
 ///
 /// For each forward pass the model calls [`KvCache::attend`] once per layer, in
@@ -248,17 +260,28 @@ pub trait KvCache<B: Backend> {
     /// whether or not they are still kept.
     fn next_position(&self) -> usize;
 
+    /// What the cache holds now: kept tokens and the bytes they take.
+    fn stats(&self) -> CacheStats;
+
     /// Tokens currently kept, summed over layers and KV heads.
-    fn retained_tokens(&self) -> usize;
+    fn retained_tokens(&self) -> usize {
+        self.stats().retained_tokens
+    }
 
     /// Bytes of K and V currently kept (`retained_tokens * D * 2 * 4`).
-    fn retained_bytes(&self) -> usize;
+    fn retained_bytes(&self) -> usize {
+        self.stats().retained_bytes
+    }
 
     /// Bytes of K and V storage currently allocated (kept plus headroom).
-    fn allocated_bytes(&self) -> usize;
+    fn allocated_bytes(&self) -> usize {
+        self.stats().allocated_bytes
+    }
 
     /// Bytes the same tokens would take in a full, uncompressed cache.
-    fn full_bytes(&self) -> usize;
+    fn full_bytes(&self) -> usize {
+        self.stats().full_bytes
+    }
 
     /// Forgets every token, keeping the shape.
     fn reset(&mut self);

@@ -1,8 +1,11 @@
 //! The flex fast paths (decode attention read in place, in-place appends;
-//! `lava_cache::flex`) against the generic tensor-op path on ndarray: the same
+//! `lava-flex`, behind lava-cache's `flex` feature) against the generic tensor-op path on ndarray: the same
 //! prompt and decode steps through `FullCache` and `CompressedCache` (with and
 //! without decode-time eviction) give the same outputs on both backends, and
 //! the scorers' host window attention and value norms equal the tensor-op ones.
+//! Needs the `flex` feature (on in the workspace build, which the binary turns on).
+
+#![cfg(feature = "flex")]
 
 mod common;
 
@@ -11,7 +14,7 @@ use common::{random_values, Rng};
 use lava_cache::{CacheShape, CompressedCache, FullCache, KvCache, PolicyConfig, PolicyName};
 
 type Nd = burn_ndarray::NdArray<f32>;
-type Fx = burn_flex::Flex;
+type Fx = lava_flex::Flex;
 
 /// One `attend` call's inputs, as host values with shapes.
 struct Step {

@@ -26,7 +26,6 @@ pub mod gguf;
 mod generation;
 mod gguf_source;
 pub mod hf;
-pub mod kernels;
 mod rope;
 pub mod sampling;
 pub mod tiny;

@@ -8,7 +8,7 @@ use lava_cache::{CacheShape, KvCache};
 
 use crate::config::LlamaConfig;
 use crate::error::ModelError;
-use crate::kernels;
+use lava_flex::matmul as kernels;
 use crate::rope::{apply_rope, Rope};
 
 /// Self-attention projections of one layer (Hugging Face names).
@@ -234,7 +234,7 @@ impl<B: Backend> Llama<B> {
                 let e = weights.embed_tokens.weight.val();
                 let [v, d] = e.dims();
                 // On flex, read the embedding in place (no host copy of it at load time).
-                let transposed = match crate::kernels::Host::new(&e) {
+                let transposed = match lava_flex::matmul::Host::new(&e) {
                     Some(host) => Some(transpose(host.values(), v, d)),
                     None => e.into_data().to_vec::<f32>().ok().map(|vals| transpose(&vals, v, d)),
                 };
@@ -300,7 +300,7 @@ impl<B: Backend> Llama<B> {
 
     /// `x [T, d_model] @ output [d_model, vocab]`.
     fn logits(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
-        let fast = if x.dims()[0] <= MATVEC_SPLIT_MAX_ROWS { crate::kernels::project_rows(&x, &self.output, self.matvec_split) } else { None };
+        let fast = if x.dims()[0] <= MATVEC_SPLIT_MAX_ROWS { lava_flex::matmul::project_rows(&x, &self.output, self.matvec_split) } else { None };
         fast.unwrap_or_else(|| x.matmul(self.output.clone()))
     }
 
@@ -372,7 +372,7 @@ impl<B: Backend> Llama<B> {
             return self.decode_batch(tokens, &mut [cache]);
         }
         let start = cache.next_position();
-        if lava_cache::flex::is_flex::<B>() {
+        if lava_flex::bridge::is_flex::<B>() {
             let positions: Vec<usize> = (start..start + t).collect();
             if let Some(x) = self.run_on_host(tokens, &positions, &[0..t], &mut [cache])? {
                 let (x, rows) = match which {
@@ -418,7 +418,7 @@ impl<B: Backend> Llama<B> {
             return Err(ModelError::Input(format!("token id {bad} is outside the vocabulary ({})", c.vocab_size)));
         }
         let positions: Vec<usize> = caches.iter().map(|c| c.next_position()).collect();
-        if lava_cache::flex::is_flex::<B>() {
+        if lava_flex::bridge::is_flex::<B>() {
             let groups: Vec<std::ops::Range<usize>> = (0..n).map(|i| i..i + 1).collect();
             if let Some(x) = self.run_on_host(tokens, &positions, &groups, caches)? {
                 if let Some(logits) = self.host_logits(x, n) {
@@ -511,7 +511,7 @@ impl<B: Backend> Llama<B> {
                             out[(h * t + i) * hd..(h * t + i + 1) * hd].copy_from_slice(&v[(r * heads + h) * hd..(r * heads + h + 1) * hd]);
                         }
                     }
-                    lava_cache::flex::from_host::<B, 3>(out, [heads, t, hd])
+                    lava_flex::bridge::from_host::<B, 3>(out, [heads, t, hd])
                 };
                 let (Some(q), Some(k), Some(v)) = (heads_first(&qkv[0], hq), heads_first(&qkv[1], hkv), heads_first(&qkv[2], hkv)) else {
                     return Err(lost());
@@ -555,7 +555,7 @@ impl<B: Backend> Llama<B> {
             let mats: Vec<(&[f32], usize)> = hosts.iter().zip(layers).map(|(h, l)| (h.values(), l.weight.dims()[1])).collect();
             kernels::matvec_multi(x, rows, d_in, &mats, self.matvec_split)
         } else {
-            let input = lava_cache::flex::from_host::<B, 2>(x.to_vec(), [rows, d_in])?;
+            let input = lava_flex::bridge::from_host::<B, 2>(x.to_vec(), [rows, d_in])?;
             let mut outs = Vec::with_capacity(layers.len());
             for l in layers {
                 outs.push(kernels::Host::new(&input.clone().matmul(l.weight.val()))?.values().to_vec());
@@ -574,7 +574,7 @@ impl<B: Backend> Llama<B> {
     /// `x [R, d_model] @ output` for host rows (flex), as a tensor.
     fn host_logits(&self, x: Vec<f32>, rows: usize) -> Option<Tensor<B, 2>> {
         let d = self.config.hidden_size;
-        let input = lava_cache::flex::from_host::<B, 2>(x, [rows, d])?;
+        let input = lava_flex::bridge::from_host::<B, 2>(x, [rows, d])?;
         Some(self.logits(input))
     }
 }

@@ -256,12 +256,12 @@ fn matvec_split_gives_the_same_logits() {
 }
 
 /// Decode on flex runs on the weights' storage (`Llama::decode_batch`'s host
-/// path, `lava_llama::kernels`): token-by-token logits against the f64
+/// path, `lava_flex::matmul`): token-by-token logits against the f64
 /// reference, for every layout the generic path is checked on, and a batched
 /// step over caches of different lengths against separate steps.
 #[test]
 fn flex_host_decode_matches_reference_and_batches() {
-    type F = burn_flex::Flex;
+    type F = lava_flex::Flex;
     let device = Default::default();
     for (heads, kv, tied, bias) in [(3, 3, true, false), (3, 1, false, false), (6, 2, true, true), (3, 1, false, true)] {
         let cfg = tiny_config(heads, kv, tied, bias);

@@ -155,7 +155,7 @@ use burn::tensor::{backend::Backend, Tensor};
 use crate::attention::causal_attention;
 use crate::policy::plan::{dynamic_layer_budgets, kept_positions, ragged_head_caps, static_layer_budgets, Ranking};
 use crate::policy::{scorer::score_layer_weighted, Composition, PolicyConfig, Scorer};
-use crate::{CacheError, CacheShape, KvCache};
+use crate::{CacheError, CacheShape, CacheStats, KvCache};
 
 mod rescore;
 mod storage;
@@ -658,22 +658,17 @@ impl<B: Backend> KvCache<B> for CompressedCache<B> {
         self.layers.first().map_or(0, |l| l.slots.appended())
     }
 
-    fn retained_tokens(&self) -> usize {
-        self.layers.iter().map(|l| l.slots.slots().len()).sum()
-    }
-
-    fn retained_bytes(&self) -> usize {
-        self.retained_tokens() * self.shape.head_dim * 2 * ELEM_BYTES
-    }
-
-    fn allocated_bytes(&self) -> usize {
-        let slots: usize = self.layers.iter().map(|l| l.slots.capacity()).sum();
-        slots * self.shape.head_dim * 2 * ELEM_BYTES
-    }
-
-    fn full_bytes(&self) -> usize {
-        let tokens: usize = self.layers.iter().map(|l| l.slots.appended()).sum();
-        tokens * self.shape.kv_heads * self.shape.head_dim * 2 * ELEM_BYTES
+    fn stats(&self) -> CacheStats {
+        let retained_tokens: usize = self.layers.iter().map(|l| l.slots.slots().len()).sum();
+        let allocated_slots: usize = self.layers.iter().map(|l| l.slots.capacity()).sum();
+        let appended: usize = self.layers.iter().map(|l| l.slots.appended()).sum();
+        let row_bytes = self.shape.head_dim * 2 * ELEM_BYTES;
+        CacheStats {
+            retained_tokens,
+            retained_bytes: retained_tokens * row_bytes,
+            allocated_bytes: allocated_slots * row_bytes,
+            full_bytes: appended * self.shape.kv_heads * row_bytes,
+        }
     }
 
     fn reset(&mut self) {

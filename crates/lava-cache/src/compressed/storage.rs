@@ -10,7 +10,7 @@ use std::collections::HashSet;
 
 use burn::tensor::{activation::softmax, backend::Backend, Bool, FloatDType, Int, Tensor, TensorData};
 
-use crate::flex::{decode_attention, write_in_place, write_ints_in_place, Segment};
+use crate::fast_path::{decode_attention, write_in_place, write_ints_in_place, Segment};
 use crate::host::to_host;
 use crate::CacheError;
 

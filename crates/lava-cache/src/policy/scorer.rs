@@ -142,7 +142,7 @@ pub fn window_attention<B: Backend>(q: &Tensor<B, 3>, k: &Tensor<B, 3>, window: 
         return ScoreMatrix::new(q.dims()[0], 0, Vec::new());
     };
     let (h_q, h_kv) = (q.dims()[0], k.dims()[0]);
-    if let Some(mean) = crate::flex::window_attention_mean(q_window.clone(), k, group, window) {
+    if let Some(mean) = crate::fast_path::window_attention_mean(q_window.clone(), k, group, window) {
         return ScoreMatrix::new(h_q, n, mean);
     }
     let probs = masked_probs(q_window, k, group, n, window);
@@ -297,7 +297,7 @@ fn cumulative_attention_in_chunks<B: Backend>(
         let q_rows = q.clone().slice([0..h_q, start..end, 0..d]).reshape([h_kv, group * rows, d]);
         let cols = prefix.min(end);
         if total.is_none() {
-            if let Some(part) = crate::flex::cumulative_column_sums(q_rows.clone(), &keys, group, rows, start, cols) {
+            if let Some(part) = crate::fast_path::cumulative_column_sums(q_rows.clone(), &keys, group, rows, start, cols) {
                 let acc = host.get_or_insert_with(|| vec![0f32; h_q * prefix]);
                 for h in 0..h_q {
                     acc[h * prefix..h * prefix + cols].iter_mut().zip(&part[h * cols..(h + 1) * cols]).for_each(|(a, &x)| *a += x);
@@ -343,7 +343,7 @@ pub fn value_norm_max<B: Backend>(v: &Tensor<B, 3>, prefix: usize) -> Result<Vec
     if prefix == 0 || d == 0 {
         return Ok(vec![0.0; h_kv]);
     }
-    if let Some(norms) = crate::flex::value_norm_max(v, prefix) {
+    if let Some(norms) = crate::fast_path::value_norm_max(v, prefix) {
         return Ok(norms);
     }
     let norms = v.clone().slice([0..h_kv, 0..prefix, 0..d]).abs().sum_dim(2).max_dim(1);

@@ -337,17 +337,8 @@ impl<B: Backend> KvCache<B> for OutputRecorder<'_, B> {
     fn next_position(&self) -> usize {
         self.inner.next_position()
     }
-    fn retained_tokens(&self) -> usize {
-        self.inner.retained_tokens()
-    }
-    fn retained_bytes(&self) -> usize {
-        self.inner.retained_bytes()
-    }
-    fn allocated_bytes(&self) -> usize {
-        self.inner.allocated_bytes()
-    }
-    fn full_bytes(&self) -> usize {
-        self.inner.full_bytes()
+    fn stats(&self) -> lava_cache::CacheStats {
+        self.inner.stats()
     }
     fn reset(&mut self) {
         self.inner.reset();

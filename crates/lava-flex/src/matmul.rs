@@ -1,19 +1,19 @@
-//! Hand-written CPU kernels for the decode step on the `burn-flex` backend.
+//! Hand-written CPU kernels for a model's decode step on the `burn-flex` backend.
 //!
 //! Decode multiplies one (or a few) activation rows by every weight matrix:
 //! a vector-matrix product bound by how fast the weights stream from memory.
 //! `burn-flex` runs products this small through a general matmul on one
 //! thread; [`matvec`] streams the weights on all cores instead. The other
 //! kernels (RMS norm, RoPE, SwiGLU) let a whole decode step run on the
-//! weights' storage without a tensor op per step (see `Llama::decode_batch`).
+//! weights' storage without a tensor op per step (see `lava-llama`'s host forward).
 //!
-//! Flex is recognised at run time (`TypeId`, via [`lava_cache::flex`]); every
+//! Flex is recognised at run time (`TypeId`, via [`crate::bridge`]); every
 //! other backend keeps Burn's own ops, which stay the reference the tests
 //! compare against.
 
 use burn::tensor::{backend::Backend, Tensor};
 use burn_flex::FlexTensor;
-use lava_cache::flex::{from_host, to_flex};
+use crate::bridge::{from_host, to_flex};
 
 /// Row counts up to this use [`matvec`]; longer blocks (prefill) use the matmul.
 pub const MATVEC_MAX_ROWS: usize = 8;
@@ -95,7 +95,7 @@ pub fn matvec_multi(x: &[f32], n: usize, d_in: usize, mats: &[(&[f32], usize)], 
     }
     // Each task streams a contiguous band of rows of every matrix into its
     // own partial sums; the bands are then added in order.
-    let mut partials = lava_cache::spin_pool::map(threads, &band).into_iter();
+    let mut partials = crate::spin_pool::map(threads, &band).into_iter();
     let mut total = partials.next().unwrap_or_default();
     for part in partials {
         for (acc, p) in total.iter_mut().zip(part) {

@@ -1,127 +1,17 @@
-//! Fast paths for the `burn-flex` CPU backend.
-//!
-//! The caches are written against Burn's `Backend` trait, and that generic
-//! code is the reference. For one query token (decode), composing it from
-//! tensor ops costs more than the attention itself on a CPU: the sliced K/V
-//! views are copied to contiguous memory before the matmul, and the softmax
-//! allocates several temporaries. When the backend is flex (recognised at run
-//! time by `TypeId`; primitives move through `Box<dyn Any>`, no `unsafe`),
-//! [`decode_attention`] reads K and V where they lie instead, each row once.
-//! Every other backend, and every case this module declines (`None`), takes
-//! the generic path. Tests check both paths agree.
+//! Attention and scorer kernels on the host, for the `burn-flex` backend:
+//! decode attention read where K/V lie ([`decode_attention`], flash-decoding
+//! above [`PARALLEL_ROWS`] rows), prefill flash attention
+//! ([`prefill_attention`]), and the scorers' inputs (window attention mean,
+//! H2O's column sums, value norms). Each mirrors a generic tensor-op path in
+//! `lava-cache`, which stays the reference; tests check both agree.
 
-use std::any::{Any, TypeId};
 use std::ops::Range;
 
-use burn::tensor::{backend::Backend, DType, Int, Tensor, TensorData, TensorPrimitive};
-use burn_flex::{Flex, FlexTensor};
+use burn::tensor::{backend::Backend, Tensor};
+use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-/// Whether `B` is the flex backend.
-pub fn is_flex<B: Backend>() -> bool {
-    TypeId::of::<B>() == TypeId::of::<Flex>()
-}
-
-/// The flex primitive of an f32 tensor, or `None` on any other backend or dtype.
-pub fn to_flex<B: Backend, const D: usize>(t: Tensor<B, D>) -> Option<FlexTensor> {
-    if !is_flex::<B>() || t.dtype() != DType::F32 {
-        return None;
-    }
-    match t.into_primitive() {
-        TensorPrimitive::Float(p) => {
-            let boxed: Box<dyn Any> = Box::new(p);
-            boxed.downcast::<FlexTensor>().ok().map(|b| *b)
-        }
-        TensorPrimitive::QFloat(_) => None,
-    }
-}
-
-/// A contiguous f32 tensor of `shape` holding `values`, or `None` unless `B` is flex.
-pub fn from_host<B: Backend, const D: usize>(values: Vec<f32>, shape: [usize; D]) -> Option<Tensor<B, D>> {
-    from_flex(FlexTensor::from_data(TensorData::new(values, shape)))
-}
-
-/// Wraps a flex primitive back into a float tensor of `B` (`None` unless `B` is flex).
-fn from_flex<B: Backend, const D: usize>(t: FlexTensor) -> Option<Tensor<B, D>> {
-    let boxed: Box<dyn Any> = Box::new(t);
-    let prim = boxed.downcast::<B::FloatTensorPrimitive>().ok()?;
-    Some(Tensor::from_primitive(TensorPrimitive::Float(*prim)))
-}
-
-/// Copies `src` (any f32 tensor, read in row-major order) into `dst` in
-/// place: `runs` are `(dst_offset, src_offset, len)` in elements of the
-/// storages. `Err(dst)`, untouched, unless `B` is flex, both are f32, `dst` is
-/// contiguous from offset 0, uniquely owned (no clone or view of it alive)
-/// and every run fits.
-///
-/// `slice_assign` on flex copies the whole destination first (0.21 keeps a
-/// second reference to it while writing), which makes every decode append
-/// cost a copy of the layer's cache.
-pub fn write_in_place<B: Backend, const D: usize, const S: usize>(
-    dst: Tensor<B, D>,
-    src: &Tensor<B, S>,
-    runs: &[(usize, usize, usize)],
-) -> Result<Tensor<B, D>, Tensor<B, D>> {
-    if !is_flex::<B>() || dst.dtype() != DType::F32 {
-        return Err(dst);
-    }
-    let Some(src) = to_flex(src.clone()).map(|s| s.to_contiguous()) else { return Err(dst) };
-    let keep = dst.clone();
-    let Some(mut flex) = to_flex(dst) else { return Err(keep) };
-    drop(keep);
-    let plain = flex.is_contiguous() && flex.layout().start_offset() == 0;
-    let from = src.storage::<f32>();
-    let written = plain
-        && match flex.try_storage_mut::<f32>() {
-            Some(to) if runs.iter().all(|&(d, s, n)| d + n <= to.len() && s + n <= from.len()) => {
-                for &(d, s, n) in runs {
-                    to[d..d + n].copy_from_slice(&from[s..s + n]);
-                }
-                true
-            }
-            _ => false,
-        };
-    let dst = from_flex(flex).expect("B is flex");
-    if written {
-        Ok(dst)
-    } else {
-        Err(dst)
-    }
-}
-
-/// As [`write_in_place`] for an integer tensor: writes `values` at element
-/// offset `at`.
-pub fn write_ints_in_place<B: Backend, const D: usize>(dst: Tensor<B, D, Int>, at: usize, values: &[usize]) -> Result<Tensor<B, D, Int>, Tensor<B, D, Int>> {
-    if !is_flex::<B>() {
-        return Err(dst);
-    }
-    let boxed: Box<dyn Any> = Box::new(dst.into_primitive());
-    let mut flex = *boxed.downcast::<FlexTensor>().expect("B is flex");
-    let plain = flex.is_contiguous() && flex.layout().start_offset() == 0;
-    let written = plain
-        && match flex.dtype() {
-            DType::I64 => put(flex.try_storage_mut::<i64>(), at, values, |v| v as i64),
-            DType::I32 => put(flex.try_storage_mut::<i32>(), at, values, |v| v as i32),
-            _ => false,
-        };
-    let boxed: Box<dyn Any> = Box::new(flex);
-    let dst = Tensor::from_primitive(*boxed.downcast::<B::IntTensorPrimitive>().expect("B is flex"));
-    if written {
-        Ok(dst)
-    } else {
-        Err(dst)
-    }
-}
-
-fn put<E: Copy>(to: Option<&mut [E]>, at: usize, values: &[usize], cast: impl Fn(usize) -> E) -> bool {
-    match to {
-        Some(to) if at + values.len() <= to.len() => {
-            to[at..at + values.len()].iter_mut().zip(values).for_each(|(t, &v)| *t = cast(v));
-            true
-        }
-        _ => false,
-    }
-}
+use crate::bridge::{from_host, is_flex, to_flex};
 
 /// Rows `rows` of a K/V storage (row `r` = elements `r*D .. (r+1)*D`) that
 /// belong to KV head `kv_head`.
@@ -199,7 +89,7 @@ pub fn attend_rows(
     Some(Partial::merge(&partials, h_q, d))
 }
 
-/// The window attention of [`window_attention`](crate::policy::scorer::window_attention)
+/// The window attention of `lava_cache::policy::scorer::window_attention`
 /// on flex: `q_window [H_kv, G*w, D]` (the `w` window queries of the `G`
 /// query heads of each KV head), `k [H_kv, N, D]`; returns `[H_q, n]` row-major,
 /// `n = N - w`: for query head `h`, the mean over the window queries `i` of
@@ -212,7 +102,7 @@ pub fn window_attention_mean<B: Backend>(q_window: Tensor<B, 3>, k: &Tensor<B, 3
 }
 
 /// `max_{j < prefix} ||v[g, j]||_1` per KV head of `v [H_kv, N, D]`, read on
-/// the host (as [`value_norm_max`](crate::policy::scorer::value_norm_max));
+/// the host (as `lava_cache::policy::scorer::value_norm_max`);
 /// `None` unless `B` is flex.
 pub fn value_norm_max<B: Backend>(v: &Tensor<B, 3>, prefix: usize) -> Option<Vec<f32>> {
     let [h_kv, n_tok, d] = v.dims();
@@ -336,7 +226,7 @@ fn masked_column_sums<B: Backend>(q_rows: Tensor<B, 3>, k: &Tensor<B, 3>, group:
 }
 
 /// Causal grouped-query attention of `T` new queries over `S` keys (the new
-/// tokens are the last `T`), as [`causal_attention`](crate::causal_attention),
+/// tokens are the last `T`), as `lava_cache::causal_attention`,
 /// read in place on flex: `q [H_q, T, D]`, `k`, `v [H_kv, S, D]` (any head
 /// stride, rows contiguous). `None` on other backends, other dtypes or layouts.
 ///
@@ -919,6 +809,8 @@ fn exp(x: f32) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bridge::{write_in_place, write_ints_in_place};
+    use burn::tensor::{Int, TensorData};
 
     fn values(len: usize, seed: u64) -> Vec<f32> {
         let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);

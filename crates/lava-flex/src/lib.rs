@@ -1,0 +1,26 @@
+//! # lava-flex
+//!
+//! The CPU fast path of `lava`: host kernels for Burn's `burn-flex` backend,
+//! used by `lava-cache` (attention over the cache, the scorers' inputs) and
+//! `lava-llama` (the decode step's matrix-vector products, norms, RoPE) when
+//! their `flex` feature is on. Everything here answers `None` (or hands its
+//! input back) unless the backend is flex and the data is plain f32, so the
+//! callers' generic tensor-op code stays the reference and runs everywhere
+//! else; the tests check that both paths agree.
+//!
+//! - [`bridge`]: Burn tensor <-> host memory (recognising flex at run time,
+//!   reading storage, writing in place).
+//! - [`attention`]: decode and prefill attention, window-attention means,
+//!   H2O's column sums, value norms.
+//! - [`matmul`]: matrix-vector products streaming the weights on all cores,
+//!   RMS norm, RoPE, SwiGLU on host rows.
+//! - [`spin_pool`]: the thread pool of the many short passes of a decode step.
+
+#![warn(missing_docs)]
+
+pub mod attention;
+pub mod bridge;
+pub mod matmul;
+pub mod spin_pool;
+
+pub use burn_flex::{Flex, FlexDevice};
