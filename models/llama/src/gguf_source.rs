@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use crate::config::LlamaConfig;
 use crate::error::ModelError;
 use crate::gguf::{GgufError, GgufFile};
-use crate::transformer::WeightSource;
+use crate::weights::WeightSource;
 
 /// Architectures (GGUF `general.architecture`) lava reads.
 pub const GGUF_ARCHITECTURES: [&str; 3] = ["llama", "mistral", "qwen2"];

@@ -1,6 +1,7 @@
 //! Hugging Face model directories: `config.json` + `*.safetensors` (f32/f16/bf16,
 //! optionally sharded with `model.safetensors.index.json`) + `tokenizer.json`.
 //! Loading goes through `burn-store`; [`export_hf`] writes such a directory.
+//! The parameter names and shapes come from the table in `crate::weights`.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -16,65 +17,18 @@ use crate::config::LlamaConfig;
 use crate::error::ModelError;
 use crate::rope::Rope;
 use crate::tokenizer::Tokenizer;
-use crate::transformer::{Llama, LlamaWeights, WeightSource};
+use crate::transformer::Llama;
+use crate::weights::{parameter_shape, parameters, LlamaWeights, WeightSource};
 
-/// The Hugging Face shape of parameter `name` under `config`, if it is one.
+/// The Hugging Face shape of parameter `name` under `config`, if it is one
+/// (looked up in the crate's parameter table).
 pub fn expected_shape(c: &LlamaConfig, name: &str) -> Option<Vec<usize>> {
-    let (d, hd, ff) = (c.hidden_size, c.head_dim, c.intermediate_size);
-    let (q, kv) = (c.num_attention_heads * hd, c.num_key_value_heads * hd);
-    match name {
-        "model.embed_tokens.weight" => return Some(vec![c.vocab_size, d]),
-        "model.norm.weight" => return Some(vec![d]),
-        "lm_head.weight" if !c.tie_word_embeddings => return Some(vec![c.vocab_size, d]),
-        _ => {}
-    }
-    let rest = name.strip_prefix("model.layers.")?;
-    let (layer, param) = rest.split_once('.')?;
-    if layer.parse::<usize>().ok()? >= c.num_hidden_layers {
-        return None;
-    }
-    Some(match param {
-        "self_attn.q_proj.weight" => vec![q, d],
-        "self_attn.k_proj.weight" | "self_attn.v_proj.weight" => vec![kv, d],
-        "self_attn.q_proj.bias" if c.attention_bias => vec![q],
-        "self_attn.k_proj.bias" | "self_attn.v_proj.bias" if c.attention_bias => vec![kv],
-        "self_attn.o_proj.weight" => vec![d, q],
-        "mlp.gate_proj.weight" | "mlp.up_proj.weight" => vec![ff, d],
-        "mlp.down_proj.weight" => vec![d, ff],
-        "input_layernorm.weight" | "post_attention_layernorm.weight" => vec![d],
-        _ => return None,
-    })
+    parameter_shape(c, name)
 }
 
-/// Every parameter name of a config, in a stable order.
+/// Every parameter name of a config, in a stable order (the parameter table's).
 pub fn parameter_names(c: &LlamaConfig) -> Vec<String> {
-    let mut names = vec!["model.embed_tokens.weight".to_string()];
-    for l in 0..c.num_hidden_layers {
-        for p in [
-            "self_attn.q_proj.weight",
-            "self_attn.q_proj.bias",
-            "self_attn.k_proj.weight",
-            "self_attn.k_proj.bias",
-            "self_attn.v_proj.weight",
-            "self_attn.v_proj.bias",
-            "self_attn.o_proj.weight",
-            "mlp.gate_proj.weight",
-            "mlp.up_proj.weight",
-            "mlp.down_proj.weight",
-            "input_layernorm.weight",
-            "post_attention_layernorm.weight",
-        ] {
-            let n = format!("model.layers.{l}.{p}");
-            if expected_shape(c, &n).is_some() {
-                names.push(n);
-            }
-        }
-    }
-    names.push("model.norm.weight".into());
-    if !c.tie_word_embeddings {
-        names.push("lm_head.weight".into());
-    }
-    names
+    parameters(c).into_iter().map(|p| p.name).collect()
 }
 
 /// Casts f16/bf16/f64 tensors to f32 on load; any other dtype (integer,
@@ -219,8 +173,8 @@ pub fn export_hf<S: WeightSource + ?Sized>(
 ) -> Result<(), ModelError> {
     std::fs::create_dir_all(out).map_err(|e| ModelError::io(out, e))?;
     let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
-    for name in parameter_names(config) {
-        let Some(shape) = expected_shape(config, &name) else { continue };
+    for p in parameters(config) {
+        let (name, shape) = (p.name, p.shape);
         let (found, values) = src
             .tensor(&name)?
             .ok_or_else(|| ModelError::Weights { path: src.origin(), detail: format!("missing tensor {name}") })?;

@@ -6,6 +6,17 @@
 //! Loads GGUF files (F32, F16, BF16, Q8_0, Q4_0, Q4_1, dequantised to f32) and
 //! Hugging Face directories (`config.json`, safetensors, `tokenizer.json`).
 //!
+//! Where things live:
+//! - weight loading: `weights` holds the parameter structs ([`LlamaWeights`]),
+//!   the [`WeightSource`] trait and the one table of Hugging Face parameter
+//!   names and shapes that [`LlamaWeights::from_source`], [`hf`] and [`tiny`]
+//!   read; [`gguf`] and [`hf`] are the file formats behind it;
+//! - the generic forward: `transformer` ([`Llama::forward`],
+//!   [`Llama::decode_batch`]), Burn tensor ops on any backend;
+//! - the host forward: `host_forward`, the same math on the flex backend's
+//!   host storage (`lava_flex::matmul`), tried first and falling back to the
+//!   generic path on other backends; behind the `flex` feature.
+//!
 //! ```no_run
 //! use burn_ndarray::NdArray;
 //! use lava_cache::FullCache;
@@ -26,11 +37,13 @@ pub mod gguf;
 mod generation;
 mod gguf_source;
 pub mod hf;
+mod host_forward;
 mod rope;
 pub mod sampling;
 pub mod tiny;
 mod tokenizer;
 mod transformer;
+mod weights;
 
 use std::path::Path;
 
@@ -43,7 +56,8 @@ pub use gguf_source::{config_from_gguf, unpermute_rows, GgufSource, GGUF_ARCHITE
 pub use rope::{apply_rope, Rope};
 pub use sampling::{Sampler, Sampling};
 pub use tokenizer::{tokenizer_json_from_gguf, Message, Tokenizer};
-pub use transformer::{Attention, DecoderLayer, Llama, LlamaWeights, Logits, Mlp, WeightSource};
+pub use transformer::{Llama, Logits};
+pub use weights::{Attention, DecoderLayer, LlamaWeights, Mlp, WeightSource};
 
 /// Loads a GGUF file.
 pub fn load_gguf<B: Backend>(path: &Path, device: &B::Device) -> Result<(Llama<B>, Tokenizer), ModelError> {

@@ -5,8 +5,7 @@ use std::path::PathBuf;
 use crate::config::LlamaConfig;
 use crate::error::ModelError;
 use crate::gguf::{GgmlType, GgufWriter, Value};
-use crate::hf::{expected_shape, parameter_names};
-use crate::transformer::WeightSource;
+use crate::weights::{parameter_shape, parameters, WeightSource};
 
 /// A small configuration: `vocab` 64, width 32, 2 layers, `heads` query heads,
 /// `kv_heads` KV heads, head dim 8.
@@ -89,8 +88,8 @@ impl RandomWeights {
         let tokens: Vec<Value> = (0..c.vocab_size).map(|i| Value::Str(byte_token(i as u8))).collect();
         w.kv("tokenizer.ggml.tokens", Value::Array(tokens));
         w.kv("tokenizer.ggml.merges", Value::Array(vec![]));
-        for name in parameter_names(c) {
-            let Some(shape) = expected_shape(c, &name) else { continue };
+        for p in parameters(c) {
+            let (name, shape) = (p.name, p.shape);
             let n: usize = shape.iter().product();
             let mut v = self.values(&name, n);
             let gname = gguf_name(&name);
@@ -157,7 +156,7 @@ fn permute_rows(v: &[f32], heads: usize, head_dim: usize, cols: usize) -> Vec<f3
 
 impl WeightSource for RandomWeights {
     fn tensor(&self, name: &str) -> Result<Option<(Vec<usize>, Vec<f32>)>, ModelError> {
-        Ok(expected_shape(&self.config, name).map(|s| {
+        Ok(parameter_shape(&self.config, name).map(|s| {
             let n = s.iter().product();
             (s, self.values(name, n))
         }))

@@ -258,7 +258,9 @@ fn matvec_split_gives_the_same_logits() {
 /// Decode on flex runs on the weights' storage (`Llama::decode_batch`'s host
 /// path, `lava_flex::matmul`): token-by-token logits against the f64
 /// reference, for every layout the generic path is checked on, and a batched
-/// step over caches of different lengths against separate steps.
+/// step over caches of different lengths against separate steps. Needs the
+/// `flex` feature (on in the workspace build).
+#[cfg(feature = "flex")]
 #[test]
 fn flex_host_decode_matches_reference_and_batches() {
     type F = lava_flex::Flex;

@@ -1,0 +1,244 @@
+//! The host-side forward for the flex backend: [`Llama::forward`] and
+//! [`Llama::decode_batch`] on the weights' own storage, with the residual
+//! stream as a host vector and the projections as [`kernels::matvec_multi`]
+//! passes (or the backend's matmul for long prefills). The generic path
+//! (`crate::transformer`) tries [`Llama::forward_on_host`] first and falls
+//! back to its tensor ops when that returns `None` (any other backend, or a
+//! parameter not readable in place).
+//!
+//! Behind the `flex` feature (the one switch of the CPU fast path): without it
+//! every function here declines and the generic path runs everywhere.
+
+#[cfg(feature = "flex")]
+pub(crate) use on_host::{project_rows, transposed};
+
+#[cfg(not(feature = "flex"))]
+pub(crate) use declined::{project_rows, transposed};
+
+#[cfg(feature = "flex")]
+mod on_host {
+    use burn::nn::Linear;
+    use burn::tensor::{backend::Backend, Tensor};
+    use lava_cache::KvCache;
+
+    use crate::error::ModelError;
+    use lava_flex::matmul as kernels;
+    use crate::transformer::{Llama, Logits};
+    use crate::weights::DecoderLayer;
+
+    /// Rows per block of the host MLP (`run_on_host`): bounds the `[rows, ff]`
+    /// intermediates of a long prefill.
+    const MLP_BLOCK_ROWS: usize = 1024;
+
+    impl<B: Backend> Llama<B> {
+        /// The host path of [`forward`](Self::forward) and
+        /// [`decode_batch`](Self::decode_batch): runs `tokens` (rows
+        /// `groups[i]` appended to `caches[i]`, at absolute `positions`) through
+        /// [`run_on_host`](Self::run_on_host) and returns the logits of the last
+        /// row (`[1, vocab]`) or of every row (`[R, vocab]`) per `which`; `None`
+        /// (take the generic path) unless `B` is flex and every parameter is
+        /// readable in place.
+        pub(crate) fn forward_on_host<C: KvCache<B> + ?Sized>(
+            &self,
+            tokens: &[u32],
+            positions: &[usize],
+            groups: &[std::ops::Range<usize>],
+            caches: &mut [&mut C],
+            which: Logits,
+        ) -> Result<Option<Tensor<B, 2>>, ModelError> {
+            if !lava_flex::bridge::is_flex::<B>() {
+                return Ok(None);
+            }
+            let Some(x) = self.run_on_host(tokens, positions, groups, caches)? else {
+                return Ok(None);
+            };
+            let rows = tokens.len();
+            let (x, rows) = match which {
+                Logits::Last => (x[(rows - 1) * self.config.hidden_size..].to_vec(), 1),
+                Logits::All => (x, rows),
+            };
+            Ok(self.host_logits(x, rows))
+        }
+
+        /// [`forward`](Self::forward) and [`decode_batch`](Self::decode_batch) on
+        /// the weights' own storage, for the flex backend. `groups[i]` is the run
+        /// of rows (tokens) appended to `caches[i]`; `positions` holds each row's
+        /// absolute position. The residual stream stays a host vector; a
+        /// projection of at most [`kernels::MATVEC_MAX_ROWS`] rows is one
+        /// [`kernels::matvec_multi`] pass (q/k/v together, gate/up together), a
+        /// longer one the backend's matmul; RMS norm, RoPE and SwiGLU run on the
+        /// rows in place; only attention goes through the caches. Same math as
+        /// [`layer_step`](Self::layer_step), without the tensor ops' copies of
+        /// strided views. Returns the final normed hidden rows `[R, d_model]`
+        /// (host), or `None` (take the generic path) on other backends.
+        fn run_on_host<C: KvCache<B> + ?Sized>(
+            &self,
+            tokens: &[u32],
+            positions: &[usize],
+            groups: &[std::ops::Range<usize>],
+            caches: &mut [&mut C],
+        ) -> Result<Option<Vec<f32>>, ModelError> {
+            use kernels::{rms_norm, rope, swiglu, Host};
+            let c = &self.config;
+            let (rows, d, hd) = (tokens.len(), c.hidden_size, c.head_dim);
+            let (hq, hkv, ff) = (c.num_attention_heads, c.num_key_value_heads, c.intermediate_size);
+            let (Some(embed), Some(norm)) = (Host::new(&self.weights.embed_tokens.weight.val()), Host::new(&self.weights.norm.gamma.val())) else {
+                return Ok(None);
+            };
+            // Every parameter must be readable in place before any cache is touched.
+            fn linears<B: Backend>(l: &DecoderLayer<B>) -> [&Linear<B>; 7] {
+                let (a, m) = (&l.self_attn, &l.mlp);
+                [&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj, &m.gate_proj, &m.up_proj, &m.down_proj]
+            }
+            let readable = self.weights.layers.iter().all(|l| {
+                linears(l).iter().all(|p| Host::new(&p.weight.val()).is_some() && p.bias.as_ref().is_none_or(|b| Host::new(&b.val()).is_some()))
+                    && Host::new(&l.input_layernorm.gamma.val()).is_some()
+                    && Host::new(&l.post_attention_layernorm.gamma.val()).is_some()
+            });
+            if !readable {
+                return Ok(None);
+            }
+            let mut x: Vec<f32> = tokens.iter().flat_map(|&t| embed.values()[t as usize * d..(t as usize + 1) * d].iter().copied()).collect();
+            let (cos, sin) = self.rope.host_tables(positions);
+            let half = hd / 2;
+            let lost = || ModelError::Input("a parameter stopped being readable during the step".into());
+            for (l, layer) in self.weights.layers.iter().enumerate() {
+                let (a, m) = (&layer.self_attn, &layer.mlp);
+                let (Some(g1), Some(g2)) = (Host::new(&layer.input_layernorm.gamma.val()), Host::new(&layer.post_attention_layernorm.gamma.val()))
+                else {
+                    return Err(lost());
+                };
+                let mut h = x.clone();
+                rms_norm(&mut h, g1.values(), layer.input_layernorm.epsilon);
+                let mut qkv = self.project_host(&h, rows, &[&a.q_proj, &a.k_proj, &a.v_proj]).ok_or_else(lost)?;
+                for r in 0..rows {
+                    let (cs, sn) = (&cos[r * half..(r + 1) * half], &sin[r * half..(r + 1) * half]);
+                    rope(&mut qkv[0][r * hq * hd..(r + 1) * hq * hd], cs, sn);
+                    rope(&mut qkv[1][r * hkv * hd..(r + 1) * hkv * hd], cs, sn);
+                }
+                let mut attn = vec![0f32; rows * hq * hd];
+                for (cache, group) in caches.iter_mut().zip(groups) {
+                    let t = group.len();
+                    // Rows [t, H * D] of this group as [H, t, D].
+                    let heads_first = |v: &[f32], heads: usize| {
+                        let mut out = vec![0f32; heads * t * hd];
+                        for (i, r) in group.clone().enumerate() {
+                            for h in 0..heads {
+                                out[(h * t + i) * hd..(h * t + i + 1) * hd].copy_from_slice(&v[(r * heads + h) * hd..(r * heads + h + 1) * hd]);
+                            }
+                        }
+                        lava_flex::bridge::from_host::<B, 3>(out, [heads, t, hd])
+                    };
+                    let (Some(q), Some(k), Some(v)) = (heads_first(&qkv[0], hq), heads_first(&qkv[1], hkv), heads_first(&qkv[2], hkv)) else {
+                        return Err(lost());
+                    };
+                    let out = cache.attend(l, q, k, v)?;
+                    let out = out.into_data().convert::<f32>().into_vec::<f32>().map_err(|e| ModelError::Input(format!("attention output: {e:?}")))?;
+                    for (i, r) in group.clone().enumerate() {
+                        for h in 0..hq {
+                            attn[(r * hq + h) * hd..(r * hq + h + 1) * hd].copy_from_slice(&out[(h * t + i) * hd..(h * t + i + 1) * hd]);
+                        }
+                    }
+                }
+                let o = self.project_host(&attn, rows, &[&a.o_proj]).ok_or_else(lost)?;
+                x.iter_mut().zip(&o[0]).for_each(|(x, o)| *x += o);
+                // The MLP in blocks of rows: its [rows, ff] intermediates are the
+                // largest activations of a long prefill.
+                for r0 in (0..rows).step_by(MLP_BLOCK_ROWS) {
+                    let r1 = (r0 + MLP_BLOCK_ROWS).min(rows);
+                    let xr = &mut x[r0 * d..r1 * d];
+                    let mut h = xr.to_vec();
+                    rms_norm(&mut h, g2.values(), layer.post_attention_layernorm.epsilon);
+                    let mut gu = self.project_host(&h, r1 - r0, &[&m.gate_proj, &m.up_proj]).ok_or_else(lost)?;
+                    let up = gu.pop().unwrap_or_default();
+                    let mut act = gu.pop().unwrap_or_default();
+                    swiglu(&mut act, &up);
+                    debug_assert_eq!(act.len(), (r1 - r0) * ff);
+                    let down = self.project_host(&act, r1 - r0, &[&m.down_proj]).ok_or_else(lost)?;
+                    xr.iter_mut().zip(&down[0]).for_each(|(x, o)| *x += o);
+                }
+            }
+            rms_norm(&mut x, norm.values(), self.weights.norm.epsilon);
+            Ok(Some(x))
+        }
+
+        /// `x [rows, d_in] @ W (+ bias)` for each layer of `layers` (all with the
+        /// same input), on host values; `None` unless `B` is flex.
+        fn project_host(&self, x: &[f32], rows: usize, layers: &[&Linear<B>]) -> Option<Vec<Vec<f32>>> {
+            let d_in = x.len() / rows.max(1);
+            let mut outs = if rows <= kernels::MATVEC_MAX_ROWS {
+                let hosts: Vec<kernels::Host> = layers.iter().map(|l| kernels::Host::new(&l.weight.val())).collect::<Option<_>>()?;
+                let mats: Vec<(&[f32], usize)> = hosts.iter().zip(layers).map(|(h, l)| (h.values(), l.weight.dims()[1])).collect();
+                kernels::matvec_multi(x, rows, d_in, &mats, self.matvec_split)
+            } else {
+                let input = lava_flex::bridge::from_host::<B, 2>(x.to_vec(), [rows, d_in])?;
+                let mut outs = Vec::with_capacity(layers.len());
+                for l in layers {
+                    outs.push(kernels::Host::new(&input.clone().matmul(l.weight.val()))?.values().to_vec());
+                }
+                outs
+            };
+            for (out, l) in outs.iter_mut().zip(layers) {
+                if let Some(bias) = &l.bias {
+                    let b = kernels::Host::new(&bias.val())?;
+                    out.chunks_exact_mut(b.values().len()).for_each(|row| row.iter_mut().zip(b.values()).for_each(|(o, b)| *o += b));
+                }
+            }
+            Some(outs)
+        }
+
+        /// `x [R, d_model] @ output` for host rows (flex), as a tensor.
+        fn host_logits(&self, x: Vec<f32>, rows: usize) -> Option<Tensor<B, 2>> {
+            let d = self.config.hidden_size;
+            let input = lava_flex::bridge::from_host::<B, 2>(x, [rows, d])?;
+            Some(self.logits(input))
+        }
+    }
+
+    /// The transpose `[d, v]` of `e [v, d]`, read in place on flex (no host
+    /// copy of the embedding at load time); `None` elsewhere.
+    pub(crate) fn transposed<B: Backend>(e: &Tensor<B, 2>) -> Option<Vec<f32>> {
+        let [v, d] = e.dims();
+        kernels::Host::new(e).map(|host| crate::weights::transpose(host.values(), v, d))
+    }
+
+    /// `x [n, d_in] @ w [d_in, d_out]` by the flex matvec for few rows; `None`
+    /// elsewhere (the caller's matmul).
+    pub(crate) fn project_rows<B: Backend>(x: &Tensor<B, 2>, w: &Tensor<B, 2>, threads: usize) -> Option<Tensor<B, 2>> {
+        kernels::project_rows(x, w, threads)
+    }
+}
+
+/// Without the `flex` feature: the host path always declines.
+#[cfg(not(feature = "flex"))]
+mod declined {
+    use burn::tensor::{backend::Backend, Tensor};
+    use lava_cache::KvCache;
+
+    use crate::error::ModelError;
+    use crate::transformer::{Llama, Logits};
+
+    impl<B: Backend> Llama<B> {
+        /// Declines: the generic forward runs.
+        pub(crate) fn forward_on_host<C: KvCache<B> + ?Sized>(
+            &self,
+            _tokens: &[u32],
+            _positions: &[usize],
+            _groups: &[std::ops::Range<usize>],
+            _caches: &mut [&mut C],
+            _which: Logits,
+        ) -> Result<Option<Tensor<B, 2>>, ModelError> {
+            Ok(None)
+        }
+    }
+
+    /// Declines: the caller transposes with tensor data.
+    pub(crate) fn transposed<B: Backend>(_e: &Tensor<B, 2>) -> Option<Vec<f32>> {
+        None
+    }
+
+    /// Declines: the caller's matmul runs.
+    pub(crate) fn project_rows<B: Backend>(_x: &Tensor<B, 2>, _w: &Tensor<B, 2>, _threads: usize) -> Option<Tensor<B, 2>> {
+        None
+    }
+}

@@ -1,0 +1,383 @@
+//! The decoder's parameters and how they are assembled: the module structs
+//! ([`LlamaWeights`] and its parts), the [`WeightSource`] trait loaders
+//! implement, and the one parameter table ([`parameter_table`]) that names
+//! every Hugging Face parameter with its shape. [`LlamaWeights::from_source`],
+//! [`LlamaWeights::zeros`], the Hugging Face loader and exporter
+//! (`crate::hf`) and the tiny random models (`crate::tiny`) all read that table.
+
+use std::collections::HashMap;
+
+use burn::module::{Module, Param};
+use burn::nn::{Embedding, Linear, RmsNorm};
+use burn::tensor::{backend::Backend, Tensor, TensorData};
+
+use crate::config::LlamaConfig;
+use crate::error::ModelError;
+
+/// Self-attention projections of one layer (Hugging Face names).
+#[derive(Module, Debug)]
+pub struct Attention<B: Backend> {
+    /// `[d_model, H_q * D]`
+    pub q_proj: Linear<B>,
+    /// `[d_model, H_kv * D]`
+    pub k_proj: Linear<B>,
+    /// `[d_model, H_kv * D]`
+    pub v_proj: Linear<B>,
+    /// `[H_q * D, d_model]`
+    pub o_proj: Linear<B>,
+}
+
+/// SwiGLU MLP: `down(silu(gate(x)) * up(x))`.
+#[derive(Module, Debug)]
+pub struct Mlp<B: Backend> {
+    /// `[d_model, d_ff]`
+    pub gate_proj: Linear<B>,
+    /// `[d_model, d_ff]`
+    pub up_proj: Linear<B>,
+    /// `[d_ff, d_model]`
+    pub down_proj: Linear<B>,
+}
+
+/// One pre-norm decoder layer.
+#[derive(Module, Debug)]
+pub struct DecoderLayer<B: Backend> {
+    /// Attention.
+    pub self_attn: Attention<B>,
+    /// MLP.
+    pub mlp: Mlp<B>,
+    /// Norm before attention.
+    pub input_layernorm: RmsNorm<B>,
+    /// Norm before the MLP.
+    pub post_attention_layernorm: RmsNorm<B>,
+}
+
+/// The Llama-family decoder's parameters (names follow Hugging Face, minus `model.`).
+#[derive(Module, Debug)]
+pub struct LlamaWeights<B: Backend> {
+    /// `[vocab, d_model]`
+    pub embed_tokens: Embedding<B>,
+    /// Decoder layers.
+    pub layers: Vec<DecoderLayer<B>>,
+    /// Final norm.
+    pub norm: RmsNorm<B>,
+    /// Output projection `[d_model, vocab]`; `None` when tied to the embeddings.
+    pub lm_head: Option<Linear<B>>,
+}
+
+/// Where weights come from: Hugging Face names and row-major HF layout
+/// (`[out, in]` for projections), as f32.
+pub trait WeightSource {
+    /// The tensor `name` as `(shape, values)`, or `None` if absent.
+    fn tensor(&self, name: &str) -> Result<Option<(Vec<usize>, Vec<f32>)>, ModelError>;
+    /// Where the weights come from, for error messages.
+    fn origin(&self) -> std::path::PathBuf;
+}
+
+/// A projection of [`LlamaWeights`]: the layers' seven and the output head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Proj {
+    /// `self_attn.q_proj`
+    Q,
+    /// `self_attn.k_proj`
+    K,
+    /// `self_attn.v_proj`
+    V,
+    /// `self_attn.o_proj`
+    O,
+    /// `mlp.gate_proj`
+    Gate,
+    /// `mlp.up_proj`
+    Up,
+    /// `mlp.down_proj`
+    Down,
+    /// `lm_head` (untied models only)
+    LmHead,
+}
+
+/// An RMS norm of [`LlamaWeights`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Norm {
+    /// A layer's `input_layernorm`.
+    Input,
+    /// A layer's `post_attention_layernorm`.
+    PostAttention,
+    /// The final `norm`.
+    Final,
+}
+
+/// Which field of [`LlamaWeights`] a parameter fills, and so how it is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum ParameterKind {
+    /// The embedding table, kept as stored: `[vocab, d_model]`.
+    Embedding,
+    /// A projection's weight: HF `[out, in]`, kept transposed as `[in, out]`.
+    Weight(Proj),
+    /// A projection's bias `[out]`.
+    Bias(Proj),
+    /// An RMS norm's gain `[d_model]`.
+    Norm(Norm),
+}
+
+/// One row of the [`parameter_table`].
+#[derive(Debug, Clone)]
+pub(crate) struct Row {
+    /// Hugging Face name; relative to `model.layers.{l}.` in [`ParameterTable::per_layer`].
+    pub name: &'static str,
+    /// Shape in the Hugging Face layout.
+    pub shape: Vec<usize>,
+    /// What it is.
+    pub kind: ParameterKind,
+}
+
+/// Every parameter of a config, in file order: the rows `before` the layers,
+/// the rows of each layer (`per_layer`, repeated for `layers` layers) and the
+/// rows `after` them.
+#[derive(Debug, Clone)]
+pub(crate) struct ParameterTable {
+    /// `model.embed_tokens.weight`.
+    pub before: Vec<Row>,
+    /// One layer's parameters, named relative to `model.layers.{l}.`.
+    pub per_layer: Vec<Row>,
+    /// `model.norm.weight`, and `lm_head.weight` when untied.
+    pub after: Vec<Row>,
+    /// How many times `per_layer` repeats.
+    pub layers: usize,
+}
+
+/// The parameter table: every Hugging Face parameter name of `c` with its
+/// shape and kind. The only place those names and shapes are written.
+pub(crate) fn parameter_table(c: &LlamaConfig) -> ParameterTable {
+    use ParameterKind::{Bias, Embedding, Weight};
+    let (d, hd, ff, vocab) = (c.hidden_size, c.head_dim, c.intermediate_size, c.vocab_size);
+    let (q, kv) = (c.num_attention_heads * hd, c.num_key_value_heads * hd);
+    let row = |name, shape: &[usize], kind| Row { name, shape: shape.to_vec(), kind };
+    let bias = |name, shape: &[usize], p| c.attention_bias.then(|| row(name, shape, Bias(p)));
+    let per_layer = [
+        Some(row("self_attn.q_proj.weight", &[q, d], Weight(Proj::Q))),
+        bias("self_attn.q_proj.bias", &[q], Proj::Q),
+        Some(row("self_attn.k_proj.weight", &[kv, d], Weight(Proj::K))),
+        bias("self_attn.k_proj.bias", &[kv], Proj::K),
+        Some(row("self_attn.v_proj.weight", &[kv, d], Weight(Proj::V))),
+        bias("self_attn.v_proj.bias", &[kv], Proj::V),
+        Some(row("self_attn.o_proj.weight", &[d, q], Weight(Proj::O))),
+        Some(row("mlp.gate_proj.weight", &[ff, d], Weight(Proj::Gate))),
+        Some(row("mlp.up_proj.weight", &[ff, d], Weight(Proj::Up))),
+        Some(row("mlp.down_proj.weight", &[d, ff], Weight(Proj::Down))),
+        Some(row("input_layernorm.weight", &[d], ParameterKind::Norm(Norm::Input))),
+        Some(row("post_attention_layernorm.weight", &[d], ParameterKind::Norm(Norm::PostAttention))),
+    ];
+    let after = [
+        Some(row("model.norm.weight", &[d], ParameterKind::Norm(Norm::Final))),
+        (!c.tie_word_embeddings).then(|| row("lm_head.weight", &[vocab, d], Weight(Proj::LmHead))),
+    ];
+    ParameterTable {
+        before: vec![row("model.embed_tokens.weight", &[vocab, d], Embedding)],
+        per_layer: per_layer.into_iter().flatten().collect(),
+        after: after.into_iter().flatten().collect(),
+        layers: c.num_hidden_layers,
+    }
+}
+
+/// One parameter of a config, with its full Hugging Face name.
+#[derive(Debug, Clone)]
+pub(crate) struct Parameter {
+    /// Full Hugging Face name, e.g. `model.layers.3.mlp.up_proj.weight`.
+    pub name: String,
+    /// Shape in the Hugging Face layout.
+    pub shape: Vec<usize>,
+    /// What it is.
+    pub kind: ParameterKind,
+    /// Its layer, `None` for the parameters outside the layers.
+    pub layer: Option<usize>,
+}
+
+/// Every parameter of `c`, in a stable (file) order: the [`parameter_table`]
+/// with its layer rows repeated per layer.
+pub(crate) fn parameters(c: &LlamaConfig) -> Vec<Parameter> {
+    let t = parameter_table(c);
+    let whole = |r: &Row| Parameter { name: r.name.to_string(), shape: r.shape.clone(), kind: r.kind, layer: None };
+    let mut out: Vec<Parameter> = t.before.iter().map(whole).collect();
+    for l in 0..t.layers {
+        out.extend(t.per_layer.iter().map(|r| Parameter {
+            name: format!("model.layers.{l}.{}", r.name),
+            shape: r.shape.clone(),
+            kind: r.kind,
+            layer: Some(l),
+        }));
+    }
+    out.extend(t.after.iter().map(whole));
+    out
+}
+
+/// The Hugging Face shape of parameter `name` under `c`, if it is one. Looks
+/// the name up in the [`parameter_table`] without expanding it over the layers.
+pub(crate) fn parameter_shape(c: &LlamaConfig, name: &str) -> Option<Vec<usize>> {
+    let t = parameter_table(c);
+    let found = match name.strip_prefix("model.layers.") {
+        Some(rest) => {
+            let (layer, param) = rest.split_once('.')?;
+            if layer.parse::<usize>().ok()? >= t.layers {
+                return None;
+            }
+            t.per_layer.iter().find(|r| r.name == param)
+        }
+        None => t.before.iter().chain(&t.after).find(|r| r.name == name),
+    };
+    found.map(|r| r.shape.clone())
+}
+
+/// The values of tensor `name` from `src`, which must have shape `shape`.
+fn expect<S: WeightSource + ?Sized>(src: &S, name: &str, shape: &[usize]) -> Result<Vec<f32>, ModelError> {
+    match src.tensor(name)? {
+        None => Err(ModelError::Weights { path: src.origin(), detail: format!("missing tensor {name}") }),
+        Some((found, _)) if found != shape => Err(ModelError::Weights {
+            path: src.origin(),
+            detail: format!("tensor {name} has shape {found:?}, the configuration implies {shape:?}"),
+        }),
+        Some((_, v)) => Ok(v),
+    }
+}
+
+/// Transposes a row-major `[rows, cols]` matrix.
+pub(crate) fn transpose(v: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0f32; v.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = v[r * cols + c];
+        }
+    }
+    out
+}
+
+/// A projection from its weight `[in, out]` and optional bias `[out]`.
+fn linear<B: Backend>(weight: Tensor<B, 2>, bias: Option<Tensor<B, 1>>) -> Linear<B> {
+    Linear { weight: Param::from_tensor(weight), bias: bias.map(Param::from_tensor) }
+}
+
+/// An RMS norm from its gain `[d]`.
+fn rms_norm<B: Backend>(gamma: Tensor<B, 1>, eps: f64) -> RmsNorm<B> {
+    RmsNorm { gamma: Param::from_tensor(gamma), epsilon: eps }
+}
+
+/// The loaded tensors of a model, by (layer, kind), until they are assembled
+/// into [`LlamaWeights`]. Only device tensors: each host vector is dropped as
+/// soon as its tensor exists.
+struct Loaded<B: Backend> {
+    matrices: HashMap<(Option<usize>, ParameterKind), Tensor<B, 2>>,
+    vectors: HashMap<(Option<usize>, ParameterKind), Tensor<B, 1>>,
+}
+
+impl<B: Backend> Loaded<B> {
+    /// Stores `values` (HF layout, shape `p.shape`) as its kind is kept.
+    fn put(&mut self, p: &Parameter, values: Vec<f32>, device: &B::Device) {
+        let key = (p.layer, p.kind);
+        match p.kind {
+            ParameterKind::Embedding => {
+                let t = Tensor::from_data(TensorData::new(values, [p.shape[0], p.shape[1]]), device);
+                self.matrices.insert(key, t);
+            }
+            ParameterKind::Weight(_) => {
+                let (d_out, d_in) = (p.shape[0], p.shape[1]);
+                let t = Tensor::from_data(TensorData::new(transpose(&values, d_out, d_in), [d_in, d_out]), device);
+                self.matrices.insert(key, t);
+            }
+            ParameterKind::Bias(_) | ParameterKind::Norm(_) => {
+                let n = p.shape[0];
+                self.vectors.insert(key, Tensor::from_data(TensorData::new(values, [n]), device));
+            }
+        }
+    }
+
+    /// The table and the assembly disagree (a bug, not bad weights).
+    fn absent(layer: Option<usize>, kind: ParameterKind) -> ModelError {
+        ModelError::Weights {
+            path: "<parameter table>".into(),
+            detail: format!("no {kind:?} parameter for layer {layer:?} in the parameter table"),
+        }
+    }
+
+    fn matrix(&mut self, layer: Option<usize>, kind: ParameterKind) -> Result<Tensor<B, 2>, ModelError> {
+        self.matrices.remove(&(layer, kind)).ok_or_else(|| Self::absent(layer, kind))
+    }
+
+    /// Projection `p` of `layer`, with its bias if the table has one.
+    fn linear(&mut self, layer: Option<usize>, p: Proj) -> Result<Linear<B>, ModelError> {
+        let weight = self.matrix(layer, ParameterKind::Weight(p))?;
+        Ok(linear(weight, self.vectors.remove(&(layer, ParameterKind::Bias(p)))))
+    }
+
+    /// Projection `p` of `layer` if the table has it.
+    fn linear_if_present(&mut self, layer: Option<usize>, p: Proj) -> Result<Option<Linear<B>>, ModelError> {
+        if self.matrices.contains_key(&(layer, ParameterKind::Weight(p))) {
+            self.linear(layer, p).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    fn rms_norm(&mut self, layer: Option<usize>, n: Norm, eps: f64) -> Result<RmsNorm<B>, ModelError> {
+        let kind = ParameterKind::Norm(n);
+        let gamma = self.vectors.remove(&(layer, kind)).ok_or_else(|| Self::absent(layer, kind))?;
+        Ok(rms_norm(gamma, eps))
+    }
+}
+
+impl<B: Backend> LlamaWeights<B> {
+    /// Builds the parameters from a [`WeightSource`], checking every shape
+    /// against the parameter table (tensors are read in its order).
+    pub fn from_source<S: WeightSource + ?Sized>(
+        config: &LlamaConfig,
+        src: &S,
+        device: &B::Device,
+    ) -> Result<Self, ModelError> {
+        config.validate()?;
+        let eps = config.rms_norm_eps;
+        let mut loaded = Loaded::<B> { matrices: HashMap::new(), vectors: HashMap::new() };
+        for p in parameters(config) {
+            let values = expect(src, &p.name, &p.shape)?;
+            loaded.put(&p, values, device);
+        }
+        let embed_tokens = Embedding { weight: Param::from_tensor(loaded.matrix(None, ParameterKind::Embedding)?) };
+        let mut layers = Vec::with_capacity(config.num_hidden_layers);
+        for l in (0..config.num_hidden_layers).map(Some) {
+            layers.push(DecoderLayer {
+                self_attn: Attention {
+                    q_proj: loaded.linear(l, Proj::Q)?,
+                    k_proj: loaded.linear(l, Proj::K)?,
+                    v_proj: loaded.linear(l, Proj::V)?,
+                    o_proj: loaded.linear(l, Proj::O)?,
+                },
+                mlp: Mlp {
+                    gate_proj: loaded.linear(l, Proj::Gate)?,
+                    up_proj: loaded.linear(l, Proj::Up)?,
+                    down_proj: loaded.linear(l, Proj::Down)?,
+                },
+                input_layernorm: loaded.rms_norm(l, Norm::Input, eps)?,
+                post_attention_layernorm: loaded.rms_norm(l, Norm::PostAttention, eps)?,
+            });
+        }
+        let norm = loaded.rms_norm(None, Norm::Final, eps)?;
+        let lm_head = loaded.linear_if_present(None, Proj::LmHead)?;
+        Ok(Self { embed_tokens, layers, norm, lm_head })
+    }
+
+    /// Zero-filled parameters of the right shapes (to be overwritten by a store).
+    pub fn zeros(config: &LlamaConfig, device: &B::Device) -> Result<Self, ModelError> {
+        Self::from_source(config, &ZeroSource(config.clone()), device)
+    }
+}
+
+/// Zero weights of the shapes a config implies.
+struct ZeroSource(LlamaConfig);
+
+impl WeightSource for ZeroSource {
+    fn tensor(&self, name: &str) -> Result<Option<(Vec<usize>, Vec<f32>)>, ModelError> {
+        Ok(parameter_shape(&self.0, name).map(|s| {
+            let n = s.iter().product();
+            (s, vec![0.0; n])
+        }))
+    }
+    fn origin(&self) -> std::path::PathBuf {
+        "<zeros>".into()
+    }
+}
