@@ -10,6 +10,20 @@
 //!
 //! Shapes are written `[heads, tokens, head_dim]` (batch 1).
 //!
+//! # Where things live
+//!
+//! - the policy, [`policy`]: `scorer` (each scorer once, [`policy::scorer::head_scores`],
+//!   for the prefill and for re-scoring), `layer_budget` and `head_budget` (the
+//!   allocations), `plan` (rankings and budgets into kept positions);
+//! - the storage, `compressed/storage.rs`: one layer's ragged slots, their growth,
+//!   append, retain and the masked slot attention; the state machine (prefill,
+//!   cascade, decode-time eviction, chunked prefill) in `compressed/mod.rs`,
+//!   re-scoring in `compressed/rescore.rs`; [`FullCache`] in `full.rs`;
+//! - the CPU fast path: the `flex` feature routes attention and the scorers'
+//!   inputs to the `lava-flex` host kernels when the backend is `burn-flex`
+//!   (`fast_path.rs`, the one switch); without it, or on any other backend, the
+//!   generic tensor-op code runs, and it is the reference the tests compare with.
+//!
 //! # Caches and entry points
 //!
 //! - [`FullCache`]: keeps everything.
