@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::path::Path;
 
-use burn::tensor::{activation::log_softmax, backend::Backend, Int, Tensor, TensorData};
+use burn::tensor::backend::Backend;
 use lava_cache::{FullCache, PolicyConfig, PolicyName};
 use lava_llama::{GenerationConfig, Llama, Logits, Sampling, Tokenizer};
 
@@ -232,10 +232,7 @@ pub fn mean_nll<B: Backend>(model: &Llama<B>, ids: &[u32], chunk: usize) -> Resu
         let end = (start + chunk).min(ids.len() - 1);
         let logits = model.forward(&ids[start..end], &mut cache, Logits::All)?; // [T, vocab]
         let t = end - start;
-        let targets: Vec<i64> = ids[start + 1..end + 1].iter().map(|&x| x as i64).collect();
-        let targets = Tensor::<B, 1, Int>::from_data(TensorData::new(targets, [t]), &device).reshape([t, 1]);
-        let lp = log_softmax(logits, 1).gather(1, targets);
-        let lp = lp.into_data().convert::<f32>().to_vec::<f32>().map_err(|e| CliError::Usage(format!("{e:?}")))?;
+        let (lp, _) = lava_llama::token_log_probs(logits, &ids[start + 1..end + 1])?;
         total -= lp.iter().map(|&x| x as f64).sum::<f64>();
         count += t;
         start = end;

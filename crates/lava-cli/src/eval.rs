@@ -7,8 +7,8 @@ use clap::{Args, Subcommand};
 use lava_cache::{PolicyConfig, PolicyName};
 use lava_eval::niah::{render_heatmap_png, NiahCell, NiahGrid};
 use lava_eval::run::{self, Grid, Shard, Sink, Subject};
-use lava_eval::summary::{build_report, PlotOutput, SummaryOptions};
-use lava_eval::{load_results, merge_results, Budget, RulerTask};
+use lava_eval::summary::{report_of_files, PlotOutput};
+use lava_eval::{load_results, Budget, RulerTask};
 
 use crate::error::CliError;
 use crate::fetch::{default_haystack, resolve_model};
@@ -190,7 +190,7 @@ fn grid(c: &EvalCommon) -> Result<Grid, CliError> {
 fn eval_err(e: lava_eval::EvalError) -> CliError {
     use lava_eval::EvalError as E;
     match e {
-        E::Io { .. } | E::Json { .. } | E::InvalidData { .. } | E::Model(_) | E::Plot { .. } => CliError::Runtime(e.to_string()),
+        E::Io { .. } | E::Json { .. } | E::InvalidData { .. } | E::Model(_) | E::Internal(_) | E::Plot { .. } => CliError::Runtime(e.to_string()),
         other => CliError::Usage(other.to_string()),
     }
 }
@@ -514,19 +514,9 @@ fn budget_label(b: &Budget) -> String {
     }
 }
 
-/// The report of `files` merged ([`merge_results`]; refused across code versions or settings
-/// unless `allow_mixed`), built by [`build_report`].
+/// The report of `files` merged (lava-eval's [`report_of_files`]).
 fn report_text(files: &[PathBuf], allow_mixed: bool, plots: Option<PlotOutput>) -> Result<String, CliError> {
-    let mut sources = Vec::with_capacity(files.len());
-    for f in files {
-        if !f.is_file() {
-            let why = "no such results file; pass --results FILE.jsonl (a file written by `lava eval`; several: --results a.jsonl,b.jsonl)";
-            return Err(CliError::io(f, std::io::Error::new(std::io::ErrorKind::NotFound, why)));
-        }
-        sources.push((f.clone(), load_results(f).map_err(eval_err)?));
-    }
-    let records = merge_results(&sources, allow_mixed).map_err(eval_err)?;
-    build_report(&records, &SummaryOptions { plots, ..Default::default() }).map_err(eval_err)
+    report_of_files(files, allow_mixed, plots).map_err(eval_err)
 }
 
 /// Where `--plots DIR` goes, and how a report written to `out` links it (relative to the

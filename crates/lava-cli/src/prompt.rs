@@ -62,9 +62,8 @@ pub fn make_cache<B: Backend>(
     Ok(if policy.policy == PolicyName::Full {
         Box::new(FullCache::<B>::new(model.cache_shape(), max_tokens, device)?.with_decode_headroom(options.decode_tokens))
     } else {
-        let headroom = options.decode_tokens.clamp(1, CompressedCache::<B>::DEFAULT_HEADROOM);
         let mut cache = CompressedCache::<B>::new(model.cache_shape(), policy.clone(), max_tokens, device)?
-            .with_decode_headroom(headroom)
+            .with_decode_room(options.decode_tokens)
             .with_chunked_prefill(options.chunked_prefill);
         if let Some(slack) = options.decode_slack {
             cache = cache.with_decode_budget(slack);

@@ -7,9 +7,13 @@ use std::path::{Path, PathBuf};
 /// line-oriented formats) so that a bad input can be found quickly.
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {
-    /// The model or the cache failed during an evaluation.
+    /// The model or the cache failed during an evaluation (the typed error is the source).
     #[error("model: {0}")]
-    Model(String),
+    Model(#[from] lava_llama::ModelError),
+    /// An invariant of the evaluation code itself does not hold (a bug, not a
+    /// problem with the input): please report it with the message.
+    #[error("internal error of the evaluation (a bug, please report it): {0}")]
+    Internal(String),
     /// Reading or writing a file or directory failed.
     #[error("I/O error on {}: {source}", path.display())]
     Io {

@@ -41,6 +41,14 @@ pub enum ModelError {
     /// Invalid input to the model (empty prompt, too long...).
     #[error("{0}")]
     Input(String),
+    /// The backend failed to hand tensor data back to the host (logits,
+    /// sampled ids, attention outputs read for the host path).
+    #[error("reading tensor data from the backend failed: {0}")]
+    Backend(String),
+    /// An invariant of the model code itself does not hold (a bug, not a
+    /// problem with the input): please report it with the message.
+    #[error("internal error of the model (a bug, please report it): {0}")]
+    Internal(String),
 }
 
 impl ModelError {

@@ -53,11 +53,11 @@ fn next_token<B: Backend>(logits: burn::tensor::Tensor<B, 2>, sampler: &mut Samp
     match sampler.mode() {
         Sampling::Greedy => {
             let id = logits.argmax(1).into_data();
-            let v = id.convert::<i64>().to_vec::<i64>().map_err(|e| ModelError::Input(format!("{e:?}")))?;
+            let v = id.convert::<i64>().to_vec::<i64>().map_err(|e| ModelError::Backend(format!("{e:?}")))?;
             Ok(v.first().copied().unwrap_or(0) as u32)
         }
         _ => {
-            let v = logits.into_data().convert::<f32>().to_vec::<f32>().map_err(|e| ModelError::Input(format!("{e:?}")))?;
+            let v = logits.into_data().convert::<f32>().to_vec::<f32>().map_err(|e| ModelError::Backend(format!("{e:?}")))?;
             Ok(sampler.sample(&v))
         }
     }
@@ -122,4 +122,18 @@ pub fn generate_segments<B: Backend, C: KvCache<B> + ?Sized>(
     stats.decode_seconds = t1.elapsed().as_secs_f64();
     stats.generated_tokens = out.len();
     Ok((out, stats))
+}
+
+/// Teacher forcing's per-token log-probabilities: `log p(targets[t])` under
+/// `logits` `[T, vocab]` (one row per target), as `[T]` on the host, with the
+/// logits' log-softmax `[T, vocab]` (for a KL against another model's rows).
+pub fn token_log_probs<B: Backend>(logits: burn::tensor::Tensor<B, 2>, targets: &[u32]) -> Result<(Vec<f32>, burn::tensor::Tensor<B, 2>), ModelError> {
+    use burn::tensor::{activation::log_softmax, Int, Tensor, TensorData};
+    let t = targets.len();
+    let device = logits.device();
+    let lsm = log_softmax(logits, 1);
+    let idx: Vec<i64> = targets.iter().map(|&x| x as i64).collect();
+    let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [t]), &device).reshape([t, 1]);
+    let lp = lsm.clone().gather(1, idx).into_data().convert::<f32>().to_vec::<f32>().map_err(|e| ModelError::Backend(format!("{e:?}")))?;
+    Ok((lp, lsm))
 }

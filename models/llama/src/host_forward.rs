@@ -101,7 +101,7 @@ mod on_host {
             let mut x: Vec<f32> = tokens.iter().flat_map(|&t| embed.values()[t as usize * d..(t as usize + 1) * d].iter().copied()).collect();
             let (cos, sin) = self.rope.host_tables(positions);
             let half = hd / 2;
-            let lost = || ModelError::Input("a parameter stopped being readable during the step".into());
+            let lost = || ModelError::Internal("a parameter stopped being readable during the step".into());
             for (l, layer) in self.weights.layers.iter().enumerate() {
                 let (a, m) = (&layer.self_attn, &layer.mlp);
                 let (Some(g1), Some(g2)) = (Host::new(&layer.input_layernorm.gamma.val()), Host::new(&layer.post_attention_layernorm.gamma.val()))
@@ -133,7 +133,7 @@ mod on_host {
                         return Err(lost());
                     };
                     let out = cache.attend(l, q, k, v)?;
-                    let out = out.into_data().convert::<f32>().into_vec::<f32>().map_err(|e| ModelError::Input(format!("attention output: {e:?}")))?;
+                    let out = out.into_data().convert::<f32>().into_vec::<f32>().map_err(|e| ModelError::Backend(format!("attention output: {e:?}")))?;
                     for (i, r) in group.clone().enumerate() {
                         for h in 0..hq {
                             attn[(r * hq + h) * hd..(r * hq + h + 1) * hd].copy_from_slice(&out[(h * t + i) * hd..(h * t + i + 1) * hd]);

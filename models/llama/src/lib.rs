@@ -51,7 +51,7 @@ use burn::tensor::backend::Backend;
 
 pub use config::{Llama3RopeScaling, LlamaConfig};
 pub use error::ModelError;
-pub use generation::{generate, generate_segments, GenerationConfig, GenerationStats};
+pub use generation::{generate, generate_segments, token_log_probs, GenerationConfig, GenerationStats};
 pub use gguf_source::{config_from_gguf, unpermute_rows, GgufSource, GGUF_ARCHITECTURES};
 pub use rope::{apply_rope, Rope};
 pub use sampling::{Sampler, Sampling};

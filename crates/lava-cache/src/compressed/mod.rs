@@ -264,6 +264,15 @@ impl<B: Backend> CompressedCache<B> {
         self
     }
 
+    /// Sizes the decode headroom for `decode_tokens` generated tokens:
+    /// that many free slots per KV head, at least 1 and at most
+    /// [`DEFAULT_HEADROOM`](Self::DEFAULT_HEADROOM) (storage grows by 10% when
+    /// a longer generation needs it), so short generations do not allocate
+    /// room they never use.
+    pub fn with_decode_room(self, decode_tokens: usize) -> Self {
+        self.with_decode_headroom(decode_tokens.clamp(1, Self::DEFAULT_HEADROOM))
+    }
+
     /// Enables decode-time eviction with slack `slack` (module docs,
     /// "Decode-time eviction"): after any `attend` that is not a chunk of a
     /// chunked prefill, a layer in which some KV head holds more than its head

@@ -47,7 +47,7 @@ impl<B: Backend> KvCache<B> for RecordingCache<B> {
 }
 
 fn model_err(e: impl Into<ModelError>) -> EvalError {
-    EvalError::Model(e.into().to_string())
+    EvalError::Model(e.into())
 }
 
 /// The state after one prefill, from which every policy's cache is derived.
@@ -67,7 +67,7 @@ pub struct Prefilled<B: Backend> {
 pub fn prefill<B: Backend>(model: &Llama<B>, ids: &[u32], max_tokens: usize) -> Result<Prefilled<B>> {
     let mut rec = RecordingCache::new(model, max_tokens)?;
     let last_logits = model.forward(ids, &mut rec, Logits::Last).map_err(model_err)?;
-    let qkv = rec.recorded.into_iter().collect::<Option<Vec<_>>>().ok_or_else(|| EvalError::Model("a layer was not recorded".into()))?;
+    let qkv = rec.recorded.into_iter().collect::<Option<Vec<_>>>().ok_or_else(|| EvalError::Internal("a layer was not recorded by the prefill".into()))?;
     Ok(Prefilled { full: rec.inner, qkv, last_logits, prompt_len: ids.len(), scores: Vec::new() })
 }
 
@@ -88,7 +88,7 @@ impl<B: Backend> Prefilled<B> {
         let kv: Vec<(Tensor<B, 3>, Tensor<B, 3>)> = self.qkv.iter().map(|l| (l.k.clone(), l.v.clone())).collect();
         let cache = CompressedCache::new(model.cache_shape(), policy.clone(), max_tokens, model.device())
             .map_err(model_err)?
-            .with_decode_headroom(decode_tokens.clamp(1, CompressedCache::<B>::DEFAULT_HEADROOM))
+            .with_decode_room(decode_tokens)
             .filled_from_selection(&kv, &selection)
             .map_err(model_err)?;
         Ok(Box::new(cache))
@@ -149,6 +149,6 @@ fn argmax<B: Backend>(logits: Tensor<B, 2>) -> Result<u32> {
 
 /// Per-row argmax of `[n, vocab]` logits.
 fn argmax_rows<B: Backend>(logits: Tensor<B, 2>) -> Result<Vec<u32>> {
-    let v = logits.argmax(1).into_data().convert::<i64>().to_vec::<i64>().map_err(|e| EvalError::Model(format!("{e:?}")))?;
+    let v = logits.argmax(1).into_data().convert::<i64>().to_vec::<i64>().map_err(|e| EvalError::Model(ModelError::Backend(format!("{e:?}"))))?;
     Ok(v.into_iter().map(|x| x as u32).collect())
 }

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use burn::tensor::{activation::log_softmax, backend::Backend, Int, Tensor, TensorData};
+use burn::tensor::{activation::log_softmax, backend::Backend, Tensor};
 use lava_cache::KvCache;
 use lava_llama::{Logits, Message};
 
@@ -15,8 +15,13 @@ use crate::results::{CellKey, ResultRecord};
 use crate::ruler::{RulerGenerator, RulerTask};
 use crate::tokenize::Tokenize;
 
-fn model_err(e: impl std::fmt::Display) -> EvalError {
-    EvalError::Model(e.to_string())
+fn model_err(e: impl Into<lava_llama::ModelError>) -> EvalError {
+    EvalError::Model(e.into())
+}
+
+/// The backend failed to hand `what` back to the host.
+fn read_back_err(what: String) -> EvalError {
+    EvalError::Model(lava_llama::ModelError::Backend(what))
 }
 
 /// A prompt split into what is prefilled (and compressed) and what is appended after.
@@ -260,13 +265,7 @@ pub fn run_longbench<B: Backend>(
 
 /// Per-token log-probabilities `[T]` of `targets` under `[T, vocab]` logits, and the logits' log-softmax.
 fn log_probs<B: Backend>(logits: Tensor<B, 2>, targets: &[u32]) -> Result<(Vec<f32>, Tensor<B, 2>)> {
-    let t = targets.len();
-    let device = logits.device();
-    let lsm = log_softmax(logits, 1);
-    let idx: Vec<i64> = targets.iter().map(|&x| x as i64).collect();
-    let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [t]), &device).reshape([t, 1]);
-    let lp = lsm.clone().gather(1, idx).into_data().convert::<f32>().to_vec::<f32>().map_err(|e| model_err(format!("{e:?}")))?;
-    Ok((lp, lsm))
+    lava_llama::token_log_probs(logits, targets).map_err(model_err)
 }
 
 /// Where window `j` of `windows` starts, as a fraction of a book: the first a fifth of the way
@@ -440,9 +439,9 @@ fn forced_pass<B: Backend>(
 /// Mean KL(full || policy) per token and top-1 agreement.
 fn kl_and_agreement<B: Backend>(full: &Tensor<B, 2>, pol: &Tensor<B, 2>) -> Result<(f64, f64)> {
     let kl = full.clone().exp().mul(full.clone().sub(pol.clone())).sum_dim(1);
-    let kl = kl.into_data().convert::<f32>().to_vec::<f32>().map_err(|e| model_err(format!("{e:?}")))?;
-    let a = full.clone().argmax(1).into_data().convert::<i64>().to_vec::<i64>().map_err(|e| model_err(format!("{e:?}")))?;
-    let b = pol.clone().argmax(1).into_data().convert::<i64>().to_vec::<i64>().map_err(|e| model_err(format!("{e:?}")))?;
+    let kl = kl.into_data().convert::<f32>().to_vec::<f32>().map_err(|e| read_back_err(format!("{e:?}")))?;
+    let a = full.clone().argmax(1).into_data().convert::<i64>().to_vec::<i64>().map_err(|e| read_back_err(format!("{e:?}")))?;
+    let b = pol.clone().argmax(1).into_data().convert::<i64>().to_vec::<i64>().map_err(|e| read_back_err(format!("{e:?}")))?;
     let n = kl.len().max(1) as f64;
     let agree = a.iter().zip(&b).filter(|(x, y)| x == y).count() as f64 / n;
     Ok((kl.iter().map(|&x| x as f64).sum::<f64>() / n, agree))
@@ -457,7 +456,7 @@ fn layer_errors<B: Backend>(full: &[Tensor<B, 3>], pol: &[Tensor<B, 3>]) -> Resu
             let den = f.clone().square().sum().into_data().convert::<f32>().to_vec::<f32>();
             match (num, den) {
                 (Ok(n), Ok(d)) => Ok((n.first().copied().unwrap_or(0.0) as f64 / d.first().copied().unwrap_or(1.0).max(1e-30) as f64).sqrt()),
-                _ => Err(model_err("reading a layer error")),
+                _ => Err(read_back_err("a layer's attention-output error".into())),
             }
         })
         .collect()

@@ -634,6 +634,23 @@ fn longbench_e_section(recs: &[ResultRecord], order: &[String]) -> String {
     t
 }
 
+/// The report of the results files `files` merged ([`merge_results`](crate::merge_results):
+/// refused across code versions or settings unless `allow_mixed`), built by
+/// [`build_report`] with the default options and `plots`. A missing file is an I/O error
+/// that says what to pass.
+pub fn report_of_files(files: &[PathBuf], allow_mixed: bool, plots: Option<PlotOutput>) -> Result<String> {
+    let mut sources = Vec::with_capacity(files.len());
+    for f in files {
+        if !f.is_file() {
+            let why = "no such results file; pass --results FILE.jsonl (a file written by `lava eval`; several: --results a.jsonl,b.jsonl)";
+            return Err(EvalError::io(f, std::io::Error::new(std::io::ErrorKind::NotFound, why)));
+        }
+        sources.push((f.clone(), crate::load_results(f)?));
+    }
+    let records = crate::merge_results(&sources, allow_mixed)?;
+    build_report(&records, &SummaryOptions { plots, ..Default::default() })
+}
+
 /// The whole markdown report of `records` (already merged: one record per cell). Writes the
 /// score-vs-memory plots when `options.plots` is set.
 pub fn build_report(records: &[ResultRecord], options: &SummaryOptions) -> Result<String> {
