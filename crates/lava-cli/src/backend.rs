@@ -1,5 +1,6 @@
-//! Backend selection. Everything in lava is generic over `B: Backend`; this is
-//! the one place that names concrete backends.
+//! Backend selection. The library code is generic over `B: Backend`; this is
+//! where the binary picks a concrete backend. (The `lava-flex` fast path also
+//! names `burn-flex`, to recognise it at run time, behind the `flex` feature.)
 
 use crate::error::CliError;
 
