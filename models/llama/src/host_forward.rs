@@ -33,7 +33,8 @@ mod on_host {
     impl<B: Backend> Llama<B> {
         /// The host path of [`forward`](Self::forward) and
         /// [`decode_batch`](Self::decode_batch): runs `tokens` (rows
-        /// `groups[i]` appended to `caches[i]`, at absolute `positions`) through
+        /// `groups[i]` appended to `caches[i]`, at absolute `positions`; `None`:
+        /// one row per cache, the decode step) through
         /// [`run_on_host`](Self::run_on_host) and returns the logits of the last
         /// row (`[1, vocab]`) or of every row (`[R, vocab]`) per `which`; `None`
         /// (take the generic path) unless `B` is flex and every parameter is
@@ -42,13 +43,21 @@ mod on_host {
             &self,
             tokens: &[u32],
             positions: &[usize],
-            groups: &[std::ops::Range<usize>],
+            groups: Option<&[std::ops::Range<usize>]>,
             caches: &mut [&mut C],
             which: Logits,
         ) -> Result<Option<Tensor<B, 2>>, ModelError> {
             if !lava_flex::bridge::is_flex::<B>() {
                 return Ok(None);
             }
+            let one_each: Vec<std::ops::Range<usize>>;
+            let groups = match groups {
+                Some(g) => g,
+                None => {
+                    one_each = (0..caches.len()).map(|i| i..i + 1).collect();
+                    &one_each
+                }
+            };
             let Some(x) = self.run_on_host(tokens, positions, groups, caches)? else {
                 return Ok(None);
             };
@@ -224,7 +233,7 @@ mod declined {
             &self,
             _tokens: &[u32],
             _positions: &[usize],
-            _groups: &[std::ops::Range<usize>],
+            _groups: Option<&[std::ops::Range<usize>]>,
             _caches: &mut [&mut C],
             _which: Logits,
         ) -> Result<Option<Tensor<B, 2>>, ModelError> {

@@ -192,7 +192,7 @@ impl<B: Backend> Llama<B> {
         }
         let start = cache.next_position();
         let positions: Vec<usize> = (start..start + t).collect();
-        if let Some(logits) = self.forward_on_host(tokens, &positions, &[0..t], &mut [cache], which)? {
+        if let Some(logits) = self.forward_on_host(tokens, &positions, Some(&[0..t]), &mut [cache], which)? {
             return Ok(logits);
         }
         let ids: Vec<i64> = tokens.iter().map(|&x| x as i64).collect();
@@ -229,8 +229,7 @@ impl<B: Backend> Llama<B> {
             return Err(ModelError::Input(format!("token id {bad} is outside the vocabulary ({})", c.vocab_size)));
         }
         let positions: Vec<usize> = caches.iter().map(|c| c.next_position()).collect();
-        let groups: Vec<std::ops::Range<usize>> = (0..n).map(|i| i..i + 1).collect();
-        if let Some(logits) = self.forward_on_host(tokens, &positions, &groups, caches, Logits::All)? {
+        if let Some(logits) = self.forward_on_host(tokens, &positions, None, caches, Logits::All)? {
             return Ok(logits);
         }
         let ids: Vec<i64> = tokens.iter().map(|&x| x as i64).collect();

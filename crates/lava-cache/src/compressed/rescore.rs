@@ -55,20 +55,22 @@ impl<B: Backend> CompressedCache<B> {
             Scorer::H2o => slots.window_attention(layer, window_q()?, h_kv, WindowRows::Sum)?,
             _ => slots.window_attention(layer, window_q()?, h_kv, WindowRows::Mean)?,
         };
+        // LAVa's value scale per head: the largest L1 norm of its evictable values.
         let norms = if scorer == Scorer::Lava { slots.value_norms()? } else { Vec::new() };
         let mut rows = Vec::with_capacity(h_kv);
         for (g, ps) in prefix.iter().enumerate() {
-            let (rows_g, scale) = if scorer == Scorer::Streaming {
-                (Vec::new(), 0.0)
-            } else {
-                let mut a = Vec::with_capacity(group * ps.len());
+            let mut head_attn = Vec::new();
+            if scorer != Scorer::Streaming {
+                head_attn.reserve(group * ps.len());
                 for h in g * group..(g + 1) * group {
-                    a.extend(ps.iter().map(|&(_, s)| attn[h * used + s]));
+                    head_attn.extend(ps.iter().map(|&(_, s)| attn[h * used + s]));
                 }
-                let scale = ps.iter().map(|&(_, s)| norms.get(s).copied().unwrap_or(0.0)).fold(f32::NEG_INFINITY, f32::max);
-                (a, scale)
+            }
+            let scale = match scorer {
+                Scorer::Lava => ps.iter().map(|&(_, s)| norms.get(s).copied().unwrap_or(0.0)).fold(f32::NEG_INFINITY, f32::max),
+                _ => 0.0,
             };
-            rows.push(head_scores(scorer, &rows_g, group, &positions[g], scale, &self.config)?);
+            rows.push(head_scores(scorer, &head_attn, group, &positions[g], scale, &self.config)?);
         }
         let flat: Vec<f32> = rows.iter().flatten().copied().collect();
         let weight = ScoreMatrix::new(1, flat.len(), flat).map(|m| layer_budget::normalized_entropy(&m)).unwrap_or(0.0);

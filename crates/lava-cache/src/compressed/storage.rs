@@ -69,7 +69,7 @@ impl<B: Backend> Room<B> {
 }
 
 /// `values` as a 1-D integer tensor on `device`.
-pub(super) fn int_tensor<B: Backend>(values: impl Iterator<Item = usize>, device: &B::Device) -> Tensor<B, 1, Int> {
+fn int_tensor<B: Backend>(values: impl Iterator<Item = usize>, device: &B::Device) -> Tensor<B, 1, Int> {
     let data: Vec<i64> = values.map(|x| x as i64).collect();
     let len = data.len();
     Tensor::from_data(TensorData::new(data, [len]), device)
