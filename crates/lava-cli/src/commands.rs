@@ -91,7 +91,7 @@ fn generate_on<B: Backend>(
     device: &B::Device,
 ) -> Result<(), CliError> {
     let (model, tok) = load::<B>(a.model.backend, path, device)?;
-    let segments = prompt_segments(&tok, a.chat, context, question)?;
+    let segments = prompt_segments(&tok, a.chat, a.allow_special, context, question)?;
     let prompt_len: usize = segments.iter().map(Vec::len).sum();
     let ctx = model.config.max_position_embeddings;
     if prompt_len + a.max_new_tokens > ctx {

@@ -66,6 +66,10 @@ pub struct GenerateArgs {
     /// Wrap the prompt in the model's chat template as a user message.
     #[arg(long)]
     pub chat: bool,
+    /// Read control tokens (`<|im_start|>`...) written in the prompt as control
+    /// tokens; by default they are plain text, so a document cannot forge a turn.
+    #[arg(long)]
+    pub allow_special: bool,
     /// Maximum tokens to generate.
     #[arg(long, default_value_t = 128)]
     pub max_new_tokens: usize,

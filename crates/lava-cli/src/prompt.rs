@@ -2,7 +2,7 @@
 
 use burn::tensor::backend::Backend;
 use lava_cache::{CompressedCache, FullCache, KvCache, PolicyConfig, PolicyName};
-use lava_llama::{Llama, Message, Tokenizer};
+use lava_llama::{Llama, Prompt, Tokenizer};
 
 use crate::error::CliError;
 
@@ -13,9 +13,12 @@ use crate::error::CliError;
 /// - `question = Some(q)`: question-agnostic; the context is one segment and the
 ///   question (with whatever the chat template puts after it) a second one,
 ///   prefilled after the context has been compressed.
+///
+/// Control tokens written in the text are plain text unless `allow_special`.
 pub fn prompt_segments(
     tok: &Tokenizer,
     chat: bool,
+    allow_special: bool,
     context: &str,
     question: Option<&str>,
 ) -> Result<Vec<Vec<u32>>, CliError> {
@@ -23,21 +26,11 @@ pub fn prompt_segments(
         Some(q) => format!("{context}\n\n{q}"),
         None => context.to_string(),
     };
-    let text = if chat {
-        tok.apply_chat_template(&[Message { role: "user".into(), content: joined }])?
-    } else {
-        joined
-    };
-    match question {
-        None => Ok(vec![tok.encode(&text)?]),
-        Some(q) => {
-            let split = text.rfind(q).ok_or_else(|| {
-                CliError::Usage("the chat template dropped the question; run without --chat".into())
-            })?;
-            let (c, rest) = text.split_at(split);
-            Ok(vec![tok.encode(c)?, tok.encode(rest)?])
-        }
-    }
+    let tokens = tok.encode_prompt(&Prompt { user: &joined, chat, question, allow_special, ..Prompt::default() })?;
+    Ok(match question {
+        None => vec![tokens.context],
+        Some(_) => vec![tokens.context, tokens.suffix],
+    })
 }
 
 /// How a compressing cache behaves beyond the prefill.

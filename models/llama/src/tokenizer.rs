@@ -12,11 +12,25 @@ use crate::gguf::GgufFile;
 #[derive(Clone)]
 pub struct Tokenizer {
     inner: HfTokenizer,
+    /// `inner` with control tokens encoded as the plain text they spell.
+    plain: HfTokenizer,
+    /// The control tokens' spellings (`<|im_start|>`...).
+    specials: Vec<String>,
     json: String,
     chat_template: Option<String>,
     bos: Option<String>,
     eos: Option<String>,
+    /// Whether the model wants its BOS token at the start of every prompt.
+    add_bos: bool,
 }
+
+/// Instructions a chat template may run per rendering (minijinja fuel): the
+/// templates of real models use a few hundred per message.
+pub const TEMPLATE_FUEL: u64 = 2_000_000;
+
+/// Bytes a chat template may write per rendering, message texts not counted
+/// (the template renders placeholders for them; see [`crate::Prompt`]).
+pub const TEMPLATE_OUTPUT_LIMIT: usize = 1 << 20;
 
 impl std::fmt::Debug for Tokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -39,7 +53,12 @@ impl Tokenizer {
         let inner: HfTokenizer = json
             .parse()
             .map_err(|e| ModelError::Tokenizer(format!("tokenizer.json does not parse: {e}")))?;
-        let mut t = Self { inner, json: json.to_string(), chat_template, bos: None, eos: None };
+        let mut plain = inner.clone();
+        plain.set_encode_special_tokens(true);
+        let specials =
+            inner.get_added_tokens_decoder().values().filter(|t| t.special && !t.content.is_empty()).map(|t| t.content.clone()).collect();
+        let mut t =
+            Self { inner, plain, specials, json: json.to_string(), chat_template, bos: None, eos: None, add_bos: false };
         t.bos = t.find_special(&["<|begin_of_text|>", "<s>", "<|im_start|>"]);
         t.eos = t.find_special(&["<|im_end|>", "<|eot_id|>", "</s>", "<|endoftext|>"]);
         Ok(t)
@@ -54,26 +73,65 @@ impl Tokenizer {
         let path = dir.join("tokenizer.json");
         let json = std::fs::read_to_string(&path).map_err(|e| ModelError::io(&path, e))?;
         let cfg_path = dir.join("tokenizer_config.json");
-        let template = match std::fs::read_to_string(&cfg_path) {
+        let (template, add_bos, bos) = match std::fs::read_to_string(&cfg_path) {
             Ok(text) => {
                 let v: Json = serde_json::from_str(&text).map_err(|e| {
                     ModelError::Tokenizer(format!("{} does not parse: {e}", cfg_path.display()))
                 })?;
-                v.get("chat_template").and_then(|t| t.as_str()).map(String::from)
+                let bos = match v.get("bos_token") {
+                    Some(Json::String(s)) => Some(s.clone()),
+                    Some(Json::Object(o)) => o.get("content").and_then(|c| c.as_str()).map(String::from),
+                    _ => None,
+                };
+                (
+                    v.get("chat_template").and_then(|t| t.as_str()).map(String::from),
+                    v.get("add_bos_token").and_then(|b| b.as_bool()).unwrap_or(false),
+                    bos,
+                )
             }
-            Err(_) => None,
+            Err(_) => (None, false, None),
         };
-        Self::from_json(&json, template).map_err(|e| match e {
+        let mut t = Self::from_json(&json, template).map_err(|e| match e {
             ModelError::Tokenizer(m) => ModelError::Tokenizer(format!("{}: {m}", path.display())),
             other => other,
-        })
+        })?;
+        if let Some(bos) = bos.filter(|b| t.inner.token_to_id(b).is_some()) {
+            t.bos = Some(bos);
+        }
+        t.add_bos = add_bos;
+        if t.add_bos && t.bos.is_none() {
+            return Err(ModelError::Tokenizer(format!(
+                "{} sets add_bos_token but names no BOS token of the vocabulary; fix bos_token there",
+                cfg_path.display()
+            )));
+        }
+        Ok(t)
     }
 
     /// Rebuilds the tokenizer from GGUF metadata (`tokenizer.ggml.*`).
     pub fn from_gguf(g: &GgufFile) -> Result<Self, ModelError> {
         let json = tokenizer_json_from_gguf(g)?;
         let template = g.get("tokenizer.chat_template").and_then(|v| v.as_str()).map(String::from);
-        Self::from_json(&json, template)
+        let mut t = Self::from_json(&json, template)?;
+        if let Some(id) = g.get("tokenizer.ggml.bos_token_id").and_then(|v| v.as_u64()) {
+            let token = u32::try_from(id).ok().and_then(|id| t.inner.id_to_token(id));
+            match token {
+                Some(token) => t.bos = Some(token),
+                None => {
+                    return Err(ModelError::Tokenizer(format!(
+                        "tokenizer.ggml.bos_token_id {id} is not in the vocabulary of {} tokens; the GGUF file is inconsistent",
+                        t.vocab_size()
+                    )))
+                }
+            }
+        }
+        t.add_bos = g.get("tokenizer.ggml.add_bos_token").and_then(|v| v.as_bool()).unwrap_or(false);
+        if t.add_bos && t.bos.is_none() {
+            return Err(ModelError::Tokenizer(
+                "the GGUF file sets tokenizer.ggml.add_bos_token but names no BOS token".into(),
+            ));
+        }
+        Ok(t)
     }
 
     /// The `tokenizer.json` text this tokenizer was built from.
@@ -92,6 +150,32 @@ impl Tokenizer {
         Ok(enc.get_ids().to_vec())
     }
 
+    /// Encodes text with control tokens written in it taken as the plain text
+    /// they spell (what message text gets, see [`crate::Prompt`]).
+    pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>, ModelError> {
+        let enc = self.plain.encode(text, false).map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// The spellings of the control tokens.
+    pub fn special_tokens(&self) -> &[String] {
+        &self.specials
+    }
+
+    /// Whether the model wants its BOS token at the start of every prompt
+    /// (GGUF `tokenizer.ggml.add_bos_token`, Hugging Face `add_bos_token`).
+    pub fn adds_bos(&self) -> bool {
+        self.add_bos
+    }
+
+    /// The BOS id [`Tokenizer::encode_prompt`] puts first, if the model asks for one.
+    pub(crate) fn bos_to_add(&self) -> Option<u32> {
+        if !self.add_bos {
+            return None;
+        }
+        self.bos.as_deref().and_then(|b| self.inner.token_to_id(b))
+    }
+
     /// Decodes ids to text, dropping special tokens.
     pub fn decode(&self, ids: &[u32]) -> Result<String, ModelError> {
         self.inner.decode(ids, true).map_err(|e| ModelError::Tokenizer(e.to_string()))
@@ -107,25 +191,79 @@ impl Tokenizer {
         self.inner.get_vocab_size(true)
     }
 
-    /// Renders the chat template for `messages`, ending with the assistant's turn prompt.
+    /// Renders the chat template for `messages`, ending with the assistant's
+    /// turn prompt, within [`TEMPLATE_FUEL`] instructions and
+    /// [`TEMPLATE_OUTPUT_LIMIT`] bytes.
     pub fn apply_chat_template(&self, messages: &[Message]) -> Result<String, ModelError> {
         let template = self.chat_template.as_deref().ok_or_else(|| {
             ModelError::Tokenizer("this model has no chat template; run without --chat".into())
         })?;
         let mut env = minijinja::Environment::new();
+        env.set_fuel(Some(TEMPLATE_FUEL));
         env.add_function("raise_exception", |msg: String| -> Result<String, minijinja::Error> {
             Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
         });
         env.add_template("chat", template)
-            .map_err(|e| ModelError::Tokenizer(format!("chat template does not parse: {e}")))?;
-        let tmpl = env.get_template("chat").map_err(|e| ModelError::Tokenizer(e.to_string()))?;
-        tmpl.render(minijinja::context! {
-            messages => messages,
-            add_generation_prompt => true,
-            bos_token => self.bos.clone().unwrap_or_default(),
-            eos_token => self.eos.clone().unwrap_or_default(),
-        })
-        .map_err(|e| ModelError::Tokenizer(format!("chat template failed: {e}")))
+            .map_err(|e| ModelError::Tokenizer(format!("the chat template does not parse: {}", one_line(&e))))?;
+        let tmpl = env.get_template("chat").map_err(|e| ModelError::Tokenizer(one_line(&e)))?;
+        let mut out = LimitedWriter { bytes: Vec::new(), limit: TEMPLATE_OUTPUT_LIMIT, over: false };
+        let rendered = tmpl.render_captured_to(
+            minijinja::context! {
+                messages => messages,
+                add_generation_prompt => true,
+                bos_token => self.bos.clone().unwrap_or_default(),
+                eos_token => self.eos.clone().unwrap_or_default(),
+            },
+            &mut out,
+        );
+        if out.over {
+            return Err(ModelError::Tokenizer(format!(
+                "the chat template wrote more than its limit of {TEMPLATE_OUTPUT_LIMIT} bytes (message texts not counted); the template is broken or hostile: fix it, or run without --chat"
+            )));
+        }
+        if let Err(e) = rendered {
+            if e.kind() == minijinja::ErrorKind::OutOfFuel {
+                return Err(ModelError::Tokenizer(format!(
+                    "the chat template ran past its limit of {TEMPLATE_FUEL} instructions; the template is broken or hostile: fix it, or run without --chat"
+                )));
+            }
+            return Err(ModelError::Tokenizer(format!("the chat template failed: {}", one_line(&e))));
+        }
+        String::from_utf8(out.bytes)
+            .map_err(|_| ModelError::Tokenizer("the chat template wrote text that is not UTF-8".into()))
+    }
+}
+
+/// A minijinja error in one line (its debug form spans many).
+fn one_line(e: &minijinja::Error) -> String {
+    let mut s = e.to_string();
+    if let Some(detail) = e.detail() {
+        if !s.contains(detail) {
+            s = format!("{s}: {detail}");
+        }
+    }
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// A writer that refuses to grow past `limit` bytes.
+struct LimitedWriter {
+    bytes: Vec<u8>,
+    limit: usize,
+    over: bool,
+}
+
+impl std::io::Write for LimitedWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.bytes.len().saturating_add(buf.len()) > self.limit {
+            self.over = true;
+            return Err(std::io::Error::other("chat template output limit"));
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 

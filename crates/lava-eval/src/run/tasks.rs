@@ -4,7 +4,7 @@ use std::path::Path;
 
 use burn::tensor::{activation::log_softmax, backend::Backend, Tensor};
 use lava_cache::KvCache;
-use lava_llama::{Logits, Message};
+use lava_llama::{Logits, Prompt, PromptTokens};
 
 use super::engine::{greedy_batch, prefill};
 use super::{ModelTokenizer, Sink, Subject, Variant};
@@ -24,14 +24,9 @@ fn read_back_err(what: String) -> EvalError {
     EvalError::Model(lava_llama::ModelError::Backend(what))
 }
 
-/// A prompt split into what is prefilled (and compressed) and what is appended after.
-struct Prompt {
-    context: Vec<u32>,
-    suffix: Vec<u32>,
-}
-
-/// Renders `(system, user)` (+ `answer_prefix`) with or without the chat template,
-/// and splits it before `question` when `question_agnostic`.
+/// Renders `(system, user)` (+ `answer_prefix`) with the chat template when
+/// `chat` and the model has one (else as plain text), split before `question`
+/// (question-agnostic) into what is prefilled and compressed and what follows.
 fn make_prompt<B: Backend>(
     s: &Subject<'_, B>,
     system: Option<&str>,
@@ -39,32 +34,10 @@ fn make_prompt<B: Backend>(
     answer_prefix: &str,
     chat: bool,
     question: Option<&str>,
-) -> Result<Prompt> {
-    let text = if chat && s.tok.chat_template().is_some() {
-        let mut msgs = Vec::new();
-        if let Some(sys) = system.filter(|x| !x.is_empty()) {
-            msgs.push(Message { role: "system".into(), content: sys.to_string() });
-        }
-        msgs.push(Message { role: "user".into(), content: user.to_string() });
-        s.tok.apply_chat_template(&msgs).map_err(model_err)? + answer_prefix
-    } else {
-        let mut t = String::new();
-        if let Some(sys) = system.filter(|x| !x.is_empty()) {
-            t.push_str(sys);
-            t.push('\n');
-        }
-        t.push_str(user);
-        t.push_str(answer_prefix);
-        t
-    };
-    let split = question.filter(|q| !q.is_empty()).and_then(|q| text.rfind(q));
-    let (c, q) = match split {
-        Some(i) => text.split_at(i),
-        None => (text.as_str(), ""),
-    };
-    let context = s.tok.encode(c).map_err(model_err)?;
-    let suffix = if q.is_empty() { vec![] } else { s.tok.encode(q).map_err(model_err)? };
-    Ok(Prompt { context, suffix })
+) -> Result<PromptTokens> {
+    let chat = chat && s.tok.chat_template().is_some();
+    let prompt = Prompt { system, user, answer_prefix, chat, question, allow_special: false };
+    s.tok.encode_prompt(&prompt).map_err(model_err)
 }
 
 /// Prefills `prompt.context` once, then for each variant not yet done: builds its
@@ -73,7 +46,7 @@ fn make_prompt<B: Backend>(
 fn run_prompt<B: Backend>(
     s: &Subject<'_, B>,
     variants: &[Variant],
-    prompt: &Prompt,
+    prompt: &PromptTokens,
     max_new: usize,
     sink: &mut Sink,
     key: impl Fn(&Variant) -> CellKey,
