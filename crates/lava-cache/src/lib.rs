@@ -60,6 +60,10 @@
 //! | `lava-matched`  | LAVa              | entropy              | adaptive, matched floor |
 //! | `cake`          | CAKE (mean + 200 var, avgpool 5) | preference (entropy x variance) | uniform |
 //!
+//! Any other composition is a policy too, [`PolicyName::Custom`], parsed from
+//! `scorer+layers+heads` (`"lava+pyramid+uniform".parse::<PolicyName>()`): a new
+//! policy is a new composition, and the cache runs it with no other change.
+//!
 //! Defaults ([`PolicyConfig::new`]): window 32, kernel 7, maxpool, alpha 0.2,
 //! beta 20, 4 sinks; the head floor rule is the policy's own
 //! ([`PolicyName::default_floor_rule`], overridden by [`PolicyConfig::floor_rule`]).
@@ -224,17 +228,48 @@ impl CacheShape {
                 found: error::dims_str(&q.dims()),
             });
         }
-        for (what, x) in [("keys", k), ("values", v)] {
-            if x.dims() != [self.kv_heads, t, self.head_dim] {
-                return Err(CacheError::ShapeMismatch {
-                    what,
-                    expected: error::dims_str(&[self.kv_heads, t, self.head_dim]),
-                    found: error::dims_str(&x.dims()),
-                });
-            }
+        let expected = [self.kv_heads, t, self.head_dim];
+        if k.dims() != expected {
+            return Err(CacheError::ShapeMismatch {
+                what: "keys",
+                expected: error::dims_str(&expected),
+                found: error::dims_str(&k.dims()),
+            });
         }
+        check_qkv(q, k, Some(v))?;
         Ok(t)
     }
+}
+
+/// Checks one layer's `q [H_q, N, D]` against `k [H_kv, N, D]` and, when
+/// given, `v` (shaped as `k`): heads and head dimension non-zero, `H_q` a
+/// multiple of `H_kv`. Returns `[H_q, H_kv, N, D]`. The one shape check of the
+/// cache, the scorers and [`select_positions`].
+pub(crate) fn check_qkv<B: Backend>(
+    q: &Tensor<B, 3>,
+    k: &Tensor<B, 3>,
+    v: Option<&Tensor<B, 3>>,
+) -> Result<[usize; 4], CacheError> {
+    let [h_q, n_tok, d] = q.dims();
+    let h_kv = k.dims()[0];
+    if h_q == 0 || h_kv == 0 || d == 0 || h_q % h_kv != 0 {
+        return Err(CacheError::InvalidShape(format!(
+            "queries {} and keys {}: heads and head dimension must be non-zero, and query heads a multiple of KV heads",
+            error::dims_str(&q.dims()),
+            error::dims_str(&k.dims())
+        )));
+    }
+    for (what, x) in [("keys", Some(k)), ("values", v)] {
+        let Some(x) = x else { continue };
+        if x.dims() != [h_kv, n_tok, d] {
+            return Err(CacheError::ShapeMismatch {
+                what,
+                expected: error::dims_str(&[h_kv, n_tok, d]),
+                found: error::dims_str(&x.dims()),
+            });
+        }
+    }
+    Ok([h_q, h_kv, n_tok, d])
 }
 
 /// What a cache holds at one moment (K and V accounted as `f32`).

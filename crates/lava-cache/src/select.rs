@@ -67,29 +67,6 @@ impl Selection {
     }
 }
 
-/// Checks one layer's shapes; returns `(H_q, H_kv, N, D)`.
-pub(crate) fn check_qkv<B: Backend>(q: &Tensor<B, 3>, k: &Tensor<B, 3>, v: &Tensor<B, 3>) -> Result<[usize; 4], CacheError> {
-    let [h_q, n_tok, d] = q.dims();
-    let [h_kv, _, _] = k.dims();
-    if h_q == 0 || h_kv == 0 || d == 0 || h_q % h_kv != 0 {
-        return Err(CacheError::InvalidShape(format!(
-            "queries {} and keys {}: heads and head dimension must be non-zero, and query heads a multiple of KV heads",
-            dims_str(&q.dims()),
-            dims_str(&k.dims())
-        )));
-    }
-    for (what, x) in [("keys", k), ("values", v)] {
-        if x.dims() != [h_kv, n_tok, d] {
-            return Err(CacheError::ShapeMismatch {
-                what,
-                expected: dims_str(&[h_kv, n_tok, d]),
-                found: dims_str(&x.dims()),
-            });
-        }
-    }
-    Ok([h_q, h_kv, n_tok, d])
-}
-
 /// Runs a policy on one sequence: per layer, its budget and per KV head the
 /// kept positions (see [`LayerSelection`] for what `budget` reports).
 ///
@@ -117,9 +94,9 @@ fn check_layers<B: Backend>(layers: &[LayerQkv<B>]) -> Result<[usize; 4], CacheE
     let first = layers
         .first()
         .ok_or_else(|| CacheError::InvalidShape("select_positions needs at least one layer".into()))?;
-    let dims = check_qkv(&first.q, &first.k, &first.v)?;
+    let dims = crate::check_qkv(&first.q, &first.k, Some(&first.v))?;
     for l in layers {
-        let d = check_qkv(&l.q, &l.k, &l.v)?;
+        let d = crate::check_qkv(&l.q, &l.k, Some(&l.v))?;
         if d != dims {
             return Err(CacheError::ShapeMismatch {
                 what: "layer queries",

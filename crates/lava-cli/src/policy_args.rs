@@ -8,7 +8,9 @@ use crate::error::CliError;
 /// `--policy`, `--budget` and the policy parameters (reference defaults).
 #[derive(Debug, Clone, Args)]
 pub struct PolicyArgs {
-    /// Cache policy: full, streaming, h2o, snapkv, pyramidkv, ada-snapkv, ada-pyramidkv, lava, lava-no-layer, lava-no-head, lava-matched, cake.
+    /// Cache policy: full, streaming, h2o, snapkv, pyramidkv, ada-snapkv, ada-pyramidkv, lava, lava-no-layer, lava-no-head, lava-matched, cake;
+    /// or any composition scorer+layers+heads (scorers snapkv, lava, h2o, streaming, cake; layers uniform,
+    /// pyramid, entropy, preference; heads uniform, adaptive), e.g. lava+pyramid+uniform.
     #[arg(long, default_value = "full")]
     pub policy: String,
     /// Budget B: tokens kept per KV head per layer, window included.

@@ -186,7 +186,53 @@ pub enum HeadAllocation {
     Adaptive,
 }
 
-/// A policy's three parts.
+/// Names of the parts, as written in a composition `scorer+layers+heads`.
+macro_rules! part_names {
+    ($ty:ident, $what:literal, $($variant:ident => $name:literal),+ $(,)?) => {
+        impl $ty {
+            /// Every value, in a stable order.
+            pub const ALL: &'static [$ty] = &[$($ty::$variant),+];
+
+            /// The name used in a composition `scorer+layers+heads`.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($ty::$variant => $name),+
+                }
+            }
+        }
+
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $ty {
+            type Err = CacheError;
+
+            /// Parses the name (case-insensitive).
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                let wanted = s.trim().to_ascii_lowercase();
+                $ty::ALL.iter().copied().find(|v| v.as_str() == wanted).ok_or_else(|| {
+                    let names: Vec<&str> = $ty::ALL.iter().map(|v| v.as_str()).collect();
+                    CacheError::InvalidParameters(format!(
+                        concat!("unknown ", $what, " '{}'; expected one of: {}"),
+                        s.trim(),
+                        names.join(", ")
+                    ))
+                })
+            }
+        }
+    };
+}
+
+part_names!(Scorer, "scorer", SnapKv => "snapkv", Lava => "lava", H2o => "h2o", Streaming => "streaming", Cake => "cake");
+part_names!(LayerAllocation, "layer allocation", Uniform => "uniform", Pyramid => "pyramid", Entropy => "entropy", Preference => "preference");
+part_names!(HeadAllocation, "head allocation", Uniform => "uniform", Adaptive => "adaptive");
+
+/// A policy's three parts. Written `scorer+layers+heads` (e.g.
+/// `lava+pyramid+uniform`), it is also a policy of its own,
+/// [`PolicyName::Custom`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Composition {
     /// Token scorer.
@@ -197,8 +243,30 @@ pub struct Composition {
     pub heads: HeadAllocation,
 }
 
+impl fmt::Display for Composition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}+{}+{}", self.scorer, self.layers, self.heads)
+    }
+}
+
+impl FromStr for Composition {
+    type Err = CacheError;
+
+    /// Parses `scorer+layers+heads`, e.g. `snapkv+entropy+adaptive`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let parts: Vec<&str> = s.split('+').collect();
+        let [scorer, layers, heads] = parts[..] else {
+            return Err(CacheError::InvalidParameters(format!(
+                "'{}' is not a composition; write scorer+layers+heads, e.g. lava+pyramid+uniform",
+                s.trim()
+            )));
+        };
+        Ok(Composition { scorer: scorer.parse()?, layers: layers.parse()?, heads: heads.parse()? })
+    }
+}
+
 /// The named policies: fixed compositions of a scorer, a layer allocation and a
-/// head allocation.
+/// head allocation, plus any other composition ([`PolicyName::Custom`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PolicyName {
     /// `full`: nothing is evicted.
@@ -226,10 +294,14 @@ pub enum PolicyName {
     LavaMatched,
     /// `cake`: CAKE (mean + variance scores, preference layers, uniform heads).
     Cake,
+    /// Any composition, named by its parts (`scorer+layers+heads`); the
+    /// parameters a preset would set take their defaults (head floor
+    /// [`FloorRule::Layer`]).
+    Custom(Composition),
 }
 
 impl PolicyName {
-    /// Every named policy, in a stable order.
+    /// Every preset policy, in a stable order ([`PolicyName::Custom`] is not one).
     pub const ALL: [PolicyName; 12] = [
         PolicyName::Full,
         PolicyName::Streaming,
@@ -245,9 +317,12 @@ impl PolicyName {
         PolicyName::Cake,
     ];
 
-    /// The canonical name, as parsed by [`FromStr`] and printed by [`Display`](fmt::Display).
+    /// The preset's canonical name, as parsed by [`FromStr`] and printed by
+    /// [`Display`](fmt::Display); `custom` for a [`PolicyName::Custom`], which
+    /// prints as its parts.
     pub fn as_str(self) -> &'static str {
         match self {
+            PolicyName::Custom(_) => "custom",
             PolicyName::Full => "full",
             PolicyName::Streaming => "streaming",
             PolicyName::H2o => "h2o",
@@ -280,6 +355,7 @@ impl PolicyName {
             PolicyName::LavaNoHead => (Scorer::Lava, L::Entropy, H::Uniform),
             PolicyName::LavaMatched => (Scorer::Lava, L::Entropy, H::Adaptive),
             PolicyName::Cake => (Scorer::Cake, L::Preference, H::Uniform),
+            PolicyName::Custom(parts) => return Some(parts),
         };
         Some(Composition { scorer, layers, heads })
     }
@@ -301,20 +377,27 @@ impl PolicyName {
 
 impl fmt::Display for PolicyName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        match self {
+            PolicyName::Custom(parts) => parts.fmt(f),
+            preset => f.write_str(preset.as_str()),
+        }
     }
 }
 
 impl FromStr for PolicyName {
     type Err = CacheError;
 
-    /// Parses a canonical policy name (case-insensitive, `_` accepted for `-`).
+    /// Parses a preset's name (case-insensitive, `_` accepted for `-`) or a
+    /// composition `scorer+layers+heads` ([`PolicyName::Custom`]).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.contains('+') {
+            return s.parse().map(PolicyName::Custom);
+        }
         let wanted = s.trim().to_ascii_lowercase().replace('_', "-");
         PolicyName::ALL.into_iter().find(|p| p.as_str() == wanted).ok_or_else(|| {
             let names: Vec<&str> = PolicyName::ALL.iter().map(|p| p.as_str()).collect();
             CacheError::InvalidParameters(format!(
-                "unknown policy '{}'; expected one of: {}",
+                "unknown policy '{}'; expected one of: {}, or a composition scorer+layers+heads (e.g. lava+pyramid+uniform)",
                 s.trim(),
                 names.join(", ")
             ))
@@ -449,7 +532,8 @@ impl PolicyConfig {
                 self.budget, self.window
             ));
         }
-        if self.policy == PolicyName::Streaming && self.sinks > self.budget - self.window {
+        let streaming = self.composition().is_some_and(|c| c.scorer == Scorer::Streaming);
+        if streaming && self.sinks > self.budget - self.window {
             return bad(format!(
                 "streaming keeps {} sinks but the budget leaves only {} tokens beyond the window",
                 self.sinks,

@@ -13,7 +13,7 @@
 use burn::tensor::{activation::softmax, backend::Backend, Bool, FloatDType, Tensor, TensorData};
 
 use super::{layer_budget, PolicyConfig, Pooling, Scorer};
-use crate::{error::dims_str, host::to_host, CacheError};
+use crate::{host::to_host, CacheError};
 
 /// A row-major host matrix of scores, `[rows, cols]`: one row per head (query
 /// head or KV head, as documented where it is produced), one column per prefix
@@ -69,17 +69,10 @@ impl ScoreMatrix {
     }
 }
 
-/// Checks `q [H_q, N, D]` against `k [H_kv, N, D]`; returns `(H_q, H_kv, N, D)`.
+/// Checks `q [H_q, N, D]` against `k [H_kv, N, D]` ([`crate::check_qkv`]);
+/// returns `(H_q, H_kv, N, D)`.
 fn check_qk<B: Backend>(q: &Tensor<B, 3>, k: &Tensor<B, 3>) -> Result<(usize, usize, usize, usize), CacheError> {
-    let [h_q, n_tok, d] = q.dims();
-    let [h_kv, n_k, d_k] = k.dims();
-    if h_q == 0 || h_kv == 0 || d == 0 || h_q % h_kv != 0 || n_k != n_tok || d_k != d {
-        return Err(CacheError::ShapeMismatch {
-            what: "keys (against queries)",
-            expected: format!("[H_kv dividing {h_q}, {n_tok}, {d}]"),
-            found: dims_str(&k.dims()),
-        });
-    }
+    let [h_q, h_kv, n_tok, d] = crate::check_qkv(q, k, None)?;
     Ok((h_q, h_kv, n_tok, d))
 }
 
@@ -571,14 +564,7 @@ pub fn score_layer_weighted<B: Backend>(
     config: &PolicyConfig,
     scorer: Scorer,
 ) -> Result<(ScoreMatrix, f64), CacheError> {
-    let (h_q, h_kv, n_tok, _) = check_qk(q, k)?;
-    if v.dims() != k.dims() {
-        return Err(CacheError::ShapeMismatch {
-            what: "values",
-            expected: dims_str(&k.dims()),
-            found: dims_str(&v.dims()),
-        });
-    }
+    let [h_q, h_kv, n_tok, _] = crate::check_qkv(q, k, Some(v))?;
     let window = config.window.min(n_tok);
     let n = n_tok - window;
     let scores = match scorer {
