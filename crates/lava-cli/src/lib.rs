@@ -118,7 +118,9 @@ pub struct PplArgs {
 pub struct ExportArgs {
     /// Source GGUF file.
     pub gguf: PathBuf,
-    /// Output directory (created; existing files of the same names are replaced atomically).
+    /// Output directory (created), written as a unit: an interrupted export leaves it refused
+    /// at load until an export completes, never a mix of two exports; weight shards and an
+    /// index of an earlier export are removed.
     pub dir: PathBuf,
 }
 
