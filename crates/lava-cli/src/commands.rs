@@ -136,7 +136,7 @@ fn generate_on<B: Backend>(
     let mut stdout = std::io::stdout();
     let mut stream_err = None;
     let seg_refs: Vec<&[u32]> = segments.iter().map(Vec::as_slice).collect();
-    let (out, stats) = lava_llama::generate_segments(
+    let result = lava_llama::generate_segments(
         &model,
         cache.as_mut(),
         &seg_refs,
@@ -147,6 +147,11 @@ fn generate_on<B: Backend>(
             }
         },
         |id| {
+            // The prefill is over: take the bar off the terminal before any text goes there
+            // (clearing it later would erase the text streamed onto its line).
+            if let Some(b) = bar.as_ref().filter(|b| !b.is_finished()) {
+                b.finish_and_clear();
+            }
             generated.push(id);
             if a.json {
                 return true;
@@ -163,10 +168,11 @@ fn generate_on<B: Backend>(
             }
             true
         },
-    )?;
-    if let Some(b) = bar {
+    );
+    if let Some(b) = bar.filter(|b| !b.is_finished()) {
         b.finish_and_clear();
     }
+    let (out, stats) = result?;
     if let Some(e) = stream_err {
         return Err(CliError::io("<stdout>", e));
     }
