@@ -104,7 +104,7 @@ pub fn load_for<B: burn::tensor::backend::Backend>(
     path: &std::path::Path,
     device: &B::Device,
 ) -> Result<(lava_llama::Llama<B>, lava_llama::Tokenizer), CliError> {
-    let (model, tok) = lava_llama::load_model::<B>(path, device)?;
+    let (model, tok) = lava_llama::load_model::<B>(path, device).map_err(|e| crate::fetch::load_error(path, e))?;
     let parts = match kind {
         BackendKind::Cuda => 1,
         BackendKind::Flex | BackendKind::Ndarray => std::thread::available_parallelism().map_or(1, |n| n.get()),

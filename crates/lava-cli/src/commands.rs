@@ -136,7 +136,7 @@ fn generate_on<B: Backend>(
     let mut stdout = std::io::stdout();
     let mut stream_err = None;
     let seg_refs: Vec<&[u32]> = segments.iter().map(Vec::as_slice).collect();
-    let (out, stats) = lava_llama::generate_segments(
+    let result = lava_llama::generate_segments(
         &model,
         cache.as_mut(),
         &seg_refs,
@@ -147,6 +147,11 @@ fn generate_on<B: Backend>(
             }
         },
         |id| {
+            // The prefill is over: take the bar off the terminal before any text goes there
+            // (clearing it later would erase the text streamed onto its line).
+            if let Some(b) = bar.as_ref().filter(|b| !b.is_finished()) {
+                b.finish_and_clear();
+            }
             generated.push(id);
             if a.json {
                 return true;
@@ -163,10 +168,11 @@ fn generate_on<B: Backend>(
             }
             true
         },
-    )?;
-    if let Some(b) = bar {
+    );
+    if let Some(b) = bar.filter(|b| !b.is_finished()) {
         b.finish_and_clear();
     }
+    let (out, stats) = result?;
     if let Some(e) = stream_err {
         return Err(CliError::io("<stdout>", e));
     }
@@ -184,12 +190,9 @@ fn generate_on<B: Backend>(
             "policy": policy.policy.to_string(),
             "budget": if compressing { Some(policy.budget) } else { None },
         });
-        println!("{j}");
+        crate::write_stdout(&format!("{j}\n"))?;
     } else {
-        if text.len() > printed {
-            print!("{}", text.get(printed..).unwrap_or(""));
-        }
-        println!();
+        crate::write_stdout(&format!("{}\n", text.get(printed..).unwrap_or("")))?;
         eprintln!(
             "lava: prompt {} tokens, prefill {:.1} tok/s, decode {:.1} tok/s ({} tokens)",
             stats.prompt_tokens,
@@ -253,9 +256,9 @@ fn ppl_on<B: Backend>(a: &PplArgs, text: &str, path: &Path, device: &B::Device) 
     }
     let nll = mean_nll(&model, &ids, a.chunk)?;
     if a.json {
-        println!("{}", serde_json::json!({"tokens": ids.len(), "nll": nll, "ppl": nll.exp()}));
+        crate::write_stdout(&format!("{}\n", serde_json::json!({"tokens": ids.len(), "nll": nll, "ppl": nll.exp()})))?;
     } else {
-        println!("tokens {}  mean NLL {:.4}  perplexity {:.3}", ids.len(), nll, nll.exp());
+        crate::write_stdout(&format!("tokens {}  mean NLL {:.4}  perplexity {:.3}\n", ids.len(), nll, nll.exp()))?;
     }
     Ok(())
 }
@@ -273,6 +276,5 @@ pub fn select(a: SelectArgs) -> Result<(), CliError> {
     let config = a.policy.to_config()?;
     let layers = crate::select::read_qkv_file(&a.qkv)?;
     let json = with_backend!(a.backend, |B, device| { crate::select::select_json::<B>(&layers, &config, &device) })?;
-    println!("{json}");
-    Ok(())
+    crate::write_stdout(&format!("{json}\n"))
 }

@@ -23,6 +23,14 @@ pub enum CliError {
         /// Cause.
         source: std::io::Error,
     },
+    /// lava's cached copy of the default model does not load (truncated or corrupted on disk).
+    #[error("{source}; this is lava's cached default model: delete {} and run again to fetch it afresh", path.display())]
+    CachedModel {
+        /// The cached file.
+        path: PathBuf,
+        /// Why it does not load.
+        source: ModelError,
+    },
     /// The default model could not be fetched.
     #[error("could not fetch the default model: {0}")]
     Fetch(String),

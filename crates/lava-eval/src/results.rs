@@ -4,7 +4,9 @@
 //!
 //! A crash while writing can leave a truncated last line (no trailing newline, not valid
 //! JSON): readers ignore it, and [`ResultsWriter::open`] cuts it off before appending. Any
-//! other malformed line is an error naming the file and line. One writer per file at a time.
+//! other malformed line is an error naming the file and line. One writer per file at a time:
+//! [`ResultsWriter::open`] takes an exclusive lock on the file and fails if another process
+//! holds it.
 
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
@@ -142,7 +144,9 @@ pub struct ResultsWriter {
 impl ResultsWriter {
     /// Opens (creating it and its parent directories if needed) a results file for
     /// appending. A truncated last line left by a crash is removed first; a complete last
-    /// line missing only its newline gets one.
+    /// line missing only its newline gets one. The file is locked exclusively while the
+    /// writer lives; if another writer holds it, this fails at once naming the file and the
+    /// holder.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -154,6 +158,7 @@ impl ResultsWriter {
             .append(true)
             .open(&path)
             .map_err(|e| EvalError::io(&path, e))?;
+        lock_exclusive(&file, &path)?;
         let content = fs::read(&path).map_err(|e| EvalError::io(&path, e))?;
         if !content.is_empty() && content.last() != Some(&b'\n') {
             let cut = content.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
@@ -179,6 +184,53 @@ impl ResultsWriter {
     /// The file being written.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+/// Takes the exclusive lock of an open results file (held until the file is closed), or
+/// fails at once, naming the file and (on Linux) the process holding it.
+fn lock_exclusive(file: &File, path: &Path) -> Result<()> {
+    match file.try_lock() {
+        Ok(()) => Ok(()),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let holder = lock_holder(file).map_or_else(|| "another process".to_string(), |(pid, name)| format!("process {pid} ({name})"));
+            Err(EvalError::invalid(
+                path,
+                None,
+                format!("{holder} is writing to this results file; wait for it to finish, or pass another --results file"),
+            ))
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(EvalError::io(path, e)),
+    }
+}
+
+/// The process holding a `flock` on `file`, from `/proc/locks` (Linux only): pid and name.
+fn lock_holder(file: &File) -> Option<(u32, String)> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let meta = file.metadata().ok()?;
+        let dev = meta.dev();
+        // Linux's encoding of dev_t; /proc/locks writes "major:minor:inode", the first two in hex.
+        let (major, minor) = (((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff), (dev & 0xff) | ((dev >> 12) & !0xff));
+        let locks = fs::read_to_string("/proc/locks").ok()?;
+        // "1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF" (waiters have "->" before FLOCK).
+        let pid = locks.lines().find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let (kind, pid, id) = (*f.get(1)?, *f.get(4)?, *f.get(5)?);
+            let mut id = id.split(':');
+            let ma = u64::from_str_radix(id.next()?, 16).ok()?;
+            let mi = u64::from_str_radix(id.next()?, 16).ok()?;
+            let ino = id.next()?.parse::<u64>().ok()?;
+            (kind == "FLOCK" && (ma, mi, ino) == (major, minor, meta.ino())).then(|| pid.parse::<u32>().ok()).flatten()
+        })?;
+        let name = fs::read_to_string(format!("/proc/{pid}/comm")).map(|n| n.trim().to_string()).unwrap_or_else(|_| "?".into());
+        Some((pid, name))
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = file;
+        None
     }
 }
 

@@ -37,7 +37,7 @@ pub enum GgufError {
         version: u32,
     },
     /// The file ends before a section is complete.
-    #[error("{path} is truncated: it ends inside the {section} (needed {needed} bytes at offset {offset}, file has {len}); re-download the model")]
+    #[error("{path} is truncated: it ends inside the {section} (needed {needed} bytes at offset {offset}, file has {len}); download or write the file again")]
     Truncated {
         /// File.
         path: PathBuf,

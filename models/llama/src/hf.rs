@@ -98,6 +98,14 @@ fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
 
 /// Loads a Hugging Face model directory through `burn-store`.
 pub fn load_hf_dir<B: Backend>(dir: &Path, device: &B::Device) -> Result<(Llama<B>, Tokenizer), ModelError> {
+    if dir.join(EXPORT_MARKER).exists() {
+        return Err(ModelError::Weights {
+            path: dir.to_path_buf(),
+            detail: format!(
+                "is half-written: a `lava export-hf` into it was interrupted ({EXPORT_MARKER} is still there); run the export again"
+            ),
+        });
+    }
     let cfg_path = dir.join("config.json");
     let text = std::fs::read_to_string(&cfg_path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => ModelError::Weights {
@@ -151,20 +159,166 @@ pub fn load_hf_dir<B: Backend>(dir: &Path, device: &B::Device) -> Result<(Llama<
     Ok((Llama::new(config, weights, rope, device), tokenizer))
 }
 
-/// Writes `bytes` to `path` atomically (temporary file in the same directory, then rename).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    std::fs::write(&tmp, bytes).map_err(|e| ModelError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        ModelError::io(path, e)
+/// Name of the marker file an export keeps in its directory while it replaces files there:
+/// a directory holding it is half-written and [`load_hf_dir`] refuses it.
+pub const EXPORT_MARKER: &str = ".lava-export-incomplete";
+
+/// The files an export writes, the weights first.
+const EXPORT_FILES: [&str; 4] = ["model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json"];
+
+/// The temporary name [`write_atomic`] writes `name` under, in the same directory.
+fn temp_name(name: &str) -> String {
+    format!(".{name}.tmp-{}", std::process::id())
+}
+
+/// Writes `bytes` to `tmp` and flushes them to the disk; `tmp` is removed on failure.
+fn write_synced(tmp: &Path, bytes: &[u8]) -> Result<(), ModelError> {
+    let write = || -> std::io::Result<()> {
+        use std::io::Write;
+        let mut f = std::fs::File::create(tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()
+    };
+    write().map_err(|e| {
+        let _ = std::fs::remove_file(tmp);
+        ModelError::io(tmp, e)
     })
 }
 
+/// Flushes a directory's entries (renames, removals) to the disk. A no-op where
+/// directories cannot be opened as files.
+fn sync_dir(dir: &Path) -> Result<(), ModelError> {
+    #[cfg(unix)]
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| ModelError::io(dir, e))?;
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file in the same directory, flushed to
+/// the disk, then renamed over `path` (and the directory flushed). On any error `path` is
+/// untouched and the temporary file removed.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(temp_name(&name));
+    write_synced(&tmp, bytes)?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        ModelError::io(path, e)
+    })?;
+    sync_dir(dir)
+}
+
+/// Whether process `pid` is running (on Linux; elsewhere every other process counts as gone).
+fn process_alive(pid: u32) -> bool {
+    pid == std::process::id() || (cfg!(target_os = "linux") && Path::new(&format!("/proc/{pid}")).exists())
+}
+
+/// Removes the temporary files (`.<name>.tmp-<pid>`, see [`write_atomic`]) of `names` that
+/// earlier writers killed before their rename left in `dir`, and whose process is gone.
+fn remove_stale_temps(dir: &Path, names: &[&str]) -> Result<(), ModelError> {
+    let entries = std::fs::read_dir(dir).map_err(|e| ModelError::io(dir, e))?;
+    for entry in entries.filter_map(|e| e.ok()) {
+        let file = entry.file_name().to_string_lossy().into_owned();
+        let stale = names.iter().any(|n| {
+            file.strip_prefix(&format!(".{n}.tmp-"))
+                .and_then(|pid| pid.parse::<u32>().ok())
+                .is_some_and(|pid| !process_alive(pid))
+        });
+        if stale {
+            let p = entry.path();
+            std::fs::remove_file(&p).map_err(|e| ModelError::io(&p, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// The weight files of an earlier export or download that `model.safetensors` would not
+/// replace: `model.safetensors.index.json` (which [`load_hf_dir`] reads before
+/// `model.safetensors`), the shards it names, and `model-*-of-*.safetensors` shards.
+fn stale_weight_files(dir: &Path) -> Vec<PathBuf> {
+    let index = dir.join("model.safetensors.index.json");
+    let mut out = Vec::new();
+    if let Ok(text) = std::fs::read_to_string(&index) {
+        if let Some(map) = serde_json::from_str::<serde_json::Value>(&text).ok().as_ref().and_then(|v| v.get("weight_map")?.as_object().cloned()) {
+            for f in map.values().filter_map(|f| f.as_str()) {
+                if !f.contains(['/', '\\']) && !f.contains("..") && f.ends_with(".safetensors") && f != "model.safetensors" {
+                    out.push(dir.join(f));
+                }
+            }
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.filter_map(|e| e.ok()) {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if n.starts_with("model-") && n.contains("-of-") && n.ends_with(".safetensors") {
+                out.push(e.path());
+            }
+        }
+    }
+    if index.exists() {
+        out.push(index);
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// A test hook: with `LAVA_TEST_EXPORT_ABORT=<step>` the export aborts the process (like a
+/// kill) at that step, leaving the directory as a killed run would.
+fn abort_at(step: &str) {
+    if std::env::var("LAVA_TEST_EXPORT_ABORT").is_ok_and(|s| s == step) {
+        std::process::abort();
+    }
+}
+
+/// Writes `files` (name, bytes) into `dir` as one unit. Every file is first written to a
+/// temporary file and flushed to the disk; then [`EXPORT_MARKER`] is written, the files are
+/// renamed into place, stale weight files ([`stale_weight_files`]) are removed, and the
+/// marker is removed last. A run killed before the marker leaves `dir` as it was (plus
+/// temporary files, removed by the next run); one killed after it leaves the marker, so the
+/// half-replaced directory is refused at load until an export completes.
+fn write_dir_as_unit(dir: &Path, files: &[(&str, &[u8])]) -> Result<(), ModelError> {
+    let names: Vec<&str> = files.iter().map(|(n, _)| *n).collect();
+    remove_stale_temps(dir, &names)?;
+    let mut written: Vec<PathBuf> = Vec::new();
+    for (name, bytes) in files {
+        let tmp = dir.join(temp_name(name));
+        if let Err(e) = write_synced(&tmp, bytes) {
+            written.iter().for_each(|t| drop(std::fs::remove_file(t)));
+            return Err(e);
+        }
+        written.push(tmp);
+    }
+    abort_at("temps");
+    let marker = dir.join(EXPORT_MARKER);
+    let note = b"lava export-hf is (or was, if it was killed) replacing the files of this directory; run it again\n";
+    if let Err(e) = write_synced(&marker, note).and_then(|_| sync_dir(dir)) {
+        written.iter().for_each(|t| drop(std::fs::remove_file(t)));
+        return Err(e);
+    }
+    abort_at("marker");
+    for (i, (tmp, name)) in written.iter().zip(&names).enumerate() {
+        let to = dir.join(name);
+        std::fs::rename(tmp, &to).map_err(|e| ModelError::io(&to, e))?;
+        if i == 0 {
+            abort_at("rename");
+        }
+    }
+    for stale in stale_weight_files(dir) {
+        std::fs::remove_file(&stale).map_err(|e| ModelError::io(&stale, e))?;
+    }
+    sync_dir(dir)?;
+    abort_at("renamed");
+    std::fs::remove_file(&marker).map_err(|e| ModelError::io(&marker, e))?;
+    sync_dir(dir)
+}
+
 /// Writes a Hugging Face directory (f32 `model.safetensors`, `config.json`,
-/// `tokenizer.json`, `tokenizer_config.json`) holding the weights of `src`.
+/// `tokenizer.json`, `tokenizer_config.json`) holding the weights of `src`, as one unit
+/// (see [`write_dir_as_unit`]): a killed export never leaves a directory that loads with
+/// files of two exports, and weight shards of an earlier export are removed.
 pub fn export_hf<S: WeightSource + ?Sized>(
     config: &LlamaConfig,
     src: &S,
@@ -197,15 +351,14 @@ pub fn export_hf<S: WeightSource + ?Sized>(
         .collect::<Result<_, _>>()?;
     let st = safetensors::serialize(views, None)
         .map_err(|e| ModelError::Weights { path: out.to_path_buf(), detail: e.to_string() })?;
-    write_atomic(&out.join("model.safetensors"), &st)?;
     let cfg = serde_json::to_string_pretty(&config.to_hf_json()).unwrap_or_default();
-    write_atomic(&out.join("config.json"), cfg.as_bytes())?;
-    write_atomic(&out.join("tokenizer.json"), tokenizer.to_json().as_bytes())?;
+    let tok_json = tokenizer.to_json();
     let mut tc = serde_json::json!({"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": false});
     if let Some(t) = tokenizer.chat_template() {
         tc["chat_template"] = t.into();
     }
     let tc = serde_json::to_string_pretty(&tc).unwrap_or_default();
-    write_atomic(&out.join("tokenizer_config.json"), tc.as_bytes())?;
-    Ok(())
+    let contents: [&[u8]; 4] = [&st, cfg.as_bytes(), tok_json.as_bytes(), tc.as_bytes()];
+    let files: Vec<(&str, &[u8])> = EXPORT_FILES.iter().copied().zip(contents).collect();
+    write_dir_as_unit(out, &files)
 }

@@ -5,8 +5,6 @@
 //! `LinearSegmentedColormap.from_list(["#F0496E", "#EBB839", "#0CD79F"])` (red → yellow →
 //! green) over scores in `[0, 1]`; cells that were not run are light grey.
 
-use std::fs::File;
-use std::io::BufWriter;
 use std::path::Path;
 
 use plotters::prelude::*;
@@ -192,14 +190,17 @@ pub fn render_heatmap_png(grid: &NiahGrid, path: impl AsRef<Path>) -> Result<()>
         root.present().map_err(|e| plot_err(e.to_string()))?;
     }
 
-    let file = File::create(path).map_err(|e| EvalError::io(path, e))?;
-    let mut enc = png::Encoder::new(BufWriter::new(file), w, h);
-    enc.set_color(png::ColorType::Rgb);
-    enc.set_depth(png::BitDepth::Eight);
-    let mut writer = enc.write_header().map_err(|e| plot_err(e.to_string()))?;
-    writer.write_image_data(&buf).map_err(|e| plot_err(e.to_string()))?;
-    writer.finish().map_err(|e| plot_err(e.to_string()))?;
-    Ok(())
+    // Encoded in memory, then written atomically: a killed run never leaves half a PNG.
+    let mut png_bytes = Vec::new();
+    {
+        let mut enc = png::Encoder::new(&mut png_bytes, w, h);
+        enc.set_color(png::ColorType::Rgb);
+        enc.set_depth(png::BitDepth::Eight);
+        let mut writer = enc.write_header().map_err(|e| plot_err(e.to_string()))?;
+        writer.write_image_data(&buf).map_err(|e| plot_err(e.to_string()))?;
+        writer.finish().map_err(|e| plot_err(e.to_string()))?;
+    }
+    lava_llama::hf::write_atomic(path, &png_bytes).map_err(|e| plot_err(e.to_string()))
 }
 
 #[cfg(test)]

@@ -310,7 +310,10 @@ impl NiahGrid {
     pub fn write_json(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
         let s = serde_json::to_string_pretty(self).map_err(|e| EvalError::json(path, None, e))?;
-        fs::write(path, s + "\n").map_err(|e| EvalError::io(path, e))
+        lava_llama::hf::write_atomic(path, (s + "\n").as_bytes()).map_err(|e| match e {
+            lava_llama::ModelError::Io { path, source } => EvalError::Io { path, source },
+            other => EvalError::Model(other),
+        })
     }
 
     /// Reads a grid written by [`NiahGrid::write_json`], checking its shape.

@@ -15,7 +15,7 @@ use lava_cache::{PolicyConfig, PolicyName};
 use lava_llama::{Llama, Tokenizer};
 
 pub use shard::Shard;
-pub use tasks::{run_fidelity, run_longbench, run_niah, run_ppl, run_ruler};
+pub use tasks::{run_fidelity, run_longbench, run_niah, run_ppl, run_ruler, NIAH_ANSWER_TOKENS};
 
 use crate::error::Result;
 use crate::results::{Budget, CellKey, ResultRecord, ResultsWriter};
@@ -87,8 +87,9 @@ impl Sink {
     /// Opens (or resumes) a results file; `total` cells are expected in the run.
     pub fn open(path: impl Into<PathBuf>, total: u64, quiet: bool) -> Result<Self> {
         let path = path.into();
-        let done = crate::results::load_done_keys(&path)?;
+        // Lock first: the cells done are read under the lock, so no other run adds any.
         let writer = ResultsWriter::open(&path)?;
+        let done = crate::results::load_done_keys(&path)?;
         let bar = if quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(total) };
         bar.set_style(
             indicatif::ProgressStyle::with_template("{msg:30} {bar:30} {pos}/{len} cells, elapsed {elapsed}, eta {eta}")

@@ -29,6 +29,7 @@ fn records_are_stamped_and_resume_checks_the_version() {
     // same run: resumes
     let mut sink = Sink::open(&path, 0, true).unwrap();
     sink.set_stamp(stamp("abc", "s1"), false).unwrap();
+    drop(sink); // one writer at a time: release the file's lock
     // other settings or code: refused, naming both
     let err = Sink::open(&path, 0, true).unwrap().set_stamp(stamp("abc", "s2"), false).unwrap_err().to_string();
     assert!(err.contains("settings s2") && err.contains("settings s1") && err.contains("r.jsonl"), "{err}");

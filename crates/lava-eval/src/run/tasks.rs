@@ -61,7 +61,17 @@ fn run_prompt<B: Backend>(
         return Ok(());
     }
     let total = prompt.context.len() + prompt.suffix.len() + max_new;
-    let max_tokens = s.model.config.max_position_embeddings.max(total);
+    let max_tokens = s.model.config.max_position_embeddings;
+    if total > max_tokens {
+        let k = key(todo[0]);
+        return Err(EvalError::InvalidArgument(format!(
+            "{} sample {}{}: the prompt has {} tokens and up to {max_new} are generated, more than the model's context of {max_tokens} tokens; use shorter lengths",
+            k.task,
+            k.sample_id,
+            k.length.map(|l| format!(" at length {l}")).unwrap_or_default(),
+            total - max_new
+        )));
+    }
     let t0 = std::time::Instant::now();
     let mut pre = prefill(s.model, &prompt.context, max_tokens)?;
     let t1 = std::time::Instant::now();
@@ -96,8 +106,22 @@ fn run_prompt<B: Backend>(
     Ok(())
 }
 
+/// Tokens a NIAH answer may take (generated after each prompt).
+pub const NIAH_ANSWER_TOKENS: usize = 48;
+
+/// A NIAH length whose prompt (`prompt_tokens` long) and answer do not fit in `ctx` tokens.
+fn niah_past_context(len: usize, prompt_tokens: usize, ctx: usize) -> EvalError {
+    let over = prompt_tokens + NIAH_ANSWER_TOKENS - ctx;
+    EvalError::InvalidArgument(format!(
+        "NIAH length {len} makes a prompt of {prompt_tokens} tokens, which with the {NIAH_ANSWER_TOKENS} tokens of the answer is more than \
+         the model's context of {ctx} tokens; use --lengths up to {}",
+        len.saturating_sub(over)
+    ))
+}
+
 /// Needle in a haystack: `lengths` (model tokens) x `depths` (percent), one sample (one
-/// prompt, in that order) each.
+/// prompt, in that order) each. Lengths whose prompts do not fit in the model's context with
+/// their answer are refused before any cell runs.
 #[allow(clippy::too_many_arguments)]
 pub fn run_niah<B: Backend>(
     s: &Subject<'_, B>,
@@ -111,7 +135,23 @@ pub fn run_niah<B: Backend>(
     let tok = ModelTokenizer(s.tok);
     let cfg = NiahConfig::default();
     let max_len = lengths.iter().copied().max().unwrap_or(0);
+    let ctx_tokens = s.model.config.max_position_embeddings;
+    if let Some(&len) = lengths.iter().find(|&&l| l + NIAH_ANSWER_TOKENS > ctx_tokens) {
+        return Err(niah_past_context(len, len, ctx_tokens));
+    }
     let hay = NiahHaystack::from_dir(&tok, haystack_dir, max_len)?;
+    // The longest prompt (haystack, instructions, chat template) must fit with its answer,
+    // checked before any cell runs.
+    if let Some(&depth) = depths.first().filter(|_| max_len > 0) {
+        let ctx = niah::build_context(&tok, &hay, max_len, depth, &cfg)?;
+        let p = NiahPrompt::new(&ctx.context, &cfg);
+        let q = question_agnostic.then_some(cfg.question.as_str());
+        let prompt = make_prompt(s, Some(&p.system), &p.user, &p.answer_prefix, s.chat, q)?;
+        let n = prompt.context.len() + prompt.suffix.len();
+        if n + NIAH_ANSWER_TOKENS > ctx_tokens {
+            return Err(niah_past_context(max_len, n, ctx_tokens));
+        }
+    }
     sink.expect_prompts(lengths.len() * depths.len(), variants.len());
     for &len in lengths {
         for &depth in depths {
@@ -127,7 +167,7 @@ pub fn run_niah<B: Backend>(
                 s,
                 variants,
                 &prompt,
-                48,
+                NIAH_ANSWER_TOKENS,
                 sink,
                 |v| CellKey { task: "niah".into(), policy: v.policy.clone(), budget: v.budget.clone(), length: Some(len as u64), sample_id: sample.clone() },
                 |pred| niah::score_response(pred, &cfg.expected_answer),
@@ -333,6 +373,13 @@ fn teacher_forced<B: Backend>(
     if context == 0 || continuation == 0 {
         return Err(EvalError::InvalidArgument(format!(
             "PG-19 context and continuation must be at least one token each (got {context} and {continuation})"
+        )));
+    }
+    let ctx = s.model.config.max_position_embeddings;
+    if context + continuation > ctx {
+        return Err(EvalError::InvalidArgument(format!(
+            "PG-19 context {context} plus continuation {continuation} is {} tokens, more than the model's context of {ctx} tokens; lower them",
+            context + continuation
         )));
     }
     let tok = ModelTokenizer(s.tok);

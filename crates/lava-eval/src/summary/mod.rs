@@ -637,7 +637,7 @@ fn longbench_e_section(recs: &[ResultRecord], order: &[String]) -> String {
 /// The report of the results files `files` merged ([`merge_results`](crate::merge_results):
 /// refused across code versions or settings unless `allow_mixed`), built by
 /// [`build_report`] with the default options and `plots`. A missing file is an I/O error
-/// that says what to pass.
+/// that says what to pass; a file without records is an error too.
 pub fn report_of_files(files: &[PathBuf], allow_mixed: bool, plots: Option<PlotOutput>) -> Result<String> {
     let mut sources = Vec::with_capacity(files.len());
     for f in files {
@@ -645,7 +645,12 @@ pub fn report_of_files(files: &[PathBuf], allow_mixed: bool, plots: Option<PlotO
             let why = "no such results file; pass --results FILE.jsonl (a file written by `lava eval`; several: --results a.jsonl,b.jsonl)";
             return Err(EvalError::io(f, std::io::Error::new(std::io::ErrorKind::NotFound, why)));
         }
-        sources.push((f.clone(), crate::load_results(f)?));
+        let records = crate::load_results(f)?;
+        if records.is_empty() {
+            let why = "holds no results; pass the results file of a `lava eval` run that has finished at least one cell";
+            return Err(EvalError::invalid(f, None, why));
+        }
+        sources.push((f.clone(), records));
     }
     let records = crate::merge_results(&sources, allow_mixed)?;
     build_report(&records, &SummaryOptions { plots, ..Default::default() })
