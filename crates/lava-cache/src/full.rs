@@ -75,7 +75,7 @@ impl<B: Backend> FullCache<B> {
         let (kb, vb) = if needed > cap {
             // The first allocation is exact (plus the headroom); later ones add 10%.
             let spare = if cap == 0 { self.headroom } else { self.headroom.max(needed / 10) };
-            let new_cap = (needed + spare).max(64).min(self.max_tokens.max(needed));
+            let new_cap = needed.saturating_add(spare).max(64).min(self.max_tokens.max(needed));
             let kb = Tensor::<B, 3>::zeros([h, new_cap, d], &self.device);
             let vb = Tensor::<B, 3>::zeros([h, new_cap, d], &self.device);
             match self.layers[layer].take() {

@@ -178,8 +178,22 @@ pub fn bench(mut a: BenchArgs) -> Result<(), CliError> {
         PolicyConfig::new(PolicyName::Lava, b).validate()?;
     }
     crate::policy_args::parse_floor_rule(a.floor_rule.as_deref())?;
+    let max_len = a.lengths.iter().copied().max().unwrap_or(0);
+    // Checked: the lengths and --decode-tokens are user numbers.
+    let Some(needed) = max_len.checked_add(a.decode_tokens).and_then(|n| n.checked_add(1)) else {
+        return Err(CliError::Usage(format!(
+            "--lengths up to {max_len} plus {} decode tokens is more tokens than any context holds",
+            a.decode_tokens
+        )));
+    };
     let text = match &a.text_file {
-        Some(p) => std::fs::read_to_string(p).map_err(|e| CliError::io(p, e))?,
+        // The text is cycled to the longest length: only that many tokens of it are used.
+        Some(p) => crate::input::read_text(
+            p,
+            crate::input::text_cap(max_len),
+            &format!("the longest --lengths of {max_len} tokens"),
+            crate::input::Overflow::Truncate,
+        )?,
         None => DEFAULT_TEXT.to_string(),
     };
     if text.trim().is_empty() {
@@ -189,8 +203,7 @@ pub fn bench(mut a: BenchArgs) -> Result<(), CliError> {
     let path = resolve_model(a.model.model.as_deref())?;
     let report = with_backend!(a.model.backend, |B, device| {
         let (model, tok) = crate::backend::load_for::<B>(a.model.backend, &path, &device)?;
-        let max_len = a.lengths.iter().copied().max().unwrap_or(0);
-        if max_len + a.decode_tokens + 1 > model.config.max_position_embeddings {
+        if needed > model.config.max_position_embeddings {
             return Err(CliError::Usage(format!(
                 "--lengths up to {max_len} plus {} decode tokens exceed the model's context ({})",
                 a.decode_tokens, model.config.max_position_embeddings
@@ -247,9 +260,13 @@ fn run_bench<B: Backend>(
     let shape = model.cache_shape();
     let max_tokens = model.config.max_position_embeddings;
     let weight_bytes = model.parameter_bytes();
-    let prefill_cells = a.lengths.len() * (1 + policies.len()) * a.runs;
-    let decode_cells = a.lengths.len() * (1 + policies.len() * a.budgets.len());
-    let bar = if a.json { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new((prefill_cells + decode_cells) as u64) };
+    let prefill_cells = a.lengths.len().saturating_mul(1 + policies.len()).saturating_mul(a.runs);
+    let decode_cells = a.lengths.len().saturating_mul(1 + policies.len() * a.budgets.len());
+    let bar = if a.json {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new(prefill_cells.saturating_add(decode_cells) as u64)
+    };
     bar.set_style(
         indicatif::ProgressStyle::with_template("bench {bar:30} {pos}/{len} {msg} eta {eta}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),

@@ -9,18 +9,34 @@ use lava_llama::{GenerationConfig, Llama, Logits, Sampling, Tokenizer};
 
 use crate::error::CliError;
 use crate::fetch::resolve_model;
+use crate::input::{read_text, text_cap, Overflow};
 use crate::prompt::{make_cache, prompt_segments, CacheOptions};
 use crate::{with_backend, ExportArgs, GenerateArgs, PplArgs, SelectArgs};
 
-fn read_text(path: &Path) -> Result<String, CliError> {
-    let bytes = std::fs::read(path).map_err(|e| CliError::io(path, e))?;
-    String::from_utf8(bytes).map_err(|e| {
-        CliError::Usage(format!(
-            "{} is not UTF-8 text (invalid byte at offset {}); convert it to UTF-8 first",
-            path.display(),
-            e.utf8_error().valid_up_to()
-        ))
-    })
+/// Where a prompt comes from: the command line, or a file read (bounded by
+/// the context) once the model is loaded.
+enum Text {
+    Inline(String),
+    File(std::path::PathBuf),
+}
+
+impl Text {
+    /// The text; a file is read up to [`text_cap`] of the context (an error past it).
+    fn read(&self, ctx: usize) -> Result<String, CliError> {
+        match self {
+            Text::Inline(s) => Ok(s.clone()),
+            Text::File(f) => read_text(f, text_cap(ctx), &format!("the model's context of {ctx} tokens"), Overflow::Refuse),
+        }
+    }
+}
+
+/// Bytes of a full KV cache holding `tokens` tokens of `model` (f32 keys and values).
+fn full_cache_bytes<B: Backend>(model: &Llama<B>, tokens: usize) -> u64 {
+    let s = model.cache_shape();
+    [s.layers, s.kv_heads, s.head_dim, 2, 4, tokens]
+        .iter()
+        .try_fold(1u64, |acc, &x| acc.checked_mul(x as u64))
+        .unwrap_or(u64::MAX)
 }
 
 fn load<B: Backend>(kind: crate::BackendKind, path: &Path, device: &B::Device) -> Result<(Llama<B>, Tokenizer), CliError> {
@@ -45,17 +61,17 @@ fn stop_tokens(model_eos: &[u32], tok: &Tokenizer) -> Vec<u32> {
 
 pub fn generate(a: GenerateArgs) -> Result<(), CliError> {
     let (context, question) = match (&a.prompt, &a.prompt_file, &a.context_file, &a.question) {
-        (Some(p), None, None, None) => (p.clone(), None),
-        (None, Some(f), None, None) => (read_text(f)?, None),
-        (None, None, Some(f), Some(q)) => (read_text(f)?, Some(q.clone())),
+        (Some(p), None, None, None) => (Text::Inline(p.clone()), None),
+        (None, Some(f), None, None) => (Text::File(f.clone()), None),
+        (None, None, Some(f), Some(q)) => (Text::File(f.clone()), Some(q.clone())),
         _ => {
             return Err(CliError::Usage(
                 "give the prompt with --prompt TEXT or --prompt-file FILE, or --context-file FILE with --question TEXT".into(),
             ))
         }
     };
-    if context.trim().is_empty() {
-        return Err(CliError::Usage("the prompt is empty: give some text with --prompt or --prompt-file".into()));
+    if matches!(&context, Text::Inline(p) if p.trim().is_empty()) {
+        return Err(empty_prompt());
     }
     if question.as_deref().is_some_and(|q| q.trim().is_empty()) {
         return Err(CliError::Usage("--question is empty".into()));
@@ -82,23 +98,37 @@ pub fn generate(a: GenerateArgs) -> Result<(), CliError> {
     })
 }
 
+fn empty_prompt() -> CliError {
+    CliError::Usage("the prompt is empty: give some text with --prompt or --prompt-file".into())
+}
+
 fn generate_on<B: Backend>(
     a: &GenerateArgs,
     policy: &PolicyConfig,
-    context: &str,
+    context: &Text,
     question: Option<&str>,
     path: &Path,
     device: &B::Device,
 ) -> Result<(), CliError> {
     let (model, tok) = load::<B>(a.model.backend, path, device)?;
-    let segments = prompt_segments(&tok, a.chat, a.allow_special, context, question)?;
-    let prompt_len: usize = segments.iter().map(Vec::len).sum();
     let ctx = model.config.max_position_embeddings;
-    if prompt_len + a.max_new_tokens > ctx {
+    let context = context.read(ctx)?;
+    if context.trim().is_empty() {
+        return Err(empty_prompt());
+    }
+    let segments = prompt_segments(&tok, a.chat, a.allow_special, &context, question)?;
+    let prompt_len: usize = segments.iter().map(Vec::len).sum();
+    // Checked: a --max-new-tokens near usize::MAX must not wrap past the check.
+    let total = prompt_len.checked_add(a.max_new_tokens).filter(|&t| t <= ctx);
+    let Some(total) = total else {
         return Err(CliError::Usage(format!(
             "the prompt has {prompt_len} tokens and --max-new-tokens is {}, together more than the model's context of {ctx} tokens; shorten the prompt or lower --max-new-tokens",
             a.max_new_tokens
         )));
+    };
+    if policy.policy == PolicyName::Full {
+        // The full cache is allocated for the whole sequence at once.
+        lava_llama::memory::check_available(&format!("a full KV cache of {total} tokens"), full_cache_bytes(&model, total))?;
     }
     let sampling = if a.temperature > 0.0 {
         Sampling::TopP { temperature: a.temperature, top_p: a.top_p, seed: a.seed }
@@ -219,20 +249,20 @@ pub fn ppl(a: PplArgs) -> Result<(), CliError> {
     if a.chunk == 0 {
         return Err(CliError::Usage("--chunk must be at least 1".into()));
     }
-    let text = read_text(&a.text_file)?;
     let path = resolve_model(a.model.model.as_deref())?;
-    with_backend!(a.model.backend, |B, device| { ppl_on::<B>(&a, &text, &path, &device) })
+    with_backend!(a.model.backend, |B, device| { ppl_on::<B>(&a, &path, &device) })
 }
 
 /// Mean negative log-likelihood (nats) of `ids[1..]` given their prefixes, full cache.
 pub fn mean_nll<B: Backend>(model: &Llama<B>, ids: &[u32], chunk: usize) -> Result<f64, CliError> {
     let device = model.device().clone();
+    lava_llama::memory::check_available(&format!("a full KV cache of {} tokens", ids.len()), full_cache_bytes(model, ids.len()))?;
     let mut cache = FullCache::<B>::new(model.cache_shape(), ids.len(), &device)?;
     let mut total = 0f64;
     let mut count = 0usize;
     let mut start = 0;
     while start + 1 < ids.len() {
-        let end = (start + chunk).min(ids.len() - 1);
+        let end = start.saturating_add(chunk).min(ids.len() - 1);
         let logits = model.forward(&ids[start..end], &mut cache, Logits::All)?; // [T, vocab]
         let t = end - start;
         let (lp, _) = lava_llama::token_log_probs(logits, &ids[start + 1..end + 1])?;
@@ -243,10 +273,14 @@ pub fn mean_nll<B: Backend>(model: &Llama<B>, ids: &[u32], chunk: usize) -> Resu
     Ok(total / count.max(1) as f64)
 }
 
-fn ppl_on<B: Backend>(a: &PplArgs, text: &str, path: &Path, device: &B::Device) -> Result<(), CliError> {
+fn ppl_on<B: Backend>(a: &PplArgs, path: &Path, device: &B::Device) -> Result<(), CliError> {
     let (model, tok) = load::<B>(a.model.backend, path, device)?;
-    let mut ids = tok.encode(text)?;
-    ids.truncate(a.max_tokens.min(model.config.max_position_embeddings));
+    let limit = a.max_tokens.min(model.config.max_position_embeddings);
+    // Only the first `limit` tokens are scored: read only what they can need.
+    let why = format!("the {limit} tokens scored");
+    let text = read_text(&a.text_file, text_cap(limit), &why, Overflow::Truncate)?;
+    let mut ids = tok.encode(&text)?;
+    ids.truncate(limit);
     if ids.len() < 2 {
         return Err(CliError::Usage(format!(
             "{} has {} token(s); perplexity needs at least 2",

@@ -525,10 +525,41 @@ impl DataPaths {
     }
 }
 
+/// Tokens a prompt may need beyond the requested length (template, question, answer).
+const PROMPT_SLACK: usize = 1024;
+
+/// The longest prompt, in tokens, a task asks for (the presets' are fixed),
+/// `None` when the requested numbers overflow.
+fn longest_prompt(task: &EvalTask) -> Option<usize> {
+    let n = match task {
+        EvalTask::Niah { lengths, .. } | EvalTask::Ruler { lengths, .. } => lengths.iter().copied().max().unwrap_or(0),
+        EvalTask::Longbench { max_length, .. } => *max_length,
+        EvalTask::Ppl { context, continuation, .. } | EvalTask::Fidelity { context, continuation, .. } => {
+            context.checked_add(*continuation)?
+        }
+        EvalTask::All { .. } | EvalTask::Report { .. } => 0,
+    };
+    n.checked_add(PROMPT_SLACK)
+}
+
+/// Checks, before any haystack is built, that the longest prompt's prefill
+/// fits in memory: its recorded queries, keys and values and its full cache.
+fn check_prompt_memory<B: Backend>(task: &EvalTask, model: &lava_llama::Llama<B>) -> Result<(), CliError> {
+    let Some(tokens) = longest_prompt(task) else {
+        return Err(CliError::Usage("the requested lengths overflow: give lengths and context sizes in tokens a model can hold".into()));
+    };
+    let s = model.cache_shape();
+    let per_token = (s.query_heads + 4 * s.kv_heads) as u64 * (s.layers * s.head_dim * 4) as u64;
+    let needed = (tokens as u64).checked_mul(per_token).unwrap_or(u64::MAX);
+    lava_llama::memory::check_available(&format!("the prefill of a prompt of up to {tokens} tokens"), needed)?;
+    Ok(())
+}
+
 fn eval_on<B: Backend>(a: &EvalArgs, g: &Grid, path: &Path, data: &DataPaths, device: &B::Device) -> Result<(), CliError> {
     let c = a.common()?;
     let (model, tok) = crate::backend::load_for::<B>(c.backend, path, device)?;
     check_context(&a.task, model.config.max_position_embeddings)?;
+    check_prompt_memory(&a.task, &model)?;
     let mut stop: Vec<u32> = model.config.eos_token_ids.clone();
     for t in ["<|im_end|>", "<|endoftext|>", "<|eot_id|>", "</s>"] {
         stop.extend(tok.token_id(t));

@@ -9,6 +9,7 @@ mod commands;
 pub mod error;
 pub mod eval;
 pub mod fetch;
+pub mod input;
 pub mod policy_args;
 pub mod prompt;
 pub mod select;

@@ -84,8 +84,29 @@ pub fn select_json<B: Backend>(layers: &[HostQkv], config: &PolicyConfig, device
     }))
 }
 
-/// Reads the file (bounded by what the system gives), then [`read_qkv`].
+/// `lava select` reads q/k/v files of at most 4 GiB.
+pub const MAX_QKV_BYTES: u64 = 4 << 30;
+
+/// Reads the file, then [`read_qkv`]. The tensors are held about three times
+/// (the file's bytes, the host values, the backend's tensors), so the file
+/// may take at most a third of the memory available, and [`MAX_QKV_BYTES`];
+/// the read stops there whatever the file is.
 pub fn read_qkv_file(path: &Path) -> Result<Vec<HostQkv>, CliError> {
-    let bytes = std::fs::read(path).map_err(|e| CliError::io(path, e))?;
+    let available = lava_llama::memory::available_bytes();
+    let cap = available.map_or(MAX_QKV_BYTES, |a| (a / 3).min(MAX_QKV_BYTES));
+    let (bytes, longer) = crate::input::read_capped(path, cap)?;
+    if longer {
+        let why = match available {
+            Some(a) if a / 3 < MAX_QKV_BYTES => format!(
+                "a third of the {} of memory available, since select holds the tensors about three times",
+                lava_llama::memory::human_bytes(a)
+            ),
+            _ => "the 4 GiB lava select reads".into(),
+        };
+        return Err(CliError::Usage(format!(
+            "{} is larger than {cap} bytes, {why}; select fewer layers or tokens",
+            path.display()
+        )));
+    }
     read_qkv(&path.display().to_string(), &bytes)
 }

@@ -4,6 +4,16 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ModelError;
 
+/// A float for a message: as written when short, else in scientific notation.
+fn num(x: f64) -> String {
+    let plain = x.to_string();
+    if plain.len() <= 24 {
+        plain
+    } else {
+        format!("{x:e}")
+    }
+}
+
 /// Llama-3.1 style RoPE frequency scaling (`rope_scaling.rope_type = "llama3"`).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Llama3RopeScaling {
@@ -52,17 +62,31 @@ pub struct LlamaConfig {
     pub bos_token_id: Option<u32>,
     /// End-of-sequence token ids (generation stops at any of them).
     pub eos_token_ids: Vec<u32>,
+    /// Sliding-window attention span (Mistral's `sliding_window`), if the
+    /// model uses one. lava has no sliding-window attention, so
+    /// [`validate`](Self::validate) refuses a window smaller than the context.
+    #[serde(default)]
+    pub sliding_window: Option<usize>,
 }
 
 impl LlamaConfig {
-    /// Checks the dimensions are consistent.
+    /// Checks every value the forward pass uses: dimensions positive and
+    /// consistent, sizes addressable, RoPE and RMSNorm parameters finite and in
+    /// range, token ids inside the vocabulary. Both loaders (GGUF and Hugging
+    /// Face) call it; each error is one sentence naming the field.
     pub fn validate(&self) -> Result<(), ModelError> {
         let bad = |m: String| Err(ModelError::Config(m));
-        if self.vocab_size == 0 || self.hidden_size == 0 || self.num_hidden_layers == 0 {
-            return bad(format!("vocab_size, hidden_size and num_hidden_layers must be positive: {self:?}"));
+        if self.vocab_size == 0 || self.hidden_size == 0 || self.num_hidden_layers == 0 || self.intermediate_size == 0 {
+            return bad(format!(
+                "vocab_size ({}), hidden_size ({}), intermediate_size ({}) and num_hidden_layers ({}) must all be positive",
+                self.vocab_size, self.hidden_size, self.intermediate_size, self.num_hidden_layers
+            ));
         }
         if self.num_attention_heads == 0 || self.num_key_value_heads == 0 || self.head_dim == 0 {
-            return bad("attention heads, KV heads and head_dim must be positive".into());
+            return bad(format!(
+                "num_attention_heads ({}), num_key_value_heads ({}) and head_dim ({}) must all be positive",
+                self.num_attention_heads, self.num_key_value_heads, self.head_dim
+            ));
         }
         if self.num_attention_heads % self.num_key_value_heads != 0 {
             return bad(format!(
@@ -76,7 +100,7 @@ impl LlamaConfig {
         // The weights' sizes are products of these fields: reject dimensions
         // whose f32 weights could not even be addressed, so that no product
         // made later (shapes, allocations) can overflow.
-        if self.weight_bytes().is_none_or(|b| b > isize::MAX as usize) {
+        if self.weight_bytes().is_none_or(|b| b > isize::MAX as u64) {
             return bad(format!(
                 "dimensions too large: the f32 weights of vocab_size {}, hidden_size {}, intermediate_size {}, \
                  {} layers, {} heads and {} KV heads of dimension {} do not fit in memory",
@@ -89,23 +113,83 @@ impl LlamaConfig {
                 self.head_dim
             ));
         }
+        if self.max_position_embeddings == 0 {
+            return bad("max_position_embeddings (the context length) must be positive".into());
+        }
+        if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
+            return bad(format!("rope_theta must be a positive finite number, got {}", num(self.rope_theta)));
+        }
+        if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps >= 0.0) {
+            return bad(format!("rms_norm_eps must be a finite number >= 0, got {}", num(self.rms_norm_eps)));
+        }
+        if let Some(s) = &self.rope_scaling {
+            let positive = |x: f64| x.is_finite() && x > 0.0;
+            if !positive(s.factor) {
+                return bad(format!("rope_scaling.factor must be a positive finite number, got {}", num(s.factor)));
+            }
+            if !(positive(s.low_freq_factor) && positive(s.high_freq_factor) && s.high_freq_factor > s.low_freq_factor) {
+                return bad(format!(
+                    "rope_scaling needs positive finite low_freq_factor < high_freq_factor, got {} and {}",
+                    num(s.low_freq_factor),
+                    num(s.high_freq_factor)
+                ));
+            }
+            if s.original_max_position_embeddings == 0 {
+                return bad("rope_scaling.original_max_position_embeddings must be positive".into());
+            }
+        }
+        // RoPE angles are `position * inv_freq`: the largest frequency (the
+        // last pair's when rope_theta < 1, else the first's, 1), divided by a
+        // scaling factor below 1, times the context must stay finite, or the
+        // rotation is NaN. Closed form: nothing is allocated for head_dim.
+        let d = self.head_dim as f64;
+        let last = self.rope_theta.powf(-(d - 2.0) / d);
+        let factor = self.rope_scaling.map_or(1.0, |s| s.factor.min(1.0));
+        if !(last.max(1.0) / factor * self.max_position_embeddings as f64).is_finite() {
+            return bad(format!(
+                "rope_theta {} with head_dim {} gives RoPE angles that overflow over a context of {} tokens",
+                num(self.rope_theta),
+                self.head_dim,
+                self.max_position_embeddings
+            ));
+        }
+        let vocab = self.vocab_size as u64;
+        if let Some(b) = self.bos_token_id.filter(|&b| b as u64 >= vocab) {
+            return bad(format!("bos_token_id {b} is outside the vocabulary of {vocab} tokens"));
+        }
+        if let Some(e) = self.eos_token_ids.iter().find(|&&e| e as u64 >= vocab) {
+            return bad(format!("eos_token_id {e} is outside the vocabulary of {vocab} tokens"));
+        }
+        if let Some(w) = self.sliding_window.filter(|&w| w < self.max_position_embeddings) {
+            return bad(format!(
+                "sliding_window {w} is smaller than the context of {} tokens and lava has no sliding-window attention; \
+                 set max_position_embeddings to at most {w} in config.json to run the model within its window",
+                self.max_position_embeddings
+            ));
+        }
         Ok(())
     }
 
+    /// Bytes of all f32 weights (biases and an untied output counted), or
+    /// `None` on overflow. What loading the model needs at least.
+    pub fn f32_weight_bytes(&self) -> Option<u64> {
+        self.weight_bytes()
+    }
+
     /// Bytes of all f32 weights (biases and an untied output counted), or `None` on overflow.
-    fn weight_bytes(&self) -> Option<usize> {
-        let (d, ff) = (self.hidden_size, self.intermediate_size);
-        let q = self.num_attention_heads.checked_mul(self.head_dim)?;
-        let kv = self.num_key_value_heads.checked_mul(self.head_dim)?;
+    fn weight_bytes(&self) -> Option<u64> {
+        let (d, ff) = (self.hidden_size as u64, self.intermediate_size as u64);
+        let q = (self.num_attention_heads as u64).checked_mul(self.head_dim as u64)?;
+        let kv = (self.num_key_value_heads as u64).checked_mul(self.head_dim as u64)?;
         // q, o: [q, d]; k, v: [kv, d]; gate, up, down: [ff, d]; biases; two norms.
         let layer = [q, q, kv, kv, ff, ff, ff]
             .iter()
-            .try_fold(0usize, |acc, &rows| acc.checked_add(rows.checked_mul(d)?))?
+            .try_fold(0u64, |acc, &rows| acc.checked_add(rows.checked_mul(d)?))?
             .checked_add(q.checked_add(kv.checked_mul(2)?)?)?
             .checked_add(d.checked_mul(2)?)?;
         // Embedding, output projection, final norm.
-        let rest = self.vocab_size.checked_mul(d)?.checked_mul(2)?.checked_add(d)?;
-        layer.checked_mul(self.num_hidden_layers)?.checked_add(rest)?.checked_mul(4)
+        let rest = (self.vocab_size as u64).checked_mul(d)?.checked_mul(2)?.checked_add(d)?;
+        layer.checked_mul(self.num_hidden_layers as u64)?.checked_add(rest)?.checked_mul(4)
     }
 
     /// Parses a Hugging Face `config.json`.
@@ -124,16 +208,39 @@ impl LlamaConfig {
                 "model_type {model_type:?} (architectures {archs:?}); supported: llama, mistral, qwen2"
             )));
         }
+        let bad = |k: &str, what: &str| ModelError::Config(format!("config.json: {k} {what}"));
+        // An optional key: absent (or, for `nullable` keys, null) gives `None`;
+        // present with the wrong type is an error, never a silent default.
+        let opt_u = |k: &str, nullable: bool| -> Result<Option<usize>, ModelError> {
+            match v.get(k) {
+                None => Ok(None),
+                Some(serde_json::Value::Null) if nullable => Ok(None),
+                Some(x) => x
+                    .as_u64()
+                    .and_then(|n| usize::try_from(n).ok())
+                    .map(Some)
+                    .ok_or_else(|| bad(k, &format!("must be a non-negative integer, got {x}"))),
+            }
+        };
         let req = |k: &str| -> Result<usize, ModelError> {
-            v.get(k)
-                .and_then(|x| x.as_u64())
-                .map(|x| x as usize)
-                .ok_or_else(|| ModelError::Config(format!("config.json: {k} is missing or not a positive integer")))
+            opt_u(k, false)?.ok_or_else(|| bad(k, "is missing or not a positive integer"))
+        };
+        let opt_f = |k: &str, default: f64| -> Result<f64, ModelError> {
+            match v.get(k) {
+                None => Ok(default),
+                Some(x) => x.as_f64().ok_or_else(|| bad(k, &format!("must be a number, got {x}"))),
+            }
+        };
+        let opt_b = |k: &str, default: bool| -> Result<bool, ModelError> {
+            match v.get(k) {
+                None => Ok(default),
+                Some(x) => x.as_bool().ok_or_else(|| bad(k, &format!("must be true or false, got {x}"))),
+            }
         };
         let heads = req("num_attention_heads")?;
         let hidden = req("hidden_size")?;
-        let head_dim = match v.get("head_dim").and_then(|x| x.as_u64()) {
-            Some(d) => d as usize,
+        let head_dim = match opt_u("head_dim", true)? {
+            Some(d) => d,
             None => hidden / heads.max(1),
         };
         let rope_scaling = match v.get("rope_scaling") {
@@ -150,34 +257,42 @@ impl LlamaConfig {
             }
             _ => None,
         };
-        let ids = |k: &str| -> Vec<u32> {
+        let ids = |k: &str| -> Result<Vec<u32>, ModelError> {
+            let id = |x: &serde_json::Value| {
+                x.as_u64()
+                    .and_then(|n| u32::try_from(n).ok())
+                    .ok_or_else(|| bad(k, &format!("must be a token id (an integer below 2^32), got {x}")))
+            };
             match v.get(k) {
-                Some(serde_json::Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
-                Some(serde_json::Value::Array(a)) => a.iter().filter_map(|x| x.as_u64().map(|x| x as u32)).collect(),
-                _ => vec![],
+                None | Some(serde_json::Value::Null) => Ok(vec![]),
+                Some(serde_json::Value::Array(a)) => a.iter().map(id).collect(),
+                Some(x) => Ok(vec![id(x)?]),
             }
         };
+        // Qwen2 configs carry a `sliding_window` they do not use unless
+        // `use_sliding_window` is true; Mistral's applies whenever it is set.
+        let sliding_window = match (model_type.as_str(), opt_b("use_sliding_window", false)?) {
+            ("qwen2", false) => None,
+            _ => opt_u("sliding_window", true)?,
+        };
         let cfg = Self {
-            attention_bias: v
-                .get("attention_bias")
-                .and_then(|x| x.as_bool())
-                .unwrap_or(model_type == "qwen2"),
+            attention_bias: opt_b("attention_bias", model_type == "qwen2")?,
             model_type,
             vocab_size: req("vocab_size")?,
             hidden_size: hidden,
             intermediate_size: req("intermediate_size")?,
             num_hidden_layers: req("num_hidden_layers")?,
             num_attention_heads: heads,
-            num_key_value_heads: v.get("num_key_value_heads").and_then(|x| x.as_u64()).map_or(heads, |x| x as usize),
+            num_key_value_heads: opt_u("num_key_value_heads", true)?.unwrap_or(heads),
             head_dim,
-            rms_norm_eps: v.get("rms_norm_eps").and_then(|x| x.as_f64()).unwrap_or(1e-6),
-            rope_theta: v.get("rope_theta").and_then(|x| x.as_f64()).unwrap_or(10000.0),
+            rms_norm_eps: opt_f("rms_norm_eps", 1e-6)?,
+            rope_theta: opt_f("rope_theta", 10000.0)?,
             rope_scaling,
-            max_position_embeddings: v.get("max_position_embeddings").and_then(|x| x.as_u64()).unwrap_or(4096)
-                as usize,
-            tie_word_embeddings: v.get("tie_word_embeddings").and_then(|x| x.as_bool()).unwrap_or(false),
-            bos_token_id: ids("bos_token_id").first().copied(),
-            eos_token_ids: ids("eos_token_id"),
+            max_position_embeddings: opt_u("max_position_embeddings", false)?.unwrap_or(4096),
+            tie_word_embeddings: opt_b("tie_word_embeddings", false)?,
+            bos_token_id: ids("bos_token_id")?.first().copied(),
+            eos_token_ids: ids("eos_token_id")?,
+            sliding_window,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -220,6 +335,12 @@ impl LlamaConfig {
             [] => {}
             [one] => v["eos_token_id"] = (*one).into(),
             many => v["eos_token_id"] = many.to_vec().into(),
+        }
+        if let Some(w) = self.sliding_window {
+            v["sliding_window"] = w.into();
+            if self.model_type == "qwen2" {
+                v["use_sliding_window"] = true.into();
+            }
         }
         v
     }

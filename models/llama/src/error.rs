@@ -41,6 +41,17 @@ pub enum ModelError {
     /// Invalid input to the model (empty prompt, too long...).
     #[error("{0}")]
     Input(String),
+    /// A size read from a file or an argument needs more memory than this
+    /// process can get (see `crate::memory`).
+    #[error("not enough memory: {what} needs {} but only {} is available (free memory and the address-space limit); use a smaller model or input, or free memory", crate::memory::human_bytes(*needed), crate::memory::human_bytes(*available))]
+    OutOfMemory {
+        /// What the memory is for.
+        what: String,
+        /// Bytes needed.
+        needed: u64,
+        /// Bytes available.
+        available: u64,
+    },
     /// The backend failed to hand tensor data back to the host (logits,
     /// sampled ids, attention outputs read for the host path).
     #[error("reading tensor data from the backend failed: {0}")]

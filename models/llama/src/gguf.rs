@@ -268,11 +268,21 @@ impl AsRef<[u8]> for MmapBytes {
     }
 }
 
+/// At most this many metadata values (array elements included) are decoded
+/// per file: each costs about 32 bytes in memory, and a real vocabulary
+/// (tokens, scores, types and merges of a 262k-token tokenizer) needs under
+/// 1.5 million. A 50 MB array of bytes would otherwise take 1.7 GB.
+pub const MAX_METADATA_VALUES: usize = 1 << 23;
+
 struct Cursor<'a> {
     path: &'a Path,
     bytes: &'a [u8],
     pos: usize,
     section: &'static str,
+    /// Metadata values that may still be decoded (see [`MAX_METADATA_VALUES`]).
+    values_left: usize,
+    /// The metadata key being read, for messages.
+    key: String,
 }
 
 impl<'a> Cursor<'a> {
@@ -344,6 +354,13 @@ impl<'a> Cursor<'a> {
                 }
                 let ety = self.u32()?;
                 let n = self.len(1)?;
+                if n > self.values_left {
+                    return Err(self.corrupt(format!(
+                        "metadata key {} holds an array of {n} values, more than the {MAX_METADATA_VALUES} metadata values lava reads per file (a tokenizer needs far fewer)",
+                        self.key
+                    )));
+                }
+                self.values_left -= n;
                 let mut v = Vec::with_capacity(n.min(1 << 20));
                 for _ in 0..n {
                     v.push(self.value(ety, depth + 1)?);
@@ -376,7 +393,8 @@ impl GgufFile {
 
     fn parse(path: &Path, data: Box<dyn AsRef<[u8]> + Send + Sync>) -> Result<Self, GgufError> {
         let bytes = (*data).as_ref();
-        let mut c = Cursor { path, bytes, pos: 0, section: "header" };
+        let mut c =
+            Cursor { path, bytes, pos: 0, section: "header", values_left: MAX_METADATA_VALUES, key: String::new() };
         let magic = c.arr::<4>().map_err(|_| GgufError::BadMagic {
             path: path.to_path_buf(),
             found: String::from_utf8_lossy(bytes).into_owned(),
@@ -397,6 +415,11 @@ impl GgufFile {
         let mut metadata = HashMap::new();
         for _ in 0..n_kv {
             let key = c.string()?;
+            if c.values_left == 0 {
+                return Err(c.corrupt(format!("more than {MAX_METADATA_VALUES} metadata values (at key {key})")));
+            }
+            c.values_left -= 1;
+            c.key.clone_from(&key);
             let ty = c.u32()?;
             let v = c.value(ty, 0)?;
             metadata.insert(key, v);

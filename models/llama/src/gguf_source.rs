@@ -22,18 +22,40 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<LlamaConfig, ModelError> {
     }
     let k = |s: &str| format!("{arch}.{s}");
     let u = |s: &str| g.get_u64(&k(s)).map(|v| v as usize);
+    // Optional keys: absent gives the default, present with the wrong type is
+    // an error (never a silent default).
+    let opt_u = |key: &str| -> Result<Option<usize>, ModelError> {
+        match g.get(key) {
+            None => Ok(None),
+            Some(_) => Ok(Some(g.get_u64(key)? as usize)),
+        }
+    };
+    let opt_f = |key: &str, default: f64| -> Result<f64, ModelError> {
+        match g.get(key) {
+            None => Ok(default),
+            Some(_) => Ok(g.get_f64(key)?),
+        }
+    };
+    let token_id = |key: &str| -> Result<Option<u32>, ModelError> {
+        match opt_u(key)? {
+            None => Ok(None),
+            Some(id) => u32::try_from(id).map(Some).map_err(|_| {
+                ModelError::Config(format!("{}: {key} {id} is not a token id (it must be below 2^32)", g.path().display()))
+            }),
+        }
+    };
     let heads = u("attention.head_count")?;
     let hidden = u("embedding_length")?;
     let embd = g.tensor("token_embd.weight")?;
-    let vocab = match g.get_u64(&k("vocab_size")) {
-        Ok(v) => v as usize,
-        Err(_) => embd.shape().first().copied().unwrap_or(0),
+    let vocab = match opt_u(&k("vocab_size"))? {
+        Some(v) => v,
+        None => embd.shape().first().copied().unwrap_or(0),
     };
-    let head_dim = match g.get_u64(&k("attention.key_length")) {
-        Ok(v) => v as usize,
-        Err(_) => hidden / heads.max(1),
+    let head_dim = match opt_u(&k("attention.key_length"))? {
+        Some(v) => v,
+        None => hidden / heads.max(1),
     };
-    let eos: Vec<u32> = g.get("tokenizer.ggml.eos_token_id").and_then(|v| v.as_u64()).map(|v| v as u32).into_iter().collect();
+    let eos: Vec<u32> = token_id("tokenizer.ggml.eos_token_id")?.into_iter().collect();
     let cfg = LlamaConfig {
         model_type: if arch == "qwen2" { "qwen2".into() } else { "llama".into() },
         vocab_size: vocab,
@@ -41,18 +63,22 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<LlamaConfig, ModelError> {
         intermediate_size: u("feed_forward_length")?,
         num_hidden_layers: u("block_count")?,
         num_attention_heads: heads,
-        num_key_value_heads: g.get_u64(&k("attention.head_count_kv")).map_or(heads, |v| v as usize),
+        num_key_value_heads: opt_u(&k("attention.head_count_kv"))?.unwrap_or(heads),
         head_dim,
-        rms_norm_eps: g.get_f64(&k("attention.layer_norm_rms_epsilon")).unwrap_or(1e-5),
-        rope_theta: g.get_f64(&k("rope.freq_base")).unwrap_or(10000.0),
+        rms_norm_eps: opt_f(&k("attention.layer_norm_rms_epsilon"), 1e-5)?,
+        rope_theta: opt_f(&k("rope.freq_base"), 10000.0)?,
         rope_scaling: None,
-        max_position_embeddings: u("context_length").unwrap_or(4096),
+        max_position_embeddings: opt_u(&k("context_length"))?.unwrap_or(4096),
         tie_word_embeddings: !g.tensors.contains_key("output.weight"),
         attention_bias: g.tensors.contains_key("blk.0.attn_q.bias"),
-        bos_token_id: g.get("tokenizer.ggml.bos_token_id").and_then(|v| v.as_u64()).map(|v| v as u32),
+        bos_token_id: token_id("tokenizer.ggml.bos_token_id")?,
         eos_token_ids: eos,
+        sliding_window: opt_u(&k("attention.sliding_window"))?,
     };
-    cfg.validate()?;
+    cfg.validate().map_err(|e| match e {
+        ModelError::Config(m) => ModelError::Config(format!("{}: {m}", g.path().display())),
+        other => other,
+    })?;
     Ok(cfg)
 }
 
@@ -104,12 +130,24 @@ impl<'a> GgufSource<'a> {
     }
 
     /// RoPE frequency factors (`rope_freqs.weight`), if the file has them.
+    /// They must be `head_dim / 2` positive finite numbers.
     pub fn rope_freq_factors(&self) -> Result<Option<Vec<f32>>, ModelError> {
-        if self.gguf.tensors.contains_key("rope_freqs.weight") {
-            Ok(Some(self.gguf.dequantize("rope_freqs.weight")?))
-        } else {
-            Ok(None)
+        let Some(info) = self.gguf.tensors.get("rope_freqs.weight") else { return Ok(None) };
+        let half = self.config.head_dim / 2;
+        if info.elements() != half as u64 {
+            return Err(ModelError::Weights {
+                path: self.origin(),
+                detail: format!("tensor rope_freqs.weight has {} values, expected head_dim / 2 = {half}", info.elements()),
+            });
         }
+        let f = self.gguf.dequantize("rope_freqs.weight")?;
+        if let Some(bad) = f.iter().find(|x| !(x.is_finite() && **x > 0.0)) {
+            return Err(ModelError::Weights {
+                path: self.origin(),
+                detail: format!("tensor rope_freqs.weight holds {bad}; RoPE frequency factors must be positive finite numbers"),
+            });
+        }
+        Ok(Some(f))
     }
 }
 
@@ -175,5 +213,13 @@ impl WeightSource for GgufSource<'_> {
 
     fn origin(&self) -> PathBuf {
         self.gguf.path().to_path_buf()
+    }
+
+    fn shape(&self, name: &str) -> Result<Option<Vec<usize>>, ModelError> {
+        Ok(Self::gguf_name(name).and_then(|g| self.gguf.tensors.get(&g)).map(|i| i.shape()))
+    }
+
+    fn tensor_count(&self) -> Option<usize> {
+        Some(self.gguf.tensors.len())
     }
 }

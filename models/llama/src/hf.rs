@@ -67,7 +67,8 @@ impl ModuleAdapter for ToF32Adapter {
 fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
     let index = dir.join("model.safetensors.index.json");
     if index.exists() {
-        let text = std::fs::read_to_string(&index).map_err(|e| ModelError::io(&index, e))?;
+        let text = crate::memory::read_text_bounded(&index, crate::memory::MAX_CONFIG_BYTES)
+            .map_err(|e| ModelError::io(&index, e))?;
         let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| ModelError::Weights {
             path: index.clone(),
             detail: format!("does not parse as JSON: {e}"),
@@ -96,6 +97,95 @@ fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
     })
 }
 
+/// The largest safetensors header read (the `safetensors` crate's own limit).
+const MAX_HEADER_BYTES: u64 = 100_000_000;
+
+/// Bytes per element of a safetensors dtype name, if lava knows it.
+fn dtype_bytes(dtype: &str) -> Option<u64> {
+    Some(match dtype {
+        "F64" | "I64" | "U64" => 8,
+        "F32" | "I32" | "U32" => 4,
+        "F16" | "BF16" | "I16" | "U16" => 2,
+        "I8" | "U8" | "BOOL" | "F8_E4M3" | "F8_E5M2" => 1,
+        _ => return None,
+    })
+}
+
+/// Reads only the header of a safetensors file (at most [`MAX_HEADER_BYTES`])
+/// and returns each tensor's dtype and shape, after checking that every
+/// tensor's data lies inside the file and has the size its dtype and shape
+/// imply. Nothing is allocated from the sizes the header claims.
+fn read_safetensors_header(path: &Path) -> Result<Vec<(String, String, Vec<usize>)>, ModelError> {
+    use std::io::Read;
+    let bad = |detail: String| ModelError::Weights { path: path.to_path_buf(), detail };
+    let mut f = std::fs::File::open(path).map_err(|e| ModelError::io(path, e))?;
+    let file_len = f.metadata().map_err(|e| ModelError::io(path, e))?.len();
+    let mut len8 = [0u8; 8];
+    f.read_exact(&mut len8).map_err(|_| bad("is not a safetensors file: shorter than its 8-byte header length".into()))?;
+    let n = u64::from_le_bytes(len8);
+    if n > MAX_HEADER_BYTES || n > file_len.saturating_sub(8) {
+        return Err(bad(format!(
+            "is not a valid safetensors file: its header length {n} exceeds the file ({file_len} bytes) or the {MAX_HEADER_BYTES}-byte limit"
+        )));
+    }
+    let mut header = Vec::with_capacity(n as usize);
+    f.take(n).read_to_end(&mut header).map_err(|e| ModelError::io(path, e))?;
+    let v: serde_json::Value = serde_json::from_slice(&header)
+        .map_err(|e| bad(format!("is not a valid safetensors file: its header does not parse as JSON ({e})")))?;
+    let map = v.as_object().ok_or_else(|| bad("is not a valid safetensors file: its header is not a JSON object".into()))?;
+    let data_len = file_len - 8 - n;
+    let mut out = Vec::with_capacity(map.len());
+    for (name, t) in map {
+        if name == "__metadata__" {
+            continue;
+        }
+        let dtype = t.get("dtype").and_then(|d| d.as_str()).unwrap_or("").to_string();
+        let shape: Option<Vec<usize>> = t
+            .get("shape")
+            .and_then(|s| s.as_array())
+            .and_then(|a| a.iter().map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok())).collect());
+        let offsets: Option<Vec<u64>> =
+            t.get("data_offsets").and_then(|s| s.as_array()).and_then(|a| a.iter().map(|d| d.as_u64()).collect());
+        let (Some(shape), Some([begin, end])) = (shape, offsets.as_deref().map(|o| <[u64; 2]>::try_from(o).ok()).flatten())
+        else {
+            return Err(bad(format!("tensor {name}: the header has no valid shape and data_offsets")));
+        };
+        if begin > end || end > data_len {
+            return Err(bad(format!(
+                "tensor {name}: its data ({begin}..{end}) lies outside the file's {data_len} data bytes; the file is truncated or corrupt"
+            )));
+        }
+        let want = shape
+            .iter()
+            .try_fold(1u64, |a, &d| a.checked_mul(d as u64))
+            .and_then(|e| e.checked_mul(dtype_bytes(&dtype)?));
+        if let Some(want) = want.filter(|&w| w != end - begin) {
+            return Err(bad(format!(
+                "tensor {name}: the header says {dtype} {shape:?} ({want} bytes) but gives it {} bytes; the file is corrupt",
+                end - begin
+            )));
+        }
+        out.push((name.clone(), dtype, shape));
+    }
+    Ok(out)
+}
+
+/// One sentence for a `burn-store` apply error (its `Debug` form is kilobytes long).
+fn apply_error_text(err: &burn_store::ApplyError) -> String {
+    use burn_store::ApplyError as E;
+    match err {
+        E::ShapeMismatch { path, expected, found } => {
+            format!("tensor {path}: expected shape {:?}, found {:?}", expected.as_slice(), found.as_slice())
+        }
+        E::DTypeMismatch { path, expected, found } => format!("tensor {path}: expected dtype {expected:?}, found {found:?}"),
+        E::AdapterError { path, message } | E::LoadError { path, message } => {
+            let first = message.lines().next().unwrap_or("");
+            let short: String = first.chars().take(300).collect();
+            format!("tensor {path}: {short}")
+        }
+    }
+}
+
 /// Loads a Hugging Face model directory through `burn-store`.
 pub fn load_hf_dir<B: Backend>(dir: &Path, device: &B::Device) -> Result<(Llama<B>, Tokenizer), ModelError> {
     if dir.join(EXPORT_MARKER).exists() {
@@ -107,7 +197,7 @@ pub fn load_hf_dir<B: Backend>(dir: &Path, device: &B::Device) -> Result<(Llama<
         });
     }
     let cfg_path = dir.join("config.json");
-    let text = std::fs::read_to_string(&cfg_path).map_err(|e| match e.kind() {
+    let text = crate::memory::read_text_bounded(&cfg_path, crate::memory::MAX_CONFIG_BYTES).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => ModelError::Weights {
             path: dir.to_path_buf(),
             detail: "no config.json: not a Hugging Face model directory (give a .gguf file or a directory with config.json, *.safetensors and tokenizer.json)".into(),
@@ -120,12 +210,33 @@ pub fn load_hf_dir<B: Backend>(dir: &Path, device: &B::Device) -> Result<(Llama<
         other => other,
     })?;
     let tokenizer = Tokenizer::from_hf_dir(dir)?;
+    // Every shape and dtype the configuration implies is checked against the
+    // files' headers before any weight is allocated.
+    let files = safetensors_files(dir)?;
+    let mut shapes: std::collections::HashMap<String, (String, Vec<usize>)> = std::collections::HashMap::new();
+    for file in &files {
+        if !file.exists() {
+            return Err(ModelError::Weights { path: file.clone(), detail: "shard named in the index is missing".into() });
+        }
+        for (name, dtype, shape) in read_safetensors_header(file)? {
+            shapes.insert(name, (dtype, shape));
+        }
+    }
+    crate::weights::check_against_file(&config, dir, Some(shapes.len()), |name| {
+        Ok(shapes.get(name).map(|(_, s)| s.clone()))
+    })?;
+    for name in parameter_names(&config) {
+        if let Some((dtype, _)) = shapes.get(&name).filter(|(d, _)| !matches!(d.as_str(), "F32" | "F16" | "BF16" | "F64")) {
+            return Err(ModelError::Weights {
+                path: dir.to_path_buf(),
+                detail: format!("tensor {name} has dtype {dtype}: lava reads F32, F16, BF16 or F64 weights"),
+            });
+        }
+    }
+    drop(shapes);
     let mut weights = LlamaWeights::<B>::zeros(&config, device)?;
     let mut applied = BTreeSet::new();
-    for file in safetensors_files(dir)? {
-        if !file.exists() {
-            return Err(ModelError::Weights { path: file, detail: "shard named in the index is missing".into() });
-        }
+    for file in files {
         let mut store = SafetensorsStore::from_file(file.clone())
             .with_from_adapter(ChainAdapter::new(ToF32Adapter, PyTorchToBurnAdapter))
             .with_key_remapping(r"^model\.", "")
@@ -137,7 +248,7 @@ pub fn load_hf_dir<B: Backend>(dir: &Path, device: &B::Device) -> Result<(Llama<
             detail: format!("cannot be read as safetensors: {e}"),
         })?;
         if let Some(err) = result.errors.first() {
-            return Err(ModelError::Weights { path: file.clone(), detail: format!("{err:?}") });
+            return Err(ModelError::Weights { path: file.clone(), detail: apply_error_text(err) });
         }
         applied.extend(result.applied);
     }

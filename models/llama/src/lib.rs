@@ -38,6 +38,7 @@ mod generation;
 mod gguf_source;
 pub mod hf;
 mod host_forward;
+pub mod memory;
 mod prompt;
 mod rope;
 pub mod sampling;
@@ -67,12 +68,14 @@ pub fn load_gguf<B: Backend>(path: &Path, device: &B::Device) -> Result<(Llama<B
     let config = config_from_gguf(&g)?;
     let tokenizer = Tokenizer::from_gguf(&g)?;
     let src = GgufSource::new(&g, config.clone())?;
+    // The weights first: their shapes are checked against the file before
+    // anything sized by the metadata (RoPE tables included) is allocated.
+    let weights = LlamaWeights::from_source(&config, &src, device)?;
     let mut rope = Rope::new(&config);
     if let Some(f) = src.rope_freq_factors()? {
         rope = rope.with_freq_factors(&f);
     }
-    let model = Llama::from_source(config, &src, rope, device)?;
-    Ok((model, tokenizer))
+    Ok((Llama::new(config, weights, rope, device), tokenizer))
 }
 
 /// Loads a model from a GGUF file or a Hugging Face directory.

@@ -27,6 +27,7 @@ pub fn tiny_config(heads: usize, kv_heads: usize, tied: bool, bias: bool) -> Lla
         attention_bias: bias,
         bos_token_id: None,
         eos_token_ids: vec![],
+        sliding_window: None,
     }
 }
 
@@ -163,5 +164,8 @@ impl WeightSource for RandomWeights {
     }
     fn origin(&self) -> PathBuf {
         "<random weights>".into()
+    }
+    fn shape(&self, name: &str) -> Result<Option<Vec<usize>>, ModelError> {
+        Ok(parameter_shape(&self.config, name))
     }
 }

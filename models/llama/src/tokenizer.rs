@@ -71,9 +71,10 @@ impl Tokenizer {
     /// Loads `tokenizer.json` (and the chat template of `tokenizer_config.json`) from a directory.
     pub fn from_hf_dir(dir: &Path) -> Result<Self, ModelError> {
         let path = dir.join("tokenizer.json");
-        let json = std::fs::read_to_string(&path).map_err(|e| ModelError::io(&path, e))?;
+        let json = crate::memory::read_text_bounded(&path, crate::memory::MAX_TOKENIZER_BYTES)
+            .map_err(|e| ModelError::io(&path, e))?;
         let cfg_path = dir.join("tokenizer_config.json");
-        let (template, add_bos, bos) = match std::fs::read_to_string(&cfg_path) {
+        let (template, add_bos, bos) = match crate::memory::read_text_bounded(&cfg_path, crate::memory::MAX_CONFIG_BYTES) {
             Ok(text) => {
                 let v: Json = serde_json::from_str(&text).map_err(|e| {
                     ModelError::Tokenizer(format!("{} does not parse: {e}", cfg_path.display()))
@@ -89,7 +90,8 @@ impl Tokenizer {
                     bos,
                 )
             }
-            Err(_) => (None, false, None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (None, false, None),
+            Err(e) => return Err(ModelError::io(&cfg_path, e)),
         };
         let mut t = Self::from_json(&json, template).map_err(|e| match e {
             ModelError::Tokenizer(m) => ModelError::Tokenizer(format!("{}: {m}", path.display())),

@@ -71,6 +71,60 @@ pub trait WeightSource {
     fn tensor(&self, name: &str) -> Result<Option<(Vec<usize>, Vec<f32>)>, ModelError>;
     /// Where the weights come from, for error messages.
     fn origin(&self) -> std::path::PathBuf;
+    /// The shape of tensor `name` without reading its values, or `None` if
+    /// absent. Checked against the configuration before anything is
+    /// allocated; sources should override the default, which reads the tensor.
+    fn shape(&self, name: &str) -> Result<Option<Vec<usize>>, ModelError> {
+        Ok(self.tensor(name)?.map(|(s, _)| s))
+    }
+    /// How many tensors the source holds, if it is a file with a fixed set
+    /// (a configuration asking for more cannot match it).
+    fn tensor_count(&self) -> Option<usize> {
+        None
+    }
+}
+
+/// Checks a configuration against the tensors a file actually holds, before
+/// any weight is allocated: the file must have at least as many tensors as
+/// the configuration's parameters (so a huge layer count fails at once), every
+/// parameter must be present with exactly the shape the configuration implies,
+/// and the f32 weights must fit in the memory this process can get.
+/// `shape_of` gives a tensor's Hugging Face shape, `count` the file's tensor
+/// count when known.
+pub(crate) fn check_against_file(
+    config: &LlamaConfig,
+    origin: &std::path::Path,
+    count: Option<usize>,
+    mut shape_of: impl FnMut(&str) -> Result<Option<Vec<usize>>, ModelError>,
+) -> Result<(), ModelError> {
+    config.validate()?;
+    let weights_err = |detail: String| ModelError::Weights { path: origin.to_path_buf(), detail };
+    // The layers alone must fit in the file's tensors: a layer count of 2^31
+    // fails here, before the parameter list is built.
+    let t = parameter_table(config);
+    let layer_tensors = t.per_layer.len().checked_mul(t.layers);
+    if let Some(n) = count.filter(|&n| layer_tensors.is_none_or(|l| l > n)) {
+        return Err(weights_err(format!(
+            "the configuration's {} layers need {} tensors but the file holds only {n}; \
+             the layer count (num_hidden_layers / block_count) does not match the weights",
+            config.num_hidden_layers,
+            layer_tensors.map_or("more".to_string(), |l| l.to_string())
+        )));
+    }
+    for p in parameters(config) {
+        match shape_of(&p.name)? {
+            None => return Err(weights_err(format!("missing tensor {}", p.name))),
+            Some(found) if found != p.shape => {
+                return Err(weights_err(format!(
+                    "tensor {} has shape {found:?} but the configuration implies {:?}; the config does not match the weights",
+                    p.name, p.shape
+                )))
+            }
+            Some(_) => {}
+        }
+    }
+    let bytes = config.f32_weight_bytes().unwrap_or(u64::MAX);
+    crate::memory::check_available(&format!("loading the f32 weights of {}", origin.display()), bytes)
 }
 
 /// A projection of [`LlamaWeights`]: the layers' seven and the output head.
@@ -330,7 +384,7 @@ impl<B: Backend> LlamaWeights<B> {
         src: &S,
         device: &B::Device,
     ) -> Result<Self, ModelError> {
-        config.validate()?;
+        check_against_file(config, &src.origin(), src.tensor_count(), |name| src.shape(name))?;
         let eps = config.rms_norm_eps;
         let mut loaded = Loaded::<B> { matrices: HashMap::new(), vectors: HashMap::new() };
         for p in parameters(config) {
@@ -379,5 +433,8 @@ impl WeightSource for ZeroSource {
     }
     fn origin(&self) -> std::path::PathBuf {
         "<zeros>".into()
+    }
+    fn shape(&self, name: &str) -> Result<Option<Vec<usize>>, ModelError> {
+        Ok(parameter_shape(&self.0, name))
     }
 }

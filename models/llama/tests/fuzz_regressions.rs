@@ -454,3 +454,56 @@ fn write_fuzz_seeds() {
         put("hf_config", name, text.as_bytes());
     }
 }
+
+/// Found by hand (reasoning, not a fuzzer crash) while writing the `hf_model`
+/// fuzz target, whose forward pass asserts finite logits: a config whose RoPE angles `position * inv_freq` overflow
+/// over its context validated and gave NaN logits (exit 0, garbage text). A
+/// rope_theta far below 1 with a large head_dim, or a Llama-3 factor near 0,
+/// did it.
+#[test]
+fn hf_config_whose_rope_angles_overflow_is_rejected() {
+    let base = tiny_config(3, 1, true, false).to_hf_json();
+    let mut theta = base.clone();
+    theta["rope_theta"] = 1e-300.into();
+    theta["head_dim"] = 1024.into();
+    theta["max_position_embeddings"] = 1_000_000_000_000_000u64.into();
+    let mut factor = base.clone();
+    factor["rope_scaling"] = serde_json::json!({"rope_type": "llama3", "factor": 1e-307, "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0, "original_max_position_embeddings": 128});
+    for v in [theta, factor] {
+        match LlamaConfig::from_hf_json(&v.to_string()) {
+            Err(ModelError::Config(m)) => assert!(m.contains("RoPE angles that overflow"), "{m}"),
+            other => panic!("expected a Config error, got {other:?}"),
+        }
+    }
+}
+
+/// What the `hf_model` target checks with libFuzzer's malloc limit: a config
+/// whose dimensions disagree with the safetensors header is refused from the
+/// header alone, before any weight is allocated (hidden_size 1e12 aborted,
+/// intermediate_size 1e5 and vocab_size 4e6 built gigabytes of zeros).
+#[test]
+fn hf_config_disagreeing_with_the_weights_is_refused_before_allocating() {
+    type B = burn_ndarray::NdArray<f32>;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let gguf = tmp.path().join("tiny.gguf");
+    std::fs::write(&gguf, tiny_gguf(GgmlType::F32)).expect("write gguf");
+    lava_llama::export_gguf_to_hf(&gguf, tmp.path()).expect("export");
+    let base: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("config.json")).expect("read")).expect("json");
+    for (key, value, expect) in [
+        ("hidden_size", 1_000_000_000_000u64, "[64, 1000000000000]"),
+        ("intermediate_size", 100_000, "[100000, 24]"),
+        ("vocab_size", 4_000_000, "[4000000, 24]"),
+        ("num_hidden_layers", 1 << 31, "layers need 19327352832 tensors but the file holds only 20"),
+    ] {
+        let mut v = base.clone();
+        v[key] = value.into();
+        std::fs::write(tmp.path().join("config.json"), v.to_string()).expect("write");
+        match lava_llama::hf::load_hf_dir::<B>(tmp.path(), &Default::default()) {
+            Err(ModelError::Weights { detail, .. }) => assert!(detail.contains(expect), "{key}: {detail}"),
+            Err(e) => panic!("{key}: expected a Weights error, got {e}"),
+            Ok(_) => panic!("{key}: loaded"),
+        }
+    }
+}

@@ -237,6 +237,11 @@ impl<B: Backend> CompressedCache<B> {
     /// Default decode headroom, in tokens per KV head.
     pub const DEFAULT_HEADROOM: usize = 32;
 
+    /// At most this many free slots per KV head are reserved up front for the
+    /// decode-eviction slack ([`with_decode_budget`](Self::with_decode_budget));
+    /// a larger slack is reached by the usual 10% growth.
+    pub const MAX_SLACK_RESERVE: usize = 256;
+
     /// A cache for `shape` applying `config`, refusing sequences longer than
     /// `max_tokens`. Errors if the shape or the parameters are invalid.
     pub fn new(shape: CacheShape, config: PolicyConfig, max_tokens: usize, device: &B::Device) -> Result<Self, CacheError> {
@@ -282,7 +287,8 @@ impl<B: Backend> CompressedCache<B> {
     /// prefill kept everything, the static allocation at the first eviction);
     /// head budgets are re-derived from the new scores. The most recent `w`
     /// tokens are always kept; positions stay absolute. The decode headroom is
-    /// raised to at least `slack + 1`. Set it before the first `attend` (the
+    /// raised to at least `slack + 1`, up to
+    /// [`MAX_SLACK_RESERVE`](Self::MAX_SLACK_RESERVE) (storage grows past it on demand). Set it before the first `attend` (the
     /// query buffer starts with it; eviction waits until it holds `w` queries).
     /// No effect with the `full` policy.
     pub fn with_decode_budget(mut self, slack: usize) -> Self {
@@ -397,9 +403,12 @@ impl<B: Backend> CompressedCache<B> {
     }
 
     /// Free slots per KV head reserved at each (re)allocation.
+    /// The slack's share is reserved lazily: at most
+    /// [`MAX_SLACK_RESERVE`](Self::MAX_SLACK_RESERVE) slots up front, so a
+    /// large `--decode-budget` costs nothing until the tokens exist.
     fn headroom_tokens(&self) -> usize {
         match self.decode_slack {
-            Some(s) => self.headroom.max(s.saturating_add(1)),
+            Some(s) => self.headroom.max(s.saturating_add(1).min(Self::MAX_SLACK_RESERVE)),
             None => self.headroom,
         }
     }
@@ -411,7 +420,7 @@ impl<B: Backend> CompressedCache<B> {
             device: self.device.clone(),
             kv_heads: self.shape.kv_heads,
             head_dim: self.shape.head_dim,
-            reserve: self.shape.kv_heads * self.headroom_tokens(),
+            reserve: self.shape.kv_heads.saturating_mul(self.headroom_tokens()),
         }
     }
 

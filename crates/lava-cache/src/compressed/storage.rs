@@ -45,7 +45,7 @@ pub(super) struct Room<B: Backend> {
 impl<B: Backend> Room<B> {
     /// Capacity for `live` slots: live plus `max(10%, reserve)`.
     fn capacity_for(&self, live: usize) -> usize {
-        live + (live / 10).max(self.reserve)
+        live.saturating_add((live / 10).max(self.reserve))
     }
 
     fn int_tensor(&self, values: impl Iterator<Item = usize>) -> Tensor<B, 1, Int> {

@@ -106,6 +106,11 @@ impl NiahHaystack {
         }
         let mut reps = min_tokens.div_ceil(once).max(1);
         loop {
+            // Checked: `min_tokens` is a user number (`--lengths`).
+            let bytes = text.len().checked_mul(reps).filter(|&b| b <= isize::MAX as usize).ok_or_else(|| {
+                EvalError::InvalidArgument(format!("a haystack of {min_tokens} tokens is larger than memory can hold"))
+            })?;
+            lava_llama::memory::check_available(&format!("a haystack of {min_tokens} tokens"), bytes as u64)?;
             let ids = tokenizer.encode(&text.repeat(reps));
             if ids.len() >= min_tokens {
                 return Ok(Self { ids });

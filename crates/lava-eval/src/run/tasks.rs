@@ -60,7 +60,12 @@ fn run_prompt<B: Backend>(
     if todo.is_empty() {
         return Ok(());
     }
-    let total = prompt.context.len() + prompt.suffix.len() + max_new;
+    let total = prompt
+        .context
+        .len()
+        .checked_add(prompt.suffix.len())
+        .and_then(|n| n.checked_add(max_new))
+        .ok_or_else(|| EvalError::InvalidArgument(format!("a prompt plus {max_new} generated tokens is more tokens than any cache holds")))?;
     let max_tokens = s.model.config.max_position_embeddings;
     if total > max_tokens {
         let k = key(todo[0]);
@@ -299,7 +304,9 @@ fn pg19_samples(s_tok: &impl Tokenize, dir: &Path, files: usize, windows: usize,
         .filter(|p| p.extension().is_some_and(|x| x == "txt"))
         .collect();
     names.sort();
-    let need = context + continuation;
+    let need = context.checked_add(continuation).ok_or_else(|| {
+        EvalError::InvalidArgument(format!("--context {context} plus --continuation {continuation} overflows"))
+    })?;
     let mut out = Vec::new();
     for p in names.into_iter().take(files) {
         let text = std::fs::read_to_string(&p).map_err(|e| EvalError::Io { path: p.clone(), source: e })?;
@@ -308,7 +315,7 @@ fn pg19_samples(s_tok: &impl Tokenize, dir: &Path, files: usize, windows: usize,
         let name = p.file_stem().map(|x| x.to_string_lossy().into_owned()).unwrap_or_default();
         for j in 0..windows {
             let (from, to) = (at(window_start(j, windows)), if j + 1 < windows { at(window_start(j + 1, windows)) } else { chars.len() });
-            let to = to.min(from.saturating_add(need * 8));
+            let to = to.min(from.saturating_add(need.saturating_mul(8)));
             let byte = |c: usize| chars.get(c).map_or(text.len(), |&(b, _)| b);
             let ids = s_tok.encode(&text[byte(from)..byte(to)]);
             if ids.len() >= need {
