@@ -115,36 +115,10 @@ fn gguf_claiming(c: &LlamaConfig) -> Vec<u8> {
     let names = lava_llama::hf::parameter_names(c);
     for name in names {
         let shape = lava_llama::hf::expected_shape(c, &name).expect("shape");
-        let gname = gguf_name(&name);
+        let gname = lava_llama::tiny::gguf_name(&name);
         w.tensor(&gname, &shape, GgmlType::F32, &[0.0; 32]);
     }
     w.to_bytes()
-}
-
-/// The GGUF name of a Hugging Face parameter name (the tiny models' subset).
-fn gguf_name(hf: &str) -> String {
-    let n = hf.strip_prefix("model.").unwrap_or(hf);
-    match n {
-        "embed_tokens.weight" => return "token_embd.weight".into(),
-        "norm.weight" => return "output_norm.weight".into(),
-        "lm_head.weight" => return "output.weight".into(),
-        _ => {}
-    }
-    let rest = n.strip_prefix("layers.").expect("layer parameter");
-    let (l, param) = rest.split_once('.').expect("layer.param");
-    let g = match param {
-        "self_attn.q_proj.weight" => "attn_q.weight",
-        "self_attn.k_proj.weight" => "attn_k.weight",
-        "self_attn.v_proj.weight" => "attn_v.weight",
-        "self_attn.o_proj.weight" => "attn_output.weight",
-        "mlp.gate_proj.weight" => "ffn_gate.weight",
-        "mlp.up_proj.weight" => "ffn_up.weight",
-        "mlp.down_proj.weight" => "ffn_down.weight",
-        "input_layernorm.weight" => "attn_norm.weight",
-        "post_attention_layernorm.weight" => "ffn_norm.weight",
-        other => panic!("no GGUF name for {other}"),
-    };
-    format!("blk.{l}.{g}")
 }
 
 /// A GGUF image with one metadata array of `n` u8 values (type 0): `n` bytes on disk.

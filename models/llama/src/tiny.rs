@@ -119,7 +119,8 @@ fn byte_token(b: u8) -> String {
     c.to_string()
 }
 
-fn gguf_name(hf: &str) -> String {
+/// The GGUF name of a Hugging Face parameter name (the tensors the tiny models have).
+pub fn gguf_name(hf: &str) -> String {
     let n = hf.strip_prefix("model.").unwrap_or(hf);
     match n {
         "embed_tokens.weight" => return "token_embd.weight".into(),

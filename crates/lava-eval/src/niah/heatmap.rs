@@ -190,14 +190,20 @@ pub fn render_heatmap_png(grid: &NiahGrid, path: impl AsRef<Path>) -> Result<()>
         root.present().map_err(|e| plot_err(e.to_string()))?;
     }
 
-    // Encoded in memory, then written atomically: a killed run never leaves half a PNG.
+    write_png(path, w, h, &buf)
+}
+
+/// Encodes an RGB image of `w x h` in memory, then writes it atomically: a
+/// killed run never leaves half a PNG.
+pub(crate) fn write_png(path: &Path, w: u32, h: u32, buf: &[u8]) -> Result<()> {
+    let plot_err = |message: String| EvalError::Plot { path: path.to_path_buf(), message };
     let mut png_bytes = Vec::new();
     {
         let mut enc = png::Encoder::new(&mut png_bytes, w, h);
         enc.set_color(png::ColorType::Rgb);
         enc.set_depth(png::BitDepth::Eight);
         let mut writer = enc.write_header().map_err(|e| plot_err(e.to_string()))?;
-        writer.write_image_data(&buf).map_err(|e| plot_err(e.to_string()))?;
+        writer.write_image_data(buf).map_err(|e| plot_err(e.to_string()))?;
         writer.finish().map_err(|e| plot_err(e.to_string()))?;
     }
     lava_llama::hf::write_atomic(path, &png_bytes).map_err(|e| plot_err(e.to_string()))

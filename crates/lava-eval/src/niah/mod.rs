@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 
 pub use heatmap::render_heatmap_png;
 /// Bitmap-font text helpers, shared with the report's plots.
-pub(crate) use heatmap::{draw_text, text_width};
+pub(crate) use heatmap::{draw_text, text_width, write_png};
 
 use crate::error::{EvalError, Result};
 use crate::haystack::load_txt_dir;

@@ -263,17 +263,7 @@ pub fn render_score_vs_kv_png(chart: &ScoreVsKv, path: impl AsRef<Path>) -> Resu
         }
         root.present().map_err(|e| plot_err(e.to_string()))?;
     }
-
-    let mut png_bytes = Vec::new();
-    {
-        let mut enc = png::Encoder::new(&mut png_bytes, w, h);
-        enc.set_color(png::ColorType::Rgb);
-        enc.set_depth(png::BitDepth::Eight);
-        let mut writer = enc.write_header().map_err(|e| plot_err(e.to_string()))?;
-        writer.write_image_data(&buf).map_err(|e| plot_err(e.to_string()))?;
-        writer.finish().map_err(|e| plot_err(e.to_string()))?;
-    }
-    lava_llama::hf::write_atomic(path, &png_bytes).map_err(|e| plot_err(e.to_string()))
+    crate::niah::write_png(path, w, h, &buf)
 }
 
 #[cfg(test)]
