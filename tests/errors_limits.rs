@@ -521,6 +521,61 @@ fn inputs_are_read_with_a_size_limit() {
     }
 }
 
+/// Class 3, evaluation inputs: every data file the evaluation reads whole
+/// (LongBench records and templates, haystack essays, PG-19 books, results
+/// files) is read at most 256 MiB, so a huge file (or a device) is one error.
+#[test]
+fn evaluation_data_is_read_with_a_size_limit() {
+    let f = Fixture::new();
+    let d = f.dir.path();
+    // A sparse 300 MiB file of NUL bytes (valid UTF-8): a regular file, as the
+    // folders' listings ask, past the 256 MiB read limit.
+    let zero = |path: &Path| {
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::File::create(path).and_then(|f| f.set_len(300 << 20)).expect("sparse file");
+    };
+    let data = d.join("data");
+    zero(&data.join("pg19/book.txt"));
+    zero(&data.join("longbench/trec.jsonl"));
+    std::fs::write(data.join("longbench/dataset2prompt.json"), br#"{"trec": "{context}\n{input}"}"#).expect("write");
+    std::fs::write(data.join("longbench/dataset2maxlen.json"), br#"{"trec": 16}"#).expect("write");
+    let templates = d.join("templates");
+    zero(&templates.join("longbench/dataset2prompt.json"));
+    std::fs::write(templates.join("longbench/dataset2maxlen.json"), br#"{"trec": 16}"#).expect("write");
+    std::fs::copy(f.write("trec.jsonl", br#"{"input": "1?", "context": "2. 3.", "answers": ["4"], "all_classes": ["4"], "length": 3, "_id": "x"}
+"#), templates.join("longbench/trec.jsonl")).expect("copy");
+    let hay = d.join("hay");
+    zero(&hay.join("a.txt"));
+    let results = d.join("r.jsonl");
+    let huge_results = d.join("huge.jsonl");
+    zero(&huge_results);
+    let eval = |args: &[&str], data: &Path| -> Vec<String> {
+        let mut v = s(args);
+        v.extend(s(&["--model", &p(&f.good), "--backend", "ndarray", "--data", &p(data), "--results", &p(&results), "--quiet"]));
+        v
+    };
+    let limit = "is larger than 256.0 MiB, the most lava reads for it";
+    let cases = vec![
+        Case { name: "LongBench jsonl is /dev/zero", args: eval(&["eval", "longbench", "--tasks", "trec", "--max-length", "200"], &data), code: 3, expect: limit, limited: true },
+        Case { name: "LongBench template file is /dev/zero", args: eval(&["eval", "longbench", "--tasks", "trec", "--max-length", "200"], &templates), code: 3, expect: limit, limited: true },
+        Case { name: "PG-19 book is /dev/zero", args: eval(&["eval", "ppl", "--context", "64", "--continuation", "16"], &data), code: 3, expect: limit, limited: true },
+        Case {
+            name: "haystack essay is /dev/zero",
+            args: s(&[
+                "eval", "niah", "--model", &p(&f.good), "--backend", "ndarray", "--haystack", &p(&hay), "--results", &p(&results), "--out",
+                &p(&d.join("niah")), "--lengths", "100", "--depths", "0.5", "--quiet",
+            ]),
+            code: 3,
+            expect: limit,
+            limited: true,
+        },
+        Case { name: "eval report of a 300 MiB file", args: s(&["eval", "report", "--results", &p(&huge_results)]), code: 3, expect: limit, limited: true },
+    ];
+    for c in &cases {
+        run(c);
+    }
+}
+
 /// Class 4: configuration values the forward pass cannot use are refused,
 /// from config.json and GGUF metadata alike.
 #[test]
@@ -661,4 +716,26 @@ fn model_errors_are_one_sentence() {
     for c in &cases {
         run(c);
     }
+}
+
+/// Class 10, BOS: a GGUF that asks for BOS (`tokenizer.ggml.add_bos_token`)
+/// gets it first in the prompt the binary runs; one that does not, does not;
+/// a BOS id outside the vocabulary is refused.
+#[test]
+fn gguf_add_bos_token_is_honoured() {
+    let f = Fixture::new();
+    let prompt_tokens = |model: &Path| -> u64 {
+        let out = Command::new(env!("CARGO_BIN_EXE_lava")).args(gen(model, &["--json"])).output().expect("run lava");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        v["prompt_tokens"].as_u64().expect("prompt_tokens")
+    };
+    let asks = f.write("bos.gguf", &gguf_with(&[("tokenizer.ggml.add_bos_token", Some(Value::Bool(true))), ("tokenizer.ggml.bos_token_id", Some(Value::U64(1)))]));
+    let declines = f.write("no_bos.gguf", &gguf_with(&[("tokenizer.ggml.add_bos_token", Some(Value::Bool(false))), ("tokenizer.ggml.bos_token_id", Some(Value::U64(1)))]));
+    // "12345" is five byte-level tokens in the tiny vocabulary.
+    assert_eq!(prompt_tokens(&f.good), 5);
+    assert_eq!(prompt_tokens(&declines), 5);
+    assert_eq!(prompt_tokens(&asks), 6);
+    let outside = f.write("bos_outside.gguf", &gguf_with(&[("tokenizer.ggml.add_bos_token", Some(Value::Bool(true))), ("tokenizer.ggml.bos_token_id", Some(Value::U64(100_000)))]));
+    run(&Case { name: "BOS id outside the vocabulary", args: gen(&outside, &[]), code: 3, expect: "bos_token_id 100000", limited: false });
 }

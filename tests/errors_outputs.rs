@@ -207,6 +207,17 @@ fn export_writes_the_directory_as_a_unit() {
     assert!(export(&b, &hf, None).status.success());
     assert_eq!(names(&hf), ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"], "stale index and shard removed");
     assert_eq!(generated_text(&hf), text_b);
+
+    // Two exports into one directory do not interleave: while another process holds the
+    // directory's lock (here this test, as a running export would), an export fails at
+    // once, naming the directory, and leaves the files as they were.
+    let held = std::fs::File::open(&hf).expect("open dir");
+    held.try_lock().expect("lock the directory");
+    run(&case("export into a directory another export is writing", s(&["export-hf", &p(&a), &p(&hf)]), 3, "another lava export-hf is writing this directory"));
+    assert_eq!(generated_text(&hf), text_b);
+    drop(held);
+    assert!(export(&a, &hf, None).status.success(), "the export runs once the lock is released");
+    assert_eq!(generated_text(&hf), text_a);
 }
 
 /// A folder of .txt essays for NIAH (only characters the tiny model's tokenizer knows).
@@ -412,6 +423,20 @@ fn messages_name_the_problem_and_the_fix() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(3), "{stderr}");
         assert!(stderr.contains("<stdout>: No space left on device") && !stderr.contains("panicked"), "{stderr}");
+        // The same for the bench's tables and its JSON.
+        let m = p(&write(d, "bench.gguf", &good));
+        for json in [false, true] {
+            let mut args = s(&["bench", "--model", &m, "--backend", "ndarray", "--lengths", "64", "--policies", "snapkv", "--budgets", "40"]);
+            args.extend(s(&["--runs", "1", "--decode-tokens", "2", "--no-bandwidth"]));
+            if json {
+                args.push("--json".into());
+            }
+            let full = std::fs::OpenOptions::new().write(true).open("/dev/full").expect("/dev/full");
+            let out = lava().args(&args).stdout(full).output().expect("run");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(3), "bench json={json}: {stderr}");
+            assert!(stderr.contains("<stdout>: No space left on device") && !stderr.contains("panicked"), "bench json={json}: {stderr}");
+        }
     }
     // A fetch killed before its cleanup left a partial wheel: the next fetch removes it
     // (here the fetch itself fails: no Python).

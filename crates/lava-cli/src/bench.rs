@@ -218,11 +218,10 @@ pub fn bench(mut a: BenchArgs) -> Result<(), CliError> {
     })?;
     if a.json {
         let s = serde_json::to_string_pretty(&report).map_err(model_err)?;
-        println!("{s}");
+        crate::write_stdout(&(s + "\n"))
     } else {
-        print_tables(&report);
+        crate::write_stdout(&tables(&report))
     }
-    Ok(())
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -405,14 +404,17 @@ pub fn triad_bandwidth_gb_s() -> f64 {
     (3 * 4 * N) as f64 / best / 1e9
 }
 
-fn print_tables(r: &BenchReport) {
-    println!("model {}  backend {}  threads {}  weights {:.1} MB", r.model, r.backend, r.threads, r.weight_bytes as f64 / 1e6);
+/// The report as text tables.
+fn tables(r: &BenchReport) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(out, "model {}  backend {}  threads {}  weights {:.1} MB", r.model, r.backend, r.threads, r.weight_bytes as f64 / 1e6);
     if let Some(bw) = r.bandwidth_gb_s {
-        println!("triad bandwidth {bw:.1} GB/s");
+        let _ = writeln!(out, "triad bandwidth {bw:.1} GB/s");
     }
-    println!("\nprefill (median)\n{:>7} {:>12} {:>7} {:>9} {:>9} {:>8} {:>7}", "tokens", "policy", "budget", "seconds", "tok/s", "evict s", "evict%");
+    let _ = writeln!(out, "\nprefill (median)\n{:>7} {:>12} {:>7} {:>9} {:>9} {:>8} {:>7}", "tokens", "policy", "budget", "seconds", "tok/s", "evict s", "evict%");
     for p in &r.prefill {
-        println!(
+        let _ = writeln!(out, 
             "{:>7} {:>12} {:>7} {:>9.3} {:>9.1} {:>8.3} {:>6.2}%",
             p.tokens,
             p.policy,
@@ -423,9 +425,9 @@ fn print_tables(r: &BenchReport) {
             100.0 * p.evict_seconds / p.seconds
         );
     }
-    println!("\ndecode (median step)\n{:>7} {:>12} {:>7} {:>9} {:>9} {:>8}", "context", "policy", "budget", "tok/s", "bound", "of bound");
+    let _ = writeln!(out, "\ndecode (median step)\n{:>7} {:>12} {:>7} {:>9} {:>9} {:>8}", "context", "policy", "budget", "tok/s", "bound", "of bound");
     for d in &r.decode {
-        println!(
+        let _ = writeln!(out, 
             "{:>7} {:>12} {:>7} {:>9.1} {:>9} {:>8}",
             d.context,
             d.policy,
@@ -435,13 +437,13 @@ fn print_tables(r: &BenchReport) {
             d.bound_fraction.map_or("-".into(), |f| format!("{:.0}%", 100.0 * f)),
         );
     }
-    println!(
+    let _ = writeln!(out, 
         "\nKV bytes (after prefill: retained vs expected, allocated vs retained; after the decode steps: the same)\n{:>7} {:>12} {:>7} {:>12} {:>12} {:>6} {:>12} {:>6} {:>12} {:>12} {:>6}",
         "context", "policy", "budget", "retained", "expected", "ratio", "allocated", "ratio", "retained", "allocated", "ratio"
     );
     let ratio = |a: usize, b: usize| if b == 0 { "-".to_string() } else { format!("{:.3}", a as f64 / b as f64) };
     for k in &r.kv {
-        println!(
+        let _ = writeln!(out, 
             "{:>7} {:>12} {:>7} {:>12} {:>12} {:>6} {:>12} {:>6} {:>12} {:>12} {:>6}",
             k.context,
             k.policy,
@@ -457,6 +459,7 @@ fn print_tables(r: &BenchReport) {
         );
     }
     if let Some(rss) = r.peak_rss_bytes {
-        println!("\npeak RSS {:.1} MB", rss as f64 / 1e6);
+        let _ = writeln!(out, "\npeak RSS {:.1} MB", rss as f64 / 1e6);
     }
+    out
 }

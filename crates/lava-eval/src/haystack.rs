@@ -30,7 +30,7 @@ pub fn load_txt_dir(dir: impl AsRef<Path>) -> Result<String> {
     }
     let mut text = String::new();
     for f in files {
-        let bytes = fs::read(&f).map_err(|e| EvalError::io(&f, e))?;
+        let bytes = crate::read::bytes(&f)?;
         match String::from_utf8(bytes) {
             Ok(s) => text.push_str(&s),
             Err(e) => text.push_str(&String::from_utf8_lossy(e.as_bytes())),

@@ -19,6 +19,7 @@ pub mod haystack;
 pub mod longbench;
 pub mod niah;
 pub mod provenance;
+pub mod read;
 pub mod report;
 pub mod results;
 pub mod ruler;

@@ -159,7 +159,7 @@ impl ResultsWriter {
             .open(&path)
             .map_err(|e| EvalError::io(&path, e))?;
         lock_exclusive(&file, &path)?;
-        let content = fs::read(&path).map_err(|e| EvalError::io(&path, e))?;
+        let content = crate::read::bytes(&path)?;
         if !content.is_empty() && content.last() != Some(&b'\n') {
             let cut = content.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
             let tail = &content[cut..];
@@ -238,7 +238,7 @@ fn lock_holder(file: &File) -> Option<(u32, String)> {
 /// a truncated last line (no trailing newline, not a valid record) is ignored.
 pub fn load_results(path: impl AsRef<Path>) -> Result<Vec<ResultRecord>> {
     let path = path.as_ref();
-    let bytes = match fs::read(path) {
+    let bytes = match crate::read::bytes_io(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(EvalError::io(path, e)),

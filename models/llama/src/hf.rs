@@ -426,6 +426,25 @@ fn write_dir_as_unit(dir: &Path, files: &[(&str, &[u8])]) -> Result<(), ModelErr
     sync_dir(dir)
 }
 
+/// Takes an exclusive `flock` on the directory `dir` itself for the whole export, so two
+/// exports into one directory never interleave their files (no lock file is left behind: the
+/// lock ends with the process, killed or not), or fails at once naming the directory when
+/// another export holds it.
+fn lock_export_dir(dir: &Path) -> Result<std::fs::File, ModelError> {
+    let file = std::fs::File::open(dir).map_err(|e| ModelError::io(dir, e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(ModelError::io(
+            dir,
+            std::io::Error::new(
+                std::io::ErrorKind::WouldBlock,
+                "another lava export-hf is writing this directory; wait for it to finish, or export into another directory",
+            ),
+        )),
+        Err(std::fs::TryLockError::Error(e)) => Err(ModelError::io(dir, e)),
+    }
+}
+
 /// Writes a Hugging Face directory (f32 `model.safetensors`, `config.json`,
 /// `tokenizer.json`, `tokenizer_config.json`) holding the weights of `src`, as one unit
 /// (see [`write_dir_as_unit`]): a killed export never leaves a directory that loads with
@@ -437,6 +456,7 @@ pub fn export_hf<S: WeightSource + ?Sized>(
     out: &Path,
 ) -> Result<(), ModelError> {
     std::fs::create_dir_all(out).map_err(|e| ModelError::io(out, e))?;
+    let _lock = lock_export_dir(out)?;
     let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
     for p in parameters(config) {
         let (name, shape) = (p.name, p.shape);

@@ -71,10 +71,10 @@ pub const MAX_CONFIG_BYTES: u64 = 16 << 20;
 /// The most bytes of a `tokenizer.json` read (256 MiB; large vocabularies take tens of MB).
 pub const MAX_TOKENIZER_BYTES: u64 = 256 << 20;
 
-/// Reads a UTF-8 text file of at most `limit` bytes (the read stops there, so
-/// a device or a huge file costs no more); past it, or not UTF-8, is an
-/// `InvalidData` error naming the limit.
-pub fn read_text_bounded(path: &std::path::Path, limit: u64) -> std::io::Result<String> {
+/// Reads a file of at most `limit` bytes (the read stops there, so a device
+/// or a huge file costs no more); past it is an `InvalidData` error naming the
+/// limit.
+pub fn read_bytes_bounded(path: &std::path::Path, limit: u64) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
     let f = std::fs::File::open(path)?;
     let mut bytes = Vec::new();
@@ -85,5 +85,10 @@ pub fn read_text_bounded(path: &std::path::Path, limit: u64) -> std::io::Result<
             format!("the file is larger than {}, the most lava reads for it", human_bytes(limit)),
         ));
     }
-    String::from_utf8(bytes).map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "the file is not UTF-8 text"))
+    Ok(bytes)
+}
+
+/// [`read_bytes_bounded`] for UTF-8 text: not UTF-8 is an `InvalidData` error.
+pub fn read_text_bounded(path: &std::path::Path, limit: u64) -> std::io::Result<String> {
+    String::from_utf8(read_bytes_bounded(path, limit)?).map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "the file is not UTF-8 text"))
 }

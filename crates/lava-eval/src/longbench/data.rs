@@ -68,7 +68,7 @@ pub struct PreparedPrompt {
 }
 
 fn read_to_string(path: &Path) -> Result<String> {
-    fs::read_to_string(path).map_err(|e| EvalError::io(path, e))
+    crate::read::text(path)
 }
 
 /// Loads a LongBench jsonl file. Blank lines are skipped; any other line that is not a valid

@@ -24,7 +24,6 @@
 mod heatmap;
 
 use std::collections::{BTreeSet, HashSet};
-use std::fs;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -324,7 +323,7 @@ impl NiahGrid {
     /// Reads a grid written by [`NiahGrid::write_json`], checking its shape.
     pub fn read_json(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let s = fs::read_to_string(path).map_err(|e| EvalError::io(path, e))?;
+        let s = crate::read::text(path)?;
         let g: NiahGrid = serde_json::from_str(&s).map_err(|e| EvalError::json(path, None, e))?;
         g.check_shape().map_err(|m| EvalError::invalid(path, None, m))?;
         Ok(g)
@@ -421,7 +420,7 @@ mod tests {
         let p = dir.path().join("g.json");
         g.write_json(&p).unwrap();
         assert_eq!(NiahGrid::read_json(&p).unwrap(), g);
-        fs::write(&p, r#"{"title":"x","context_lengths":[1],"depth_percents":[1.0],"scores":[]}"#).unwrap();
+        std::fs::write(&p, r#"{"title":"x","context_lengths":[1],"depth_percents":[1.0],"scores":[]}"#).unwrap();
         assert!(NiahGrid::read_json(&p).is_err());
     }
 }

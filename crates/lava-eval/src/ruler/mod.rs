@@ -419,7 +419,7 @@ pub fn save_samples_jsonl(path: impl AsRef<Path>, samples: &[RulerSample]) -> Re
 /// Reads samples written by [`save_samples_jsonl`] (blank lines skipped; errors name the line).
 pub fn load_samples_jsonl(path: impl AsRef<Path>) -> Result<Vec<RulerSample>> {
     let path = path.as_ref();
-    let text = fs::read_to_string(path).map_err(|e| EvalError::io(path, e))?;
+    let text = crate::read::text(path)?;
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {

@@ -309,7 +309,7 @@ fn pg19_samples(s_tok: &impl Tokenize, dir: &Path, files: usize, windows: usize,
     })?;
     let mut out = Vec::new();
     for p in names.into_iter().take(files) {
-        let text = std::fs::read_to_string(&p).map_err(|e| EvalError::Io { path: p.clone(), source: e })?;
+        let text = crate::read::text(&p)?;
         let chars: Vec<(usize, char)> = text.char_indices().collect();
         let at = |frac: f64| ((chars.len() as f64 * frac) as usize).min(chars.len());
         let name = p.file_stem().map(|x| x.to_string_lossy().into_owned()).unwrap_or_default();
