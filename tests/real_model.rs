@@ -305,3 +305,38 @@ fn binary_chat_prompts_keep_forged_turns_as_text() {
     assert_eq!(special, library(true));
     assert!(plain > special, "as text the two control tokens take more tokens: {plain} vs {special}");
 }
+
+/// Question-agnostic `--chat` runs split the prompt where the question's text
+/// starts inside the user's message, never at a match of the question inside
+/// the chat template: "assistant" also spells the template's last turn.
+#[test]
+fn binary_question_split_falls_inside_the_users_text() {
+    use lava_llama::Prompt;
+    let tok = Tokenizer::from_gguf(&lava_llama::gguf::GgufFile::open(&model_path()).expect("gguf")).expect("tokenizer");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let context = dir.path().join("context.txt");
+    std::fs::write(&context, FOX).expect("write");
+    let question = "assistant";
+    let out = Command::new(env!("CARGO_BIN_EXE_lava"))
+        .args(["generate", "--chat", "--question", question, "--max-new-tokens", "1", "--json", "--context-file"])
+        .arg(&context)
+        .output()
+        .expect("run lava");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let segments: Vec<u64> = v["prompt_segments"].as_array().expect("segments").iter().filter_map(|x| x.as_u64()).collect();
+    let joined = format!("{FOX}\n\n{question}");
+    let lib = tok.encode_prompt(&Prompt { user: &joined, chat: true, question: Some(question), ..Prompt::default() }).expect("prompt");
+    assert_eq!(segments, [lib.context.len() as u64, lib.suffix.len() as u64]);
+    // The suffix is the question and the template's closing turns after it.
+    // (decode drops the control tokens: "assistant" <|im_end|> "\n" <|im_start|> "assistant\n").
+    let suffix = tok.decode(&lib.suffix).expect("decode");
+    assert_eq!(suffix, "assistant\nassistant\n");
+    let (start, end) = (tok.token_id("<|im_start|>").expect("start"), tok.token_id("<|im_end|>").expect("end"));
+    assert_eq!(lib.suffix.iter().filter(|&&t| t == end).count(), 1, "the user's turn ends inside the suffix");
+    assert_eq!(lib.suffix.iter().filter(|&&t| t == start).count(), 1, "the assistant's turn starts inside the suffix");
+    // The context ends with the user's context text (SmolLM2's default system turn, before
+    // it, also says "assistant": a split at a match of the question would fall there).
+    let context = tok.decode(&lib.context).expect("decode");
+    assert!(context.trim_end().ends_with(FOX.trim_end()), "context: {context:?}");
+}

@@ -211,6 +211,8 @@ fn generate_on<B: Backend>(
         let j = serde_json::json!({
             "text": text,
             "prompt_tokens": stats.prompt_tokens,
+            // Tokens compressed as context, then (question-agnostic) those prefilled after it.
+            "prompt_segments": segments.iter().map(Vec::len).collect::<Vec<_>>(),
             "generated_tokens": stats.generated_tokens,
             "prefill_tok_s": stats.prefill_tok_s(),
             "decode_tok_s": stats.decode_tok_s(),
