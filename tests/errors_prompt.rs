@@ -26,6 +26,10 @@ fn with_template(dir: &Path, template: &str) {
     std::fs::write(dir.join("tokenizer_config.json"), config).expect("write tokenizer_config.json");
 }
 
+/// `{% set s = s ~ s %}` sixty times: few instructions, 2^60 bytes.
+static DOUBLING: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| format!("{{% set s = 'x' %}}{}{{{{ messages[0].content }}}}", "{% set s = s ~ s %}".repeat(60)));
+
 #[test]
 fn hostile_chat_templates_fail_within_limits() {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -50,6 +54,12 @@ fn hostile_chat_templates_fail_within_limits() {
         ("nested loops", "{% for i in range(10000) %}{% for j in range(10000) %}{% endfor %}{% endfor %}", "instructions"),
         ("repeats the message", "{% for m in messages %}{{ m.content }}{{ m.content }}{% endfor %}", "repeats or drops"),
         ("does not parse", "{% for m in messages %}", "does not parse"),
+        (
+            "doubles a string in a loop",
+            "{% set ns = namespace(s='x') %}{% for i in range(60) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ messages[0].content }}",
+            "asked for",
+        ),
+        ("doubles a string without a loop", DOUBLING.as_str(), "asked for"),
     ];
     for (name, template, expect) in cases {
         with_template(&hf, template);

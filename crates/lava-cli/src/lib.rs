@@ -3,6 +3,7 @@
 //! [`main`] parses arguments, runs the command and maps every error to one
 //! clear sentence on stderr and an exit code (2 usage, 3 model/data, 4 backend).
 
+pub mod alloc;
 pub mod backend;
 pub mod bench;
 mod commands;

@@ -58,7 +58,7 @@ pub use gguf_source::{config_from_gguf, unpermute_rows, GgufSource, GGUF_ARCHITE
 pub use prompt::{Prompt, PromptTokens};
 pub use rope::{apply_rope, Rope};
 pub use sampling::{Sampler, Sampling};
-pub use tokenizer::{tokenizer_json_from_gguf, Message, Tokenizer, TEMPLATE_FUEL, TEMPLATE_OUTPUT_LIMIT};
+pub use tokenizer::{tokenizer_json_from_gguf, Message, Tokenizer, TEMPLATE_ALLOCATION_LIMIT, TEMPLATE_FUEL, TEMPLATE_OUTPUT_LIMIT};
 pub use transformer::{Llama, Logits};
 pub use weights::{Attention, DecoderLayer, LlamaWeights, Mlp, WeightSource};
 

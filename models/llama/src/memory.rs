@@ -92,3 +92,42 @@ pub fn read_bytes_bounded(path: &std::path::Path, limit: u64) -> std::io::Result
 pub fn read_text_bounded(path: &std::path::Path, limit: u64) -> std::io::Result<String> {
     String::from_utf8(read_bytes_bounded(path, limit)?).map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "the file is not UTF-8 text"))
 }
+
+thread_local! {
+    /// The cap of [`with_allocation_cap`] on this thread (0: none) and what it guards.
+    static ALLOCATION_CAP: std::cell::Cell<AllocationCap> = const { std::cell::Cell::new(AllocationCap { bytes: 0, what: "", fix: "" }) };
+}
+
+/// A cap on the single allocations of one thread (see [`with_allocation_cap`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AllocationCap {
+    /// The largest single allocation, in bytes.
+    pub bytes: usize,
+    /// What the cap guards ("the chat template").
+    pub what: &'static str,
+    /// How to get past it ("fix it, or run without --chat").
+    pub fix: &'static str,
+}
+
+/// The cap on single allocations of the current thread while inside
+/// [`with_allocation_cap`]; `None` outside. Read by an allocator that
+/// enforces it (the `lava` binary's, `lava_cli::alloc`): a library user
+/// without one gets no enforcement.
+pub fn allocation_cap() -> Option<AllocationCap> {
+    let cap = ALLOCATION_CAP.with(|c| c.get());
+    (cap.bytes > 0).then_some(cap)
+}
+
+/// Runs `f` with single allocations of this thread capped by `cap` (see
+/// [`allocation_cap`]). The previous cap is restored afterwards, also on a
+/// panic.
+pub fn with_allocation_cap<R>(cap: AllocationCap, f: impl FnOnce() -> R) -> R {
+    struct Restore(AllocationCap);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            ALLOCATION_CAP.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(ALLOCATION_CAP.with(|c| c.replace(cap)));
+    f()
+}

@@ -32,6 +32,13 @@ pub const TEMPLATE_FUEL: u64 = 2_000_000;
 /// (the template renders placeholders for them; see [`crate::Prompt`]).
 pub const TEMPLATE_OUTPUT_LIMIT: usize = 1 << 20;
 
+/// The largest single allocation (a string the template builds, say) while a
+/// chat template renders: 256 MiB. Fuel does not bound memory (a template
+/// can double a string each instruction); an allocator that enforces
+/// [`crate::memory::allocation_cap`] (the `lava` binary's) ends such a
+/// rendering with one sentence instead of exhausting memory.
+pub const TEMPLATE_ALLOCATION_LIMIT: usize = 256 << 20;
+
 impl std::fmt::Debug for Tokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Tokenizer").field("vocab", &self.inner.get_vocab_size(true)).finish()
@@ -209,15 +216,20 @@ impl Tokenizer {
             .map_err(|e| ModelError::Tokenizer(format!("the chat template does not parse: {}", one_line(&e))))?;
         let tmpl = env.get_template("chat").map_err(|e| ModelError::Tokenizer(one_line(&e)))?;
         let mut out = LimitedWriter { bytes: Vec::new(), limit: TEMPLATE_OUTPUT_LIMIT, over: false };
-        let rendered = tmpl.render_captured_to(
-            minijinja::context! {
-                messages => messages,
-                add_generation_prompt => true,
-                bos_token => self.bos.clone().unwrap_or_default(),
-                eos_token => self.eos.clone().unwrap_or_default(),
-            },
-            &mut out,
-        );
+        let context = minijinja::context! {
+            messages => messages,
+            add_generation_prompt => true,
+            bos_token => self.bos.clone().unwrap_or_default(),
+            eos_token => self.eos.clone().unwrap_or_default(),
+        };
+        let cap = crate::memory::AllocationCap {
+            bytes: TEMPLATE_ALLOCATION_LIMIT,
+            what: "the chat template",
+            fix: "the template is broken or hostile: fix it, or run without --chat",
+        };
+        let rendered = crate::memory::with_allocation_cap(cap, || {
+            tmpl.render_captured_to(context, &mut out)
+        });
         if out.over {
             return Err(ModelError::Tokenizer(format!(
                 "the chat template wrote more than its limit of {TEMPLATE_OUTPUT_LIMIT} bytes (message texts not counted); the template is broken or hostile: fix it, or run without --chat"
