@@ -41,7 +41,7 @@ pub const MAX_ACT_ROWS: usize = 8;
 pub enum SimdLevel {
     /// Plain Rust: the definition.
     Portable,
-    /// x86-64 AVX2 + FMA.
+    /// x86-64 AVX2 + FMA + F16C.
     Avx2,
     /// x86-64 AVX-512 (F, BW, VL) with VNNI.
     Avx512,
@@ -53,7 +53,9 @@ impl SimdLevel {
         match self {
             SimdLevel::Portable => true,
             #[cfg(target_arch = "x86_64")]
-            SimdLevel::Avx2 => std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma"),
+            SimdLevel::Avx2 => {
+                std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") && std::is_x86_feature_detected!("f16c")
+            }
             #[cfg(target_arch = "x86_64")]
             SimdLevel::Avx512 => {
                 SimdLevel::Avx2.available()

@@ -1,4 +1,354 @@
-//! x86-64 kernels (placeholder).
+//! x86-64 kernels for [`super::QuantMatrix::dot_rows`]: AVX2 (`maddubs` + `madd`) and AVX-512
+//! VNNI (`vpdpbusd` on 256-bit vectors, with the 32 vector registers AVX-512 gives).
+//!
+//! Covered here: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 (one 32-element block per 256-bit vector), Q4_K,
+//! Q6_K (a super-block as 8 vectors of 32 codes), F32, F16, BF16. The other types return `false`
+//! and run the portable path.
+//!
+//! Every kernel computes the same integers as the portable definition (weight codes as unsigned
+//! bytes times activation codes as signed bytes; Q8_0 takes the sign of the weight onto the
+//! activation). Neither `maddubs` nor `vpdpbusd` saturates here: a pair of products is at most
+//! `2 * 128 * 127 = 32512` (Q8_0) or `2 * 63 * 127` (Q6_K). The `f32` side differs from the
+//! portable path only in summation order: each activation row keeps 8 lanes of partial sums,
+//! reduced at the end of the output row.
+//!
+//! Memory safety: [`super::QuantMatrix::new`] guarantees `data.len() == rows * row_bytes` and
+//! `row_bytes == cols / block_size * block_bytes`; [`super::ActView`] holds `n` rows of `cols`
+//! codes (and `cols / block_size` scales and sums) for the same `cols`; `dot_rows_at` checks
+//! `rows.end <= self.rows` and `out.len() == n * rows.len()`. Every pointer below stays inside
+//! those bounds.
+
+use std::arch::x86_64::*;
 use std::ops::Range;
+
 use super::{ActView, QuantMatrix, SimdLevel};
-pub(crate) fn dot(_level: SimdLevel, _m: &QuantMatrix, _a: &ActView, _rows: Range<usize>, _out: &mut [f32]) -> bool { false }
+use crate::blocks::scale_min_k4;
+use crate::types::GgmlType;
+
+/// Calls `$isa::$f::<N $g>` with the activation-row count `N = $a.n` as a constant.
+macro_rules! by_n {
+    ($isa:ident :: $f:ident [$($g:tt)*], $m:expr, $a:expr, $rows:expr, $out:expr) => {
+        match $a.n {
+            1 => $isa::$f::<1 $($g)*>($m, $a, $rows, $out),
+            2 => $isa::$f::<2 $($g)*>($m, $a, $rows, $out),
+            3 => $isa::$f::<3 $($g)*>($m, $a, $rows, $out),
+            4 => $isa::$f::<4 $($g)*>($m, $a, $rows, $out),
+            5 => $isa::$f::<5 $($g)*>($m, $a, $rows, $out),
+            6 => $isa::$f::<6 $($g)*>($m, $a, $rows, $out),
+            7 => $isa::$f::<7 $($g)*>($m, $a, $rows, $out),
+            8 => $isa::$f::<8 $($g)*>($m, $a, $rows, $out),
+            _ => return false,
+        }
+    };
+}
+
+/// Dispatches on type and activation-row count to the entry points of one ISA module.
+macro_rules! run {
+    ($isa:ident, $m:expr, $a:expr, $rows:expr, $out:expr) => {{
+        match $m.kind {
+            GgmlType::Q4_0 => by_n!($isa::legacy[, Q4_0], $m, $a, $rows, $out),
+            GgmlType::Q4_1 => by_n!($isa::legacy[, Q4_1], $m, $a, $rows, $out),
+            GgmlType::Q5_0 => by_n!($isa::legacy[, Q5_0], $m, $a, $rows, $out),
+            GgmlType::Q5_1 => by_n!($isa::legacy[, Q5_1], $m, $a, $rows, $out),
+            GgmlType::Q8_0 => by_n!($isa::legacy[, Q8_0], $m, $a, $rows, $out),
+            GgmlType::Q4_K => by_n!($isa::q4k[], $m, $a, $rows, $out),
+            GgmlType::Q6_K => by_n!($isa::q6k[], $m, $a, $rows, $out),
+            GgmlType::F32 => by_n!($isa::float[, F32], $m, $a, $rows, $out),
+            GgmlType::F16 => by_n!($isa::float[, F16], $m, $a, $rows, $out),
+            GgmlType::BF16 => by_n!($isa::float[, BF16], $m, $a, $rows, $out),
+            _ => return false,
+        }
+        true
+    }};
+}
+
+/// Runs the kernel for `m.kind` at `level`; `false` when there is none (portable then).
+pub(crate) fn dot(level: SimdLevel, m: &QuantMatrix, a: &ActView, rows: Range<usize>, out: &mut [f32]) -> bool {
+    // SAFETY: `level.available()` was checked by the caller (`dot_rows_at`), so the CPU has
+    // the features each entry is compiled for; the bounds are as the module header says.
+    unsafe {
+        match level {
+            SimdLevel::Avx512 => run!(v4, m, a, rows, out),
+            SimdLevel::Avx2 => run!(v3, m, a, rows, out),
+            SimdLevel::Portable => false,
+        }
+    }
+}
+
+
+// Type tags for the const-generic kernels (ggml ids).
+const F32: u32 = 0;
+const F16: u32 = 1;
+const Q4_0: u32 = 2;
+const Q4_1: u32 = 3;
+const Q5_0: u32 = 6;
+const Q5_1: u32 = 7;
+const Q8_0: u32 = 8;
+const BF16: u32 = 30;
+
+/// The one operation that differs between the ISA levels: `acc + sum of 4 u8 * i8 products`
+/// per 32-bit lane.
+trait Dp {
+    unsafe fn dp(acc: __m256i, w: __m256i, x: __m256i) -> __m256i;
+}
+
+struct Avx2;
+impl Dp for Avx2 {
+    #[inline(always)]
+    unsafe fn dp(acc: __m256i, w: __m256i, x: __m256i) -> __m256i {
+        _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), _mm256_set1_epi16(1)))
+    }
+}
+
+struct Vnni;
+impl Dp for Vnni {
+    #[inline(always)]
+    unsafe fn dp(acc: __m256i, w: __m256i, x: __m256i) -> __m256i {
+        _mm256_dpbusd_epi32(acc, w, x)
+    }
+}
+
+/// Entry points compiled for one feature set; the bodies are the `#[inline(always)]` kernels
+/// below, specialized with that level's [`Dp`].
+macro_rules! entries {
+    ($name:ident, $dp:ty, $features:literal) => {
+        mod $name {
+            use super::*;
+
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn legacy<const N: usize, const T: u32>(m: &QuantMatrix, a: &ActView, rows: Range<usize>, out: &mut [f32]) {
+                super::legacy::<$dp, N, T>(m, a, rows, out)
+            }
+
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn q4k<const N: usize>(m: &QuantMatrix, a: &ActView, rows: Range<usize>, out: &mut [f32]) {
+                super::q4k::<N>(m, a, rows, out)
+            }
+
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn q6k<const N: usize>(m: &QuantMatrix, a: &ActView, rows: Range<usize>, out: &mut [f32]) {
+                super::q6k::<N>(m, a, rows, out)
+            }
+
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn float<const N: usize, const T: u32>(m: &QuantMatrix, a: &ActView, rows: Range<usize>, out: &mut [f32]) {
+                super::float::<N, T>(m, a, rows, out)
+            }
+        }
+    };
+}
+
+entries!(v3, Avx2, "avx2,fma,f16c");
+entries!(v4, Vnni, "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni");
+
+/// `f16` bits at `p` to `f32` (exact).
+#[inline(always)]
+unsafe fn f16p(p: *const u8) -> f32 {
+    let bits = u16::from_le_bytes([*p, *p.add(1)]);
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+}
+
+/// Sum of the 8 lanes.
+#[inline(always)]
+unsafe fn hsum(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+    _mm_cvtss_f32(s)
+}
+
+/// 16 packed bytes of 4-bit codes to 32 code bytes in element order.
+#[inline(always)]
+unsafe fn nibbles(p: *const u8) -> __m256i {
+    let v = _mm_loadu_si128(p as *const __m128i);
+    let m4 = _mm_set1_epi8(15);
+    _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), m4), _mm_and_si128(v, m4))
+}
+
+/// Bit `e` of the little-endian word at `p`, as `16` or `0` in byte `e`.
+#[inline(always)]
+unsafe fn high_bits(p: *const u8) -> __m256i {
+    let h = _mm256_set1_epi32(u32::from_le_bytes([*p, *p.add(1), *p.add(2), *p.add(3)]) as i32);
+    // Byte e takes byte e / 8 of the word (each 128-bit lane holds the whole word).
+    let spread = _mm256_shuffle_epi8(
+        h,
+        _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3),
+    );
+    let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+    let set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);
+    _mm256_and_si256(set, _mm256_set1_epi8(16))
+}
+
+/// The 32-element types: one block is one vector of codes.
+#[inline(always)]
+unsafe fn legacy<D: Dp, const N: usize, const T: u32>(m: &QuantMatrix, a: &ActView, rows: Range<usize>, out: &mut [f32]) {
+    let (len, nb, bb, cols) = (rows.len(), m.cols / 32, m.kind.block_bytes(), m.cols);
+    let (xq, xd, xs) = (a.q.as_ptr(), a.d.as_ptr(), a.dsum.as_ptr());
+    for (i, r) in rows.enumerate() {
+        let row = m.data.as_ptr().add(r * m.row_bytes);
+        let mut acc = [_mm256_setzero_ps(); N];
+        let mut off = [0f32; N];
+        for b in 0..nb {
+            let blk = row.add(b * bb);
+            let d = f16p(blk);
+            // Codes as unsigned bytes, and the coefficient of `dx * sum(xq)` in the block's value.
+            let (w, c) = match T {
+                Q4_0 => (nibbles(blk.add(2)), -8.0 * d),
+                Q4_1 => (nibbles(blk.add(4)), f16p(blk.add(2))),
+                Q5_0 => (_mm256_or_si256(nibbles(blk.add(6)), high_bits(blk.add(2))), -16.0 * d),
+                Q5_1 => (_mm256_or_si256(nibbles(blk.add(8)), high_bits(blk.add(4))), f16p(blk.add(2))),
+                _ => (_mm256_loadu_si256(blk.add(2) as *const __m256i), 0.0),
+            };
+            let wabs = if T == Q8_0 { _mm256_sign_epi8(w, w) } else { w };
+            for k in 0..N {
+                let x = _mm256_loadu_si256(xq.add(k * cols + b * 32) as *const __m256i);
+                let x = if T == Q8_0 { _mm256_sign_epi8(x, w) } else { x };
+                let p = D::dp(_mm256_setzero_si256(), wabs, x);
+                let s = d * *xd.add(k * nb + b);
+                acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(s), acc[k]);
+                if T != Q8_0 {
+                    off[k] += c * *xs.add(k * nb + b);
+                }
+            }
+        }
+        for k in 0..N {
+            out[k * len + i] = hsum(acc[k]) + off[k];
+        }
+    }
+}
+
+/// Q4_K: per super-block, 4 vectors of 32 packed bytes give 8 groups of 32 codes.
+#[inline(always)]
+unsafe fn q4k<const N: usize>(m: &QuantMatrix, a: &ActView, rows: Range<usize>, out: &mut [f32]) {
+    let (len, nb, cols) = (rows.len(), m.cols / 256, m.cols);
+    let (xq, xd, xb) = (a.q.as_ptr(), a.d.as_ptr(), a.bsums.as_ptr());
+    let m4 = _mm256_set1_epi8(15);
+    for (i, r) in rows.enumerate() {
+        let row = m.data.as_ptr().add(r * m.row_bytes);
+        let mut acc = [_mm256_setzero_ps(); N];
+        let mut off = [0f32; N];
+        for b in 0..nb {
+            let blk = row.add(b * 144);
+            let (d, dmin) = (f16p(blk), f16p(blk.add(2)));
+            let (s, mn) = scale_min_k4(std::slice::from_raw_parts(blk.add(4), 12));
+            let mut isum = [_mm256_setzero_si256(); N];
+            for c in 0..4 {
+                let v = _mm256_loadu_si256(blk.add(16 + 32 * c) as *const __m256i);
+                let lo = _mm256_and_si256(v, m4);
+                let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+                let (slo, shi) = (_mm256_set1_epi16(s[2 * c] as i16), _mm256_set1_epi16(s[2 * c + 1] as i16));
+                for k in 0..N {
+                    let x = xq.add(k * cols + b * 256 + 64 * c);
+                    let plo = _mm256_maddubs_epi16(lo, _mm256_loadu_si256(x as *const __m256i));
+                    let phi = _mm256_maddubs_epi16(hi, _mm256_loadu_si256(x.add(32) as *const __m256i));
+                    isum[k] = _mm256_add_epi32(isum[k], _mm256_add_epi32(_mm256_madd_epi16(plo, slo), _mm256_madd_epi16(phi, shi)));
+                }
+            }
+            for k in 0..N {
+                let bs = xb.add((k * nb + b) * 16);
+                let msum: i32 = (0..8).map(|g| mn[g] as i32 * (*bs.add(2 * g) as i32 + *bs.add(2 * g + 1) as i32)).sum();
+                let dx = *xd.add(k * nb + b);
+                acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[k]), _mm256_set1_ps(d * dx), acc[k]);
+                off[k] -= (dmin * dx) * msum as f32;
+            }
+        }
+        for k in 0..N {
+            out[k * len + i] = hsum(acc[k]) + off[k];
+        }
+    }
+}
+
+/// Q6_K: per super-block, 8 vectors of 32 codes (`0..64`, biased by 32), two groups each.
+#[inline(always)]
+unsafe fn q6k<const N: usize>(m: &QuantMatrix, a: &ActView, rows: Range<usize>, out: &mut [f32]) {
+    let (len, nb, cols) = (rows.len(), m.cols / 256, m.cols);
+    let (xq, xd, xb) = (a.q.as_ptr(), a.d.as_ptr(), a.bsums.as_ptr());
+    let (m4, m30) = (_mm256_set1_epi8(15), _mm256_set1_epi8(0x30));
+    for (i, r) in rows.enumerate() {
+        let row = m.data.as_ptr().add(r * m.row_bytes);
+        let mut acc = [_mm256_setzero_ps(); N];
+        for b in 0..nb {
+            let blk = row.add(b * 210);
+            let d = f16p(blk.add(208));
+            let sc = blk.add(192) as *const i8;
+            let mut isum = [_mm256_setzero_si256(); N];
+            for h in 0..2 {
+                let ql0 = _mm256_loadu_si256(blk.add(64 * h) as *const __m256i);
+                let ql1 = _mm256_loadu_si256(blk.add(64 * h + 32) as *const __m256i);
+                let qh = _mm256_loadu_si256(blk.add(128 + 32 * h) as *const __m256i);
+                let q = [
+                    _mm256_or_si256(_mm256_and_si256(ql0, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30)),
+                    _mm256_or_si256(_mm256_and_si256(ql1, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30)),
+                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4), _mm256_and_si256(qh, m30)),
+                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4), _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30)),
+                ];
+                for (j, &qj) in q.iter().enumerate() {
+                    // Codes 32e..32e+32 of this half: groups 2e and 2e + 1 (low and high 128 bits).
+                    let e = 4 * h + j;
+                    let sv = _mm256_set_m128i(_mm_set1_epi16(*sc.add(2 * e + 1) as i16), _mm_set1_epi16(*sc.add(2 * e) as i16));
+                    for k in 0..N {
+                        let x = _mm256_loadu_si256(xq.add(k * cols + b * 256 + 32 * e) as *const __m256i);
+                        isum[k] = _mm256_add_epi32(isum[k], _mm256_madd_epi16(_mm256_maddubs_epi16(qj, x), sv));
+                    }
+                }
+            }
+            // The bias of 32: subtract 32 * sum_g sc[g] * bsum[g].
+            let sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(sc as *const __m128i));
+            for k in 0..N {
+                let bs = _mm256_loadu_si256(xb.add((k * nb + b) * 16) as *const __m256i);
+                let bias = _mm256_slli_epi32(_mm256_madd_epi16(bs, sc16), 5);
+                let v = _mm256_sub_epi32(isum[k], bias);
+                acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(v), _mm256_set1_ps(d * *xd.add(k * nb + b)), acc[k]);
+            }
+        }
+        for k in 0..N {
+            out[k * len + i] = hsum(acc[k]);
+        }
+    }
+}
+
+/// 8 weights of a float row at `p`, as `f32`.
+#[inline(always)]
+unsafe fn load8<const T: u32>(p: *const u8) -> __m256 {
+    match T {
+        F32 => _mm256_loadu_ps(p as *const f32),
+        F16 => _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i)),
+        _ => _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(p as *const __m128i)), 16)),
+    }
+}
+
+/// F32 / F16 / BF16 rows times `f32` activations, 8 weights converted per step.
+#[inline(always)]
+unsafe fn float<const N: usize, const T: u32>(m: &QuantMatrix, a: &ActView, rows: Range<usize>, out: &mut [f32]) {
+    let (len, cols) = (rows.len(), m.cols);
+    let xv = a.values.as_ptr();
+    let es = if T == F32 { 4 } else { 2 };
+    for (i, r) in rows.enumerate() {
+        let row = m.data.as_ptr().add(r * m.row_bytes);
+        let mut acc = [_mm256_setzero_ps(); N];
+        let mut c = 0;
+        while c + 8 <= cols {
+            let w = load8::<T>(row.add(c * es));
+            for k in 0..N {
+                acc[k] = _mm256_fmadd_ps(w, _mm256_loadu_ps(xv.add(k * cols + c)), acc[k]);
+            }
+            c += 8;
+        }
+        let mut tail = [0f32; N];
+        while c < cols {
+            let p = row.add(c * es);
+            let w = match T {
+                F32 => f32::from_le_bytes([*p, *p.add(1), *p.add(2), *p.add(3)]),
+                F16 => f16p(p),
+                _ => f32::from_bits((u16::from_le_bytes([*p, *p.add(1)]) as u32) << 16),
+            };
+            for k in 0..N {
+                tail[k] += w * *xv.add(k * cols + c);
+            }
+            c += 1;
+        }
+        for k in 0..N {
+            out[k * len + i] = hsum(acc[k]) + tail[k];
+        }
+    }
+}
