@@ -1,6 +1,7 @@
 //! The quantized dot-product kernels against dequantize-then-dot, for every type, every SIMD
 //! level this CPU has, odd row counts, `d_in` a multiple of the block but not of the vector
-//! width, and 1, 3, 8 and 11 activation rows (11: two passes over the weights).
+//! width (and for the 32-element types 19 blocks: two groups of 8 for the grouped SIMD step plus
+//! 3 single blocks), and 1, 3, 8 and 11 activation rows (11: two passes over the weights).
 //!
 //! Tolerances, with `x̂ = dx * xq` the activations the kernel multiplies
 //! ([`Activations::dequantized`]) and `w` the dequantized weights:
@@ -156,7 +157,12 @@ fn kernels_match_dequantize_then_dot() {
     for (ti, kind) in GgmlType::ALL.into_iter().enumerate() {
         let bs = kind.block_size();
         // A multiple of the block, not of the vector width; and a single block.
-        let widths: Vec<usize> = if bs == 1 { vec![1, 37, 96 + 5] } else { vec![bs, 3 * bs] };
+        // (32-element types: also 19 blocks, two groups of 8 for the grouped SIMD step + 3.)
+        let widths: Vec<usize> = match bs {
+            1 => vec![1, 37, 96 + 5],
+            32 => vec![32, 96, 19 * 32],
+            _ => vec![bs, 3 * bs],
+        };
         for (wi, &cols) in widths.iter().enumerate() {
             for n in [1usize, 3, 8, 11] {
                 let rows = 7;

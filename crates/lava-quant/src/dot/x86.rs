@@ -89,11 +89,14 @@ const BF16: u32 = 30;
 /// The one operation that differs between the ISA levels: `acc + sum of 4 u8 * i8 products`
 /// per 32-bit lane.
 trait Dp {
+    /// Whether Q8_0 codes go in biased by 128 (no saturation to fear), not sign-folded.
+    const BIASED_Q8: bool;
     unsafe fn dp(acc: __m256i, w: __m256i, x: __m256i) -> __m256i;
 }
 
 struct Avx2;
 impl Dp for Avx2 {
+    const BIASED_Q8: bool = false;
     #[inline(always)]
     unsafe fn dp(acc: __m256i, w: __m256i, x: __m256i) -> __m256i {
         _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), _mm256_set1_epi16(1)))
@@ -102,6 +105,7 @@ impl Dp for Avx2 {
 
 struct Vnni;
 impl Dp for Vnni {
+    const BIASED_Q8: bool = true;
     #[inline(always)]
     unsafe fn dp(acc: __m256i, w: __m256i, x: __m256i) -> __m256i {
         _mm256_dpbusd_epi32(acc, w, x)
@@ -111,13 +115,13 @@ impl Dp for Vnni {
 /// Entry points compiled for one feature set; the bodies are the `#[inline(always)]` kernels
 /// below, specialized with that level's [`Dp`].
 macro_rules! entries {
-    ($name:ident, $dp:ty, $features:literal) => {
+    ($name:ident, $legacy:ident [$($dp:ty)?], $features:literal) => {
         mod $name {
             use super::*;
 
             #[target_feature(enable = $features)]
             pub(super) unsafe fn legacy<const N: usize, const T: u32>(m: &QuantMatrix, a: &ActView, rows: Range<usize>, out: &mut [f32]) {
-                super::legacy::<$dp, N, T>(m, a, rows, out)
+                super::$legacy::<$($dp,)? N, T>(m, a, rows, out)
             }
 
             #[target_feature(enable = $features)]
@@ -138,8 +142,8 @@ macro_rules! entries {
     };
 }
 
-entries!(v3, Avx2, "avx2,fma,f16c");
-entries!(v4, Vnni, "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni");
+entries!(v3, legacy8[Avx2], "avx2,fma,f16c");
+entries!(v4, legacy8[Vnni], "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni");
 
 /// `f16` bits at `p` to `f32` (exact).
 #[inline(always)]
@@ -179,40 +183,126 @@ unsafe fn high_bits(p: *const u8) -> __m256i {
     _mm256_and_si256(set, _mm256_set1_epi8(16))
 }
 
-/// The 32-element types: one block is one vector of codes.
+/// A 32-element block's codes as unsigned bytes (Q8_0: its signed codes), its scale `d`, and
+/// the coefficient of `dx * sum(xq)` in its product (`-8 d`, `m`, `-16 d`, `m`, 0).
 #[inline(always)]
-unsafe fn legacy<D: Dp, const N: usize, const T: u32>(m: &QuantMatrix, a: &ActView, rows: Range<usize>, out: &mut [f32]) {
+unsafe fn codes32<const T: u32>(blk: *const u8) -> (__m256i, f32, f32) {
+    let d = f16p(blk);
+    match T {
+        Q4_0 => (nibbles(blk.add(2)), d, -8.0 * d),
+        Q4_1 => (nibbles(blk.add(4)), d, f16p(blk.add(2))),
+        Q5_0 => (_mm256_or_si256(nibbles(blk.add(6)), high_bits(blk.add(2))), d, -16.0 * d),
+        Q5_1 => (_mm256_or_si256(nibbles(blk.add(8)), high_bits(blk.add(4))), d, f16p(blk.add(2))),
+        _ => (_mm256_loadu_si256(blk.add(2) as *const __m256i), d, 0.0),
+    }
+}
+
+/// Block `b` of a row (at `blk`) against `N` activation rows, into 8-lane sums `acc` and the
+/// offset sums `off`.
+#[inline(always)]
+unsafe fn block32<D: Dp, const N: usize, const T: u32>(blk: *const u8, b: usize, a: &ActView, acc: &mut [__m256; N], off: &mut [f32; N]) {
+    let (nb, cols) = (a.nb, a.cols);
+    let (xq, xd, xs) = (a.q.as_ptr(), a.d.as_ptr(), a.dsum.as_ptr());
+    let (w, d, c) = codes32::<T>(blk);
+    let wabs = if T == Q8_0 { _mm256_sign_epi8(w, w) } else { w };
+    for k in 0..N {
+        let x = _mm256_loadu_si256(xq.add(k * cols + b * 32) as *const __m256i);
+        let x = if T == Q8_0 { _mm256_sign_epi8(x, w) } else { x };
+        let p = D::dp(_mm256_setzero_si256(), wabs, x);
+        let s = d * *xd.add(k * nb + b);
+        acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(s), acc[k]);
+        if T != Q8_0 {
+            off[k] += c * *xs.add(k * nb + b);
+        }
+    }
+}
+
+/// One block's integer dot product (8 lanes of partial sums): codes `w` (`wabs = |w|` for Q8_0)
+/// times the 32 activation codes at `x`.
+#[inline(always)]
+unsafe fn idot32<D: Dp, const T: u32>(w: __m256i, wabs: __m256i, x: *const i8) -> __m256i {
+    let x = _mm256_loadu_si256(x as *const __m256i);
+    let x = if T == Q8_0 { _mm256_sign_epi8(x, w) } else { x };
+    D::dp(_mm256_setzero_si256(), wabs, x)
+}
+
+/// The lane sums of 8 vectors, in order: `[sum(p[0]), ..., sum(p[7])]`.
+#[inline(always)]
+unsafe fn reduce8(p: [__m256i; 8]) -> __m256i {
+    let q0 = _mm256_hadd_epi32(p[0], p[1]);
+    let q1 = _mm256_hadd_epi32(p[2], p[3]);
+    let q2 = _mm256_hadd_epi32(p[4], p[5]);
+    let q3 = _mm256_hadd_epi32(p[6], p[7]);
+    // Per 128-bit half: [p0, p1, p2, p3] (r0) and [p4, .., p7] (r1), each over half the lanes.
+    let r0 = _mm256_hadd_epi32(q0, q1);
+    let r1 = _mm256_hadd_epi32(q2, q3);
+    _mm256_add_epi32(_mm256_permute2x128_si256(r0, r1, 0x20), _mm256_permute2x128_si256(r0, r1, 0x31))
+}
+
+/// The 32-element types, 8 blocks at a time: the 8 integer block sums are reduced into one
+/// vector, so the block scales (`d * dx`) and offsets are applied with one multiply and two
+/// fused multiply-adds per 8 blocks and activation row; leftover blocks go one at a time.
+#[inline(always)]
+unsafe fn legacy8<D: Dp, const N: usize, const T: u32>(m: &QuantMatrix, a: &ActView, rows: Range<usize>, out: &mut [f32]) {
     let (len, nb, bb, cols) = (rows.len(), m.cols / 32, m.kind.block_bytes(), m.cols);
     let (xq, xd, xs) = (a.q.as_ptr(), a.d.as_ptr(), a.dsum.as_ptr());
     for (i, r) in rows.enumerate() {
         let row = m.data.as_ptr().add(r * m.row_bytes);
-        let mut acc = [_mm256_setzero_ps(); N];
-        let mut off = [0f32; N];
-        for b in 0..nb {
-            let blk = row.add(b * bb);
-            let d = f16p(blk);
-            // Codes as unsigned bytes, and the coefficient of `dx * sum(xq)` in the block's value.
-            let (w, c) = match T {
-                Q4_0 => (nibbles(blk.add(2)), -8.0 * d),
-                Q4_1 => (nibbles(blk.add(4)), f16p(blk.add(2))),
-                Q5_0 => (_mm256_or_si256(nibbles(blk.add(6)), high_bits(blk.add(2))), -16.0 * d),
-                Q5_1 => (_mm256_or_si256(nibbles(blk.add(8)), high_bits(blk.add(4))), f16p(blk.add(2))),
-                _ => (_mm256_loadu_si256(blk.add(2) as *const __m256i), 0.0),
+        let (mut acc, mut acc_off) = ([_mm256_setzero_ps(); N], [_mm256_setzero_ps(); N]);
+        let mut b = 0;
+        while b + 8 <= nb {
+            let mut w = [_mm256_setzero_si256(); 8];
+            let (mut dbits, mut mbits) = ([0u16; 8], [0u16; 8]);
+            for j in 0..8 {
+                let blk = row.add((b + j) * bb);
+                dbits[j] = u16::from_le_bytes([*blk, *blk.add(1)]);
+                if T == Q4_1 || T == Q5_1 {
+                    mbits[j] = u16::from_le_bytes([*blk.add(2), *blk.add(3)]);
+                }
+                w[j] = codes32::<T>(blk).0;
+            }
+            let dv = _mm256_cvtph_ps(_mm_loadu_si128(dbits.as_ptr() as *const __m128i));
+            let cv = match T {
+                Q4_0 => _mm256_mul_ps(dv, _mm256_set1_ps(-8.0)),
+                Q5_0 => _mm256_mul_ps(dv, _mm256_set1_ps(-16.0)),
+                Q4_1 | Q5_1 => _mm256_cvtph_ps(_mm_loadu_si128(mbits.as_ptr() as *const __m128i)),
+                _ if D::BIASED_Q8 => _mm256_mul_ps(dv, _mm256_set1_ps(-128.0)),
+                _ => _mm256_setzero_ps(),
             };
-            let wabs = if T == Q8_0 { _mm256_sign_epi8(w, w) } else { w };
-            for k in 0..N {
-                let x = _mm256_loadu_si256(xq.add(k * cols + b * 32) as *const __m256i);
-                let x = if T == Q8_0 { _mm256_sign_epi8(x, w) } else { x };
-                let p = D::dp(_mm256_setzero_si256(), wabs, x);
-                let s = d * *xd.add(k * nb + b);
-                acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(s), acc[k]);
-                if T != Q8_0 {
-                    off[k] += c * *xs.add(k * nb + b);
+            let mut wabs = w;
+            if T == Q8_0 {
+                for j in 0..8 {
+                    // VNNI: `w + 128` as unsigned codes, `-128 d * dx * sum(xq)` as the offset;
+                    // AVX2 (`maddubs` would saturate on those): `|w|` times `x` signed like `w`.
+                    wabs[j] = if D::BIASED_Q8 { _mm256_xor_si256(w[j], _mm256_set1_epi8(-128)) } else { _mm256_sign_epi8(w[j], w[j]) };
                 }
             }
+            for k in 0..N {
+                let x = xq.add(k * cols + b * 32);
+                let mut p = [_mm256_setzero_si256(); 8];
+                for j in 0..8 {
+                    p[j] = if T == Q8_0 && D::BIASED_Q8 {
+                        D::dp(_mm256_setzero_si256(), wabs[j], _mm256_loadu_si256(x.add(32 * j) as *const __m256i))
+                    } else {
+                        idot32::<D, T>(w[j], wabs[j], x.add(32 * j))
+                    };
+                }
+                let s = _mm256_mul_ps(dv, _mm256_loadu_ps(xd.add(k * nb + b)));
+                acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(reduce8(p)), s, acc[k]);
+                if T != Q8_0 || D::BIASED_Q8 {
+                    acc_off[k] = _mm256_fmadd_ps(cv, _mm256_loadu_ps(xs.add(k * nb + b)), acc_off[k]);
+                }
+            }
+            b += 8;
+        }
+        let mut tail = [_mm256_setzero_ps(); N];
+        let mut off = [0f32; N];
+        while b < nb {
+            block32::<D, N, T>(row.add(b * bb), b, a, &mut tail, &mut off);
+            b += 1;
         }
         for k in 0..N {
-            out[k * len + i] = hsum(acc[k]) + off[k];
+            out[k * len + i] = hsum(_mm256_add_ps(_mm256_add_ps(acc[k], acc_off[k]), tail[k])) + off[k];
         }
     }
 }
@@ -226,7 +316,6 @@ unsafe fn q4k<const N: usize>(m: &QuantMatrix, a: &ActView, rows: Range<usize>, 
     for (i, r) in rows.enumerate() {
         let row = m.data.as_ptr().add(r * m.row_bytes);
         let mut acc = [_mm256_setzero_ps(); N];
-        let mut off = [0f32; N];
         for b in 0..nb {
             let blk = row.add(b * 144);
             let (d, dmin) = (f16p(blk), f16p(blk.add(2)));
@@ -244,16 +333,19 @@ unsafe fn q4k<const N: usize>(m: &QuantMatrix, a: &ActView, rows: Range<usize>, 
                     isum[k] = _mm256_add_epi32(isum[k], _mm256_add_epi32(_mm256_madd_epi16(plo, slo), _mm256_madd_epi16(phi, shi)));
                 }
             }
+            // The minimums, each twice (groups of 32 = two groups of 16 of `bsums`), as i16.
+            let mn8 = _mm_cvtepu8_epi16(_mm_loadl_epi64(mn.as_ptr() as *const __m128i));
+            let mn16 = _mm256_set_m128i(_mm_unpackhi_epi16(mn8, mn8), _mm_unpacklo_epi16(mn8, mn8));
             for k in 0..N {
-                let bs = xb.add((k * nb + b) * 16);
-                let msum: i32 = (0..8).map(|g| mn[g] as i32 * (*bs.add(2 * g) as i32 + *bs.add(2 * g + 1) as i32)).sum();
+                let bs = _mm256_loadu_si256(xb.add((k * nb + b) * 16) as *const __m256i);
+                let msum = _mm256_madd_epi16(bs, mn16);
                 let dx = *xd.add(k * nb + b);
                 acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[k]), _mm256_set1_ps(d * dx), acc[k]);
-                off[k] -= (dmin * dx) * msum as f32;
+                acc[k] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(msum), _mm256_set1_ps(dmin * dx), acc[k]);
             }
         }
         for k in 0..N {
-            out[k * len + i] = hsum(acc[k]) + off[k];
+            out[k * len + i] = hsum(acc[k]);
         }
     }
 }
