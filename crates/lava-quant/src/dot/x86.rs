@@ -1,9 +1,10 @@
 //! x86-64 kernels for [`super::QuantMatrix::dot_rows`]: AVX2 (`maddubs` + `madd`) and AVX-512
-//! VNNI (`vpdpbusd` on 256-bit vectors, with the 32 vector registers AVX-512 gives).
+//! (VNNI `vpdpbusd`, 512-bit vectors for the K-quants, and the 32 vector registers).
 //!
-//! Covered here: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 (one 32-element block per 256-bit vector), Q4_K,
-//! Q6_K (a super-block as 8 vectors of 32 codes), F32, F16, BF16. The other types return `false`
-//! and run the portable path.
+//! Covered here: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 (one 32-element block per 256-bit vector; the
+//! integer sums of 8 blocks are reduced into one vector, so block scales and offsets are applied
+//! 8 blocks at a time), Q4_K, Q5_K, Q6_K (a super-block as 8 vectors of 32 codes, or 4 of 64),
+//! F32, F16, BF16. Q2_K and Q3_K return `false` and run the portable path.
 //!
 //! Every kernel computes the same integers as the portable definition (weight codes as unsigned
 //! bytes times activation codes as signed bytes; Q8_0 takes the sign of the weight onto the
@@ -51,7 +52,8 @@ macro_rules! run {
             GgmlType::Q5_0 => by_n!($isa::legacy[, Q5_0], $m, $a, $rows, $out),
             GgmlType::Q5_1 => by_n!($isa::legacy[, Q5_1], $m, $a, $rows, $out),
             GgmlType::Q8_0 => by_n!($isa::legacy[, Q8_0], $m, $a, $rows, $out),
-            GgmlType::Q4_K => by_n!($isa::q4k[], $m, $a, $rows, $out),
+            GgmlType::Q4_K => by_n!($isa::q4k[, false], $m, $a, $rows, $out),
+            GgmlType::Q5_K => by_n!($isa::q4k[, true], $m, $a, $rows, $out),
             GgmlType::Q6_K => by_n!($isa::q6k[], $m, $a, $rows, $out),
             GgmlType::F32 => by_n!($isa::float[, F32], $m, $a, $rows, $out),
             GgmlType::F16 => by_n!($isa::float[, F16], $m, $a, $rows, $out),
@@ -115,7 +117,7 @@ impl Dp for Vnni {
 /// Entry points compiled for one feature set; the bodies are the `#[inline(always)]` kernels
 /// below, specialized with that level's [`Dp`].
 macro_rules! entries {
-    ($name:ident, $legacy:ident [$($dp:ty)?], $features:literal) => {
+    ($name:ident, $legacy:ident [$($dp:ty)?], $q4k:ident, $q6k:ident, $features:literal) => {
         mod $name {
             use super::*;
 
@@ -125,13 +127,13 @@ macro_rules! entries {
             }
 
             #[target_feature(enable = $features)]
-            pub(super) unsafe fn q4k<const N: usize>(m: &QuantMatrix, a: &ActView, rows: Range<usize>, out: &mut [f32]) {
-                super::q4k::<N>(m, a, rows, out)
+            pub(super) unsafe fn q4k<const N: usize, const Q5: bool>(m: &QuantMatrix, a: &ActView, rows: Range<usize>, out: &mut [f32]) {
+                super::$q4k::<N, Q5>(m, a, rows, out)
             }
 
             #[target_feature(enable = $features)]
             pub(super) unsafe fn q6k<const N: usize>(m: &QuantMatrix, a: &ActView, rows: Range<usize>, out: &mut [f32]) {
-                super::q6k::<N>(m, a, rows, out)
+                super::$q6k::<N>(m, a, rows, out)
             }
 
             #[target_feature(enable = $features)]
@@ -142,8 +144,8 @@ macro_rules! entries {
     };
 }
 
-entries!(v3, legacy8[Avx2], "avx2,fma,f16c");
-entries!(v4, legacy8[Vnni], "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni");
+entries!(v3, legacy8[Avx2], q4k, q6k, "avx2,fma,f16c");
+entries!(v4, legacy8[Vnni], q4k512, q6k512, "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni");
 
 /// `f16` bits at `p` to `f32` (exact).
 #[inline(always)]
@@ -307,24 +309,47 @@ unsafe fn legacy8<D: Dp, const N: usize, const T: u32>(m: &QuantMatrix, a: &ActV
     }
 }
 
-/// Q4_K: per super-block, 4 vectors of 32 packed bytes give 8 groups of 32 codes.
+/// The minimums of a Q4_K / Q5_K super-block, each twice (a group of 32 is two groups of 16 of
+/// `bsums`), as 16 `i16`.
 #[inline(always)]
-unsafe fn q4k<const N: usize>(m: &QuantMatrix, a: &ActView, rows: Range<usize>, out: &mut [f32]) {
-    let (len, nb, cols) = (rows.len(), m.cols / 256, m.cols);
-    let (xq, xd, xb) = (a.q.as_ptr(), a.d.as_ptr(), a.bsums.as_ptr());
+unsafe fn mins16(mn: &[u8; 8]) -> __m256i {
+    let mn8 = _mm_cvtepu8_epi16(_mm_loadl_epi64(mn.as_ptr() as *const __m128i));
+    _mm256_set_m128i(_mm_unpackhi_epi16(mn8, mn8), _mm_unpacklo_epi16(mn8, mn8))
+}
+
+/// Codes `64c..64c + 64` of a Q4_K (`Q5 = false`) or Q5_K super-block: the low and high
+/// halves (groups `2c` and `2c + 1`). `qs` is the packed nibbles, `qh` the 32 high-bit bytes.
+#[inline(always)]
+unsafe fn codes_k4<const Q5: bool>(qs: *const u8, qh: __m256i, c: usize) -> (__m256i, __m256i) {
     let m4 = _mm256_set1_epi8(15);
+    let v = _mm256_loadu_si256(qs.add(32 * c) as *const __m256i);
+    let (mut lo, mut hi) = (_mm256_and_si256(v, m4), _mm256_and_si256(_mm256_srli_epi16(v, 4), m4));
+    if Q5 {
+        // Bit g of qh[l] is bit 4 of code 32g + l: bits 2c and 2c + 1 here, moved to bit 4.
+        let b16 = _mm256_set1_epi8(16);
+        let sh = _mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * c as i32));
+        lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_slli_epi16(sh, 4), b16));
+        hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_slli_epi16(sh, 3), b16));
+    }
+    (lo, hi)
+}
+
+/// Q4_K / Q5_K, 256-bit: per super-block, 4 pairs of vectors of 32 codes (8 groups of 32).
+#[inline(always)]
+unsafe fn q4k<const N: usize, const Q5: bool>(m: &QuantMatrix, a: &ActView, rows: Range<usize>, out: &mut [f32]) {
+    let (len, nb, cols, bb) = (rows.len(), m.cols / 256, m.cols, m.kind.block_bytes());
+    let (xq, xd, xb) = (a.q.as_ptr(), a.d.as_ptr(), a.bsums.as_ptr());
     for (i, r) in rows.enumerate() {
         let row = m.data.as_ptr().add(r * m.row_bytes);
         let mut acc = [_mm256_setzero_ps(); N];
         for b in 0..nb {
-            let blk = row.add(b * 144);
+            let blk = row.add(b * bb);
             let (d, dmin) = (f16p(blk), f16p(blk.add(2)));
             let (s, mn) = scale_min_k4(std::slice::from_raw_parts(blk.add(4), 12));
+            let (qh, qs) = if Q5 { (_mm256_loadu_si256(blk.add(16) as *const __m256i), blk.add(48)) } else { (_mm256_setzero_si256(), blk.add(16)) };
             let mut isum = [_mm256_setzero_si256(); N];
             for c in 0..4 {
-                let v = _mm256_loadu_si256(blk.add(16 + 32 * c) as *const __m256i);
-                let lo = _mm256_and_si256(v, m4);
-                let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+                let (lo, hi) = codes_k4::<Q5>(qs, qh, c);
                 let (slo, shi) = (_mm256_set1_epi16(s[2 * c] as i16), _mm256_set1_epi16(s[2 * c + 1] as i16));
                 for k in 0..N {
                     let x = xq.add(k * cols + b * 256 + 64 * c);
@@ -333,9 +358,7 @@ unsafe fn q4k<const N: usize>(m: &QuantMatrix, a: &ActView, rows: Range<usize>, 
                     isum[k] = _mm256_add_epi32(isum[k], _mm256_add_epi32(_mm256_madd_epi16(plo, slo), _mm256_madd_epi16(phi, shi)));
                 }
             }
-            // The minimums, each twice (groups of 32 = two groups of 16 of `bsums`), as i16.
-            let mn8 = _mm_cvtepu8_epi16(_mm_loadl_epi64(mn.as_ptr() as *const __m128i));
-            let mn16 = _mm256_set_m128i(_mm_unpackhi_epi16(mn8, mn8), _mm_unpacklo_epi16(mn8, mn8));
+            let mn16 = mins16(&mn);
             for k in 0..N {
                 let bs = _mm256_loadu_si256(xb.add((k * nb + b) * 16) as *const __m256i);
                 let msum = _mm256_madd_epi16(bs, mn16);
@@ -346,6 +369,50 @@ unsafe fn q4k<const N: usize>(m: &QuantMatrix, a: &ActView, rows: Range<usize>, 
         }
         for k in 0..N {
             out[k * len + i] = hsum(acc[k]);
+        }
+    }
+}
+
+/// `lo ++ hi` as one 512-bit vector.
+#[inline(always)]
+unsafe fn join(lo: __m256i, hi: __m256i) -> __m512i {
+    _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1)
+}
+
+/// Q4_K / Q5_K, 512-bit: per super-block, 4 vectors of 64 codes (groups `2c`, `2c + 1`).
+#[inline(always)]
+unsafe fn q4k512<const N: usize, const Q5: bool>(m: &QuantMatrix, a: &ActView, rows: Range<usize>, out: &mut [f32]) {
+    let (len, nb, cols, bb) = (rows.len(), m.cols / 256, m.cols, m.kind.block_bytes());
+    let (xq, xd, xb) = (a.q.as_ptr(), a.d.as_ptr(), a.bsums.as_ptr());
+    for (i, r) in rows.enumerate() {
+        let row = m.data.as_ptr().add(r * m.row_bytes);
+        let (mut acc, mut acc_min) = ([_mm512_setzero_ps(); N], [_mm256_setzero_ps(); N]);
+        for b in 0..nb {
+            let blk = row.add(b * bb);
+            let (d, dmin) = (f16p(blk), f16p(blk.add(2)));
+            let (s, mn) = scale_min_k4(std::slice::from_raw_parts(blk.add(4), 12));
+            let (qh, qs) = if Q5 { (_mm256_loadu_si256(blk.add(16) as *const __m256i), blk.add(48)) } else { (_mm256_setzero_si256(), blk.add(16)) };
+            let mut isum = [_mm512_setzero_si512(); N];
+            for c in 0..4 {
+                let (lo, hi) = codes_k4::<Q5>(qs, qh, c);
+                let w = join(lo, hi);
+                let sv = join(_mm256_set1_epi16(s[2 * c] as i16), _mm256_set1_epi16(s[2 * c + 1] as i16));
+                for k in 0..N {
+                    let x = _mm512_loadu_si512(xq.add(k * cols + b * 256 + 64 * c) as *const _);
+                    isum[k] = _mm512_add_epi32(isum[k], _mm512_madd_epi16(_mm512_maddubs_epi16(w, x), sv));
+                }
+            }
+            let mn16 = mins16(&mn);
+            for k in 0..N {
+                let bs = _mm256_loadu_si256(xb.add((k * nb + b) * 16) as *const __m256i);
+                let msum = _mm256_madd_epi16(bs, mn16);
+                let dx = *xd.add(k * nb + b);
+                acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[k]), _mm512_set1_ps(d * dx), acc[k]);
+                acc_min[k] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(msum), _mm256_set1_ps(dmin * dx), acc_min[k]);
+            }
+        }
+        for k in 0..N {
+            out[k * len + i] = _mm512_reduce_add_ps(acc[k]) + hsum(acc_min[k]);
         }
     }
 }
@@ -395,6 +462,65 @@ unsafe fn q6k<const N: usize>(m: &QuantMatrix, a: &ActView, rows: Range<usize>, 
         }
         for k in 0..N {
             out[k * len + i] = hsum(acc[k]);
+        }
+    }
+}
+
+/// `permutexvar_epi16` indices: lane `L` takes group `g0 + L / 8` (4 groups of 16 codes, whose
+/// `maddubs` pairs are 8 lanes each).
+#[inline(always)]
+unsafe fn group_spread(g0: i16) -> __m512i {
+    let mut idx = [0i16; 32];
+    for (l, v) in idx.iter_mut().enumerate() {
+        *v = g0 + (l / 8) as i16;
+    }
+    _mm512_loadu_si512(idx.as_ptr() as *const _)
+}
+
+/// Q6_K, 512-bit: per half super-block, 2 vectors of 64 codes (4 groups of 16 each).
+#[inline(always)]
+unsafe fn q6k512<const N: usize>(m: &QuantMatrix, a: &ActView, rows: Range<usize>, out: &mut [f32]) {
+    let (len, nb, cols) = (rows.len(), m.cols / 256, m.cols);
+    let (xq, xd, xb) = (a.q.as_ptr(), a.d.as_ptr(), a.bsums.as_ptr());
+    let (m4, m30) = (_mm512_set1_epi8(15), _mm512_set1_epi8(0x30));
+    // High bits: codes 0..32 of a half take qh bits 0-1 (<< 4), 32..64 bits 2-3 (<< 2),
+    // 64..96 bits 4-5 (as they are), 96..128 bits 6-7 (>> 2).
+    let shl_lo = join(_mm256_set1_epi16(4), _mm256_set1_epi16(2));
+    let shr_hi = join(_mm256_set1_epi16(0), _mm256_set1_epi16(2));
+    let spread = [group_spread(0), group_spread(4), group_spread(8), group_spread(12)];
+    for (i, r) in rows.enumerate() {
+        let row = m.data.as_ptr().add(r * m.row_bytes);
+        let mut acc = [_mm512_setzero_ps(); N];
+        for b in 0..nb {
+            let blk = row.add(b * 210);
+            let d = f16p(blk.add(208));
+            let sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(blk.add(192) as *const __m128i));
+            let sc = _mm512_castsi256_si512(sc16);
+            let mut isum = [_mm512_setzero_si512(); N];
+            for h in 0..2 {
+                let ql = _mm512_loadu_si512(blk.add(64 * h) as *const _);
+                let qh = _mm256_loadu_si256(blk.add(128 + 32 * h) as *const __m256i);
+                let qh2 = join(qh, qh);
+                let qlo = _mm512_or_si512(_mm512_and_si512(ql, m4), _mm512_and_si512(_mm512_sllv_epi16(qh2, shl_lo), m30));
+                let qhi = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql, 4), m4), _mm512_and_si512(_mm512_srlv_epi16(qh2, shr_hi), m30));
+                let slo = _mm512_permutexvar_epi16(spread[2 * h], sc);
+                let shi = _mm512_permutexvar_epi16(spread[2 * h + 1], sc);
+                for k in 0..N {
+                    let x = xq.add(k * cols + b * 256 + 128 * h);
+                    let plo = _mm512_madd_epi16(_mm512_maddubs_epi16(qlo, _mm512_loadu_si512(x as *const _)), slo);
+                    let phi = _mm512_madd_epi16(_mm512_maddubs_epi16(qhi, _mm512_loadu_si512(x.add(64) as *const _)), shi);
+                    isum[k] = _mm512_add_epi32(isum[k], _mm512_add_epi32(plo, phi));
+                }
+            }
+            for k in 0..N {
+                let bs = _mm256_loadu_si256(xb.add((k * nb + b) * 16) as *const __m256i);
+                let bias = _mm256_slli_epi32(_mm256_madd_epi16(bs, sc16), 5);
+                let v = _mm512_sub_epi32(isum[k], _mm512_inserti64x4(_mm512_setzero_si512(), bias, 0));
+                acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(v), _mm512_set1_ps(d * *xd.add(k * nb + b)), acc[k]);
+            }
+        }
+        for k in 0..N {
+            out[k * len + i] = _mm512_reduce_add_ps(acc[k]);
         }
     }
 }
