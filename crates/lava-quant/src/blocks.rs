@@ -182,7 +182,7 @@ pub(crate) fn codes_q6k(ql: &[u8], qh: &[u8]) -> [u8; 256] {
 /// reference dequantizers (`f32` products rounded in the reference order).
 pub fn dequantize(kind: GgmlType, raw: &[u8], out: &mut [f32]) -> Result<(), QuantError> {
     let bb = kind.block_bytes();
-    if raw.len() % bb != 0 {
+    if !raw.len().is_multiple_of(bb) {
         return Err(QuantError::NotBlockBytes { kind, bytes: raw.len() });
     }
     let n = (raw.len() / bb).checked_mul(kind.block_size()).ok_or(QuantError::Overflow)?;
@@ -293,7 +293,7 @@ fn dequant_k8(d: f32, dmin: f32, s: &[u8; 8], m: &[u8; 8], q: &[u8; 256], y: &mu
 /// [`dequantize`] into a new vector.
 pub fn dequantize_to_vec(kind: GgmlType, raw: &[u8]) -> Result<Vec<f32>, QuantError> {
     let bb = kind.block_bytes();
-    if raw.len() % bb != 0 {
+    if !raw.len().is_multiple_of(bb) {
         return Err(QuantError::NotBlockBytes { kind, bytes: raw.len() });
     }
     let n = (raw.len() / bb).checked_mul(kind.block_size()).ok_or(QuantError::Overflow)?;

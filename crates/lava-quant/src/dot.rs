@@ -155,10 +155,10 @@ pub fn quantize_activations(kind: GgmlType, x: &[f32], cols: usize) -> Result<Ac
         Form::Q8x32 => 32,
         Form::Q8K => 256,
     };
-    if cols == 0 || cols % bs != 0 || cols % kind.block_size() != 0 {
+    if cols == 0 || !cols.is_multiple_of(bs) || !cols.is_multiple_of(kind.block_size()) {
         return Err(QuantError::NotBlockMultiple { kind, elements: cols });
     }
-    if x.len() % cols != 0 {
+    if !x.len().is_multiple_of(cols) {
         return Err(QuantError::Mismatch(format!("{} activation values is not a whole number of rows of {cols}", x.len())));
     }
     let rows = x.len() / cols;

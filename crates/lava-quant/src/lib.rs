@@ -15,6 +15,8 @@
 //! elements; a linear layer `y = W x` with `d_in = cols`, `d_out = rows`.
 
 #![warn(missing_docs)]
+// Kernels index several arrays (codes, activation rows, accumulators) in lockstep.
+#![allow(clippy::needless_range_loop)]
 
 mod blocks;
 mod dot;

@@ -147,7 +147,7 @@ impl GgmlType {
     /// Bytes taken by `elements` elements (a row, a tensor), or an error when `elements` is not
     /// a whole number of blocks or the size overflows.
     pub fn bytes_for(self, elements: usize) -> Result<usize, QuantError> {
-        if elements % self.block_size() != 0 {
+        if !elements.is_multiple_of(self.block_size()) {
             return Err(QuantError::NotBlockMultiple { kind: self, elements });
         }
         (elements / self.block_size()).checked_mul(self.block_bytes()).ok_or(QuantError::Overflow)

@@ -12,6 +12,10 @@
 //! type above as well. The quantizers (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, F16, BF16) are compared
 //! byte for byte with gguf-py's on random values with zero, constant, tie and tiny blocks.
 //!
+//! The real tensors also drive the dot-product kernels (every SIMD level of this CPU, 3 random
+//! activation rows), checked against gguf-py's dequantized weights with the bounds of
+//! `tests/dot.rs`.
+//!
 //! The files are fetched into `$LAVA_HOME/models` (default `~/.cache/lava/models`) on first use.
 //! Without python3 + gguf + numpy the test is skipped with a loud message, unless
 //! `LAVA_REQUIRE_ORACLE` is set (CI sets it), where it fails.
@@ -20,6 +24,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+mod common;
 
 use lava_quant::{dequantize_to_vec, quantize, GgmlType};
 
@@ -79,6 +85,7 @@ fn dequantize_and_quantize_match_gguf_py_bit_for_bit() {
     // (kind, source) -> (cases, values) checked.
     let mut seen: BTreeMap<(String, String), (usize, usize)> = BTreeMap::new();
     let mut quant_seen = Vec::new();
+    let mut kernel_checks = 0usize;
     for line in manifest.lines().filter(|l| !l.is_empty()) {
         let f: Vec<&str> = line.split(' ').collect();
         let kind = GgmlType::from_id(f[2].parse().expect("type id")).unwrap_or_else(|| panic!("unknown type in {line}"));
@@ -108,6 +115,10 @@ fn dequantize_and_quantize_match_gguf_py_bit_for_bit() {
                         want[i].to_bits()
                     );
                 }
+                if source != "synthetic" {
+                    let case = common::Case::with_weights(kind, rows, cols, raw, want, 3, kernel_checks as u64);
+                    kernel_checks += common::check(&case, &format!("{source} {name}"));
+                }
                 let src = if source == "synthetic" { "synthetic".to_string() } else { "real".to_string() };
                 let e = seen.entry((kind.name().to_string(), src)).or_default();
                 e.0 += 1;
@@ -133,6 +144,7 @@ fn dequantize_and_quantize_match_gguf_py_bit_for_bit() {
         eprintln!("  {k:5} {src:9} {cases:3} cases {values:8} values");
     }
     eprintln!("  quantizers bit-identical: {quant_seen:?}");
+    eprintln!("  kernel outputs checked on real tensors: {kernel_checks}");
     let has = |k: GgmlType, src: &str| seen.contains_key(&(k.name().to_string(), src.to_string()));
     for k in GgmlType::ALL {
         assert!(has(k, "synthetic"), "no synthetic case for {k}");
