@@ -52,6 +52,8 @@ fn main() {
         (GgmlType::Q5_0, 576, 1536),
         (GgmlType::Q4_K, 640, 2048),
         (GgmlType::Q5_K, 640, 2048),
+        (GgmlType::Q2_K, 640, 2048),
+        (GgmlType::Q3_K, 640, 2048),
         (GgmlType::Q6_K, 640, 2048),
         (GgmlType::F16, 576, 1536),
     ] {

@@ -331,18 +331,96 @@ impl<'a> ActView<'a> {
     }
 }
 
-#[inline(always)]
-fn idot<const L: usize>(w: &[u8], x: &[i8]) -> i32 {
-    w[..L].iter().zip(&x[..L]).map(|(&a, &b)| a as i32 * b as i32).sum()
+/// One 32-element block, decoded: signed integer codes (`q - 8`, `q - 16`, `q`; Q4_1 / Q5_1
+/// their unsigned codes), the scale `d`, and the minimum `m` (0 for the symmetric types).
+struct Dec32 {
+    q: [i16; 32],
+    d: f32,
+    m: f32,
 }
 
-#[inline(always)]
-fn sdot(w: &[u8], x: &[i8]) -> i32 {
-    w.iter().zip(x).map(|(&a, &b)| a as i8 as i32 * b as i32).sum()
+fn decode32(kind: GgmlType, blk: &[u8]) -> Dec32 {
+    let widen = |q: [u8; 32], bias: i16| q.map(|c| c as i16 - bias);
+    let d = f16_at(blk, 0);
+    match kind {
+        GgmlType::Q4_0 => Dec32 { q: widen(codes_4(&blk[2..18]), 8), d, m: 0.0 },
+        GgmlType::Q4_1 => Dec32 { q: widen(codes_4(&blk[4..20]), 0), d, m: f16_at(blk, 2) },
+        GgmlType::Q5_0 => Dec32 { q: widen(codes_5(&blk[2..6], &blk[6..22]), 16), d, m: 0.0 },
+        GgmlType::Q5_1 => Dec32 { q: widen(codes_5(&blk[4..8], &blk[8..24]), 0), d, m: f16_at(blk, 2) },
+        _ => {
+            let mut q = [0i16; 32];
+            for (v, &c) in q.iter_mut().zip(&blk[2..34]) {
+                *v = c as i8 as i16;
+            }
+            Dec32 { q, d, m: 0.0 }
+        }
+    }
 }
 
-/// The definition: per block, exact integer dot products scaled in `f32`, block results summed
-/// in order.
+/// One K-quant super-block, decoded into the common form: codes `q` (`0..64`), per group of 16
+/// a scale `sc` and a minimum `mn` (a group of 32 is two groups of 16 with the same ones), and a
+/// code bias (4 for Q3_K, 32 for Q6_K, else 0). Element `e` of group `g` is
+/// `d * sc[g] * (q[e] - bias) - dmin * mn[g]`.
+struct DecK {
+    q: [u8; 256],
+    sc: [i32; 16],
+    mn: [i32; 16],
+    bias: i32,
+    d: f32,
+    dmin: f32,
+}
+
+fn decode_k(kind: GgmlType, blk: &[u8]) -> DecK {
+    let (mut sc, mut mn) = ([0i32; 16], [0i32; 16]);
+    match kind {
+        GgmlType::Q2_K => {
+            for g in 0..16 {
+                sc[g] = (blk[g] & 15) as i32;
+                mn[g] = (blk[g] >> 4) as i32;
+            }
+            DecK { q: codes_q2k(&blk[16..80]), sc, mn, bias: 0, d: f16_at(blk, 80), dmin: f16_at(blk, 82) }
+        }
+        GgmlType::Q3_K => {
+            let s = scales_q3k(&blk[96..108]);
+            for g in 0..16 {
+                sc[g] = s[g] as i32;
+            }
+            DecK { q: codes_q3k(&blk[0..32], &blk[32..96]), sc, mn, bias: 4, d: f16_at(blk, 108), dmin: 0.0 }
+        }
+        GgmlType::Q4_K | GgmlType::Q5_K => {
+            let (s, m) = scale_min_k4(&blk[4..16]);
+            for g in 0..16 {
+                sc[g] = s[g / 2] as i32;
+                mn[g] = m[g / 2] as i32;
+            }
+            let q = if kind == GgmlType::Q4_K { codes_q4k(&blk[16..144]) } else { codes_q5k(&blk[16..48], &blk[48..176]) };
+            DecK { q, sc, mn, bias: 0, d: f16_at(blk, 0), dmin: f16_at(blk, 2) }
+        }
+        _ => {
+            for g in 0..16 {
+                sc[g] = blk[192 + g] as i8 as i32;
+            }
+            DecK { q: codes_q6k(&blk[0..128], &blk[128..192]), sc, mn, bias: 32, d: f16_at(blk, 208), dmin: 0.0 }
+        }
+    }
+}
+
+/// The decoded super-block against 256 activation codes `x` with scale `dx` and group sums
+/// `bsums`: `dx * (d * isum - dmin * msum)` with exact integer sums.
+fn dot_k(w: &DecK, x: &[i8], dx: f32, bsums: &[i16]) -> f32 {
+    let (mut isum, mut msum) = (0i32, 0i32);
+    for g in 0..16 {
+        let q = &w.q[16 * g..16 * g + 16];
+        let dot: i32 = q.iter().zip(&x[16 * g..16 * g + 16]).map(|(&a, &b)| a as i32 * b as i32).sum();
+        isum += w.sc[g] * (dot - w.bias * bsums[g] as i32);
+        msum += w.mn[g] * bsums[g] as i32;
+    }
+    dx * (w.d * isum as f32 - w.dmin * msum as f32)
+}
+
+/// The definition: per block, exact integer dot products scaled in `f32` (32-element blocks:
+/// `(d * dx) * sum(q * xq) + m * (dx * sum(xq))`; K-quants: [`dot_k`]), block results summed in
+/// order; each weight block is decoded once for all activation rows.
 fn portable(m: &QuantMatrix, a: &ActView, rows: Range<usize>, out: &mut [f32]) {
     let len = rows.len();
     let (kind, bb, bs) = (m.kind, m.kind.block_bytes(), m.kind.block_size());
@@ -351,89 +429,39 @@ fn portable(m: &QuantMatrix, a: &ActView, rows: Range<usize>, out: &mut [f32]) {
     for (i, r) in rows.enumerate() {
         let row = &m.data[r * m.row_bytes..(r + 1) * m.row_bytes];
         acc[..a.n].fill(0.0);
-        if form_of(kind) == Form::F32 {
-            // Infallible: the row is exactly `cols` elements of `kind`.
-            let _ = crate::blocks::dequantize(kind, row, &mut wf);
-            for (k, s) in acc[..a.n].iter_mut().enumerate() {
-                *s = dot_f32(&wf, &a.values[k * a.cols..(k + 1) * a.cols]);
-            }
-        } else {
-            for (b, blk) in row.chunks_exact(bb).enumerate() {
-                let e0 = b * bs;
+        match form_of(kind) {
+            Form::F32 => {
+                // Infallible: the row is exactly `cols` elements of `kind`.
+                let _ = crate::blocks::dequantize(kind, row, &mut wf);
                 for (k, s) in acc[..a.n].iter_mut().enumerate() {
-                    let x = &a.q[k * a.cols + e0..k * a.cols + e0 + bs];
-                    let (dx, bi) = (a.d[k * a.nb + b], k * a.nb + b);
-                    *s += match kind {
-                        GgmlType::Q4_0 => {
-                            let q = codes_4(&blk[2..18]);
-                            (f16_at(blk, 0) * dx) * (idot::<32>(&q, x) - 8 * sum_i8(x)) as f32
-                        }
-                        GgmlType::Q4_1 => {
-                            let q = codes_4(&blk[4..20]);
-                            (f16_at(blk, 0) * dx) * idot::<32>(&q, x) as f32 + f16_at(blk, 2) * a.dsum[bi]
-                        }
-                        GgmlType::Q5_0 => {
-                            let q = codes_5(&blk[2..6], &blk[6..22]);
-                            (f16_at(blk, 0) * dx) * (idot::<32>(&q, x) - 16 * sum_i8(x)) as f32
-                        }
-                        GgmlType::Q5_1 => {
-                            let q = codes_5(&blk[4..8], &blk[8..24]);
-                            (f16_at(blk, 0) * dx) * idot::<32>(&q, x) as f32 + f16_at(blk, 2) * a.dsum[bi]
-                        }
-                        GgmlType::Q8_0 => {
-                            (f16_at(blk, 0) * dx) * sdot(&blk[2..34], x) as f32
-                        }
-                        _ => kblock(kind, blk, x, dx, &a.bsums[(k * a.nb + b) * 16..(k * a.nb + b + 1) * 16]),
-                    };
+                    *s = dot_f32(&wf, &a.values[k * a.cols..(k + 1) * a.cols]);
+                }
+            }
+            Form::Q8x32 => {
+                for (b, blk) in row.chunks_exact(bb).enumerate() {
+                    let w = decode32(kind, blk);
+                    for (k, s) in acc[..a.n].iter_mut().enumerate() {
+                        let x = &a.q[k * a.cols + b * bs..k * a.cols + (b + 1) * bs];
+                        let dot: i32 = w.q.iter().zip(x).map(|(&q, &c)| q as i32 * c as i32).sum();
+                        let bi = k * a.nb + b;
+                        *s += (w.d * a.d[bi]) * dot as f32 + w.m * a.dsum[bi];
+                    }
+                }
+            }
+            Form::Q8K => {
+                for (b, blk) in row.chunks_exact(bb).enumerate() {
+                    let w = decode_k(kind, blk);
+                    for (k, s) in acc[..a.n].iter_mut().enumerate() {
+                        let bi = k * a.nb + b;
+                        let x = &a.q[k * a.cols + b * bs..k * a.cols + (b + 1) * bs];
+                        *s += dot_k(&w, x, a.d[bi], &a.bsums[bi * 16..bi * 16 + 16]);
+                    }
                 }
             }
         }
         for k in 0..a.n {
             out[k * len + i] = acc[k];
         }
-    }
-}
-
-#[inline(always)]
-fn sum_i8(x: &[i8]) -> i32 {
-    x.iter().map(|&c| c as i32).sum()
-}
-
-/// One K-quant super-block against 256 activation codes (`bsums`: their 16 group sums).
-fn kblock(kind: GgmlType, blk: &[u8], x: &[i8], dx: f32, bsums: &[i16]) -> f32 {
-    let group = |q: &[u8], g: usize, size: usize| idot::<16>(&q[g * size..], &x[g * size..]) + if size == 32 { idot::<16>(&q[g * size + 16..], &x[g * size + 16..]) } else { 0 };
-    match kind {
-        GgmlType::Q2_K => {
-            let q = codes_q2k(&blk[16..80]);
-            let (mut isum, mut msum) = (0i32, 0i32);
-            for g in 0..16 {
-                isum += (blk[g] & 15) as i32 * group(&q, g, 16);
-                msum += (blk[g] >> 4) as i32 * bsums[g] as i32;
-            }
-            dx * (f16_at(blk, 80) * isum as f32 - f16_at(blk, 82) * msum as f32)
-        }
-        GgmlType::Q3_K => {
-            let q = codes_q3k(&blk[0..32], &blk[32..96]);
-            let s = scales_q3k(&blk[96..108]);
-            let isum: i32 = (0..16).map(|g| s[g] as i32 * (group(&q, g, 16) - 4 * bsums[g] as i32)).sum();
-            dx * (f16_at(blk, 108) * isum as f32)
-        }
-        GgmlType::Q4_K | GgmlType::Q5_K => {
-            let (s, m) = scale_min_k4(&blk[4..16]);
-            let q = if kind == GgmlType::Q4_K { codes_q4k(&blk[16..144]) } else { codes_q5k(&blk[16..48], &blk[48..176]) };
-            let (mut isum, mut msum) = (0i32, 0i32);
-            for g in 0..8 {
-                isum += s[g] as i32 * group(&q, g, 32);
-                msum += m[g] as i32 * (bsums[2 * g] as i32 + bsums[2 * g + 1] as i32);
-            }
-            dx * (f16_at(blk, 0) * isum as f32 - f16_at(blk, 2) * msum as f32)
-        }
-        GgmlType::Q6_K => {
-            let q = codes_q6k(&blk[0..128], &blk[128..192]);
-            let isum: i32 = (0..16).map(|g| blk[192 + g] as i8 as i32 * (group(&q, g, 16) - 32 * bsums[g] as i32)).sum();
-            dx * (f16_at(blk, 208) * isum as f32)
-        }
-        _ => 0.0,
     }
 }
 

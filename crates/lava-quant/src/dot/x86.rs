@@ -3,8 +3,8 @@
 //!
 //! Covered here: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 (one 32-element block per 256-bit vector; the
 //! integer sums of 8 blocks are reduced into one vector, so block scales and offsets are applied
-//! 8 blocks at a time), Q4_K, Q5_K, Q6_K (a super-block as 8 vectors of 32 codes, or 4 of 64),
-//! F32, F16, BF16. Q2_K and Q3_K return `false` and run the portable path.
+//! 8 blocks at a time), Q4_K, Q5_K, Q6_K (a super-block as 8 vectors of 32 codes, or 4 of 64 at
+//! the AVX-512 level), Q2_K, Q3_K (8 vectors of 32 codes at both levels), F32, F16, BF16.
 //!
 //! Every kernel computes the same integers as the portable definition (weight codes as unsigned
 //! bytes times activation codes as signed bytes; Q8_0 takes the sign of the weight onto the
@@ -23,7 +23,7 @@ use std::arch::x86_64::*;
 use std::ops::Range;
 
 use super::{ActView, QuantMatrix, SimdLevel};
-use crate::blocks::scale_min_k4;
+use crate::blocks::{scale_min_k4, scales_q3k};
 use crate::types::GgmlType;
 
 /// Calls `$isa::$f::<N $g>` with the activation-row count `N = $a.n` as a constant.
@@ -55,16 +55,18 @@ macro_rules! run {
             GgmlType::Q4_K => by_n!($isa::q4k[, false], $m, $a, $rows, $out),
             GgmlType::Q5_K => by_n!($isa::q4k[, true], $m, $a, $rows, $out),
             GgmlType::Q6_K => by_n!($isa::q6k[], $m, $a, $rows, $out),
+            GgmlType::Q2_K => by_n!($isa::q23k[, false], $m, $a, $rows, $out),
+            GgmlType::Q3_K => by_n!($isa::q23k[, true], $m, $a, $rows, $out),
             GgmlType::F32 => by_n!($isa::float[, F32], $m, $a, $rows, $out),
             GgmlType::F16 => by_n!($isa::float[, F16], $m, $a, $rows, $out),
             GgmlType::BF16 => by_n!($isa::float[, BF16], $m, $a, $rows, $out),
-            _ => return false,
         }
         true
     }};
 }
 
-/// Runs the kernel for `m.kind` at `level`; `false` when there is none (portable then).
+/// Runs the kernel for `m.kind` at `level` (`false`: none, for more than 8 activation rows at
+/// once, which `dot_rows_at` never passes; the portable path runs then).
 pub(crate) fn dot(level: SimdLevel, m: &QuantMatrix, a: &ActView, rows: Range<usize>, out: &mut [f32]) -> bool {
     // SAFETY: `level.available()` was checked by the caller (`dot_rows_at`), so the CPU has
     // the features each entry is compiled for; the bounds are as the module header says.
@@ -134,6 +136,11 @@ macro_rules! entries {
             #[target_feature(enable = $features)]
             pub(super) unsafe fn q6k<const N: usize>(m: &QuantMatrix, a: &ActView, rows: Range<usize>, out: &mut [f32]) {
                 super::$q6k::<N>(m, a, rows, out)
+            }
+
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn q23k<const N: usize, const Q3: bool>(m: &QuantMatrix, a: &ActView, rows: Range<usize>, out: &mut [f32]) {
+                super::q23k::<N, Q3>(m, a, rows, out)
             }
 
             #[target_feature(enable = $features)]
@@ -365,6 +372,91 @@ unsafe fn q4k<const N: usize, const Q5: bool>(m: &QuantMatrix, a: &ActView, rows
                 let dx = *xd.add(k * nb + b);
                 acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[k]), _mm256_set1_ps(d * dx), acc[k]);
                 acc[k] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(msum), _mm256_set1_ps(dmin * dx), acc[k]);
+            }
+        }
+        for k in 0..N {
+            out[k * len + i] = hsum(acc[k]);
+        }
+    }
+}
+
+/// `[a; 8] ++ [b; 8]` as `i16`: the scales of two groups of 16 codes, matching the lanes of
+/// `maddubs` over 32 codes.
+#[inline(always)]
+unsafe fn two_scales(a: i16, b: i16) -> __m256i {
+    _mm256_set_m128i(_mm_set1_epi16(b), _mm_set1_epi16(a))
+}
+
+/// `v >> n` per 16-bit lane, `n` not a constant.
+#[inline(always)]
+unsafe fn srl16(v: __m256i, n: usize) -> __m256i {
+    _mm256_srl_epi16(v, _mm_cvtsi32_si128(n as i32))
+}
+
+/// Q2_K and Q3_K (`Q3 = true`), 256-bit: per super-block, 8 vectors of 32 two-bit codes (Q3_K:
+/// plus the high bit from `hmask`, biased by 4), two groups of 16 each.
+#[inline(always)]
+unsafe fn q23k<const N: usize, const Q3: bool>(m: &QuantMatrix, a: &ActView, rows: Range<usize>, out: &mut [f32]) {
+    let (len, nb, cols, bb) = (rows.len(), m.cols / 256, m.cols, m.kind.block_bytes());
+    let (xq, xd, xb) = (a.q.as_ptr(), a.d.as_ptr(), a.bsums.as_ptr());
+    let (m3, one) = (_mm256_set1_epi8(3), _mm256_set1_epi8(1));
+    for (i, r) in rows.enumerate() {
+        let row = m.data.as_ptr().add(r * m.row_bytes);
+        let mut acc = [_mm256_setzero_ps(); N];
+        for b in 0..nb {
+            let blk = row.add(b * bb);
+            // Group scales (Q2_K: low nibbles, minimums high nibbles; Q3_K: 6-bit signed).
+            let mut sc = [0i16; 16];
+            let (qs, d, dmin, corr16);
+            if Q3 {
+                let s3 = scales_q3k(std::slice::from_raw_parts(blk.add(96), 12));
+                for g in 0..16 {
+                    sc[g] = s3[g] as i16;
+                }
+                qs = blk.add(32);
+                d = f16p(blk.add(108));
+                dmin = 0.0;
+                // The bias of 4 per code: 4 * sum_g sc[g] * bsum[g].
+                corr16 = _mm256_slli_epi16(_mm256_loadu_si256(sc.as_ptr() as *const __m256i), 2);
+            } else {
+                for g in 0..16 {
+                    sc[g] = (*blk.add(g) & 15) as i16;
+                }
+                qs = blk.add(16);
+                d = f16p(blk.add(80));
+                dmin = f16p(blk.add(82));
+                let raw = _mm_loadu_si128(blk as *const __m128i);
+                corr16 = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(raw, 4), _mm_set1_epi8(15)));
+            }
+            let hm = if Q3 { _mm256_loadu_si256(blk as *const __m256i) } else { _mm256_setzero_si256() };
+            let mut isum = [_mm256_setzero_si256(); N];
+            for h in 0..2 {
+                let v = _mm256_loadu_si256(qs.add(32 * h) as *const __m256i);
+                for sh in 0..4 {
+                    let mut q = _mm256_and_si256(srl16(v, 2 * sh), m3);
+                    if Q3 {
+                        let hb = _mm256_and_si256(srl16(hm, 4 * h + sh), one);
+                        q = _mm256_or_si256(q, _mm256_slli_epi16(hb, 2));
+                    }
+                    let g = 8 * h + 2 * sh;
+                    let sv = two_scales(sc[g], sc[g + 1]);
+                    for k in 0..N {
+                        let x = _mm256_loadu_si256(xq.add(k * cols + b * 256 + 128 * h + 32 * sh) as *const __m256i);
+                        isum[k] = _mm256_add_epi32(isum[k], _mm256_madd_epi16(_mm256_maddubs_epi16(q, x), sv));
+                    }
+                }
+            }
+            for k in 0..N {
+                let bs = _mm256_loadu_si256(xb.add((k * nb + b) * 16) as *const __m256i);
+                let corr = _mm256_madd_epi16(bs, corr16);
+                let dx = *xd.add(k * nb + b);
+                if Q3 {
+                    let v = _mm256_sub_epi32(isum[k], corr);
+                    acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(v), _mm256_set1_ps(d * dx), acc[k]);
+                } else {
+                    acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[k]), _mm256_set1_ps(d * dx), acc[k]);
+                    acc[k] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(corr), _mm256_set1_ps(dmin * dx), acc[k]);
+                }
             }
         }
         for k in 0..N {
