@@ -133,6 +133,12 @@ impl Activations {
         self.kind
     }
 
+    /// Whether these activations serve weights of type `kind` (same form: see
+    /// [`quantize_activations`]) with `cols` columns.
+    pub fn fits(&self, kind: GgmlType, cols: usize) -> bool {
+        form_of(kind) == self.form && cols == self.cols && cols.is_multiple_of(kind.block_size())
+    }
+
     /// The values the kernels actually multiply (`dx * xq`, or the values themselves for float
     /// weights), `[rows, cols]`: what the kernel result is exact against, up to `f32` rounding.
     pub fn dequantized(&self) -> Vec<f32> {
@@ -147,9 +153,39 @@ impl Activations {
 }
 
 /// Quantizes `x`, `n` rows of `cols` values (`x.len() = n * cols`), for weights of type `kind`
-/// with `cols` columns. `cols` must be a whole number of `kind` blocks.
+/// with `cols` columns. `cols` must be a whole number of `kind` blocks. The result also serves
+/// every weight type of the same form ([`Activations::fits`]): all 32-element types share one,
+/// all K-quants another, the float types a third.
 pub fn quantize_activations(kind: GgmlType, x: &[f32], cols: usize) -> Result<Activations, QuantError> {
+    let mut a = Activations {
+        form: form_of(kind),
+        kind,
+        rows: 0,
+        cols: 0,
+        values: Vec::new(),
+        q: Vec::new(),
+        d: Vec::new(),
+        dsum: Vec::new(),
+        bsums: Vec::new(),
+    };
+    quantize_activations_into(kind, x, cols, &mut a)?;
+    Ok(a)
+}
+
+/// [`quantize_activations`] into `out`, reusing its buffers (no allocation once they are large
+/// enough). On error `out` is left empty (0 rows).
+pub fn quantize_activations_into(kind: GgmlType, x: &[f32], cols: usize, out: &mut Activations) -> Result<(), QuantError> {
+    let a = out;
     let form = form_of(kind);
+    a.form = form;
+    a.kind = kind;
+    a.rows = 0;
+    a.cols = cols;
+    a.values.clear();
+    a.q.clear();
+    a.d.clear();
+    a.dsum.clear();
+    a.bsums.clear();
     let bs = match form {
         Form::F32 => 1,
         Form::Q8x32 => 32,
@@ -161,11 +197,10 @@ pub fn quantize_activations(kind: GgmlType, x: &[f32], cols: usize) -> Result<Ac
     if !x.len().is_multiple_of(cols) {
         return Err(QuantError::Mismatch(format!("{} activation values is not a whole number of rows of {cols}", x.len())));
     }
-    let rows = x.len() / cols;
-    let mut a = Activations { form, kind, rows, cols, values: Vec::new(), q: Vec::new(), d: Vec::new(), dsum: Vec::new(), bsums: Vec::new() };
     if form == Form::F32 {
-        a.values = x.to_vec();
-        return Ok(a);
+        a.values.extend_from_slice(x);
+        a.rows = x.len() / cols;
+        return Ok(());
     }
     a.q.reserve(x.len());
     a.d.reserve(x.len() / bs);
@@ -174,7 +209,7 @@ pub fn quantize_activations(kind: GgmlType, x: &[f32], cols: usize) -> Result<Ac
         let d = amax / 127.0;
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
         let start = a.q.len();
-        // `as i8` saturates, so a rounding overshoot stays in range.
+        // The clamp keeps a rounding overshoot (or a non-finite input) in range.
         a.q.extend(blk.iter().map(|&v| ((v * id).round() as i32).clamp(-127, 127) as i8));
         let codes = &a.q[start..];
         a.d.push(d);
@@ -183,7 +218,8 @@ pub fn quantize_activations(kind: GgmlType, x: &[f32], cols: usize) -> Result<Ac
             _ => a.bsums.extend(codes.chunks_exact(16).map(|g| g.iter().map(|&c| c as i16).sum::<i16>())),
         }
     }
-    Ok(a)
+    a.rows = x.len() / cols;
+    Ok(())
 }
 
 /// A weight matrix stored as GGUF stores it: `rows` rows of `cols` elements of type `kind`,
@@ -257,7 +293,7 @@ impl<'a> QuantMatrix<'a> {
         if !level.available() {
             return Err(QuantError::Mismatch(format!("this CPU cannot run the {level:?} kernels")));
         }
-        if act.kind != self.kind && form_of(act.kind) != form_of(self.kind) {
+        if form_of(act.kind) != form_of(self.kind) {
             return Err(QuantError::Mismatch(format!("activations quantized for {}, weights are {}", act.kind, self.kind)));
         }
         if act.cols != self.cols {

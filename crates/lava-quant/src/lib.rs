@@ -13,6 +13,24 @@
 //!
 //! Shapes follow GGUF: a tensor with `ne = [cols, rows]` is `rows` rows of `cols` contiguous
 //! elements; a linear layer `y = W x` with `d_in = cols`, `d_out = rows`.
+//!
+//! ```
+//! use lava_quant::{quantize, quantize_activations, GgmlType, QuantMatrix};
+//!
+//! // A 3 x 64 weight (d_out = 3, d_in = 64) as a GGUF file would hold it, in Q4_1.
+//! let w: Vec<f32> = (0..3 * 64).map(|i| (i % 7) as f32 - 3.0).collect();
+//! let raw = quantize(GgmlType::Q4_1, &w).unwrap();
+//! let m = QuantMatrix::new(GgmlType::Q4_1, 3, 64, &raw).unwrap();
+//!
+//! // Two activation rows, quantized once, then every output row on this thread...
+//! let x = vec![0.5f32; 2 * 64];
+//! let act = quantize_activations(m.kind(), &x, m.cols()).unwrap();
+//! let y = m.matmul(&act).unwrap(); // [2, 3]
+//! // ... or rows 1..3 only (what one worker of a thread pool does): out is [2, 2].
+//! let mut part = vec![0f32; 2 * 2];
+//! m.dot_rows(&act, 1..3, &mut part).unwrap();
+//! assert_eq!(part, [y[1], y[2], y[4], y[5]]);
+//! ```
 
 #![warn(missing_docs)]
 // Kernels index several arrays (codes, activation rows, accumulators) in lockstep.
@@ -23,5 +41,5 @@ mod dot;
 mod types;
 
 pub use blocks::{dequantize, dequantize_to_vec, quantize};
-pub use dot::{quantize_activations, simd_level, Activations, QuantMatrix, SimdLevel, MAX_ACT_ROWS};
+pub use dot::{quantize_activations, quantize_activations_into, simd_level, Activations, QuantMatrix, SimdLevel, MAX_ACT_ROWS};
 pub use types::{GgmlType, QuantError};

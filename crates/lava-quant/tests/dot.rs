@@ -21,7 +21,7 @@
 mod common;
 
 use common::{check, levels, Case};
-use lava_quant::{quantize_activations, GgmlType, QuantMatrix};
+use lava_quant::{quantize_activations, quantize_activations_into, GgmlType, QuantMatrix};
 
 #[test]
 fn kernels_match_dequantize_then_dot() {
@@ -86,4 +86,21 @@ fn zero_activations_and_matmul() {
     let mut part = vec![0f32; 2];
     case.matrix().dot_rows(&case.act, 1..3, &mut part).unwrap();
     assert_eq!(&all[1..3], &part[..]);
+}
+
+#[test]
+fn activations_reuse_and_fit() {
+    let x: Vec<f32> = (0..2 * 512).map(|i| ((i * 31 % 97) as f32 - 48.0) / 10.0).collect();
+    let a = quantize_activations(GgmlType::Q4_K, &x, 512).unwrap();
+    let mut b = quantize_activations(GgmlType::Q8_0, &[1.0; 64], 32).unwrap();
+    quantize_activations_into(GgmlType::Q6_K, &x, 512, &mut b).unwrap();
+    assert_eq!((b.rows(), b.cols(), b.kind()), (2, 512, GgmlType::Q6_K));
+    assert_eq!(a.dequantized(), b.dequantized());
+    assert!(b.fits(GgmlType::Q4_K, 512) && b.fits(GgmlType::Q2_K, 512));
+    assert!(!b.fits(GgmlType::Q8_0, 512) && !b.fits(GgmlType::Q4_K, 256) && !b.fits(GgmlType::F16, 512));
+    assert!(quantize_activations_into(GgmlType::Q4_K, &x, 100, &mut b).is_err());
+    assert_eq!(b.rows(), 0);
+    // Float weights take the values as they are.
+    let f = quantize_activations(GgmlType::BF16, &x, 512).unwrap();
+    assert_eq!(f.dequantized(), x);
 }
