@@ -261,20 +261,23 @@ unsafe fn legacy8<D: Dp, const N: usize, const T: u32>(m: &QuantMatrix, a: &ActV
         let mut b = 0;
         while b + 8 <= nb {
             let mut w = [_mm256_setzero_si256(); 8];
-            let (mut dbits, mut mbits) = ([0u16; 8], [0u16; 8]);
             for j in 0..8 {
-                let blk = row.add((b + j) * bb);
-                dbits[j] = u16::from_le_bytes([*blk, *blk.add(1)]);
-                if T == Q4_1 || T == Q5_1 {
-                    mbits[j] = u16::from_le_bytes([*blk.add(2), *blk.add(3)]);
-                }
-                w[j] = codes32::<T>(blk).0;
+                w[j] = codes32::<T>(row.add((b + j) * bb)).0;
             }
-            let dv = _mm256_cvtph_ps(_mm_loadu_si128(dbits.as_ptr() as *const __m128i));
+            // The 8 f16 scales (and minimums at byte 2), gathered into one vector (inserted
+            // one by one, not stored and reloaded, which would stall store forwarding).
+            let f16s = |off: usize| {
+                let h = |j: usize| {
+                    let p = row.add((b + j) * bb + off);
+                    u16::from_le_bytes([*p, *p.add(1)]) as i16
+                };
+                _mm256_cvtph_ps(_mm_setr_epi16(h(0), h(1), h(2), h(3), h(4), h(5), h(6), h(7)))
+            };
+            let dv = f16s(0);
             let cv = match T {
                 Q4_0 => _mm256_mul_ps(dv, _mm256_set1_ps(-8.0)),
                 Q5_0 => _mm256_mul_ps(dv, _mm256_set1_ps(-16.0)),
-                Q4_1 | Q5_1 => _mm256_cvtph_ps(_mm_loadu_si128(mbits.as_ptr() as *const __m128i)),
+                Q4_1 | Q5_1 => f16s(2),
                 _ if D::BIASED_Q8 => _mm256_mul_ps(dv, _mm256_set1_ps(-128.0)),
                 _ => _mm256_setzero_ps(),
             };
