@@ -62,7 +62,7 @@ fn bad_inputs_get_clear_errors() {
     let good_path = write("good.gguf", &good);
     let (table, data) = section_offsets(&good);
 
-    let unsupported = RandomWeights { config: tiny_config(3, 1, true, false), seed: 1 }.to_gguf(GgmlType::Other(14));
+    let unsupported = RandomWeights { config: tiny_config(3, 1, true, false), seed: 1 }.to_gguf(GgmlType::Other(16));
     let mut v2 = good.clone();
     v2[4] = 9;
     let mut unknown_arch = GgufWriter::new();
@@ -107,7 +107,7 @@ fn bad_inputs_get_clear_errors() {
         Case { name: "truncated tensor table", args: gen_args(&write("t.gguf", &good[..table + 30])), code: 3, expect: "ends inside the tensor table" },
         Case { name: "truncated tensor data", args: gen_args(&write("d.gguf", &good[..data])), code: 3, expect: "ends inside the tensor data" },
         Case { name: "unsupported version", args: gen_args(&write("v.gguf", &v2)), code: 3, expect: "unsupported GGUF version 9" },
-        Case { name: "unsupported tensor type", args: gen_args(&write("q6k.gguf", &unsupported)), code: 3, expect: "Q6_K" },
+        Case { name: "unsupported tensor type", args: gen_args(&write("iq2.gguf", &unsupported)), code: 3, expect: "IQ2_XXS" },
         Case { name: "unknown architecture", args: gen_args(&write("arch.gguf", &unknown_arch.to_bytes())), code: 3, expect: "architecture \"mamba\"" },
         Case { name: "HF dir without config.json", args: gen_args(&no_config), code: 3, expect: "no config.json" },
         Case { name: "unknown model_type", args: gen_args(&bad_type), code: 3, expect: "gpt_neox" },

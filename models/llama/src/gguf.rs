@@ -1,6 +1,8 @@
 //! GGUF (v2/v3) reader: metadata, tensor table and dequantisation to f32.
 //!
-//! Supported tensor types: F32, F16, BF16, Q8_0, Q4_0, Q4_1. Every read is
+//! Supported tensor types: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 and
+//! the K-quants Q2_K, Q3_K, Q4_K, Q5_K, Q6_K (the block formats of
+//! [`lava_quant`]). Every read is
 //! bounds-checked, so a truncated or corrupt file yields a [`GgufError`]
 //! naming the section where it ended, never a panic.
 
@@ -61,7 +63,7 @@ pub enum GgufError {
         detail: String,
     },
     /// A tensor type without a dequantiser.
-    #[error("{path}: tensor {tensor} has type {kind}, which lava cannot read (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1); convert the model with llama.cpp's llama-quantize to one of these")]
+    #[error("{path}: tensor {tensor} has type {kind}, which lava cannot read (supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K); convert the model with llama.cpp's llama-quantize to one of these")]
     UnsupportedType {
         /// File.
         path: PathBuf,
@@ -148,7 +150,9 @@ impl Value {
     }
 }
 
-/// GGML tensor types this reader knows by name.
+/// GGML tensor types: those lava reads (the block formats of [`lava_quant`]),
+/// and any other id, kept for the error message.
+#[allow(non_camel_case_types)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GgmlType {
     /// 32-bit float.
@@ -161,23 +165,61 @@ pub enum GgmlType {
     Q4_0,
     /// 4-bit, block of 32, scale and minimum.
     Q4_1,
+    /// 5-bit, block of 32, scale.
+    Q5_0,
+    /// 5-bit, block of 32, scale and minimum.
+    Q5_1,
     /// 8-bit, block of 32, scale.
     Q8_0,
-    /// Any other type id (not dequantisable here).
+    /// K-quant, 2-bit codes in super-blocks of 256.
+    Q2_K,
+    /// K-quant, 3-bit codes in super-blocks of 256.
+    Q3_K,
+    /// K-quant, 4-bit codes in super-blocks of 256.
+    Q4_K,
+    /// K-quant, 5-bit codes in super-blocks of 256.
+    Q5_K,
+    /// K-quant, 6-bit codes in super-blocks of 256.
+    Q6_K,
+    /// Any other type id (not readable here).
     Other(u32),
 }
 
 impl GgmlType {
     fn from_id(id: u32) -> Self {
-        match id {
-            0 => Self::F32,
-            1 => Self::F16,
-            2 => Self::Q4_0,
-            3 => Self::Q4_1,
-            8 => Self::Q8_0,
-            30 => Self::BF16,
-            other => Self::Other(other),
+        lava_quant::GgmlType::from_id(id).map_or(Self::Other(id), Self::from)
+    }
+
+    /// The ggml type id (as stored in GGUF).
+    pub fn id(&self) -> u32 {
+        match self.quant() {
+            Some(q) => q.id(),
+            None => match self {
+                Self::Other(id) => *id,
+                _ => u32::MAX,
+            },
         }
+    }
+
+    /// The block format, `None` for a type lava cannot read.
+    pub fn quant(&self) -> Option<lava_quant::GgmlType> {
+        use lava_quant::GgmlType as Q;
+        Some(match self {
+            Self::F32 => Q::F32,
+            Self::F16 => Q::F16,
+            Self::BF16 => Q::BF16,
+            Self::Q4_0 => Q::Q4_0,
+            Self::Q4_1 => Q::Q4_1,
+            Self::Q5_0 => Q::Q5_0,
+            Self::Q5_1 => Q::Q5_1,
+            Self::Q8_0 => Q::Q8_0,
+            Self::Q2_K => Q::Q2_K,
+            Self::Q3_K => Q::Q3_K,
+            Self::Q4_K => Q::Q4_K,
+            Self::Q5_K => Q::Q5_K,
+            Self::Q6_K => Q::Q6_K,
+            Self::Other(_) => return None,
+        })
     }
 
     /// The type's name as llama.cpp prints it.
@@ -187,27 +229,33 @@ impl GgmlType {
             "Q4_K", "Q5_K", "Q6_K", "Q8_K", "IQ2_XXS", "IQ2_XS", "IQ3_XXS", "IQ1_S", "IQ4_NL", "IQ3_S",
             "IQ2_S", "IQ4_XS", "I8", "I16", "I32", "I64", "F64", "IQ1_M", "BF16",
         ];
-        let id = match self {
-            Self::F32 => 0,
-            Self::F16 => 1,
-            Self::Q4_0 => 2,
-            Self::Q4_1 => 3,
-            Self::Q8_0 => 8,
-            Self::BF16 => 30,
-            Self::Other(id) => *id,
-        };
+        let id = self.id();
         NAMES.get(id as usize).map_or_else(|| format!("type id {id}"), |n| n.to_string())
     }
 
     /// `(elements per block, bytes per block)`, or `None` if unsupported.
     fn block(&self) -> Option<(usize, usize)> {
-        match self {
-            Self::F32 => Some((1, 4)),
-            Self::F16 | Self::BF16 => Some((1, 2)),
-            Self::Q4_0 => Some((32, 18)),
-            Self::Q4_1 => Some((32, 20)),
-            Self::Q8_0 => Some((32, 34)),
-            Self::Other(_) => None,
+        self.quant().map(|q| (q.block_size(), q.block_bytes()))
+    }
+}
+
+impl From<lava_quant::GgmlType> for GgmlType {
+    fn from(q: lava_quant::GgmlType) -> Self {
+        use lava_quant::GgmlType as Q;
+        match q {
+            Q::F32 => Self::F32,
+            Q::F16 => Self::F16,
+            Q::BF16 => Self::BF16,
+            Q::Q4_0 => Self::Q4_0,
+            Q::Q4_1 => Self::Q4_1,
+            Q::Q5_0 => Self::Q5_0,
+            Q::Q5_1 => Self::Q5_1,
+            Q::Q8_0 => Self::Q8_0,
+            Q::Q2_K => Self::Q2_K,
+            Q::Q3_K => Self::Q3_K,
+            Q::Q4_K => Self::Q4_K,
+            Q::Q5_K => Self::Q5_K,
+            Q::Q6_K => Self::Q6_K,
         }
     }
 }
@@ -530,40 +578,14 @@ impl GgufFile {
     }
 }
 
-/// Dequantises `n` elements of `kind` from `raw` (whose length the caller checked).
+/// Dequantises `n` elements of `kind` from `raw` (whose length the caller
+/// checked), bit-identically to llama.cpp (see [`lava_quant::dequantize`]).
 fn dequantize_raw(kind: GgmlType, raw: &[u8], n: usize) -> Vec<f32> {
-    let mut out = Vec::with_capacity(n);
-    let h = |b: &[u8]| f16::from_le_bytes([b[0], b[1]]).to_f32();
-    match kind {
-        GgmlType::F32 => out.extend(raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))),
-        GgmlType::F16 => out.extend(raw.chunks_exact(2).map(h)),
-        GgmlType::BF16 => out.extend(raw.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32())),
-        GgmlType::Q8_0 => {
-            for blk in raw.chunks_exact(34) {
-                let d = h(&blk[0..2]);
-                out.extend(blk[2..34].iter().map(|&q| q as i8 as f32 * d));
-            }
-        }
-        GgmlType::Q4_0 => {
-            for blk in raw.chunks_exact(18) {
-                let d = h(&blk[0..2]);
-                let qs = &blk[2..18];
-                out.extend(qs.iter().map(|&q| ((q & 0x0f) as i32 - 8) as f32 * d));
-                out.extend(qs.iter().map(|&q| ((q >> 4) as i32 - 8) as f32 * d));
-            }
-        }
-        GgmlType::Q4_1 => {
-            for blk in raw.chunks_exact(20) {
-                let d = h(&blk[0..2]);
-                let m = h(&blk[2..4]);
-                let qs = &blk[4..20];
-                out.extend(qs.iter().map(|&q| (q & 0x0f) as f32 * d + m));
-                out.extend(qs.iter().map(|&q| (q >> 4) as f32 * d + m));
-            }
-        }
-        GgmlType::Other(_) => {}
+    let mut out = vec![0f32; n];
+    match kind.quant() {
+        Some(q) if lava_quant::dequantize(q, raw, &mut out).is_ok() => out,
+        _ => Vec::new(),
     }
-    out
 }
 
 /// Quantises f32 values to a GGML block type (used by tests to build files).
@@ -609,7 +631,9 @@ pub fn quantize(kind: GgmlType, values: &[f32]) -> Option<Vec<u8>> {
                 out.extend((0..16).map(|i| q(i) | (q(i + 16) << 4)));
             }
         }
-        GgmlType::Other(_) => return None,
+        // The other block formats: lava-quant's reference quantizers (Q5_0, Q5_1; none for the
+        // K-quants).
+        other => return other.quant().and_then(|q| lava_quant::quantize(q, values).ok()),
     }
     Some(out)
 }
@@ -691,15 +715,7 @@ impl GgufWriter {
             Self::write_value(&mut out, &Value::Str(name.clone()));
             out.extend_from_slice(&(dims.len() as u32).to_le_bytes());
             dims.iter().for_each(|d| out.extend_from_slice(&d.to_le_bytes()));
-            let id: u32 = match kind {
-                GgmlType::F32 => 0,
-                GgmlType::F16 => 1,
-                GgmlType::Q4_0 => 2,
-                GgmlType::Q4_1 => 3,
-                GgmlType::Q8_0 => 8,
-                GgmlType::BF16 => 30,
-                GgmlType::Other(id) => *id,
-            };
+            let id = kind.id();
             out.extend_from_slice(&id.to_le_bytes());
             out.extend_from_slice(&off.to_le_bytes());
         }
