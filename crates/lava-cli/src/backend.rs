@@ -4,6 +4,16 @@
 
 use crate::error::CliError;
 
+/// How a GGUF file's matrices are held (`--weights`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum WeightsKind {
+    /// Dequantized to f32 at load (every backend).
+    #[default]
+    F32,
+    /// Kept in the file's block formats (Q4_0 ... Q6_K) and multiplied in them (flex only).
+    Native,
+}
+
 /// The backends the binary can run on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum BackendKind {
@@ -101,10 +111,21 @@ pub fn check_cuda_driver() -> Result<(), CliError> {
 /// ([`Llama::with_matvec_split`](lava_llama::Llama::with_matvec_split)).
 pub fn load_for<B: burn::tensor::backend::Backend>(
     kind: BackendKind,
+    weights: WeightsKind,
     path: &std::path::Path,
     device: &B::Device,
 ) -> Result<(lava_llama::Llama<B>, lava_llama::Tokenizer), CliError> {
-    let (model, tok) = lava_llama::load_model::<B>(path, device).map_err(|e| crate::fetch::load_error(path, e))?;
+    let format = match weights {
+        WeightsKind::F32 => lava_llama::WeightFormat::F32,
+        WeightsKind::Native => lava_llama::WeightFormat::Native,
+    };
+    if weights == WeightsKind::Native && kind != BackendKind::Flex {
+        return Err(CliError::Usage(format!(
+            "--weights native runs on the flex backend only (--backend {}); drop --weights or use --backend flex",
+            format!("{kind:?}").to_lowercase()
+        )));
+    }
+    let (model, tok) = lava_llama::load_model_with::<B>(path, device, format).map_err(|e| crate::fetch::load_error(path, e))?;
     let parts = match kind {
         BackendKind::Cuda => 1,
         BackendKind::Flex | BackendKind::Ndarray => std::thread::available_parallelism().map_or(1, |n| n.get()),

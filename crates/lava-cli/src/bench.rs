@@ -202,7 +202,7 @@ pub fn bench(mut a: BenchArgs) -> Result<(), CliError> {
     let bandwidth = if a.no_bandwidth { None } else { Some(triad_bandwidth_gb_s()) };
     let path = resolve_model(a.model.model.as_deref())?;
     let report = with_backend!(a.model.backend, |B, device| {
-        let (model, tok) = crate::backend::load_for::<B>(a.model.backend, &path, &device)?;
+        let (model, tok) = crate::backend::load_for::<B>(a.model.backend, a.model.weights, &path, &device)?;
         if needed > model.config.max_position_embeddings {
             return Err(CliError::Usage(format!(
                 "--lengths up to {max_len} plus {} decode tokens exceed the model's context ({})",

@@ -39,9 +39,9 @@ fn full_cache_bytes<B: Backend>(model: &Llama<B>, tokens: usize) -> u64 {
         .unwrap_or(u64::MAX)
 }
 
-fn load<B: Backend>(kind: crate::BackendKind, path: &Path, device: &B::Device) -> Result<(Llama<B>, Tokenizer), CliError> {
+fn load<B: Backend>(m: &crate::ModelArgs, path: &Path, device: &B::Device) -> Result<(Llama<B>, Tokenizer), CliError> {
     let t = std::time::Instant::now();
-    let r = crate::backend::load_for::<B>(kind, path, device)?;
+    let r = crate::backend::load_for::<B>(m.backend, m.weights, path, device)?;
     eprintln!("lava: loaded {} in {:.1}s", path.display(), t.elapsed().as_secs_f64());
     Ok(r)
 }
@@ -110,7 +110,7 @@ fn generate_on<B: Backend>(
     path: &Path,
     device: &B::Device,
 ) -> Result<(), CliError> {
-    let (model, tok) = load::<B>(a.model.backend, path, device)?;
+    let (model, tok) = load::<B>(&a.model, path, device)?;
     let ctx = model.config.max_position_embeddings;
     let context = context.read(ctx)?;
     if context.trim().is_empty() {
@@ -276,7 +276,7 @@ pub fn mean_nll<B: Backend>(model: &Llama<B>, ids: &[u32], chunk: usize) -> Resu
 }
 
 fn ppl_on<B: Backend>(a: &PplArgs, path: &Path, device: &B::Device) -> Result<(), CliError> {
-    let (model, tok) = load::<B>(a.model.backend, path, device)?;
+    let (model, tok) = load::<B>(&a.model, path, device)?;
     let limit = a.max_tokens.min(model.config.max_position_embeddings);
     // Only the first `limit` tokens are scored: read only what they can need.
     let why = format!("the {limit} tokens scored");

@@ -557,7 +557,7 @@ fn check_prompt_memory<B: Backend>(task: &EvalTask, model: &lava_llama::Llama<B>
 
 fn eval_on<B: Backend>(a: &EvalArgs, g: &Grid, path: &Path, data: &DataPaths, device: &B::Device) -> Result<(), CliError> {
     let c = a.common()?;
-    let (model, tok) = crate::backend::load_for::<B>(c.backend, path, device)?;
+    let (model, tok) = crate::backend::load_for::<B>(c.backend, crate::backend::WeightsKind::F32, path, device)?;
     check_context(&a.task, model.config.max_position_embeddings)?;
     check_prompt_memory(&a.task, &model)?;
     let mut stop: Vec<u32> = model.config.eos_token_ids.clone();

@@ -42,6 +42,10 @@ pub struct ModelArgs {
     /// Compute backend.
     #[arg(long, value_enum, default_value_t = BackendKind::Flex)]
     pub backend: BackendKind,
+    /// How a GGUF file's matrices are held: f32 (dequantized at load) or native
+    /// (kept in the file's block formats; flex only).
+    #[arg(long, value_enum, default_value_t = backend::WeightsKind::F32)]
+    pub weights: backend::WeightsKind,
 }
 
 /// `lava generate`.

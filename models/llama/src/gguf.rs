@@ -546,6 +546,25 @@ impl GgufFile {
 
     /// Dequantises a tensor to f32, row-major (outermost dimension first).
     pub fn dequantize(&self, name: &str) -> Result<Vec<f32>, GgufError> {
+        let (info, raw) = self.tensor_bytes(name)?;
+        Ok(dequantize_raw(info.kind, raw, info.elements() as usize))
+    }
+
+    /// A tensor's entry and its bytes as stored (blocks of its type), checked
+    /// to lie inside the file.
+    pub fn tensor_bytes(&self, name: &str) -> Result<(&TensorInfo, &[u8]), GgufError> {
+        let (info, range) = self.tensor_range(name)?;
+        Ok((info, self.bytes_at(range)))
+    }
+
+    /// The bytes of the file at `range` (empty when outside it).
+    pub fn bytes_at(&self, range: std::ops::Range<usize>) -> &[u8] {
+        (*self.data).as_ref().get(range).unwrap_or(&[])
+    }
+
+    /// A tensor's entry and the range of the file its bytes take, checked to
+    /// lie inside the file.
+    pub fn tensor_range(&self, name: &str) -> Result<(&TensorInfo, std::ops::Range<usize>), GgufError> {
         let info = self.tensor(name)?;
         let (per_block, block_bytes) = info.kind.block().ok_or_else(|| GgufError::UnsupportedType {
             path: self.path.clone(),
@@ -573,8 +592,7 @@ impl GgufFile {
                 needed: nbytes as u64,
                 len: bytes.len() as u64,
             })?;
-        let raw = &bytes[range.0 as usize..range.1 as usize];
-        Ok(dequantize_raw(info.kind, raw, n))
+        Ok((info, range.0 as usize..range.1 as usize))
     }
 }
 

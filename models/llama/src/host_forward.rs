@@ -24,7 +24,7 @@ mod on_host {
     use crate::error::ModelError;
     use lava_flex::matmul as kernels;
     use crate::transformer::{Llama, Logits};
-    use crate::weights::DecoderLayer;
+    use crate::weights::{DecoderLayer, Proj};
 
     /// Rows per block of the host MLP (`run_on_host`): bounds the `[rows, ff]`
     /// intermediates of a long prefill.
@@ -99,15 +99,20 @@ mod on_host {
                 let (a, m) = (&l.self_attn, &l.mlp);
                 [&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj, &m.gate_proj, &m.up_proj, &m.down_proj]
             }
+            // (Native quantized weights hold the matrices: the f32 ones are empty.)
+            let native = self.quantized.is_some();
             let readable = self.weights.layers.iter().all(|l| {
-                linears(l).iter().all(|p| Host::new(&p.weight.val()).is_some() && p.bias.as_ref().is_none_or(|b| Host::new(&b.val()).is_some()))
+                linears(l).iter().all(|p| (native || Host::new(&p.weight.val()).is_some()) && p.bias.as_ref().is_none_or(|b| Host::new(&b.val()).is_some()))
                     && Host::new(&l.input_layernorm.gamma.val()).is_some()
                     && Host::new(&l.post_attention_layernorm.gamma.val()).is_some()
             });
             if !readable {
                 return Ok(None);
             }
-            let mut x: Vec<f32> = tokens.iter().flat_map(|&t| embed.values()[t as usize * d..(t as usize + 1) * d].iter().copied()).collect();
+            let mut x: Vec<f32> = match &self.quantized {
+                Some(q) => q.embed(tokens)?,
+                None => tokens.iter().flat_map(|&t| embed.values()[t as usize * d..(t as usize + 1) * d].iter().copied()).collect(),
+            };
             let (cos, sin) = self.rope.host_tables(positions);
             let half = hd / 2;
             let lost = || ModelError::Internal("a parameter stopped being readable during the step".into());
@@ -119,7 +124,7 @@ mod on_host {
                 };
                 let mut h = x.clone();
                 rms_norm(&mut h, g1.values(), layer.input_layernorm.epsilon);
-                let mut qkv = self.project_host(&h, rows, &[&a.q_proj, &a.k_proj, &a.v_proj]).ok_or_else(lost)?;
+                let mut qkv = self.project_layer(l, &h, rows, &[(&a.q_proj, Proj::Q), (&a.k_proj, Proj::K), (&a.v_proj, Proj::V)])?;
                 for r in 0..rows {
                     let (cs, sn) = (&cos[r * half..(r + 1) * half], &sin[r * half..(r + 1) * half]);
                     rope(&mut qkv[0][r * hq * hd..(r + 1) * hq * hd], cs, sn);
@@ -149,7 +154,7 @@ mod on_host {
                         }
                     }
                 }
-                let o = self.project_host(&attn, rows, &[&a.o_proj]).ok_or_else(lost)?;
+                let o = self.project_layer(l, &attn, rows, &[(&a.o_proj, Proj::O)])?;
                 x.iter_mut().zip(&o[0]).for_each(|(x, o)| *x += o);
                 // The MLP in blocks of rows: its [rows, ff] intermediates are the
                 // largest activations of a long prefill.
@@ -158,17 +163,37 @@ mod on_host {
                     let xr = &mut x[r0 * d..r1 * d];
                     let mut h = xr.to_vec();
                     rms_norm(&mut h, g2.values(), layer.post_attention_layernorm.epsilon);
-                    let mut gu = self.project_host(&h, r1 - r0, &[&m.gate_proj, &m.up_proj]).ok_or_else(lost)?;
+                    let mut gu = self.project_layer(l, &h, r1 - r0, &[(&m.gate_proj, Proj::Gate), (&m.up_proj, Proj::Up)])?;
                     let up = gu.pop().unwrap_or_default();
                     let mut act = gu.pop().unwrap_or_default();
                     swiglu(&mut act, &up);
                     debug_assert_eq!(act.len(), (r1 - r0) * ff);
-                    let down = self.project_host(&act, r1 - r0, &[&m.down_proj]).ok_or_else(lost)?;
+                    let down = self.project_layer(l, &act, r1 - r0, &[(&m.down_proj, Proj::Down)])?;
                     xr.iter_mut().zip(&down[0]).for_each(|(x, o)| *x += o);
                 }
             }
             rms_norm(&mut x, norm.values(), self.weights.norm.epsilon);
             Ok(Some(x))
+        }
+
+        /// `x [rows, d_in] @ W (+ bias)` for the projections `projs` of layer
+        /// `l` (all with the same input): by the native quantized kernels when
+        /// the model has them, else [`project_host`](Self::project_host).
+        fn project_layer(&self, l: usize, x: &[f32], rows: usize, projs: &[(&Linear<B>, Proj)]) -> Result<Vec<Vec<f32>>, ModelError> {
+            let lost = || ModelError::Internal("a parameter stopped being readable during the step".into());
+            let Some(q) = &self.quantized else {
+                let layers: Vec<&Linear<B>> = projs.iter().map(|(l, _)| *l).collect();
+                return self.project_host(x, rows, &layers).ok_or_else(lost);
+            };
+            let kinds: Vec<Proj> = projs.iter().map(|(_, p)| *p).collect();
+            let mut outs = q.project(l, &kinds, x, rows, self.matvec_split)?;
+            for (out, (layer, _)) in outs.iter_mut().zip(projs) {
+                if let Some(bias) = &layer.bias {
+                    let b = kernels::Host::new(&bias.val()).ok_or_else(lost)?;
+                    out.chunks_exact_mut(b.values().len()).for_each(|row| row.iter_mut().zip(b.values()).for_each(|(o, b)| *o += b));
+                }
+            }
+            Ok(outs)
         }
 
         /// `x [rows, d_in] @ W (+ bias)` for each layer of `layers` (all with the
@@ -199,6 +224,10 @@ mod on_host {
         /// `x [R, d_model] @ output` for host rows (flex), as a tensor.
         fn host_logits(&self, x: Vec<f32>, rows: usize) -> Option<Tensor<B, 2>> {
             let d = self.config.hidden_size;
+            if let Some(q) = &self.quantized {
+                let logits = q.logits(&x, rows, self.matvec_split).ok()?;
+                return lava_flex::bridge::from_host::<B, 2>(logits, [rows, self.config.vocab_size]);
+            }
             let input = lava_flex::bridge::from_host::<B, 2>(x, [rows, d])?;
             Some(self.logits(input))
         }

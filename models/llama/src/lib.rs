@@ -40,6 +40,8 @@ pub mod hf;
 mod host_forward;
 pub mod memory;
 mod prompt;
+#[cfg(feature = "flex")]
+mod quantized;
 mod rope;
 pub mod sampling;
 pub mod tiny;
@@ -62,29 +64,67 @@ pub use tokenizer::{tokenizer_json_from_gguf, Message, Tokenizer, TEMPLATE_ALLOC
 pub use transformer::{Llama, Logits};
 pub use weights::{Attention, DecoderLayer, LlamaWeights, Mlp, WeightSource};
 
-/// Loads a GGUF file.
+/// How the matrices (embedding, projections, output head) of a GGUF file are held.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum WeightFormat {
+    /// Dequantized to f32 at load (every backend).
+    #[default]
+    F32,
+    /// Kept in the file's block formats and multiplied in them by
+    /// `lava-quant`'s kernels: on the flex backend (with the `flex` feature);
+    /// elsewhere, and for Hugging Face directories, the same as `F32`.
+    Native,
+}
+
+/// Loads a GGUF file, its matrices dequantized to f32.
 pub fn load_gguf<B: Backend>(path: &Path, device: &B::Device) -> Result<(Llama<B>, Tokenizer), ModelError> {
-    let g = gguf::GgufFile::open(path)?;
+    load_gguf_with(path, device, WeightFormat::F32)
+}
+
+/// Loads a GGUF file, its matrices held as `format` says.
+pub fn load_gguf_with<B: Backend>(path: &Path, device: &B::Device, format: WeightFormat) -> Result<(Llama<B>, Tokenizer), ModelError> {
+    let g = std::sync::Arc::new(gguf::GgufFile::open(path)?);
     let config = config_from_gguf(&g)?;
     let tokenizer = Tokenizer::from_gguf(&g)?;
     let src = GgufSource::new(&g, config.clone())?;
+    #[cfg(feature = "flex")]
+    let native = format == WeightFormat::Native && lava_flex::bridge::is_flex::<B>();
+    #[cfg(not(feature = "flex"))]
+    let native = {
+        let _ = format;
+        false
+    };
     // The weights first: their shapes are checked against the file before
     // anything sized by the metadata (RoPE tables included) is allocated.
-    let weights = LlamaWeights::from_source(&config, &src, device)?;
+    let weights = LlamaWeights::from_source_without_matrices(&config, &src, device, native)?;
     let mut rope = Rope::new(&config);
     if let Some(f) = src.rope_freq_factors()? {
         rope = rope.with_freq_factors(&f);
     }
-    Ok((Llama::new(config, weights, rope, device), tokenizer))
+    #[allow(unused_mut)]
+    let mut model = Llama::new(config, weights, rope, device);
+    #[cfg(feature = "flex")]
+    if native {
+        let unpermute = g.get_str("general.architecture")? != "qwen2";
+        let q = quantized::QuantizedWeights::from_gguf(g.clone(), &model.config, unpermute)?;
+        model.quantized = Some(std::sync::Arc::new(q));
+    }
+    Ok((model, tokenizer))
 }
 
-/// Loads a model from a GGUF file or a Hugging Face directory.
+/// Loads a model from a GGUF file or a Hugging Face directory (f32 matrices).
 pub fn load_model<B: Backend>(path: &Path, device: &B::Device) -> Result<(Llama<B>, Tokenizer), ModelError> {
+    load_model_with(path, device, WeightFormat::F32)
+}
+
+/// Loads a model from a GGUF file (its matrices held as `format` says) or a
+/// Hugging Face directory (f32).
+pub fn load_model_with<B: Backend>(path: &Path, device: &B::Device, format: WeightFormat) -> Result<(Llama<B>, Tokenizer), ModelError> {
     let meta = std::fs::metadata(path).map_err(|e| ModelError::io(path, e))?;
     if meta.is_dir() {
         hf::load_hf_dir(path, device)
     } else {
-        load_gguf(path, device)
+        load_gguf_with(path, device, format)
     }
 }
 

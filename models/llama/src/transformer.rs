@@ -41,6 +41,11 @@ pub struct Llama<B: Backend> {
     /// Column blocks the projections are split into for few-token steps
     /// (see [`Llama::with_matvec_split`]); 1 = one matmul.
     pub(crate) matvec_split: usize,
+    /// The embedding and projections in their GGUF block formats, run by the
+    /// flex host path (`crate::quantized`); the f32 matrices of `weights` are
+    /// then empty.
+    #[cfg(feature = "flex")]
+    pub(crate) quantized: Option<std::sync::Arc<crate::quantized::QuantizedWeights>>,
 }
 
 impl<B: Backend> Llama<B> {
@@ -63,7 +68,16 @@ impl<B: Backend> Llama<B> {
                 }
             }
         };
-        Self { config, weights, output, rope, device: device.clone(), matvec_split: 1 }
+        Self {
+            config,
+            weights,
+            output,
+            rope,
+            device: device.clone(),
+            matvec_split: 1,
+            #[cfg(feature = "flex")]
+            quantized: None,
+        }
     }
 
     /// Builds from a [`WeightSource`] (GGUF, or a tiny random model).
@@ -164,9 +178,32 @@ impl<B: Backend> Llama<B> {
         }
     }
 
-    /// Bytes of f32 parameters.
+    /// Bytes of the parameters: the f32 ones, plus the blocks of native
+    /// quantized weights.
     pub fn parameter_bytes(&self) -> usize {
-        self.weights.num_params() * 4
+        let native = {
+            #[cfg(feature = "flex")]
+            {
+                self.quantized.as_ref().map_or(0, |q| q.bytes())
+            }
+            #[cfg(not(feature = "flex"))]
+            {
+                0
+            }
+        };
+        self.weights.num_params() * 4 + native
+    }
+
+    /// Whether the matrices run natively in their GGUF block formats.
+    pub fn is_quantized(&self) -> bool {
+        #[cfg(feature = "flex")]
+        {
+            self.quantized.is_some()
+        }
+        #[cfg(not(feature = "flex"))]
+        {
+            false
+        }
     }
 
     /// Runs `tokens` through the model, appending them to `cache` at absolute

@@ -384,10 +384,28 @@ impl<B: Backend> LlamaWeights<B> {
         src: &S,
         device: &B::Device,
     ) -> Result<Self, ModelError> {
+        Self::from_source_without_matrices(config, src, device, false)
+    }
+
+    /// [`from_source`](Self::from_source); with `no_matrices`, the embedding
+    /// and every projection weight are left empty (`[0, 0]`, nothing read or
+    /// allocated): for a model whose matrices live elsewhere (the native
+    /// quantized weights of `crate::quantized`). Norms and biases are read.
+    pub(crate) fn from_source_without_matrices<S: WeightSource + ?Sized>(
+        config: &LlamaConfig,
+        src: &S,
+        device: &B::Device,
+        no_matrices: bool,
+    ) -> Result<Self, ModelError> {
         check_against_file(config, &src.origin(), src.tensor_count(), |name| src.shape(name))?;
         let eps = config.rms_norm_eps;
         let mut loaded = Loaded::<B> { matrices: HashMap::new(), vectors: HashMap::new() };
         for p in parameters(config) {
+            if no_matrices && matches!(p.kind, ParameterKind::Embedding | ParameterKind::Weight(_)) {
+                let empty = Tensor::from_data(TensorData::new(Vec::<f32>::new(), [0, 0]), device);
+                loaded.matrices.insert((p.layer, p.kind), empty);
+                continue;
+            }
             let values = expect(src, &p.name, &p.shape)?;
             loaded.put(&p, values, device);
         }

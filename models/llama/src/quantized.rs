@@ -1,0 +1,249 @@
+//! Native quantized weights: the embedding and every projection kept in their
+//! GGUF block format (Q4_0 ... Q6_K, F16/BF16) and multiplied in it by
+//! `lava-quant`'s kernels (activations quantized once per step to 8 bits,
+//! integer dot products per block), on the flex host path only. The generic
+//! tensor-op path (ndarray, CUDA) keeps dequantizing to f32 at load, so it stays
+//! the reference.
+//!
+//! Shapes follow GGUF: a projection `y [n, d_out] = x [n, d_in] W^T` is stored
+//! as `d_out` rows of `d_in` elements, each row a run of blocks; the embedding
+//! is `vocab` rows of `d_model`, and a tied output head multiplies by those
+//! same rows (no transposed f32 copy).
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use crate::config::LlamaConfig;
+use crate::error::ModelError;
+use crate::gguf::GgufFile;
+use crate::weights::Proj;
+
+/// One matrix in its block format: `rows` rows of `cols` elements.
+pub(crate) struct QuantMatrix {
+    kind: lava_quant::GgmlType,
+    rows: usize,
+    cols: usize,
+    bytes: Bytes,
+}
+
+/// Where a matrix's blocks live.
+enum Bytes {
+    /// In the (mapped) file, as stored.
+    File(Arc<GgufFile>, Range<usize>),
+    /// Rows reordered at load (llama.cpp's Q/K permutation undone).
+    Owned(Vec<u8>),
+}
+
+impl QuantMatrix {
+    fn data<'a>(&'a self) -> &'a [u8] {
+        match &self.bytes {
+            Bytes::File(f, r) => f.bytes_at(r.clone()),
+            Bytes::Owned(v) => v,
+        }
+    }
+
+    fn view(&self) -> Result<lava_quant::QuantMatrix<'_>, ModelError> {
+        lava_quant::QuantMatrix::new(self.kind, self.rows, self.cols, self.data())
+            .map_err(|e| ModelError::Internal(format!("a quantized matrix no longer matches its shape: {e}")))
+    }
+
+    /// Bytes of the blocks.
+    fn len(&self) -> usize {
+        self.data().len()
+    }
+}
+
+/// The native weights of one layer, by projection.
+struct Layer {
+    q: QuantMatrix,
+    k: QuantMatrix,
+    v: QuantMatrix,
+    o: QuantMatrix,
+    gate: QuantMatrix,
+    up: QuantMatrix,
+    down: QuantMatrix,
+}
+
+/// The embedding and every projection of a model in their GGUF block formats.
+pub struct QuantizedWeights {
+    embed: QuantMatrix,
+    /// `None`: tied to the embedding.
+    output: Option<QuantMatrix>,
+    layers: Vec<Layer>,
+}
+
+impl std::fmt::Debug for QuantizedWeights {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QuantizedWeights").field("layers", &self.layers.len()).field("bytes", &self.bytes()).finish()
+    }
+}
+
+impl QuantizedWeights {
+    /// Reads the matrices of `g` (checked against `config` by the caller's
+    /// weight loading); `unpermute`: undo llama.cpp's Q/K row order (`llama`
+    /// files, not `qwen2`).
+    pub(crate) fn from_gguf(g: Arc<GgufFile>, config: &LlamaConfig, unpermute: bool) -> Result<Self, ModelError> {
+        let (hq, hkv, hd) = (config.num_attention_heads, config.num_key_value_heads, config.head_dim);
+        let matrix = |name: &str, permute_heads: Option<usize>| -> Result<QuantMatrix, ModelError> {
+            let (info, range) = g.tensor_range(name)?;
+            let raw = g.bytes_at(range.clone());
+            let shape = info.shape();
+            let kind = info.kind.quant().ok_or_else(|| ModelError::Unsupported(format!("tensor {name} of type {}", info.kind.name())))?;
+            let (rows, cols) = match shape.as_slice() {
+                [rows, cols] => (*rows, *cols),
+                _ => return Err(ModelError::Weights { path: g.path().to_path_buf(), detail: format!("tensor {name} is not a matrix: {shape:?}") }),
+            };
+            let row_bytes = kind.bytes_for(cols).map_err(|e| ModelError::Weights { path: g.path().to_path_buf(), detail: format!("tensor {name}: {e}") })?;
+            let bytes = match permute_heads {
+                Some(heads) => Bytes::Owned(unpermute_rows(raw, heads, hd, row_bytes)),
+                None => Bytes::File(g.clone(), range),
+            };
+            let m = QuantMatrix { kind, rows, cols, bytes };
+            lava_quant::QuantMatrix::new(kind, rows, cols, m.data())
+                .map_err(|e| ModelError::Weights { path: g.path().to_path_buf(), detail: format!("tensor {name}: {e}") })?;
+            Ok(m)
+        };
+        let perm = |h: usize| unpermute.then_some(h);
+        let mut layers = Vec::with_capacity(config.num_hidden_layers);
+        for l in 0..config.num_hidden_layers {
+            let n = |s: &str| format!("blk.{l}.{s}.weight");
+            layers.push(Layer {
+                q: matrix(&n("attn_q"), perm(hq))?,
+                k: matrix(&n("attn_k"), perm(hkv))?,
+                v: matrix(&n("attn_v"), None)?,
+                o: matrix(&n("attn_output"), None)?,
+                gate: matrix(&n("ffn_gate"), None)?,
+                up: matrix(&n("ffn_up"), None)?,
+                down: matrix(&n("ffn_down"), None)?,
+            });
+        }
+        let embed = matrix("token_embd.weight", None)?;
+        let output = if config.tie_word_embeddings { None } else { Some(matrix("output.weight", None)?) };
+        Ok(Self { embed, output, layers })
+    }
+
+    /// Bytes of all the blocks held (the file's matrices; a tied head once).
+    pub fn bytes(&self) -> usize {
+        let layers: usize = self.layers.iter().map(|l| [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down].iter().map(|m| m.len()).sum::<usize>()).sum();
+        layers + self.embed.len() + self.output.as_ref().map_or(0, QuantMatrix::len)
+    }
+
+    fn matrix(&self, layer: usize, p: Proj) -> Option<&QuantMatrix> {
+        let l = self.layers.get(layer)?;
+        Some(match p {
+            Proj::Q => &l.q,
+            Proj::K => &l.k,
+            Proj::V => &l.v,
+            Proj::O => &l.o,
+            Proj::Gate => &l.gate,
+            Proj::Up => &l.up,
+            Proj::Down => &l.down,
+            Proj::LmHead => return None,
+        })
+    }
+
+    /// The embedding rows of `tokens`, `[T, d_model]` (ids checked by the caller).
+    pub(crate) fn embed(&self, tokens: &[u32]) -> Result<Vec<f32>, ModelError> {
+        let m = self.embed.view()?;
+        let d = self.embed.cols;
+        let mut out = vec![0f32; tokens.len() * d];
+        for (row, &t) in out.chunks_exact_mut(d).zip(tokens) {
+            m.dequantize_row(t as usize, row).map_err(|e| ModelError::Input(format!("token {t}: {e}")))?;
+        }
+        Ok(out)
+    }
+
+    /// `x [rows, d_in]` through the projections `projs` of `layer` (all with
+    /// that input), each `[rows, d_out]`, on `threads` workers.
+    pub(crate) fn project(&self, layer: usize, projs: &[Proj], x: &[f32], rows: usize, threads: usize) -> Result<Vec<Vec<f32>>, ModelError> {
+        let mats: Vec<&QuantMatrix> = projs
+            .iter()
+            .map(|&p| self.matrix(layer, p).ok_or_else(|| ModelError::Internal(format!("no quantized {p:?} for layer {layer}"))))
+            .collect::<Result<_, _>>()?;
+        project(&mats, x, rows, threads)
+    }
+
+    /// `x [rows, d_model]` through the output head (the embedding's rows when tied): `[rows, vocab]`.
+    pub(crate) fn logits(&self, x: &[f32], rows: usize, threads: usize) -> Result<Vec<f32>, ModelError> {
+        let head = self.output.as_ref().unwrap_or(&self.embed);
+        Ok(project(&[head], x, rows, threads)?.pop().unwrap_or_default())
+    }
+}
+
+/// `x [rows, d_in]` through each of `mats`: the activations are quantized
+/// once per form, then the output rows of every matrix are cut into bands,
+/// one per worker, each band a [`lava_quant::QuantMatrix::dot_rows`] call.
+fn project(mats: &[&QuantMatrix], x: &[f32], rows: usize, threads: usize) -> Result<Vec<Vec<f32>>, ModelError> {
+    let kernel_err = |e: lava_quant::QuantError| ModelError::Internal(format!("quantized matmul: {e}"));
+    let views: Vec<lava_quant::QuantMatrix<'_>> = mats.iter().map(|m| m.view()).collect::<Result<_, _>>()?;
+    let d_in = x.len() / rows.max(1);
+    // One quantization of x per activation form (Q4_K and Q6_K matrices share one).
+    let mut acts: Vec<lava_quant::Activations> = Vec::new();
+    let mut act_of = Vec::with_capacity(views.len());
+    for v in &views {
+        match acts.iter().position(|a| a.fits(v.kind(), v.cols())) {
+            Some(i) => act_of.push(i),
+            None => {
+                acts.push(lava_quant::quantize_activations(v.kind(), x, d_in).map_err(kernel_err)?);
+                act_of.push(acts.len() - 1);
+            }
+        }
+    }
+    // Work items: (matrix, band of its output rows), about `threads` per matrix
+    // set so that each worker streams a contiguous part of the weights.
+    let total_rows: usize = views.iter().map(|v| v.rows()).sum();
+    let threads = threads.max(1);
+    let band = total_rows.div_ceil(threads).max(16);
+    let mut items: Vec<(usize, Range<usize>)> = Vec::new();
+    for (i, v) in views.iter().enumerate() {
+        let mut r = 0;
+        while r < v.rows() {
+            let e = (r + band).min(v.rows());
+            items.push((i, r..e));
+            r = e;
+        }
+    }
+    let per_worker = items.len().div_ceil(threads);
+    let work = |t: usize| -> Result<Vec<(usize, Range<usize>, Vec<f32>)>, lava_quant::QuantError> {
+        let mut done = Vec::new();
+        for (i, range) in items.iter().skip(t * per_worker).take(per_worker) {
+            let mut part = vec![0f32; rows * range.len()];
+            views[*i].dot_rows(&acts[act_of[*i]], range.clone(), &mut part)?;
+            done.push((*i, range.clone(), part));
+        }
+        Ok(done)
+    };
+    let workers = threads.min(items.len()).max(1);
+    let parts: Vec<_> = if workers == 1 { vec![work(0)] } else { lava_flex::spin_pool::map(workers, &work) };
+    let mut outs: Vec<Vec<f32>> = views.iter().map(|v| vec![0f32; rows * v.rows()]).collect();
+    for part in parts {
+        for (i, range, values) in part.map_err(kernel_err)? {
+            let d_out = views[i].rows();
+            let len = range.len();
+            for r in 0..rows {
+                outs[i][r * d_out + range.start..r * d_out + range.end].copy_from_slice(&values[r * len..(r + 1) * len]);
+            }
+        }
+    }
+    Ok(outs)
+}
+
+/// Undoes llama.cpp's Q/K row permutation on whole rows of blocks: GGUF row
+/// `h*D + 2i + p` holds Hugging Face row `h*D + p*D/2 + i` (as
+/// `crate::gguf_source::unpermute_rows` does for f32 values).
+fn unpermute_rows(raw: &[u8], heads: usize, head_dim: usize, row_bytes: usize) -> Vec<u8> {
+    let half = head_dim / 2;
+    let mut out = vec![0u8; raw.len()];
+    for h in 0..heads {
+        for i in 0..half {
+            for p in 0..2 {
+                let src = (h * head_dim + 2 * i + p) * row_bytes;
+                let dst = (h * head_dim + p * half + i) * row_bytes;
+                if src + row_bytes <= raw.len() && dst + row_bytes <= out.len() {
+                    out[dst..dst + row_bytes].copy_from_slice(&raw[src..src + row_bytes]);
+                }
+            }
+        }
+    }
+    out
+}
