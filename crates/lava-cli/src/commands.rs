@@ -275,8 +275,60 @@ pub fn mean_nll<B: Backend>(model: &Llama<B>, ids: &[u32], chunk: usize) -> Resu
     Ok(total / count.max(1) as f64)
 }
 
+/// Mean NLL the way llama-perplexity computes it (`-c ctx`): the tokens are cut into
+/// `ids.len() / ctx` windows of `ctx`, each run from an empty cache, and in each window
+/// the predictions of tokens `ctx/2 + 1 .. ctx` are scored. Returns (mean NLL, scored).
+pub fn windowed_nll<B: Backend>(model: &Llama<B>, ids: &[u32], ctx: usize) -> Result<(f64, usize), CliError> {
+    let device = model.device().clone();
+    let first = ctx / 2;
+    let (mut total, mut count) = (0f64, 0usize);
+    for window in ids.chunks_exact(ctx) {
+        let mut cache = FullCache::<B>::new(model.cache_shape(), ctx, &device)?;
+        let logits = model.forward(window, &mut cache, Logits::All)?; // [ctx, vocab]
+        let [_, vocab] = logits.dims();
+        let scored = logits.slice([first..ctx - 1, 0..vocab]);
+        let (lp, _) = lava_llama::token_log_probs(scored, &window[first + 1..])?;
+        total -= lp.iter().map(|&x| x as f64).sum::<f64>();
+        count += lp.len();
+    }
+    Ok((total / count.max(1) as f64, count))
+}
+
 fn ppl_on<B: Backend>(a: &PplArgs, path: &Path, device: &B::Device) -> Result<(), CliError> {
     let (model, tok) = load::<B>(&a.model, path, device)?;
+    if let Some(ctx) = a.ctx {
+        if ctx < 4 || ctx > model.config.max_position_embeddings {
+            return Err(CliError::Usage(format!(
+                "--ctx {ctx} must be at least 4 and at most the model's context ({})",
+                model.config.max_position_embeddings
+            )));
+        }
+        let why = format!("the {} tokens scored", a.max_tokens);
+        let text = read_text(&a.text_file, text_cap(a.max_tokens), &why, Overflow::Truncate)?;
+        let mut ids = tok.encode(&text)?;
+        ids.truncate(a.max_tokens);
+        if ids.len() < ctx {
+            return Err(CliError::Usage(format!(
+                "{} has {} token(s) (of at most --max-tokens {}), fewer than one window of --ctx {ctx}",
+                a.text_file.display(),
+                ids.len(),
+                a.max_tokens
+            )));
+        }
+        let (nll, scored) = windowed_nll(&model, &ids, ctx)?;
+        let windows = ids.len() / ctx;
+        return if a.json {
+            let j = serde_json::json!({"tokens": ids.len(), "windows": windows, "scored": scored, "nll": nll, "ppl": nll.exp()});
+            crate::write_stdout(&format!("{j}\n"))
+        } else {
+            crate::write_stdout(&format!(
+                "tokens {}  windows {windows} of {ctx}  scored {scored}  mean NLL {:.4}  perplexity {:.3}\n",
+                ids.len(),
+                nll,
+                nll.exp()
+            ))
+        };
+    }
     let limit = a.max_tokens.min(model.config.max_position_embeddings);
     // Only the first `limit` tokens are scored: read only what they can need.
     let why = format!("the {limit} tokens scored");

@@ -119,6 +119,11 @@ pub struct PplArgs {
     /// Tokens per forward pass.
     #[arg(long, default_value_t = 512)]
     pub chunk: usize,
+    /// llama-perplexity's method (its `-c N`): cut the text into windows of N
+    /// tokens, run each from an empty cache and score the second half of each
+    /// window (`--max-tokens` then bounds the text, not the context).
+    #[arg(long)]
+    pub ctx: Option<usize>,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,

@@ -152,10 +152,11 @@ impl<'a> GgufSource<'a> {
 }
 
 /// Undoes llama.cpp's Q/K row permutation: GGUF row `h*D + 2i + p` holds
-/// Hugging Face row `h*D + p*D/2 + i`. Works on weights (`cols = d_in`) and biases (`cols = 1`).
-pub fn unpermute_rows(v: &[f32], heads: usize, head_dim: usize, cols: usize) -> Vec<f32> {
+/// Hugging Face row `h*D + p*D/2 + i`. Works on weights (`cols = d_in`), biases (`cols = 1`)
+/// and rows of quantized blocks (bytes, `cols` = bytes per row).
+pub fn unpermute_rows<T: Copy + Default>(v: &[T], heads: usize, head_dim: usize, cols: usize) -> Vec<T> {
     let half = head_dim / 2;
-    let mut out = vec![0f32; v.len()];
+    let mut out = vec![T::default(); v.len()];
     for h in 0..heads {
         for i in 0..half {
             for p in 0..2 {

@@ -94,8 +94,11 @@ impl QuantizedWeights {
                 _ => return Err(ModelError::Weights { path: g.path().to_path_buf(), detail: format!("tensor {name} is not a matrix: {shape:?}") }),
             };
             let row_bytes = kind.bytes_for(cols).map_err(|e| ModelError::Weights { path: g.path().to_path_buf(), detail: format!("tensor {name}: {e}") })?;
+            if permute_heads.is_some_and(|h| h * hd != rows) || raw.len() != rows * row_bytes {
+                return Err(ModelError::Weights { path: g.path().to_path_buf(), detail: format!("tensor {name} has {rows} rows, which do not fit the heads") });
+            }
             let bytes = match permute_heads {
-                Some(heads) => Bytes::Owned(unpermute_rows(raw, heads, hd, row_bytes)),
+                Some(heads) => Bytes::Owned(crate::gguf_source::unpermute_rows(raw, heads, hd, row_bytes)),
                 None => Bytes::File(g.clone(), range),
             };
             let m = QuantMatrix { kind, rows, cols, bytes };
@@ -226,24 +229,4 @@ fn project(mats: &[&QuantMatrix], x: &[f32], rows: usize, threads: usize) -> Res
         }
     }
     Ok(outs)
-}
-
-/// Undoes llama.cpp's Q/K row permutation on whole rows of blocks: GGUF row
-/// `h*D + 2i + p` holds Hugging Face row `h*D + p*D/2 + i` (as
-/// `crate::gguf_source::unpermute_rows` does for f32 values).
-fn unpermute_rows(raw: &[u8], heads: usize, head_dim: usize, row_bytes: usize) -> Vec<u8> {
-    let half = head_dim / 2;
-    let mut out = vec![0u8; raw.len()];
-    for h in 0..heads {
-        for i in 0..half {
-            for p in 0..2 {
-                let src = (h * head_dim + 2 * i + p) * row_bytes;
-                let dst = (h * head_dim + p * half + i) * row_bytes;
-                if src + row_bytes <= raw.len() && dst + row_bytes <= out.len() {
-                    out[dst..dst + row_bytes].copy_from_slice(&raw[src..src + row_bytes]);
-                }
-            }
-        }
-    }
-    out
 }
