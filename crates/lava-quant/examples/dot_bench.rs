@@ -6,6 +6,10 @@
 
 use std::time::Instant;
 
+// The block layouts' f16 scale offsets, shared with the kernel tests.
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use lava_quant::{quantize_activations, GgmlType, QuantMatrix, SimdLevel};
 
 fn bytes(kind: GgmlType, rows: usize, cols: usize) -> Vec<u8> {
@@ -20,14 +24,7 @@ fn bytes(kind: GgmlType, rows: usize, cols: usize) -> Vec<u8> {
             s as u8
         })
         .collect();
-    let fields: &[usize] = match kind {
-        GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => &[0],
-        GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q4_K | GgmlType::Q5_K => &[0, 2],
-        GgmlType::Q2_K => &[80, 82],
-        GgmlType::Q3_K => &[108],
-        GgmlType::Q6_K => &[208],
-        _ => &[],
-    };
+    let fields = common::f16_fields(kind);
     if fields.is_empty() {
         // Float rows: small finite values.
         let v: Vec<f32> = (0..rows * cols).map(|i| ((i % 17) as f32 - 8.0) / 64.0).collect();

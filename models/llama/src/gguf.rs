@@ -9,7 +9,6 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use half::{bf16, f16};
 
 /// Errors reading a GGUF file.
 #[derive(Debug, thiserror::Error)]
@@ -150,76 +149,54 @@ impl Value {
     }
 }
 
-/// GGML tensor types: those lava reads (the block formats of [`lava_quant`]),
-/// and any other id, kept for the error message.
-#[allow(non_camel_case_types)]
+/// A GGML tensor type: one lava reads (a block format of [`lava_quant`]), or
+/// any other id, kept for the error message. The known types are spelled as
+/// constants (`GgmlType::Q4_1`), usable in patterns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GgmlType {
-    /// 32-bit float.
-    F32,
-    /// 16-bit IEEE float.
-    F16,
-    /// bfloat16.
-    BF16,
-    /// 4-bit, block of 32, scale.
-    Q4_0,
-    /// 4-bit, block of 32, scale and minimum.
-    Q4_1,
-    /// 5-bit, block of 32, scale.
-    Q5_0,
-    /// 5-bit, block of 32, scale and minimum.
-    Q5_1,
-    /// 8-bit, block of 32, scale.
-    Q8_0,
-    /// K-quant, 2-bit codes in super-blocks of 256.
-    Q2_K,
-    /// K-quant, 3-bit codes in super-blocks of 256.
-    Q3_K,
-    /// K-quant, 4-bit codes in super-blocks of 256.
-    Q4_K,
-    /// K-quant, 5-bit codes in super-blocks of 256.
-    Q5_K,
-    /// K-quant, 6-bit codes in super-blocks of 256.
-    Q6_K,
+    /// A type lava reads.
+    Known(lava_quant::GgmlType),
     /// Any other type id (not readable here).
     Other(u32),
 }
 
+#[allow(non_upper_case_globals)]
 impl GgmlType {
+    /// 32-bit float.
+    pub const F32: Self = Self::Known(lava_quant::GgmlType::F32);
+    /// 16-bit IEEE float.
+    pub const F16: Self = Self::Known(lava_quant::GgmlType::F16);
+    /// bfloat16.
+    pub const BF16: Self = Self::Known(lava_quant::GgmlType::BF16);
+    /// 4-bit, block of 32, scale.
+    pub const Q4_0: Self = Self::Known(lava_quant::GgmlType::Q4_0);
+    /// 4-bit, block of 32, scale and minimum.
+    pub const Q4_1: Self = Self::Known(lava_quant::GgmlType::Q4_1);
+    /// 5-bit, block of 32, scale.
+    pub const Q5_0: Self = Self::Known(lava_quant::GgmlType::Q5_0);
+    /// 5-bit, block of 32, scale and minimum.
+    pub const Q5_1: Self = Self::Known(lava_quant::GgmlType::Q5_1);
+    /// 8-bit, block of 32, scale.
+    pub const Q8_0: Self = Self::Known(lava_quant::GgmlType::Q8_0);
+
     fn from_id(id: u32) -> Self {
-        lava_quant::GgmlType::from_id(id).map_or(Self::Other(id), Self::from)
+        lava_quant::GgmlType::from_id(id).map_or(Self::Other(id), Self::Known)
     }
 
     /// The ggml type id (as stored in GGUF).
     pub fn id(&self) -> u32 {
-        match self.quant() {
-            Some(q) => q.id(),
-            None => match self {
-                Self::Other(id) => *id,
-                _ => u32::MAX,
-            },
+        match self {
+            Self::Known(q) => q.id(),
+            Self::Other(id) => *id,
         }
     }
 
     /// The block format, `None` for a type lava cannot read.
     pub fn quant(&self) -> Option<lava_quant::GgmlType> {
-        use lava_quant::GgmlType as Q;
-        Some(match self {
-            Self::F32 => Q::F32,
-            Self::F16 => Q::F16,
-            Self::BF16 => Q::BF16,
-            Self::Q4_0 => Q::Q4_0,
-            Self::Q4_1 => Q::Q4_1,
-            Self::Q5_0 => Q::Q5_0,
-            Self::Q5_1 => Q::Q5_1,
-            Self::Q8_0 => Q::Q8_0,
-            Self::Q2_K => Q::Q2_K,
-            Self::Q3_K => Q::Q3_K,
-            Self::Q4_K => Q::Q4_K,
-            Self::Q5_K => Q::Q5_K,
-            Self::Q6_K => Q::Q6_K,
-            Self::Other(_) => return None,
-        })
+        match self {
+            Self::Known(q) => Some(*q),
+            Self::Other(_) => None,
+        }
     }
 
     /// The type's name as llama.cpp prints it.
@@ -236,27 +213,6 @@ impl GgmlType {
     /// `(elements per block, bytes per block)`, or `None` if unsupported.
     fn block(&self) -> Option<(usize, usize)> {
         self.quant().map(|q| (q.block_size(), q.block_bytes()))
-    }
-}
-
-impl From<lava_quant::GgmlType> for GgmlType {
-    fn from(q: lava_quant::GgmlType) -> Self {
-        use lava_quant::GgmlType as Q;
-        match q {
-            Q::F32 => Self::F32,
-            Q::F16 => Self::F16,
-            Q::BF16 => Self::BF16,
-            Q::Q4_0 => Self::Q4_0,
-            Q::Q4_1 => Self::Q4_1,
-            Q::Q5_0 => Self::Q5_0,
-            Q::Q5_1 => Self::Q5_1,
-            Q::Q8_0 => Self::Q8_0,
-            Q::Q2_K => Self::Q2_K,
-            Q::Q3_K => Self::Q3_K,
-            Q::Q4_K => Self::Q4_K,
-            Q::Q5_K => Self::Q5_K,
-            Q::Q6_K => Self::Q6_K,
-        }
     }
 }
 
@@ -606,54 +562,12 @@ fn dequantize_raw(kind: GgmlType, raw: &[u8], n: usize) -> Vec<f32> {
     }
 }
 
-/// Quantises f32 values to a GGML block type (used by tests to build files).
+/// Quantises f32 values to a GGML block type (used by tests to build files):
+/// [`lava_quant::quantize`], whose quantizers equal llama.cpp's byte for byte;
+/// `None` for a type without one (the K-quants, unknown ids) or values that
+/// are not a whole number of blocks.
 pub fn quantize(kind: GgmlType, values: &[f32]) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    match kind {
-        GgmlType::F32 => values.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
-        GgmlType::F16 => values.iter().for_each(|v| out.extend_from_slice(&f16::from_f32(*v).to_le_bytes())),
-        GgmlType::BF16 => values.iter().for_each(|v| out.extend_from_slice(&bf16::from_f32(*v).to_le_bytes())),
-        GgmlType::Q8_0 => {
-            for blk in values.chunks(32) {
-                let amax = blk.iter().fold(0f32, |a, v| a.max(v.abs()));
-                let d = amax / 127.0;
-                let id = if d > 0.0 { 1.0 / d } else { 0.0 };
-                out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
-                out.extend((0..32).map(|i| (blk.get(i).copied().unwrap_or(0.0) * id).round() as i8 as u8));
-            }
-        }
-        GgmlType::Q4_0 => {
-            for blk in values.chunks(32) {
-                let mut max = 0f32;
-                for &v in blk {
-                    if v.abs() > max.abs() {
-                        max = v;
-                    }
-                }
-                let d = max / -8.0;
-                let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-                out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
-                let q = |i: usize| ((blk.get(i).copied().unwrap_or(0.0) * id + 8.5) as i32).clamp(0, 15) as u8;
-                out.extend((0..16).map(|i| q(i) | (q(i + 16) << 4)));
-            }
-        }
-        GgmlType::Q4_1 => {
-            for blk in values.chunks(32) {
-                let min = blk.iter().copied().fold(f32::INFINITY, f32::min);
-                let max = blk.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let d = (max - min) / 15.0;
-                let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-                out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
-                out.extend_from_slice(&f16::from_f32(min).to_le_bytes());
-                let q = |i: usize| (((blk.get(i).copied().unwrap_or(min) - min) * id + 0.5) as i32).clamp(0, 15) as u8;
-                out.extend((0..16).map(|i| q(i) | (q(i + 16) << 4)));
-            }
-        }
-        // The other block formats: lava-quant's reference quantizers (Q5_0, Q5_1; none for the
-        // K-quants).
-        other => return other.quant().and_then(|q| lava_quant::quantize(q, values).ok()),
-    }
-    Some(out)
+    lava_quant::quantize(kind.quant()?, values).ok()
 }
 
 /// Builds a GGUF v3 image in memory (for tests, fuzz seeds and tiny models).
@@ -750,6 +664,7 @@ impl GgufWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use half::f16;
 
     #[test]
     fn quantised_round_trip_is_close() {

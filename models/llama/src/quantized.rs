@@ -192,31 +192,26 @@ fn project(mats: &[&QuantMatrix], x: &[f32], rows: usize, threads: usize) -> Res
             }
         }
     }
-    // Work items: (matrix, band of its output rows), about `threads` per matrix
-    // set so that each worker streams a contiguous part of the weights.
+    // The matrices' output rows, end to end, cut into one contiguous band per
+    // worker (at least 16 rows): each worker streams its part of the weights.
     let total_rows: usize = views.iter().map(|v| v.rows()).sum();
-    let threads = threads.max(1);
-    let band = total_rows.div_ceil(threads).max(16);
-    let mut items: Vec<(usize, Range<usize>)> = Vec::new();
-    for (i, v) in views.iter().enumerate() {
-        let mut r = 0;
-        while r < v.rows() {
-            let e = (r + band).min(v.rows());
-            items.push((i, r..e));
-            r = e;
-        }
-    }
-    let per_worker = items.len().div_ceil(threads);
+    let workers = threads.max(1).min(total_rows.div_ceil(16)).max(1);
+    let per = total_rows.div_ceil(workers);
     let work = |t: usize| -> Result<Vec<(usize, Range<usize>, Vec<f32>)>, lava_quant::QuantError> {
+        let (from, to) = (t * per, ((t + 1) * per).min(total_rows));
         let mut done = Vec::new();
-        for (i, range) in items.iter().skip(t * per_worker).take(per_worker) {
-            let mut part = vec![0f32; rows * range.len()];
-            views[*i].dot_rows(&acts[act_of[*i]], range.clone(), &mut part)?;
-            done.push((*i, range.clone(), part));
+        let mut offset = 0;
+        for (i, v) in views.iter().enumerate() {
+            let range = from.max(offset) - offset..to.min(offset + v.rows()).saturating_sub(offset);
+            if !range.is_empty() {
+                let mut part = vec![0f32; rows * range.len()];
+                v.dot_rows(&acts[act_of[i]], range.clone(), &mut part)?;
+                done.push((i, range, part));
+            }
+            offset += v.rows();
         }
         Ok(done)
     };
-    let workers = threads.min(items.len()).max(1);
     let parts: Vec<_> = if workers == 1 { vec![work(0)] } else { lava_flex::spin_pool::map(workers, &work) };
     let mut outs: Vec<Vec<f32>> = views.iter().map(|v| vec![0f32; rows * v.rows()]).collect();
     for part in parts {
