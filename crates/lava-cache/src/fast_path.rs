@@ -8,6 +8,8 @@
 pub(crate) use lava_flex::attention::{cumulative_column_sums, decode_attention, prefill_attention, value_norm_max, window_attention_mean, Segment};
 #[cfg(feature = "flex")]
 pub(crate) use lava_flex::bridge::{write_in_place, write_ints_in_place};
+#[cfg(feature = "flex")]
+pub(crate) use lava_flex::stored::{decode_attention_f16, decode_attention_q8_0};
 
 #[cfg(not(feature = "flex"))]
 pub(crate) use declined::*;
@@ -47,6 +49,29 @@ mod declined {
         _kv_heads: usize,
         _keys: &Tensor<B, K>,
         _values: &Tensor<B, K>,
+        _segments: &[Segment],
+    ) -> Option<Tensor<B, 3>> {
+        None
+    }
+
+    pub(crate) fn decode_attention_f16<B: Backend, const K: usize>(
+        _q: &Tensor<B, 3>,
+        _kv_heads: usize,
+        _keys: &Tensor<B, K>,
+        _values: &Tensor<B, K>,
+        _segments: &[Segment],
+    ) -> Option<Tensor<B, 3>> {
+        None
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn decode_attention_q8_0<B: Backend, const K: usize>(
+        _q: &Tensor<B, 3>,
+        _kv_heads: usize,
+        _key_codes: &Tensor<B, K, Int>,
+        _key_scales: &Tensor<B, K>,
+        _value_codes: &Tensor<B, K, Int>,
+        _value_scales: &Tensor<B, K>,
         _segments: &[Segment],
     ) -> Option<Tensor<B, 3>> {
         None

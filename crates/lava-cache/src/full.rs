@@ -1,7 +1,8 @@
 use burn::tensor::{backend::Backend, Tensor};
 
-use crate::fast_path::{decode_attention, write_in_place, Segment};
-use crate::{attention::causal_attention, CacheError, CacheShape, CacheStats, KvCache};
+use crate::fast_path::{write_in_place, Segment};
+use crate::kv_dtype::{decode_attention_stored, KvRows};
+use crate::{attention::causal_attention, CacheError, CacheShape, CacheStats, KvCache, KvDtype};
 
 /// The uncompressed cache: every token of every head is kept.
 ///
@@ -16,11 +17,12 @@ use crate::{attention::causal_attention, CacheError, CacheShape, CacheStats, KvC
 pub struct FullCache<B: Backend> {
     shape: CacheShape,
     device: B::Device,
-    /// Per layer: `(k, v)` buffers `[H_kv, capacity, D]`, filled up to `len`.
-    layers: Vec<Option<(Tensor<B, 3>, Tensor<B, 3>)>>,
+    /// Per layer: `(k, v)` buffers `[H_kv, capacity, D]` in the KV dtype, filled up to `len`.
+    layers: Vec<Option<(KvRows<B, 3>, KvRows<B, 3>)>>,
     lens: Vec<usize>,
     max_tokens: usize,
     headroom: usize,
+    kv_dtype: KvDtype,
 }
 
 impl<B: Backend> Clone for FullCache<B> {
@@ -32,6 +34,7 @@ impl<B: Backend> Clone for FullCache<B> {
             lens: self.lens.clone(),
             max_tokens: self.max_tokens,
             headroom: self.headroom,
+            kv_dtype: self.kv_dtype,
         }
     }
 }
@@ -47,6 +50,7 @@ impl<B: Backend> FullCache<B> {
             lens: vec![0; shape.layers],
             max_tokens,
             headroom: 0,
+            kv_dtype: KvDtype::F32,
         })
     }
 
@@ -63,51 +67,68 @@ impl<B: Backend> FullCache<B> {
         self.shape
     }
 
+    /// Stores keys and values as `dtype` (module [`crate::KvDtype`]: a
+    /// layer's first `attend` attends over its tokens as computed, later ones
+    /// over what is stored). Set it before the first `attend`. Errors if the
+    /// backend or the head dimension cannot store it.
+    pub fn with_kv_dtype(mut self, dtype: KvDtype) -> Result<Self, CacheError> {
+        dtype.check::<B>(self.shape.head_dim, &self.device)?;
+        if self.lens.iter().any(|&l| l > 0) {
+            return Err(CacheError::InvalidParameters("the kv dtype must be set before the cache holds tokens".into()));
+        }
+        self.kv_dtype = dtype;
+        Ok(self)
+    }
+
+    /// How keys and values are stored.
+    pub fn kv_dtype(&self) -> KvDtype {
+        self.kv_dtype
+    }
+
     fn capacity(&self, layer: usize) -> usize {
         self.layers[layer].as_ref().map_or(0, |(k, _)| k.dims()[1])
     }
 
-    fn append(&mut self, layer: usize, k: Tensor<B, 3>, v: Tensor<B, 3>) -> (Tensor<B, 3>, Tensor<B, 3>) {
+    /// Appends `k`, `v` (`[H_kv, T, D]`, f32) to `layer`'s buffers.
+    fn append(&mut self, layer: usize, k: Tensor<B, 3>, v: Tensor<B, 3>) -> Result<(), CacheError> {
         let [h, t, d] = k.dims();
         let len = self.lens[layer];
         let needed = len + t;
         let cap = self.capacity(layer);
-        let (kb, vb) = if needed > cap {
-            // The first allocation is exact (plus the headroom); later ones add 10%.
-            let spare = if cap == 0 { self.headroom } else { self.headroom.max(needed / 10) };
-            let new_cap = needed.saturating_add(spare).max(64).min(self.max_tokens.max(needed));
-            let kb = Tensor::<B, 3>::zeros([h, new_cap, d], &self.device);
-            let vb = Tensor::<B, 3>::zeros([h, new_cap, d], &self.device);
-            match self.layers[layer].take() {
-                Some((ok, ov)) if len > 0 => (
-                    kb.slice_assign([0..h, 0..len, 0..d], ok.slice([0..h, 0..len, 0..d])),
-                    vb.slice_assign([0..h, 0..len, 0..d], ov.slice([0..h, 0..len, 0..d])),
-                ),
-                _ => (kb, vb),
-            }
-        } else {
-            match self.layers[layer].take() {
-                Some(b) => b,
-                None => unreachable_pair(&self.device, h, d),
+        let dtype = self.kv_dtype;
+        let (kb, vb) = match self.layers[layer].take() {
+            Some(b) if needed <= cap => b,
+            old => {
+                // The first allocation is exact (plus the headroom); later ones add 10%.
+                let spare = if cap == 0 { self.headroom } else { self.headroom.max(needed / 10) };
+                let new_cap = needed.saturating_add(spare).max(64).min(self.max_tokens.max(needed));
+                let kb = KvRows::zeros([h, new_cap, d], dtype, &self.device);
+                let vb = KvRows::zeros([h, new_cap, d], dtype, &self.device);
+                match old {
+                    Some((ok, ov)) if len > 0 => {
+                        let live = [0..h, 0..len, 0..d];
+                        (kb.slice_assign(live.clone(), ok.slice(live.clone()))?, vb.slice_assign(live.clone(), ov.slice(live))?)
+                    }
+                    _ => (kb, vb),
+                }
             }
         };
         // Head g's new rows go to `g * capacity + len ..` of the buffer.
         let cap = kb.dims()[1];
         let runs: Vec<(usize, usize, usize)> = (0..h).map(|g| ((g * cap + len) * d, g * t * d, t * d)).collect();
-        let kb = write_in_place(kb, &k, &runs).unwrap_or_else(|kb| kb.slice_assign([0..h, len..needed, 0..d], k));
-        let vb = write_in_place(vb, &v, &runs).unwrap_or_else(|vb| vb.slice_assign([0..h, len..needed, 0..d], v));
-        let keys = kb.clone().slice([0..h, 0..needed, 0..d]);
-        let values = vb.clone().slice([0..h, 0..needed, 0..d]);
+        let write = |buf: KvRows<B, 3>, x: Tensor<B, 3>| -> Result<KvRows<B, 3>, CacheError> {
+            let range = [0..h, len..needed, 0..d];
+            match buf {
+                KvRows::F32(b) => Ok(KvRows::F32(write_in_place(b, &x, &runs).unwrap_or_else(|b| b.slice_assign(range, x)))),
+                other => other.slice_assign(range, KvRows::encode(x, dtype)?),
+            }
+        };
+        let kb = write(kb, k)?;
+        let vb = write(vb, v)?;
         self.layers[layer] = Some((kb, vb));
         self.lens[layer] = needed;
-        (keys, values)
+        Ok(())
     }
-}
-
-// `needed > cap` is always true when a layer has no buffer (cap 0, t >= 1), so this
-// is only reached for a zero-length append; an empty buffer is the right answer.
-fn unreachable_pair<B: Backend>(device: &B::Device, h: usize, d: usize) -> (Tensor<B, 3>, Tensor<B, 3>) {
-    (Tensor::zeros([h, 0, d], device), Tensor::zeros([h, 0, d], device))
 }
 
 impl<B: Backend> KvCache<B> for FullCache<B> {
@@ -123,19 +144,28 @@ impl<B: Backend> KvCache<B> for FullCache<B> {
         if needed > self.max_tokens {
             return Err(CacheError::CapacityExceeded { needed, capacity: self.max_tokens });
         }
-        let (keys, values) = self.append(layer, k, v);
+        let first = self.lens[layer] == 0;
+        let prompt = first.then(|| (k.clone(), v.clone()));
+        self.append(layer, k, v)?;
+        if let Some((k, v)) = prompt {
+            // A layer's first call attends over its tokens as computed.
+            return Ok(causal_attention(q, k, v));
+        }
+        let Some((kb, vb)) = &self.layers[layer] else {
+            return Err(CacheError::Internal(format!("layer {layer} has no storage after an append")));
+        };
         if t == 1 {
             // Decode on flex: read the buffers in place (each head's rows are
             // `g * capacity .. g * capacity + needed`).
-            if let Some((kb, vb)) = &self.layers[layer] {
-                let cap = kb.dims()[1];
-                let segments: Vec<Segment> =
-                    (0..self.shape.kv_heads).map(|g| Segment { kv_head: g, rows: g * cap..g * cap + needed }).collect();
-                if let Some(out) = decode_attention(&q, self.shape.kv_heads, kb, vb, &segments) {
-                    return Ok(out);
-                }
+            let cap = kb.dims()[1];
+            let segments: Vec<Segment> = (0..self.shape.kv_heads).map(|g| Segment { kv_head: g, rows: g * cap..g * cap + needed }).collect();
+            if let Some(out) = decode_attention_stored(&q, self.shape.kv_heads, kb, vb, &segments) {
+                return Ok(out);
             }
         }
+        let (h, d) = (self.shape.kv_heads, self.shape.head_dim);
+        let keys = kb.clone().slice([0..h, 0..needed, 0..d]).decode();
+        let values = vb.clone().slice([0..h, 0..needed, 0..d]).decode();
         Ok(causal_attention(q, keys, values))
     }
 
@@ -145,9 +175,10 @@ impl<B: Backend> KvCache<B> for FullCache<B> {
 
     fn stats(&self) -> CacheStats {
         let retained_tokens = self.lens.iter().sum::<usize>() * self.shape.kv_heads;
-        let retained_bytes = retained_tokens * self.shape.head_dim * 2 * 4;
+        let slot_bytes = self.layers.iter().flatten().map(|(k, v)| k.row_bytes() + v.row_bytes()).next().unwrap_or(2 * self.kv_dtype.row_bytes(self.shape.head_dim));
+        let retained_bytes = retained_tokens * slot_bytes;
         let allocated_slots = (0..self.shape.layers).map(|l| self.capacity(l)).sum::<usize>() * self.shape.kv_heads;
-        CacheStats { retained_tokens, retained_bytes, allocated_bytes: allocated_slots * self.shape.head_dim * 2 * 4, full_bytes: retained_bytes }
+        CacheStats { retained_tokens, retained_bytes, allocated_bytes: allocated_slots * slot_bytes, full_bytes: retained_bytes }
     }
 
     fn reset(&mut self) {

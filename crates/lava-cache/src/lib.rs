@@ -159,6 +159,7 @@ mod error;
 mod fast_path;
 mod full;
 mod host;
+mod kv_dtype;
 pub mod policy;
 mod select;
 
@@ -166,6 +167,7 @@ pub use attention::causal_attention;
 pub use compressed::CompressedCache;
 pub use error::CacheError;
 pub use full::FullCache;
+pub use kv_dtype::{KvDtype, Q8_0_BLOCK};
 pub use policy::{Composition, FloorRule, HeadAllocation, LayerAllocation, PolicyConfig, PolicyName, Pooling, Scorer};
 pub use select::{select_positions, LayerQkv, LayerSelection, PromptScores, Selection};
 
@@ -272,16 +274,19 @@ pub(crate) fn check_qkv<B: Backend>(
     Ok([h_q, h_kv, n_tok, d])
 }
 
-/// What a cache holds at one moment (K and V accounted as `f32`).
+/// What a cache holds at one moment, K and V counted in the bytes their
+/// [`KvDtype`] stores.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct CacheStats {
     /// Tokens kept, summed over layers and KV heads.
     pub retained_tokens: usize,
-    /// Bytes of K and V kept (`retained_tokens * D * 2 * 4`).
+    /// Bytes of K and V kept (`retained_tokens * 2 * row bytes`; f32:
+    /// `retained_tokens * D * 2 * 4`).
     pub retained_bytes: usize,
     /// Bytes of K and V storage allocated (kept plus headroom).
     pub allocated_bytes: usize,
-    /// Bytes the same tokens would take in a full, uncompressed cache.
+    /// Bytes the same tokens would take in a full, uncompressed cache of the
+    /// same KV dtype.
     pub full_bytes: usize,
 }
 
@@ -317,7 +322,7 @@ pub trait KvCache<B: Backend> {
         self.stats().retained_tokens
     }
 
-    /// Bytes of K and V currently kept (`retained_tokens * D * 2 * 4`).
+    /// Bytes of K and V currently kept, as stored.
     fn retained_bytes(&self) -> usize {
         self.stats().retained_bytes
     }

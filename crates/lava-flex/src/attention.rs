@@ -27,7 +27,7 @@ pub struct Segment {
 const DECODE_BLOCK: usize = 64;
 
 /// Rows of K/V above which [`decode_attention`] splits the work across threads.
-const PARALLEL_ROWS: usize = 2048;
+pub(crate) const PARALLEL_ROWS: usize = 2048;
 
 /// `[H_q, 1, D]` attention of one query token per query head (`kv_heads`
 /// KV heads) over the rows `segments` of the storages `keys` and `values` (each `[R, D]` in memory,
@@ -450,7 +450,7 @@ fn flash_block_portable<const D: usize, const FUSED: bool>(
 }
 
 /// Cuts `segments` (holding `total` rows) into `parts` runs of about equal row counts.
-fn split_rows(segments: &[Segment], total: usize, parts: usize) -> Vec<Vec<Segment>> {
+pub(crate) fn split_rows(segments: &[Segment], total: usize, parts: usize) -> Vec<Vec<Segment>> {
     let per = total.div_ceil(parts.max(1)).max(1);
     let mut out = vec![Vec::new()];
     let mut filled = 0;
@@ -472,7 +472,7 @@ fn split_rows(segments: &[Segment], total: usize, parts: usize) -> Vec<Vec<Segme
 
 /// Per query head: the running max logit, the sum of `exp(logit - max)` and
 /// the value sum weighted the same way, over one part's rows.
-struct Partial {
+pub(crate) struct Partial {
     max: Vec<f32>,
     sum: Vec<f32>,
     /// `[H_q, D]`.
@@ -481,7 +481,7 @@ struct Partial {
 
 impl Partial {
     #[allow(clippy::too_many_arguments)]
-    fn compute(q: &[f32], h_q: usize, g: usize, d: usize, keys: &[f32], values: &[f32], segments: &[Segment], scale: f32) -> Self {
+    pub(crate) fn compute(q: &[f32], h_q: usize, g: usize, d: usize, keys: &[f32], values: &[f32], segments: &[Segment], scale: f32) -> Self {
         #[cfg(target_arch = "x86_64")]
         {
             if std::is_x86_feature_detected!("avx512f") {
@@ -670,7 +670,7 @@ impl Partial {
     }
 
     /// Combines parts: each part's sums are rescaled to the overall max.
-    fn merge(parts: &[Partial], h_q: usize, d: usize) -> Vec<f32> {
+    pub(crate) fn merge(parts: &[Partial], h_q: usize, d: usize) -> Vec<f32> {
         let mut out = vec![0f32; h_q * d];
         for h in 0..h_q {
             let m = parts.iter().map(|p| p.max[h]).fold(f32::NEG_INFINITY, f32::max);

@@ -29,6 +29,30 @@ pub fn to_flex<B: Backend, const D: usize>(t: Tensor<B, D>) -> Option<FlexTensor
     }
 }
 
+/// The flex tensor behind a float tensor of `B` of any float dtype (`to_flex`
+/// accepts f32 only), `None` unless `B` is flex.
+pub fn float_to_flex<B: Backend, const D: usize>(t: Tensor<B, D>) -> Option<FlexTensor> {
+    if !is_flex::<B>() {
+        return None;
+    }
+    match t.into_primitive() {
+        TensorPrimitive::Float(p) => {
+            let boxed: Box<dyn Any> = Box::new(p);
+            boxed.downcast::<FlexTensor>().ok().map(|b| *b)
+        }
+        TensorPrimitive::QFloat(_) => None,
+    }
+}
+
+/// The flex tensor behind an integer tensor of `B`, `None` unless `B` is flex.
+pub fn int_to_flex<B: Backend, const D: usize>(t: Tensor<B, D, Int>) -> Option<FlexTensor> {
+    if !is_flex::<B>() {
+        return None;
+    }
+    let boxed: Box<dyn Any> = Box::new(t.into_primitive());
+    boxed.downcast::<FlexTensor>().ok().map(|b| *b)
+}
+
 /// A contiguous f32 tensor of `shape` holding `values`, or `None` unless `B` is flex.
 pub fn from_host<B: Backend, const D: usize>(values: Vec<f32>, shape: [usize; D]) -> Option<Tensor<B, D>> {
     from_flex(FlexTensor::from_data(TensorData::new(values, shape)))

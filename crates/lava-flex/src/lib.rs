@@ -14,6 +14,8 @@
 //!   H2O's column sums, value norms.
 //! - [`matmul`]: matrix-vector products streaming the weights on all cores,
 //!   RMS norm, RoPE, SwiGLU on host rows.
+//! - [`stored`]: decode attention over K/V stored as f16 or Q8_0, widened
+//!   run by run.
 //! - [`spin_pool`]: the thread pool of the many short passes of a decode step.
 
 #![warn(missing_docs)]
@@ -22,5 +24,6 @@ pub mod attention;
 pub mod bridge;
 pub mod matmul;
 pub mod spin_pool;
+pub mod stored;
 
 pub use burn_flex::{Flex, FlexDevice};

@@ -155,7 +155,7 @@ use burn::tensor::{backend::Backend, Tensor};
 use crate::attention::causal_attention;
 use crate::policy::plan::{dynamic_layer_budgets, kept_positions, ragged_head_caps, static_layer_budgets, Ranking};
 use crate::policy::{scorer::score_layer_weighted, Composition, PolicyConfig, Scorer};
-use crate::{CacheError, CacheShape, CacheStats, KvCache};
+use crate::{CacheError, CacheShape, CacheStats, KvCache, KvDtype};
 
 mod rescore;
 mod storage;
@@ -228,6 +228,7 @@ pub struct CompressedCache<B: Backend> {
     headroom: usize,
     decode_slack: Option<usize>,
     chunked: bool,
+    kv_dtype: KvDtype,
     rescores: usize,
     compression_time: std::time::Duration,
     layers: Vec<LayerState<B>>,
@@ -256,6 +257,7 @@ impl<B: Backend> CompressedCache<B> {
             headroom: Self::DEFAULT_HEADROOM,
             decode_slack: None,
             chunked: false,
+            kv_dtype: KvDtype::F32,
             rescores: 0,
             compression_time: std::time::Duration::ZERO,
             layers: (0..shape.layers).map(|_| LayerState::empty()).collect(),
@@ -306,6 +308,24 @@ impl<B: Backend> CompressedCache<B> {
     pub fn with_chunked_prefill(mut self, enabled: bool) -> Self {
         self.chunked = enabled;
         self
+    }
+
+    /// Stores keys and values as `dtype` (module [`crate::KvDtype`]: the
+    /// prefill scores and attends over the prompt's K/V as computed; later
+    /// calls and re-scoring read what is stored). Set it before the first
+    /// `attend`. Errors if the backend or the head dimension cannot store it.
+    pub fn with_kv_dtype(mut self, dtype: KvDtype) -> Result<Self, CacheError> {
+        dtype.check::<B>(self.shape.head_dim, &self.device)?;
+        if self.layers.iter().any(|l| l.slots.is_filled()) {
+            return Err(CacheError::InvalidParameters("the kv dtype must be set before the cache holds tokens".into()));
+        }
+        self.kv_dtype = dtype;
+        Ok(self)
+    }
+
+    /// How keys and values are stored.
+    pub fn kv_dtype(&self) -> KvDtype {
+        self.kv_dtype
     }
 
     /// The decode-eviction slack, `None` when decode-time eviction is off.
@@ -421,6 +441,7 @@ impl<B: Backend> CompressedCache<B> {
             kv_heads: self.shape.kv_heads,
             head_dim: self.shape.head_dim,
             reserve: self.shape.kv_heads.saturating_mul(self.headroom_tokens()),
+            kv_dtype: self.kv_dtype,
         }
     }
 
@@ -474,7 +495,7 @@ impl<B: Backend> CompressedCache<B> {
             }
         };
         let room = self.room();
-        self.layers[layer].slots.fill(&k, &v, &kept, &room);
+        self.layers[layer].slots.fill(&k, &v, &kept, &room)?;
         if !self.chunked && self.layers.iter().all(|l| l.weight.is_some()) {
             // The cascade is over: its scores are no longer needed (chunked
             // prefill keeps them for the cascades of later chunks).
@@ -550,8 +571,7 @@ impl<B: Backend> CompressedCache<B> {
         };
         let (selected, boundary) = (pending.selected(), pending.boundary);
         let room = self.room();
-        self.layers[layer].slots.retain(&selected, boundary, &room);
-        Ok(())
+        self.layers[layer].slots.retain(&selected, boundary, &room)
     }
 
     /// Appends `q` to `layer`'s rolling window of the last `w` queries.
@@ -637,10 +657,8 @@ impl<B: Backend> CompressedCache<B> {
             store.pending = Some(pending);
         }
         let room = self.room();
-        self.layers[layer].slots.retain(&selected, boundary, &room);
-        Ok(())
+        self.layers[layer].slots.retain(&selected, boundary, &room)
     }
-
 }
 
 impl<B: Backend> KvCache<B> for CompressedCache<B> {
@@ -680,12 +698,14 @@ impl<B: Backend> KvCache<B> for CompressedCache<B> {
         let retained_tokens: usize = self.layers.iter().map(|l| l.slots.slots().len()).sum();
         let allocated_slots: usize = self.layers.iter().map(|l| l.slots.capacity()).sum();
         let appended: usize = self.layers.iter().map(|l| l.slots.appended()).sum();
-        let row_bytes = self.shape.head_dim * 2 * ELEM_BYTES;
+        // Bytes per slot as stored (K row + V row); the nominal layout of the
+        // format before any layer holds storage.
+        let slot_bytes = self.layers.iter().map(|l| l.slots.slot_bytes()).find(|&b| b > 0).unwrap_or(2 * self.kv_dtype.row_bytes(self.shape.head_dim));
         CacheStats {
             retained_tokens,
-            retained_bytes: retained_tokens * row_bytes,
-            allocated_bytes: allocated_slots * row_bytes,
-            full_bytes: appended * self.shape.kv_heads * row_bytes,
+            retained_bytes: retained_tokens * slot_bytes,
+            allocated_bytes: allocated_slots * slot_bytes,
+            full_bytes: appended * self.shape.kv_heads * slot_bytes,
         }
     }
 
@@ -749,7 +769,7 @@ impl<B: Backend> CompressedCache<B> {
                 return Err(CacheError::InvalidShape(format!("from_selection: layer {layer}'s selection does not fit {h_kv} heads of {n_tok} tokens")));
             }
             let room = cache.room();
-            cache.layers[layer].slots.fill(k, v, &sel.heads, &room);
+            cache.layers[layer].slots.fill(k, v, &sel.heads, &room)?;
             let store = &mut cache.layers[layer];
             // A layer that kept its whole prefix has no head budgets in force,
             // as after a live prefill that did not compress it.

@@ -10,17 +10,18 @@ use std::collections::HashSet;
 
 use burn::tensor::{activation::softmax, backend::Backend, Bool, FloatDType, Int, Tensor, TensorData};
 
-use crate::fast_path::{decode_attention, write_in_place, write_ints_in_place, Segment};
+use crate::fast_path::{write_in_place, write_ints_in_place, Segment};
 use crate::host::to_host;
+use crate::kv_dtype::{decode_attention_stored, KvDtype, KvRows};
 use crate::CacheError;
 
 /// Device buffers of one layer.
 #[derive(Debug, Clone)]
 struct Buffers<B: Backend> {
-    /// `[capacity, D]`.
-    keys: Tensor<B, 2>,
-    /// `[capacity, D]`.
-    values: Tensor<B, 2>,
+    /// `[capacity, D]`, in the cache's KV dtype.
+    keys: KvRows<B, 2>,
+    /// `[capacity, D]`, in the cache's KV dtype.
+    values: KvRows<B, 2>,
     /// `[capacity]`: KV head of each slot.
     heads: Tensor<B, 1, Int>,
     /// `[capacity]`: absolute position of each slot.
@@ -40,6 +41,8 @@ pub(super) struct Room<B: Backend> {
     pub head_dim: usize,
     /// Minimum free slots per (re)allocation (`H_kv` times the headroom in tokens).
     pub reserve: usize,
+    /// How K and V rows are stored.
+    pub kv_dtype: KvDtype,
 }
 
 impl<B: Backend> Room<B> {
@@ -52,19 +55,19 @@ impl<B: Backend> Room<B> {
         int_tensor(values, &self.device)
     }
 
-    /// Fresh buffers holding `keys`/`values` (`[R, D]`) for `slots`, plus room.
-    fn buffers(&self, keys: Tensor<B, 2>, values: Tensor<B, 2>, slots: &[(usize, usize)]) -> Buffers<B> {
+    /// Fresh buffers holding `keys`/`values` (`[R, D]`, stored rows) for
+    /// `slots`, plus room.
+    fn buffers(&self, keys: KvRows<B, 2>, values: KvRows<B, 2>, slots: &[(usize, usize)]) -> Result<Buffers<B>, CacheError> {
         let live = slots.len();
         let capacity = self.capacity_for(live);
         let d = self.head_dim;
-        let (kd, vd) = (keys.dtype(), values.dtype());
         let pad = capacity - live;
-        let keys = Tensor::cat(vec![keys, Tensor::zeros([pad, d], (&self.device, kd))], 0);
-        let values = Tensor::cat(vec![values, Tensor::zeros([pad, d], (&self.device, vd))], 0);
+        let keys = keys.cat(KvRows::zeros([pad, d], self.kv_dtype, &self.device))?;
+        let values = values.cat(KvRows::zeros([pad, d], self.kv_dtype, &self.device))?;
         let fill = std::iter::repeat_n(0, pad);
         let heads = self.int_tensor(slots.iter().map(|s| s.0).chain(fill.clone()));
         let positions = self.int_tensor(slots.iter().map(|s| s.1).chain(fill));
-        Buffers { keys, values, heads, positions, capacity }
+        Ok(Buffers { keys, values, heads, positions, capacity })
     }
 }
 
@@ -122,6 +125,11 @@ impl<B: Backend> LayerSlots<B> {
         self.buffers.as_ref().map_or(0, |b| b.capacity)
     }
 
+    /// Bytes of one slot as stored (its K row plus its V row), 0 without storage.
+    pub fn slot_bytes(&self) -> usize {
+        self.buffers.as_ref().map_or(0, |b| b.keys.row_bytes() + b.values.row_bytes())
+    }
+
     /// The positions each of `kv_heads` heads keeps, ascending.
     pub fn kept_positions(&self, kv_heads: usize) -> Vec<Vec<usize>> {
         let mut heads = vec![Vec::new(); kv_heads];
@@ -146,16 +154,18 @@ impl<B: Backend> LayerSlots<B> {
     }
 
     /// Fresh storage holding, per KV head `g`, the positions `kept[g]` of a
-    /// whole prompt's `k`, `v` (`[H_kv, N, D]`).
-    pub fn fill(&mut self, k: &Tensor<B, 3>, v: &Tensor<B, 3>, kept: &[Vec<usize>], room: &Room<B>) {
+    /// whole prompt's `k`, `v` (`[H_kv, N, D]`, f32), stored in the room's KV dtype.
+    pub fn fill(&mut self, k: &Tensor<B, 3>, v: &Tensor<B, 3>, kept: &[Vec<usize>], room: &Room<B>) -> Result<(), CacheError> {
         let [h_kv, n_tok, d] = k.dims();
         let slots: Vec<(usize, usize)> = kept.iter().enumerate().flat_map(|(g, ps)| ps.iter().map(move |&p| (g, p))).collect();
         let rows = room.int_tensor(slots.iter().map(|&(g, p)| g * n_tok + p));
         let keys = k.clone().reshape([h_kv * n_tok, d]).select(0, rows.clone());
         let values = v.clone().reshape([h_kv * n_tok, d]).select(0, rows);
-        self.buffers = Some(room.buffers(keys, values, &slots));
+        let (keys, values) = (KvRows::encode(keys, room.kv_dtype)?, KvRows::encode(values, room.kv_dtype)?);
+        self.buffers = Some(room.buffers(keys, values, &slots)?);
         self.slots = slots;
         self.appended = n_tok;
+        Ok(())
     }
 
     /// Appends `T` tokens (`k`, `v` `[H_kv, T, D]`) to filled storage and
@@ -179,24 +189,20 @@ impl<B: Backend> LayerSlots<B> {
         };
         if needed > buf.capacity {
             let capacity = room.capacity_for(needed);
-            let grow = |x: Tensor<B, 2>| {
-                let dtype = x.dtype();
-                Tensor::zeros([capacity, d], (&room.device, dtype)).slice_assign([0..live, 0..d], x.slice([0..live, 0..d]))
-            };
+            let grow = |x: KvRows<B, 2>| KvRows::zeros([capacity, d], room.kv_dtype, &room.device).slice_assign([0..live, 0..d], x.slice([0..live, 0..d]));
             let grow_int =
                 |x: Tensor<B, 1, Int>| Tensor::<B, 1, Int>::zeros([capacity], &room.device).slice_assign([0..live], x.slice([0..live]));
             buf = Buffers {
-                keys: grow(buf.keys),
-                values: grow(buf.values),
+                keys: grow(buf.keys)?,
+                values: grow(buf.values)?,
                 heads: grow_int(buf.heads),
                 positions: grow_int(buf.positions),
                 capacity,
             };
         }
         let new_slots: Vec<(usize, usize)> = (0..h_kv).flat_map(|g| (0..t).map(move |i| (g, first + i))).collect();
-        let run = [(live * d, 0, h_kv * t * d)];
-        buf.keys = write_in_place(buf.keys, &k, &run).unwrap_or_else(|b| b.slice_assign([live..needed, 0..d], k.reshape([h_kv * t, d])));
-        buf.values = write_in_place(buf.values, &v, &run).unwrap_or_else(|b| b.slice_assign([live..needed, 0..d], v.reshape([h_kv * t, d])));
+        buf.keys = write_rows(buf.keys, live, k, room)?;
+        buf.values = write_rows(buf.values, live, v, room)?;
         let (heads, positions): (Vec<usize>, Vec<usize>) = new_slots.iter().copied().unzip();
         buf.heads = write_ints_in_place(buf.heads, live, &heads)
             .unwrap_or_else(|b| b.slice_assign([live..needed], room.int_tensor(heads.iter().copied())));
@@ -207,14 +213,14 @@ impl<B: Backend> LayerSlots<B> {
         if t == 1 {
             // Decode on flex: attend over the slots in place, one segment per
             // run of consecutive slots of one KV head.
-            if let Some(out) = decode_attention(&q, h_kv, &buf.keys, &buf.values, &segments(&self.slots)) {
+            if let Some(out) = decode_attention_stored(&q, h_kv, &buf.keys, &buf.values, &segments(&self.slots)) {
                 self.buffers = Some(buf);
                 return Ok(out);
             }
         }
 
-        let keys = buf.keys.clone().slice([0..needed, 0..d]);
-        let values = buf.values.clone().slice([0..needed, 0..d]);
+        let keys = buf.keys.clone().slice([0..needed, 0..d]).decode();
+        let values = buf.values.clone().slice([0..needed, 0..d]).decode();
         let rows = h_q * t;
         let scale = 1.0 / (d as f64).sqrt();
         let logits = q.reshape([rows, d]).matmul(keys.transpose()).mul_scalar(scale); // [H_q*T, S]
@@ -239,7 +245,7 @@ impl<B: Backend> LayerSlots<B> {
         let first = self.appended - r;
         let rows = h_q * r;
         let scale = 1.0 / (d as f64).sqrt();
-        let keys = buf.keys.clone().slice([0..used, 0..d]);
+        let keys = buf.keys.clone().slice([0..used, 0..d]).decode();
         let logits = q.clone().reshape([rows, d]).matmul(keys.transpose()).mul_scalar(scale).cast(FloatDType::F32);
         let hidden = hidden_slots(buf, used, [h_q, r], h_q / kv_heads, first, true, &q.device());
         let probs = softmax(logits.mask_fill(hidden, f32::NEG_INFINITY), 1).reshape([h_q, r, used]);
@@ -255,7 +261,7 @@ impl<B: Backend> LayerSlots<B> {
         match &self.buffers {
             Some(buf) => {
                 let d = buf.values.dims()[1];
-                to_host(buf.values.clone().slice([0..self.slots.len(), 0..d]).abs().sum_dim(1))
+                to_host(buf.values.clone().slice([0..self.slots.len(), 0..d]).decode().abs().sum_dim(1))
             }
             None => Ok(Vec::new()),
         }
@@ -263,9 +269,9 @@ impl<B: Backend> LayerSlots<B> {
 
     /// Keeps the slots at or after `boundary` and, per KV head, the positions
     /// in `selected`; gathers them into fresh buffers on the device.
-    pub fn retain(&mut self, selected: &[Vec<usize>], boundary: usize, room: &Room<B>) {
+    pub fn retain(&mut self, selected: &[Vec<usize>], boundary: usize, room: &Room<B>) -> Result<(), CacheError> {
         let Some(buffers) = &self.buffers else {
-            return;
+            return Ok(());
         };
         let keep: HashSet<(usize, usize)> =
             selected.iter().enumerate().flat_map(|(g, ps)| ps.iter().map(move |&p| (g, p))).collect();
@@ -276,14 +282,29 @@ impl<B: Backend> LayerSlots<B> {
             })
             .collect();
         if kept.len() == self.slots.len() {
-            return;
+            return Ok(());
         }
         let slots: Vec<(usize, usize)> = kept.iter().map(|&s| self.slots[s]).collect();
         let idx = room.int_tensor(kept.iter().copied());
-        let keys = buffers.keys.clone().select(0, idx.clone());
-        let values = buffers.values.clone().select(0, idx);
-        self.buffers = Some(room.buffers(keys, values, &slots));
+        let keys = buffers.keys.clone().select(idx.clone());
+        let values = buffers.values.clone().select(idx);
+        self.buffers = Some(room.buffers(keys, values, &slots)?);
         self.slots = slots;
+        Ok(())
+    }
+}
+
+/// `x` (`[H_kv, T, D]`, f32) written to rows `at .. at + H_kv * T` of `rows`
+/// (in place on flex for f32 storage).
+fn write_rows<B: Backend>(rows: KvRows<B, 2>, at: usize, x: Tensor<B, 3>, room: &Room<B>) -> Result<KvRows<B, 2>, CacheError> {
+    let [h, t, d] = x.dims();
+    let range = [at..at + h * t, 0..d];
+    match rows {
+        KvRows::F32(buf) => {
+            let run = [(at * d, 0, h * t * d)];
+            Ok(KvRows::F32(write_in_place(buf, &x, &run).unwrap_or_else(|b| b.slice_assign(range, x.reshape([h * t, d])))))
+        }
+        other => other.slice_assign(range, KvRows::encode(x.reshape([h * t, d]), room.kv_dtype)?),
     }
 }
 

@@ -1,0 +1,188 @@
+//! Decode attention over K/V stored in 16 or 8 bits (`lava-cache`'s KV
+//! dtypes `f16` and `q8_0`), read where they lie: each run of up to
+//! [`WIDEN_ROWS`] rows of one KV head is widened to f32 in a small scratch
+//! buffer (it stays in cache) and attended by the f32 decode kernel of
+//! [`crate::attention`]; the runs' partial softmax sums are merged
+//! (max-shifted), as across threads. The generic path of `lava-cache`
+//! (dequantize, then attend) is the reference.
+
+use std::ops::Range;
+
+use burn::tensor::{backend::Backend, DType, Int, Tensor};
+use half::f16;
+use half::slice::HalfFloatSliceExt;
+
+use crate::attention::{split_rows, Partial, Segment, PARALLEL_ROWS};
+use crate::bridge::{float_to_flex, from_host, int_to_flex, is_flex, to_flex};
+
+/// Rows widened to f32 at a time (`WIDEN_ROWS * D` floats of K and as many of V).
+pub const WIDEN_ROWS: usize = 256;
+
+/// Values per Q8_0 block.
+const QK8_0: usize = 32;
+
+/// K or V rows `[R, D]` as stored.
+#[derive(Debug, Clone, Copy)]
+pub enum StoredRows<'a> {
+    /// IEEE half-precision values, row-major.
+    F16(&'a [f16]),
+    /// ggml Q8_0: `codes` `[R, D]`, one f16 scale per 32 codes (`scales` `[R, D / 32]`); value = code * scale.
+    Q8_0 {
+        /// The 8-bit codes.
+        codes: &'a [i8],
+        /// The block scales.
+        scales: &'a [f16],
+    },
+}
+
+impl StoredRows<'_> {
+    /// Number of whole rows of `d` values held.
+    fn rows(&self, d: usize) -> usize {
+        match self {
+            StoredRows::F16(x) => x.len() / d,
+            StoredRows::Q8_0 { codes, scales } => (codes.len() / d).min(scales.len() * QK8_0 / d),
+        }
+    }
+
+    /// Rows `rows` widened to f32 into `out` (`rows.len() * d` floats).
+    fn widen(&self, rows: Range<usize>, d: usize, out: &mut [f32]) {
+        let (a, b) = (rows.start * d, rows.end * d);
+        match self {
+            StoredRows::F16(x) => x[a..b].convert_to_f32_slice(&mut out[..b - a]),
+            StoredRows::Q8_0 { codes, scales } => {
+                let blocks = out[..b - a].chunks_exact_mut(QK8_0).zip(codes[a..b].chunks_exact(QK8_0));
+                for ((o, q), s) in blocks.zip(&scales[a / QK8_0..b / QK8_0]) {
+                    let s = s.to_f32();
+                    for (o, &q) in o.iter_mut().zip(q) {
+                        *o = q as f32 * s;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Softmax attention of `q [H_q, D]` over the rows `segments` of `keys` and
+/// `values` as stored (query head `h` reads KV head `h / G`), scaled by
+/// `1/sqrt(D)`: [`crate::attention::attend_rows`] on the widened rows.
+/// Returns `[H_q, D]`, or `None` if the shapes do not fit (or, for Q8_0, `D`
+/// is not a multiple of 32).
+#[allow(clippy::too_many_arguments)]
+pub fn attend_stored_rows(
+    q: &[f32],
+    h_q: usize,
+    h_kv: usize,
+    d: usize,
+    keys: StoredRows<'_>,
+    values: StoredRows<'_>,
+    segments: &[Segment],
+    threads: usize,
+) -> Option<Vec<f32>> {
+    let quantized = matches!(keys, StoredRows::Q8_0 { .. }) || matches!(values, StoredRows::Q8_0 { .. });
+    let rows = keys.rows(d.max(1)).min(values.rows(d.max(1)));
+    let fits = |s: &Segment| s.kv_head < h_kv && s.rows.end <= rows;
+    if d == 0 || h_kv == 0 || h_q % h_kv != 0 || q.len() < h_q * d || (quantized && d % QK8_0 != 0) || !segments.iter().all(fits) {
+        return None;
+    }
+    let g = h_q / h_kv;
+    let total: usize = segments.iter().map(|s| s.rows.len()).sum();
+    let parts = if total >= PARALLEL_ROWS { threads.max(1) } else { 1 };
+    let pieces = split_rows(segments, total, parts);
+    let scale = 1.0 / (d as f32).sqrt();
+    let partials = crate::spin_pool::map(pieces.len(), &|i| {
+        let mut kw = vec![0f32; WIDEN_ROWS * d];
+        let mut vw = vec![0f32; WIDEN_ROWS * d];
+        let mut out = Vec::new();
+        for s in &pieces[i] {
+            let mut start = s.rows.start;
+            while start < s.rows.end {
+                let end = (start + WIDEN_ROWS).min(s.rows.end);
+                let n = end - start;
+                keys.widen(start..end, d, &mut kw);
+                values.widen(start..end, d, &mut vw);
+                let run = [Segment { kv_head: s.kv_head, rows: 0..n }];
+                out.push(Partial::compute(q, h_q, g, d, &kw[..n * d], &vw[..n * d], &run, scale));
+                start = end;
+            }
+        }
+        out
+    });
+    let all: Vec<Partial> = partials.into_iter().flatten().collect();
+    Some(Partial::merge(&all, h_q, d))
+}
+
+/// `[H_q, 1, D]` decode attention of `q` over f16 `keys`/`values` (`[R, D]`
+/// in memory) on flex; `None` on any other backend or layout.
+pub fn decode_attention_f16<B: Backend, const K: usize>(
+    q: &Tensor<B, 3>,
+    kv_heads: usize,
+    keys: &Tensor<B, K>,
+    values: &Tensor<B, K>,
+    segments: &[Segment],
+) -> Option<Tensor<B, 3>> {
+    let [h_q, t, d] = q.dims();
+    if t != 1 || !is_flex::<B>() || keys.dtype() != DType::F16 || values.dtype() != DType::F16 {
+        return None;
+    }
+    let qf = to_flex(q.clone())?.to_contiguous();
+    let (kf, vf) = (float_to_flex(keys.clone())?, float_to_flex(values.clone())?);
+    if !plain(&kf) || !plain(&vf) {
+        return None;
+    }
+    let out = attend_stored_rows(
+        qf.storage::<f32>(),
+        h_q,
+        kv_heads,
+        d,
+        StoredRows::F16(kf.storage::<f16>()),
+        StoredRows::F16(vf.storage::<f16>()),
+        segments,
+        rayon::current_num_threads(),
+    )?;
+    from_host(out, [h_q, 1, d])
+}
+
+/// `[H_q, 1, D]` decode attention of `q` over Q8_0 keys and values (`i8`
+/// codes `[R, D]`, f16 scales `[R, D / 32]`) on flex; `None` on any other
+/// backend, dtype or layout.
+#[allow(clippy::too_many_arguments)]
+pub fn decode_attention_q8_0<B: Backend, const K: usize>(
+    q: &Tensor<B, 3>,
+    kv_heads: usize,
+    key_codes: &Tensor<B, K, Int>,
+    key_scales: &Tensor<B, K>,
+    value_codes: &Tensor<B, K, Int>,
+    value_scales: &Tensor<B, K>,
+    segments: &[Segment],
+) -> Option<Tensor<B, 3>> {
+    let [h_q, t, d] = q.dims();
+    if t != 1 || !is_flex::<B>() {
+        return None;
+    }
+    let codes_ok = |c: &Tensor<B, K, Int>| c.dtype() == DType::I8;
+    let scales_ok = |s: &Tensor<B, K>| s.dtype() == DType::F16;
+    if !codes_ok(key_codes) || !codes_ok(value_codes) || !scales_ok(key_scales) || !scales_ok(value_scales) {
+        return None;
+    }
+    let qf = to_flex(q.clone())?.to_contiguous();
+    let (kc, vc) = (int_to_flex(key_codes.clone())?, int_to_flex(value_codes.clone())?);
+    let (ks, vs) = (float_to_flex(key_scales.clone())?, float_to_flex(value_scales.clone())?);
+    if ![&kc, &vc, &ks, &vs].iter().all(|f| plain(f)) {
+        return None;
+    }
+    let out = attend_stored_rows(
+        qf.storage::<f32>(),
+        h_q,
+        kv_heads,
+        d,
+        StoredRows::Q8_0 { codes: kc.storage::<i8>(), scales: ks.storage::<f16>() },
+        StoredRows::Q8_0 { codes: vc.storage::<i8>(), scales: vs.storage::<f16>() },
+        segments,
+        rayon::current_num_threads(),
+    )?;
+    from_host(out, [h_q, 1, d])
+}
+
+fn plain(f: &burn_flex::FlexTensor) -> bool {
+    f.is_contiguous() && f.layout().start_offset() == 0
+}
