@@ -9,7 +9,7 @@ pub(crate) use lava_flex::attention::{cumulative_column_sums, decode_attention, 
 #[cfg(feature = "flex")]
 pub(crate) use lava_flex::bridge::{write_in_place, write_ints_in_place};
 #[cfg(feature = "flex")]
-pub(crate) use lava_flex::stored::{decode_attention_f16, decode_attention_q8_0};
+pub(crate) use lava_flex::stored::{decode_attention_f16, decode_attention_q8_0, quantize_q8_0 as quantize_q8_0_host};
 
 #[cfg(not(feature = "flex"))]
 pub(crate) use declined::*;
@@ -74,6 +74,10 @@ mod declined {
         _value_scales: &Tensor<B, K>,
         _segments: &[Segment],
     ) -> Option<Tensor<B, 3>> {
+        None
+    }
+
+    pub(crate) fn quantize_q8_0_host<B: Backend, const N: usize>(_x: &Tensor<B, N>) -> Option<(Tensor<B, N, Int>, Tensor<B, N>)> {
         None
     }
 

@@ -25,7 +25,7 @@ use std::str::FromStr;
 
 use burn::tensor::{backend::Backend, DType, FloatDType, Int, IntDType, Tensor, TensorData};
 
-use crate::fast_path::{decode_attention, decode_attention_f16, decode_attention_q8_0, Segment};
+use crate::fast_path::{decode_attention, decode_attention_f16, decode_attention_q8_0, quantize_q8_0_host, Segment};
 use crate::host::to_host;
 use crate::CacheError;
 
@@ -303,6 +303,10 @@ fn scale_ranges<const N: usize>(ranges: &[Range<usize>; N]) -> [Range<usize>; N]
 /// the scales (`[.., D / 32]`, f16, or f32 holding f16 values where the backend
 /// has no f16 tensors).
 pub(crate) fn quantize_q8_0<B: Backend, const N: usize>(x: Tensor<B, N>) -> Result<(Tensor<B, N, Int>, Tensor<B, N>), CacheError> {
+    // On flex, the same arithmetic on the host (one pass instead of a dozen tensor ops).
+    if let Some(stored) = quantize_q8_0_host(&x) {
+        return Ok(stored);
+    }
     let dims = x.dims();
     let device = x.device();
     let rows = dims[..N - 1].iter().product::<usize>();

@@ -60,6 +60,9 @@ pub struct BenchArgs {
     /// Head floor of the adaptive head allocation (reference, matched, layer; default: each policy's own).
     #[arg(long)]
     pub floor_rule: Option<String>,
+    /// How the decode cells' caches store K/V: f32, f16 or q8_0 (see `lava generate --help`).
+    #[arg(long, default_value = "f32")]
+    pub kv_dtype: String,
     /// Print one JSON object instead of tables.
     #[arg(long)]
     pub json: bool,
@@ -137,6 +140,8 @@ pub struct BenchReport {
     pub decode: Vec<DecodeRow>,
     /// KV rows.
     pub kv: Vec<KvRow>,
+    /// How the decode cells stored K/V (`--kv-dtype`).
+    pub kv_dtype: String,
     /// Peak resident set size of the process (Linux `VmHWM`), if known.
     pub peak_rss_bytes: Option<u64>,
 }
@@ -310,6 +315,7 @@ fn run_bench<B: Backend>(
 
     let mut decode = Vec::new();
     let mut kv = Vec::new();
+    let kv_dtype: lava_cache::KvDtype = a.kv_dtype.parse()?;
     for &len in &a.lengths {
         bar.set_message(format!("decode {len}: prefill"));
         let mut pre = lava_eval::run::engine::prefill(model, &ids[..len], max_tokens).map_err(model_err)?;
@@ -321,10 +327,10 @@ fn run_bench<B: Backend>(
         for (policy, budget) in cells {
             bar.set_message(format!("decode {len} {policy} {}", budget.map_or("".into(), |b| b.to_string())));
             let config = policy_config(a, policy, budget.unwrap_or(a.budgets[0]))?;
-            let mut cache = pre.cache_for(model, &config, max_tokens, a.decode_tokens + 1).map_err(model_err)?;
+            let mut cache = pre.cache_for(model, &config, kv_dtype, max_tokens, a.decode_tokens + 1).map_err(model_err)?;
             let retained = cache.retained_bytes();
             let expected = match budget {
-                Some(b) => shape.layers * shape.kv_heads * b.min(len) * shape.head_dim * 2 * 4,
+                Some(b) => shape.layers * shape.kv_heads * b.min(len) * 2 * kv_dtype.row_bytes(shape.head_dim),
                 None => cache.full_bytes(),
             };
             let allocated = cache.allocated_bytes();
@@ -363,6 +369,7 @@ fn run_bench<B: Backend>(
         prefill,
         decode,
         kv,
+        kv_dtype: kv_dtype.to_string(),
         peak_rss_bytes: peak_rss_bytes(),
     })
 }
@@ -438,8 +445,8 @@ fn tables(r: &BenchReport) -> String {
         );
     }
     let _ = writeln!(out, 
-        "\nKV bytes (after prefill: retained vs expected, allocated vs retained; after the decode steps: the same)\n{:>7} {:>12} {:>7} {:>12} {:>12} {:>6} {:>12} {:>6} {:>12} {:>12} {:>6}",
-        "context", "policy", "budget", "retained", "expected", "ratio", "allocated", "ratio", "retained", "allocated", "ratio"
+        "\nKV bytes, K/V stored as {} (after prefill: retained vs expected, allocated vs retained; after the decode steps: the same)\n{:>7} {:>12} {:>7} {:>12} {:>12} {:>6} {:>12} {:>6} {:>12} {:>12} {:>6}",
+        r.kv_dtype, "context", "policy", "budget", "retained", "expected", "ratio", "allocated", "ratio", "retained", "allocated", "ratio"
     );
     let ratio = |a: usize, b: usize| if b == 0 { "-".to_string() } else { format!("{:.3}", a as f64 / b as f64) };
     for k in &r.kv {

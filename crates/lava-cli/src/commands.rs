@@ -151,6 +151,7 @@ fn generate_on<B: Backend>(
         decode_tokens: a.max_new_tokens,
         chunked_prefill: compressing && a.prefill_chunk.is_some(),
         decode_slack: a.decode_budget,
+        kv_dtype: a.policy.kv_dtype()?,
     };
     let mut cache = make_cache(&model, policy, ctx, options, device)?;
     let bar = (prompt_len > prefill_chunk).then(|| {

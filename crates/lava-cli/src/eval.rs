@@ -46,6 +46,11 @@ pub struct EvalCommon {
     /// Observation window w.
     #[arg(long, default_value_t = 32)]
     pub window: usize,
+    /// KV dtypes, comma-separated (f32, f16, q8_0): every policy and budget runs with each;
+    /// results of a dtype other than f32 are labelled `policy@dtype` (e.g. `lava@q8_0`).
+    /// Fidelity and perplexity compare each with the f32 full cache.
+    #[arg(long, value_delimiter = ',', default_value = "f32")]
+    pub kv_dtypes: Vec<String>,
     /// Head floor of the adaptive head allocation for every adaptive policy: reference,
     /// matched or layer (default: each policy's own; lava-matched is lava with matched).
     #[arg(long)]
@@ -248,7 +253,9 @@ fn grid(c: &EvalCommon) -> Result<Grid, CliError> {
             t.validate()?;
         }
     }
-    Ok(Grid { policies, budgets: c.budgets.clone(), base, question_agnostic: c.question_agnostic })
+    let kv_dtypes = c.kv_dtypes.iter().map(|d| d.parse::<lava_cache::KvDtype>()).collect::<Result<Vec<_>, _>>()?;
+    refuse_repeats("--kv-dtypes", &kv_dtypes)?;
+    Ok(Grid { policies, budgets: c.budgets.clone(), base, question_agnostic: c.question_agnostic, kv_dtypes })
 }
 
 /// Checks the sizes of a task before anything is loaded: no zero or repeated lengths, depths

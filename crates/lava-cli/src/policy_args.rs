@@ -1,7 +1,7 @@
 //! Command-line options that describe a cache policy.
 
 use clap::Args;
-use lava_cache::{FloorRule, PolicyConfig, PolicyName, Pooling};
+use lava_cache::{FloorRule, KvDtype, PolicyConfig, PolicyName, Pooling};
 
 use crate::error::CliError;
 
@@ -40,6 +40,11 @@ pub struct PolicyArgs {
     /// lava-no-head: reference; lava-matched: matched; ada-*: layer).
     #[arg(long)]
     pub floor_rule: Option<String>,
+    /// How the cache stores keys and values: f32, f16 (flex or cuda) or q8_0 (ggml's 8-bit
+    /// blocks, 34 bytes per 32 values). The prefill scores and attends over the prompt as
+    /// computed; decoding and re-scoring read what is stored. Composes with every policy.
+    #[arg(long, default_value = "f32")]
+    pub kv_dtype: String,
 }
 
 /// Parses an optional `--floor-rule` value.
@@ -48,6 +53,11 @@ pub fn parse_floor_rule(value: Option<&str>) -> Result<Option<FloorRule>, CliErr
 }
 
 impl PolicyArgs {
+    /// The parsed `--kv-dtype`.
+    pub fn kv_dtype(&self) -> Result<KvDtype, CliError> {
+        Ok(self.kv_dtype.parse::<KvDtype>()?)
+    }
+
     /// The validated policy configuration.
     pub fn to_config(&self) -> Result<PolicyConfig, CliError> {
         let policy: PolicyName = self.policy.parse()?;

@@ -1,7 +1,7 @@
 //! Building prompts and caches the way every command does.
 
 use burn::tensor::backend::Backend;
-use lava_cache::{CompressedCache, FullCache, KvCache, PolicyConfig, PolicyName};
+use lava_cache::{CompressedCache, FullCache, KvCache, KvDtype, PolicyConfig, PolicyName};
 use lava_llama::{Llama, Prompt, Tokenizer};
 
 use crate::error::CliError;
@@ -42,6 +42,8 @@ pub struct CacheOptions {
     pub chunked_prefill: bool,
     /// Decode-time eviction slack (`None`: never evict during decode).
     pub decode_slack: Option<usize>,
+    /// How keys and values are stored.
+    pub kv_dtype: KvDtype,
 }
 
 /// The cache a policy asks for: [`FullCache`] for `full`, else a [`CompressedCache`].
@@ -53,11 +55,12 @@ pub fn make_cache<B: Backend>(
     device: &B::Device,
 ) -> Result<Box<dyn KvCache<B>>, CliError> {
     Ok(if policy.policy == PolicyName::Full {
-        Box::new(FullCache::<B>::new(model.cache_shape(), max_tokens, device)?.with_decode_headroom(options.decode_tokens))
+        Box::new(FullCache::<B>::new(model.cache_shape(), max_tokens, device)?.with_decode_headroom(options.decode_tokens).with_kv_dtype(options.kv_dtype)?)
     } else {
         let mut cache = CompressedCache::<B>::new(model.cache_shape(), policy.clone(), max_tokens, device)?
             .with_decode_room(options.decode_tokens)
-            .with_chunked_prefill(options.chunked_prefill);
+            .with_chunked_prefill(options.chunked_prefill)
+            .with_kv_dtype(options.kv_dtype)?;
         if let Some(slack) = options.decode_slack {
             cache = cache.with_decode_budget(slack);
         }

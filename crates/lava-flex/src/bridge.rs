@@ -44,6 +44,18 @@ pub fn float_to_flex<B: Backend, const D: usize>(t: Tensor<B, D>) -> Option<Flex
     }
 }
 
+/// A float tensor of `B` (of any float dtype) around a flex tensor, `None` unless `B` is flex.
+pub fn float_from_flex<B: Backend, const D: usize>(t: FlexTensor) -> Option<Tensor<B, D>> {
+    from_flex(t)
+}
+
+/// An integer tensor of `B` around a flex tensor, `None` unless `B` is flex.
+pub fn int_from_flex<B: Backend, const D: usize>(t: FlexTensor) -> Option<Tensor<B, D, Int>> {
+    let boxed: Box<dyn Any> = Box::new(t);
+    let prim = boxed.downcast::<B::IntTensorPrimitive>().ok()?;
+    Some(Tensor::from_primitive(*prim))
+}
+
 /// The flex tensor behind an integer tensor of `B`, `None` unless `B` is flex.
 pub fn int_to_flex<B: Backend, const D: usize>(t: Tensor<B, D, Int>) -> Option<FlexTensor> {
     if !is_flex::<B>() {

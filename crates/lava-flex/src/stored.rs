@@ -8,12 +8,12 @@
 
 use std::ops::Range;
 
-use burn::tensor::{backend::Backend, DType, Int, Tensor};
+use burn::tensor::{backend::Backend, DType, Int, Tensor, TensorData};
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 
 use crate::attention::{split_rows, Partial, Segment, PARALLEL_ROWS};
-use crate::bridge::{float_to_flex, from_host, int_to_flex, is_flex, to_flex};
+use crate::bridge::{float_from_flex, float_to_flex, from_host, int_from_flex, int_to_flex, is_flex, to_flex};
 
 /// Rows widened to f32 at a time (`WIDEN_ROWS * D` floats of K and as many of V).
 pub const WIDEN_ROWS: usize = 256;
@@ -181,6 +181,42 @@ pub fn decode_attention_q8_0<B: Backend, const K: usize>(
         rayon::current_num_threads(),
     )?;
     from_host(out, [h_q, 1, d])
+}
+
+/// ggml's Q8_0 quantization of rows of f32 values (`x.len()` a multiple of
+/// 32): per block `d = max|x| / 127`, codes `round(x * (1/d))` (ties away
+/// from zero; 0 for an all-zero block), `d` stored as f16. The arithmetic of
+/// `lava-cache`'s tensor-op quantizer and of gguf-py, step for step.
+pub fn quantize_rows_q8_0(x: &[f32], codes: &mut [i8], scales: &mut [f16]) {
+    for ((xb, qb), s) in x.chunks_exact(QK8_0).zip(codes.chunks_exact_mut(QK8_0)).zip(scales.iter_mut()) {
+        let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if d == 0.0 { 0.0 } else { 1.0 / d };
+        for (q, &v) in qb.iter_mut().zip(xb) {
+            *q = (v * id).round() as i8;
+        }
+        *s = f16::from_f32(d);
+    }
+}
+
+/// [`quantize_rows_q8_0`] of an f32 tensor `[.., D]` of flex: the `i8` codes
+/// (same shape) and f16 scales (`[.., D / 32]`) as tensors of `B`; `None`
+/// unless `B` is flex, `x` is f32 and `D` a multiple of 32.
+pub fn quantize_q8_0<B: Backend, const N: usize>(x: &Tensor<B, N>) -> Option<(Tensor<B, N, Int>, Tensor<B, N>)> {
+    let dims = x.dims();
+    if !is_flex::<B>() || x.dtype() != DType::F32 || N == 0 || dims[N - 1] % QK8_0 != 0 {
+        return None;
+    }
+    let xf = to_flex(x.clone())?.to_contiguous();
+    let values = xf.storage::<f32>();
+    let mut codes = vec![0i8; values.len()];
+    let mut scales = vec![f16::ZERO; values.len() / QK8_0];
+    quantize_rows_q8_0(values, &mut codes, &mut scales);
+    let mut scale_dims = dims;
+    scale_dims[N - 1] /= QK8_0;
+    let codes = int_from_flex::<B, N>(burn_flex::FlexTensor::from_data(TensorData::new(codes, dims)))?;
+    let scales = float_from_flex::<B, N>(burn_flex::FlexTensor::from_data(TensorData::new(scales, scale_dims)))?;
+    Some((codes, scales))
 }
 
 fn plain(f: &burn_flex::FlexTensor) -> bool {

@@ -8,7 +8,7 @@
 //! exactly what running that policy live would keep.
 
 use burn::tensor::{backend::Backend, Tensor};
-use lava_cache::{CacheError, CompressedCache, FullCache, KvCache, LayerQkv, PolicyConfig, PolicyName, PromptScores};
+use lava_cache::{CacheError, CompressedCache, FullCache, KvCache, KvDtype, LayerQkv, PolicyConfig, PolicyName, PromptScores};
 use lava_llama::{Llama, Logits, ModelError};
 
 use crate::error::{EvalError, Result};
@@ -73,9 +73,24 @@ pub fn prefill<B: Backend>(model: &Llama<B>, ids: &[u32], max_tokens: usize) -> 
 
 impl<B: Backend> Prefilled<B> {
     /// The cache `policy` would hold after this prefill, with room for `decode_tokens`.
-    pub fn cache_for(&mut self, model: &Llama<B>, policy: &PolicyConfig, max_tokens: usize, decode_tokens: usize) -> Result<Box<dyn KvCache<B>>> {
+    ///
+    /// With a `kv_dtype` other than f32 the cache stores the prompt's K/V in
+    /// that format, as a live run would (the full cache by replaying each
+    /// layer's recorded prefill into a fresh one).
+    pub fn cache_for(&mut self, model: &Llama<B>, policy: &PolicyConfig, kv_dtype: KvDtype, max_tokens: usize, decode_tokens: usize) -> Result<Box<dyn KvCache<B>>> {
         if policy.policy == PolicyName::Full {
-            return Ok(Box::new(self.full.clone()));
+            if kv_dtype == KvDtype::F32 {
+                return Ok(Box::new(self.full.clone()));
+            }
+            let mut full = FullCache::new(model.cache_shape(), max_tokens, model.device())
+                .map_err(model_err)?
+                .with_decode_headroom(decode_tokens)
+                .with_kv_dtype(kv_dtype)
+                .map_err(model_err)?;
+            for (l, r) in self.qkv.iter().enumerate() {
+                full.attend(l, r.q.clone(), r.k.clone(), r.v.clone()).map_err(model_err)?;
+            }
+            return Ok(Box::new(full));
         }
         let i = match self.scores.iter().position(|s| s.serves(policy)) {
             Some(i) => i,
@@ -89,6 +104,8 @@ impl<B: Backend> Prefilled<B> {
         let cache = CompressedCache::new(model.cache_shape(), policy.clone(), max_tokens, model.device())
             .map_err(model_err)?
             .with_decode_room(decode_tokens)
+            .with_kv_dtype(kv_dtype)
+            .map_err(model_err)?
             .filled_from_selection(&kv, &selection)
             .map_err(model_err)?;
         Ok(Box::new(cache))

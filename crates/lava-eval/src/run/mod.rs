@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 
 use burn::tensor::backend::Backend;
-use lava_cache::{PolicyConfig, PolicyName};
+use lava_cache::{KvDtype, PolicyConfig, PolicyName};
 use lava_llama::{Llama, Tokenizer};
 
 pub use shard::Shard;
@@ -30,6 +30,8 @@ pub struct Variant {
     pub budget: Budget,
     /// The configuration.
     pub config: PolicyConfig,
+    /// How the cache stores K and V.
+    pub kv_dtype: KvDtype,
 }
 
 /// The grid: policies x budgets (plus `full` once), and the mode.
@@ -43,17 +45,33 @@ pub struct Grid {
     pub base: PolicyConfig,
     /// Compress the context before the question is appended.
     pub question_agnostic: bool,
+    /// KV dtypes: every variant runs once per dtype; results of a dtype other
+    /// than f32 are labelled `policy@dtype` (`lava@q8_0`, `full@q8_0`).
+    pub kv_dtypes: Vec<KvDtype>,
 }
 
 impl Grid {
-    /// The variants, `full` first.
+    /// The variants, `full` first, each KV dtype in turn.
     pub fn variants(&self) -> Result<Vec<Variant>> {
+        let mut out = Vec::new();
+        let dtypes = if self.kv_dtypes.is_empty() { vec![KvDtype::F32] } else { self.kv_dtypes.clone() };
+        for kv_dtype in dtypes {
+            let label = |p: PolicyName| if kv_dtype == KvDtype::F32 { p.to_string() } else { format!("{p}@{kv_dtype}") };
+            for v in self.policy_variants()? {
+                out.push(Variant { policy: label(v.config.policy), kv_dtype, ..v });
+            }
+        }
+        Ok(out)
+    }
+
+    /// The variants of one KV dtype (f32), `full` first.
+    fn policy_variants(&self) -> Result<Vec<Variant>> {
         let mut out = Vec::new();
         for &p in &self.policies {
             if p == PolicyName::Full {
                 let mut c = self.base.clone();
                 c.policy = p;
-                out.push(Variant { policy: p.to_string(), budget: Budget::named("full"), config: c });
+                out.push(Variant { policy: p.to_string(), budget: Budget::named("full"), config: c, kv_dtype: KvDtype::F32 });
                 continue;
             }
             for &b in &self.budgets {
@@ -61,7 +79,7 @@ impl Grid {
                 c.policy = p;
                 c.budget = b;
                 c.validate().map_err(|e| crate::error::EvalError::InvalidArgument(e.to_string()))?;
-                out.push(Variant { policy: p.to_string(), budget: Budget::Tokens(b as u64), config: c });
+                out.push(Variant { policy: p.to_string(), budget: Budget::Tokens(b as u64), config: c, kv_dtype: KvDtype::F32 });
             }
         }
         Ok(out)

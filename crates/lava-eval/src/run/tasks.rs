@@ -84,7 +84,7 @@ fn run_prompt<B: Backend>(
     let mut cache_seconds = Vec::with_capacity(todo.len());
     for v in &todo {
         let t = std::time::Instant::now();
-        caches.push(pre.cache_for(s.model, &v.config, max_tokens, prompt.suffix.len() + max_new)?);
+        caches.push(pre.cache_for(s.model, &v.config, v.kv_dtype, max_tokens, prompt.suffix.len() + max_new)?);
         cache_seconds.push(t.elapsed().as_secs_f64());
     }
     let t2 = std::time::Instant::now();
@@ -414,14 +414,14 @@ fn teacher_forced<B: Backend>(
         let inputs = &ids[context - 1..ids.len() - 1];
         let targets = &ids[context..];
         // Reference: the full cache.
-        let mut full_cache = pre.cache_for(s.model, &variants_full(variants), max_tokens, continuation)?;
+        let mut full_cache = pre.cache_for(s.model, &variants_full(variants), lava_cache::KvDtype::F32, max_tokens, continuation)?;
         let (full_lsm, full_out) = forced_pass(s, full_cache.as_mut(), &pre, inputs)?;
         for v in variants {
             if sink.is_done(&key(v)) {
                 sink.skip();
                 continue;
             }
-            let mut cache = pre.cache_for(s.model, &v.config, max_tokens, continuation)?;
+            let mut cache = pre.cache_for(s.model, &v.config, v.kv_dtype, max_tokens, continuation)?;
             // Retained bytes after the prefill's compression, before the continuation is appended.
             let kv_bytes = cache.retained_bytes();
             let (lsm, out) = forced_pass(s, cache.as_mut(), &pre, inputs)?;
