@@ -216,6 +216,18 @@ fn compressed_cache_memory_follows_the_budget_at_2k_tokens() {
         assert!(allocated >= retained && allocated <= 1.10 * retained, "{policy}: allocated {allocated} vs retained {retained}");
         assert_eq!(full, (prompt_tokens * 30 * 3 * 64 * 2 * 4) as f64);
     }
+    // The KV dtypes shrink the same selection: f16 to half, q8_0 to 34/32 bytes per value
+    // (L * H_kv * B * D * 2 * 34/32), for the compressed and the full cache.
+    for (dtype, bytes_per_value) in [("f16", 2.0), ("q8_0", 34.0 / 32.0)] {
+        for (policy, budget) in [("lava", "128"), ("full", "128")] {
+            let v = generate_json(&["generate", "--prompt-file", &p, "--max-new-tokens", "1", "--json", "--policy", policy, "--budget", budget, "--kv-dtype", dtype]);
+            let prompt_tokens = v["prompt_tokens"].as_u64().expect("tokens") as f64;
+            let retained = v["kv_bytes"].as_f64().expect("retained");
+            let tokens = if policy == "full" { prompt_tokens } else { 128.0 };
+            let nominal = 30.0 * 3.0 * tokens * 64.0 * 2.0 * bytes_per_value;
+            assert!((retained / nominal - 1.0).abs() <= 0.10, "{policy} {dtype}: retained {retained} vs {nominal}");
+        }
+    }
     let _ = std::fs::remove_file(prompt);
 }
 

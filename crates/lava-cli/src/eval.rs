@@ -23,6 +23,10 @@ pub struct EvalCommon {
     /// Compute backend.
     #[arg(long, value_enum, default_value_t = BackendKind::Flex)]
     pub backend: BackendKind,
+    /// How a GGUF file's matrices are held: f32 (dequantized at load) or native (the
+    /// file's block formats; flex only). Part of the settings hash when native.
+    #[arg(long, value_enum, default_value_t = crate::backend::WeightsKind::F32)]
+    pub weights: crate::backend::WeightsKind,
     /// Policies, comma-separated (default: all).
     #[arg(long, value_delimiter = ',')]
     pub policies: Vec<String>,
@@ -564,7 +568,7 @@ fn check_prompt_memory<B: Backend>(task: &EvalTask, model: &lava_llama::Llama<B>
 
 fn eval_on<B: Backend>(a: &EvalArgs, g: &Grid, path: &Path, data: &DataPaths, device: &B::Device) -> Result<(), CliError> {
     let c = a.common()?;
-    let (model, tok) = crate::backend::load_for::<B>(c.backend, crate::backend::WeightsKind::F32, path, device)?;
+    let (model, tok) = crate::backend::load_for::<B>(c.backend, c.weights, path, device)?;
     check_context(&a.task, model.config.max_position_embeddings)?;
     check_prompt_memory(&a.task, &model)?;
     let mut stop: Vec<u32> = model.config.eos_token_ids.clone();
@@ -805,14 +809,19 @@ fn run_settings(a: &EvalArgs, variants: &[run::Variant], model: &Path, data: &Da
         }
         EvalTask::Report { .. } => json!({"family": "report"}),
     };
-    Ok(json!({
+    let mut settings = json!({
         "variants": grid,
         "window": c.window,
         "seed": c.seed,
         "question_agnostic": c.question_agnostic,
         "model": file_name(model),
         "task": task,
-    }))
+    });
+    // Only when not the default, so the hashes of earlier f32-weight runs still match.
+    if c.weights != crate::backend::WeightsKind::F32 {
+        settings["weights"] = json!(format!("{:?}", c.weights).to_lowercase());
+    }
+    Ok(settings)
 }
 
 /// The stamp of every record of this run: `code_version`, `settings_hash`, `kv_shape`.
