@@ -9,7 +9,7 @@ pub(crate) use lava_flex::attention::{cumulative_column_sums, decode_attention, 
 #[cfg(feature = "flex")]
 pub(crate) use lava_flex::bridge::{write_in_place, write_ints_in_place};
 #[cfg(feature = "flex")]
-pub(crate) use lava_flex::stored::{decode_attention_f16, decode_attention_q8_0, quantize_q8_0 as quantize_q8_0_host};
+pub(crate) use lava_flex::stored::{decode_attention_f16, decode_attention_q8_0, quantize_q8_0 as quantize_q8_0_host, write_f16_in_place, write_q8_0_in_place};
 
 #[cfg(not(feature = "flex"))]
 pub(crate) use declined::*;
@@ -79,6 +79,24 @@ mod declined {
 
     pub(crate) fn quantize_q8_0_host<B: Backend, const N: usize>(_x: &Tensor<B, N>) -> Option<(Tensor<B, N, Int>, Tensor<B, N>)> {
         None
+    }
+
+    pub(crate) fn write_f16_in_place<B: Backend, const D: usize, const S: usize>(
+        dst: Tensor<B, D>,
+        _src: &Tensor<B, S>,
+        _runs: &[(usize, usize, usize)],
+    ) -> Result<Tensor<B, D>, Tensor<B, D>> {
+        Err(dst)
+    }
+
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn write_q8_0_in_place<B: Backend, const D: usize, const S: usize>(
+        codes: Tensor<B, D, Int>,
+        scales: Tensor<B, D>,
+        _src: &Tensor<B, S>,
+        _runs: &[(usize, usize, usize)],
+    ) -> Result<(Tensor<B, D, Int>, Tensor<B, D>), (Tensor<B, D, Int>, Tensor<B, D>)> {
+        Err((codes, scales))
     }
 
     pub(crate) fn prefill_attention<B: Backend>(_q: &Tensor<B, 3>, _k: &Tensor<B, 3>, _v: &Tensor<B, 3>) -> Option<Tensor<B, 3>> {

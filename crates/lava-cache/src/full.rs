@@ -1,6 +1,6 @@
 use burn::tensor::{backend::Backend, Tensor};
 
-use crate::fast_path::{write_in_place, Segment};
+use crate::fast_path::Segment;
 use crate::kv_dtype::{decode_attention_stored, KvRows};
 use crate::{attention::causal_attention, CacheError, CacheShape, CacheStats, KvCache, KvDtype};
 
@@ -116,15 +116,8 @@ impl<B: Backend> FullCache<B> {
         // Head g's new rows go to `g * capacity + len ..` of the buffer.
         let cap = kb.dims()[1];
         let runs: Vec<(usize, usize, usize)> = (0..h).map(|g| ((g * cap + len) * d, g * t * d, t * d)).collect();
-        let write = |buf: KvRows<B, 3>, x: Tensor<B, 3>| -> Result<KvRows<B, 3>, CacheError> {
-            let range = [0..h, len..needed, 0..d];
-            match buf {
-                KvRows::F32(b) => Ok(KvRows::F32(write_in_place(b, &x, &runs).unwrap_or_else(|b| b.slice_assign(range, x)))),
-                other => other.slice_assign(range, KvRows::encode(x, dtype)?),
-            }
-        };
-        let kb = write(kb, k)?;
-        let vb = write(vb, v)?;
+        let kb = kb.write([0..h, len..needed, 0..d], k, &runs)?;
+        let vb = vb.write([0..h, len..needed, 0..d], v, &runs)?;
         self.layers[layer] = Some((kb, vb));
         self.lens[layer] = needed;
         Ok(())

@@ -25,7 +25,9 @@ use std::str::FromStr;
 
 use burn::tensor::{backend::Backend, DType, FloatDType, Int, IntDType, Tensor, TensorData};
 
-use crate::fast_path::{decode_attention, decode_attention_f16, decode_attention_q8_0, quantize_q8_0_host, Segment};
+use crate::fast_path::{
+    decode_attention, decode_attention_f16, decode_attention_q8_0, quantize_q8_0_host, write_f16_in_place, write_in_place, write_q8_0_in_place, Segment,
+};
 use crate::host::to_host;
 use crate::CacheError;
 
@@ -224,6 +226,30 @@ impl<B: Backend, const N: usize> KvRows<B, N> {
         } else {
             KvRows::encode(self.decode(), dtype)
         }
+    }
+
+    /// Writes `x` (f32, shaped as `ranges`; the last range covering the head
+    /// dimension) over `ranges`, encoding it. On flex the values go straight
+    /// into the storage, element runs `runs` (`(storage offset, offset in x,
+    /// len)`, as [`write_in_place`]) describing where; elsewhere (or if the
+    /// storage is shared) through `slice_assign`.
+    pub fn write(self, ranges: [Range<usize>; N], x: Tensor<B, N>, runs: &[(usize, usize, usize)]) -> Result<Self, CacheError> {
+        let dtype = self.dtype();
+        let rest = match self {
+            KvRows::F32(buf) => match write_in_place(buf, &x, runs) {
+                Ok(b) => return Ok(KvRows::F32(b)),
+                Err(b) => KvRows::F32(b),
+            },
+            KvRows::F16(buf) => match write_f16_in_place(buf, &x, runs) {
+                Ok(b) => return Ok(KvRows::F16(b)),
+                Err(b) => KvRows::F16(b),
+            },
+            KvRows::Q8_0 { codes, scales } => match write_q8_0_in_place(codes, scales, &x, runs) {
+                Ok((codes, scales)) => return Ok(KvRows::Q8_0 { codes, scales }),
+                Err((codes, scales)) => KvRows::Q8_0 { codes, scales },
+            },
+        };
+        rest.slice_assign(ranges, KvRows::encode(x, dtype)?)
     }
 
     /// Rows `idx` along dimension 0.

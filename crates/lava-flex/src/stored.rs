@@ -219,6 +219,81 @@ pub fn quantize_q8_0<B: Backend, const N: usize>(x: &Tensor<B, N>) -> Option<(Te
     Some((codes, scales))
 }
 
+/// Writes f32 values of `src` into the f16 storage `dst` in place, converting:
+/// `runs` are `(dst offset, src offset, len)` in elements. Hands `dst` back
+/// (unchanged) unless `B` is flex, the dtypes fit, `dst` is plain and not
+/// shared, and every run fits.
+pub fn write_f16_in_place<B: Backend, const D: usize, const S: usize>(
+    dst: Tensor<B, D>,
+    src: &Tensor<B, S>,
+    runs: &[(usize, usize, usize)],
+) -> Result<Tensor<B, D>, Tensor<B, D>> {
+    if !is_flex::<B>() || dst.dtype() != DType::F16 || src.dtype() != DType::F32 {
+        return Err(dst);
+    }
+    let Some(src) = to_flex(src.clone()).map(|s| s.to_contiguous()) else { return Err(dst) };
+    let keep = dst.clone();
+    let Some(mut flex) = float_to_flex(dst) else { return Err(keep) };
+    drop(keep);
+    let from = src.storage::<f32>();
+    let written = plain(&flex)
+        && match flex.try_storage_mut::<f16>() {
+            Some(to) if runs.iter().all(|&(d, s, n)| d + n <= to.len() && s + n <= from.len()) => {
+                for &(d, s, n) in runs {
+                    to[d..d + n].convert_from_f32_slice(&from[s..s + n]);
+                }
+                true
+            }
+            _ => false,
+        };
+    let dst = float_from_flex(flex).expect("B is flex");
+    if written {
+        Ok(dst)
+    } else {
+        Err(dst)
+    }
+}
+
+/// Quantizes f32 values of `src` to Q8_0 ([`quantize_rows_q8_0`]) straight
+/// into the storage `codes` (`i8`) and `scales` (f16) in place: `runs` are
+/// `(dst offset, src offset, len)` in values, all multiples of 32. Hands the
+/// storage back (unchanged) where that does not apply.
+#[allow(clippy::type_complexity)]
+pub fn write_q8_0_in_place<B: Backend, const D: usize, const S: usize>(
+    codes: Tensor<B, D, Int>,
+    scales: Tensor<B, D>,
+    src: &Tensor<B, S>,
+    runs: &[(usize, usize, usize)],
+) -> Result<(Tensor<B, D, Int>, Tensor<B, D>), (Tensor<B, D, Int>, Tensor<B, D>)> {
+    let aligned = runs.iter().all(|&(d, s, n)| d % QK8_0 == 0 && s % QK8_0 == 0 && n % QK8_0 == 0);
+    if !is_flex::<B>() || codes.dtype() != DType::I8 || scales.dtype() != DType::F16 || src.dtype() != DType::F32 || !aligned {
+        return Err((codes, scales));
+    }
+    let Some(src) = to_flex(src.clone()).map(|s| s.to_contiguous()) else { return Err((codes, scales)) };
+    let keep = (codes.clone(), scales.clone());
+    let (Some(mut cf), Some(mut sf)) = (int_to_flex(codes), float_to_flex(scales)) else { return Err(keep) };
+    drop(keep);
+    let from = src.storage::<f32>();
+    let mut written = plain(&cf) && plain(&sf);
+    if written {
+        match (cf.try_storage_mut::<i8>(), sf.try_storage_mut::<f16>()) {
+            (Some(c), Some(s)) if runs.iter().all(|&(d, o, n)| d + n <= c.len() && (d + n) / QK8_0 <= s.len() && o + n <= from.len()) => {
+                for &(d, o, n) in runs {
+                    quantize_rows_q8_0(&from[o..o + n], &mut c[d..d + n], &mut s[d / QK8_0..(d + n) / QK8_0]);
+                }
+            }
+            _ => written = false,
+        }
+    }
+    let codes = int_from_flex(cf).expect("B is flex");
+    let scales = float_from_flex(sf).expect("B is flex");
+    if written {
+        Ok((codes, scales))
+    } else {
+        Err((codes, scales))
+    }
+}
+
 fn plain(f: &burn_flex::FlexTensor) -> bool {
     f.is_contiguous() && f.layout().start_offset() == 0
 }

@@ -10,7 +10,7 @@ use std::collections::HashSet;
 
 use burn::tensor::{activation::softmax, backend::Backend, Bool, FloatDType, Int, Tensor, TensorData};
 
-use crate::fast_path::{write_in_place, write_ints_in_place, Segment};
+use crate::fast_path::{write_ints_in_place, Segment};
 use crate::host::to_host;
 use crate::kv_dtype::{decode_attention_stored, KvDtype, KvRows};
 use crate::CacheError;
@@ -201,8 +201,8 @@ impl<B: Backend> LayerSlots<B> {
             };
         }
         let new_slots: Vec<(usize, usize)> = (0..h_kv).flat_map(|g| (0..t).map(move |i| (g, first + i))).collect();
-        buf.keys = write_rows(buf.keys, live, k, room)?;
-        buf.values = write_rows(buf.values, live, v, room)?;
+        buf.keys = write_rows(buf.keys, live, k)?;
+        buf.values = write_rows(buf.values, live, v)?;
         let (heads, positions): (Vec<usize>, Vec<usize>) = new_slots.iter().copied().unzip();
         buf.heads = write_ints_in_place(buf.heads, live, &heads)
             .unwrap_or_else(|b| b.slice_assign([live..needed], room.int_tensor(heads.iter().copied())));
@@ -295,17 +295,10 @@ impl<B: Backend> LayerSlots<B> {
 }
 
 /// `x` (`[H_kv, T, D]`, f32) written to rows `at .. at + H_kv * T` of `rows`
-/// (in place on flex for f32 storage).
-fn write_rows<B: Backend>(rows: KvRows<B, 2>, at: usize, x: Tensor<B, 3>, room: &Room<B>) -> Result<KvRows<B, 2>, CacheError> {
+/// (in place on flex).
+fn write_rows<B: Backend>(rows: KvRows<B, 2>, at: usize, x: Tensor<B, 3>) -> Result<KvRows<B, 2>, CacheError> {
     let [h, t, d] = x.dims();
-    let range = [at..at + h * t, 0..d];
-    match rows {
-        KvRows::F32(buf) => {
-            let run = [(at * d, 0, h * t * d)];
-            Ok(KvRows::F32(write_in_place(buf, &x, &run).unwrap_or_else(|b| b.slice_assign(range, x.reshape([h * t, d])))))
-        }
-        other => other.slice_assign(range, KvRows::encode(x.reshape([h * t, d]), room.kv_dtype)?),
-    }
+    rows.write([at..at + h * t, 0..d], x.reshape([h * t, d]), &[(at * d, 0, h * t * d)])
 }
 
 /// The slots each query row may not see, `[H_q * T, used]`: row `x = h*T + i`
