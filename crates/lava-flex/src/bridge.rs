@@ -17,16 +17,10 @@ pub fn is_flex<B: Backend>() -> bool {
 
 /// The flex primitive of an f32 tensor, or `None` on any other backend or dtype.
 pub fn to_flex<B: Backend, const D: usize>(t: Tensor<B, D>) -> Option<FlexTensor> {
-    if !is_flex::<B>() || t.dtype() != DType::F32 {
+    if t.dtype() != DType::F32 {
         return None;
     }
-    match t.into_primitive() {
-        TensorPrimitive::Float(p) => {
-            let boxed: Box<dyn Any> = Box::new(p);
-            boxed.downcast::<FlexTensor>().ok().map(|b| *b)
-        }
-        TensorPrimitive::QFloat(_) => None,
-    }
+    float_to_flex(t)
 }
 
 /// The flex tensor behind a float tensor of `B` of any float dtype (`to_flex`
