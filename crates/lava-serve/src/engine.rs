@@ -265,7 +265,9 @@ impl<B: Backend> Engine<B> {
             }
             self.drop_cancelled();
             self.admit();
+            self.publish();
             self.prefill_step();
+            self.publish();
             self.decode_step();
             self.publish();
         }
