@@ -102,10 +102,18 @@ class Result:
         self.error = None
 
 
+OPEN = set()
+OPEN_LOCK = threading.Lock()
+
+
 def one_request(host, port, path, headers, body, res):
     res.t_send = time.monotonic()
+    c = None
     try:
         c = http.client.HTTPConnection(host, port, timeout=3600)
+        c.connect()
+        with OPEN_LOCK:
+            OPEN.add(c)
         c.request("POST", path, body=json.dumps(body), headers=headers)
         r = c.getresponse()
         res.status = r.status
@@ -132,8 +140,11 @@ def one_request(host, port, path, headers, body, res):
                         res.t_first = now
                     res.token_times.append(now)
         c.close()
-    except (OSError, ValueError, http.client.HTTPException) as e:
+    except (OSError, ValueError, AttributeError, http.client.HTTPException) as e:
         res.error = repr(e)
+    finally:
+        with OPEN_LOCK:
+            OPEN.discard(c)
     res.t_end = time.monotonic()
 
 
@@ -150,10 +161,13 @@ def main():
     ap.add_argument("--kv-policy", default=None, help="lava's per-request kv_policy (omitted when not given)")
     ap.add_argument("--kv-budget", type=int, default=None)
     ap.add_argument("--model", default="default")
+    ap.add_argument("--ignore-eos", action="store_true", help="send ignore_eos (lava, vLLM, llama-server): every request generates --max-tokens")
     ap.add_argument("--api-key", default=None)
     ap.add_argument("--pid", type=int, default=None, help="server PID, for its peak RSS")
     ap.add_argument("--label", default="")
     ap.add_argument("--json", default=None, help="append the summary as one JSON line to this file")
+    ap.add_argument("--abort-after", type=float, default=None,
+                    help="close every open request after this many seconds (a capacity probe: admission and queue, then cancellation)")
     a = ap.parse_args()
 
     u = urllib.parse.urlparse(a.url)
@@ -168,10 +182,22 @@ def main():
     m0 = read_metrics(host, port)
     peak = {"running": 0.0, "kv_alloc": 0.0, "kv_reserved": 0.0, "queued": 0.0}
     stop_sampling = threading.Event()
+    # batch size -> [decode tokens, decode seconds] over sampling intervals that began and ended at that batch size.
+    by_batch = {}
 
     def sampler():
+        prev = None
         while not stop_sampling.is_set():
             m = read_metrics(host, port)
+            if prev is not None and m and m.get("lava_decode_batch_size") == prev.get("lava_decode_batch_size"):
+                b = int(m.get("lava_decode_batch_size", 0))
+                dn = m.get("lava_decode_tokens_total", 0) - prev.get("lava_decode_tokens_total", 0)
+                dt = m.get("lava_decode_seconds_total", 0) - prev.get("lava_decode_seconds_total", 0)
+                if b > 0 and dt > 0:
+                    acc = by_batch.setdefault(b, [0.0, 0.0])
+                    acc[0] += dn
+                    acc[1] += dt
+            prev = m or prev
             peak["running"] = max(peak["running"], m.get("lava_running_sequences", 0.0))
             peak["kv_alloc"] = max(peak["kv_alloc"], m.get("lava_kv_allocated_bytes", 0.0))
             peak["kv_reserved"] = max(peak["kv_reserved"], m.get("lava_kv_reserved_bytes", 0.0))
@@ -203,6 +229,8 @@ def main():
                 body["kv_policy"] = a.kv_policy
             if a.kv_budget:
                 body["kv_budget"] = a.kv_budget
+            if a.ignore_eos:
+                body["ignore_eos"] = True
             res = Result()
             one_request(host, port, "/v1/chat/completions", headers, body, res)
             with lock:
@@ -210,6 +238,18 @@ def main():
 
     st = threading.Thread(target=sampler, daemon=True)
     st.start()
+    if a.abort_after:
+        def abort():
+            time.sleep(a.abort_after)
+            with lock:
+                counter[0] = a.requests
+            with OPEN_LOCK:
+                for c in list(OPEN):
+                    try:
+                        c.sock.shutdown(2)
+                    except (OSError, AttributeError):
+                        pass
+        threading.Thread(target=abort, daemon=True).start()
     threads = [threading.Thread(target=client) for _ in range(a.concurrency)]
     for t in threads:
         t.start()
@@ -223,6 +263,7 @@ def main():
     ok = [r for r in results if r.status == 200 and r.t_first is not None]
     refused = [r for r in results if r.status is not None and r.status != 200]
     failed = [r for r in results if r.status is None]
+    aborted = [r for r in results if r.status == 200 and r.error]
     ttft = [r.t_first - r.t_send for r in ok]
     # Prefill (or queue) windows: from a request's send to its first token.
     windows = [(r.t_send, r.t_first) for r in ok]
@@ -259,6 +300,7 @@ def main():
         "refused": len(refused),
         "refused_statuses": sorted({r.status for r in refused}),
         "failed": len(failed),
+        "aborted": len(aborted),
         "wall_s": round(wall, 2),
         "max_tokens": a.max_tokens,
         "kv_policy": a.kv_policy,
@@ -293,6 +335,7 @@ def main():
     if m1.get("lava_kv_allocated_bytes_peak") is not None:
         out["server_peak_kv_allocated_bytes"] = m1["lava_kv_allocated_bytes_peak"]
         out["server_peak_running"] = m1.get("lava_running_sequences_peak")
+    out["decode_tok_s_by_batch"] = {str(b): round(v[0] / v[1], 1) for b, v in sorted(by_batch.items()) if v[1] > 0.5}
     if refused:
         out["refusal_example"] = refused[0].error
     if failed:

@@ -495,3 +495,61 @@ fn admission_queue_and_sigterm_drain() {
     assert!(status.success(), "exit status {status}: {}", server.log());
     assert!(server.log().contains("lava serve: stopped"));
 }
+
+/// The engine's batched decode against solo decode, logits compared directly:
+/// 8 sequences (full cache and LAVa at 64, chunked prefill as the server runs
+/// it) stepped together by `decode_batch` and each alone, on the flex backend.
+#[test]
+fn batched_decode_logits_against_solo() {
+    use burn_flex::{Flex, FlexDevice};
+    use lava_cache::{CompressedCache, FullCache, KvCache, PolicyConfig, PolicyName};
+    use lava_llama::Logits;
+    type B = Flex<f32>;
+    let device = FlexDevice;
+    let (model, tok) = lava_llama::load_model::<B>(&model_path(), &device).expect("load");
+    let model = model.with_matvec_split(std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let text = "The old lighthouse keeper climbed the stairs every evening to light the lamp. ";
+    let prompts: Vec<Vec<u32>> = (0..8).map(|i| tok.encode(&format!("{i}. {}", text.repeat(2 + i))).expect("encode")).collect();
+    let make = |policy: PolicyName| -> Vec<Box<dyn KvCache<B>>> {
+        prompts
+            .iter()
+            .map(|p| {
+                let mut c: Box<dyn KvCache<B>> = if policy == PolicyName::Full {
+                    Box::new(FullCache::<B>::new(model.cache_shape(), 512, &device).expect("cache"))
+                } else {
+                    let c = CompressedCache::<B>::new(model.cache_shape(), PolicyConfig::new(policy, 64), 512, &device).expect("cache");
+                    Box::new(c.with_chunked_prefill(true).with_decode_room(8))
+                };
+                for chunk in p.chunks(64) {
+                    model.forward(chunk, c.as_mut(), Logits::Last).expect("prefill");
+                }
+                c
+            })
+            .collect()
+    };
+    for policy in [PolicyName::Full, PolicyName::Lava] {
+        let mut batched = make(policy);
+        let mut solo = make(policy);
+        let mut tokens: Vec<u32> = prompts.iter().map(|p| p[p.len() - 1]).collect();
+        let mut max_diff = 0f32;
+        let mut same_argmax = true;
+        for _ in 0..4 {
+            let mut refs: Vec<&mut dyn KvCache<B>> = batched.iter_mut().map(|c| c.as_mut()).collect();
+            let b = model.decode_batch(&tokens, &mut refs).expect("batch").into_data().to_vec::<f32>().expect("f32");
+            let vocab = b.len() / 8;
+            let mut next = Vec::new();
+            for (i, cache) in solo.iter_mut().enumerate() {
+                let s = model.forward(&[tokens[i]], cache.as_mut(), Logits::Last).expect("solo").into_data().to_vec::<f32>().expect("f32");
+                let row = &b[i * vocab..(i + 1) * vocab];
+                max_diff = row.iter().zip(&s).map(|(x, y)| (x - y).abs()).fold(max_diff, f32::max);
+                let (ab, as_) = (lava_llama::sampling::argmax(row), lava_llama::sampling::argmax(&s));
+                same_argmax &= ab == as_;
+                next.push(as_);
+            }
+            tokens = next;
+        }
+        eprintln!("{policy}: batched vs solo decode logits, max |diff| over 8 sequences x 4 steps = {max_diff:e}");
+        assert!(same_argmax, "{policy}: greedy choice differs between batched and solo decode");
+        assert!(max_diff <= 1e-3, "{policy}: batched and solo logits differ by {max_diff}");
+    }
+}

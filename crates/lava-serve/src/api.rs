@@ -41,6 +41,9 @@ pub struct Generation {
     pub include_usage: bool,
     /// The KV-cache policy (extension fields over the server's defaults).
     pub policy: PolicyConfig,
+    /// `ignore_eos` (extension, as vLLM and llama-server have it): generate
+    /// `max_tokens` tokens even past an end-of-turn token (load tests).
+    pub ignore_eos: bool,
 }
 
 /// A parsed request of either endpoint.
@@ -175,6 +178,7 @@ fn generation(body: &Map<String, Value>, defaults: &PolicyConfig, chat: bool) ->
         Some(v) => return Err(wrong_type("stream_options", "an object", v)),
     };
     opt_str(body, "model")?;
+    let ignore_eos = opt_bool(body, "ignore_eos")?.unwrap_or(false);
     let policy = crate::policy::request_policy(body, defaults)?;
     Ok(Generation {
         max_tokens,
@@ -185,6 +189,7 @@ fn generation(body: &Map<String, Value>, defaults: &PolicyConfig, chat: bool) ->
         stream,
         include_usage,
         policy,
+        ignore_eos,
     })
 }
 
@@ -448,6 +453,7 @@ mod tests {
             (json!({"messages": ok, "n": 2}), "n"),
             (json!({"messages": ok, "model": 7}), "model"),
             (json!({"messages": ok, "kv_budget": "big"}), "kv_budget"),
+            (json!({"messages": ok, "ignore_eos": "yes"}), "ignore_eos"),
         ];
         for (body, field) in cases {
             let e = parse_chat(&obj(body.clone()), &d).expect_err(&body.to_string());

@@ -81,6 +81,9 @@ pub struct Job {
     /// Set by the HTTP side when a `stop` string ended the text (the drop that
     /// follows is then a finish, not a cancellation).
     pub stopped: Arc<AtomicBool>,
+    /// Generate `max_tokens` whatever the model says (the `ignore_eos`
+    /// extension, for load tests): end-of-turn tokens are sent as text.
+    pub ignore_eos: bool,
 }
 
 /// What the engine tells a job's handler.
@@ -427,7 +430,7 @@ impl<B: Backend> Engine<B> {
     /// Hands a sampled token to its job; returns the sequence if it goes on.
     fn emit(&mut self, mut seq: Sequence<B>, token: u32) -> Option<Sequence<B>> {
         let stats = seq.cache.stats();
-        if self.stop_tokens.contains(&token) {
+        if !seq.job.ignore_eos && self.stop_tokens.contains(&token) {
             self.finish(seq, FinishReason::Stop);
             return None;
         }

@@ -236,7 +236,7 @@ async fn generate(s: &Arc<AppState>, endpoint: Endpoint, headers: &HeaderMap, bo
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let stopped = Arc::new(AtomicBool::new(false));
     let prompt_tokens = ids.len();
-    let job = Job { prompt: ids, max_tokens, sampling, policy: g.policy, events: tx, stopped: stopped.clone() };
+    let job = Job { prompt: ids, max_tokens, sampling, policy: g.policy, events: tx, stopped: stopped.clone(), ignore_eos: g.ignore_eos };
     if !s.engine.submit(job) {
         return Err(ApiError::unavailable("the server is shutting down"));
     }
