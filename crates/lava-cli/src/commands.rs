@@ -39,7 +39,7 @@ fn full_cache_bytes<B: Backend>(model: &Llama<B>, tokens: usize) -> u64 {
         .unwrap_or(u64::MAX)
 }
 
-fn load<B: Backend>(m: &crate::ModelArgs, path: &Path, device: &B::Device) -> Result<(Llama<B>, Tokenizer), CliError> {
+pub(crate) fn load<B: Backend>(m: &crate::ModelArgs, path: &Path, device: &B::Device) -> Result<(Llama<B>, Tokenizer), CliError> {
     let t = std::time::Instant::now();
     let r = crate::backend::load_for::<B>(m.backend, m.weights, path, device)?;
     eprintln!("lava: loaded {} in {:.1}s", path.display(), t.elapsed().as_secs_f64());
@@ -47,7 +47,7 @@ fn load<B: Backend>(m: &crate::ModelArgs, path: &Path, device: &B::Device) -> Re
 }
 
 /// Tokens that end generation: the config's EOS ids and the usual end-of-turn tokens.
-fn stop_tokens(model_eos: &[u32], tok: &Tokenizer) -> Vec<u32> {
+pub(crate) fn stop_tokens(model_eos: &[u32], tok: &Tokenizer) -> Vec<u32> {
     let mut v = model_eos.to_vec();
     for s in ["<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>", "</s>"] {
         if let Some(id) = tok.token_id(s) {

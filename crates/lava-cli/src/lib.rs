@@ -1,4 +1,4 @@
-//! The `lava` command line: `generate`, `ppl`, `select`, `eval`, `bench`, `export-hf`.
+//! The `lava` command line: `generate`, `ppl`, `select`, `eval`, `bench`, `export-hf`, `serve`.
 //!
 //! [`main`] parses arguments, runs the command and maps every error to one
 //! clear sentence on stderr and an exit code (2 usage, 3 model/data, 4 backend).
@@ -14,6 +14,7 @@ pub mod input;
 pub mod policy_args;
 pub mod prompt;
 pub mod select;
+pub mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -172,6 +173,8 @@ pub enum Command {
     ExportHf(ExportArgs),
     /// Prefill and decode speed, compression overhead and KV memory per policy and budget.
     Bench(bench::BenchArgs),
+    /// An OpenAI-compatible HTTP server: many conversations batched in one KV-memory budget.
+    Serve(serve::ServeArgs),
 }
 
 /// Writes `text` to stdout and flushes it; a failed write (full disk, closed pipe) is an
@@ -191,6 +194,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Select(a) => commands::select(a),
         Command::Eval(a) => eval::eval(a),
         Command::Bench(a) => bench::bench(a),
+        Command::Serve(a) => serve::serve(a),
     }
 }
 

@@ -131,6 +131,38 @@ impl Tokenizer {
         Ok(PromptTokens { context, suffix })
     }
 
+    /// Tokenizes a whole conversation (`messages` in order, any roles the
+    /// template accepts) rendered with the chat template and ending with the
+    /// assistant's turn prompt, the way [`encode_prompt`](Self::encode_prompt)
+    /// renders one user message: each message's text is a placeholder while the
+    /// template runs and is encoded as plain text unless `allow_special`. The
+    /// model's BOS token is put first when the model asks for one.
+    pub fn encode_chat(&self, messages: &[Message], allow_special: bool) -> Result<Vec<u32>, ModelError> {
+        let marks: Vec<String> = (0..messages.len()).map(|i| format!("\u{10FFFD}lava-message-{i}\u{10FFFD}")).collect();
+        let templated: Vec<Message> =
+            messages.iter().zip(&marks).map(|(m, mark)| Message { role: m.role.clone(), content: mark.clone() }).collect();
+        let rendered = self.apply_chat_template(&templated)?;
+        let mut pieces = Vec::with_capacity(2 * messages.len() + 1);
+        let mut rest = rendered.as_str();
+        for (m, mark) in messages.iter().zip(&marks) {
+            if rendered.matches(mark.as_str()).count() != 1 {
+                return Err(template_mangles("repeats or drops"));
+            }
+            let at = rest.find(mark.as_str()).ok_or_else(|| template_mangles("reorders"))?;
+            pieces.push(Piece::Template(rest[..at].to_string()));
+            pieces.push(Piece::Text(m.content.as_str()));
+            rest = &rest[at + mark.len()..];
+        }
+        pieces.push(Piece::Template(rest.to_string()));
+        let mut ids = self.encode_pieces(&pieces, allow_special)?;
+        if let Some(bos) = self.bos_to_add() {
+            if ids.first() != Some(&bos) {
+                ids.insert(0, bos);
+            }
+        }
+        Ok(ids)
+    }
+
     /// Encodes consecutive pieces: template text with control tokens
     /// recognised, message text as plain text unless `allow_special`. When no
     /// message text holds a control token's spelling (or with `allow_special`),

@@ -1,0 +1,138 @@
+//! `lava serve`: parses the flags, and hands `lava-serve` a loader that runs on
+//! its engine thread (model, tokenizer, stop tokens, and a cache factory that
+//! builds each request's cache the way `lava generate` does).
+
+use std::path::PathBuf;
+
+use burn::tensor::backend::Backend;
+use clap::Args;
+use lava_cache::{PolicyConfig, PolicyName};
+use lava_serve::{EngineConfig, HttpConfig, Loaded, ServeError, ServeOptions};
+
+use crate::error::CliError;
+use crate::fetch::resolve_model;
+use crate::prompt::{make_cache, CacheOptions};
+use crate::{with_backend, ModelArgs, PolicyArgs};
+
+/// `lava serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Model and backend.
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The default KV-cache policy of requests (each may set `kv_policy`, `kv_budget`...).
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to listen on (0: any free port; the bound address is printed).
+    #[arg(long, default_value_t = 8000)]
+    pub port: u16,
+    /// KV bytes all running sequences may reserve together (e.g. 1GiB, 512MiB, 1000000).
+    #[arg(long, default_value = "4GiB")]
+    pub kv_memory: String,
+    /// Requests that may wait for KV memory; more get 429.
+    #[arg(long, default_value_t = 64)]
+    pub max_queue: usize,
+    /// Prompt tokens per prefill step, between decode steps of the running sequences.
+    #[arg(long, default_value_t = 256)]
+    pub prefill_chunk: usize,
+    /// Largest request body (e.g. 4MiB); larger ones get 413.
+    #[arg(long, default_value = "4MiB")]
+    pub max_body: String,
+    /// Require `Authorization: Bearer KEY` on the /v1/ routes.
+    #[arg(long)]
+    pub api_key: Option<String>,
+    /// Read control tokens (`<|im_start|>`...) written in prompts and messages as
+    /// control tokens; by default they are plain text, so a message cannot forge a turn.
+    #[arg(long)]
+    pub allow_special: bool,
+    /// max_tokens of a request that gives none (capped by the context).
+    #[arg(long, default_value_t = 256)]
+    pub default_max_tokens: usize,
+    /// The model's name in answers and /v1/models (default: the file's name).
+    #[arg(long)]
+    pub model_name: Option<String>,
+}
+
+/// Parses a byte size: a number with an optional suffix K/M/G/T (powers of
+/// 1000), KiB/MiB/GiB/TiB (powers of 1024), or B.
+pub fn parse_bytes(flag: &str, value: &str) -> Result<u64, CliError> {
+    let v = value.trim();
+    let split = v.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(v.len());
+    let (num, unit) = v.split_at(split);
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "m" | "mb" => 1_000_000,
+        "g" | "gb" => 1_000_000_000,
+        "t" | "tb" => 1_000_000_000_000,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "tib" => 1 << 40,
+        _ => return Err(CliError::Usage(format!("{flag} {value:?}: the unit must be B, K, M, G, T, KiB, MiB, GiB or TiB"))),
+    };
+    let n: f64 = num.parse().map_err(|_| CliError::Usage(format!("{flag} {value:?} is not a size (e.g. 1GiB or 1000000)")))?;
+    let bytes = n * mult as f64;
+    if !(bytes.is_finite() && bytes >= 1.0 && bytes < u64::MAX as f64) {
+        return Err(CliError::Usage(format!("{flag} {value:?} must be at least 1 byte")));
+    }
+    Ok(bytes as u64)
+}
+
+/// Runs `lava serve`.
+pub fn serve(a: ServeArgs) -> Result<(), CliError> {
+    let policy = a.policy.to_config()?;
+    let kv_memory = parse_bytes("--kv-memory", &a.kv_memory)?;
+    let max_body = parse_bytes("--max-body", &a.max_body)?;
+    let max_body = usize::try_from(max_body).map_err(|_| CliError::Usage("--max-body is too large".into()))?;
+    if a.prefill_chunk == 0 {
+        return Err(CliError::Usage("--prefill-chunk must be at least 1".into()));
+    }
+    if a.default_max_tokens == 0 {
+        return Err(CliError::Usage("--default-max-tokens must be at least 1".into()));
+    }
+    if a.api_key.as_deref().is_some_and(str::is_empty) {
+        return Err(CliError::Usage("--api-key is empty".into()));
+    }
+    let path = resolve_model(a.model.model.as_deref())?;
+    let model_id = a.model_name.clone().unwrap_or_else(|| {
+        path.file_name().map_or_else(|| "lava".to_string(), |n| n.to_string_lossy().trim_end_matches(".gguf").to_string())
+    });
+    let options = ServeOptions {
+        host: a.host.clone(),
+        port: a.port,
+        engine: EngineConfig { kv_memory, max_queue: a.max_queue, prefill_chunk: a.prefill_chunk },
+        http: HttpConfig {
+            max_body,
+            api_key: a.api_key.clone(),
+            default_policy: policy,
+            model_id,
+            allow_special: a.allow_special,
+            default_max_tokens: a.default_max_tokens,
+        },
+    };
+    with_backend!(a.model.backend, |B, device| { serve_on::<B>(options, a.model.clone(), path, device) })
+}
+
+fn serve_on<B: Backend>(options: ServeOptions, model: ModelArgs, path: PathBuf, device: B::Device) -> Result<(), CliError> {
+    let load = move || -> Result<Loaded<B>, CliError> {
+        let (m, tokenizer) = crate::commands::load::<B>(&model, &path, &device)?;
+        let stop_tokens = crate::commands::stop_tokens(&m.config.eos_token_ids, &tokenizer);
+        let make_cache: lava_serve::CacheFactory<B> = Box::new(move |m, policy: &PolicyConfig, max_tokens, decode_tokens| {
+            let options = CacheOptions {
+                decode_tokens,
+                chunked_prefill: policy.policy != PolicyName::Full,
+                ..CacheOptions::default()
+            };
+            make_cache(m, policy, max_tokens, options, m.device()).map_err(|e| e.to_string())
+        });
+        Ok(Loaded { model: m, tokenizer, make_cache, stop_tokens })
+    };
+    lava_serve::serve(options, load).map_err(|e| match e {
+        ServeError::Load(e) => e,
+        ServeError::Io(msg) => CliError::Runtime(msg),
+    })
+}

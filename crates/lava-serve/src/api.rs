@@ -1,0 +1,476 @@
+//! Request and response bodies of the OpenAI API subset the server speaks.
+//!
+//! Requests are read field by field from the parsed JSON object (not through a
+//! derived deserializer) so that every error names its field: a known field of
+//! the wrong type or out of range is a 400 with `param` set; fields the server
+//! does not know are ignored, as OpenAI's clients send many optional ones.
+
+use lava_cache::PolicyConfig;
+use lava_llama::Message;
+use serde_json::{json, Map, Value};
+
+use crate::error::ApiError;
+
+/// What a request asks the model to continue.
+#[derive(Debug, Clone)]
+pub enum PromptInput {
+    /// `/v1/chat/completions`: messages rendered with the chat template.
+    Chat(Vec<Message>),
+    /// `/v1/completions`: raw text.
+    Text(String),
+    /// `/v1/completions`: token ids given directly.
+    Tokens(Vec<u32>),
+}
+
+/// How to generate, common to both endpoints.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generation {
+    /// `max_tokens` (chat also `max_completion_tokens`); `None`: the server's default.
+    pub max_tokens: Option<usize>,
+    /// `temperature`, 0 (greedy) by default here.
+    pub temperature: f32,
+    /// `top_p` in (0, 1].
+    pub top_p: f32,
+    /// `seed` of the sampler.
+    pub seed: u64,
+    /// `stop`: up to 4 non-empty strings that end the text (not included).
+    pub stop: Vec<String>,
+    /// `stream`: answer with server-sent events.
+    pub stream: bool,
+    /// `stream_options.include_usage`: a last chunk with `usage`.
+    pub include_usage: bool,
+    /// The KV-cache policy (extension fields over the server's defaults).
+    pub policy: PolicyConfig,
+    /// `ignore_eos` (extension, as vLLM and llama-server have it): generate
+    /// `max_tokens` tokens even past an end-of-turn token (load tests).
+    pub ignore_eos: bool,
+}
+
+/// A parsed request of either endpoint.
+#[derive(Debug, Clone)]
+pub struct GenerationRequest {
+    /// The prompt.
+    pub prompt: PromptInput,
+    /// The generation settings.
+    pub generation: Generation,
+}
+
+/// Parses a body into its JSON object (400 `invalid_json` otherwise).
+pub fn parse_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(ApiError::bad_json("the request body must be a JSON object")),
+        Err(e) => Err(ApiError::bad_json(format!("the request body is not valid JSON: {e}"))),
+    }
+}
+
+fn wrong_type(field: &str, expected: &str, got: &Value) -> ApiError {
+    let got = match got {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    };
+    ApiError::invalid_code(field, "invalid_type", format!("{field} must be {expected}, got {got}"))
+}
+
+/// An optional non-negative integer field (`null` counts as absent).
+pub fn opt_usize(body: &Map<String, Value>, field: &str) -> Result<Option<usize>, ApiError> {
+    match body.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .and_then(|x| usize::try_from(x).ok())
+            .map(Some)
+            .ok_or_else(|| wrong_type(field, "a non-negative integer", v)),
+    }
+}
+
+/// An optional number field.
+pub fn opt_f64(body: &Map<String, Value>, field: &str) -> Result<Option<f64>, ApiError> {
+    match body.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v.as_f64().map(Some).ok_or_else(|| wrong_type(field, "a number", v)),
+    }
+}
+
+/// An optional string field.
+pub fn opt_str<'a>(body: &'a Map<String, Value>, field: &str) -> Result<Option<&'a str>, ApiError> {
+    match body.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(v) => Err(wrong_type(field, "a string", v)),
+    }
+}
+
+fn opt_bool(body: &Map<String, Value>, field: &str) -> Result<Option<bool>, ApiError> {
+    match body.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(v) => Err(wrong_type(field, "a boolean", v)),
+    }
+}
+
+/// Parses the fields both endpoints share.
+fn generation(body: &Map<String, Value>, defaults: &PolicyConfig, chat: bool) -> Result<Generation, ApiError> {
+    let mut max_tokens = opt_usize(body, "max_tokens")?;
+    if chat {
+        if let Some(m) = opt_usize(body, "max_completion_tokens")? {
+            max_tokens = Some(m);
+        }
+    }
+    if max_tokens == Some(0) {
+        let field = if body.contains_key("max_tokens") { "max_tokens" } else { "max_completion_tokens" };
+        return Err(ApiError::invalid(field, format!("{field} must be at least 1")));
+    }
+    let temperature = opt_f64(body, "temperature")?.unwrap_or(0.0);
+    if !(temperature.is_finite() && (0.0..=2.0).contains(&temperature)) {
+        return Err(ApiError::invalid("temperature", format!("temperature must lie in [0, 2], got {temperature}")));
+    }
+    let top_p = opt_f64(body, "top_p")?.unwrap_or(1.0);
+    if !(top_p > 0.0 && top_p <= 1.0) {
+        return Err(ApiError::invalid("top_p", format!("top_p must lie in (0, 1], got {top_p}")));
+    }
+    let seed = match body.get("seed") {
+        None | Some(Value::Null) => 0,
+        Some(v) => match (v.as_u64(), v.as_i64()) {
+            (Some(u), _) => u,
+            (None, Some(i)) => i as u64,
+            _ => return Err(wrong_type("seed", "an integer", v)),
+        },
+    };
+    let stop = match body.get("stop") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(items)) => {
+            let mut out = Vec::with_capacity(items.len());
+            for (i, item) in items.iter().enumerate() {
+                match item {
+                    Value::String(s) => out.push(s.clone()),
+                    v => return Err(wrong_type(&format!("stop[{i}]"), "a string", v)),
+                }
+            }
+            out
+        }
+        Some(v) => return Err(wrong_type("stop", "a string or an array of strings", v)),
+    };
+    if stop.len() > 4 {
+        return Err(ApiError::invalid("stop", format!("stop takes at most 4 sequences, got {}", stop.len())));
+    }
+    if stop.iter().any(String::is_empty) {
+        return Err(ApiError::invalid("stop", "stop sequences must not be empty"));
+    }
+    if let Some(n) = opt_usize(body, "n")? {
+        if n != 1 {
+            return Err(ApiError::invalid("n", format!("this server returns one choice per request (n = 1), got n = {n}")));
+        }
+    }
+    let stream = opt_bool(body, "stream")?.unwrap_or(false);
+    let include_usage = match body.get("stream_options") {
+        None | Some(Value::Null) => false,
+        Some(Value::Object(o)) => opt_bool(o, "include_usage").map_err(|e| ApiError {
+            param: Some("stream_options.include_usage".into()),
+            ..e
+        })?
+        .unwrap_or(false),
+        Some(v) => return Err(wrong_type("stream_options", "an object", v)),
+    };
+    opt_str(body, "model")?;
+    let ignore_eos = opt_bool(body, "ignore_eos")?.unwrap_or(false);
+    let policy = crate::policy::request_policy(body, defaults)?;
+    Ok(Generation {
+        max_tokens,
+        temperature: temperature as f32,
+        top_p: top_p as f32,
+        seed,
+        stop,
+        stream,
+        include_usage,
+        policy,
+        ignore_eos,
+    })
+}
+
+/// Parses a `/v1/chat/completions` body.
+pub fn parse_chat(body: &Map<String, Value>, defaults: &PolicyConfig) -> Result<GenerationRequest, ApiError> {
+    let messages = match body.get("messages") {
+        Some(Value::Array(items)) if !items.is_empty() => items,
+        Some(Value::Array(_)) => return Err(ApiError::invalid("messages", "messages must hold at least one message")),
+        None | Some(Value::Null) => return Err(ApiError::invalid_code("messages", "missing_required_parameter", "messages is required")),
+        Some(v) => return Err(wrong_type("messages", "an array of messages", v)),
+    };
+    let mut out = Vec::with_capacity(messages.len());
+    for (i, m) in messages.iter().enumerate() {
+        let Value::Object(m) = m else {
+            return Err(wrong_type(&format!("messages[{i}]"), "an object with role and content", m));
+        };
+        let role = match m.get("role") {
+            Some(Value::String(r)) => r.as_str(),
+            Some(v) => return Err(wrong_type(&format!("messages[{i}].role"), "a string", v)),
+            None => return Err(ApiError::invalid(&format!("messages[{i}].role"), format!("messages[{i}].role is required"))),
+        };
+        let role = match role {
+            "system" | "developer" => "system",
+            "user" => "user",
+            "assistant" => "assistant",
+            other => {
+                return Err(ApiError::invalid(
+                    &format!("messages[{i}].role"),
+                    format!("messages[{i}].role {other:?} is not one of system, developer, user, assistant"),
+                ))
+            }
+        };
+        let field = format!("messages[{i}].content");
+        let content = match m.get("content") {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Array(parts)) => {
+                let mut text = String::new();
+                for (j, p) in parts.iter().enumerate() {
+                    let part = p.as_object().filter(|o| o.get("type").and_then(Value::as_str) == Some("text"));
+                    match part.and_then(|o| o.get("text")).and_then(Value::as_str) {
+                        Some(t) => text.push_str(t),
+                        None => {
+                            return Err(ApiError::invalid(
+                                &format!("{field}[{j}]"),
+                                format!("{field}[{j}] must be a text part {{\"type\": \"text\", \"text\": ...}}"),
+                            ))
+                        }
+                    }
+                }
+                text
+            }
+            None | Some(Value::Null) => String::new(),
+            Some(v) => return Err(wrong_type(&field, "a string or an array of text parts", v)),
+        };
+        out.push(Message { role: role.to_string(), content });
+    }
+    if out.iter().all(|m| m.content.trim().is_empty()) {
+        return Err(ApiError::invalid("messages", "every message is empty: give some text"));
+    }
+    Ok(GenerationRequest { prompt: PromptInput::Chat(out), generation: generation(body, defaults, true)? })
+}
+
+/// Parses a `/v1/completions` body.
+pub fn parse_completion(body: &Map<String, Value>, defaults: &PolicyConfig) -> Result<GenerationRequest, ApiError> {
+    let prompt = match body.get("prompt") {
+        Some(Value::String(s)) => PromptInput::Text(s.clone()),
+        Some(Value::Array(items)) if items.len() == 1 && items[0].is_string() => {
+            PromptInput::Text(items[0].as_str().unwrap_or_default().to_string())
+        }
+        Some(Value::Array(items)) if !items.is_empty() && items.iter().all(Value::is_u64) => {
+            let ids: Option<Vec<u32>> = items.iter().map(|v| v.as_u64().and_then(|x| u32::try_from(x).ok())).collect();
+            PromptInput::Tokens(ids.ok_or_else(|| ApiError::invalid("prompt", "prompt token ids must fit in 32 bits"))?)
+        }
+        None | Some(Value::Null) => return Err(ApiError::invalid_code("prompt", "missing_required_parameter", "prompt is required")),
+        Some(v) => return Err(wrong_type("prompt", "a string (or one string, or an array of token ids)", v)),
+    };
+    if matches!(&prompt, PromptInput::Text(t) if t.is_empty()) {
+        return Err(ApiError::invalid("prompt", "prompt is empty: give some text"));
+    }
+    for field in ["echo", "logprobs", "suffix", "best_of"] {
+        let unset = match body.get(field) {
+            None | Some(Value::Null) | Some(Value::Bool(false)) => true,
+            Some(Value::Number(n)) => field == "best_of" && n.as_u64() == Some(1),
+            _ => false,
+        };
+        if !unset {
+            return Err(ApiError::invalid(field, format!("{field} is not supported by this server")));
+        }
+    }
+    Ok(GenerationRequest { prompt, generation: generation(body, defaults, false)? })
+}
+
+/// Why a generation ended, as OpenAI spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// An end-of-turn token or a `stop` string.
+    Stop,
+    /// `max_tokens` reached.
+    Length,
+}
+
+impl FinishReason {
+    /// `"stop"` or `"length"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+        }
+    }
+}
+
+/// Token and memory counts of one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Usage {
+    /// Prompt tokens.
+    pub prompt_tokens: usize,
+    /// Generated tokens (a stop token not counted).
+    pub completion_tokens: usize,
+    /// KV bytes the sequence's cache kept at its end.
+    pub kv_bytes: usize,
+    /// KV bytes its cache had allocated at its end.
+    pub kv_allocated_bytes: usize,
+    /// KV bytes admission reserved for it.
+    pub kv_reserved_bytes: u64,
+}
+
+impl Usage {
+    /// The `usage` object: OpenAI's three counts plus the `kv_*` extensions.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+            "kv_bytes": self.kv_bytes,
+            "kv_allocated_bytes": self.kv_allocated_bytes,
+            "kv_reserved_bytes": self.kv_reserved_bytes,
+        })
+    }
+}
+
+/// Which endpoint answers: decides the object names and the choice layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `/v1/chat/completions`.
+    Chat,
+    /// `/v1/completions`.
+    Completion,
+}
+
+impl Endpoint {
+    /// The metrics label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Endpoint::Chat => "chat_completions",
+            Endpoint::Completion => "completions",
+        }
+    }
+}
+
+/// The whole (non-streamed) answer.
+pub fn response_body(endpoint: Endpoint, id: &str, created: u64, model: &str, text: &str, finish: FinishReason, usage: &Usage) -> Value {
+    let choice = match endpoint {
+        Endpoint::Chat => json!({
+            "index": 0,
+            "message": {"role": "assistant", "content": text},
+            "logprobs": null,
+            "finish_reason": finish.as_str(),
+        }),
+        Endpoint::Completion => json!({"index": 0, "text": text, "logprobs": null, "finish_reason": finish.as_str()}),
+    };
+    let object = match endpoint {
+        Endpoint::Chat => "chat.completion",
+        Endpoint::Completion => "text_completion",
+    };
+    json!({
+        "id": id,
+        "object": object,
+        "created": created,
+        "model": model,
+        "choices": [choice],
+        "usage": usage.to_json(),
+    })
+}
+
+/// One streamed chunk: `delta` text (chat: the first chunk also carries the
+/// role), or the last one with `finish_reason`.
+pub fn chunk_body(endpoint: Endpoint, id: &str, created: u64, model: &str, delta: &str, first: bool, finish: Option<FinishReason>) -> Value {
+    let finish = finish.map(FinishReason::as_str);
+    let (object, choice) = match endpoint {
+        Endpoint::Chat => {
+            let delta = if finish.is_some() && delta.is_empty() {
+                json!({})
+            } else if first {
+                json!({"role": "assistant", "content": delta})
+            } else {
+                json!({"content": delta})
+            };
+            ("chat.completion.chunk", json!({"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}))
+        }
+        Endpoint::Completion => ("text_completion", json!({"index": 0, "text": delta, "logprobs": null, "finish_reason": finish})),
+    };
+    json!({"id": id, "object": object, "created": created, "model": model, "choices": [choice]})
+}
+
+/// The extra last chunk of `stream_options.include_usage`: no choices, the usage.
+pub fn usage_chunk_body(endpoint: Endpoint, id: &str, created: u64, model: &str, usage: &Usage) -> Value {
+    let object = match endpoint {
+        Endpoint::Chat => "chat.completion.chunk",
+        Endpoint::Completion => "text_completion",
+    };
+    json!({"id": id, "object": object, "created": created, "model": model, "choices": [], "usage": usage.to_json()})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lava_cache::PolicyName;
+
+    fn obj(v: Value) -> Map<String, Value> {
+        match v {
+            Value::Object(m) => m,
+            _ => Map::new(),
+        }
+    }
+
+    #[test]
+    fn chat_requests_parse_and_bad_fields_are_named() {
+        let d = PolicyConfig::new(PolicyName::Full, 128);
+        let r = parse_chat(
+            &obj(json!({"model": "x", "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": [{"type": "text", "text": "Hi"}]}],
+                "max_tokens": 5, "stop": "\n", "stream": true, "stream_options": {"include_usage": true}, "kv_policy": "lava", "presence_penalty": 0})),
+            &d,
+        )
+        .expect("valid");
+        let PromptInput::Chat(m) = &r.prompt else { panic!("chat prompt") };
+        let m: Vec<(&str, &str)> = m.iter().map(|m| (m.role.as_str(), m.content.as_str())).collect();
+        assert_eq!(m, [("system", "Be brief."), ("user", "Hi")]);
+        assert_eq!(r.generation.max_tokens, Some(5));
+        assert_eq!(r.generation.stop, vec!["\n".to_string()]);
+        assert!(r.generation.stream && r.generation.include_usage);
+        assert_eq!(r.generation.policy.policy, PolicyName::Lava);
+        let ok = json!([{"role": "user", "content": "Hi"}]);
+        let cases = [
+            (json!({}), "messages"),
+            (json!({"messages": "hi"}), "messages"),
+            (json!({"messages": []}), "messages"),
+            (json!({"messages": [{"role": "robot", "content": "x"}]}), "messages[0].role"),
+            (json!({"messages": [{"role": "user", "content": 5}]}), "messages[0].content"),
+            (json!({"messages": ok, "max_tokens": "ten"}), "max_tokens"),
+            (json!({"messages": ok, "max_tokens": 0}), "max_tokens"),
+            (json!({"messages": ok, "max_tokens": -3}), "max_tokens"),
+            (json!({"messages": ok, "max_tokens": 2.5}), "max_tokens"),
+            (json!({"messages": ok, "temperature": "hot"}), "temperature"),
+            (json!({"messages": ok, "temperature": 9}), "temperature"),
+            (json!({"messages": ok, "top_p": 0}), "top_p"),
+            (json!({"messages": ok, "seed": "s"}), "seed"),
+            (json!({"messages": ok, "stop": 3}), "stop"),
+            (json!({"messages": ok, "stop": ["a", 1]}), "stop[1]"),
+            (json!({"messages": ok, "stop": ["a", "b", "c", "d", "e"]}), "stop"),
+            (json!({"messages": ok, "stream": "yes"}), "stream"),
+            (json!({"messages": ok, "n": 2}), "n"),
+            (json!({"messages": ok, "model": 7}), "model"),
+            (json!({"messages": ok, "kv_budget": "big"}), "kv_budget"),
+            (json!({"messages": ok, "ignore_eos": "yes"}), "ignore_eos"),
+        ];
+        for (body, field) in cases {
+            let e = parse_chat(&obj(body.clone()), &d).expect_err(&body.to_string());
+            assert_eq!(e.param.as_deref(), Some(field), "{body}: {}", e.message);
+        }
+    }
+
+    #[test]
+    fn completion_prompts_and_json_errors() {
+        let d = PolicyConfig::new(PolicyName::Full, 128);
+        assert!(matches!(parse_completion(&obj(json!({"prompt": "a"})), &d).expect("text").prompt, PromptInput::Text(t) if t == "a"));
+        assert!(matches!(parse_completion(&obj(json!({"prompt": [1, 2]})), &d).expect("ids").prompt, PromptInput::Tokens(t) if t == [1, 2]));
+        for (body, field) in [(json!({}), "prompt"), (json!({"prompt": ""}), "prompt"), (json!({"prompt": {}}), "prompt"), (json!({"prompt": "a", "echo": true}), "echo")] {
+            let e = parse_completion(&obj(body.clone()), &d).expect_err(&body.to_string());
+            assert_eq!(e.param.as_deref(), Some(field));
+        }
+        assert_eq!(parse_object(b"{not json").expect_err("bad").code, Some("invalid_json"));
+        assert_eq!(parse_object(b"[1]").expect_err("array").code, Some("invalid_json"));
+    }
+}

@@ -1,0 +1,484 @@
+//! The engine: one thread that owns the model and every sequence's cache and
+//! runs the scheduler loop; the HTTP side talks to it through channels.
+//!
+//! Each turn of the loop:
+//! 1. takes new jobs (blocking only when nothing is queued or running);
+//! 2. drops every sequence whose client went away (its event receiver is
+//!    gone), freeing its cache and its reservation at once;
+//! 3. admits queued jobs in arrival order while their KV reservation fits
+//!    under `--kv-memory` ([`crate::admission`]);
+//! 4. prefills one chunk (`--prefill-chunk` tokens) of the oldest sequence
+//!    still prefilling; a sequence whose prompt is done samples its first
+//!    token and joins the decode batch;
+//! 5. runs one [`Llama::decode_batch`] step for all sequences in the batch
+//!    (the weights are read once for all of them) and samples each one's next
+//!    token; a finished sequence leaves the batch and frees its cache.
+//!
+//! A prompt is chunked from its own start, whatever else runs, so its prefill
+//! does not depend on the other sequences; only the batched decode step can
+//! differ from a solo run (float summation order of batched projections).
+//! A running conversation waits at most one prefill chunk for its next token.
+
+use std::collections::VecDeque;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use burn::tensor::backend::Backend;
+use lava_cache::{CacheShape, KvCache, PolicyConfig};
+use lava_llama::{Llama, Logits, Sampler, Sampling, Tokenizer};
+use tokio::sync::mpsc::{error::TryRecvError, UnboundedReceiver, UnboundedSender};
+
+use crate::admission::{reservation, Ledger};
+use crate::api::FinishReason;
+use crate::error::ApiError;
+use crate::metrics::{EngineGauges, Metrics};
+
+/// Builds a sequence's cache: `(model, policy, max_tokens, decode_tokens)`,
+/// where `max_tokens` bounds the sequence (prompt plus generation) and
+/// `decode_tokens` is the generation's length, for the decode headroom. Given
+/// by the caller (the `lava` binary builds them as `lava generate` does), with
+/// compression after every prefill chunk for compressing policies.
+pub type CacheFactory<B> = Box<dyn Fn(&Llama<B>, &PolicyConfig, usize, usize) -> Result<Box<dyn KvCache<B>>, String>>;
+
+/// What the engine thread loads before it serves.
+pub struct Loaded<B: Backend> {
+    /// The model.
+    pub model: Llama<B>,
+    /// Its tokenizer (handed to the HTTP side).
+    pub tokenizer: Tokenizer,
+    /// Builds each sequence's cache.
+    pub make_cache: CacheFactory<B>,
+    /// Tokens that end a generation (not sent).
+    pub stop_tokens: Vec<u32>,
+}
+
+/// The engine's settings.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineConfig {
+    /// `--kv-memory`: bytes all reservations may take.
+    pub kv_memory: u64,
+    /// `--max-queue`: jobs that may wait for memory; beyond, 429.
+    pub max_queue: usize,
+    /// `--prefill-chunk`: prompt tokens per prefill step.
+    pub prefill_chunk: usize,
+}
+
+/// One request, tokenized and validated, for the engine.
+#[derive(Debug)]
+pub struct Job {
+    /// Prompt token ids (non-empty, inside the vocabulary).
+    pub prompt: Vec<u32>,
+    /// Tokens to generate at most (prompt plus this fits the context).
+    pub max_tokens: usize,
+    /// How to pick tokens.
+    pub sampling: Sampling,
+    /// The cache policy.
+    pub policy: PolicyConfig,
+    /// Where the engine sends this job's events; dropping the receiver cancels it.
+    pub events: UnboundedSender<Event>,
+    /// Set by the HTTP side when a `stop` string ended the text (the drop that
+    /// follows is then a finish, not a cancellation).
+    pub stopped: Arc<AtomicBool>,
+    /// Generate `max_tokens` whatever the model says (the `ignore_eos`
+    /// extension, for load tests): end-of-turn tokens are sent as text.
+    pub ignore_eos: bool,
+}
+
+/// What the engine tells a job's handler.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// Admitted: its cache exists and `reserved` bytes are held for it.
+    Admitted {
+        /// Bytes reserved.
+        reserved: u64,
+    },
+    /// One generated token, with the cache's bytes after it.
+    Token {
+        /// The token id.
+        id: u32,
+        /// K/V bytes kept.
+        kv_bytes: usize,
+        /// K/V bytes allocated.
+        kv_allocated_bytes: usize,
+    },
+    /// The generation ended.
+    Finished {
+        /// Why.
+        reason: FinishReason,
+        /// K/V bytes kept at the end.
+        kv_bytes: usize,
+        /// K/V bytes allocated at the end.
+        kv_allocated_bytes: usize,
+    },
+    /// The job failed (before admission: 400/429; later: 500).
+    Failed(ApiError),
+}
+
+/// The HTTP side's handle on the engine.
+#[derive(Debug, Clone)]
+pub struct EngineHandle {
+    jobs: UnboundedSender<Job>,
+    /// The model's cache shape (for the KV arithmetic).
+    pub shape: CacheShape,
+    /// The model's context, tokens.
+    pub context: usize,
+    /// The model's vocabulary size (token ids must be below it).
+    pub vocab: usize,
+}
+
+impl EngineHandle {
+    /// Hands a job to the engine; `false` if the engine has stopped.
+    pub fn submit(&self, job: Job) -> bool {
+        self.jobs.send(job).is_ok()
+    }
+}
+
+/// Starts the engine thread: it runs `load`, reports back, then serves jobs
+/// until every [`EngineHandle`] is dropped and the last sequence has ended.
+/// Returns the handle, the tokenizer and the thread, or `load`'s error.
+pub fn start<B, E, F>(load: F, config: EngineConfig, metrics: Arc<Metrics>) -> Result<(EngineHandle, Tokenizer, std::thread::JoinHandle<()>), E>
+where
+    B: Backend,
+    E: Send + 'static,
+    F: FnOnce() -> Result<Loaded<B>, E> + Send + 'static,
+{
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(EngineHandle, Tokenizer), E>>();
+    let thread = std::thread::Builder::new()
+        .name("lava-engine".into())
+        .spawn(move || {
+            let loaded = match load() {
+                Ok(l) => l,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            let (jobs, rx) = tokio::sync::mpsc::unbounded_channel();
+            let handle = EngineHandle {
+                jobs,
+                shape: loaded.model.cache_shape(),
+                context: loaded.model.config.max_position_embeddings,
+                vocab: loaded.model.config.vocab_size,
+            };
+            if ready_tx.send(Ok((handle, loaded.tokenizer.clone()))).is_err() {
+                return;
+            }
+            Engine::new(loaded, config, metrics).run(rx);
+        });
+    let thread = match thread {
+        Ok(t) => t,
+        Err(e) => fatal(e),
+    };
+    match ready_rx.recv() {
+        Ok(Ok((h, t))) => Ok((h, t, thread)),
+        Ok(Err(e)) => {
+            let _ = thread.join();
+            Err(e)
+        }
+        // The thread ended without a word: it panicked while loading.
+        Err(_) => {
+            let _ = thread.join();
+            fatal(std::io::Error::other("the engine thread stopped while loading the model"))
+        }
+    }
+}
+
+/// The process cannot run without its engine thread: report and exit.
+fn fatal(e: std::io::Error) -> ! {
+    eprintln!("lava serve: error: cannot start the engine thread: {e}");
+    std::process::exit(4)
+}
+
+/// A job admitted: its cache and where it stands.
+struct Sequence<B: Backend> {
+    job: Job,
+    cache: Box<dyn KvCache<B>>,
+    reserved: u64,
+    /// Prompt tokens prefilled so far.
+    prefilled: usize,
+    sampler: Sampler,
+    generated: usize,
+    /// The last token sampled: the input of its next decode step.
+    next: u32,
+}
+
+struct Queued {
+    job: Job,
+    reserved: u64,
+}
+
+struct Engine<B: Backend> {
+    model: Llama<B>,
+    make_cache: CacheFactory<B>,
+    stop_tokens: Vec<u32>,
+    config: EngineConfig,
+    metrics: Arc<Metrics>,
+    ledger: Ledger,
+    queue: VecDeque<Queued>,
+    prefilling: VecDeque<Sequence<B>>,
+    running: Vec<Sequence<B>>,
+    prefill_tok_s: f64,
+    decode_tok_s: f64,
+    decode_batch: usize,
+}
+
+impl<B: Backend> Engine<B> {
+    fn new(loaded: Loaded<B>, config: EngineConfig, metrics: Arc<Metrics>) -> Self {
+        Self {
+            model: loaded.model,
+            make_cache: loaded.make_cache,
+            stop_tokens: loaded.stop_tokens,
+            ledger: Ledger::new(config.kv_memory),
+            config,
+            metrics,
+            queue: VecDeque::new(),
+            prefilling: VecDeque::new(),
+            running: Vec::new(),
+            prefill_tok_s: 0.0,
+            decode_tok_s: 0.0,
+            decode_batch: 0,
+        }
+    }
+
+    fn idle(&self) -> bool {
+        self.queue.is_empty() && self.prefilling.is_empty() && self.running.is_empty()
+    }
+
+    fn run(mut self, mut rx: UnboundedReceiver<Job>) {
+        let mut open = true;
+        loop {
+            if self.idle() {
+                if !open {
+                    break;
+                }
+                self.publish();
+                match rx.blocking_recv() {
+                    Some(job) => self.submit(job),
+                    None => break,
+                }
+            }
+            while open {
+                match rx.try_recv() {
+                    Ok(job) => self.submit(job),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => open = false,
+                }
+            }
+            self.drop_cancelled();
+            self.admit();
+            self.publish();
+            self.prefill_step();
+            self.publish();
+            self.decode_step();
+            self.publish();
+        }
+        self.publish();
+    }
+
+    /// Queues a job, or refuses it: 400 if it could never fit, 429 if the queue is full.
+    fn submit(&mut self, job: Job) {
+        let reserved = reservation(self.model.cache_shape(), &job.policy, job.prompt.len(), job.max_tokens);
+        if reserved > self.ledger.limit() {
+            let e = ApiError::invalid_code(
+                "max_tokens",
+                "kv_memory_exceeded",
+                format!(
+                    "this request needs {reserved} bytes of KV memory ({} prompt tokens plus max_tokens {} under policy '{}'), more than the server's --kv-memory of {} bytes; shorten the prompt, lower max_tokens or use a compressing kv_policy",
+                    job.prompt.len(),
+                    job.max_tokens,
+                    job.policy.policy,
+                    self.ledger.limit()
+                ),
+            );
+            let _ = job.events.send(Event::Failed(e));
+            return;
+        }
+        let admissible_now = self.queue.is_empty() && self.ledger.fits(reserved);
+        if !admissible_now && self.queue.len() >= self.config.max_queue {
+            let _ = job.events.send(Event::Failed(ApiError::queue_full(self.queue.len())));
+            return;
+        }
+        self.queue.push_back(Queued { job, reserved });
+    }
+
+    fn drop_cancelled(&mut self) {
+        self.queue.retain(|q| !q.job.events.is_closed());
+        let gone = |s: &Sequence<B>| s.job.events.is_closed();
+        let mut ended = Vec::new();
+        self.prefilling.retain_mut(|s| {
+            let g = gone(s);
+            if g {
+                ended.push((s.reserved, s.job.stopped.load(Ordering::Relaxed)));
+            }
+            !g
+        });
+        self.running.retain_mut(|s| {
+            let g = gone(s);
+            if g {
+                ended.push((s.reserved, s.job.stopped.load(Ordering::Relaxed)));
+            }
+            !g
+        });
+        for (reserved, stopped) in ended {
+            self.ledger.release(reserved);
+            self.metrics.sequence_ended(!stopped);
+        }
+    }
+
+    fn admit(&mut self) {
+        while let Some(q) = self.queue.front() {
+            if !self.ledger.try_reserve(q.reserved) {
+                break;
+            }
+            let Some(Queued { job, reserved }) = self.queue.pop_front() else { break };
+            let max_tokens = job.prompt.len() + job.max_tokens;
+            let made = catch_unwind(AssertUnwindSafe(|| (self.make_cache)(&self.model, &job.policy, max_tokens, job.max_tokens)));
+            let cache = match made {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => {
+                    self.ledger.release(reserved);
+                    let _ = job.events.send(Event::Failed(ApiError::internal(format!("cannot build the KV cache: {e}"))));
+                    continue;
+                }
+                Err(_) => {
+                    self.ledger.release(reserved);
+                    let _ = job.events.send(Event::Failed(ApiError::internal("building the KV cache failed (internal error)")));
+                    continue;
+                }
+            };
+            let _ = job.events.send(Event::Admitted { reserved });
+            let sampler = Sampler::new(job.sampling);
+            self.prefilling.push_back(Sequence { job, cache, reserved, prefilled: 0, sampler, generated: 0, next: 0 });
+        }
+    }
+
+    fn prefill_step(&mut self) {
+        let Some(mut seq) = self.prefilling.pop_front() else { return };
+        let start = seq.prefilled;
+        let end = start.saturating_add(self.config.prefill_chunk.max(1)).min(seq.job.prompt.len());
+        let t = Instant::now();
+        let model = &self.model;
+        let out = catch_unwind(AssertUnwindSafe(|| model.forward(&seq.job.prompt[start..end], seq.cache.as_mut(), Logits::Last)));
+        let seconds = t.elapsed().as_secs_f64();
+        self.metrics.prefill(end - start, seconds);
+        self.prefill_tok_s = (end - start) as f64 / seconds.max(1e-9);
+        let logits = match out {
+            Ok(Ok(l)) => l,
+            Ok(Err(e)) => return self.fail(seq, format!("the model failed on the prompt: {e}")),
+            Err(_) => return self.fail(seq, "the model failed on the prompt (internal error)".into()),
+        };
+        seq.prefilled = end;
+        if end < seq.job.prompt.len() {
+            // Back in front: the oldest prompt is prefilled first.
+            self.prefilling.push_front(seq);
+            return;
+        }
+        let row = match logits.into_data().convert::<f32>().to_vec::<f32>() {
+            Ok(r) => r,
+            Err(e) => return self.fail(seq, format!("cannot read the logits: {e:?}")),
+        };
+        let token = seq.sampler.sample(&row);
+        if let Some(seq) = self.emit(seq, token) {
+            self.running.push(seq);
+        }
+    }
+
+    fn decode_step(&mut self) {
+        if self.running.is_empty() {
+            return;
+        }
+        let n = self.running.len();
+        let tokens: Vec<u32> = self.running.iter().map(|s| s.next).collect();
+        let t = Instant::now();
+        let model = &self.model;
+        let running = &mut self.running;
+        let out = catch_unwind(AssertUnwindSafe(|| {
+            let mut caches: Vec<&mut dyn KvCache<B>> = running.iter_mut().map(|s| s.cache.as_mut()).collect();
+            model.decode_batch(&tokens, &mut caches)
+        }));
+        let logits = match out {
+            Ok(Ok(l)) => l.into_data().convert::<f32>().to_vec::<f32>().map_err(|e| format!("cannot read the logits: {e:?}")),
+            Ok(Err(e)) => Err(format!("the decode step failed: {e}")),
+            Err(_) => Err("the decode step failed (internal error)".to_string()),
+        };
+        let seconds = t.elapsed().as_secs_f64();
+        self.metrics.decode(n, seconds);
+        self.decode_tok_s = n as f64 / seconds.max(1e-9);
+        self.decode_batch = n;
+        let batch = std::mem::take(&mut self.running);
+        let logits = match logits {
+            Ok(l) if !l.is_empty() && l.len() % n == 0 => l,
+            other => {
+                let e = other.err().unwrap_or_else(|| "the decode step returned logits of the wrong size".into());
+                for seq in batch {
+                    self.fail(seq, e.clone());
+                }
+                return;
+            }
+        };
+        let vocab = logits.len() / n;
+        for (i, mut seq) in batch.into_iter().enumerate() {
+            let token = seq.sampler.sample(&logits[i * vocab..(i + 1) * vocab]);
+            if let Some(seq) = self.emit(seq, token) {
+                self.running.push(seq);
+            }
+        }
+    }
+
+    /// Hands a sampled token to its job; returns the sequence if it goes on.
+    fn emit(&mut self, mut seq: Sequence<B>, token: u32) -> Option<Sequence<B>> {
+        let stats = seq.cache.stats();
+        if !seq.job.ignore_eos && self.stop_tokens.contains(&token) {
+            self.finish(seq, FinishReason::Stop);
+            return None;
+        }
+        let sent = seq.job.events.send(Event::Token { id: token, kv_bytes: stats.retained_bytes, kv_allocated_bytes: stats.allocated_bytes });
+        seq.generated += 1;
+        if sent.is_err() {
+            // The client is gone: the next turn's sweep would drop it; do it now.
+            self.ledger.release(seq.reserved);
+            self.metrics.sequence_ended(!seq.job.stopped.load(Ordering::Relaxed));
+            return None;
+        }
+        if seq.generated >= seq.job.max_tokens {
+            self.finish(seq, FinishReason::Length);
+            return None;
+        }
+        seq.next = token;
+        Some(seq)
+    }
+
+    fn finish(&mut self, seq: Sequence<B>, reason: FinishReason) {
+        let stats = seq.cache.stats();
+        let _ = seq.job.events.send(Event::Finished { reason, kv_bytes: stats.retained_bytes, kv_allocated_bytes: stats.allocated_bytes });
+        self.ledger.release(seq.reserved);
+        self.metrics.sequence_ended(false);
+    }
+
+    fn fail(&mut self, seq: Sequence<B>, message: String) {
+        let _ = seq.job.events.send(Event::Failed(ApiError::internal(message)));
+        self.ledger.release(seq.reserved);
+        self.metrics.sequence_ended(false);
+    }
+
+    fn publish(&self) {
+        let mut g = EngineGauges {
+            running: self.running.len() + self.prefilling.len(),
+            queued: self.queue.len(),
+            kv_reserved_bytes: self.ledger.reserved(),
+            kv_limit_bytes: self.ledger.limit(),
+            prefill_tok_s: self.prefill_tok_s,
+            decode_tok_s: self.decode_tok_s,
+            decode_batch: self.decode_batch,
+            ..Default::default()
+        };
+        for s in self.running.iter().chain(self.prefilling.iter()) {
+            let st = s.cache.stats();
+            g.kv_allocated_bytes += st.allocated_bytes as u64;
+            g.kv_retained_bytes += st.retained_bytes as u64;
+        }
+        self.metrics.set_gauges(g);
+    }
+}

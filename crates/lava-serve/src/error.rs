@@ -1,0 +1,124 @@
+//! The server's errors, as OpenAI sends them: an HTTP status and the body
+//! `{"error": {"message", "type", "param", "code"}}`.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+/// One failed request: its status and the OpenAI-style error body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    /// HTTP status (400, 401, 404, 413, 429, 500, 503).
+    pub status: StatusCode,
+    /// One sentence saying what is wrong.
+    pub message: String,
+    /// `invalid_request_error`, `authentication_error`, `rate_limit_error`, `server_error`...
+    pub kind: &'static str,
+    /// The request field at fault (`messages`, `kv_budget`...), if one is.
+    pub param: Option<String>,
+    /// A machine-readable code (`context_length_exceeded`, `invalid_json`...).
+    pub code: Option<&'static str>,
+}
+
+impl ApiError {
+    /// 400: a field of the request is wrong.
+    pub fn invalid(param: &str, message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+            kind: "invalid_request_error",
+            param: Some(param.to_string()),
+            code: Some("invalid_value"),
+        }
+    }
+
+    /// 400 with a code of its own.
+    pub fn invalid_code(param: &str, code: &'static str, message: impl Into<String>) -> Self {
+        Self { code: Some(code), ..Self::invalid(param, message) }
+    }
+
+    /// 400: the body is not a JSON object.
+    pub fn bad_json(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+            kind: "invalid_request_error",
+            param: None,
+            code: Some("invalid_json"),
+        }
+    }
+
+    /// 401: no or the wrong API key.
+    pub fn unauthorized() -> Self {
+        Self {
+            status: StatusCode::UNAUTHORIZED,
+            message: "missing or wrong API key: send the header `Authorization: Bearer KEY` with the key the server was started with (--api-key)".into(),
+            kind: "authentication_error",
+            param: None,
+            code: Some("invalid_api_key"),
+        }
+    }
+
+    /// 413: the body is larger than `--max-body`.
+    pub fn too_large(limit: usize) -> Self {
+        Self {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            message: format!("the request body is larger than the server's limit of {limit} bytes (--max-body)"),
+            kind: "invalid_request_error",
+            param: None,
+            code: Some("request_too_large"),
+        }
+    }
+
+    /// 429: the admission queue is full.
+    pub fn queue_full(queued: usize) -> Self {
+        Self {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            message: format!(
+                "the server's KV memory is taken and its queue holds {queued} waiting request(s), its limit (--max-queue); retry later"
+            ),
+            kind: "rate_limit_error",
+            param: None,
+            code: Some("queue_full"),
+        }
+    }
+
+    /// 404: no such route.
+    pub fn not_found(path: &str) -> Self {
+        Self {
+            status: StatusCode::NOT_FOUND,
+            message: format!("no route {path}: the server has POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health, GET /metrics"),
+            kind: "invalid_request_error",
+            param: None,
+            code: Some("unknown_url"),
+        }
+    }
+
+    /// 503: the server is shutting down or its engine stopped.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self { status: StatusCode::SERVICE_UNAVAILABLE, message: message.into(), kind: "server_error", param: None, code: None }
+    }
+
+    /// 500: the model failed on this request.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self { status: StatusCode::INTERNAL_SERVER_ERROR, message: message.into(), kind: "server_error", param: None, code: None }
+    }
+
+    /// The JSON body.
+    pub fn body(&self) -> serde_json::Value {
+        serde_json::json!({
+            "error": {
+                "message": self.message,
+                "type": self.kind,
+                "param": self.param,
+                "code": self.code,
+            }
+        })
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = self.body().to_string();
+        (self.status, [(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response()
+    }
+}

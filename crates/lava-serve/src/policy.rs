@@ -1,0 +1,113 @@
+//! The per-request KV-cache extension fields (`kv_policy`, `kv_budget`,
+//! `kv_window`, `kv_kernel`, `kv_pooling`, `kv_floor_alpha`, `kv_beta`,
+//! `kv_sinks`, `kv_floor_rule`), over the server's defaults, into a validated
+//! [`PolicyConfig`]. Every error names the field at fault.
+
+use lava_cache::{FloorRule, PolicyConfig, PolicyName, Pooling};
+use serde_json::{Map, Value};
+
+use crate::api::{opt_f64, opt_str, opt_usize};
+use crate::error::ApiError;
+
+/// The request's policy: `defaults` with the fields the request sets.
+pub fn request_policy(body: &Map<String, Value>, defaults: &PolicyConfig) -> Result<PolicyConfig, ApiError> {
+    let mut c = defaults.clone();
+    if let Some(name) = opt_str(body, "kv_policy")? {
+        let policy: PolicyName = name.parse().map_err(|e| ApiError::invalid("kv_policy", format!("kv_policy: {e}")))?;
+        if policy != c.policy {
+            // Another policy starts from its own floor rule, not the server's.
+            c.floor_rule = None;
+        }
+        c.policy = policy;
+    }
+    let budget_set = body.get("kv_budget").is_some_and(|v| !v.is_null());
+    if let Some(b) = opt_usize(body, "kv_budget")? {
+        c.budget = b;
+    }
+    if let Some(w) = opt_usize(body, "kv_window")? {
+        c.window = w;
+    }
+    if let Some(k) = opt_usize(body, "kv_kernel")? {
+        c.kernel_size = k;
+    }
+    if let Some(p) = opt_str(body, "kv_pooling")? {
+        c.pooling = p.parse::<Pooling>().map_err(|e| ApiError::invalid("kv_pooling", format!("kv_pooling: {e}")))?;
+    }
+    if let Some(a) = opt_f64(body, "kv_floor_alpha")? {
+        c.floor_alpha = a;
+    }
+    if let Some(b) = opt_usize(body, "kv_beta")? {
+        c.pyramid_beta = b;
+    }
+    if let Some(s) = opt_usize(body, "kv_sinks")? {
+        c.sinks = s;
+    }
+    if let Some(r) = opt_str(body, "kv_floor_rule")? {
+        c.floor_rule = Some(r.parse::<FloorRule>().map_err(|e| ApiError::invalid("kv_floor_rule", format!("kv_floor_rule: {e}")))?);
+    }
+    // The checks of `PolicyConfig::validate`, each blamed on its field.
+    if c.window == 0 {
+        return Err(ApiError::invalid("kv_window", "kv_window must be at least 1"));
+    }
+    if c.kernel_size == 0 || c.kernel_size % 2 == 0 {
+        return Err(ApiError::invalid("kv_kernel", format!("kv_kernel must be odd and positive, got {}", c.kernel_size)));
+    }
+    if !(c.floor_alpha.is_finite() && (0.0..=1.0).contains(&c.floor_alpha)) {
+        return Err(ApiError::invalid("kv_floor_alpha", format!("kv_floor_alpha must lie in [0, 1], got {}", c.floor_alpha)));
+    }
+    if c.pyramid_beta == 0 {
+        return Err(ApiError::invalid("kv_beta", "kv_beta must be at least 1"));
+    }
+    if c.policy != PolicyName::Full && c.budget <= c.window {
+        let field = if budget_set || !body.contains_key("kv_window") { "kv_budget" } else { "kv_window" };
+        return Err(ApiError::invalid(
+            field,
+            format!(
+                "{field}: the budget ({}) must exceed the observation window ({}), which it includes",
+                c.budget, c.window
+            ),
+        ));
+    }
+    c.validate().map_err(|e| {
+        let field = if body.contains_key("kv_sinks") { "kv_sinks" } else { "kv_policy" };
+        ApiError::invalid(field, format!("{field}: {e}"))
+    })?;
+    Ok(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obj(v: Value) -> Map<String, Value> {
+        match v {
+            Value::Object(m) => m,
+            _ => Map::new(),
+        }
+    }
+
+    #[test]
+    fn fields_override_the_defaults_and_errors_name_the_field() {
+        let d = PolicyConfig::new(PolicyName::Full, 128);
+        let c = request_policy(&obj(serde_json::json!({"kv_policy": "lava", "kv_budget": 64})), &d).expect("valid");
+        assert_eq!((c.policy, c.budget), (PolicyName::Lava, 64));
+        assert_eq!(request_policy(&obj(serde_json::json!({})), &d).expect("defaults"), d);
+        let cases = [
+            (serde_json::json!({"kv_policy": "nope"}), "kv_policy"),
+            (serde_json::json!({"kv_policy": 3}), "kv_policy"),
+            (serde_json::json!({"kv_policy": "lava", "kv_budget": 32}), "kv_budget"),
+            (serde_json::json!({"kv_policy": "lava", "kv_budget": -1}), "kv_budget"),
+            (serde_json::json!({"kv_policy": "lava", "kv_window": 200}), "kv_window"),
+            (serde_json::json!({"kv_kernel": 4}), "kv_kernel"),
+            (serde_json::json!({"kv_pooling": "median"}), "kv_pooling"),
+            (serde_json::json!({"kv_floor_alpha": 1.5}), "kv_floor_alpha"),
+            (serde_json::json!({"kv_floor_rule": "x"}), "kv_floor_rule"),
+            (serde_json::json!({"kv_policy": "streaming", "kv_budget": 34, "kv_sinks": 9}), "kv_sinks"),
+        ];
+        for (body, field) in cases {
+            let e = request_policy(&obj(body.clone()), &d).expect_err(&body.to_string());
+            assert_eq!(e.param.as_deref(), Some(field), "{body}: {}", e.message);
+            assert_eq!(e.status, 400);
+        }
+    }
+}

