@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use burn::tensor::backend::Backend;
 use clap::Args;
-use lava_cache::{PolicyConfig, PolicyName};
+use lava_cache::{KvDtype, PolicyConfig, PolicyName};
 use lava_serve::{EngineConfig, HttpConfig, Loaded, ServeError, ServeOptions};
 
 use crate::error::CliError;
@@ -97,6 +97,7 @@ pub fn serve(a: ServeArgs) -> Result<(), CliError> {
     if a.api_key.as_deref().is_some_and(str::is_empty) {
         return Err(CliError::Usage("--api-key is empty".into()));
     }
+    let kv_dtype = a.policy.kv_dtype()?;
     let path = resolve_model(a.model.model.as_deref())?;
     let model_id = a.model_name.clone().unwrap_or_else(|| {
         path.file_name().map_or_else(|| "lava".to_string(), |n| n.to_string_lossy().trim_end_matches(".gguf").to_string())
@@ -104,7 +105,7 @@ pub fn serve(a: ServeArgs) -> Result<(), CliError> {
     let options = ServeOptions {
         host: a.host.clone(),
         port: a.port,
-        engine: EngineConfig { kv_memory, max_queue: a.max_queue, prefill_chunk: a.prefill_chunk },
+        engine: EngineConfig { kv_memory, max_queue: a.max_queue, prefill_chunk: a.prefill_chunk, kv_dtype },
         http: HttpConfig {
             max_body,
             api_key: a.api_key.clone(),
@@ -114,10 +115,10 @@ pub fn serve(a: ServeArgs) -> Result<(), CliError> {
             default_max_tokens: a.default_max_tokens,
         },
     };
-    with_backend!(a.model.backend, |B, device| { serve_on::<B>(options, a.model.clone(), path, device) })
+    with_backend!(a.model.backend, |B, device| { serve_on::<B>(options, a.model.clone(), path, kv_dtype, device) })
 }
 
-fn serve_on<B: Backend>(options: ServeOptions, model: ModelArgs, path: PathBuf, device: B::Device) -> Result<(), CliError> {
+fn serve_on<B: Backend>(options: ServeOptions, model: ModelArgs, path: PathBuf, kv_dtype: KvDtype, device: B::Device) -> Result<(), CliError> {
     let load = move || -> Result<Loaded<B>, CliError> {
         let (m, tokenizer) = crate::commands::load::<B>(&model, &path, &device)?;
         let stop_tokens = crate::commands::stop_tokens(&m.config.eos_token_ids, &tokenizer);
@@ -125,6 +126,7 @@ fn serve_on<B: Backend>(options: ServeOptions, model: ModelArgs, path: PathBuf, 
             let options = CacheOptions {
                 decode_tokens,
                 chunked_prefill: policy.policy != PolicyName::Full,
+                kv_dtype,
                 ..CacheOptions::default()
             };
             make_cache(m, policy, max_tokens, options, m.device()).map_err(|e| e.to_string())

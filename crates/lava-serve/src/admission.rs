@@ -2,8 +2,9 @@
 //! reservations against `--kv-memory`.
 //!
 //! A request reserves, per KV head of every layer, the tokens its cache can
-//! hold at the end of its generation, in bytes of f32 K and V
-//! (`layers * kv_heads * head_dim * 2 * 4` per token):
+//! hold at the end of its generation, in bytes of K and V as the server
+//! stores them (`--kv-dtype`; f32: `layers * kv_heads * head_dim * 2 * 4` per
+//! token, q8_0: `* 34/32` bytes per value instead of 4):
 //!
 //! - full cache: the whole prompt plus `max_tokens`;
 //! - a compressing policy with budget `B` and window `w`: `min(prompt, B + w)`
@@ -17,21 +18,21 @@
 //! `/metrics` reports the caches' real allocated bytes next to the reserved
 //! ones.
 
-use lava_cache::{CacheShape, PolicyConfig, PolicyName};
+use lava_cache::{CacheShape, KvDtype, PolicyConfig, PolicyName};
 
-/// Bytes of f32 K and V for one token of every layer and KV head.
-pub fn bytes_per_token(shape: CacheShape) -> u64 {
-    (shape.layers as u64) * (shape.kv_heads as u64) * (shape.head_dim as u64) * 2 * 4
+/// Bytes of K and V stored as `kv_dtype` for one token of every layer and KV head.
+pub fn bytes_per_token(shape: CacheShape, kv_dtype: KvDtype) -> u64 {
+    (shape.layers as u64) * (shape.kv_heads as u64) * 2 * kv_dtype.row_bytes(shape.head_dim) as u64
 }
 
 /// The bytes a request reserves (module docs).
-pub fn reservation(shape: CacheShape, policy: &PolicyConfig, prompt_tokens: usize, max_tokens: usize) -> u64 {
+pub fn reservation(shape: CacheShape, kv_dtype: KvDtype, policy: &PolicyConfig, prompt_tokens: usize, max_tokens: usize) -> u64 {
     let kept = if policy.policy == PolicyName::Full {
         prompt_tokens
     } else {
         prompt_tokens.min(policy.budget.saturating_add(policy.window))
     };
-    bytes_per_token(shape).saturating_mul(kept.saturating_add(max_tokens) as u64)
+    bytes_per_token(shape, kv_dtype).saturating_mul(kept.saturating_add(max_tokens) as u64)
 }
 
 /// The reservations held against the limit.
@@ -85,15 +86,16 @@ mod tests {
 
     #[test]
     fn smollm2_arithmetic_holds_about_five_full_4k_conversations_per_gib() {
-        assert_eq!(bytes_per_token(SMOLLM2), 46_080);
-        let full = reservation(SMOLLM2, &PolicyConfig::new(PolicyName::Full, 128), 4096, 64);
-        let lava = reservation(SMOLLM2, &PolicyConfig::new(PolicyName::Lava, 128), 4096, 64);
+        assert_eq!(bytes_per_token(SMOLLM2, KvDtype::F32), 46_080);
+        assert_eq!(bytes_per_token(SMOLLM2, KvDtype::Q8_0), 30 * 3 * 2 * 68);
+        let full = reservation(SMOLLM2, KvDtype::F32, &PolicyConfig::new(PolicyName::Full, 128), 4096, 64);
+        let lava = reservation(SMOLLM2, KvDtype::F32, &PolicyConfig::new(PolicyName::Lava, 128), 4096, 64);
         assert_eq!(full, 46_080 * 4160);
         assert_eq!(lava, 46_080 * (128 + 32 + 64));
         assert_eq!((1u64 << 30) / full, 5);
         assert!((1u64 << 30) / lava >= 16);
         // A short prompt reserves only what it has.
-        assert_eq!(reservation(SMOLLM2, &PolicyConfig::new(PolicyName::Lava, 128), 10, 5), 46_080 * 15);
+        assert_eq!(reservation(SMOLLM2, KvDtype::F32, &PolicyConfig::new(PolicyName::Lava, 128), 10, 5), 46_080 * 15);
         let mut l = Ledger::new(3 * full);
         assert!(l.try_reserve(full) && l.try_reserve(full) && l.try_reserve(full));
         assert!(!l.try_reserve(1));

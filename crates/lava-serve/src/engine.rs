@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use burn::tensor::backend::Backend;
-use lava_cache::{CacheShape, KvCache, PolicyConfig};
+use lava_cache::{CacheShape, KvCache, KvDtype, PolicyConfig};
 use lava_llama::{Llama, Logits, Sampler, Sampling, Tokenizer};
 use tokio::sync::mpsc::{error::TryRecvError, UnboundedReceiver, UnboundedSender};
 
@@ -63,6 +63,8 @@ pub struct EngineConfig {
     pub max_queue: usize,
     /// `--prefill-chunk`: prompt tokens per prefill step.
     pub prefill_chunk: usize,
+    /// `--kv-dtype`: how every sequence's cache stores K and V (reservations count it).
+    pub kv_dtype: KvDtype,
 }
 
 /// One request, tokenized and validated, for the engine.
@@ -279,7 +281,7 @@ impl<B: Backend> Engine<B> {
 
     /// Queues a job, or refuses it: 400 if it could never fit, 429 if the queue is full.
     fn submit(&mut self, job: Job) {
-        let reserved = reservation(self.model.cache_shape(), &job.policy, job.prompt.len(), job.max_tokens);
+        let reserved = reservation(self.model.cache_shape(), self.config.kv_dtype, &job.policy, job.prompt.len(), job.max_tokens);
         if reserved > self.ledger.limit() {
             let e = ApiError::invalid_code(
                 "max_tokens",
