@@ -11,7 +11,7 @@ use burn::tensor::{backend::Backend, Tensor};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use crate::bridge::{from_host, is_flex, to_flex};
+use crate::bridge::{from_host, is_flex, is_plain, to_flex};
 
 /// Rows `rows` of a K/V storage (row `r` = elements `r*D .. (r+1)*D`) that
 /// belong to KV head `kv_head`.
@@ -47,8 +47,7 @@ pub fn decode_attention<B: Backend, const K: usize>(
     let qf = to_flex(q.clone())?.to_contiguous();
     let kf = to_flex(keys.clone())?;
     let vf = to_flex(values.clone())?;
-    let plain = |f: &FlexTensor| f.is_contiguous() && f.layout().start_offset() == 0;
-    if !plain(&kf) || !plain(&vf) {
+    if !is_plain(&kf) || !is_plain(&vf) {
         return None;
     }
     let out = attend_rows(qf.storage::<f32>(), h_q, kv_heads, d, kf.storage::<f32>(), vf.storage::<f32>(), segments, rayon::current_num_threads())?;
@@ -111,7 +110,7 @@ pub fn value_norm_max<B: Backend>(v: &Tensor<B, 3>, prefix: usize) -> Option<Vec
     }
     // Read `v` in place when it is contiguous (the usual case), else copy the prefix.
     let whole = to_flex(v.clone())?;
-    let (f, stride) = if whole.is_contiguous() && whole.layout().start_offset() == 0 {
+    let (f, stride) = if is_plain(&whole) {
         (whole, n_tok * d)
     } else {
         (to_flex(v.clone().slice([0..h_kv, 0..prefix, 0..d]))?.to_contiguous(), prefix * d)

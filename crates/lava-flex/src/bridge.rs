@@ -10,6 +10,12 @@ use std::any::{Any, TypeId};
 use burn::tensor::{backend::Backend, DType, Int, Tensor, TensorData, TensorPrimitive};
 use burn_flex::{Flex, FlexTensor};
 
+/// Whether a flex tensor's storage is its elements in order from offset 0
+/// (what the host kernels read and write directly).
+pub fn is_plain(f: &FlexTensor) -> bool {
+    f.is_contiguous() && f.layout().start_offset() == 0
+}
+
 /// Whether `B` is the flex backend.
 pub fn is_flex<B: Backend>() -> bool {
     TypeId::of::<B>() == TypeId::of::<Flex>()
@@ -92,7 +98,7 @@ pub fn write_in_place<B: Backend, const D: usize, const S: usize>(
     let keep = dst.clone();
     let Some(mut flex) = to_flex(dst) else { return Err(keep) };
     drop(keep);
-    let plain = flex.is_contiguous() && flex.layout().start_offset() == 0;
+    let plain = is_plain(&flex);
     let from = src.storage::<f32>();
     let written = plain
         && match flex.try_storage_mut::<f32>() {
@@ -120,7 +126,7 @@ pub fn write_ints_in_place<B: Backend, const D: usize>(dst: Tensor<B, D, Int>, a
     }
     let boxed: Box<dyn Any> = Box::new(dst.into_primitive());
     let mut flex = *boxed.downcast::<FlexTensor>().expect("B is flex");
-    let plain = flex.is_contiguous() && flex.layout().start_offset() == 0;
+    let plain = is_plain(&flex);
     let written = plain
         && match flex.dtype() {
             DType::I64 => put(flex.try_storage_mut::<i64>(), at, values, |v| v as i64),

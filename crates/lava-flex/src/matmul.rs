@@ -46,7 +46,7 @@ impl Host {
     /// The storage of `t`, shared (no copy).
     pub fn new<B: Backend, const D: usize>(t: &Tensor<B, D>) -> Option<Self> {
         let f = to_flex(t.clone())?;
-        let whole = f.is_contiguous() && f.layout().start_offset() == 0 && f.storage::<f32>().len() == f.layout().num_elements();
+        let whole = crate::bridge::is_plain(&f) && f.storage::<f32>().len() == f.layout().num_elements();
         whole.then_some(Self(f))
     }
 

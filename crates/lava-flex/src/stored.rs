@@ -13,7 +13,7 @@ use half::f16;
 use half::slice::HalfFloatSliceExt;
 
 use crate::attention::{split_rows, Partial, Segment, PARALLEL_ROWS};
-use crate::bridge::{float_from_flex, float_to_flex, from_host, int_from_flex, int_to_flex, is_flex, to_flex};
+use crate::bridge::{float_from_flex, float_to_flex, from_host, int_from_flex, int_to_flex, is_flex, is_plain, to_flex};
 
 /// Rows widened to f32 at a time (`WIDEN_ROWS * D` floats of K and as many of V).
 pub const WIDEN_ROWS: usize = 256;
@@ -126,7 +126,7 @@ pub fn decode_attention_f16<B: Backend, const K: usize>(
     }
     let qf = to_flex(q.clone())?.to_contiguous();
     let (kf, vf) = (float_to_flex(keys.clone())?, float_to_flex(values.clone())?);
-    if !plain(&kf) || !plain(&vf) {
+    if !is_plain(&kf) || !is_plain(&vf) {
         return None;
     }
     let out = attend_stored_rows(
@@ -167,7 +167,7 @@ pub fn decode_attention_q8_0<B: Backend, const K: usize>(
     let qf = to_flex(q.clone())?.to_contiguous();
     let (kc, vc) = (int_to_flex(key_codes.clone())?, int_to_flex(value_codes.clone())?);
     let (ks, vs) = (float_to_flex(key_scales.clone())?, float_to_flex(value_scales.clone())?);
-    if ![&kc, &vc, &ks, &vs].iter().all(|f| plain(f)) {
+    if ![&kc, &vc, &ks, &vs].iter().all(|f| is_plain(f)) {
         return None;
     }
     let out = attend_stored_rows(
@@ -236,7 +236,7 @@ pub fn write_f16_in_place<B: Backend, const D: usize, const S: usize>(
     let Some(mut flex) = float_to_flex(dst) else { return Err(keep) };
     drop(keep);
     let from = src.storage::<f32>();
-    let written = plain(&flex)
+    let written = is_plain(&flex)
         && match flex.try_storage_mut::<f16>() {
             Some(to) if runs.iter().all(|&(d, s, n)| d + n <= to.len() && s + n <= from.len()) => {
                 for &(d, s, n) in runs {
@@ -274,7 +274,7 @@ pub fn write_q8_0_in_place<B: Backend, const D: usize, const S: usize>(
     let (Some(mut cf), Some(mut sf)) = (int_to_flex(codes), float_to_flex(scales)) else { return Err(keep) };
     drop(keep);
     let from = src.storage::<f32>();
-    let mut written = plain(&cf) && plain(&sf);
+    let mut written = is_plain(&cf) && is_plain(&sf);
     if written {
         match (cf.try_storage_mut::<i8>(), sf.try_storage_mut::<f16>()) {
             (Some(c), Some(s)) if runs.iter().all(|&(d, o, n)| d + n <= c.len() && (d + n) / QK8_0 <= s.len() && o + n <= from.len()) => {
@@ -294,6 +294,3 @@ pub fn write_q8_0_in_place<B: Backend, const D: usize, const S: usize>(
     }
 }
 
-fn plain(f: &burn_flex::FlexTensor) -> bool {
-    f.is_contiguous() && f.layout().start_offset() == 0
-}
