@@ -296,7 +296,9 @@ pub struct CacheStats {
 /// layer order, with the new tokens' RoPE-rotated projections. The cache appends
 /// them, computes causal attention of the new queries over everything it keeps
 /// (the new tokens included), may evict, and returns the attention output.
-pub trait KvCache<B: Backend> {
+/// Caches are `Send`: a batched step attends different sequences' caches on
+/// different threads.
+pub trait KvCache<B: Backend>: Send {
     /// Appends `k`, `v` (`[H_kv, T, D]`) to layer `layer` and returns the
     /// attention output of `q` (`[H_q, T, D]`) as `[H_q, T, D]`.
     ///

@@ -9,7 +9,11 @@
 //! - **Decode**: for each context length, one recorded prefill; every policy
 //!   and budget's cache is derived from it (exactly the cache a live prefill
 //!   builds, see `lava_eval::run::engine`), then `--decode-tokens` greedy steps
-//!   are timed one by one; tokens/s is one over the median step.
+//!   are timed one by one; tokens/s is one over the median step. With
+//!   `--batch 1,16` each cell is also timed with that many copies of the cache
+//!   stepping together through [`Llama::decode_batch`] (one read of the
+//!   weights per step for all of them, what `lava serve` does): tokens/s is
+//!   the batch size over the median step.
 //! - **Bound**: a triad loop measures the read+write bandwidth once; a decode
 //!   step must read the weights and the KV cache, so
 //!   `bound = bandwidth / (weight bytes + KV bytes)` tokens/s.
@@ -60,6 +64,11 @@ pub struct BenchArgs {
     /// Head floor of the adaptive head allocation (reference, matched, layer; default: each policy's own).
     #[arg(long)]
     pub floor_rule: Option<String>,
+    /// Batch sizes of the decode cells: each cell's cache is copied this many
+    /// times and the copies step together through `decode_batch` (1: the
+    /// plain single-sequence step).
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    pub batch: Vec<usize>,
     /// How the decode cells' caches store K/V: f32, f16 or q8_0 (see `lava generate --help`).
     #[arg(long, default_value = "f32")]
     pub kv_dtype: String,
@@ -92,7 +101,9 @@ pub struct DecodeRow {
     pub policy: String,
     /// Budget (`None` for full).
     pub budget: Option<usize>,
-    /// One over the median step time.
+    /// Sequences per step (`--batch`).
+    pub batch: usize,
+    /// Batch size over the median step time.
     pub tok_s: f64,
     /// `bandwidth / (weight bytes + retained KV bytes)`, if measured.
     pub bound_tok_s: Option<f64>,
@@ -172,6 +183,9 @@ pub fn bench(mut a: BenchArgs) -> Result<(), CliError> {
     if a.budgets.is_empty() || a.runs == 0 || a.decode_tokens == 0 {
         return Err(CliError::Usage("--budgets, --runs and --decode-tokens must be non-empty / at least 1".into()));
     }
+    if a.batch.is_empty() || a.batch.iter().any(|&b| b == 0 || b > 256) {
+        return Err(CliError::Usage("--batch needs batch sizes from 1 to 256, e.g. --batch 1,8,16".into()));
+    }
     let mut policies = Vec::new();
     for p in &a.policies {
         let name: PolicyName = p.parse()?;
@@ -244,6 +258,12 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn model_err(e: impl std::fmt::Display) -> CliError {
     CliError::Runtime(e.to_string())
+}
+
+/// Per-row argmax of `[n, vocab]` logits.
+fn argmax_rows<B: Backend>(logits: Tensor<B, 2>) -> Result<Vec<u32>, CliError> {
+    let v = logits.argmax(1).into_data().convert::<i64>().to_vec::<i64>().map_err(|e| model_err(format!("{e:?}")))?;
+    Ok(v.into_iter().map(|x| x as u32).collect())
 }
 
 fn argmax<B: Backend>(logits: Tensor<B, 2>) -> Result<u32, CliError> {
@@ -327,35 +347,60 @@ fn run_bench<B: Backend>(
         for (policy, budget) in cells {
             bar.set_message(format!("decode {len} {policy} {}", budget.map_or("".into(), |b| b.to_string())));
             let config = policy_config(a, policy, budget.unwrap_or(a.budgets[0]))?;
-            let mut cache = pre.cache_for(model, &config, kv_dtype, max_tokens, a.decode_tokens + 1).map_err(model_err)?;
-            let retained = cache.retained_bytes();
-            let expected = match budget {
-                Some(b) => shape.layers * shape.kv_heads * b.min(len) * 2 * kv_dtype.row_bytes(shape.head_dim),
-                None => cache.full_bytes(),
-            };
-            let allocated = cache.allocated_bytes();
-            let mut id = first;
-            // One untimed step (first use of the cache's buffers), then the timed ones.
-            id = argmax(model.forward(&[id], cache.as_mut(), Logits::Last)?)?;
-            let mut steps = Vec::with_capacity(a.decode_tokens);
-            for _ in 0..a.decode_tokens {
-                let t = Instant::now();
-                id = argmax(model.forward(&[id], cache.as_mut(), Logits::Last)?)?;
-                steps.push(t.elapsed().as_secs_f64());
+            for &batch in &a.batch {
+                let mut caches = Vec::with_capacity(batch);
+                for _ in 0..batch {
+                    caches.push(pre.cache_for(model, &config, kv_dtype, max_tokens, a.decode_tokens + 1).map_err(model_err)?);
+                }
+                let retained = caches[0].retained_bytes();
+                let expected = match budget {
+                    Some(b) => shape.layers * shape.kv_heads * b.min(len) * 2 * kv_dtype.row_bytes(shape.head_dim),
+                    None => caches[0].full_bytes(),
+                };
+                let allocated = caches[0].allocated_bytes();
+                let mut ids = vec![first; batch];
+                // One untimed step (first use of the caches' buffers), then the timed ones.
+                let mut step = |ids: &mut Vec<u32>| -> Result<(), CliError> {
+                    if batch == 1 {
+                        ids[0] = argmax(model.forward(&[ids[0]], caches[0].as_mut(), Logits::Last)?)?;
+                    } else {
+                        let mut refs: Vec<&mut dyn lava_cache::KvCache<B>> = caches.iter_mut().map(|c| c.as_mut()).collect();
+                        *ids = argmax_rows(model.decode_batch(ids, &mut refs)?)?;
+                    }
+                    Ok(())
+                };
+                step(&mut ids)?;
+                let mut steps = Vec::with_capacity(a.decode_tokens);
+                for _ in 0..a.decode_tokens {
+                    let t = Instant::now();
+                    step(&mut ids)?;
+                    steps.push(t.elapsed().as_secs_f64());
+                }
+                if batch == a.batch[0] {
+                    kv.push(KvRow {
+                        context: len,
+                        policy: policy.to_string(),
+                        budget,
+                        retained_bytes: retained,
+                        allocated_bytes: allocated,
+                        expected_bytes: expected,
+                        retained_after_decode_bytes: caches[0].retained_bytes(),
+                        allocated_after_decode_bytes: caches[0].allocated_bytes(),
+                    });
+                }
+                let tok_s = batch as f64 / median(steps);
+                // A step reads the weights once and every sequence's KV.
+                let bound = bandwidth.map(|bw| bw * 1e9 * batch as f64 / (weight_bytes + batch * retained) as f64);
+                decode.push(DecodeRow {
+                    context: len,
+                    policy: policy.to_string(),
+                    budget,
+                    batch,
+                    tok_s,
+                    bound_tok_s: bound,
+                    bound_fraction: bound.map(|b| tok_s / b),
+                });
             }
-            kv.push(KvRow {
-                context: len,
-                policy: policy.to_string(),
-                budget,
-                retained_bytes: retained,
-                allocated_bytes: allocated,
-                expected_bytes: expected,
-                retained_after_decode_bytes: cache.retained_bytes(),
-                allocated_after_decode_bytes: cache.allocated_bytes(),
-            });
-            let tok_s = 1.0 / median(steps);
-            let bound = bandwidth.map(|bw| bw * 1e9 / (weight_bytes + retained) as f64);
-            decode.push(DecodeRow { context: len, policy: policy.to_string(), budget, tok_s, bound_tok_s: bound, bound_fraction: bound.map(|b| tok_s / b) });
             bar.inc(1);
         }
     }
@@ -432,13 +477,14 @@ fn tables(r: &BenchReport) -> String {
             100.0 * p.evict_seconds / p.seconds
         );
     }
-    let _ = writeln!(out, "\ndecode (median step)\n{:>7} {:>12} {:>7} {:>9} {:>9} {:>8}", "context", "policy", "budget", "tok/s", "bound", "of bound");
+    let _ = writeln!(out, "\ndecode (median step)\n{:>7} {:>12} {:>7} {:>6} {:>9} {:>9} {:>8}", "context", "policy", "budget", "batch", "tok/s", "bound", "of bound");
     for d in &r.decode {
         let _ = writeln!(out, 
-            "{:>7} {:>12} {:>7} {:>9.1} {:>9} {:>8}",
+            "{:>7} {:>12} {:>7} {:>6} {:>9.1} {:>9} {:>8}",
             d.context,
             d.policy,
             d.budget.map_or("-".into(), |b| b.to_string()),
+            d.batch,
             d.tok_s,
             d.bound_tok_s.map_or("-".into(), |b| format!("{b:.1}")),
             d.bound_fraction.map_or("-".into(), |f| format!("{:.0}%", 100.0 * f)),

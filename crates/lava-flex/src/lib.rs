@@ -22,6 +22,7 @@
 
 pub mod attention;
 pub mod bridge;
+pub mod gemm;
 pub mod matmul;
 pub mod spin_pool;
 pub mod stored;

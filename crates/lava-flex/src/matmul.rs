@@ -3,7 +3,10 @@
 //! Decode multiplies one (or a few) activation rows by every weight matrix:
 //! a vector-matrix product bound by how fast the weights stream from memory.
 //! `burn-flex` runs products this small through a general matmul on one
-//! thread; [`matvec`] streams the weights on all cores instead. The other
+//! thread; [`project_rows`] runs them through [`crate::gemm::gemm_multi`] on
+//! all cores instead. [`matvec`] (each core streams a band of input rows and
+//! the bands' partial sums are added) was the decode kernel before the
+//! batched one; it stays as the comparison in `examples/gemm_speed.rs`. The other
 //! kernels (RMS norm, RoPE, SwiGLU) let a whole decode step run on the
 //! weights' storage without a tensor op per step (see `lava-llama`'s host forward).
 //!
@@ -15,25 +18,21 @@ use burn::tensor::{backend::Backend, Tensor};
 use burn_flex::FlexTensor;
 use crate::bridge::{from_host, to_flex};
 
-/// Row counts up to this use [`matvec`]; longer blocks (prefill) use the matmul.
-pub const MATVEC_MAX_ROWS: usize = 8;
-
 /// Rows of `w` per pass of [`matvec`]'s inner loop.
 const ROW_BLOCK: usize = 4;
 
-/// `x [n, d_in] @ w [d_in, d_out]` by [`matvec`] when `B` is flex, both are
-/// f32, `n <= MATVEC_MAX_ROWS` and `w` is contiguous; `None` otherwise (the
-/// caller falls back to `matmul`).
+/// `x [n, d_in] @ w [d_in, d_out]` by [`crate::gemm::gemm_multi`] when `B` is
+/// flex, both are f32, `n <= GEMM_MAX_ROWS` and `w` is contiguous; `None`
+/// otherwise (the caller falls back to `matmul`).
 pub fn project_rows<B: Backend>(x: &Tensor<B, 2>, w: &Tensor<B, 2>, threads: usize) -> Option<Tensor<B, 2>> {
     let [n, d_in] = x.dims();
     let [w_in, d_out] = w.dims();
-    if n > MATVEC_MAX_ROWS || w_in != d_in {
+    if n > crate::gemm::GEMM_MAX_ROWS || w_in != d_in {
         return None;
     }
     let wp = Host::new(w)?;
     let xp = to_flex(x.clone())?.to_contiguous();
-    let mut y = vec![0f32; n * d_out];
-    matvec(xp.storage::<f32>(), wp.values(), &mut y, n, d_in, d_out, threads);
+    let y = crate::gemm::gemm_multi(xp.storage::<f32>(), n, d_in, &[(wp.values(), d_out)], threads).pop()?;
     from_host(y, [n, d_out])
 }
 

@@ -1,6 +1,6 @@
 //! The host-side forward for the flex backend: [`Llama::forward`] and
 //! [`Llama::decode_batch`] on the weights' own storage, with the residual
-//! stream as a host vector and the projections as [`kernels::matvec_multi`]
+//! stream as a host vector and the projections as [`lava_flex::gemm::gemm_multi`]
 //! passes (or the backend's matmul for long prefills). The generic path
 //! (`crate::transformer`) tries [`Llama::forward_on_host`] first and falls
 //! back to its tensor ops when that returns `None` (any other backend, or a
@@ -73,8 +73,8 @@ mod on_host {
         /// the weights' own storage, for the flex backend. `groups[i]` is the run
         /// of rows (tokens) appended to `caches[i]`; `positions` holds each row's
         /// absolute position. The residual stream stays a host vector; a
-        /// projection of at most [`kernels::MATVEC_MAX_ROWS`] rows is one
-        /// [`kernels::matvec_multi`] pass (q/k/v together, gate/up together), a
+        /// projection of at most [`lava_flex::gemm::GEMM_MAX_ROWS`] rows is one
+        /// [`lava_flex::gemm::gemm_multi`] pass (q/k/v together, gate/up together), a
         /// longer one the backend's matmul; RMS norm, RoPE and SwiGLU run on the
         /// rows in place; only attention goes through the caches. Same math as
         /// [`layer_step`](Self::layer_step), without the tensor ops' copies of
@@ -131,23 +131,37 @@ mod on_host {
                     rope(&mut qkv[1][r * hkv * hd..(r + 1) * hkv * hd], cs, sn);
                 }
                 let mut attn = vec![0f32; rows * hq * hd];
-                for (cache, group) in caches.iter_mut().zip(groups) {
+                // Rows [t, H * D] of a group as [H, t, D].
+                let heads_first = |v: &[f32], heads: usize, group: &std::ops::Range<usize>| {
                     let t = group.len();
-                    // Rows [t, H * D] of this group as [H, t, D].
-                    let heads_first = |v: &[f32], heads: usize| {
-                        let mut out = vec![0f32; heads * t * hd];
-                        for (i, r) in group.clone().enumerate() {
-                            for h in 0..heads {
-                                out[(h * t + i) * hd..(h * t + i + 1) * hd].copy_from_slice(&v[(r * heads + h) * hd..(r * heads + h + 1) * hd]);
-                            }
+                    let mut out = vec![0f32; heads * t * hd];
+                    for (i, r) in group.clone().enumerate() {
+                        for h in 0..heads {
+                            out[(h * t + i) * hd..(h * t + i + 1) * hd].copy_from_slice(&v[(r * heads + h) * hd..(r * heads + h + 1) * hd]);
                         }
-                        lava_flex::bridge::from_host::<B, 3>(out, [heads, t, hd])
-                    };
-                    let (Some(q), Some(k), Some(v)) = (heads_first(&qkv[0], hq), heads_first(&qkv[1], hkv), heads_first(&qkv[2], hkv)) else {
+                    }
+                    lava_flex::bridge::from_host::<B, 3>(out, [heads, t, hd])
+                };
+                // Each cache attends its own group; with several caches (a
+                // batched step) they go to the pool's threads, one part each.
+                let attend = |cache: &mut C, group: &std::ops::Range<usize>| -> Result<Vec<f32>, ModelError> {
+                    let (Some(q), Some(k), Some(v)) = (heads_first(&qkv[0], hq, group), heads_first(&qkv[1], hkv, group), heads_first(&qkv[2], hkv, group)) else {
                         return Err(lost());
                     };
                     let out = cache.attend(l, q, k, v)?;
-                    let out = out.into_data().convert::<f32>().into_vec::<f32>().map_err(|e| ModelError::Backend(format!("attention output: {e:?}")))?;
+                    out.into_data().convert::<f32>().into_vec::<f32>().map_err(|e| ModelError::Backend(format!("attention output: {e:?}")))
+                };
+                let outs: Vec<Result<Vec<f32>, ModelError>> = if caches.len() > 1 && self.matvec_split > 1 {
+                    let slots: Vec<std::sync::Mutex<&mut &mut C>> = caches.iter_mut().map(std::sync::Mutex::new).collect();
+                    lava_flex::spin_pool::map(slots.len(), &|i| {
+                        let mut cache = slots[i].lock().map_err(|_| ModelError::Internal("a cache's lock was poisoned".into()))?;
+                        attend(&mut **cache, &groups[i])
+                    })
+                } else {
+                    caches.iter_mut().zip(groups).map(|(cache, group)| attend(&mut **cache, group)).collect()
+                };
+                for (out, group) in outs.into_iter().zip(groups) {
+                    let (out, t) = (out?, group.len());
                     for (i, r) in group.clone().enumerate() {
                         for h in 0..hq {
                             attn[(r * hq + h) * hd..(r * hq + h + 1) * hd].copy_from_slice(&out[(h * t + i) * hd..(h * t + i + 1) * hd]);
@@ -200,10 +214,10 @@ mod on_host {
         /// same input), on host values; `None` unless `B` is flex.
         fn project_host(&self, x: &[f32], rows: usize, layers: &[&Linear<B>]) -> Option<Vec<Vec<f32>>> {
             let d_in = x.len() / rows.max(1);
-            let mut outs = if rows <= kernels::MATVEC_MAX_ROWS {
+            let mut outs = if rows <= lava_flex::gemm::GEMM_MAX_ROWS {
                 let hosts: Vec<kernels::Host> = layers.iter().map(|l| kernels::Host::new(&l.weight.val())).collect::<Option<_>>()?;
                 let mats: Vec<(&[f32], usize)> = hosts.iter().zip(layers).map(|(h, l)| (h.values(), l.weight.dims()[1])).collect();
-                kernels::matvec_multi(x, rows, d_in, &mats, self.matvec_split)
+                lava_flex::gemm::gemm_multi(x, rows, d_in, &mats, self.matvec_split)
             } else {
                 let input = lava_flex::bridge::from_host::<B, 2>(x.to_vec(), [rows, d_in])?;
                 let mut outs = Vec::with_capacity(layers.len());

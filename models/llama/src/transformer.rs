@@ -93,7 +93,7 @@ impl<B: Backend> Llama<B> {
 
     /// Uses `parts` threads for the projections of a decode step (at most
     /// [`MATVEC_SPLIT_MAX_ROWS`] tokens), which are bound by reading the
-    /// weights: on flex, the threads of `lava_flex::matmul::matvec_multi`; on other
+    /// weights: on flex, the threads of `lava_flex::gemm::gemm_multi`; on other
     /// backends, `parts` column blocks (views of the weights, no copy) computed
     /// in parallel on the rayon pool and concatenated, identical results.
     ///
@@ -133,7 +133,8 @@ impl<B: Backend> Llama<B> {
 
     /// `x [T, d_model] @ output [d_model, vocab]`.
     pub(crate) fn logits(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
-        let fast = if x.dims()[0] <= MATVEC_SPLIT_MAX_ROWS { crate::host_forward::project_rows(&x, &self.output, self.matvec_split) } else { None };
+        // The host kernel declines (None) off flex and for long blocks.
+        let fast = crate::host_forward::project_rows(&x, &self.output, self.matvec_split);
         fast.unwrap_or_else(|| x.matmul(self.output.clone()))
     }
 
