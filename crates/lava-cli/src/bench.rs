@@ -266,9 +266,9 @@ fn argmax_rows<B: Backend>(logits: Tensor<B, 2>) -> Result<Vec<u32>, CliError> {
     Ok(v.into_iter().map(|x| x as u32).collect())
 }
 
+/// Argmax of the first row.
 fn argmax<B: Backend>(logits: Tensor<B, 2>) -> Result<u32, CliError> {
-    let v = logits.argmax(1).into_data().convert::<i64>().to_vec::<i64>().map_err(|e| model_err(format!("{e:?}")))?;
-    Ok(v.first().copied().unwrap_or(0) as u32)
+    Ok(argmax_rows(logits)?.first().copied().unwrap_or(0))
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -241,22 +241,7 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn reference(x: &[f32], w: &[f32], n: usize, d_in: usize, d_out: usize) -> Vec<f64> {
-        let mut y = vec![0f64; n * d_out];
-        for r in 0..n {
-            for i in 0..d_in {
-                for j in 0..d_out {
-                    y[r * d_out + j] += x[r * d_in + i] as f64 * w[i * d_out + j] as f64;
-                }
-            }
-        }
-        y
-    }
-
-    fn values(len: usize, seed: u32) -> Vec<f32> {
-        (0..len).map(|i| (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) % 2001) as f32 / 1000.0 - 1.0).collect()
-    }
+    use crate::matmul::tests::{reference, values};
 
     #[test]
     fn gemm_matches_f64_reference_for_odd_shapes_and_thread_counts() {

@@ -202,10 +202,11 @@ fn rows_portable(x: &[f32], w: &[f32], out: &mut [f32], n: usize, d_in: usize, d
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn reference(x: &[f32], w: &[f32], n: usize, d_in: usize, d_out: usize) -> Vec<f64> {
+    /// `x [n, d_in] @ w [d_in, d_out]` in f64, the oracle of the host kernels' tests.
+    pub(crate) fn reference(x: &[f32], w: &[f32], n: usize, d_in: usize, d_out: usize) -> Vec<f64> {
         let mut y = vec![0f64; n * d_out];
         for r in 0..n {
             for i in 0..d_in {
@@ -217,7 +218,8 @@ mod tests {
         y
     }
 
-    fn values(len: usize, seed: u32) -> Vec<f32> {
+    /// Deterministic values in [-1, 1].
+    pub(crate) fn values(len: usize, seed: u32) -> Vec<f32> {
         (0..len).map(|i| (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) % 2001) as f32 / 1000.0 - 1.0).collect()
     }
 
