@@ -7,6 +7,8 @@
 #[cfg(feature = "flex")]
 pub(crate) use lava_flex::attention::{cumulative_column_sums, decode_attention, prefill_attention, value_norm_max, window_attention_mean, Segment};
 #[cfg(feature = "flex")]
+pub(crate) use lava_flex::slots::{chunk_attention, window_attention as window_attention_slots};
+#[cfg(feature = "flex")]
 pub(crate) use lava_flex::bridge::{write_in_place, write_ints_in_place};
 #[cfg(feature = "flex")]
 pub(crate) use lava_flex::stored::{decode_attention_f16, decode_attention_q8_0, quantize_q8_0 as quantize_q8_0_host, write_f16_in_place, write_q8_0_in_place};
@@ -97,6 +99,28 @@ mod declined {
         _runs: &[(usize, usize, usize)],
     ) -> Result<(Tensor<B, D, Int>, Tensor<B, D>), (Tensor<B, D, Int>, Tensor<B, D>)> {
         Err((codes, scales))
+    }
+
+    pub(crate) fn chunk_attention<B: Backend, const K: usize>(
+        _q: &Tensor<B, 3>,
+        _kv_heads: usize,
+        _keys: &Tensor<B, K>,
+        _values: &Tensor<B, K>,
+        _slots: &[(usize, usize)],
+        _first: usize,
+    ) -> Option<Tensor<B, 3>> {
+        None
+    }
+
+    pub(crate) fn window_attention_slots<B: Backend, const K: usize>(
+        _q: &Tensor<B, 3>,
+        _kv_heads: usize,
+        _keys: &Tensor<B, K>,
+        _slots: &[(usize, usize)],
+        _first: usize,
+        _weight: Option<f32>,
+    ) -> Option<Vec<f32>> {
+        None
     }
 
     pub(crate) fn prefill_attention<B: Backend>(_q: &Tensor<B, 3>, _k: &Tensor<B, 3>, _v: &Tensor<B, 3>) -> Option<Tensor<B, 3>> {

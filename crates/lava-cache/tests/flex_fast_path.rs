@@ -114,6 +114,31 @@ fn with_slack<B: Backend>(cache: CompressedCache<B>, slack: Option<usize>) -> Co
 }
 
 #[test]
+fn chunked_prefill_on_flex_equals_ndarray() {
+    // Chunks of a prompt after the first: flash attention over each KV head's
+    // slots (head dims 64 and 128) and the window attention of re-scoring on
+    // the host, against the masked tensor ops on ndarray; head dim 16 takes the
+    // generic chunk attention with the host window attention. Chunks shorter
+    // and longer than the window, a 1-token decode step between chunks.
+    for head_dim in [16, 64, 128] {
+        let shape = CacheShape { layers: 2, query_heads: 6, kv_heads: 2, head_dim };
+        let s = steps(&mut Rng::new(23), shape, &[70, 45, 9, 1, 100, 33, 1, 1]);
+        for policy in [PolicyName::Lava, PolicyName::AdaSnapKv, PolicyName::H2o, PolicyName::Cake, PolicyName::Streaming, PolicyName::PyramidKv] {
+            let config = PolicyConfig { window: 16, ..PolicyConfig::new(policy, 48) };
+            let mut nd = CompressedCache::<Nd>::new(shape, config.clone(), 1000, &Default::default()).unwrap().with_chunked_prefill(true);
+            let mut fx = CompressedCache::<Fx>::new(shape, config.clone(), 1000, &Default::default()).unwrap().with_chunked_prefill(true);
+            let what = format!("{policy}, head dim {head_dim}");
+            assert_close(&run(&mut nd, shape, &s), &run(&mut fx, shape, &s), &what);
+            assert!(fx.rescores() > 0, "{what}: the chunks were re-scored");
+            for l in 0..shape.layers {
+                assert_eq!(nd.kept_positions(l).unwrap(), fx.kept_positions(l).unwrap(), "{what} layer {l}");
+            }
+            assert_eq!(nd.allocated_bytes(), fx.allocated_bytes(), "{what}");
+        }
+    }
+}
+
+#[test]
 fn a_cloned_cache_is_not_changed_by_decoding_the_original() {
     // In-place appends must not write into storage a clone still shares.
     let shape = CacheShape { layers: 1, query_heads: 2, kv_heads: 1, head_dim: 4 };

@@ -246,45 +246,18 @@ pub fn prefill_attention<B: Backend>(q: &Tensor<B, 3>, k: &Tensor<B, 3>, v: &Ten
         (st.len() == 3 && st[2] == 1 && st[1] == d as isize && st[0] >= (s * d) as isize).then(|| (st[0] as usize, f.layout().start_offset()))
     };
     let (k_at, v_at) = (heads(&kf)?, heads(&vf)?);
-    let g = h_q / h_kv;
     let (qs, ks, vs) = (qf.storage::<f32>(), kf.storage::<f32>(), vf.storage::<f32>());
-    let blocks = t.div_ceil(PREFILL_QUERIES);
-    let mut out = vec![0f32; h_q * t * d];
-    let items: Vec<(usize, usize)> = (0..h_kv).flat_map(|kv| (0..blocks).map(move |b| (kv, b))).collect();
-    // Each KV head's keys transposed once, tile by tile: tile `i` is a
-    // contiguous `[D, PREFILL_KEYS]` block (keys past `S` are 0), so every
-    // query block reads its key tiles without strided loads.
-    let tiles = s.div_ceil(PREFILL_KEYS);
-    let transposed: Vec<Vec<f32>> = (0..h_kv)
+    // Each KV head's keys transposed once into tiles (see [`key_tiles`]).
+    let tiles: Vec<Vec<f32>> = (0..h_kv)
         .into_par_iter()
         .map(|kv| {
             let keys = &ks[k_at.1 + kv * k_at.0..];
-            let mut kt = vec![0f32; tiles * d * PREFILL_KEYS];
-            for j in 0..s {
-                let (tile, lane) = (j / PREFILL_KEYS, j % PREFILL_KEYS);
-                for (c, &x) in keys[j * d..(j + 1) * d].iter().enumerate() {
-                    kt[(tile * d + c) * PREFILL_KEYS + lane] = x;
-                }
-            }
-            kt
+            key_tiles((0..s).map(|j| &keys[j * d..(j + 1) * d]), s, d)
         })
         .collect();
-    let results: Vec<Vec<f32>> = items
-        .par_iter()
-        .map(|&(kv, b)| {
-            let values = &vs[v_at.1 + kv * v_at.0..];
-            let t0 = b * PREFILL_QUERIES;
-            let t1 = (t0 + PREFILL_QUERIES).min(t);
-            flash_block(qs, t, d, kv * g..(kv + 1) * g, t0..t1, s - t, &transposed[kv], values)
-        })
-        .collect::<Option<_>>()?;
-    for (&(kv, b), res) in items.iter().zip(results) {
-        let t0 = b * PREFILL_QUERIES;
-        let n = (t0 + PREFILL_QUERIES).min(t) - t0;
-        for (i, h) in (kv * g..(kv + 1) * g).enumerate() {
-            out[(h * t + t0) * d..(h * t + t0 + n) * d].copy_from_slice(&res[i * n * d..(i + 1) * n * d]);
-        }
-    }
+    let heads: Vec<FlashHead<'_>> =
+        (0..h_kv).map(|kv| FlashHead { key_tiles: &tiles[kv], values: &vs[v_at.1 + kv * v_at.0..], past: s - t }).collect();
+    let out = flash_heads(qs, h_q, t, d, &heads)?;
     from_host(out, [h_q, t, d])
 }
 
@@ -292,6 +265,63 @@ pub fn prefill_attention<B: Backend>(q: &Tensor<B, 3>, k: &Tensor<B, 3>, v: &Ten
 pub const PREFILL_QUERIES: usize = 32;
 /// Keys per tile of [`prefill_attention`].
 pub const PREFILL_KEYS: usize = 64;
+
+/// One KV head's keys and values for [`flash_heads`]: query `t` of the
+/// chunk sees rows `0 ..= past + t`.
+pub(crate) struct FlashHead<'a> {
+    /// The head's keys as [`key_tiles`].
+    pub key_tiles: &'a [f32],
+    /// Its value rows `[rows, D]`, from the head's first row.
+    pub values: &'a [f32],
+    /// Rows every query sees (before the chunk's own).
+    pub past: usize,
+}
+
+/// `n` key rows transposed tile by tile: tile `i` is a contiguous
+/// `[D, PREFILL_KEYS]` block (keys past `n` are 0), so a query block reads
+/// its key tiles without strided loads.
+pub(crate) fn key_tiles<'a>(rows: impl Iterator<Item = &'a [f32]>, n: usize, d: usize) -> Vec<f32> {
+    let mut kt = vec![0f32; n.div_ceil(PREFILL_KEYS) * d * PREFILL_KEYS];
+    for (j, row) in rows.enumerate().take(n) {
+        let (tile, lane) = (j / PREFILL_KEYS, j % PREFILL_KEYS);
+        for (c, &x) in row.iter().enumerate() {
+            kt[(tile * d + c) * PREFILL_KEYS + lane] = x;
+        }
+    }
+    kt
+}
+
+/// Causal flash attention of `q [H_q, T, D]` (contiguous) with `heads[kv]`
+/// the keys and values of KV head `kv` (query heads `kv * G .. (kv + 1) * G`):
+/// `[H_q, T, D]`. Work items are (KV head, block of [`PREFILL_QUERIES`]
+/// positions), run on rayon. `None` for a head dimension without a kernel.
+pub(crate) fn flash_heads(qs: &[f32], h_q: usize, t: usize, d: usize, heads: &[FlashHead<'_>]) -> Option<Vec<f32>> {
+    let h_kv = heads.len();
+    if h_kv == 0 || h_q % h_kv != 0 || qs.len() < h_q * t * d {
+        return None;
+    }
+    let g = h_q / h_kv;
+    let blocks = t.div_ceil(PREFILL_QUERIES);
+    let items: Vec<(usize, usize)> = (0..h_kv).flat_map(|kv| (0..blocks).map(move |b| (kv, b))).collect();
+    let results: Vec<Vec<f32>> = items
+        .par_iter()
+        .map(|&(kv, b)| {
+            let t0 = b * PREFILL_QUERIES;
+            let t1 = (t0 + PREFILL_QUERIES).min(t);
+            let head = &heads[kv];
+            flash_block(qs, t, d, kv * g..(kv + 1) * g, t0..t1, head.past, head.key_tiles, head.values)
+        })
+        .collect::<Option<_>>()?;
+    let mut out = vec![0f32; h_q * t * d];
+    for (&(kv, b), res) in items.iter().zip(results) {
+        let t0 = b * PREFILL_QUERIES;
+        let n = (t0 + PREFILL_QUERIES).min(t) - t0;
+        for (i, h) in (kv * g..(kv + 1) * g).enumerate() {
+            out[(h * t + t0) * d..(h * t + t0 + n) * d].copy_from_slice(&res[i * n * d..(i + 1) * n * d]);
+        }
+    }
+    Some(out)
+}
 
 /// One work item of [`prefill_attention`]: query heads `heads`, query
 /// positions `block` (of `T`; position `t` sits at key index `past + t`),
@@ -341,7 +371,7 @@ unsafe fn flash_block_avx2<const D: usize>(q: &[f32], t: usize, heads: Range<usi
 
 /// `a * b + c`, fused where the caller was compiled with FMA.
 #[inline(always)]
-fn madd<const FUSED: bool>(a: f32, b: f32, c: f32) -> f32 {
+pub(crate) fn madd<const FUSED: bool>(a: f32, b: f32, c: f32) -> f32 {
     if FUSED {
         a.mul_add(b, c)
     } else {
@@ -693,7 +723,7 @@ impl Partial {
 }
 
 #[inline(always)]
-fn dot<const FUSED: bool>(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) fn dot<const FUSED: bool>(a: &[f32], b: &[f32]) -> f32 {
     let mut s = [0f32; 16];
     let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
     let (ra, rb) = (ca.remainder(), cb.remainder());

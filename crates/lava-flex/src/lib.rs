@@ -14,6 +14,8 @@
 //!   H2O's column sums, value norms.
 //! - [`matmul`]: matrix-vector products streaming the weights on all cores,
 //!   RMS norm, RoPE, SwiGLU on host rows.
+//! - [`slots`]: chunk attention and window attention over a compressed
+//!   cache's ragged slots.
 //! - [`stored`]: decode attention over K/V stored as f16 or Q8_0, widened
 //!   run by run.
 //! - [`spin_pool`]: the thread pool of the many short passes of a decode step.
@@ -24,6 +26,7 @@ pub mod attention;
 pub mod bridge;
 pub mod gemm;
 pub mod matmul;
+pub mod slots;
 pub mod spin_pool;
 pub mod stored;
 

@@ -10,7 +10,7 @@ use std::collections::HashSet;
 
 use burn::tensor::{activation::softmax, backend::Backend, Bool, FloatDType, Int, Tensor, TensorData};
 
-use crate::fast_path::{write_ints_in_place, Segment};
+use crate::fast_path::{chunk_attention, window_attention_slots, write_ints_in_place, Segment};
 use crate::host::to_host;
 use crate::kv_dtype::{decode_attention_stored, KvDtype, KvRows};
 use crate::CacheError;
@@ -210,13 +210,17 @@ impl<B: Backend> LayerSlots<B> {
             .unwrap_or_else(|b| b.slice_assign([live..needed], room.int_tensor(positions.iter().copied())));
         self.slots.extend(new_slots);
         self.appended = first + t;
-        if t == 1 {
+        let fast = match (&buf.keys, &buf.values) {
             // Decode on flex: attend over the slots in place, one segment per
             // run of consecutive slots of one KV head.
-            if let Some(out) = decode_attention_stored(&q, h_kv, &buf.keys, &buf.values, &segments(&self.slots)) {
-                self.buffers = Some(buf);
-                return Ok(out);
-            }
+            _ if t == 1 => decode_attention_stored(&q, h_kv, &buf.keys, &buf.values, &segments(&self.slots)),
+            // A chunk on flex: flash attention over each KV head's slots.
+            (KvRows::F32(k), KvRows::F32(v)) => chunk_attention(&q, h_kv, k, v, &self.slots, first),
+            _ => None,
+        };
+        if let Some(out) = fast {
+            self.buffers = Some(buf);
+            return Ok(out);
         }
 
         let keys = buf.keys.clone().slice([0..needed, 0..d]).decode();
@@ -243,6 +247,16 @@ impl<B: Backend> LayerSlots<B> {
         let [h_q, r, d] = q.dims();
         let used = self.slots.len();
         let first = self.appended - r;
+        if let KvRows::F32(keys) = &buf.keys {
+            let weight = match rows_out {
+                WindowRows::Mean => Some(1.0 / r.max(1) as f32),
+                WindowRows::Sum => Some(1.0),
+                WindowRows::Each => None,
+            };
+            if let Some(p) = window_attention_slots(q, kv_heads, keys, &self.slots, first, weight) {
+                return Ok(p);
+            }
+        }
         let rows = h_q * r;
         let scale = 1.0 / (d as f64).sqrt();
         let keys = buf.keys.clone().slice([0..used, 0..d]).decode();
