@@ -7,7 +7,8 @@
 #      5 under full (all it admits), and one conversation alone (ignore_eos, so
 #      every request generates max_tokens), at --prefill-chunk 256;
 #   3. inter-token latency of running conversations while new prompts prefill
-#      at --prefill-chunk 64 (8 conversations, lava/128); run 2 gives it at 256.
+#      at --prefill-chunk 32 and 64 (8 conversations, lava/128); run 2 gives it
+#      at 256.
 # Set ONLY=label,label to run some of them.
 # Usage: benches/serve_compare.sh OUT.jsonl [LAVA_BINARY]
 set -euo pipefail
@@ -43,3 +44,4 @@ run solo-lava128 --kv-memory 1GiB -- --concurrency 1 --requests 1 --max-tokens 1
 run decode-full-5 --kv-memory 1GiB -- --concurrency 5 --requests 5 --max-tokens 256 --ignore-eos
 run decode-lava128-16 --kv-memory 1GiB -- --concurrency 16 --requests 16 --max-tokens 320 --ignore-eos --kv-policy lava --kv-budget 128
 run itl-lava128-chunk64 --kv-memory 1GiB --prefill-chunk 64 -- --concurrency 8 --requests 8 --max-tokens 256 --ignore-eos --kv-policy lava --kv-budget 128
+run itl-lava128-chunk32 --kv-memory 1GiB --prefill-chunk 32 -- --concurrency 8 --requests 8 --max-tokens 256 --ignore-eos --kv-policy lava --kv-budget 128

@@ -14,6 +14,13 @@ run was between its send and its first token (a prefill or a queue wait was
 going on), peak concurrent sequences and KV bytes (lava's /metrics) and the
 server's peak RSS (VmHWM of --pid).
 
+With --late K the last K requests are held back until every other request has
+its first token (all their prompts prefilled, all of them decoding) and
+--late-delay more seconds have passed: the ITL of the early requests while a
+late prompt prefills, against their steady ITL (gaps after the last early
+first token during which no prompt prefilled), is then reported apart
+(`itl_late_*`): what a new long prompt costs the conversations already running.
+
 Example:
   lava serve --port 8000 --kv-memory 1GiB &
   python3 benches/serve_load.py --url http://127.0.0.1:8000 --concurrency 16 \
@@ -100,6 +107,7 @@ class Result:
         self.completion_tokens = None
         self.prompt_tokens = None
         self.error = None
+        self.late = False
 
 
 OPEN = set()
@@ -168,7 +176,13 @@ def main():
     ap.add_argument("--json", default=None, help="append the summary as one JSON line to this file")
     ap.add_argument("--abort-after", type=float, default=None,
                     help="close every open request after this many seconds (a capacity probe: admission and queue, then cancellation)")
+    ap.add_argument("--late", type=int, default=0,
+                    help="hold the last K requests back until all others decode (see above); needs --concurrency >= --requests")
+    ap.add_argument("--late-delay", type=float, default=5.0, help="seconds of steady decoding before the late requests are sent")
+    ap.add_argument("--late-max-tokens", type=int, default=None, help="max_tokens of the late requests (default --max-tokens)")
     a = ap.parse_args()
+    if a.late and (a.late >= a.requests or a.concurrency < a.requests):
+        sys.exit("--late K needs K < --requests and --concurrency >= --requests")
 
     u = urllib.parse.urlparse(a.url)
     if u.hostname not in ("127.0.0.1", "localhost", "::1"):
@@ -209,32 +223,57 @@ def main():
     counter = [0]
     t0 = time.monotonic()
 
+    started = []  # every request's Result, from its send
+
+    def send(i, max_tokens):
+        doc = docs[i % len(docs)]
+        body = {
+            "model": a.model,
+            "messages": [{"role": "user", "content": doc + "\n\nQuestion: what is the main point of this text? Answer in a few sentences."}],
+            "max_tokens": max_tokens,
+            "temperature": 0,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        if a.kv_policy:
+            body["kv_policy"] = a.kv_policy
+        if a.kv_budget:
+            body["kv_budget"] = a.kv_budget
+        if a.ignore_eos:
+            body["ignore_eos"] = True
+        res = Result()
+        res.late = i >= a.requests - a.late if a.late else False
+        with lock:
+            started.append(res)
+        one_request(host, port, "/v1/chat/completions", headers, body, res)
+        with lock:
+            results.append(res)
+
     def client():
         while True:
             with lock:
                 i = counter[0]
-                if i >= a.requests or time.monotonic() - t0 > a.time_limit:
+                if i >= a.requests - a.late or time.monotonic() - t0 > a.time_limit:
                     return
                 counter[0] += 1
-            doc = docs[i % len(docs)]
-            body = {
-                "model": a.model,
-                "messages": [{"role": "user", "content": doc + "\n\nQuestion: what is the main point of this text? Answer in a few sentences."}],
-                "max_tokens": a.max_tokens,
-                "temperature": 0,
-                "stream": True,
-                "stream_options": {"include_usage": True},
-            }
-            if a.kv_policy:
-                body["kv_policy"] = a.kv_policy
-            if a.kv_budget:
-                body["kv_budget"] = a.kv_budget
-            if a.ignore_eos:
-                body["ignore_eos"] = True
-            res = Result()
-            one_request(host, port, "/v1/chat/completions", headers, body, res)
+            send(i, a.max_tokens)
+
+    late_threads = []
+
+    def late_sender():
+        early = a.requests - a.late
+        while True:
             with lock:
-                results.append(res)
+                mine = [r for r in started if not r.late]
+                ready = len(mine) == early and all(r.t_first is not None or r.t_end is not None for r in mine)
+            if ready or time.monotonic() - t0 > a.time_limit:
+                break
+            time.sleep(0.05)
+        time.sleep(a.late_delay)
+        for i in range(early, a.requests):
+            t = threading.Thread(target=send, args=(i, a.late_max_tokens or a.max_tokens))
+            t.start()
+            late_threads.append(t)
 
     st = threading.Thread(target=sampler, daemon=True)
     st.start()
@@ -251,9 +290,13 @@ def main():
                         pass
         threading.Thread(target=abort, daemon=True).start()
     threads = [threading.Thread(target=client) for _ in range(a.concurrency)]
+    if a.late:
+        threads.append(threading.Thread(target=late_sender))
     for t in threads:
         t.start()
     for t in threads:
+        t.join()
+    for t in late_threads:
         t.join()
     wall = time.monotonic() - t0
     stop_sampling.set()
@@ -275,6 +318,22 @@ def main():
             itl_all.append(g)
             busy = any(w != own and w[0] < t_next and w[1] > t_prev for w in windows)
             (itl_during if busy else itl_steady).append(g)
+    # --late: the early requests' gaps during a late prompt's prefill, and
+    # their steady gaps (after the last early first token, no prefill going on).
+    late_during, late_steady = [], []
+    if a.late and ok:
+        late_windows = [(r.t_send, r.t_first) for r in ok if r.late]
+        all_decoding = max(r.t_first for r in ok if not r.late)
+        for r in ok:
+            if r.late:
+                continue
+            for t_prev, t_next in zip(r.token_times, r.token_times[1:]):
+                if t_prev < all_decoding:
+                    continue
+                if any(w[0] < t_next and w[1] > t_prev for w in late_windows):
+                    late_during.append(t_next - t_prev)
+                elif not any(w[0] < t_next and w[1] > t_prev for w in windows):
+                    late_steady.append(t_next - t_prev)
     decode_tokens = sum(max(len(r.token_times) - 1, 0) for r in ok)
     if ok:
         span_start = min(r.t_first for r in ok)
@@ -318,6 +377,14 @@ def main():
         "itl_during_prefill_p95_ms": round(1000 * pct(itl_during, 95), 1),
         "itl_during_prefill_n": len(itl_during),
         "peak_running": peak["running"],
+        **({
+            "itl_late_prefill_p50_ms": round(1000 * pct(late_during, 50), 1),
+            "itl_late_prefill_p95_ms": round(1000 * pct(late_during, 95), 1),
+            "itl_late_prefill_n": len(late_during),
+            "itl_late_steady_p50_ms": round(1000 * pct(late_steady, 50), 1),
+            "itl_late_steady_n": len(late_steady),
+            "late_ttft_s": round(statistics.mean([r.t_first - r.t_send for r in ok if r.late] or [float("nan")]), 3),
+        } if a.late else {}),
         "peak_queued": peak["queued"],
         "peak_kv_allocated_bytes": peak["kv_alloc"],
         "peak_kv_reserved_bytes": peak["kv_reserved"],

@@ -362,7 +362,10 @@ fn batch_equals_sequential(addr: &str) {
     let t = Instant::now();
     let sequential: Vec<String> = questions.iter().map(|q| ask(q)).collect();
     let seq_s = t.elapsed().as_secs_f64();
-    let before = metric(&metrics(addr), "lava_decode_steps_total");
+    let (before, mixed_before) = {
+        let m = metrics(addr);
+        (metric(&m, "lava_decode_steps_total"), metric(&m, "lava_mixed_steps_total"))
+    };
     let t = Instant::now();
     let concurrent: Vec<String> = std::thread::scope(|s| {
         let hs: Vec<_> = questions.iter().map(|q| s.spawn(move || ask(q))).collect();
@@ -374,6 +377,10 @@ fn batch_equals_sequential(addr: &str) {
     assert!(metric(&m, "lava_running_sequences_peak") >= 4.0, "the 8 requests should have run together: {m:?}");
     let steps = metric(&m, "lava_decode_steps_total") - before;
     assert!(steps < 8.0 * 15.0, "batched decode steps ({steps}) should be far fewer than 8 x 15");
+    // Prompts that arrived while others decoded were prefilled in the same
+    // forward passes as the decode batch: the answers must not change.
+    let mixed = metric(&m, "lava_mixed_steps_total") - mixed_before;
+    assert!(mixed >= 1.0, "some prompts should have been prefilled inside decode steps: {m:?}");
     assert_eq!(concurrent, sequential, "greedy answers, 8 concurrent vs 8 one at a time");
 }
 

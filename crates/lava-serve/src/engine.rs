@@ -7,17 +7,22 @@
 //!    gone), freeing its cache and its reservation at once;
 //! 3. admits queued jobs in arrival order while their KV reservation fits
 //!    under `--kv-memory` ([`crate::admission`]);
-//! 4. prefills one chunk (`--prefill-chunk` tokens) of the oldest sequence
-//!    still prefilling; a sequence whose prompt is done samples its first
-//!    token and joins the decode batch;
-//! 5. runs one [`Llama::decode_batch`] step for all sequences in the batch
-//!    (the weights are read once for all of them) and samples each one's next
-//!    token; a finished sequence leaves the batch and frees its cache.
+//! 4. runs one step of the model: the next chunk (`--prefill-chunk` tokens)
+//!    of the oldest sequence still prefilling and one token of every sequence
+//!    in the decode batch, together in one [`Llama::forward_runs`] (the
+//!    weights are read once for all rows) when the rows fit in
+//!    [`Llama::exact_batch_rows`], else the chunk and then one
+//!    [`Llama::decode_batch`] step; each decoding sequence samples its next
+//!    token, a finished one leaves the batch and frees its cache, and a
+//!    sequence whose prompt is done samples its first token and joins the
+//!    batch.
 //!
 //! A prompt is chunked from its own start, whatever else runs, so its prefill
-//! does not depend on the other sequences; only the batched decode step can
-//! differ from a solo run (float summation order of batched projections).
-//! A running conversation waits at most one prefill chunk for its next token.
+//! does not depend on the other sequences; within the exact row limit no row
+//! of a step depends on the others, so a sequence's greedy output is the same
+//! alone and in a batch (beyond it, up to float summation order of batched
+//! projections). A running conversation waits at most one prefill chunk for
+//! its next token.
 
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -271,9 +276,7 @@ impl<B: Backend> Engine<B> {
             self.drop_cancelled();
             self.admit();
             self.publish();
-            self.prefill_step();
-            self.publish();
-            self.decode_step();
+            self.step();
             self.publish();
         }
         self.publish();
@@ -356,35 +359,102 @@ impl<B: Backend> Engine<B> {
         }
     }
 
+    /// The next chunk of `seq`'s prompt: `start..end`.
+    fn next_chunk(&self, seq: &Sequence<B>) -> (usize, usize) {
+        let start = seq.prefilled;
+        (start, start.saturating_add(self.config.prefill_chunk.max(1)).min(seq.job.prompt.len()))
+    }
+
+    /// One model step (module docs, step 4): mixed when the rows fit.
+    fn step(&mut self) {
+        let mixed = match self.prefilling.front() {
+            Some(seq) if !self.running.is_empty() => {
+                let (start, end) = self.next_chunk(seq);
+                end - start + self.running.len() <= self.model.exact_batch_rows()
+            }
+            _ => false,
+        };
+        if mixed {
+            self.mixed_step();
+        } else {
+            self.prefill_step();
+            self.publish();
+            self.decode_step();
+        }
+    }
+
     fn prefill_step(&mut self) {
         let Some(mut seq) = self.prefilling.pop_front() else { return };
-        let start = seq.prefilled;
-        let end = start.saturating_add(self.config.prefill_chunk.max(1)).min(seq.job.prompt.len());
+        let (start, end) = self.next_chunk(&seq);
         let t = Instant::now();
         let model = &self.model;
         let out = catch_unwind(AssertUnwindSafe(|| model.forward(&seq.job.prompt[start..end], seq.cache.as_mut(), Logits::Last)));
         let seconds = t.elapsed().as_secs_f64();
         self.metrics.prefill(end - start, seconds);
         self.prefill_tok_s = (end - start) as f64 / seconds.max(1e-9);
-        let logits = match out {
-            Ok(Ok(l)) => l,
-            Ok(Err(e)) => return self.fail(seq, format!("the model failed on the prompt: {e}")),
-            Err(_) => return self.fail(seq, "the model failed on the prompt (internal error)".into()),
+        let row = match read_logits(out, "the model failed on the prompt") {
+            Ok(r) => r,
+            Err(e) => return self.fail(seq, e),
         };
+        self.chunk_done(seq, end, &row);
+    }
+
+    /// After the chunk ending at `end` of `seq`'s prompt, with the logits of
+    /// its last token: back in front of the prefill queue (the oldest prompt
+    /// is prefilled first), or, the prompt done, its first token sampled and
+    /// the sequence in the decode batch.
+    fn chunk_done(&mut self, mut seq: Sequence<B>, end: usize, row: &[f32]) {
         seq.prefilled = end;
         if end < seq.job.prompt.len() {
-            // Back in front: the oldest prompt is prefilled first.
             self.prefilling.push_front(seq);
             return;
         }
-        let row = match logits.into_data().convert::<f32>().to_vec::<f32>() {
-            Ok(r) => r,
-            Err(e) => return self.fail(seq, format!("cannot read the logits: {e:?}")),
-        };
-        let token = seq.sampler.sample(&row);
+        let token = seq.sampler.sample(row);
         if let Some(seq) = self.emit(seq, token) {
             self.running.push(seq);
         }
+    }
+
+    /// The next prefill chunk and the decode batch's tokens in one
+    /// [`Llama::forward_runs`]. The step's time is shared between the
+    /// prefill and the decode rates by their rows.
+    fn mixed_step(&mut self) {
+        let Some(mut seq) = self.prefilling.pop_front() else { return };
+        let (start, end) = self.next_chunk(&seq);
+        let n = self.running.len();
+        let tokens: Vec<u32> = self.running.iter().map(|s| s.next).collect();
+        let t = Instant::now();
+        let model = &self.model;
+        let running = &mut self.running;
+        let chunk = &seq.job.prompt[start..end];
+        let cache = seq.cache.as_mut();
+        let out = catch_unwind(AssertUnwindSafe(|| {
+            let runs: Vec<&[u32]> = std::iter::once(chunk).chain(tokens.chunks(1)).collect();
+            let mut caches: Vec<&mut dyn KvCache<B>> = std::iter::once(cache).chain(running.iter_mut().map(|s| s.cache.as_mut())).collect();
+            model.forward_runs(&runs, &mut caches)
+        }));
+        let seconds = t.elapsed().as_secs_f64();
+        let prefill_seconds = seconds * (end - start) as f64 / (end - start + n) as f64;
+        self.metrics.prefill(end - start, prefill_seconds);
+        self.metrics.decode(n, seconds - prefill_seconds);
+        self.metrics.mixed_step();
+        self.prefill_tok_s = (end - start) as f64 / prefill_seconds.max(1e-9);
+        self.decode_tok_s = n as f64 / (seconds - prefill_seconds).max(1e-9);
+        self.decode_batch = n;
+        let batch = std::mem::take(&mut self.running);
+        let logits = match read_logits(out, "the step failed") {
+            Ok(l) if l.len() % (n + 1) == 0 && !l.is_empty() => l,
+            other => {
+                let e = other.err().unwrap_or_else(|| "the step returned logits of the wrong size".into());
+                for s in batch {
+                    self.fail(s, e.clone());
+                }
+                return self.fail(seq, e);
+            }
+        };
+        let vocab = logits.len() / (n + 1);
+        self.sample_batch(batch, &logits[vocab..], vocab);
+        self.chunk_done(seq, end, &logits[..vocab]);
     }
 
     fn decode_step(&mut self) {
@@ -400,11 +470,7 @@ impl<B: Backend> Engine<B> {
             let mut caches: Vec<&mut dyn KvCache<B>> = running.iter_mut().map(|s| s.cache.as_mut()).collect();
             model.decode_batch(&tokens, &mut caches)
         }));
-        let logits = match out {
-            Ok(Ok(l)) => l.into_data().convert::<f32>().to_vec::<f32>().map_err(|e| format!("cannot read the logits: {e:?}")),
-            Ok(Err(e)) => Err(format!("the decode step failed: {e}")),
-            Err(_) => Err("the decode step failed (internal error)".to_string()),
-        };
+        let logits = read_logits(out, "the decode step failed");
         let seconds = t.elapsed().as_secs_f64();
         self.metrics.decode(n, seconds);
         self.decode_tok_s = n as f64 / seconds.max(1e-9);
@@ -421,6 +487,12 @@ impl<B: Backend> Engine<B> {
             }
         };
         let vocab = logits.len() / n;
+        self.sample_batch(batch, &logits, vocab);
+    }
+
+    /// Each sequence of the decode batch samples its next token from its row
+    /// of `logits` (`[n, vocab]`) and, unless it ended, goes back in the batch.
+    fn sample_batch(&mut self, batch: Vec<Sequence<B>>, logits: &[f32], vocab: usize) {
         for (i, mut seq) in batch.into_iter().enumerate() {
             let token = seq.sampler.sample(&logits[i * vocab..(i + 1) * vocab]);
             if let Some(seq) = self.emit(seq, token) {
@@ -482,5 +554,15 @@ impl<B: Backend> Engine<B> {
             g.kv_retained_bytes += st.retained_bytes as u64;
         }
         self.metrics.set_gauges(g);
+    }
+}
+
+/// The logits of a caught model call as host values, or the error to send
+/// (`what` names the call).
+fn read_logits<B: Backend>(out: std::thread::Result<Result<burn::tensor::Tensor<B, 2>, lava_llama::ModelError>>, what: &str) -> Result<Vec<f32>, String> {
+    match out {
+        Ok(Ok(l)) => l.into_data().convert::<f32>().to_vec::<f32>().map_err(|e| format!("cannot read the logits: {e:?}")),
+        Ok(Err(e)) => Err(format!("{what}: {e}")),
+        Err(_) => Err(format!("{what} (internal error)")),
     }
 }

@@ -40,6 +40,7 @@ struct State {
     decode_tokens: u64,
     decode_seconds: f64,
     decode_steps: u64,
+    mixed_steps: u64,
     cancelled: u64,
     finished: u64,
     gauges: EngineGauges,
@@ -90,6 +91,12 @@ impl Metrics {
         });
     }
 
+    /// Counts a step that carried a prefill chunk together with the decode
+    /// batch (counted besides, by [`prefill`](Self::prefill) and [`decode`](Self::decode)).
+    pub fn mixed_step(&self) {
+        self.with(|s| s.mixed_steps += 1);
+    }
+
     /// Counts a sequence that left the engine: finished, or cancelled (its
     /// client went away before it finished).
     pub fn sequence_ended(&self, cancelled: bool) {
@@ -136,6 +143,7 @@ impl Metrics {
             metric("lava_decode_tokens_total", "counter", "Tokens produced by decode steps.", one(s.decode_tokens.to_string()));
             metric("lava_decode_seconds_total", "counter", "Seconds spent in decode steps.", one(format!("{:.6}", s.decode_seconds)));
             metric("lava_decode_steps_total", "counter", "Batched decode steps.", one(s.decode_steps.to_string()));
+            metric("lava_mixed_steps_total", "counter", "Decode steps that also carried a prompt's prefill chunk (one forward pass).", one(s.mixed_steps.to_string()));
             metric("lava_sequences_finished_total", "counter", "Sequences that ran to their end.", one(s.finished.to_string()));
             metric("lava_sequences_cancelled_total", "counter", "Sequences dropped because their client went away (or a stop string ended them).", one(s.cancelled.to_string()));
             let g = &s.gauges;

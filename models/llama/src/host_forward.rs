@@ -10,10 +10,10 @@
 //! every function here declines and the generic path runs everywhere.
 
 #[cfg(feature = "flex")]
-pub(crate) use on_host::{project_rows, transposed};
+pub(crate) use on_host::{exact_batch_rows, project_rows, transposed};
 
 #[cfg(not(feature = "flex"))]
-pub(crate) use declined::{project_rows, transposed};
+pub(crate) use declined::{exact_batch_rows, project_rows, transposed};
 
 #[cfg(feature = "flex")]
 mod on_host {
@@ -67,6 +67,28 @@ mod on_host {
                 Logits::All => (x, rows),
             };
             Ok(self.host_logits(x, rows))
+        }
+
+        /// The host path of [`forward_runs`](Self::forward_runs): the rows of
+        /// every run (`groups[i]` appended to `caches[i]`) through
+        /// [`run_on_host`](Self::run_on_host), and the logits of each run's
+        /// last row, `[n, vocab]`; `None` as [`forward_on_host`](Self::forward_on_host).
+        pub(crate) fn runs_on_host<C: KvCache<B> + ?Sized>(
+            &self,
+            tokens: &[u32],
+            positions: &[usize],
+            groups: &[std::ops::Range<usize>],
+            caches: &mut [&mut C],
+        ) -> Result<Option<Tensor<B, 2>>, ModelError> {
+            if !lava_flex::bridge::is_flex::<B>() {
+                return Ok(None);
+            }
+            let Some(x) = self.run_on_host(tokens, positions, groups, caches)? else {
+                return Ok(None);
+            };
+            let d = self.config.hidden_size;
+            let last: Vec<f32> = groups.iter().flat_map(|g| x[(g.end - 1) * d..g.end * d].iter().copied()).collect();
+            Ok(self.host_logits(last, groups.len()))
         }
 
         /// [`forward`](Self::forward) and [`decode_batch`](Self::decode_batch) on
@@ -247,6 +269,17 @@ mod on_host {
         }
     }
 
+    /// [`Llama::exact_batch_rows`]: the gemm's row limit on the host path
+    /// with f32 weights (each row of a `gemm_multi` pass is computed alone),
+    /// else 1.
+    pub(crate) fn exact_batch_rows<B: Backend>(model: &Llama<B>) -> usize {
+        if lava_flex::bridge::is_flex::<B>() && model.quantized.is_none() {
+            lava_flex::gemm::GEMM_MAX_ROWS
+        } else {
+            1
+        }
+    }
+
     /// The transpose `[d, v]` of `e [v, d]`, read in place on flex (no host
     /// copy of the embedding at load time); `None` elsewhere.
     pub(crate) fn transposed<B: Backend>(e: &Tensor<B, 2>) -> Option<Vec<f32>> {
@@ -282,6 +315,22 @@ mod declined {
         ) -> Result<Option<Tensor<B, 2>>, ModelError> {
             Ok(None)
         }
+
+        /// Declines: the generic path runs.
+        pub(crate) fn runs_on_host<C: KvCache<B> + ?Sized>(
+            &self,
+            _tokens: &[u32],
+            _positions: &[usize],
+            _groups: &[std::ops::Range<usize>],
+            _caches: &mut [&mut C],
+        ) -> Result<Option<Tensor<B, 2>>, ModelError> {
+            Ok(None)
+        }
+    }
+
+    /// No host path: a step's rows are one matmul.
+    pub(crate) fn exact_batch_rows<B: Backend>(_model: &Llama<B>) -> usize {
+        1
     }
 
     /// Declines: the caller transposes with tensor data.

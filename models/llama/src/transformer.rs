@@ -247,6 +247,82 @@ impl<B: Backend> Llama<B> {
         Ok(self.logits(self.weights.norm.forward(x)))
     }
 
+    /// One step for `n` independent sequences, each appending its own run of
+    /// tokens: `runs[i]` (at least one token) is appended to `caches[i]` at
+    /// that cache's next position. Returns the logits of each run's last
+    /// token, `[n, vocab]`. This is how a server puts a prompt's prefill chunk
+    /// and the running sequences' decode tokens into one step.
+    ///
+    /// On the flex host path the projections and the MLP run once over all
+    /// rows (the weights are read once for the step) and attention runs per
+    /// cache; while the rows total at most
+    /// [`exact_batch_rows`](Self::exact_batch_rows), every run's logits are
+    /// bit-identical to running it alone ([`forward`](Self::forward) or
+    /// [`decode_batch`](Self::decode_batch)). Elsewhere the 1-token runs go
+    /// through one `decode_batch` and each longer run through `forward`.
+    pub fn forward_runs<C: KvCache<B> + ?Sized>(&self, runs: &[&[u32]], caches: &mut [&mut C]) -> Result<Tensor<B, 2>, ModelError> {
+        let n = runs.len();
+        if n == 0 || n != caches.len() || runs.iter().any(|r| r.is_empty()) {
+            return Err(ModelError::Input(format!(
+                "forward_runs needs one non-empty run of tokens per cache and at least one (got {n} runs for {} caches)",
+                caches.len()
+            )));
+        }
+        let vocab = self.config.vocab_size;
+        if let Some(&bad) = runs.iter().flat_map(|r| r.iter()).find(|&&id| id as usize >= vocab) {
+            return Err(ModelError::Input(format!("token id {bad} is outside the vocabulary ({vocab})")));
+        }
+        if runs.iter().all(|r| r.len() == 1) {
+            let tokens: Vec<u32> = runs.iter().map(|r| r[0]).collect();
+            return self.decode_batch(&tokens, caches);
+        }
+        let tokens: Vec<u32> = runs.iter().flat_map(|r| r.iter().copied()).collect();
+        let mut positions = Vec::with_capacity(tokens.len());
+        let mut groups = Vec::with_capacity(n);
+        for (run, cache) in runs.iter().zip(caches.iter()) {
+            let (start, row) = (cache.next_position(), positions.len());
+            positions.extend(start..start + run.len());
+            groups.push(row..row + run.len());
+        }
+        if let Some(logits) = self.runs_on_host(&tokens, &positions, &groups, caches)? {
+            return Ok(logits);
+        }
+        // Generic backends: the decode rows batched, each longer run alone.
+        let single: Vec<usize> = (0..n).filter(|&i| runs[i].len() == 1).collect();
+        let mut rows: Vec<Option<Tensor<B, 2>>> = vec![None; n];
+        if !single.is_empty() {
+            let tokens: Vec<u32> = single.iter().map(|&i| runs[i][0]).collect();
+            let mut batch: Vec<&mut C> = Vec::with_capacity(single.len());
+            for (i, cache) in caches.iter_mut().enumerate() {
+                if runs[i].len() == 1 {
+                    batch.push(&mut **cache);
+                }
+            }
+            let logits = self.decode_batch(&tokens, &mut batch)?;
+            for (j, &i) in single.iter().enumerate() {
+                rows[i] = Some(logits.clone().slice([j..j + 1, 0..vocab]));
+            }
+        }
+        for (i, cache) in caches.iter_mut().enumerate() {
+            if runs[i].len() > 1 {
+                rows[i] = Some(self.forward(runs[i], &mut **cache, Logits::Last)?);
+            }
+        }
+        let rows: Vec<Tensor<B, 2>> = rows.into_iter().collect::<Option<_>>().ok_or_else(|| ModelError::Internal("a run got no logits".into()))?;
+        Ok(Tensor::cat(rows, 0))
+    }
+
+    /// The most rows a [`forward_runs`](Self::forward_runs) or
+    /// [`decode_batch`](Self::decode_batch) step may hold for each run's
+    /// result to be bit-identical to running it alone: on the flex host path
+    /// with f32 weights, the rows of one register-tiled projection pass
+    /// (`lava_flex::gemm::GEMM_MAX_ROWS`); with native quantized weights
+    /// and on other backends (where a step's rows run as one matmul whose
+    /// blocking may depend on the row count), 1.
+    pub fn exact_batch_rows(&self) -> usize {
+        crate::host_forward::exact_batch_rows(self)
+    }
+
     /// One decode step for `n` independent sequences: `tokens[i]` is appended
     /// to `caches[i]` at that cache's own next position. Returns `[n, vocab]`.
     ///

@@ -324,3 +324,73 @@ fn flex_host_decode_matches_reference_and_batches() {
     let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
     assert!(err < 1e-5, "batched host decode differs from separate decodes by {err}");
 }
+
+/// `Llama::forward_runs` (a prefill chunk and decode tokens in one step)
+/// against each run alone through `forward`: on ndarray (the generic path:
+/// the 1-token runs batched, the others alone) within float tolerance, and
+/// with the `flex` feature on the host path bit for bit (the step's rows stay
+/// within `exact_batch_rows`). Caches of different kinds and lengths, a
+/// compressed cache taking chunks, two steps in a row.
+fn forward_runs_matches_runs_alone<Bk: Backend>(exact: bool) {
+    use lava_cache::{CompressedCache, KvCache, PolicyConfig, PolicyName};
+    let device = Default::default();
+    let cfg = tiny_config(6, 2, false, true);
+    let w = RandomWeights { config: cfg.clone(), seed: 9 };
+    let model = Llama::<Bk>::from_source(cfg.clone(), &w, Rope::new(&cfg), &device).expect("model").with_matvec_split(2);
+    let prompt: Vec<u32> = (0..60).map(|i| (i * 11 % 60) as u32).collect();
+    let make = || -> Vec<Box<dyn KvCache<Bk>>> {
+        let mut policy = PolicyConfig::new(PolicyName::Lava, 12);
+        policy.window = 4;
+        let mut chunked = CompressedCache::new(model.cache_shape(), policy.clone(), 256, &device).expect("cache").with_chunked_prefill(true);
+        model.forward(&prompt[..20], &mut chunked, Logits::Last).expect("prefill");
+        let mut full = FullCache::new(model.cache_shape(), 256, &device).expect("cache");
+        model.forward(&prompt[..13], &mut full, Logits::Last).expect("prefill");
+        let fresh = FullCache::new(model.cache_shape(), 256, &device).expect("cache");
+        let mut comp = CompressedCache::new(model.cache_shape(), policy, 256, &device).expect("cache");
+        model.forward(&prompt, &mut comp, Logits::Last).expect("prefill");
+        vec![Box::new(chunked), Box::new(full), Box::new(fresh), Box::new(comp)]
+    };
+    let steps: [[&[u32]; 4]; 2] = [[&prompt[20..29], &[33], &prompt[..5], &[51]], [&prompt[29..40], &[7], &[2], &[44]]];
+    let mut alone = make();
+    let mut want: Vec<Vec<f32>> = Vec::new();
+    for runs in &steps {
+        for (c, run) in alone.iter_mut().zip(runs) {
+            want.push(model.forward(run, c.as_mut(), Logits::Last).expect("alone").into_data().to_vec::<f32>().expect("f32"));
+        }
+    }
+    let mut together = make();
+    let mut refs: Vec<&mut dyn KvCache<Bk>> = together.iter_mut().map(|c| c.as_mut()).collect();
+    let mut got: Vec<Vec<f32>> = Vec::new();
+    for runs in &steps {
+        let logits = model.forward_runs(runs, &mut refs).expect("runs").into_data().to_vec::<f32>().expect("f32");
+        got.extend(logits.chunks(cfg.vocab_size).map(|r| r.to_vec()));
+    }
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        if exact {
+            assert_eq!(g, w, "run {i}: forward_runs differs from the run alone");
+        } else {
+            let err = g.iter().zip(w).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(err < 1e-5, "run {i}: forward_runs differs from the run alone by {err}");
+        }
+    }
+    for (a, b) in alone.iter().zip(&refs) {
+        assert_eq!(a.next_position(), b.next_position());
+    }
+    assert!(model.forward_runs(&[&[1u32][..], &[][..], &[2], &[3]], &mut refs).is_err(), "an empty run is refused");
+    assert!(model.forward_runs(&[&[1u32][..]], &mut refs).is_err(), "one run per cache");
+}
+
+#[test]
+fn forward_runs_equals_each_run_alone() {
+    forward_runs_matches_runs_alone::<B>(false);
+    #[cfg(feature = "flex")]
+    {
+        let model_rows = {
+            let cfg = tiny_config(6, 2, false, true);
+            let w = RandomWeights { config: cfg.clone(), seed: 9 };
+            Llama::<lava_flex::Flex>::from_source(cfg.clone(), &w, Rope::new(&cfg), &Default::default()).expect("model").exact_batch_rows()
+        };
+        assert!(model_rows >= 32, "the flex host path batches exactly ({model_rows} rows)");
+        forward_runs_matches_runs_alone::<lava_flex::Flex>(true);
+    }
+}
