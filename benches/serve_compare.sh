@@ -4,11 +4,12 @@
 #   1. capacity at --kv-memory 1GiB: 16 clients with ~4k-token documents, for
 #      `full` and `lava` at 128, aborted after --probe seconds (admitted vs queued);
 #   2. decode throughput with the batch full: 16 conversations under lava/128,
-#      5 under full (all it admits), and one conversation alone (ignore_eos, so
-#      every request generates max_tokens), at --prefill-chunk 256;
-#   3. inter-token latency of running conversations while new prompts prefill
-#      at --prefill-chunk 32 and 64 (8 conversations, lava/128); run 2 gives it
-#      at 256.
+#      5 under full (all it admits), and one conversation alone, each
+#      generating 320 tokens (ignore_eos), at --prefill-chunk 256;
+#   3. inter-token latency of 7 running conversations (lava/128) while an 8th
+#      4k prompt arrives and prefills (serve_load.py --late 1), at
+#      --prefill-chunk 32, 64 and 256: the late prompt's time to first token
+#      is what the chunk size costs the prefill.
 # Set ONLY=label,label to run some of them.
 # Usage: benches/serve_compare.sh OUT.jsonl [LAVA_BINARY]
 set -euo pipefail
@@ -40,8 +41,9 @@ run() { # label, server flags..., --, bench flags...
 
 run capacity-full --kv-memory 1GiB -- --concurrency 16 --requests 16 --max-tokens 64 --abort-after "$probe"
 run capacity-lava128 --kv-memory 1GiB -- --concurrency 16 --requests 16 --max-tokens 64 --kv-policy lava --kv-budget 128 --abort-after "$probe"
-run solo-lava128 --kv-memory 1GiB -- --concurrency 1 --requests 1 --max-tokens 128 --ignore-eos --kv-policy lava --kv-budget 128
+run solo-lava128 --kv-memory 1GiB -- --concurrency 1 --requests 1 --max-tokens 320 --ignore-eos --kv-policy lava --kv-budget 128
 run decode-full-5 --kv-memory 1GiB -- --concurrency 5 --requests 5 --max-tokens 256 --ignore-eos
 run decode-lava128-16 --kv-memory 1GiB -- --concurrency 16 --requests 16 --max-tokens 320 --ignore-eos --kv-policy lava --kv-budget 128
-run itl-lava128-chunk64 --kv-memory 1GiB --prefill-chunk 64 -- --concurrency 8 --requests 8 --max-tokens 256 --ignore-eos --kv-policy lava --kv-budget 128
-run itl-lava128-chunk32 --kv-memory 1GiB --prefill-chunk 32 -- --concurrency 8 --requests 8 --max-tokens 256 --ignore-eos --kv-policy lava --kv-budget 128
+run late-lava128-chunk32 --kv-memory 1GiB --prefill-chunk 32 -- --concurrency 8 --requests 8 --late 1 --late-delay 5 --max-tokens 1024 --late-max-tokens 32 --ignore-eos --kv-policy lava --kv-budget 128
+run late-lava128-chunk64 --kv-memory 1GiB --prefill-chunk 64 -- --concurrency 8 --requests 8 --late 1 --late-delay 5 --max-tokens 1024 --late-max-tokens 32 --ignore-eos --kv-policy lava --kv-budget 128
+run late-lava128-chunk256 --kv-memory 1GiB --prefill-chunk 256 -- --concurrency 8 --requests 8 --late 1 --late-delay 5 --max-tokens 1024 --late-max-tokens 32 --ignore-eos --kv-policy lava --kv-budget 128

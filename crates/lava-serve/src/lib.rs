@@ -5,7 +5,7 @@
 //! one KV-memory budget.
 //!
 //! - [`engine`]: the one thread that owns the model and the caches and runs
-//!   continuous batching (chunked prefill between batched decode steps);
+//!   continuous batching (a prompt's prefill chunks ride in the batched decode steps);
 //! - [`admission`]: what a request reserves of `--kv-memory`;
 //! - [`routes`]: the endpoints; [`api`]: request and response bodies;
 //!   [`policy`]: the per-request `kv_*` fields; [`sse`]: streaming;
