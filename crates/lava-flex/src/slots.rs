@@ -136,6 +136,7 @@ pub fn window_attention<B: Backend, const K: usize>(
     }
     let group = h_q / kv_heads;
     let scale = 1.0 / (d as f32).sqrt();
+    let dot_row = dot_kernel();
     let per_head: Vec<Vec<usize>> = (0..kv_heads).map(|g| (0..used).filter(|&s| slots[s].0 == g).collect()).collect();
     let rows: Vec<Vec<f32>> = (0..h_q)
         .into_par_iter()
@@ -147,7 +148,7 @@ pub fn window_attention<B: Backend, const K: usize>(
                 let qi = &qs[(h * r + i) * d..(h * r + i + 1) * d];
                 let seen: Vec<usize> = mine.iter().copied().filter(|&s| slots[s].1 <= first + i).collect();
                 p.clear();
-                p.extend(seen.iter().map(|&s| dot_any(qi, &ks[s * d..(s + 1) * d]) * scale));
+                p.extend(seen.iter().map(|&s| dot_row(qi, &ks[s * d..(s + 1) * d]) * scale));
                 let max = p.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                 if !max.is_finite() {
                     return None;
@@ -169,16 +170,16 @@ pub fn window_attention<B: Backend, const K: usize>(
     Some(rows.concat())
 }
 
-/// `a . b` with FMA where the CPU has it.
-fn dot_any(a: &[f32], b: &[f32]) -> f32 {
+/// `a . b`, with FMA where the CPU has it (detected once per call of the caller).
+fn dot_kernel() -> fn(&[f32], &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::is_x86_feature_detected!("avx512f") || (std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")) {
-            // SAFETY: the CPU supports the features the function is compiled for.
-            return unsafe { dot_fma(a, b) };
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU supports the features `dot_fma` is compiled for.
+            return |a, b| unsafe { dot_fma(a, b) };
         }
     }
-    dot::<false>(a, b)
+    dot::<false>
 }
 
 #[cfg(target_arch = "x86_64")]

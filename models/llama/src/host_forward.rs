@@ -31,12 +31,15 @@ mod on_host {
     const MLP_BLOCK_ROWS: usize = 1024;
 
     impl<B: Backend> Llama<B> {
-        /// The host path of [`forward`](Self::forward) and
-        /// [`decode_batch`](Self::decode_batch): runs `tokens` (rows
+        /// The host path of [`forward`](Self::forward),
+        /// [`decode_batch`](Self::decode_batch) and
+        /// [`forward_runs`](Self::forward_runs): runs `tokens` (rows
         /// `groups[i]` appended to `caches[i]`, at absolute `positions`; `None`:
         /// one row per cache, the decode step) through
-        /// [`run_on_host`](Self::run_on_host) and returns the logits of the last
-        /// row (`[1, vocab]`) or of every row (`[R, vocab]`) per `which`; `None`
+        /// [`run_on_host`](Self::run_on_host) and returns the logits of each
+        /// group's last row (`Logits::Last`, `[groups, vocab]`: a forward's last
+        /// token, a decode step's every row, a `forward_runs` step's last row of
+        /// each run) or of every row (`Logits::All`, `[R, vocab]`); `None`
         /// (take the generic path) unless `B` is flex and every parameter is
         /// readable in place.
         pub(crate) fn forward_on_host<C: KvCache<B> + ?Sized>(
@@ -61,34 +64,12 @@ mod on_host {
             let Some(x) = self.run_on_host(tokens, positions, groups, caches)? else {
                 return Ok(None);
             };
-            let rows = tokens.len();
+            let d = self.config.hidden_size;
             let (x, rows) = match which {
-                Logits::Last => (x[(rows - 1) * self.config.hidden_size..].to_vec(), 1),
-                Logits::All => (x, rows),
+                Logits::Last => (groups.iter().flat_map(|g| x[(g.end - 1) * d..g.end * d].iter().copied()).collect(), groups.len()),
+                Logits::All => (x, tokens.len()),
             };
             Ok(self.host_logits(x, rows))
-        }
-
-        /// The host path of [`forward_runs`](Self::forward_runs): the rows of
-        /// every run (`groups[i]` appended to `caches[i]`) through
-        /// [`run_on_host`](Self::run_on_host), and the logits of each run's
-        /// last row, `[n, vocab]`; `None` as [`forward_on_host`](Self::forward_on_host).
-        pub(crate) fn runs_on_host<C: KvCache<B> + ?Sized>(
-            &self,
-            tokens: &[u32],
-            positions: &[usize],
-            groups: &[std::ops::Range<usize>],
-            caches: &mut [&mut C],
-        ) -> Result<Option<Tensor<B, 2>>, ModelError> {
-            if !lava_flex::bridge::is_flex::<B>() {
-                return Ok(None);
-            }
-            let Some(x) = self.run_on_host(tokens, positions, groups, caches)? else {
-                return Ok(None);
-            };
-            let d = self.config.hidden_size;
-            let last: Vec<f32> = groups.iter().flat_map(|g| x[(g.end - 1) * d..g.end * d].iter().copied()).collect();
-            Ok(self.host_logits(last, groups.len()))
         }
 
         /// [`forward`](Self::forward) and [`decode_batch`](Self::decode_batch) on
@@ -312,17 +293,6 @@ mod declined {
             _groups: Option<&[std::ops::Range<usize>]>,
             _caches: &mut [&mut C],
             _which: Logits,
-        ) -> Result<Option<Tensor<B, 2>>, ModelError> {
-            Ok(None)
-        }
-
-        /// Declines: the generic path runs.
-        pub(crate) fn runs_on_host<C: KvCache<B> + ?Sized>(
-            &self,
-            _tokens: &[u32],
-            _positions: &[usize],
-            _groups: &[std::ops::Range<usize>],
-            _caches: &mut [&mut C],
         ) -> Result<Option<Tensor<B, 2>>, ModelError> {
             Ok(None)
         }

@@ -284,7 +284,7 @@ impl<B: Backend> Llama<B> {
             positions.extend(start..start + run.len());
             groups.push(row..row + run.len());
         }
-        if let Some(logits) = self.runs_on_host(&tokens, &positions, &groups, caches)? {
+        if let Some(logits) = self.forward_on_host(&tokens, &positions, Some(&groups), caches, Logits::Last)? {
             return Ok(logits);
         }
         // Generic backends: the decode rows batched, each longer run alone.
