@@ -2,7 +2,7 @@
 //! (and activation rows x weight rows per second, best of 7 trials), portable vs each SIMD level, for
 //! SmolLM2-135M's `ffn_down` shape (576 rows of 1536) and a few others.
 //!
-//! `cargo run --release -p lava-quant --example dot_bench`
+//! `cargo run --release -p lava-quant --example dot_bench` (`DOT_BENCH_TYPE=Q8_0`: one type)
 
 use std::time::Instant;
 
@@ -54,9 +54,13 @@ fn main() {
         (GgmlType::Q6_K, 640, 2048),
         (GgmlType::F16, 576, 1536),
     ] {
+        // `DOT_BENCH_TYPE=Q8_0` (a type name) runs that type alone, e.g. under `perf`.
+        if std::env::var("DOT_BENCH_TYPE").is_ok_and(|t| t != kind.name()) {
+            continue;
+        }
         let data = bytes(kind, rows, cols);
         let m = QuantMatrix::new(kind, rows, cols, &data).expect("matrix");
-        for n in [1usize, 4, 8] {
+        for n in [1usize, 4, 8, 16, 64] {
             let x: Vec<f32> = (0..n * cols).map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 300.0).collect();
             let act = quantize_activations(kind, &x, cols).expect("activations");
             let mut out = vec![0f32; n * rows];

@@ -115,7 +115,24 @@ pub struct Activations {
     dsum: Vec<f32>,
     /// `Form::Q8K`: sums of codes per group of 16, `[rows, cols / 16]`.
     bsums: Vec<i16>,
+    /// `Form::Q8x32` with at least [`INTERLEAVE_MIN_ROWS`] rows on an AVX-512 CPU: the rows in
+    /// groups of [`GROUP_ROWS`] (the last padded with zero rows), each group's codes as
+    /// `[block][4-code step j][row][4 codes]`, so one 64-byte load holds the same 4 codes of 16
+    /// rows; empty otherwise.
+    inter_q: Vec<i8>,
+    /// The block scales in the same grouping, `[group][block][row]`.
+    inter_d: Vec<f32>,
+    /// `d * sum(codes)` in the same grouping, `[group][block][row]`.
+    inter_dsum: Vec<f32>,
+    /// `sum(codes)` in the same grouping, `[group][block][row]`.
+    inter_sum: Vec<i32>,
 }
+
+/// Activation rows per interleaved group: one 512-bit lane per row.
+pub(crate) const GROUP_ROWS: usize = 16;
+
+/// The fewest activation rows for which the interleaved form is made (and its kernel run).
+pub const INTERLEAVE_MIN_ROWS: usize = 12;
 
 impl Activations {
     /// Number of activation rows.
@@ -167,6 +184,10 @@ pub fn quantize_activations(kind: GgmlType, x: &[f32], cols: usize) -> Result<Ac
         d: Vec::new(),
         dsum: Vec::new(),
         bsums: Vec::new(),
+        inter_q: Vec::new(),
+        inter_d: Vec::new(),
+        inter_dsum: Vec::new(),
+        inter_sum: Vec::new(),
     };
     quantize_activations_into(kind, x, cols, &mut a)?;
     Ok(a)
@@ -186,6 +207,10 @@ pub fn quantize_activations_into(kind: GgmlType, x: &[f32], cols: usize, out: &m
     a.d.clear();
     a.dsum.clear();
     a.bsums.clear();
+    a.inter_q.clear();
+    a.inter_d.clear();
+    a.inter_dsum.clear();
+    a.inter_sum.clear();
     let bs = match form {
         Form::F32 => 1,
         Form::Q8x32 => 32,
@@ -202,24 +227,79 @@ pub fn quantize_activations_into(kind: GgmlType, x: &[f32], cols: usize, out: &m
         a.rows = x.len() / cols;
         return Ok(());
     }
-    a.q.reserve(x.len());
-    a.d.reserve(x.len() / bs);
-    for blk in x.chunks_exact(bs) {
-        let amax = blk.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let blocks = x.len() / bs;
+    a.q.resize(x.len(), 0);
+    a.d.resize(blocks, 0.0);
+    match form {
+        Form::Q8x32 => a.dsum.resize(blocks, 0.0),
+        _ => a.bsums.resize(x.len() / 16, 0),
+    }
+    #[cfg(target_arch = "x86_64")]
+    if simd_level() >= SimdLevel::Avx2 {
+        // SAFETY: the CPU runs the AVX2 level (checked just above).
+        unsafe { x86::quantize_blocks_avx2(x, bs, a) };
+    } else {
+        quantize_blocks(x, bs, a);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    quantize_blocks(x, bs, a);
+    a.rows = x.len() / cols;
+    if form == Form::Q8x32 && a.rows >= INTERLEAVE_MIN_ROWS && simd_level() == SimdLevel::Avx512 {
+        interleave(a);
+    }
+    Ok(())
+}
+
+/// The block quantization of [`quantize_activations_into`] into `a`'s sized buffers: per block
+/// of `bs` values, `d = max|x| / 127`, codes `round(x / d)` (half away from zero, clamped to
+/// `-127..=127`), and `d * sum(codes)` (`bs = 32`) or the 16-code sums (`bs = 256`). Plain code
+/// that the compiler vectorizes; [`x86::quantize_blocks_avx2`] is the same body compiled for
+/// AVX2 (the same results: the operations are the same).
+#[inline(always)]
+pub(crate) fn quantize_blocks(x: &[f32], bs: usize, a: &mut Activations) {
+    for (bi, (blk, qb)) in x.chunks_exact(bs).zip(a.q.chunks_exact_mut(bs)).enumerate() {
+        let mut amax = 0f32;
+        for &v in blk {
+            amax = amax.max(v.abs());
+        }
         let d = amax / 127.0;
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-        let start = a.q.len();
         // The clamp keeps a rounding overshoot (or a non-finite input) in range.
-        a.q.extend(blk.iter().map(|&v| ((v * id).round() as i32).clamp(-127, 127) as i8));
-        let codes = &a.q[start..];
-        a.d.push(d);
-        match form {
-            Form::Q8x32 => a.dsum.push(d * codes.iter().map(|&c| c as i32).sum::<i32>() as f32),
-            _ => a.bsums.extend(codes.chunks_exact(16).map(|g| g.iter().map(|&c| c as i16).sum::<i16>())),
+        for (c, &v) in qb.iter_mut().zip(blk) {
+            *c = ((v * id).round() as i32).clamp(-127, 127) as i8;
+        }
+        a.d[bi] = d;
+        if bs == 32 {
+            a.dsum[bi] = d * qb.iter().map(|&c| c as i32).sum::<i32>() as f32;
+        } else {
+            for (s, g) in a.bsums[bi * 16..bi * 16 + 16].iter_mut().zip(qb.chunks_exact(16)) {
+                *s = g.iter().map(|&c| c as i16).sum::<i16>();
+            }
         }
     }
-    a.rows = x.len() / cols;
-    Ok(())
+}
+
+/// Fills the interleaved copy of `a`'s codes, scales and sums (see [`Activations::inter_q`]).
+fn interleave(a: &mut Activations) {
+    let (nb, groups) = (a.cols / 32, a.rows.div_ceil(GROUP_ROWS));
+    a.inter_q.resize(groups * nb * 32 * GROUP_ROWS, 0);
+    a.inter_d.resize(groups * nb * GROUP_ROWS, 0.0);
+    a.inter_dsum.resize(groups * nb * GROUP_ROWS, 0.0);
+    a.inter_sum.resize(groups * nb * GROUP_ROWS, 0);
+    for k in 0..a.rows {
+        let (g, lane) = (k / GROUP_ROWS, k % GROUP_ROWS);
+        for b in 0..nb {
+            let at = (g * nb + b) * GROUP_ROWS + lane;
+            a.inter_d[at] = a.d[k * nb + b];
+            a.inter_dsum[at] = a.dsum[k * nb + b];
+            let src = &a.q[k * a.cols + 32 * b..k * a.cols + 32 * b + 32];
+            a.inter_sum[at] = src.iter().map(|&c| c as i32).sum();
+            for (j, four) in src.chunks_exact(4).enumerate() {
+                let dst = (((g * nb + b) * 8 + j) * GROUP_ROWS + lane) * 4;
+                a.inter_q[dst..dst + 4].copy_from_slice(four);
+            }
+        }
+    }
 }
 
 /// A weight matrix stored as GGUF stores it: `rows` rows of `cols` elements of type `kind`,
@@ -306,6 +386,10 @@ impl<'a> QuantMatrix<'a> {
         let need = len.checked_mul(act.rows).ok_or(QuantError::Overflow)?;
         if out.len() != need {
             return Err(QuantError::Length { what: "dot_rows output", expected: need, got: out.len() });
+        }
+        #[cfg(target_arch = "x86_64")]
+        if level == SimdLevel::Avx512 && !act.inter_q.is_empty() && x86::dot_interleaved(self, act, rows.clone(), out) {
+            return Ok(());
         }
         let mut k0 = 0;
         while k0 < act.rows {
@@ -514,3 +598,41 @@ pub(crate) fn dot_f32(w: &[f32], x: &[f32]) -> f32 {
     ((p[0] + p[4]) + (p[1] + p[5])) + ((p[2] + p[6]) + (p[3] + p[7])) + tail
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The vectorized block quantization gives the plain loop's bytes, ties included (values at
+    /// exactly `(k + 1/2) * d`, which round away from zero), for both block sizes.
+    #[test]
+    fn vectorized_quantization_equals_the_plain_loop() {
+        let mut s = 0x9e37_79b9u32;
+        let mut x: Vec<f32> = (0..256 * 24)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s as f32 / u32::MAX as f32 - 0.5) * 8.0
+            })
+            .collect();
+        // Block 0 of each size: max 127 (so d = 1) and every other value a tie, both signs.
+        for (i, v) in x[..256].iter_mut().enumerate() {
+            *v = if i == 0 { 127.0 } else { (i % 120) as f32 - 59.5 };
+        }
+        x[300] = f32::NAN;
+        x[301] = f32::INFINITY;
+        for kind in [GgmlType::Q8_0, GgmlType::Q4_K] {
+            let mut plain = quantize_activations(kind, &x, 512).unwrap();
+            let simd = plain.clone();
+            let bs = if kind == GgmlType::Q8_0 { 32 } else { 256 };
+            quantize_blocks(&x, bs, &mut plain);
+            assert_eq!(plain.q, simd.q, "{kind}: codes");
+            assert_eq!(plain.d.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), simd.d.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "{kind}: scales");
+            assert_eq!(plain.dsum.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), simd.dsum.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+            assert_eq!(plain.bsums, simd.bsums);
+            // The ties went away from zero.
+            assert_eq!(plain.q[1], -59, "{kind}: -58.5 rounds to -59");
+        }
+    }
+}

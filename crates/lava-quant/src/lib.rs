@@ -41,5 +41,5 @@ mod dot;
 mod types;
 
 pub use blocks::{dequantize, dequantize_to_vec, quantize};
-pub use dot::{quantize_activations, quantize_activations_into, simd_level, Activations, QuantMatrix, SimdLevel, MAX_ACT_ROWS};
+pub use dot::{quantize_activations, quantize_activations_into, simd_level, Activations, QuantMatrix, SimdLevel, INTERLEAVE_MIN_ROWS, MAX_ACT_ROWS};
 pub use types::{GgmlType, QuantError};

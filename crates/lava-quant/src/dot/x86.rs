@@ -22,7 +22,7 @@
 use std::arch::x86_64::*;
 use std::ops::Range;
 
-use super::{ActView, QuantMatrix, SimdLevel};
+use super::{ActView, Activations, QuantMatrix, SimdLevel};
 use crate::blocks::{scale_min_k4, scales_q3k};
 use crate::types::GgmlType;
 
@@ -315,6 +315,138 @@ unsafe fn legacy8<D: Dp, const N: usize, const T: u32>(m: &QuantMatrix, a: &ActV
         }
         for k in 0..N {
             out[k * len + i] = hsum(_mm256_add_ps(_mm256_add_ps(acc[k], acc_off[k]), tail[k])) + off[k];
+        }
+    }
+}
+
+/// [`super::quantize_blocks`] compiled for AVX2 (vectorized; the same operations, so the same
+/// results).
+///
+/// # Safety
+/// The CPU must run the AVX2 level.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn quantize_blocks_avx2(x: &[f32], bs: usize, a: &mut Activations) {
+    super::quantize_blocks(x, bs, a)
+}
+
+/// [`super::QuantMatrix::dot_rows`] for the 32-element types over the interleaved activations
+/// ([`Activations`]' `inter_*` fields, made on AVX-512 CPUs for 8 or more rows); `false` for
+/// other types (the caller runs the per-row kernels).
+pub(crate) fn dot_interleaved(m: &QuantMatrix, a: &Activations, rows: Range<usize>, out: &mut [f32]) -> bool {
+    type Kernel = unsafe fn(&QuantMatrix, &Activations, Range<usize>, &mut [f32]);
+    let f: Kernel = match m.kind {
+        GgmlType::Q4_0 => v4i::inter::<Q4_0>,
+        GgmlType::Q4_1 => v4i::inter::<Q4_1>,
+        GgmlType::Q5_0 => v4i::inter::<Q5_0>,
+        GgmlType::Q5_1 => v4i::inter::<Q5_1>,
+        GgmlType::Q8_0 => v4i::inter::<Q8_0>,
+        _ => return false,
+    };
+    // SAFETY: the caller (`dot_rows_at`) checked that this CPU runs the AVX-512 level, the
+    // geometry of `rows` and `out`, and that `a` has the interleaved form for `m.cols` columns.
+    unsafe { f(m, a, rows, out) };
+    true
+}
+
+mod v4i {
+    use super::*;
+
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub(super) unsafe fn inter<const T: u32>(m: &QuantMatrix, a: &Activations, rows: Range<usize>, out: &mut [f32]) {
+        super::inter16::<T>(m, a, rows, out)
+    }
+}
+
+/// Weight rows per pass of [`inter16`].
+const INTER_ROWS: usize = 8;
+
+/// The interleaved kernel: `INTER_ROWS` weight rows at a time are decoded into unsigned codes
+/// `u` (Q8_0 biased by 128) and their block scales `d` (Q4_1 / Q5_1: and minimums `m`); then
+/// for each group of 16 activation rows, 4 codes of a weight row are broadcast to every lane
+/// and `vpdpbusd` takes them against the same 4 codes of 16 rows, so after a block's 8 steps
+/// each lane holds one row's exact integer block sum `sum(u * xq)`. The symmetric types start
+/// that sum at `-bias * sum(xq)` (bias 8, 16, 128), which makes it exactly `sum(q * xq)` for the
+/// signed codes `q`. Per block and weight row: `acc += float(isum) * (d * dx)` (Q4_1 / Q5_1:
+/// then `acc += m * dx * sum(xq)`), one `f32` lane per activation row, blocks in order.
+#[inline(always)]
+unsafe fn inter16<const T: u32>(m: &QuantMatrix, a: &Activations, rows: Range<usize>, out: &mut [f32]) {
+    const G: usize = super::GROUP_ROWS;
+    let (len, nb, bb, cols) = (rows.len(), m.cols / 32, m.kind.block_bytes(), m.cols);
+    let groups = a.rows.div_ceil(G);
+    let (xq, xd, xs, xsum) = (a.inter_q.as_ptr(), a.inter_d.as_ptr(), a.inter_dsum.as_ptr(), a.inter_sum.as_ptr());
+    let bias: i32 = match T {
+        Q4_0 => 8,
+        Q5_0 => 16,
+        Q8_0 => 128,
+        _ => 0,
+    };
+    let with_min = T == Q4_1 || T == Q5_1;
+    let mut codes = vec![0u8; INTER_ROWS * cols];
+    let mut dsc = vec![0f32; INTER_ROWS * nb];
+    let mut msc = vec![0f32; INTER_ROWS * nb];
+    // Activation groups per pass over the weights: about 256 KiB of codes, so they stay in L2.
+    let per_pass = ((256 << 10) / (nb * 32 * G)).max(1);
+    let mut lanes = [0f32; G];
+    for g0 in (0..groups).step_by(per_pass) {
+        let g1 = (g0 + per_pass).min(groups);
+        let mut r0 = rows.start;
+        while r0 < rows.end {
+            let rm = (rows.end - r0).min(INTER_ROWS);
+            for t in 0..INTER_ROWS {
+                let (c, d, mn) = (&mut codes[t * cols..(t + 1) * cols], &mut dsc[t * nb..(t + 1) * nb], &mut msc[t * nb..(t + 1) * nb]);
+                if t >= rm {
+                    // Padding rows: zero codes and scales (their results are not written).
+                    c.fill(0);
+                    d.fill(0.0);
+                    mn.fill(0.0);
+                    continue;
+                }
+                let row = m.data.as_ptr().add((r0 + t) * m.row_bytes);
+                for b in 0..nb {
+                    let (w, db, cb) = codes32::<T>(row.add(b * bb));
+                    let w = if T == Q8_0 { _mm256_xor_si256(w, _mm256_set1_epi8(-128)) } else { w };
+                    _mm256_storeu_si256(c.as_mut_ptr().add(32 * b) as *mut __m256i, w);
+                    d[b] = db;
+                    mn[b] = cb;
+                }
+            }
+            let (cp, dp, mp) = (codes.as_ptr(), dsc.as_ptr(), msc.as_ptr());
+            for g in g0..g1 {
+                let mut acc = [_mm512_setzero_ps(); INTER_ROWS];
+                for b in 0..nb {
+                    let at = (g * nb + b) * G;
+                    let xb = xq.add(at * 32);
+                    let start = _mm512_mullo_epi32(_mm512_loadu_si512(xsum.add(at) as *const _), _mm512_set1_epi32(-bias));
+                    let mut isum = [start; INTER_ROWS];
+                    for j in 0..8 {
+                        let xv = _mm512_loadu_si512(xb.add(64 * j) as *const _);
+                        for (t, s) in isum.iter_mut().enumerate() {
+                            let w = std::ptr::read_unaligned(cp.add(t * cols + 32 * b + 4 * j) as *const i32);
+                            *s = _mm512_dpbusd_epi32(*s, _mm512_set1_epi32(w), xv);
+                        }
+                    }
+                    let dxv = _mm512_loadu_ps(xd.add(at));
+                    for t in 0..INTER_ROWS {
+                        let s = _mm512_mul_ps(dxv, _mm512_set1_ps(*dp.add(t * nb + b)));
+                        acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[t]), s, acc[t]);
+                    }
+                    if with_min {
+                        let dsv = _mm512_loadu_ps(xs.add(at));
+                        for t in 0..INTER_ROWS {
+                            acc[t] = _mm512_fmadd_ps(_mm512_set1_ps(*mp.add(t * nb + b)), dsv, acc[t]);
+                        }
+                    }
+                }
+                let valid = (a.rows - g * G).min(G);
+                for t in 0..rm {
+                    _mm512_storeu_ps(lanes.as_mut_ptr(), acc[t]);
+                    let i = r0 + t - rows.start;
+                    for (k, &v) in lanes[..valid].iter().enumerate() {
+                        out[(g * G + k) * len + i] = v;
+                    }
+                }
+            }
+            r0 += rm;
         }
     }
 }
