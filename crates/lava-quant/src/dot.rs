@@ -122,9 +122,7 @@ pub struct Activations {
     inter_q: Vec<i8>,
     /// The block scales in the same grouping, `[group][block][row]`.
     inter_d: Vec<f32>,
-    /// `d * sum(codes)` in the same grouping, `[group][block][row]`.
-    inter_dsum: Vec<f32>,
-    /// `sum(codes)` in the same grouping, `[group][block][row]`.
+    /// `sum(codes)` in the same grouping, `[group][block][row]` (times `inter_d`, it is `dsum`).
     inter_sum: Vec<i32>,
 }
 
@@ -186,7 +184,6 @@ pub fn quantize_activations(kind: GgmlType, x: &[f32], cols: usize) -> Result<Ac
         bsums: Vec::new(),
         inter_q: Vec::new(),
         inter_d: Vec::new(),
-        inter_dsum: Vec::new(),
         inter_sum: Vec::new(),
     };
     quantize_activations_into(kind, x, cols, &mut a)?;
@@ -209,7 +206,6 @@ pub fn quantize_activations_into(kind: GgmlType, x: &[f32], cols: usize, out: &m
     a.bsums.clear();
     a.inter_q.clear();
     a.inter_d.clear();
-    a.inter_dsum.clear();
     a.inter_sum.clear();
     let bs = match form {
         Form::F32 => 1,
@@ -284,14 +280,12 @@ fn interleave(a: &mut Activations) {
     let (nb, groups) = (a.cols / 32, a.rows.div_ceil(GROUP_ROWS));
     a.inter_q.resize(groups * nb * 32 * GROUP_ROWS, 0);
     a.inter_d.resize(groups * nb * GROUP_ROWS, 0.0);
-    a.inter_dsum.resize(groups * nb * GROUP_ROWS, 0.0);
     a.inter_sum.resize(groups * nb * GROUP_ROWS, 0);
     for k in 0..a.rows {
         let (g, lane) = (k / GROUP_ROWS, k % GROUP_ROWS);
         for b in 0..nb {
             let at = (g * nb + b) * GROUP_ROWS + lane;
             a.inter_d[at] = a.d[k * nb + b];
-            a.inter_dsum[at] = a.dsum[k * nb + b];
             let src = &a.q[k * a.cols + 32 * b..k * a.cols + 32 * b + 32];
             a.inter_sum[at] = src.iter().map(|&c| c as i32).sum();
             for (j, four) in src.chunks_exact(4).enumerate() {

@@ -6,6 +6,9 @@
 //! 8 blocks at a time), Q4_K, Q5_K, Q6_K (a super-block as 8 vectors of 32 codes, or 4 of 64 at
 //! the AVX-512 level), Q2_K, Q3_K (8 vectors of 32 codes at both levels), F32, F16, BF16.
 //!
+//! At the AVX-512 level, for 12 or more activation rows, the 32-element types run [`inter16`] instead: 16 rows per
+//! 512-bit vector, one lane each, over the interleaved activations.
+//!
 //! Every kernel computes the same integers as the portable definition (weight codes as unsigned
 //! bytes times activation codes as signed bytes; Q8_0 takes the sign of the weight onto the
 //! activation). Neither `maddubs` nor `vpdpbusd` saturates here: a pair of products is at most
@@ -330,7 +333,8 @@ pub(crate) unsafe fn quantize_blocks_avx2(x: &[f32], bs: usize, a: &mut Activati
 }
 
 /// [`super::QuantMatrix::dot_rows`] for the 32-element types over the interleaved activations
-/// ([`Activations`]' `inter_*` fields, made on AVX-512 CPUs for 8 or more rows); `false` for
+/// ([`Activations`]' `inter_*` fields, made on AVX-512 CPUs for [`super::INTERLEAVE_MIN_ROWS`]
+/// or more rows); `false` for
 /// other types (the caller runs the per-row kernels).
 pub(crate) fn dot_interleaved(m: &QuantMatrix, a: &Activations, rows: Range<usize>, out: &mut [f32]) -> bool {
     type Kernel = unsafe fn(&QuantMatrix, &Activations, Range<usize>, &mut [f32]);
@@ -373,7 +377,7 @@ unsafe fn inter16<const T: u32>(m: &QuantMatrix, a: &Activations, rows: Range<us
     const G: usize = super::GROUP_ROWS;
     let (len, nb, bb, cols) = (rows.len(), m.cols / 32, m.kind.block_bytes(), m.cols);
     let groups = a.rows.div_ceil(G);
-    let (xq, xd, xs, xsum) = (a.inter_q.as_ptr(), a.inter_d.as_ptr(), a.inter_dsum.as_ptr(), a.inter_sum.as_ptr());
+    let (xq, xd, xsum) = (a.inter_q.as_ptr(), a.inter_d.as_ptr(), a.inter_sum.as_ptr());
     let bias: i32 = match T {
         Q4_0 => 8,
         Q5_0 => 16,
@@ -416,7 +420,8 @@ unsafe fn inter16<const T: u32>(m: &QuantMatrix, a: &Activations, rows: Range<us
                 for b in 0..nb {
                     let at = (g * nb + b) * G;
                     let xb = xq.add(at * 32);
-                    let start = _mm512_mullo_epi32(_mm512_loadu_si512(xsum.add(at) as *const _), _mm512_set1_epi32(-bias));
+                    let sums = _mm512_loadu_si512(xsum.add(at) as *const _);
+                    let start = _mm512_mullo_epi32(sums, _mm512_set1_epi32(-bias));
                     let mut isum = [start; INTER_ROWS];
                     for j in 0..8 {
                         let xv = _mm512_loadu_si512(xb.add(64 * j) as *const _);
@@ -431,7 +436,8 @@ unsafe fn inter16<const T: u32>(m: &QuantMatrix, a: &Activations, rows: Range<us
                         acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[t]), s, acc[t]);
                     }
                     if with_min {
-                        let dsv = _mm512_loadu_ps(xs.add(at));
+                        // `dx * sum(xq)`, as `quantize_blocks` computes `dsum`.
+                        let dsv = _mm512_mul_ps(dxv, _mm512_cvtepi32_ps(sums));
                         for t in 0..INTER_ROWS {
                             acc[t] = _mm512_fmadd_ps(_mm512_set1_ps(*mp.add(t * nb + b)), dsv, acc[t]);
                         }
