@@ -10,7 +10,8 @@
 #      4k prompt arrives and prefills (serve_load.py --late 1), at
 #      --prefill-chunk 32, 64 and 256: the late prompt's time to first token
 #      is what the chunk size costs the prefill.
-# Set ONLY=label,label to run some of them.
+# Set ONLY=label,label to run some of them, and SERVER_FLAGS="--weights native" (say)
+# to pass more flags to every server.
 # Usage: benches/serve_compare.sh OUT.jsonl [LAVA_BINARY]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,7 +25,8 @@ run() { # label, server flags..., --, bench flags...
   if [ -n "${ONLY:-}" ] && [[ ",$ONLY," != *",$label,"* ]]; then return; fi
   local sflags=() ; while [ "$1" != "--" ]; do sflags+=("$1"); shift; done; shift
   local log; log=$(mktemp)
-  "$lava" serve --port 0 "${sflags[@]}" 2>"$log" &
+  # shellcheck disable=SC2086 # SERVER_FLAGS is a list of flags
+  "$lava" serve --port 0 "${sflags[@]}" ${SERVER_FLAGS:-} 2>"$log" &
   local pid=$!
   local addr=""
   for _ in $(seq 1 600); do
@@ -33,7 +35,7 @@ run() { # label, server flags..., --, bench flags...
     sleep 0.2
   done
   [ -n "$addr" ] || { cat "$log" >&2; kill "$pid"; exit 1; }
-  echo "== $label (load $(cut -d' ' -f1-3 /proc/loadavg))" >&2
+  echo "== $label ${SERVER_FLAGS:-} (load $(cut -d' ' -f1-3 /proc/loadavg))" >&2
   python3 benches/serve_load.py --url "$addr" --docs "$docs" --pid "$pid" --label "$label" --json "$out" "$@"
   kill -TERM "$pid"; wait "$pid" || true
   rm -f "$log"
