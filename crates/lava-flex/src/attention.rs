@@ -538,7 +538,10 @@ impl Partial {
 
     /// [`Self::compute_blocked`] written with AVX-512 intrinsics (`L = D / 16`
     /// vectors per row): the compiler vectorises the portable loops across
-    /// rows with gathers instead.
+    /// rows with gathers instead. Blocks come from [`strided_blocks`], so the
+    /// one-row segments that decode appends leave (one per step and KV head,
+    /// the heads interleaved) are taken [`DECODE_BLOCK`] at a time, not one
+    /// block each.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx2,fma")]
     #[allow(clippy::too_many_arguments)]
@@ -547,47 +550,47 @@ impl Partial {
         let mut max = vec![f32::NEG_INFINITY; h_q];
         let mut sum = vec![0f32; h_q];
         let mut acc = vec![0f32; h_q * D];
+        // Every query head's query, scaled once.
+        let qs: Vec<f32> = q[..h_q * D].iter().map(|&x| x * scale).collect();
         let mut p = [0f32; DECODE_BLOCK];
-        for (s, Range { start, end }) in decode_blocks(segments) {
-            let n = end - start;
-            let (kb, vb) = (&keys[start * D..end * D], &values[start * D..end * D]);
-            for h in s.kv_head * g..(s.kv_head + 1) * g {
-                let qh = &q[h * D..(h + 1) * D];
-                let sv = _mm512_set1_ps(scale);
-                // SAFETY (all loads/stores below): every pointer is to a slice of at least
-                // the `D` (or 16) floats read, checked by the slicing above.
-                let qv: [__m512; L] = std::array::from_fn(|c| _mm512_mul_ps(_mm512_loadu_ps(qh[c * 16..].as_ptr()), sv));
-                let p = &mut p[..n];
-                // Prefetch the next block (keys and values) while this one is used.
-                let ahead = if h == s.kv_head * g { (s.rows.end - end).min(DECODE_BLOCK) * D } else { 0 };
-                let (kn, vn) = (&keys[end * D..end * D + ahead], &values[end * D..end * D + ahead]);
-                for (j, (pj, k)) in p.iter_mut().zip(kb.chunks_exact(D)).enumerate() {
-                    if j * D < ahead {
-                        for c in (0..D).step_by(16) {
-                            _mm_prefetch::<_MM_HINT_T0>(kn[j * D + c..].as_ptr() as *const i8);
-                            _mm_prefetch::<_MM_HINT_T0>(vn[j * D + c..].as_ptr() as *const i8);
-                        }
-                    }
-                    let mut t = _mm512_mul_ps(qv[0], _mm512_loadu_ps(k.as_ptr()));
+        for b in strided_blocks(segments) {
+            let row = |j: usize| (b.start + j * b.stride) * D;
+            if b.start + (b.len - 1) * b.stride >= keys.len().min(values.len()) / D {
+                continue; // unreachable: `attend_rows` checked every segment against the storage
+            }
+            for h in b.kv_head * g..(b.kv_head + 1) * g {
+                let qh = &qs[h * D..(h + 1) * D];
+                let p = &mut p[..b.len];
+                for (j, pj) in p.iter_mut().enumerate() {
+                    // SAFETY (all loads/stores below): rows `row(j) .. row(j) + D` lie in
+                    // `keys`/`values` (checked above), `qh` and each accumulator hold `D` floats.
+                    let k = keys.as_ptr().add(row(j));
+                    let mut t = _mm512_mul_ps(_mm512_loadu_ps(qh.as_ptr()), _mm512_loadu_ps(k));
                     for c in 1..L {
-                        t = _mm512_fmadd_ps(qv[c], _mm512_loadu_ps(k[c * 16..].as_ptr()), t);
+                        t = _mm512_fmadd_ps(_mm512_loadu_ps(qh.as_ptr().add(c * 16)), _mm512_loadu_ps(k.add(c * 16)), t);
                     }
                     *pj = _mm512_reduce_add_ps(t);
                 }
-                let a0 = &mut acc[h * D..(h + 1) * D];
-                let mut a: [__m512; L] = std::array::from_fn(|c| _mm512_loadu_ps(a0[c * 16..].as_ptr()));
+                let a0 = acc[h * D..(h + 1) * D].as_mut_ptr();
+                let mut a = [_mm512_setzero_ps(); L];
+                for (c, x) in a.iter_mut().enumerate() {
+                    *x = _mm512_loadu_ps(a0.add(c * 16));
+                }
                 if let Some(shrink) = softmax_block(p, &mut max[h], &mut sum[h]) {
                     let sh = _mm512_set1_ps(shrink);
-                    a.iter_mut().for_each(|x| *x = _mm512_mul_ps(*x, sh));
-                }
-                for (&w, v) in p.iter().zip(vb.chunks_exact(D)) {
-                    let wv = _mm512_set1_ps(w);
-                    for c in 0..L {
-                        a[c] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(v[c * 16..].as_ptr()), a[c]);
+                    for x in a.iter_mut() {
+                        *x = _mm512_mul_ps(*x, sh);
                     }
                 }
-                for c in 0..L {
-                    _mm512_storeu_ps(a0[c * 16..].as_mut_ptr(), a[c]);
+                for (j, &w) in p.iter().enumerate() {
+                    let wv = _mm512_set1_ps(w);
+                    let v = values.as_ptr().add(row(j));
+                    for (c, x) in a.iter_mut().enumerate() {
+                        *x = _mm512_fmadd_ps(wv, _mm512_loadu_ps(v.add(c * 16)), *x);
+                    }
+                }
+                for (c, x) in a.iter().enumerate() {
+                    _mm512_storeu_ps(a0.add(c * 16), *x);
                 }
             }
         }
@@ -740,6 +743,54 @@ pub(crate) fn dot<const FUSED: bool>(a: &[f32], b: &[f32]) -> f32 {
 /// with its segment.
 fn decode_blocks(segments: &[Segment]) -> impl Iterator<Item = (&Segment, Range<usize>)> {
     segments.iter().flat_map(|s| s.rows.clone().step_by(DECODE_BLOCK).map(move |start| (s, start..(start + DECODE_BLOCK).min(s.rows.end))))
+}
+
+/// Rows `start, start + stride, ..` (`len` of them, at most [`DECODE_BLOCK`])
+/// of one KV head: a block of the AVX-512 decode kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct StridedBlock {
+    kv_head: usize,
+    start: usize,
+    stride: usize,
+    len: usize,
+}
+
+/// The rows of `segments` in blocks of at most [`DECODE_BLOCK`] rows of one KV
+/// head each: a segment of several rows in consecutive blocks (stride 1), and
+/// a head's one-row segments (decode appends them one per step and KV head,
+/// so each head's are evenly spaced) gathered into blocks of a common stride,
+/// in the order they come. Every row of `segments` is in exactly one block.
+fn strided_blocks(segments: &[Segment]) -> Vec<StridedBlock> {
+    let mut out = Vec::new();
+    // Each KV head's one-row block being gathered.
+    let mut open: Vec<Option<StridedBlock>> = Vec::new();
+    for s in segments {
+        if s.rows.len() != 1 {
+            out.extend(decode_blocks(std::slice::from_ref(s)).map(|(_, r)| StridedBlock { kv_head: s.kv_head, start: r.start, stride: 1, len: r.len() }));
+            continue;
+        }
+        if open.len() <= s.kv_head {
+            open.resize(s.kv_head + 1, None);
+        }
+        let r = s.rows.start;
+        let slot = &mut open[s.kv_head];
+        match slot {
+            Some(b) if b.len < DECODE_BLOCK && r > b.start + (b.len - 1) * b.stride && (b.len == 1 || r == b.start + b.len * b.stride) => {
+                if b.len == 1 {
+                    b.stride = r - b.start;
+                }
+                b.len += 1;
+            }
+            _ => {
+                if let Some(b) = slot.take() {
+                    out.push(b);
+                }
+                *slot = Some(StridedBlock { kv_head: s.kv_head, start: r, stride: 1, len: 1 });
+            }
+        }
+    }
+    out.extend(open.into_iter().flatten());
+    out
 }
 
 /// One block of the online softmax of a query head with running `max` and
@@ -905,6 +956,66 @@ mod tests {
             let vals = values(3210 * d, 3);
             let want = reference(&q, h_q, h_kv, d, &keys, &vals, &segments);
             for threads in [1, 2, 5] {
+                let got = attend_rows(&q, h_q, h_kv, d, &keys, &vals, &segments, threads).expect("valid input");
+                for (k, (&a, &b)) in got.iter().zip(&want).enumerate() {
+                    assert!((a as f64 - b).abs() < 1e-5, "d {d} threads {threads} [{k}]: {a} vs {b}");
+                }
+            }
+        }
+    }
+
+    /// The layout decode leaves: each KV head's kept prefix, then one row per
+    /// step and head, the heads interleaved (150 steps: more than two blocks
+    /// of one-row segments per head), with a gap breaking the stride once.
+    fn decode_layout(h_kv: usize) -> Vec<Segment> {
+        let mut segments: Vec<Segment> = (0..h_kv).map(|g| Segment { kv_head: g, rows: g * 70..g * 70 + 50 + g }).collect();
+        let mut row = h_kv * 70;
+        for step in 0..150 {
+            if step == 90 {
+                row += 5;
+            }
+            for g in 0..h_kv {
+                segments.push(Segment { kv_head: g, rows: row..row + 1 });
+                row += 1;
+            }
+        }
+        segments
+    }
+
+    #[test]
+    fn strided_blocks_cover_every_row_once_within_one_head() {
+        let segments = decode_layout(3);
+        let blocks = strided_blocks(&segments);
+        let mut rows: Vec<(usize, usize)> = Vec::new();
+        for b in &blocks {
+            assert!(b.len >= 1 && b.len <= DECODE_BLOCK, "{b:?}");
+            rows.extend((0..b.len).map(|j| (b.kv_head, b.start + j * b.stride)));
+        }
+        let mut want: Vec<(usize, usize)> = segments.iter().flat_map(|s| s.rows.clone().map(move |r| (s.kv_head, r))).collect();
+        rows.sort_unstable();
+        want.sort_unstable();
+        assert_eq!(rows, want);
+        // The one-row segments are gathered: 150 per head, broken once by the gap,
+        // in blocks of at most DECODE_BLOCK.
+        let gathered = blocks.iter().filter(|b| b.stride == 3).count();
+        assert!(gathered <= 3 * 4, "{gathered} strided blocks for 3 x 150 rows");
+        assert!(blocks.iter().any(|b| b.stride == 3 && b.len == DECODE_BLOCK));
+    }
+
+    #[test]
+    fn attend_rows_matches_f64_reference_on_the_decode_layout() {
+        for d in [8, 64, 128] {
+            let (h_q, h_kv) = (9, 3);
+            let segments = decode_layout(h_kv);
+            let rows = segments.iter().map(|s| s.rows.end).max().unwrap_or(0);
+            let q = values(h_q * d, 7);
+            let mut keys = values(rows * d, 8);
+            // A late row of head 1 with a large logit (rescaling inside the gathered rows).
+            let late = segments.iter().rev().find(|s| s.kv_head == 1).map(|s| s.rows.start).unwrap_or(0) - 30 * h_kv;
+            keys[late * d..(late + 1) * d].iter_mut().zip(&q[3 * d..]).for_each(|(k, &q)| *k = 3.0 * q);
+            let vals = values(rows * d, 9);
+            let want = reference(&q, h_q, h_kv, d, &keys, &vals, &segments);
+            for threads in [1, 2] {
                 let got = attend_rows(&q, h_q, h_kv, d, &keys, &vals, &segments, threads).expect("valid input");
                 for (k, (&a, &b)) in got.iter().zip(&want).enumerate() {
                     assert!((a as f64 - b).abs() < 1e-5, "d {d} threads {threads} [{k}]: {a} vs {b}");
