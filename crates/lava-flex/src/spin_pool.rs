@@ -9,13 +9,18 @@
 //! they sleep, so consecutive passes start within a few hundred nanoseconds.
 //!
 //! One pool serves the process (like rayon's global pool), with
-//! `rayon::current_num_threads()` threads including the caller. A pass asked
-//! for while the pool is busy (another thread's pass, or a pass started from
-//! inside a pass) runs on rayon instead, so callers never wait on each other
-//! and never deadlock.
+//! `rayon::current_num_threads()` threads including the caller. A pass started
+//! from inside a pass (a batched step's per-sequence attention splitting a long
+//! cache) runs its parts in order on the calling thread: every thread of the
+//! pool is already busy with the outer pass, and handing the parts to rayon
+//! would put more threads than cores to work and put the pool's threads to
+//! sleep on rayon's latch. A pass asked for while another thread's pass holds
+//! the pool runs on rayon, so callers never wait on each other and never
+//! deadlock. Either way the parts and their results are the same.
 
 use rayon::prelude::*;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -31,7 +36,7 @@ const SPIN: Duration = Duration::from_micros(200);
 /// # Panics
 /// If a part panics (after all parts have finished).
 pub fn run(parts: usize, job: &(dyn Fn(usize) + Sync)) {
-    if parts <= 1 {
+    if parts <= 1 || IN_PASS.with(Cell::get) {
         (0..parts).for_each(job);
         return;
     }
@@ -146,7 +151,28 @@ impl Pool {
     }
 }
 
+thread_local! {
+    /// Whether this thread is running a part of a pool pass.
+    static IN_PASS: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Marks the thread as inside a pass until dropped (also when a part panics).
+struct InPass(bool);
+
+impl InPass {
+    fn enter() -> Self {
+        Self(IN_PASS.with(|f| f.replace(true)))
+    }
+}
+
+impl Drop for InPass {
+    fn drop(&mut self) {
+        IN_PASS.with(|f| f.set(self.0));
+    }
+}
+
 fn take_parts(s: &Shared, job: &(dyn Fn(usize) + Sync)) {
+    let _inside = InPass::enter();
     let parts = s.parts.load(Ordering::Acquire);
     loop {
         let i = s.next.fetch_add(1, Ordering::AcqRel);
@@ -226,6 +252,28 @@ mod tests {
             }
         });
         assert_eq!(total.load(Ordering::Relaxed), 3 * 100 * 2 * 3);
+    }
+
+    #[test]
+    fn a_pass_inside_a_pool_pass_runs_on_the_calling_thread() {
+        // Other tests may hold the pool (then the outer pass runs on rayon and
+        // nothing is checked for that round); some round finds it free.
+        let checked = AtomicUsize::new(0);
+        for _ in 0..200 {
+            run(2, &|_| {
+                if !IN_PASS.with(Cell::get) {
+                    return;
+                }
+                let me = std::thread::current().id();
+                let ids: Vec<std::thread::ThreadId> = map(4, &|_| std::thread::current().id());
+                assert!(ids.iter().all(|&id| id == me), "nested parts ran on other threads");
+                checked.fetch_add(1, Ordering::Relaxed);
+            });
+            if checked.load(Ordering::Relaxed) > 0 {
+                break;
+            }
+        }
+        assert!(checked.load(Ordering::Relaxed) > 0, "the pool was never free");
     }
 
     #[test]
