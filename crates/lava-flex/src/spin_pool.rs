@@ -62,6 +62,9 @@ pub fn map<T: Send + Sync>(parts: usize, f: &(dyn Fn(usize) -> T + Sync)) -> Vec
     slots.into_iter().filter_map(OnceLock::into_inner).collect()
 }
 
+/// Prefix of the pool's worker thread names (the worker's index follows).
+const WORKER_NAME: &str = "lava-spin-";
+
 fn global() -> Option<&'static Pool> {
     static POOL: OnceLock<Option<Pool>> = OnceLock::new();
     POOL.get_or_init(|| Pool::new(rayon::current_num_threads().saturating_sub(1))).as_ref()
@@ -117,7 +120,7 @@ impl Pool {
         });
         for w in 0..workers {
             let s = shared.clone();
-            std::thread::Builder::new().name(format!("lava-spin-{w}")).spawn(move || worker(&s)).ok()?;
+            std::thread::Builder::new().name(format!("{WORKER_NAME}{w}")).spawn(move || worker(&s)).ok()?;
         }
         Some(Self { shared, workers, dispatch: Mutex::new(()) })
     }
@@ -275,7 +278,7 @@ mod tests {
         // round checks nothing; the loop above does not depend on it.
         for _ in 0..20 {
             run(4, &|_| {
-                let on_worker = std::thread::current().name().is_some_and(|n| n.starts_with("lava-spin-"));
+                let on_worker = std::thread::current().name().is_some_and(|n| n.starts_with(WORKER_NAME));
                 assert!(!on_worker || IN_PASS.with(Cell::get), "a worker ran a part outside a pass");
             });
         }
