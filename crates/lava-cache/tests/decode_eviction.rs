@@ -213,7 +213,10 @@ fn memory_never_exceeds_the_documented_bound_during_a_long_decode() {
         }
         // 300 generated tokens cost no more than the prompt's compressed cache plus slack.
         assert!(peak < cache.full_bytes() / 3, "{policy}: peak {peak} vs full {}", cache.full_bytes());
-        assert!(cache.query_window_bytes() == layers * hq * w * d * 4);
+        // The window's `w` rows plus fewer than `w` decode rows not yet folded in.
+        let qbytes = cache.query_window_bytes();
+        let row = layers * hq * d * 4;
+        assert!(qbytes >= w * row && qbytes < 2 * w * row, "{policy}: query window {qbytes} bytes");
     }
 }
 

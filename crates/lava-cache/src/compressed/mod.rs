@@ -55,7 +55,8 @@
 //! *evictable* tokens are the positions it holds below `A - r`.
 //!
 //! - **Queries**: a rolling buffer of the layer's last `r` RoPE-rotated queries,
-//!   `[H_q, r, D]`, is kept on the device (only when an option is on; see
+//!   `[H_q, r, D]`, is kept on the device (decode rows are folded in lazily, so
+//!   it holds fewer than `2w` rows; only when an option is on; see
 //!   [`CompressedCache::query_window_bytes`]).
 //! - **Attention**: window query `i` (position `A - r + i`) of query head `h`
 //!   attends, softmax in `f32`, over the kept tokens of its KV head with
@@ -157,9 +158,11 @@ use crate::policy::plan::{dynamic_layer_budgets, kept_positions, ragged_head_cap
 use crate::policy::{scorer::score_layer_weighted, Composition, PolicyConfig, Scorer};
 use crate::{CacheError, CacheShape, CacheStats, KvCache, KvDtype};
 
+mod query_window;
 mod rescore;
 mod storage;
 
+use query_window::QueryWindow;
 use storage::{LayerSlots, Room};
 
 /// Bytes per stored element (K and V are accounted as `f32`, as in [`KvCache`]).
@@ -200,12 +203,12 @@ struct LayerState<B: Backend> {
     weight: Option<f64>,
     pending: Option<Pending>,
     /// The last `min(w, appended)` queries `[H_q, r, D]` (only with eviction after prefill).
-    recent_q: Option<Tensor<B, 3>>,
+    queries: QueryWindow<B>,
 }
 
 impl<B: Backend> LayerState<B> {
     fn empty() -> Self {
-        Self { slots: LayerSlots::empty(), budget: None, caps: None, weight: None, pending: None, recent_q: None }
+        Self { slots: LayerSlots::empty(), budget: None, caps: None, weight: None, pending: None, queries: QueryWindow::default() }
     }
 
     /// Window start `A - min(w, A)`.
@@ -217,8 +220,9 @@ impl<B: Backend> LayerState<B> {
 
 /// A KV cache that keeps, per layer and KV head, the tokens a policy selects
 /// (see the module docs for the layout, the LAVa prefill cascade, and the
-/// optional decode-time eviction and chunked prefill).
-#[derive(Debug)]
+/// optional decode-time eviction and chunked prefill). A clone is an
+/// independent copy of the cache (tensors are shared until either writes).
+#[derive(Debug, Clone)]
 pub struct CompressedCache<B: Backend> {
     shape: CacheShape,
     config: PolicyConfig,
@@ -395,12 +399,13 @@ impl<B: Backend> CompressedCache<B> {
         self.layers.iter().map(|l| l.slots.capacity() * 2 * 8).sum()
     }
 
-    /// Bytes of the rolling query buffers kept for re-scoring (at most
-    /// `L * H_q * w * D` elements, counted as 4 bytes each; 0 unless
+    /// Bytes of the rolling query buffers kept for re-scoring (fewer than
+    /// `2w` rows per layer, the last `w` of them the window: at most
+    /// `L * H_q * (2w - 1) * D` elements, counted as 4 bytes each; 0 unless
     /// decode-time eviction or chunked prefill is on), not included in
     /// [`KvCache::allocated_bytes`].
     pub fn query_window_bytes(&self) -> usize {
-        let elems: usize = self.layers.iter().filter_map(|l| l.recent_q.as_ref()).map(|q| q.dims().iter().product::<usize>()).sum();
+        let elems: usize = self.layers.iter().map(|l| l.queries.elems()).sum();
         elems * ELEM_BYTES
     }
 
@@ -576,29 +581,23 @@ impl<B: Backend> CompressedCache<B> {
 
     /// Appends `q` to `layer`'s rolling window of the last `w` queries.
     fn push_queries(&mut self, layer: usize, q: Tensor<B, 3>) {
-        let w = self.config.window;
-        let store = &mut self.layers[layer];
-        let all = match store.recent_q.take() {
-            Some(old) => Tensor::cat(vec![old, q], 1),
-            None => q,
-        };
-        let [h_q, len, d] = all.dims();
-        let keep = w.min(len);
-        store.recent_q = Some(if keep == len { all } else { all.slice([0..h_q, len - keep..len, 0..d]) });
+        self.layers[layer].queries.push(q, self.config.window);
     }
 
     /// Whether `layer` holds what re-scoring needs: the last `min(w, A)`
-    /// queries (StreamingLLM needs none).
-    fn can_rescore(&self, layer: usize, scorer: Scorer) -> bool {
-        let store = &self.layers[layer];
+    /// queries (StreamingLLM needs none); settles the query window.
+    fn can_rescore(&mut self, layer: usize, scorer: Scorer) -> bool {
+        let w = self.config.window;
+        let store = &mut self.layers[layer];
         if !store.slots.is_filled() {
             return false;
         }
         if scorer == Scorer::Streaming {
             return true;
         }
-        let r = self.config.window.min(store.slots.appended());
-        store.recent_q.as_ref().is_some_and(|q| q.dims()[1] == r)
+        let r = w.min(store.slots.appended());
+        store.queries.settle(w);
+        store.queries.settled().is_some_and(|q| q.dims()[1] == r)
     }
 
     /// After `T` tokens were appended to an already filled `layer`: chunked
@@ -673,7 +672,7 @@ impl<B: Backend> KvCache<B> for CompressedCache<B> {
             }
             let out = self.prefill(layer, q, k, v);
             if out.is_err() {
-                self.layers[layer].recent_q = None;
+                self.layers[layer].queries.clear();
             }
             out
         } else {

@@ -26,7 +26,7 @@ impl<B: Backend> CompressedCache<B> {
         let positions: Vec<Vec<usize>> = prefix.iter().map(|ps| ps.iter().map(|x| x.0).collect()).collect();
         let used = slots.slots().len();
         let window_q = || {
-            state.recent_q.as_ref().ok_or_else(|| CacheError::Internal(format!("layer {layer} has no query window to re-score with")))
+            state.queries.settled().ok_or_else(|| CacheError::Internal(format!("layer {layer} has no query window to re-score with")))
         };
         if scorer == Scorer::Cake {
             // The prefill's CAKE statistics per KV head over its evictable
