@@ -13,7 +13,10 @@
 //!   `--batch 1,16` each cell is also timed with that many copies of the cache
 //!   stepping together through [`Llama::decode_batch`] (one read of the
 //!   weights per step for all of them, what `lava serve` does): tokens/s is
-//!   the batch size over the median step.
+//!   the batch size over the median step. With `--prefill-chunk N` a
+//!   compressing cell's cache comes instead from a live prefill in chunks of
+//!   `N` tokens that compresses after every chunk (the cache `lava serve`
+//!   builds, query window included), and the batch steps clones of it.
 //! - **Bound**: a triad loop measures the read+write bandwidth once; a decode
 //!   step must read the weights and the KV cache, so
 //!   `bound = bandwidth / (weight bytes + KV bytes)` tokens/s.
@@ -72,6 +75,12 @@ pub struct BenchArgs {
     /// How the decode cells' caches store K/V: f32, f16 or q8_0 (see `lava generate --help`).
     #[arg(long, default_value = "f32")]
     pub kv_dtype: String,
+    /// Build each compressing decode cell's cache by a live prefill in chunks
+    /// of this many tokens, compressing after every chunk (what `lava serve`
+    /// does), instead of deriving it from the recorded prefill; the batch's
+    /// copies are clones of it.
+    #[arg(long)]
+    pub prefill_chunk: Option<usize>,
     /// Print one JSON object instead of tables.
     #[arg(long)]
     pub json: bool,
@@ -157,6 +166,27 @@ pub struct BenchReport {
     pub peak_rss_bytes: Option<u64>,
 }
 
+/// The cache `lava serve` builds for `prompt`: a live prefill in chunks of
+/// `chunk` tokens, compressing after every chunk, with room for `decode_tokens`.
+fn chunked_prefill<B: Backend>(
+    model: &Llama<B>,
+    prompt: &[u32],
+    config: &PolicyConfig,
+    kv_dtype: lava_cache::KvDtype,
+    max_tokens: usize,
+    decode_tokens: usize,
+    chunk: usize,
+) -> Result<CompressedCache<B>, CliError> {
+    let mut cache = CompressedCache::<B>::new(model.cache_shape(), config.clone(), max_tokens, model.device())?
+        .with_decode_room(decode_tokens)
+        .with_chunked_prefill(true)
+        .with_kv_dtype(kv_dtype)?;
+    for part in prompt.chunks(chunk) {
+        model.forward(part, &mut cache, Logits::Last)?;
+    }
+    Ok(cache)
+}
+
 /// `policy` at budget `budget` with the reference defaults and `--floor-rule`.
 fn policy_config(a: &BenchArgs, policy: PolicyName, budget: usize) -> Result<PolicyConfig, CliError> {
     let mut c = PolicyConfig::new(policy, budget);
@@ -185,6 +215,9 @@ pub fn bench(mut a: BenchArgs) -> Result<(), CliError> {
     }
     if a.batch.is_empty() || a.batch.iter().any(|&b| b == 0 || b > 256) {
         return Err(CliError::Usage("--batch needs batch sizes from 1 to 256, e.g. --batch 1,8,16".into()));
+    }
+    if a.prefill_chunk == Some(0) {
+        return Err(CliError::Usage("--prefill-chunk needs a positive token count, e.g. --prefill-chunk 256".into()));
     }
     let mut policies = Vec::new();
     for p in &a.policies {
@@ -347,10 +380,18 @@ fn run_bench<B: Backend>(
         for (policy, budget) in cells {
             bar.set_message(format!("decode {len} {policy} {}", budget.map_or("".into(), |b| b.to_string())));
             let config = policy_config(a, policy, budget.unwrap_or(a.budgets[0]))?;
+            // `--prefill-chunk`: the cell's cache from a live chunked prefill, cloned per sequence.
+            let chunked = match (a.prefill_chunk, budget) {
+                (Some(chunk), Some(_)) => Some(chunked_prefill(model, &ids[..len], &config, kv_dtype, max_tokens, a.decode_tokens + 1, chunk)?),
+                _ => None,
+            };
             for &batch in &a.batch {
-                let mut caches = Vec::with_capacity(batch);
+                let mut caches: Vec<Box<dyn lava_cache::KvCache<B>>> = Vec::with_capacity(batch);
                 for _ in 0..batch {
-                    caches.push(pre.cache_for(model, &config, kv_dtype, max_tokens, a.decode_tokens + 1).map_err(model_err)?);
+                    caches.push(match &chunked {
+                        Some(c) => Box::new(c.clone()),
+                        None => pre.cache_for(model, &config, kv_dtype, max_tokens, a.decode_tokens + 1).map_err(model_err)?,
+                    });
                 }
                 let retained = caches[0].retained_bytes();
                 let expected = match budget {
