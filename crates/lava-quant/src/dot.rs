@@ -248,21 +248,27 @@ pub fn quantize_activations_into(kind: GgmlType, x: &[f32], cols: usize, out: &m
 
 /// The block quantization of [`quantize_activations_into`] into `a`'s sized buffers: per block
 /// of `bs` values, `d = max|x| / 127`, codes `round(x / d)` (half away from zero, clamped to
-/// `-127..=127`), and `d * sum(codes)` (`bs = 32`) or the 16-code sums (`bs = 256`). Plain code
-/// that the compiler vectorizes; [`x86::quantize_blocks_avx2`] is the same body compiled for
-/// AVX2 (the same results: the operations are the same).
+/// `-127..=127`; NaN to 0), and `d * sum(codes)` (`bs = 32`) or the 16-code sums (`bs = 256`).
+/// Written so that the compiler vectorizes it: the maximum over 8 lanes (`f32::max` ignores
+/// NaN and is exact, so the order does not matter), and the rounding as `trunc` plus one where
+/// the dropped fraction is at least a half (`x - trunc(x)` is exact), which is `f32::round`
+/// without its scalar call. [`x86::quantize_blocks_avx2`] is the same body compiled for AVX2
+/// (the same results: the operations are the same); the tests check both against
+/// `f32::round` one value at a time.
 #[inline(always)]
 pub(crate) fn quantize_blocks(x: &[f32], bs: usize, a: &mut Activations) {
     for (bi, (blk, qb)) in x.chunks_exact(bs).zip(a.q.chunks_exact_mut(bs)).enumerate() {
-        let mut amax = 0f32;
-        for &v in blk {
-            amax = amax.max(v.abs());
+        let mut lanes = [0f32; 8];
+        for c in blk.chunks_exact(8) {
+            for (m, &v) in lanes.iter_mut().zip(c) {
+                *m = m.max(v.abs());
+            }
         }
+        let amax = lanes.iter().fold(0f32, |m, &v| m.max(v));
         let d = amax / 127.0;
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-        // The clamp keeps a rounding overshoot (or a non-finite input) in range.
         for (c, &v) in qb.iter_mut().zip(blk) {
-            *c = ((v * id).round() as i32).clamp(-127, 127) as i8;
+            *c = round_code(v * id);
         }
         a.d[bi] = d;
         if bs == 32 {
@@ -273,6 +279,17 @@ pub(crate) fn quantize_blocks(x: &[f32], bs: usize, a: &mut Activations) {
             }
         }
     }
+}
+
+/// `(t.round() as i32).clamp(-127, 127) as i8` (NaN to 0, infinities to the ends) without
+/// `round`'s call or the saturating cast's per-value checks.
+#[inline(always)]
+fn round_code(t: f32) -> i8 {
+    let r = t.trunc();
+    let r = r + if (t - r).abs() >= 0.5 { 1f32.copysign(t) } else { 0.0 };
+    let r = if r.is_nan() { 0.0 } else { r.clamp(-127.0, 127.0) };
+    // SAFETY: `r` is a whole number in -127..=127 (NaN replaced, the rest clamped).
+    unsafe { r.to_int_unchecked::<i32>() as i8 }
 }
 
 /// Fills the interleaved copy of `a`'s codes, scales and sums (see [`Activations::inter_q`]).
@@ -597,8 +614,46 @@ pub(crate) fn dot_f32(w: &[f32], x: &[f32]) -> f32 {
 mod tests {
     use super::*;
 
-    /// The vectorized block quantization gives the plain loop's bytes, ties included (values at
-    /// exactly `(k + 1/2) * d`, which round away from zero), for both block sizes.
+    /// The definition, one value at a time: `f32::round` and the saturating cast.
+    fn quantize_blocks_by_value(x: &[f32], bs: usize, a: &mut Activations) {
+        for (bi, (blk, qb)) in x.chunks_exact(bs).zip(a.q.chunks_exact_mut(bs)).enumerate() {
+            let amax = blk.iter().fold(0f32, |m, &v| m.max(v.abs()));
+            let d = amax / 127.0;
+            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            for (c, &v) in qb.iter_mut().zip(blk) {
+                *c = ((v * id).round() as i32).clamp(-127, 127) as i8;
+            }
+            a.d[bi] = d;
+            if bs == 32 {
+                a.dsum[bi] = d * qb.iter().map(|&c| c as i32).sum::<i32>() as f32;
+            } else {
+                for (s, g) in a.bsums[bi * 16..bi * 16 + 16].iter_mut().zip(qb.chunks_exact(16)) {
+                    *s = g.iter().map(|&c| c as i16).sum::<i16>();
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn round_code_is_round_then_saturate() {
+        let mut cases = vec![0.0f32, -0.0, 0.5, -0.5, 1.5, -1.5, 2.5, -2.5, 0.49999997, -0.49999997, 126.5, -126.5, 127.4, 127.5, 1e9, -1e9];
+        cases.extend([f32::NAN, f32::INFINITY, f32::NEG_INFINITY, f32::MIN_POSITIVE, 8388607.5, 8388609.0, f32::MAX, f32::MIN]);
+        let mut s = 0x1234_5678u32;
+        for _ in 0..100_000 {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            cases.push(f32::from_bits(s).clamp(-300.0, 300.0));
+            cases.push((s % 2000) as f32 / 4.0 - 250.0);
+        }
+        for t in cases {
+            assert_eq!(round_code(t), (t.round() as i32).clamp(-127, 127) as i8, "{t:e}");
+        }
+    }
+
+    /// The vectorized block quantization (the plain body and its AVX2 build) gives the
+    /// by-value loop's bytes, ties included (values at exactly `(k + 1/2) * d`, which round
+    /// away from zero), for both block sizes.
     #[test]
     fn vectorized_quantization_equals_the_plain_loop() {
         let mut s = 0x9e37_79b9u32;
@@ -617,10 +672,16 @@ mod tests {
         x[300] = f32::NAN;
         x[301] = f32::INFINITY;
         for kind in [GgmlType::Q8_0, GgmlType::Q4_K] {
-            let mut plain = quantize_activations(kind, &x, 512).unwrap();
-            let simd = plain.clone();
+            let simd = quantize_activations(kind, &x, 512).unwrap();
             let bs = if kind == GgmlType::Q8_0 { 32 } else { 256 };
+            let mut plain = simd.clone();
             quantize_blocks(&x, bs, &mut plain);
+            let mut by_value = simd.clone();
+            quantize_blocks_by_value(&x, bs, &mut by_value);
+            assert_eq!(plain.q, by_value.q, "{kind}: codes");
+            assert_eq!(plain.d.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), by_value.d.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "{kind}: scales");
+            assert_eq!(plain.dsum.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), by_value.dsum.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+            assert_eq!(plain.bsums, by_value.bsums);
             assert_eq!(plain.q, simd.q, "{kind}: codes");
             assert_eq!(plain.d.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), simd.d.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "{kind}: scales");
             assert_eq!(plain.dsum.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), simd.dsum.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
