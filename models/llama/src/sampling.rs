@@ -87,20 +87,82 @@ impl Sampler {
     }
 }
 
-/// Index of the largest value (first on ties; NaN never wins).
+/// Index of the largest value (first on ties; NaN never wins unless every
+/// value is NaN, then the last).
+///
+/// Two passes, both branch-free enough to vectorize: the largest non-NaN
+/// value over 16 lanes (`f32::max` ignores NaN), then the first index holding
+/// it. A greedy step of 16 sequences takes 16 of these over the vocabulary.
 pub fn argmax(v: &[f32]) -> u32 {
-    let mut best = 0usize;
-    for (i, &x) in v.iter().enumerate() {
-        if x > v[best] || v[best].is_nan() {
-            best = i;
+    const LANES: usize = 16;
+    let mut lanes = [f32::NAN; LANES];
+    let chunks = v.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (m, &x) in lanes.iter_mut().zip(c) {
+            *m = m.max(x);
         }
     }
-    best as u32
+    let max = tail.iter().chain(&lanes).fold(f32::NAN, |m, &x| m.max(x));
+    if max.is_nan() {
+        return v.len().saturating_sub(1) as u32;
+    }
+    v.iter().position(|&x| x == max).unwrap_or(0) as u32
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The definition, one value at a time.
+    fn argmax_scalar(v: &[f32]) -> u32 {
+        let mut best = 0usize;
+        for (i, &x) in v.iter().enumerate() {
+            if x > v[best] || v[best].is_nan() {
+                best = i;
+            }
+        }
+        best as u32
+    }
+
+    #[test]
+    fn argmax_is_the_first_largest_non_nan() {
+        let (nan, inf) = (f32::NAN, f32::INFINITY);
+        let cases: Vec<Vec<f32>> = vec![
+            vec![],
+            vec![nan],
+            vec![nan, nan, nan],
+            vec![nan, -inf],
+            vec![-inf, -inf],
+            vec![1.0, nan],
+            vec![nan, 1.0, 2.0, 2.0],
+            vec![0.0, -0.0],
+            vec![-0.0, 0.0],
+            vec![inf, 1.0, inf],
+        ];
+        for v in &cases {
+            assert_eq!(argmax(v), argmax_scalar(v), "{v:?}");
+        }
+        // Long rows (lanes and tail) with ties, NaNs and the maximum everywhere.
+        let mut state = 12345u64;
+        for len in [15, 16, 17, 33, 100, 49152] {
+            for trial in 0..20 {
+                let mut v: Vec<f32> = (0..len)
+                    .map(|_| {
+                        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                        ((state >> 40) % 7) as f32 - 3.0
+                    })
+                    .collect();
+                if trial % 3 == 0 {
+                    v[(trial * 7) % len] = nan;
+                }
+                if trial % 4 == 1 {
+                    v[len - 1] = 9.0;
+                }
+                assert_eq!(argmax(&v), argmax_scalar(&v), "len {len} trial {trial}");
+            }
+        }
+    }
 
     #[test]
     fn greedy_and_seeded_sampling() {
