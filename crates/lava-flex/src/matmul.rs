@@ -133,6 +133,26 @@ pub fn swiglu(gate: &mut [f32], up: &[f32]) {
     gate.iter_mut().zip(up).for_each(|(g, &u)| *g = *g / (1.0 + (-*g).exp()) * u);
 }
 
+/// Fewest values per part of [`swiglu_split`].
+const SWIGLU_MIN_PART: usize = 8192;
+
+/// [`swiglu`] cut into up to `parts` contiguous parts on the spin pool (the
+/// same values: each is computed alone), for a batched step's `[rows, ff]`.
+pub fn swiglu_split(gate: &mut [f32], up: &[f32], parts: usize) {
+    let parts = parts.min(gate.len() / SWIGLU_MIN_PART).max(1);
+    if parts == 1 {
+        return swiglu(gate, up);
+    }
+    let per = gate.len().div_ceil(parts);
+    let chunks: Vec<std::sync::Mutex<&mut [f32]>> = gate.chunks_mut(per).map(std::sync::Mutex::new).collect();
+    crate::spin_pool::run(chunks.len(), &|i| {
+        // Each part locks only its own chunk, once (so it is never poisoned).
+        let mut g = chunks[i].lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (at, n) = (i * per, g.len());
+        swiglu(&mut g, &up[at..at + n]);
+    });
+}
+
 /// Adds rows `r0..r1` of `w`, weighted by the matching entries of `x`, to
 /// `out [n, d_out]`.
 #[allow(clippy::too_many_arguments)]

@@ -90,7 +90,7 @@ mod on_host {
             groups: &[std::ops::Range<usize>],
             caches: &mut [&mut C],
         ) -> Result<Option<Vec<f32>>, ModelError> {
-            use kernels::{rms_norm, rope, swiglu, Host};
+            use kernels::{rms_norm, rope, swiglu_split, Host};
             let c = &self.config;
             let (rows, d, hd) = (tokens.len(), c.hidden_size, c.head_dim);
             let (hq, hkv, ff) = (c.num_attention_heads, c.num_key_value_heads, c.intermediate_size);
@@ -183,7 +183,7 @@ mod on_host {
                     let mut gu = self.project_layer(l, &h, r1 - r0, &[(&m.gate_proj, Proj::Gate), (&m.up_proj, Proj::Up)])?;
                     let up = gu.pop().unwrap_or_default();
                     let mut act = gu.pop().unwrap_or_default();
-                    swiglu(&mut act, &up);
+                    swiglu_split(&mut act, &up, self.matvec_split);
                     debug_assert_eq!(act.len(), (r1 - r0) * ff);
                     let down = self.project_layer(l, &act, r1 - r0, &[(&m.down_proj, Proj::Down)])?;
                     xr.iter_mut().zip(&down[0]).for_each(|(x, o)| *x += o);
