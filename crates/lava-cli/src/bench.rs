@@ -177,10 +177,8 @@ fn chunked_prefill<B: Backend>(
     decode_tokens: usize,
     chunk: usize,
 ) -> Result<CompressedCache<B>, CliError> {
-    let mut cache = CompressedCache::<B>::new(model.cache_shape(), config.clone(), max_tokens, model.device())?
-        .with_decode_room(decode_tokens)
-        .with_chunked_prefill(true)
-        .with_kv_dtype(kv_dtype)?;
+    let options = crate::prompt::CacheOptions { decode_tokens, chunked_prefill: true, kv_dtype, ..Default::default() };
+    let mut cache = crate::prompt::compressed_cache(model, config, max_tokens, options, model.device())?;
     for part in prompt.chunks(chunk) {
         model.forward(part, &mut cache, Logits::Last)?;
     }

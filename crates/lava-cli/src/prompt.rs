@@ -57,13 +57,24 @@ pub fn make_cache<B: Backend>(
     Ok(if policy.policy == PolicyName::Full {
         Box::new(FullCache::<B>::new(model.cache_shape(), max_tokens, device)?.with_decode_headroom(options.decode_tokens).with_kv_dtype(options.kv_dtype)?)
     } else {
-        let mut cache = CompressedCache::<B>::new(model.cache_shape(), policy.clone(), max_tokens, device)?
-            .with_decode_room(options.decode_tokens)
-            .with_chunked_prefill(options.chunked_prefill)
-            .with_kv_dtype(options.kv_dtype)?;
-        if let Some(slack) = options.decode_slack {
-            cache = cache.with_decode_budget(slack);
-        }
-        Box::new(cache)
+        Box::new(compressed_cache(model, policy, max_tokens, options, device)?)
     })
+}
+
+/// The [`CompressedCache`] of [`make_cache`] for a compressing policy.
+pub fn compressed_cache<B: Backend>(
+    model: &Llama<B>,
+    policy: &PolicyConfig,
+    max_tokens: usize,
+    options: CacheOptions,
+    device: &B::Device,
+) -> Result<CompressedCache<B>, CliError> {
+    let mut cache = CompressedCache::<B>::new(model.cache_shape(), policy.clone(), max_tokens, device)?
+        .with_decode_room(options.decode_tokens)
+        .with_chunked_prefill(options.chunked_prefill)
+        .with_kv_dtype(options.kv_dtype)?;
+    if let Some(slack) = options.decode_slack {
+        cache = cache.with_decode_budget(slack);
+    }
+    Ok(cache)
 }

@@ -270,13 +270,20 @@ pub(crate) fn quantize_blocks(x: &[f32], bs: usize, a: &mut Activations) {
         for (c, &v) in qb.iter_mut().zip(blk) {
             *c = round_code(v * id);
         }
-        a.d[bi] = d;
-        if bs == 32 {
-            a.dsum[bi] = d * qb.iter().map(|&c| c as i32).sum::<i32>() as f32;
-        } else {
-            for (s, g) in a.bsums[bi * 16..bi * 16 + 16].iter_mut().zip(qb.chunks_exact(16)) {
-                *s = g.iter().map(|&c| c as i16).sum::<i16>();
-            }
+        store_block(bi, d, qb, &mut a.d, &mut a.dsum, &mut a.bsums);
+    }
+}
+
+/// Block `bi`'s scale `d` and the sums of its codes `qb`: `d * sum(codes)` for a block of
+/// 32, the 16-code sums for a block of 256.
+#[inline(always)]
+fn store_block(bi: usize, d: f32, qb: &[i8], ds: &mut [f32], dsum: &mut [f32], bsums: &mut [i16]) {
+    ds[bi] = d;
+    if qb.len() == 32 {
+        dsum[bi] = d * qb.iter().map(|&c| c as i32).sum::<i32>() as f32;
+    } else {
+        for (s, g) in bsums[bi * 16..bi * 16 + 16].iter_mut().zip(qb.chunks_exact(16)) {
+            *s = g.iter().map(|&c| c as i16).sum::<i16>();
         }
     }
 }
@@ -614,7 +621,8 @@ pub(crate) fn dot_f32(w: &[f32], x: &[f32]) -> f32 {
 mod tests {
     use super::*;
 
-    /// The definition, one value at a time: `f32::round` and the saturating cast.
+    /// The definition, one value at a time: `f32::round` and the saturating cast (the sums
+    /// are stored as the kernel stores them).
     fn quantize_blocks_by_value(x: &[f32], bs: usize, a: &mut Activations) {
         for (bi, (blk, qb)) in x.chunks_exact(bs).zip(a.q.chunks_exact_mut(bs)).enumerate() {
             let amax = blk.iter().fold(0f32, |m, &v| m.max(v.abs()));
@@ -623,14 +631,7 @@ mod tests {
             for (c, &v) in qb.iter_mut().zip(blk) {
                 *c = ((v * id).round() as i32).clamp(-127, 127) as i8;
             }
-            a.d[bi] = d;
-            if bs == 32 {
-                a.dsum[bi] = d * qb.iter().map(|&c| c as i32).sum::<i32>() as f32;
-            } else {
-                for (s, g) in a.bsums[bi * 16..bi * 16 + 16].iter_mut().zip(qb.chunks_exact(16)) {
-                    *s = g.iter().map(|&c| c as i16).sum::<i16>();
-                }
-            }
+            store_block(bi, d, qb, &mut a.d, &mut a.dsum, &mut a.bsums);
         }
     }
 

@@ -13,41 +13,38 @@ use burn::tensor::{backend::Backend, Tensor};
 #[derive(Debug, Clone)]
 pub(super) struct QueryWindow<B: Backend> {
     parts: Vec<Tensor<B, 3>>,
-    rows: usize,
 }
 
 impl<B: Backend> Default for QueryWindow<B> {
     fn default() -> Self {
-        Self { parts: Vec::new(), rows: 0 }
+        Self { parts: Vec::new() }
     }
 }
 
 impl<B: Backend> QueryWindow<B> {
+    /// Rows held, over all parts.
+    fn rows(&self) -> usize {
+        self.parts.iter().map(|q| q.dims()[1]).sum()
+    }
+
     /// Appends `q` (`[H_q, t, D]`); keeps at least the last `w` rows.
     pub(super) fn push(&mut self, q: Tensor<B, 3>, w: usize) {
-        self.rows += q.dims()[1];
         self.parts.push(q);
-        if self.rows >= 2 * w.max(1) {
+        if self.rows() >= 2 * w.max(1) {
             self.settle(w);
         }
     }
 
     /// Folds the parts into one tensor of the last `min(w, rows)` rows.
     pub(super) fn settle(&mut self, w: usize) {
-        if self.parts.len() == 1 && self.rows <= w {
+        let rows = self.rows();
+        if self.parts.is_empty() || (self.parts.len() == 1 && rows <= w) {
             return;
         }
-        let Some(all) = (match self.parts.len() {
-            0 => None,
-            1 => self.parts.pop(),
-            _ => Some(Tensor::cat(std::mem::take(&mut self.parts), 1)),
-        }) else {
-            return;
-        };
+        let all = Tensor::cat(std::mem::take(&mut self.parts), 1);
         let [h_q, len, d] = all.dims();
         let keep = w.min(len);
         self.parts = vec![if keep == len { all } else { all.slice([0..h_q, len - keep..len, 0..d]) }];
-        self.rows = keep;
     }
 
     /// The settled window (`None` if nothing was pushed or it is not settled).
@@ -65,7 +62,6 @@ impl<B: Backend> QueryWindow<B> {
 
     pub(super) fn clear(&mut self) {
         self.parts.clear();
-        self.rows = 0;
     }
 }
 
