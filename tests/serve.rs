@@ -317,6 +317,8 @@ fn bad_inputs(addr: &str) {
         (json!({"messages": [{"role": "user", "content": "Hi"}], "kv_policy": "nope"}), "kv_policy", "unknown policy"),
         (json!({"messages": [{"role": "user", "content": "Hi"}], "kv_policy": "lava", "kv_budget": 16}), "kv_budget", "budget not above the window"),
         (json!({"messages": [{"role": "user", "content": "Hi"}], "kv_budget": -5}), "kv_budget", "negative budget"),
+        (json!({"messages": [{"role": "user", "content": "Hi"}], "kv_dtype": "int4"}), "kv_dtype", "unknown kv dtype"),
+        (json!({"messages": [{"role": "user", "content": "Hi"}], "kv_dtype": 8}), "kv_dtype", "kv dtype a number"),
     ];
     for (body, param, what) in cases {
         let r = post(addr, "/v1/chat/completions", &body);
@@ -421,6 +423,18 @@ fn streaming_and_policies(addr: &str) {
     assert!(fb >= prompt * 46_080, "full cache keeps the prompt: {full}");
     assert!(lb * 4 < fb, "lava at 64 keeps much less: {lava} vs {full}");
     assert!(lava["usage"]["kv_reserved_bytes"].as_u64().is_some_and(|r| r >= lb), "reservation covers what is kept: {lava}");
+    // Per-request kv_dtype: the same request with K/V stored as Q8_0 (34 bytes per 32 values
+    // against 128) reserves exactly 12,240 / 46,080 of the f32 bytes and keeps about as little.
+    let mut q8 = chat(&q, 4);
+    q8["kv_policy"] = json!("lava");
+    q8["kv_budget"] = json!(64);
+    q8["kv_dtype"] = json!("q8_0");
+    let q8 = post(addr, "/v1/chat/completions", &q8).json();
+    let reserved = |j: &Value| j["usage"]["kv_reserved_bytes"].as_u64().unwrap_or(0);
+    assert!(reserved(&lava) > 0 && reserved(&q8) * 46_080 == reserved(&lava) * 12_240, "q8_0 reservation: {q8} vs {lava}");
+    let qb = q8["usage"]["kv_bytes"].as_u64().unwrap_or(u64::MAX);
+    assert!(qb > 0 && qb * 3 < lb, "q8_0 keeps under a third of the f32 bytes: {q8} vs {lava}");
+    assert!(q8["choices"][0]["message"]["content"].as_str().is_some_and(|t| !t.is_empty()), "{q8}");
 }
 
 fn disconnect_frees_the_cache(addr: &str) {

@@ -105,24 +105,25 @@ pub fn serve(a: ServeArgs) -> Result<(), CliError> {
     let options = ServeOptions {
         host: a.host.clone(),
         port: a.port,
-        engine: EngineConfig { kv_memory, max_queue: a.max_queue, prefill_chunk: a.prefill_chunk, kv_dtype },
+        engine: EngineConfig { kv_memory, max_queue: a.max_queue, prefill_chunk: a.prefill_chunk },
         http: HttpConfig {
             max_body,
             api_key: a.api_key.clone(),
             default_policy: policy,
+            default_kv_dtype: kv_dtype,
             model_id,
             allow_special: a.allow_special,
             default_max_tokens: a.default_max_tokens,
         },
     };
-    with_backend!(a.model.backend, |B, device| { serve_on::<B>(options, a.model.clone(), path, kv_dtype, device) })
+    with_backend!(a.model.backend, |B, device| { serve_on::<B>(options, a.model.clone(), path, device) })
 }
 
-fn serve_on<B: Backend>(options: ServeOptions, model: ModelArgs, path: PathBuf, kv_dtype: KvDtype, device: B::Device) -> Result<(), CliError> {
+fn serve_on<B: Backend>(options: ServeOptions, model: ModelArgs, path: PathBuf, device: B::Device) -> Result<(), CliError> {
     let load = move || -> Result<Loaded<B>, CliError> {
         let (m, tokenizer) = crate::commands::load::<B>(&model, &path, &device)?;
         let stop_tokens = crate::commands::stop_tokens(&m.config.eos_token_ids, &tokenizer);
-        let make_cache: lava_serve::CacheFactory<B> = Box::new(move |m, policy: &PolicyConfig, max_tokens, decode_tokens| {
+        let make_cache: lava_serve::CacheFactory<B> = Box::new(move |m, policy: &PolicyConfig, kv_dtype: KvDtype, max_tokens, decode_tokens| {
             let options = CacheOptions {
                 decode_tokens,
                 chunked_prefill: policy.policy != PolicyName::Full,

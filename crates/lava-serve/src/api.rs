@@ -5,7 +5,7 @@
 //! the wrong type or out of range is a 400 with `param` set; fields the server
 //! does not know are ignored, as OpenAI's clients send many optional ones.
 
-use lava_cache::PolicyConfig;
+use lava_cache::{KvDtype, PolicyConfig};
 use lava_llama::Message;
 use serde_json::{json, Map, Value};
 
@@ -41,6 +41,9 @@ pub struct Generation {
     pub include_usage: bool,
     /// The KV-cache policy (extension fields over the server's defaults).
     pub policy: PolicyConfig,
+    /// `kv_dtype` (extension): how this request's cache stores K and V;
+    /// `None`: the server's `--kv-dtype`.
+    pub kv_dtype: Option<KvDtype>,
     /// `ignore_eos` (extension, as vLLM and llama-server have it): generate
     /// `max_tokens` tokens even past an end-of-turn token (load tests).
     pub ignore_eos: bool,
@@ -180,6 +183,7 @@ fn generation(body: &Map<String, Value>, defaults: &PolicyConfig, chat: bool) ->
     opt_str(body, "model")?;
     let ignore_eos = opt_bool(body, "ignore_eos")?.unwrap_or(false);
     let policy = crate::policy::request_policy(body, defaults)?;
+    let kv_dtype = crate::policy::request_kv_dtype(body)?;
     Ok(Generation {
         max_tokens,
         temperature: temperature as f32,
@@ -189,6 +193,7 @@ fn generation(body: &Map<String, Value>, defaults: &PolicyConfig, chat: bool) ->
         stream,
         include_usage,
         policy,
+        kv_dtype,
         ignore_eos,
     })
 }

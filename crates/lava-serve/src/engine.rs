@@ -40,12 +40,13 @@ use crate::api::FinishReason;
 use crate::error::ApiError;
 use crate::metrics::{EngineGauges, Metrics};
 
-/// Builds a sequence's cache: `(model, policy, max_tokens, decode_tokens)`,
-/// where `max_tokens` bounds the sequence (prompt plus generation) and
-/// `decode_tokens` is the generation's length, for the decode headroom. Given
+/// Builds a sequence's cache: `(model, policy, kv_dtype, max_tokens,
+/// decode_tokens)`, where `kv_dtype` is how it stores K and V, `max_tokens`
+/// bounds the sequence (prompt plus generation) and `decode_tokens` is the
+/// generation's length, for the decode headroom. Given
 /// by the caller (the `lava` binary builds them as `lava generate` does), with
 /// compression after every prefill chunk for compressing policies.
-pub type CacheFactory<B> = Box<dyn Fn(&Llama<B>, &PolicyConfig, usize, usize) -> Result<Box<dyn KvCache<B>>, String>>;
+pub type CacheFactory<B> = Box<dyn Fn(&Llama<B>, &PolicyConfig, KvDtype, usize, usize) -> Result<Box<dyn KvCache<B>>, String>>;
 
 /// What the engine thread loads before it serves.
 pub struct Loaded<B: Backend> {
@@ -68,8 +69,6 @@ pub struct EngineConfig {
     pub max_queue: usize,
     /// `--prefill-chunk`: prompt tokens per prefill step.
     pub prefill_chunk: usize,
-    /// `--kv-dtype`: how every sequence's cache stores K and V (reservations count it).
-    pub kv_dtype: KvDtype,
 }
 
 /// One request, tokenized and validated, for the engine.
@@ -83,6 +82,8 @@ pub struct Job {
     pub sampling: Sampling,
     /// The cache policy.
     pub policy: PolicyConfig,
+    /// How its cache stores K and V (its reservation counts it).
+    pub kv_dtype: KvDtype,
     /// Where the engine sends this job's events; dropping the receiver cancels it.
     pub events: UnboundedSender<Event>,
     /// Set by the HTTP side when a `stop` string ended the text (the drop that
@@ -282,9 +283,14 @@ impl<B: Backend> Engine<B> {
         self.publish();
     }
 
-    /// Queues a job, or refuses it: 400 if it could never fit, 429 if the queue is full.
+    /// Queues a job, or refuses it: 400 if its `kv_dtype` cannot be stored on
+    /// this backend or it could never fit, 429 if the queue is full.
     fn submit(&mut self, job: Job) {
-        let reserved = reservation(self.model.cache_shape(), self.config.kv_dtype, &job.policy, job.prompt.len(), job.max_tokens);
+        if let Err(e) = job.kv_dtype.check::<B>(self.model.cache_shape().head_dim, self.model.device()) {
+            let _ = job.events.send(Event::Failed(ApiError::invalid("kv_dtype", format!("kv_dtype: {e}"))));
+            return;
+        }
+        let reserved = reservation(self.model.cache_shape(), job.kv_dtype, &job.policy, job.prompt.len(), job.max_tokens);
         if reserved > self.ledger.limit() {
             let e = ApiError::invalid_code(
                 "max_tokens",
@@ -339,7 +345,7 @@ impl<B: Backend> Engine<B> {
             }
             let Some(Queued { job, reserved }) = self.queue.pop_front() else { break };
             let max_tokens = job.prompt.len() + job.max_tokens;
-            let made = catch_unwind(AssertUnwindSafe(|| (self.make_cache)(&self.model, &job.policy, max_tokens, job.max_tokens)));
+            let made = catch_unwind(AssertUnwindSafe(|| (self.make_cache)(&self.model, &job.policy, job.kv_dtype, max_tokens, job.max_tokens)));
             let cache = match made {
                 Ok(Ok(c)) => c,
                 Ok(Err(e)) => {

@@ -1,9 +1,10 @@
 //! The per-request KV-cache extension fields (`kv_policy`, `kv_budget`,
 //! `kv_window`, `kv_kernel`, `kv_pooling`, `kv_floor_alpha`, `kv_beta`,
 //! `kv_sinks`, `kv_floor_rule`), over the server's defaults, into a validated
-//! [`PolicyConfig`]. Every error names the field at fault.
+//! [`PolicyConfig`], and `kv_dtype` (how the cache stores K and V) into a
+//! [`KvDtype`]. Every error names the field at fault.
 
-use lava_cache::{FloorRule, PolicyConfig, PolicyName, Pooling};
+use lava_cache::{FloorRule, KvDtype, PolicyConfig, PolicyName, Pooling};
 use serde_json::{Map, Value};
 
 use crate::api::{opt_f64, opt_str, opt_usize};
@@ -75,6 +76,14 @@ pub fn request_policy(body: &Map<String, Value>, defaults: &PolicyConfig) -> Res
     Ok(c)
 }
 
+/// The request's `kv_dtype` (`f32`, `f16` or `q8_0`), `None` when it sets
+/// none (the server's `--kv-dtype` then holds).
+pub fn request_kv_dtype(body: &Map<String, Value>) -> Result<Option<KvDtype>, ApiError> {
+    opt_str(body, "kv_dtype")?
+        .map(|s| s.parse::<KvDtype>().map_err(|e| ApiError::invalid("kv_dtype", format!("kv_dtype: {e}"))))
+        .transpose()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,6 +116,19 @@ mod tests {
         for (body, field) in cases {
             let e = request_policy(&obj(body.clone()), &d).expect_err(&body.to_string());
             assert_eq!(e.param.as_deref(), Some(field), "{body}: {}", e.message);
+            assert_eq!(e.status, 400);
+        }
+    }
+
+    #[test]
+    fn kv_dtype_is_parsed_and_a_bad_one_names_the_field() {
+        assert_eq!(request_kv_dtype(&obj(serde_json::json!({}))).expect("absent"), None);
+        assert_eq!(request_kv_dtype(&obj(serde_json::json!({"kv_dtype": null}))).expect("null"), None);
+        assert_eq!(request_kv_dtype(&obj(serde_json::json!({"kv_dtype": "q8_0"}))).expect("q8_0"), Some(KvDtype::Q8_0));
+        assert_eq!(request_kv_dtype(&obj(serde_json::json!({"kv_dtype": "F16"}))).expect("f16"), Some(KvDtype::F16));
+        for bad in [serde_json::json!({"kv_dtype": "int4"}), serde_json::json!({"kv_dtype": 8})] {
+            let e = request_kv_dtype(&obj(bad.clone())).expect_err(&bad.to_string());
+            assert_eq!(e.param.as_deref(), Some("kv_dtype"), "{bad}: {}", e.message);
             assert_eq!(e.status, 400);
         }
     }

@@ -18,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use futures_util::StreamExt;
-use lava_cache::PolicyConfig;
+use lava_cache::{KvDtype, PolicyConfig};
 use lava_llama::{Prompt, Sampling, Tokenizer};
 use serde_json::json;
 
@@ -37,6 +37,8 @@ pub struct HttpConfig {
     pub api_key: Option<String>,
     /// The server's default policy (`--policy`, `--budget`...).
     pub default_policy: PolicyConfig,
+    /// The server's `--kv-dtype`, for requests that set no `kv_dtype`.
+    pub default_kv_dtype: KvDtype,
     /// The model's name in answers and `/v1/models`.
     pub model_id: String,
     /// Control tokens written in prompts are control tokens (`--allow-special`).
@@ -236,7 +238,8 @@ async fn generate(s: &Arc<AppState>, endpoint: Endpoint, headers: &HeaderMap, bo
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let stopped = Arc::new(AtomicBool::new(false));
     let prompt_tokens = ids.len();
-    let job = Job { prompt: ids, max_tokens, sampling, policy: g.policy, events: tx, stopped: stopped.clone(), ignore_eos: g.ignore_eos };
+    let kv_dtype = g.kv_dtype.unwrap_or(s.config.default_kv_dtype);
+    let job = Job { prompt: ids, max_tokens, sampling, policy: g.policy, kv_dtype, events: tx, stopped: stopped.clone(), ignore_eos: g.ignore_eos };
     if !s.engine.submit(job) {
         return Err(ApiError::unavailable("the server is shutting down"));
     }
