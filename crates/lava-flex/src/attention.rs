@@ -529,96 +529,44 @@ impl Partial {
     #[target_feature(enable = "avx512f,avx2,fma")]
     #[allow(clippy::too_many_arguments)]
     unsafe fn compute_avx512(q: &[f32], h_q: usize, g: usize, d: usize, keys: &[f32], values: &[f32], segments: &[Segment], scale: f32) -> Self {
+        use simd::Avx512;
         match d {
-            64 => Self::blocked_avx512::<64, 4>(q, h_q, g, keys, values, segments, scale),
-            128 => Self::blocked_avx512::<128, 8>(q, h_q, g, keys, values, segments, scale),
+            64 => Self::blocked_simd::<Avx512, 64, 4>(q, h_q, g, keys, values, segments, scale),
+            128 => Self::blocked_simd::<Avx512, 128, 8>(q, h_q, g, keys, values, segments, scale),
             _ => Self::compute_portable::<true>(q, h_q, g, d, keys, values, segments, scale),
         }
-    }
-
-    /// [`Self::compute_blocked`] written with AVX-512 intrinsics (`L = D / 16`
-    /// vectors per row): the compiler vectorises the portable loops across
-    /// rows with gathers instead. Blocks come from [`strided_blocks`], so the
-    /// one-row segments that decode appends leave (one per step and KV head,
-    /// the heads interleaved) are taken [`DECODE_BLOCK`] at a time, not one
-    /// block each.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn blocked_avx512<const D: usize, const L: usize>(q: &[f32], h_q: usize, g: usize, keys: &[f32], values: &[f32], segments: &[Segment], scale: f32) -> Self {
-        use std::arch::x86_64::*;
-        let mut max = vec![f32::NEG_INFINITY; h_q];
-        let mut sum = vec![0f32; h_q];
-        let mut acc = vec![0f32; h_q * D];
-        // Every query head's query, scaled once.
-        let qs: Vec<f32> = q[..h_q * D].iter().map(|&x| x * scale).collect();
-        let mut p = [0f32; DECODE_BLOCK];
-        for b in strided_blocks(segments) {
-            let row = |j: usize| (b.start + j * b.stride) * D;
-            if b.start + (b.len - 1) * b.stride >= keys.len().min(values.len()) / D {
-                continue; // unreachable: `attend_rows` checked every segment against the storage
-            }
-            for h in b.kv_head * g..(b.kv_head + 1) * g {
-                let qh = &qs[h * D..(h + 1) * D];
-                let p = &mut p[..b.len];
-                for (j, pj) in p.iter_mut().enumerate() {
-                    // SAFETY (all loads/stores below): rows `row(j) .. row(j) + D` lie in
-                    // `keys`/`values` (checked above), `qh` and each accumulator hold `D` floats.
-                    let k = keys.as_ptr().add(row(j));
-                    let mut t = _mm512_mul_ps(_mm512_loadu_ps(qh.as_ptr()), _mm512_loadu_ps(k));
-                    for c in 1..L {
-                        t = _mm512_fmadd_ps(_mm512_loadu_ps(qh.as_ptr().add(c * 16)), _mm512_loadu_ps(k.add(c * 16)), t);
-                    }
-                    *pj = _mm512_reduce_add_ps(t);
-                }
-                let a0 = acc[h * D..(h + 1) * D].as_mut_ptr();
-                let mut a = [_mm512_setzero_ps(); L];
-                for (c, x) in a.iter_mut().enumerate() {
-                    *x = _mm512_loadu_ps(a0.add(c * 16));
-                }
-                if let Some(shrink) = softmax_block(p, &mut max[h], &mut sum[h]) {
-                    let sh = _mm512_set1_ps(shrink);
-                    for x in a.iter_mut() {
-                        *x = _mm512_mul_ps(*x, sh);
-                    }
-                }
-                for (j, &w) in p.iter().enumerate() {
-                    let wv = _mm512_set1_ps(w);
-                    let v = values.as_ptr().add(row(j));
-                    for (c, x) in a.iter_mut().enumerate() {
-                        *x = _mm512_fmadd_ps(wv, _mm512_loadu_ps(v.add(c * 16)), *x);
-                    }
-                }
-                for (c, x) in a.iter().enumerate() {
-                    _mm512_storeu_ps(a0.add(c * 16), *x);
-                }
-            }
-        }
-        Self { max, sum, acc }
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
     unsafe fn compute_avx2(q: &[f32], h_q: usize, g: usize, d: usize, keys: &[f32], values: &[f32], segments: &[Segment], scale: f32) -> Self {
+        use simd::Avx2;
         match d {
-            64 => Self::blocked_avx2::<64, 8>(q, h_q, g, keys, values, segments, scale),
-            128 => Self::blocked_avx2::<128, 16>(q, h_q, g, keys, values, segments, scale),
+            64 => Self::blocked_simd::<Avx2, 64, 8>(q, h_q, g, keys, values, segments, scale),
+            128 => Self::blocked_simd::<Avx2, 128, 16>(q, h_q, g, keys, values, segments, scale),
             _ => Self::compute_portable::<true>(q, h_q, g, d, keys, values, segments, scale),
         }
     }
 
-    /// [`Self::blocked_avx512`] with AVX2 and FMA (`L = D / 8` vectors of 8
-    /// lanes per row): the same [`strided_blocks`], so decode's one-row
-    /// segments are taken [`DECODE_BLOCK`] at a time instead of paying a
-    /// block's setup (query, accumulator, softmax bookkeeping) per row; each
-    /// logit's dot product in two interleaved chains of fused multiply-adds.
+    /// [`Self::compute_blocked`] written with vector intrinsics (`L = D / W`
+    /// vectors of `W` lanes per row; AVX-512 or AVX2, inlined into the entry
+    /// point compiled for it): the compiler vectorises the portable loops
+    /// across rows with gathers instead. Blocks come from [`strided_blocks`],
+    /// so the one-row segments that decode appends leave (one per step and KV
+    /// head, the heads interleaved) are taken [`DECODE_BLOCK`] at a time, not
+    /// one block each (a block's setup, query, accumulator and softmax
+    /// bookkeeping, is paid per block). Each logit's dot product runs in two
+    /// interleaved chains of fused multiply-adds.
+    ///
+    /// # Safety
+    /// The CPU has `S`'s features; `L * S::W == D` and `L` is even.
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
+    #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn blocked_avx2<const D: usize, const L: usize>(q: &[f32], h_q: usize, g: usize, keys: &[f32], values: &[f32], segments: &[Segment], scale: f32) -> Self {
-        use std::arch::x86_64::*;
-        debug_assert!(L * 8 == D && L % 2 == 0);
+    unsafe fn blocked_simd<S: simd::Lanes, const D: usize, const L: usize>(q: &[f32], h_q: usize, g: usize, keys: &[f32], values: &[f32], segments: &[Segment], scale: f32) -> Self {
+        debug_assert!(L * S::W == D && L % 2 == 0);
+        let w = S::W;
         let mut max = vec![f32::NEG_INFINITY; h_q];
         let mut sum = vec![0f32; h_q];
         let mut acc = vec![0f32; h_q * D];
@@ -635,39 +583,41 @@ impl Partial {
                 for (j, pj) in p.iter_mut().enumerate() {
                     // SAFETY (all loads/stores below): rows `(b.start + j * b.stride) * D ..`
                     // `+ D` lie in `keys`/`values` (checked above), `qh` and each accumulator
-                    // hold `D` floats.
-                    let k = keys.as_ptr().add((b.start + j * b.stride) * D);
-                    let mut t0 = _mm256_mul_ps(_mm256_loadu_ps(qh), _mm256_loadu_ps(k));
-                    let mut t1 = _mm256_mul_ps(_mm256_loadu_ps(qh.add(8)), _mm256_loadu_ps(k.add(8)));
-                    for c in (2..L).step_by(2) {
-                        t0 = _mm256_fmadd_ps(_mm256_loadu_ps(qh.add(c * 8)), _mm256_loadu_ps(k.add(c * 8)), t0);
-                        t1 = _mm256_fmadd_ps(_mm256_loadu_ps(qh.add(c * 8 + 8)), _mm256_loadu_ps(k.add(c * 8 + 8)), t1);
+                    // hold `D` floats; the CPU has `S`'s features (the caller's contract).
+                    unsafe {
+                        let k = keys.as_ptr().add((b.start + j * b.stride) * D);
+                        let mut t0 = S::mul(S::load(qh), S::load(k));
+                        let mut t1 = S::mul(S::load(qh.add(w)), S::load(k.add(w)));
+                        for c in (2..L).step_by(2) {
+                            t0 = S::fmadd(S::load(qh.add(c * w)), S::load(k.add(c * w)), t0);
+                            t1 = S::fmadd(S::load(qh.add(c * w + w)), S::load(k.add(c * w + w)), t1);
+                        }
+                        *pj = S::sum(S::add(t0, t1));
                     }
-                    let t = _mm256_add_ps(t0, t1);
-                    let t = _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
-                    let t = _mm_add_ps(t, _mm_movehl_ps(t, t));
-                    *pj = _mm_cvtss_f32(_mm_add_ss(t, _mm_shuffle_ps(t, t, 1)));
                 }
                 let a0 = acc[h * D..(h + 1) * D].as_mut_ptr();
-                let mut a = [_mm256_setzero_ps(); L];
-                for (c, x) in a.iter_mut().enumerate() {
-                    *x = _mm256_loadu_ps(a0.add(c * 8));
-                }
-                if let Some(shrink) = softmax_block(p, &mut max[h], &mut sum[h]) {
-                    let sh = _mm256_set1_ps(shrink);
-                    for x in a.iter_mut() {
-                        *x = _mm256_mul_ps(*x, sh);
-                    }
-                }
-                for (j, &w) in p.iter().enumerate() {
-                    let wv = _mm256_set1_ps(w);
-                    let v = values.as_ptr().add((b.start + j * b.stride) * D);
+                // SAFETY: as above.
+                unsafe {
+                    let mut a = [S::zero(); L];
                     for (c, x) in a.iter_mut().enumerate() {
-                        *x = _mm256_fmadd_ps(wv, _mm256_loadu_ps(v.add(c * 8)), *x);
+                        *x = S::load(a0.add(c * w));
                     }
-                }
-                for (c, x) in a.iter().enumerate() {
-                    _mm256_storeu_ps(a0.add(c * 8), *x);
+                    if let Some(shrink) = softmax_block(p, &mut max[h], &mut sum[h]) {
+                        let sh = S::splat(shrink);
+                        for x in a.iter_mut() {
+                            *x = S::mul(*x, sh);
+                        }
+                    }
+                    for (j, &pw) in p.iter().enumerate() {
+                        let wv = S::splat(pw);
+                        let v = values.as_ptr().add((b.start + j * b.stride) * D);
+                        for (c, x) in a.iter_mut().enumerate() {
+                            *x = S::fmadd(wv, S::load(v.add(c * w)), *x);
+                        }
+                    }
+                    for (c, x) in a.iter().enumerate() {
+                        S::store(a0.add(c * w), *x);
+                    }
                 }
             }
         }
@@ -792,6 +742,112 @@ impl Partial {
             o.iter_mut().for_each(|x| *x /= total);
         }
         out
+    }
+}
+
+/// The vector operations of [`Partial::blocked_simd`], one implementation per
+/// x86 level; every function is `#[inline(always)]`, so it compiles with the
+/// features of the entry point it is inlined into.
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use std::arch::x86_64::*;
+
+    /// `W` lanes of `f32`.
+    pub(super) trait Lanes {
+        type V: Copy;
+        const W: usize;
+        unsafe fn load(p: *const f32) -> Self::V;
+        unsafe fn store(p: *mut f32, v: Self::V);
+        unsafe fn zero() -> Self::V;
+        unsafe fn splat(x: f32) -> Self::V;
+        unsafe fn add(a: Self::V, b: Self::V) -> Self::V;
+        unsafe fn mul(a: Self::V, b: Self::V) -> Self::V;
+        /// `a * b + c`, fused.
+        unsafe fn fmadd(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+        /// The sum of the lanes.
+        unsafe fn sum(v: Self::V) -> f32;
+    }
+
+    /// AVX-512F: 16 lanes.
+    pub(super) struct Avx512;
+    impl Lanes for Avx512 {
+        type V = __m512;
+        const W: usize = 16;
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> __m512 {
+            unsafe { _mm512_loadu_ps(p) }
+        }
+        #[inline(always)]
+        unsafe fn store(p: *mut f32, v: __m512) {
+            unsafe { _mm512_storeu_ps(p, v) }
+        }
+        #[inline(always)]
+        unsafe fn zero() -> __m512 {
+            unsafe { _mm512_setzero_ps() }
+        }
+        #[inline(always)]
+        unsafe fn splat(x: f32) -> __m512 {
+            unsafe { _mm512_set1_ps(x) }
+        }
+        #[inline(always)]
+        unsafe fn add(a: __m512, b: __m512) -> __m512 {
+            unsafe { _mm512_add_ps(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn mul(a: __m512, b: __m512) -> __m512 {
+            unsafe { _mm512_mul_ps(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn fmadd(a: __m512, b: __m512, c: __m512) -> __m512 {
+            unsafe { _mm512_fmadd_ps(a, b, c) }
+        }
+        #[inline(always)]
+        unsafe fn sum(v: __m512) -> f32 {
+            unsafe { _mm512_reduce_add_ps(v) }
+        }
+    }
+
+    /// AVX2 with FMA: 8 lanes.
+    pub(super) struct Avx2;
+    impl Lanes for Avx2 {
+        type V = __m256;
+        const W: usize = 8;
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> __m256 {
+            unsafe { _mm256_loadu_ps(p) }
+        }
+        #[inline(always)]
+        unsafe fn store(p: *mut f32, v: __m256) {
+            unsafe { _mm256_storeu_ps(p, v) }
+        }
+        #[inline(always)]
+        unsafe fn zero() -> __m256 {
+            unsafe { _mm256_setzero_ps() }
+        }
+        #[inline(always)]
+        unsafe fn splat(x: f32) -> __m256 {
+            unsafe { _mm256_set1_ps(x) }
+        }
+        #[inline(always)]
+        unsafe fn add(a: __m256, b: __m256) -> __m256 {
+            unsafe { _mm256_add_ps(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn mul(a: __m256, b: __m256) -> __m256 {
+            unsafe { _mm256_mul_ps(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn fmadd(a: __m256, b: __m256, c: __m256) -> __m256 {
+            unsafe { _mm256_fmadd_ps(a, b, c) }
+        }
+        #[inline(always)]
+        unsafe fn sum(v: __m256) -> f32 {
+            unsafe {
+                let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+                let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+                _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)))
+            }
+        }
     }
 }
 
