@@ -574,6 +574,8 @@ impl Partial {
         let qs: Vec<f32> = q[..h_q * D].iter().map(|&x| x * scale).collect();
         let mut p = [0f32; DECODE_BLOCK];
         for b in strided_blocks(segments) {
+            // The offset of the block's row `j` in `keys` and `values`.
+            let row = |j: usize| (b.start + j * b.stride) * D;
             if b.start + (b.len - 1) * b.stride >= keys.len().min(values.len()) / D {
                 continue; // unreachable: `attend_rows` checked every segment against the storage
             }
@@ -581,11 +583,11 @@ impl Partial {
                 let qh = qs[h * D..(h + 1) * D].as_ptr();
                 let p = &mut p[..b.len];
                 for (j, pj) in p.iter_mut().enumerate() {
-                    // SAFETY (all loads/stores below): rows `(b.start + j * b.stride) * D ..`
-                    // `+ D` lie in `keys`/`values` (checked above), `qh` and each accumulator
-                    // hold `D` floats; the CPU has `S`'s features (the caller's contract).
+                    // SAFETY (all loads/stores below): rows `row(j) .. row(j) + D` lie in
+                    // `keys`/`values` (checked above), `qh` and each accumulator hold `D`
+                    // floats; the CPU has `S`'s features (the caller's contract).
                     unsafe {
-                        let k = keys.as_ptr().add((b.start + j * b.stride) * D);
+                        let k = keys.as_ptr().add(row(j));
                         let mut t0 = S::mul(S::load(qh), S::load(k));
                         let mut t1 = S::mul(S::load(qh.add(w)), S::load(k.add(w)));
                         for c in (2..L).step_by(2) {
@@ -610,7 +612,7 @@ impl Partial {
                     }
                     for (j, &pw) in p.iter().enumerate() {
                         let wv = S::splat(pw);
-                        let v = values.as_ptr().add((b.start + j * b.stride) * D);
+                        let v = values.as_ptr().add(row(j));
                         for (c, x) in a.iter_mut().enumerate() {
                             *x = S::fmadd(wv, S::load(v.add(c * w)), *x);
                         }

@@ -222,29 +222,42 @@ mod x86 {
                     let rows = STRIP_ROWS.min(n - r0);
                     for j0 in (p0..p1).step_by(STRIP) {
                         let width = STRIP.min(p1 - j0);
-                        // Lane `i` of vector `v` is column `j0 + 8 v + i`: on while inside the range.
-                        let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-                        let masks = [_mm256_cmpgt_epi32(_mm256_set1_epi32(width as i32), lane), _mm256_cmpgt_epi32(_mm256_set1_epi32(width as i32 - 8), lane)];
                         // SAFETY: as this function's contract; `r0 + rows <= n`.
                         unsafe {
-                            match (rows, width == STRIP) {
-                                (6, true) => strip::<6, false>(x, r0, d_in, w, d_out, j0, k0, k1, &masks, y),
-                                (5, true) => strip::<5, false>(x, r0, d_in, w, d_out, j0, k0, k1, &masks, y),
-                                (4, true) => strip::<4, false>(x, r0, d_in, w, d_out, j0, k0, k1, &masks, y),
-                                (3, true) => strip::<3, false>(x, r0, d_in, w, d_out, j0, k0, k1, &masks, y),
-                                (2, true) => strip::<2, false>(x, r0, d_in, w, d_out, j0, k0, k1, &masks, y),
-                                (_, true) => strip::<1, false>(x, r0, d_in, w, d_out, j0, k0, k1, &masks, y),
-                                (6, false) => strip::<6, true>(x, r0, d_in, w, d_out, j0, k0, k1, &masks, y),
-                                (5, false) => strip::<5, true>(x, r0, d_in, w, d_out, j0, k0, k1, &masks, y),
-                                (4, false) => strip::<4, true>(x, r0, d_in, w, d_out, j0, k0, k1, &masks, y),
-                                (3, false) => strip::<3, true>(x, r0, d_in, w, d_out, j0, k0, k1, &masks, y),
-                                (2, false) => strip::<2, true>(x, r0, d_in, w, d_out, j0, k0, k1, &masks, y),
-                                (_, false) => strip::<1, true>(x, r0, d_in, w, d_out, j0, k0, k1, &masks, y),
+                            if width == STRIP {
+                                strip_rows::<false>(rows, x, r0, d_in, w, d_out, j0, width, k0, k1, y);
+                            } else {
+                                strip_rows::<true>(rows, x, r0, d_in, w, d_out, j0, width, k0, k1, y);
                             }
                         }
                     }
                     r0 += rows;
                 }
+            }
+        }
+    }
+
+    /// [`strip`] for a tile of `rows` (at most [`STRIP_ROWS`]) rows and a strip
+    /// `width` columns wide (`MASKED` when it is cut short by the range's edge).
+    ///
+    /// # Safety
+    /// As [`strip`].
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn strip_rows<const MASKED: bool>(rows: usize, x: &[f32], r0: usize, d_in: usize, w: &[f32], d_out: usize, j0: usize, width: usize, k0: usize, k1: usize, y: *mut f32) {
+        // Lane `i` of vector `v` is column `j0 + 8 v + i`: on while inside the strip.
+        let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        let masks = [_mm256_cmpgt_epi32(_mm256_set1_epi32(width as i32), lane), _mm256_cmpgt_epi32(_mm256_set1_epi32(width as i32 - 8), lane)];
+        // SAFETY: the caller's contract.
+        unsafe {
+            match rows {
+                6 => strip::<6, MASKED>(x, r0, d_in, w, d_out, j0, k0, k1, &masks, y),
+                5 => strip::<5, MASKED>(x, r0, d_in, w, d_out, j0, k0, k1, &masks, y),
+                4 => strip::<4, MASKED>(x, r0, d_in, w, d_out, j0, k0, k1, &masks, y),
+                3 => strip::<3, MASKED>(x, r0, d_in, w, d_out, j0, k0, k1, &masks, y),
+                2 => strip::<2, MASKED>(x, r0, d_in, w, d_out, j0, k0, k1, &masks, y),
+                _ => strip::<1, MASKED>(x, r0, d_in, w, d_out, j0, k0, k1, &masks, y),
             }
         }
     }
