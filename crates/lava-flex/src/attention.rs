@@ -529,7 +529,7 @@ impl Partial {
     #[target_feature(enable = "avx512f,avx2,fma")]
     #[allow(clippy::too_many_arguments)]
     unsafe fn compute_avx512(q: &[f32], h_q: usize, g: usize, d: usize, keys: &[f32], values: &[f32], segments: &[Segment], scale: f32) -> Self {
-        use simd::Avx512;
+        use crate::simd::Avx512;
         match d {
             64 => Self::blocked_simd::<Avx512, 64, 4>(q, h_q, g, keys, values, segments, scale),
             128 => Self::blocked_simd::<Avx512, 128, 8>(q, h_q, g, keys, values, segments, scale),
@@ -541,7 +541,7 @@ impl Partial {
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
     unsafe fn compute_avx2(q: &[f32], h_q: usize, g: usize, d: usize, keys: &[f32], values: &[f32], segments: &[Segment], scale: f32) -> Self {
-        use simd::Avx2;
+        use crate::simd::Avx2;
         match d {
             64 => Self::blocked_simd::<Avx2, 64, 8>(q, h_q, g, keys, values, segments, scale),
             128 => Self::blocked_simd::<Avx2, 128, 16>(q, h_q, g, keys, values, segments, scale),
@@ -564,7 +564,7 @@ impl Partial {
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn blocked_simd<S: simd::Lanes, const D: usize, const L: usize>(q: &[f32], h_q: usize, g: usize, keys: &[f32], values: &[f32], segments: &[Segment], scale: f32) -> Self {
+    unsafe fn blocked_simd<S: crate::simd::Lanes, const D: usize, const L: usize>(q: &[f32], h_q: usize, g: usize, keys: &[f32], values: &[f32], segments: &[Segment], scale: f32) -> Self {
         debug_assert!(L * S::W == D && L % 2 == 0);
         let w = S::W;
         let mut max = vec![f32::NEG_INFINITY; h_q];
@@ -744,112 +744,6 @@ impl Partial {
             o.iter_mut().for_each(|x| *x /= total);
         }
         out
-    }
-}
-
-/// The vector operations of [`Partial::blocked_simd`], one implementation per
-/// x86 level; every function is `#[inline(always)]`, so it compiles with the
-/// features of the entry point it is inlined into.
-#[cfg(target_arch = "x86_64")]
-mod simd {
-    use std::arch::x86_64::*;
-
-    /// `W` lanes of `f32`.
-    pub(super) trait Lanes {
-        type V: Copy;
-        const W: usize;
-        unsafe fn load(p: *const f32) -> Self::V;
-        unsafe fn store(p: *mut f32, v: Self::V);
-        unsafe fn zero() -> Self::V;
-        unsafe fn splat(x: f32) -> Self::V;
-        unsafe fn add(a: Self::V, b: Self::V) -> Self::V;
-        unsafe fn mul(a: Self::V, b: Self::V) -> Self::V;
-        /// `a * b + c`, fused.
-        unsafe fn fmadd(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
-        /// The sum of the lanes.
-        unsafe fn sum(v: Self::V) -> f32;
-    }
-
-    /// AVX-512F: 16 lanes.
-    pub(super) struct Avx512;
-    impl Lanes for Avx512 {
-        type V = __m512;
-        const W: usize = 16;
-        #[inline(always)]
-        unsafe fn load(p: *const f32) -> __m512 {
-            unsafe { _mm512_loadu_ps(p) }
-        }
-        #[inline(always)]
-        unsafe fn store(p: *mut f32, v: __m512) {
-            unsafe { _mm512_storeu_ps(p, v) }
-        }
-        #[inline(always)]
-        unsafe fn zero() -> __m512 {
-            unsafe { _mm512_setzero_ps() }
-        }
-        #[inline(always)]
-        unsafe fn splat(x: f32) -> __m512 {
-            unsafe { _mm512_set1_ps(x) }
-        }
-        #[inline(always)]
-        unsafe fn add(a: __m512, b: __m512) -> __m512 {
-            unsafe { _mm512_add_ps(a, b) }
-        }
-        #[inline(always)]
-        unsafe fn mul(a: __m512, b: __m512) -> __m512 {
-            unsafe { _mm512_mul_ps(a, b) }
-        }
-        #[inline(always)]
-        unsafe fn fmadd(a: __m512, b: __m512, c: __m512) -> __m512 {
-            unsafe { _mm512_fmadd_ps(a, b, c) }
-        }
-        #[inline(always)]
-        unsafe fn sum(v: __m512) -> f32 {
-            unsafe { _mm512_reduce_add_ps(v) }
-        }
-    }
-
-    /// AVX2 with FMA: 8 lanes.
-    pub(super) struct Avx2;
-    impl Lanes for Avx2 {
-        type V = __m256;
-        const W: usize = 8;
-        #[inline(always)]
-        unsafe fn load(p: *const f32) -> __m256 {
-            unsafe { _mm256_loadu_ps(p) }
-        }
-        #[inline(always)]
-        unsafe fn store(p: *mut f32, v: __m256) {
-            unsafe { _mm256_storeu_ps(p, v) }
-        }
-        #[inline(always)]
-        unsafe fn zero() -> __m256 {
-            unsafe { _mm256_setzero_ps() }
-        }
-        #[inline(always)]
-        unsafe fn splat(x: f32) -> __m256 {
-            unsafe { _mm256_set1_ps(x) }
-        }
-        #[inline(always)]
-        unsafe fn add(a: __m256, b: __m256) -> __m256 {
-            unsafe { _mm256_add_ps(a, b) }
-        }
-        #[inline(always)]
-        unsafe fn mul(a: __m256, b: __m256) -> __m256 {
-            unsafe { _mm256_mul_ps(a, b) }
-        }
-        #[inline(always)]
-        unsafe fn fmadd(a: __m256, b: __m256, c: __m256) -> __m256 {
-            unsafe { _mm256_fmadd_ps(a, b, c) }
-        }
-        #[inline(always)]
-        unsafe fn sum(v: __m256) -> f32 {
-            unsafe {
-                let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-                let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-                _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)))
-            }
-        }
     }
 }
 

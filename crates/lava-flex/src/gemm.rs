@@ -49,7 +49,7 @@ const K1: usize = 4;
 
 /// A pointer the parts of one pass write through, each to its own columns.
 #[derive(Clone, Copy)]
-struct Out(*mut f32);
+pub(crate) struct Out(pub(crate) *mut f32);
 
 // SAFETY: the parts of a pass write disjoint column ranges of the outputs,
 // which outlive the pass (see `gemm_multi`).

@@ -18,6 +18,8 @@
 //!   cache's ragged slots.
 //! - [`stored`]: decode attention over K/V stored as f16 or Q8_0, widened
 //!   run by run.
+//! - [`packed`]: f32 weight matrices relaid out once in the order the
+//!   decode step's gemm streams them, and that gemm.
 //! - [`spin_pool`]: the thread pool of the many short passes of a decode step.
 
 #![warn(missing_docs)]
@@ -26,8 +28,12 @@ pub mod attention;
 pub mod bridge;
 pub mod gemm;
 pub mod matmul;
+pub mod packed;
 pub mod slots;
 pub mod spin_pool;
 pub mod stored;
+
+#[cfg(target_arch = "x86_64")]
+mod simd;
 
 pub use burn_flex::{Flex, FlexDevice};

@@ -1,7 +1,9 @@
 //! The host-side forward for the flex backend: [`Llama::forward`] and
 //! [`Llama::decode_batch`] on the weights' own storage, with the residual
-//! stream as a host vector and the projections as [`lava_flex::gemm::gemm_multi`]
-//! passes (or the backend's matmul for long prefills). The generic path
+//! stream as a host vector and the projections as passes of the packed gemm
+//! (`crate::packed`, every row count), of the native quantized kernels, or, for
+//! a model whose matrices could not be packed, [`lava_flex::gemm::gemm_multi`]
+//! (or the backend's matmul for long prefills). The generic path
 //! (`crate::transformer`) tries [`Llama::forward_on_host`] first and falls
 //! back to its tensor ops when that returns `None` (any other backend, or a
 //! parameter not readable in place).
@@ -69,16 +71,15 @@ mod on_host {
                 Logits::Last => (groups.iter().flat_map(|g| x[(g.end - 1) * d..g.end * d].iter().copied()).collect(), groups.len()),
                 Logits::All => (x, tokens.len()),
             };
-            Ok(self.host_logits(x, rows))
+            self.host_logits(x, rows)
         }
 
         /// [`forward`](Self::forward) and [`decode_batch`](Self::decode_batch) on
         /// the weights' own storage, for the flex backend. `groups[i]` is the run
         /// of rows (tokens) appended to `caches[i]`; `positions` holds each row's
-        /// absolute position. The residual stream stays a host vector; a
-        /// projection of at most [`lava_flex::gemm::GEMM_MAX_ROWS`] rows is one
-        /// [`lava_flex::gemm::gemm_multi`] pass (q/k/v together, gate/up together), a
-        /// longer one the backend's matmul; RMS norm, RoPE and SwiGLU run on the
+        /// absolute position. The residual stream stays a host vector; the
+        /// projections sharing an input are one pass (q/k/v together, gate/up
+        /// together, see [`project_layer`](Self::project_layer)); RMS norm, RoPE and SwiGLU run on the
         /// rows in place; only attention goes through the caches. Same math as
         /// [`layer_step`](Self::layer_step), without the tensor ops' copies of
         /// strided views. Returns the final normed hidden rows `[R, d_model]`
@@ -102,13 +103,17 @@ mod on_host {
                 let (a, m) = (&l.self_attn, &l.mlp);
                 [&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj, &m.gate_proj, &m.up_proj, &m.down_proj]
             }
-            // (Native quantized weights hold the matrices: the f32 ones are empty.)
-            let native = self.quantized.is_some();
+            // (Native quantized or packed weights hold the matrices: the f32 ones are empty.)
+            let native = self.quantized.is_some() || self.packed.is_some();
             let readable = self.weights.layers.iter().all(|l| {
                 linears(l).iter().all(|p| (native || Host::new(&p.weight.val()).is_some()) && p.bias.as_ref().is_none_or(|b| Host::new(&b.val()).is_some()))
                     && Host::new(&l.input_layernorm.gamma.val()).is_some()
                     && Host::new(&l.post_attention_layernorm.gamma.val()).is_some()
             });
+            if !readable && native {
+                // The generic path has no matrices to fall back on.
+                return Err(ModelError::Internal("a parameter of the host path is not readable in place".into()));
+            }
             if !readable {
                 return Ok(None);
             }
@@ -194,16 +199,20 @@ mod on_host {
         }
 
         /// `x [rows, d_in] @ W (+ bias)` for the projections `projs` of layer
-        /// `l` (all with the same input): by the native quantized kernels when
-        /// the model has them, else [`project_host`](Self::project_host).
+        /// `l` (all with the same input): by the native quantized kernels or
+        /// the packed gemm when the model has them, else
+        /// [`project_host`](Self::project_host).
         fn project_layer(&self, l: usize, x: &[f32], rows: usize, projs: &[(&Linear<B>, Proj)]) -> Result<Vec<Vec<f32>>, ModelError> {
             let lost = || ModelError::Internal("a parameter stopped being readable during the step".into());
-            let Some(q) = &self.quantized else {
-                let layers: Vec<&Linear<B>> = projs.iter().map(|(l, _)| *l).collect();
-                return self.project_host(x, rows, &layers).ok_or_else(lost);
-            };
             let kinds: Vec<Proj> = projs.iter().map(|(_, p)| *p).collect();
-            let mut outs = q.project(l, &kinds, x, rows, self.matvec_split)?;
+            let mut outs = match (&self.quantized, &self.packed) {
+                (Some(q), _) => q.project(l, &kinds, x, rows, self.matvec_split)?,
+                (None, Some(p)) => p.project(l, &kinds, x, rows, self.matvec_split)?,
+                (None, None) => {
+                    let layers: Vec<&Linear<B>> = projs.iter().map(|(l, _)| *l).collect();
+                    return self.project_host(x, rows, &layers).ok_or_else(lost);
+                }
+            };
             for (out, (layer, _)) in outs.iter_mut().zip(projs) {
                 if let Some(bias) = &layer.bias {
                     let b = kernels::Host::new(&bias.val()).ok_or_else(lost)?;
@@ -238,21 +247,28 @@ mod on_host {
             Some(outs)
         }
 
-        /// `x [R, d_model] @ output` for host rows (flex), as a tensor.
-        fn host_logits(&self, x: Vec<f32>, rows: usize) -> Option<Tensor<B, 2>> {
+        /// `x [R, d_model] @ output` for host rows (flex), as a tensor; `None`
+        /// (take the generic path) if the rows cannot become a flex tensor and
+        /// the model's own output tensor is there to fall back on.
+        fn host_logits(&self, x: Vec<f32>, rows: usize) -> Result<Option<Tensor<B, 2>>, ModelError> {
             let d = self.config.hidden_size;
-            if let Some(q) = &self.quantized {
-                let logits = q.logits(&x, rows, self.matvec_split).ok()?;
-                return lava_flex::bridge::from_host::<B, 2>(logits, [rows, self.config.vocab_size]);
-            }
-            let input = lava_flex::bridge::from_host::<B, 2>(x, [rows, d])?;
-            Some(self.logits(input))
+            let host = match (&self.quantized, &self.packed) {
+                (Some(q), _) => q.logits(&x, rows, self.matvec_split)?,
+                (None, Some(p)) => p.logits(&x, rows, self.matvec_split)?,
+                (None, None) => {
+                    let input = lava_flex::bridge::from_host::<B, 2>(x, [rows, d]);
+                    return Ok(input.map(|i| self.logits(i)));
+                }
+            };
+            let logits = lava_flex::bridge::from_host::<B, 2>(host, [rows, self.config.vocab_size]);
+            logits.map(Some).ok_or_else(|| ModelError::Internal("the logits did not become a flex tensor".into()))
         }
     }
 
     /// [`Llama::exact_batch_rows`]: the gemm's row limit on the host path
-    /// with f32 weights (each row of a `gemm_multi` pass is computed alone),
-    /// else 1.
+    /// with f32 weights (each row of a packed or `gemm_multi` pass is computed
+    /// alone; the packed gemm, at any row count, but the limit also bounds
+    /// what a step fuses), else 1.
     pub(crate) fn exact_batch_rows<B: Backend>(model: &Llama<B>) -> usize {
         if lava_flex::bridge::is_flex::<B>() && model.quantized.is_none() {
             lava_flex::gemm::GEMM_MAX_ROWS

@@ -39,6 +39,8 @@ mod gguf_source;
 pub mod hf;
 mod host_forward;
 pub mod memory;
+#[cfg(feature = "flex")]
+mod packed;
 mod prompt;
 #[cfg(feature = "flex")]
 mod quantized;

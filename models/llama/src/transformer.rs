@@ -46,11 +46,31 @@ pub struct Llama<B: Backend> {
     /// then empty.
     #[cfg(feature = "flex")]
     pub(crate) quantized: Option<std::sync::Arc<crate::quantized::QuantizedWeights>>,
+    /// The projections and output head packed for the flex host path
+    /// (`crate::packed`); the f32 matrices of `weights` (but the embedding)
+    /// and `output` are then empty.
+    #[cfg(feature = "flex")]
+    pub(crate) packed: Option<std::sync::Arc<crate::packed::PackedWeights>>,
 }
 
 impl<B: Backend> Llama<B> {
     /// Assembles a model from its parameters.
-    pub fn new(config: LlamaConfig, weights: LlamaWeights<B>, rope: Rope, device: &B::Device) -> Self {
+    ///
+    /// On flex (with the `flex` feature) the projections and the output head
+    /// are packed for the host path's gemm (`crate::packed`), and their f32
+    /// matrices in `weights` left empty.
+    #[allow(unused_mut)]
+    pub fn new(config: LlamaConfig, mut weights: LlamaWeights<B>, rope: Rope, device: &B::Device) -> Self {
+        #[cfg(feature = "flex")]
+        let packed = match lava_flex::bridge::is_flex::<B>() {
+            true => crate::packed::PackedWeights::take(&mut weights, device).map(std::sync::Arc::new),
+            false => None,
+        };
+        #[cfg(feature = "flex")]
+        if packed.is_some() {
+            let output = Tensor::from_data(TensorData::new(Vec::<f32>::new(), [0, 0]), device);
+            return Self { config, weights, output, rope, device: device.clone(), matvec_split: 1, quantized: None, packed };
+        }
         let output = match &weights.lm_head {
             Some(l) => l.weight.val(),
             // Materialise the transposed embedding once: the matmul then reads it contiguously.
@@ -77,6 +97,8 @@ impl<B: Backend> Llama<B> {
             matvec_split: 1,
             #[cfg(feature = "flex")]
             quantized: None,
+            #[cfg(feature = "flex")]
+            packed: None,
         }
     }
 
@@ -93,7 +115,7 @@ impl<B: Backend> Llama<B> {
 
     /// Uses `parts` threads for the projections of a decode step (at most
     /// [`MATVEC_SPLIT_MAX_ROWS`] tokens), which are bound by reading the
-    /// weights: on flex, the threads of `lava_flex::gemm::gemm_multi`; on other
+    /// weights: on flex, the threads of the host path's gemm; on other
     /// backends, `parts` column blocks (views of the weights, no copy) computed
     /// in parallel on the rayon pool and concatenated, identical results.
     ///
@@ -180,12 +202,12 @@ impl<B: Backend> Llama<B> {
     }
 
     /// Bytes of the parameters: the f32 ones, plus the blocks of native
-    /// quantized weights.
+    /// quantized weights or the packed f32 matrices.
     pub fn parameter_bytes(&self) -> usize {
         let native = {
             #[cfg(feature = "flex")]
             {
-                self.quantized.as_ref().map_or(0, |q| q.bytes())
+                self.quantized.as_ref().map_or(0, |q| q.bytes()) + self.packed.as_ref().map_or(0, |p| p.bytes())
             }
             #[cfg(not(feature = "flex"))]
             {
