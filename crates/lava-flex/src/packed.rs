@@ -253,7 +253,7 @@ mod x86 {
     #[inline(always)]
     unsafe fn body<S: Lanes, const R: usize, const C: usize>(x: &[f32], n: usize, w: &PackedMatrix, g0: usize, g1: usize, y: *mut f32) {
         let cols = C * S::W;
-        debug_assert!(cols % STRIP == 0 && GROUP % cols == 0);
+        debug_assert!(cols.is_multiple_of(STRIP) && GROUP.is_multiple_of(cols));
         for j0 in (g0 * GROUP..g1 * GROUP).step_by(cols) {
             let width = cols.min(w.d_out.saturating_sub(j0));
             if width == 0 {

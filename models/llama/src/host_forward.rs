@@ -104,13 +104,13 @@ mod on_host {
                 [&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj, &m.gate_proj, &m.up_proj, &m.down_proj]
             }
             // (Native quantized or packed weights hold the matrices: the f32 ones are empty.)
-            let native = self.quantized.is_some() || self.packed.is_some();
+            let elsewhere = self.quantized.is_some() || self.packed.is_some();
             let readable = self.weights.layers.iter().all(|l| {
-                linears(l).iter().all(|p| (native || Host::new(&p.weight.val()).is_some()) && p.bias.as_ref().is_none_or(|b| Host::new(&b.val()).is_some()))
+                linears(l).iter().all(|p| (elsewhere || Host::new(&p.weight.val()).is_some()) && p.bias.as_ref().is_none_or(|b| Host::new(&b.val()).is_some()))
                     && Host::new(&l.input_layernorm.gamma.val()).is_some()
                     && Host::new(&l.post_attention_layernorm.gamma.val()).is_some()
             });
-            if !readable && native {
+            if !readable && elsewhere {
                 // The generic path has no matrices to fall back on.
                 return Err(ModelError::Internal("a parameter of the host path is not readable in place".into()));
             }
@@ -267,8 +267,8 @@ mod on_host {
 
     /// [`Llama::exact_batch_rows`]: the gemm's row limit on the host path
     /// with f32 weights (each row of a packed or `gemm_multi` pass is computed
-    /// alone; the packed gemm, at any row count, but the limit also bounds
-    /// what a step fuses), else 1.
+    /// alone; packed, that holds at any row count, and the limit still bounds
+    /// how many rows a step fuses), else 1.
     pub(crate) fn exact_batch_rows<B: Backend>(model: &Llama<B>) -> usize {
         if lava_flex::bridge::is_flex::<B>() && model.quantized.is_none() {
             lava_flex::gemm::GEMM_MAX_ROWS

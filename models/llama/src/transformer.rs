@@ -67,11 +67,12 @@ impl<B: Backend> Llama<B> {
             false => None,
         };
         #[cfg(feature = "flex")]
-        if packed.is_some() {
-            let output = Tensor::from_data(TensorData::new(Vec::<f32>::new(), [0, 0]), device);
-            return Self { config, weights, output, rope, device: device.clone(), matvec_split: 1, quantized: None, packed };
-        }
+        let is_packed = packed.is_some();
+        #[cfg(not(feature = "flex"))]
+        let is_packed = false;
         let output = match &weights.lm_head {
+            // The packed head replaces it.
+            _ if is_packed => Tensor::from_data(TensorData::new(Vec::<f32>::new(), [0, 0]), device),
             Some(l) => l.weight.val(),
             // Materialise the transposed embedding once: the matmul then reads it contiguously.
             None => {
@@ -98,7 +99,7 @@ impl<B: Backend> Llama<B> {
             #[cfg(feature = "flex")]
             quantized: None,
             #[cfg(feature = "flex")]
-            packed: None,
+            packed,
         }
     }
 

@@ -269,6 +269,12 @@ fn flex_host_decode_matches_reference_and_batches() {
         let cfg = tiny_config(heads, kv, tied, bias);
         let w = RandomWeights { config: cfg.clone(), seed: 11 };
         let model = Llama::<F>::from_source(cfg.clone(), &w, Rope::new(&cfg), &device).expect("model").with_matvec_split(2);
+        // The matrices run packed (`crate::packed`): the f32 ones are empty, and the
+        // parameter bytes count the packed ones (at least the embedding and q/k/v).
+        let q = model.weights.layers[0].self_attn.q_proj.weight.val();
+        assert_eq!(q.dims(), [0, 0], "heads {heads}/{kv}: the flex model's projections are packed");
+        let qkv = cfg.num_hidden_layers * cfg.hidden_size * (cfg.num_attention_heads + 2 * cfg.num_key_value_heads) * cfg.head_dim;
+        assert!(model.parameter_bytes() >= 4 * (qkv + cfg.vocab_size * cfg.hidden_size), "heads {heads}/{kv}: packed bytes counted");
         let want = reference(&cfg, &w, &TOKENS);
         // A prompt longer than the matvec limit goes through the matmul branch.
         let long = TOKENS.repeat(3);
