@@ -1,12 +1,11 @@
 //! The host-side forward for the flex backend: [`Llama::forward`] and
 //! [`Llama::decode_batch`] on the weights' own storage, with the residual
 //! stream as a host vector and the projections as passes of the packed gemm
-//! (`crate::packed`, every row count), of the native quantized kernels, or, for
-//! a model whose matrices could not be packed, [`lava_flex::gemm::gemm_multi`]
-//! (or the backend's matmul for long prefills). The generic path
-//! (`crate::transformer`) tries [`Llama::forward_on_host`] first and falls
-//! back to its tensor ops when that returns `None` (any other backend, or a
-//! parameter not readable in place).
+//! (`crate::packed`, every row count) or of the native quantized kernels
+//! (`crate::quantized`). The generic path (`crate::transformer`) tries
+//! [`Llama::forward_on_host`] first and falls back to its tensor ops when that
+//! returns `None` (any other backend, or a model whose matrices are neither
+//! packed nor quantized).
 //!
 //! Behind the `flex` feature (the one switch of the CPU fast path): without it
 //! every function here declines and the generic path runs everywhere.
@@ -26,7 +25,7 @@ mod on_host {
     use crate::error::ModelError;
     use lava_flex::matmul as kernels;
     use crate::transformer::{Llama, Logits};
-    use crate::weights::{DecoderLayer, Proj};
+    use crate::weights::Proj;
 
     /// Rows per block of the host MLP (`run_on_host`): bounds the `[rows, ff]`
     /// intermediates of a long prefill.
@@ -71,7 +70,7 @@ mod on_host {
                 Logits::Last => (groups.iter().flat_map(|g| x[(g.end - 1) * d..g.end * d].iter().copied()).collect(), groups.len()),
                 Logits::All => (x, tokens.len()),
             };
-            self.host_logits(x, rows)
+            self.host_logits(x, rows).map(Some)
         }
 
         /// [`forward`](Self::forward) and [`decode_batch`](Self::decode_batch) on
@@ -98,24 +97,20 @@ mod on_host {
             let (Some(embed), Some(norm)) = (Host::new(&self.weights.embed_tokens.weight.val()), Host::new(&self.weights.norm.gamma.val())) else {
                 return Ok(None);
             };
-            // Every parameter must be readable in place before any cache is touched.
-            fn linears<B: Backend>(l: &DecoderLayer<B>) -> [&Linear<B>; 7] {
-                let (a, m) = (&l.self_attn, &l.mlp);
-                [&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj, &m.gate_proj, &m.up_proj, &m.down_proj]
+            // The matrices are packed or native quantized (the f32 ones are then
+            // empty); a model with neither takes the generic path.
+            if self.quantized.is_none() && self.packed.is_none() {
+                return Ok(None);
             }
-            // (Native quantized or packed weights hold the matrices: the f32 ones are empty.)
-            let elsewhere = self.quantized.is_some() || self.packed.is_some();
+            // Every other parameter must be readable in place before any cache is touched.
             let readable = self.weights.layers.iter().all(|l| {
-                linears(l).iter().all(|p| (elsewhere || Host::new(&p.weight.val()).is_some()) && p.bias.as_ref().is_none_or(|b| Host::new(&b.val()).is_some()))
+                l.projections().iter().all(|p| p.bias.as_ref().is_none_or(|b| Host::new(&b.val()).is_some()))
                     && Host::new(&l.input_layernorm.gamma.val()).is_some()
                     && Host::new(&l.post_attention_layernorm.gamma.val()).is_some()
             });
-            if !readable && elsewhere {
+            if !readable {
                 // The generic path has no matrices to fall back on.
                 return Err(ModelError::Internal("a parameter of the host path is not readable in place".into()));
-            }
-            if !readable {
-                return Ok(None);
             }
             let mut x: Vec<f32> = match &self.quantized {
                 Some(q) => q.embed(tokens)?,
@@ -200,18 +195,14 @@ mod on_host {
 
         /// `x [rows, d_in] @ W (+ bias)` for the projections `projs` of layer
         /// `l` (all with the same input): by the native quantized kernels or
-        /// the packed gemm when the model has them, else
-        /// [`project_host`](Self::project_host).
+        /// the packed gemm, whichever the model holds.
         fn project_layer(&self, l: usize, x: &[f32], rows: usize, projs: &[(&Linear<B>, Proj)]) -> Result<Vec<Vec<f32>>, ModelError> {
             let lost = || ModelError::Internal("a parameter stopped being readable during the step".into());
             let kinds: Vec<Proj> = projs.iter().map(|(_, p)| *p).collect();
             let mut outs = match (&self.quantized, &self.packed) {
                 (Some(q), _) => q.project(l, &kinds, x, rows, self.matvec_split)?,
                 (None, Some(p)) => p.project(l, &kinds, x, rows, self.matvec_split)?,
-                (None, None) => {
-                    let layers: Vec<&Linear<B>> = projs.iter().map(|(l, _)| *l).collect();
-                    return self.project_host(x, rows, &layers).ok_or_else(lost);
-                }
+                (None, None) => return Err(ModelError::Internal("the host path ran without packed or quantized matrices".into())),
             };
             for (out, (layer, _)) in outs.iter_mut().zip(projs) {
                 if let Some(bias) = &layer.bias {
@@ -222,55 +213,24 @@ mod on_host {
             Ok(outs)
         }
 
-        /// `x [rows, d_in] @ W (+ bias)` for each layer of `layers` (all with the
-        /// same input), on host values; `None` unless `B` is flex.
-        fn project_host(&self, x: &[f32], rows: usize, layers: &[&Linear<B>]) -> Option<Vec<Vec<f32>>> {
-            let d_in = x.len() / rows.max(1);
-            let mut outs = if rows <= lava_flex::gemm::GEMM_MAX_ROWS {
-                let hosts: Vec<kernels::Host> = layers.iter().map(|l| kernels::Host::new(&l.weight.val())).collect::<Option<_>>()?;
-                let mats: Vec<(&[f32], usize)> = hosts.iter().zip(layers).map(|(h, l)| (h.values(), l.weight.dims()[1])).collect();
-                lava_flex::gemm::gemm_multi(x, rows, d_in, &mats, self.matvec_split)
-            } else {
-                let input = lava_flex::bridge::from_host::<B, 2>(x.to_vec(), [rows, d_in])?;
-                let mut outs = Vec::with_capacity(layers.len());
-                for l in layers {
-                    outs.push(kernels::Host::new(&input.clone().matmul(l.weight.val()))?.values().to_vec());
-                }
-                outs
-            };
-            for (out, l) in outs.iter_mut().zip(layers) {
-                if let Some(bias) = &l.bias {
-                    let b = kernels::Host::new(&bias.val())?;
-                    out.chunks_exact_mut(b.values().len()).for_each(|row| row.iter_mut().zip(b.values()).for_each(|(o, b)| *o += b));
-                }
-            }
-            Some(outs)
-        }
-
-        /// `x [R, d_model] @ output` for host rows (flex), as a tensor; `None`
-        /// (take the generic path) if the rows cannot become a flex tensor and
-        /// the model's own output tensor is there to fall back on.
-        fn host_logits(&self, x: Vec<f32>, rows: usize) -> Result<Option<Tensor<B, 2>>, ModelError> {
-            let d = self.config.hidden_size;
+        /// `x [R, d_model] @ output` for host rows (flex), as a tensor.
+        fn host_logits(&self, x: Vec<f32>, rows: usize) -> Result<Tensor<B, 2>, ModelError> {
             let host = match (&self.quantized, &self.packed) {
                 (Some(q), _) => q.logits(&x, rows, self.matvec_split)?,
                 (None, Some(p)) => p.logits(&x, rows, self.matvec_split)?,
-                (None, None) => {
-                    let input = lava_flex::bridge::from_host::<B, 2>(x, [rows, d]);
-                    return Ok(input.map(|i| self.logits(i)));
-                }
+                (None, None) => return Err(ModelError::Internal("the host path ran without packed or quantized matrices".into())),
             };
             let logits = lava_flex::bridge::from_host::<B, 2>(host, [rows, self.config.vocab_size]);
-            logits.map(Some).ok_or_else(|| ModelError::Internal("the logits did not become a flex tensor".into()))
+            logits.ok_or_else(|| ModelError::Internal("the logits did not become a flex tensor".into()))
         }
     }
 
-    /// [`Llama::exact_batch_rows`]: the gemm's row limit on the host path
-    /// with f32 weights (each row of a packed or `gemm_multi` pass is computed
-    /// alone; packed, that holds at any row count, and the limit still bounds
-    /// how many rows a step fuses), else 1.
+    /// [`Llama::exact_batch_rows`]: [`lava_flex::gemm::GEMM_MAX_ROWS`] on
+    /// the host path with packed f32 weights (each row of a packed gemm pass
+    /// is computed alone, at any row count; the limit bounds how many rows a
+    /// step fuses), else 1.
     pub(crate) fn exact_batch_rows<B: Backend>(model: &Llama<B>) -> usize {
-        if lava_flex::bridge::is_flex::<B>() && model.quantized.is_none() {
+        if model.packed.is_some() {
             lava_flex::gemm::GEMM_MAX_ROWS
         } else {
             1

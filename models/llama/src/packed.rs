@@ -37,7 +37,7 @@ impl PackedWeights {
     /// (flex): that is checked before anything is changed.
     pub(crate) fn take<B: Backend>(weights: &mut LlamaWeights<B>, device: &B::Device) -> Option<Self> {
         let readable = |l: &Linear<B>| l.weight.val().dims().iter().all(|&d| d > 0) && Host::new(&l.weight.val()).is_some();
-        let all = weights.layers.iter().all(|l| linears(l).iter().all(|p| readable(p)))
+        let all = weights.layers.iter().all(|l| l.projections().iter().all(|p| readable(p)))
             && weights.lm_head.as_ref().is_none_or(readable)
             && Host::new(&weights.embed_tokens.weight.val()).is_some();
         if !all {
@@ -51,16 +51,8 @@ impl PackedWeights {
         };
         let mut layers = Vec::with_capacity(weights.layers.len());
         for l in &mut weights.layers {
-            let (a, m) = (&mut l.self_attn, &mut l.mlp);
-            layers.push(Layer([
-                pack(&mut a.q_proj)?,
-                pack(&mut a.k_proj)?,
-                pack(&mut a.v_proj)?,
-                pack(&mut a.o_proj)?,
-                pack(&mut m.gate_proj)?,
-                pack(&mut m.up_proj)?,
-                pack(&mut m.down_proj)?,
-            ]));
+            let [q, k, v, o, gate, up, down] = l.projections_mut();
+            layers.push(Layer([pack(q)?, pack(k)?, pack(v)?, pack(o)?, pack(gate)?, pack(up)?, pack(down)?]));
         }
         let output = match &mut weights.lm_head {
             Some(head) => pack(head)?,
@@ -112,10 +104,4 @@ impl PackedWeights {
             _ => Err(ModelError::Internal(format!("{} values are not {rows} rows of the packed matrices' input", x.len()))),
         }
     }
-}
-
-/// A layer's seven projections, in [`Proj`] order.
-fn linears<B: Backend>(l: &crate::weights::DecoderLayer<B>) -> [&Linear<B>; 7] {
-    let (a, m) = (&l.self_attn, &l.mlp);
-    [&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj, &m.gate_proj, &m.up_proj, &m.down_proj]
 }

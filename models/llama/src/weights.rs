@@ -327,6 +327,21 @@ struct Loaded<B: Backend> {
     vectors: HashMap<(Option<usize>, ParameterKind), Tensor<B, 1>>,
 }
 
+#[cfg(feature = "flex")]
+impl<B: Backend> DecoderLayer<B> {
+    /// The seven projections, in [`Proj`] order (q, k, v, o, gate, up, down).
+    pub(crate) fn projections(&self) -> [&Linear<B>; 7] {
+        let (a, m) = (&self.self_attn, &self.mlp);
+        [&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj, &m.gate_proj, &m.up_proj, &m.down_proj]
+    }
+
+    /// [`projections`](Self::projections), mutable.
+    pub(crate) fn projections_mut(&mut self) -> [&mut Linear<B>; 7] {
+        let (a, m) = (&mut self.self_attn, &mut self.mlp);
+        [&mut a.q_proj, &mut a.k_proj, &mut a.v_proj, &mut a.o_proj, &mut m.gate_proj, &mut m.up_proj, &mut m.down_proj]
+    }
+}
+
 impl<B: Backend> Loaded<B> {
     /// Stores `values` (HF layout, shape `p.shape`) as its kind is kept.
     fn put(&mut self, p: &Parameter, values: Vec<f32>, device: &B::Device) {

@@ -256,7 +256,7 @@ fn matvec_split_gives_the_same_logits() {
 }
 
 /// Decode on flex runs on the weights' storage (`Llama::decode_batch`'s host
-/// path, `lava_flex::matmul`): token-by-token logits against the f64
+/// path, packed weights): token-by-token logits against the f64
 /// reference, for every layout the generic path is checked on, and a batched
 /// step over caches of different lengths against separate steps. Needs the
 /// `flex` feature (on in the workspace build).
@@ -276,7 +276,7 @@ fn flex_host_decode_matches_reference_and_batches() {
         let qkv = cfg.num_hidden_layers * cfg.hidden_size * (cfg.num_attention_heads + 2 * cfg.num_key_value_heads) * cfg.head_dim;
         assert!(model.parameter_bytes() >= 4 * (qkv + cfg.vocab_size * cfg.hidden_size), "heads {heads}/{kv}: packed bytes counted");
         let want = reference(&cfg, &w, &TOKENS);
-        // A prompt longer than the matvec limit goes through the matmul branch.
+        // A 21-token prompt: many rows in each packed gemm pass.
         let long = TOKENS.repeat(3);
         let all = logits_all(&model, &long);
         let want_long = reference(&cfg, &w, &long);
