@@ -388,7 +388,7 @@ mod x86 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::matmul::tests::{reference, values};
 
@@ -442,24 +442,35 @@ mod tests {
                     let mut y = vec![f32::NAN; n * d_out];
                     // SAFETY: the shapes hold their values; one thread.
                     unsafe { kernel(&x, n, d_in, &w, d_out, c0, c1, kb, y.as_mut_ptr()) };
-                    for (i, (&a, &b)) in y.iter().zip(&want).enumerate() {
-                        let col = i % d_out;
-                        if (c0..c1).contains(&col) {
-                            assert!((a as f64 - b).abs() <= 1e-4 * (1.0 + b.abs()), "{name} kb={kb} {n}x{d_in}x{d_out} [{i}]: {a} vs {b}");
-                        } else {
-                            assert!(a.is_nan(), "{name} wrote column {col} outside {c0}..{c1}");
-                        }
-                    }
+                    check_columns(&y, &want, d_out, c0..c1, &format!("{name} kb={kb} {n}x{d_in}x{d_out}"));
                     if name != "portable" {
                         fused.push((name, y));
                     }
                 }
             }
             // The fused kernels compute the same chain per element, whatever the block.
-            for pair in fused.windows(2) {
-                let same = pair[0].1.iter().zip(&pair[1].1).all(|(a, b)| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()));
-                assert!(same, "{} and {} differ", pair[0].0, pair[1].0);
+            fused_agree(&fused);
+        }
+    }
+
+    /// `y [n, d_out]` (NaN-filled before a kernel wrote it) matches `want`
+    /// within f32 rounding in the columns `cols` and is untouched elsewhere.
+    pub(crate) fn check_columns(y: &[f32], want: &[f64], d_out: usize, cols: std::ops::Range<usize>, what: &str) {
+        for (i, (&a, &b)) in y.iter().zip(want).enumerate() {
+            let col = i % d_out;
+            if cols.contains(&col) {
+                assert!((a as f64 - b).abs() <= 1e-4 * (1.0 + b.abs()), "{what} [{i}]: {a} vs {b}");
+            } else {
+                assert!(a.is_nan(), "{what} wrote column {col} outside {cols:?}");
             }
+        }
+    }
+
+    /// The fused kernels' outputs agree bit for bit (NaN where none wrote).
+    pub(crate) fn fused_agree(fused: &[(&str, Vec<f32>)]) {
+        for pair in fused.windows(2) {
+            let same = pair[0].1.iter().zip(&pair[1].1).all(|(a, b)| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()));
+            assert!(same, "{} and {} differ", pair[0].0, pair[1].0);
         }
     }
 

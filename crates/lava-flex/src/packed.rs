@@ -45,12 +45,7 @@ impl PackedMatrix {
     /// Packs row-major `w [d_in, d_out]`; `None` if `w` holds fewer than
     /// `d_in * d_out` values or the packed size overflows.
     pub fn from_rows(w: &[f32], d_in: usize, d_out: usize) -> Option<Self> {
-        let needed = d_in.checked_mul(d_out)?;
-        if w.len() < needed {
-            return None;
-        }
-        let strips = d_out.div_ceil(GROUP) * (GROUP / STRIP);
-        let mut data = vec![0f32; strips.checked_mul(d_in)?.checked_mul(STRIP)?];
+        let (needed, mut data) = Self::zeroed(w.len(), d_in, d_out)?;
         if d_out > 0 {
             for (k, row) in w[..needed].chunks_exact(d_out).enumerate() {
                 for (s, run) in row.chunks(STRIP).enumerate() {
@@ -66,12 +61,7 @@ impl PackedMatrix {
     /// embedding table used as the output head, a weight in Hugging Face's
     /// `[out, in]` order); `None` as [`from_rows`](Self::from_rows).
     pub fn from_transposed(wt: &[f32], d_in: usize, d_out: usize) -> Option<Self> {
-        let needed = d_in.checked_mul(d_out)?;
-        if wt.len() < needed {
-            return None;
-        }
-        let strips = d_out.div_ceil(GROUP) * (GROUP / STRIP);
-        let mut data = vec![0f32; strips.checked_mul(d_in)?.checked_mul(STRIP)?];
+        let (needed, mut data) = Self::zeroed(wt.len(), d_in, d_out)?;
         if d_in > 0 {
             for (j, column) in wt[..needed].chunks_exact(d_in).enumerate() {
                 let (s, i) = (j / STRIP, j % STRIP);
@@ -80,6 +70,18 @@ impl PackedMatrix {
             }
         }
         Some(Self { d_in, d_out, data })
+    }
+
+    /// For a source of `len` values: the `d_in * d_out` it must hold and the
+    /// packed data, all zero (whole groups); `None` if it holds fewer or a size
+    /// overflows.
+    fn zeroed(len: usize, d_in: usize, d_out: usize) -> Option<(usize, Vec<f32>)> {
+        let needed = d_in.checked_mul(d_out)?;
+        if len < needed {
+            return None;
+        }
+        let strips = d_out.div_ceil(GROUP) * (GROUP / STRIP);
+        Some((needed, vec![0f32; strips.checked_mul(d_in)?.checked_mul(STRIP)?]))
     }
 
     /// Input size (rows of `w`).
@@ -341,6 +343,7 @@ mod x86 {
 mod tests {
     use super::*;
     use crate::gemm::gemm_multi;
+    use crate::gemm::tests::{check_columns, fused_agree};
     use crate::matmul::tests::{reference, values};
 
     #[test]
@@ -418,22 +421,12 @@ mod tests {
                 let mut y = vec![f32::NAN; n * d_out];
                 // SAFETY: the shapes hold their values, `g1 <= groups`; one thread.
                 unsafe { kernel(&x, n, &p, g0, g1, y.as_mut_ptr()) };
-                for (i, (&a, &b)) in y.iter().zip(&want).enumerate() {
-                    let col = i % d_out;
-                    if (g0 * GROUP..g1 * GROUP).contains(&col) {
-                        assert!((a as f64 - b).abs() <= 1e-4 * (1.0 + b.abs()), "{name} {n}x{d_in}x{d_out} [{i}]: {a} vs {b}");
-                    } else {
-                        assert!(a.is_nan(), "{name} wrote column {col} outside groups {g0}..{g1}");
-                    }
-                }
+                check_columns(&y, &want, d_out, g0 * GROUP..g1 * GROUP, &format!("{name} {n}x{d_in}x{d_out}"));
                 if name != "portable" {
                     fused.push((name, y));
                 }
             }
-            for pair in fused.windows(2) {
-                let same = pair[0].1.iter().zip(&pair[1].1).all(|(a, b)| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()));
-                assert!(same, "{} and {} differ", pair[0].0, pair[1].0);
-            }
+            fused_agree(&fused);
         }
     }
 
