@@ -81,9 +81,13 @@ pub fn attend_rows(
     }
     let g = h_q / h_kv;
     let total: usize = segments.iter().map(|s| s.rows.len()).sum();
-    let parts = if total >= PARALLEL_ROWS { threads.max(1) } else { 1 };
-    let pieces = split_rows(segments, total, parts);
     let scale = 1.0 / (d as f32).sqrt();
+    if total < PARALLEL_ROWS || threads <= 1 {
+        // One part, read straight from `segments` (no split copy).
+        let one = Partial::compute(q, h_q, g, d, keys, values, segments, scale);
+        return Some(Partial::merge(std::slice::from_ref(&one), h_q, d));
+    }
+    let pieces = split_rows(segments, total, threads);
     let partials = crate::spin_pool::map(pieces.len(), &|i| Partial::compute(q, h_q, g, d, keys, values, &pieces[i], scale));
     Some(Partial::merge(&partials, h_q, d))
 }

@@ -22,8 +22,8 @@ use crate::gemm::Out;
 /// Columns per strip.
 pub const STRIP: usize = 16;
 
-/// Columns per group: the unit threads split (four strips, one AVX-512 tile's
-/// width). A matrix is padded with zero columns to whole groups.
+/// Columns per group (four strips, one AVX-512 tile's width). A matrix is
+/// padded with zero columns to whole groups.
 pub const GROUP: usize = 64;
 
 /// Bytes of activations a row block keeps in cache while the strips stream
@@ -99,10 +99,24 @@ impl PackedMatrix {
         self.data.len() * std::mem::size_of::<f32>()
     }
 
-    /// Groups of [`GROUP`] columns.
-    fn groups(&self) -> usize {
-        self.d_out.div_ceil(GROUP)
+    /// Runs of `unit` columns (the last one cut by `d_out`).
+    fn units(&self, unit: usize) -> usize {
+        self.d_out.div_ceil(unit)
     }
+}
+
+/// Columns the threads split a matrix by: the width of one tile of the
+/// kernel this CPU runs (a group with AVX-512, a strip otherwise), so that the
+/// shares of a matrix only a few tiles wide come out even (split by groups,
+/// SmolLM2's 576 columns went 5 : 4 to two threads).
+fn split_unit() -> usize {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx512f") {
+            return GROUP;
+        }
+    }
+    STRIP
 }
 
 /// `x [n, d_in] @ w` for each matrix of `mats` (all with the same `d_in` as
@@ -119,8 +133,9 @@ pub fn gemm_packed(x: &[f32], n: usize, mats: &[&PackedMatrix], threads: usize) 
     if n == 0 || d_in == 0 {
         return outs;
     }
-    // The groups of every matrix, in order, cut into `parts` contiguous runs.
-    let total: usize = mats.iter().map(|m| m.groups()).sum();
+    // The units of every matrix, in order, cut into `parts` contiguous runs.
+    let unit = split_unit();
+    let total: usize = mats.iter().map(|m| m.units(unit)).sum();
     let parts = threads.clamp(1, total.max(1));
     let ptrs: Vec<Out> = outs.iter_mut().map(|o| Out(o.as_mut_ptr())).collect();
     let block = row_block(d_in);
@@ -132,14 +147,15 @@ pub fn gemm_packed(x: &[f32], n: usize, mats: &[&PackedMatrix], threads: usize) 
             let rows = block.min(n - r0);
             let mut first = 0;
             for (m, mat) in mats.iter().enumerate() {
-                let count = mat.groups();
+                let count = mat.units(unit);
                 let (a, b) = (p0.max(first), p1.min(first + count));
                 if a < b {
                     // SAFETY: `x` holds `n * d_in` values (asserted above), so
-                    // rows `r0..r0 + rows`; the matrix holds its groups; this
-                    // part alone writes the columns of groups `a..b` of output
-                    // `m` (`n * d_out` values), and `outs` outlives the pass.
-                    unsafe { groups(&x[r0 * d_in..], rows, mat, a - first, b - first, ptrs[m].0.add(r0 * mat.d_out)) };
+                    // rows `r0..r0 + rows`; the matrix holds whole groups, so
+                    // the units' strips; this part alone writes the columns of
+                    // units `a..b` of output `m` (`n * d_out` values), and
+                    // `outs` outlives the pass.
+                    unsafe { columns(&x[r0 * d_in..], rows, mat, (a - first) * unit, (b - first) * unit, ptrs[m].0.add(r0 * mat.d_out)) };
                 }
                 first += count;
             }
@@ -155,40 +171,39 @@ fn row_block(d_in: usize) -> usize {
     (ROW_BLOCK_BYTES / (4 * d_in.max(1)) / 12 * 12).max(24)
 }
 
-/// Columns of groups `g0..g1` of `x [n, d_in] @ w` into `y [n, d_out]` (row
-/// stride `d_out`), by the best kernel this CPU has.
+/// Columns `c0..c1` (those below `d_out`) of `x [n, d_in] @ w` into
+/// `y [n, d_out]` (row stride `d_out`), by the best kernel this CPU has.
 ///
 /// # Safety
-/// `x` holds `n * d_in` values, `g0 < g1 <= w.groups()`, `y` is valid for
-/// writes of `n * d_out` values and no other thread touches these columns
-/// meanwhile.
-unsafe fn groups(x: &[f32], n: usize, w: &PackedMatrix, g0: usize, g1: usize, y: *mut f32) {
+/// `x` holds `n * d_in` values; `c0 < c1` are multiples of [`split_unit`] and
+/// `c1` is at most the padded width (whole groups); `y` is valid for writes of
+/// `n * d_out` values and no other thread touches these columns meanwhile.
+unsafe fn columns(x: &[f32], n: usize, w: &PackedMatrix, c0: usize, c1: usize, y: *mut f32) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::is_x86_feature_detected!("avx512f") {
             // SAFETY: the CPU has AVX-512F; the rest is the caller's contract.
-            unsafe { x86::groups_avx512(x, n, w, g0, g1, y) };
+            unsafe { x86::columns_avx512(x, n, w, c0, c1, y) };
             return;
         }
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
             // SAFETY: the CPU has AVX2 and FMA; the rest is the caller's contract.
-            unsafe { x86::groups_avx2(x, n, w, g0, g1, y) };
+            unsafe { x86::columns_avx2(x, n, w, c0, c1, y) };
             return;
         }
     }
     // SAFETY: the caller's contract.
-    unsafe { groups_portable(x, n, w, g0, g1, y) }
+    unsafe { columns_portable(x, n, w, c0, c1, y) }
 }
 
-/// [`groups`] in plain Rust: tiles of up to 4 rows by one strip, a multiply
+/// [`columns`] in plain Rust: tiles of up to 4 rows by one strip, a multiply
 /// and an add per step (not fused), as [`crate::gemm`]'s portable kernel.
 ///
 /// # Safety
-/// As [`groups`].
-unsafe fn groups_portable(x: &[f32], n: usize, w: &PackedMatrix, g0: usize, g1: usize, y: *mut f32) {
+/// As [`columns`], with `c0` and `c1` multiples of [`STRIP`].
+unsafe fn columns_portable(x: &[f32], n: usize, w: &PackedMatrix, c0: usize, c1: usize, y: *mut f32) {
     let d_in = w.d_in;
-    let per = GROUP / STRIP;
-    for s in g0 * per..g1 * per {
+    for s in c0 / STRIP..c1 / STRIP {
         let strip = &w.data[s * d_in * STRIP..(s + 1) * d_in * STRIP];
         let width = STRIP.min(w.d_out.saturating_sub(s * STRIP));
         if width == 0 {
@@ -217,30 +232,32 @@ mod x86 {
     use crate::simd::{Avx2, Avx512, Lanes};
     use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
 
-    /// [`super::groups`] with AVX-512: tiles of up to 4 rows by a whole group
-    /// (four strips, one vector each).
+    /// [`super::columns`] with AVX-512: tiles of up to 4 rows by a whole
+    /// group (four strips, one vector each).
     ///
     /// # Safety
-    /// As [`super::groups`], on a CPU with AVX-512F.
+    /// As [`super::columns`], on a CPU with AVX-512F; `c0` and `c1` are
+    /// multiples of [`GROUP`].
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn groups_avx512(x: &[f32], n: usize, w: &PackedMatrix, g0: usize, g1: usize, y: *mut f32) {
+    pub(super) unsafe fn columns_avx512(x: &[f32], n: usize, w: &PackedMatrix, c0: usize, c1: usize, y: *mut f32) {
         // SAFETY: the caller's contract.
-        unsafe { body::<Avx512, 4, 4>(x, n, w, g0, g1, y) }
+        unsafe { body::<Avx512, 4, 4>(x, n, w, c0, c1, y) }
     }
 
-    /// [`super::groups`] with AVX2 and FMA (16 registers of 8 lanes): tiles of
-    /// up to 6 rows by one strip (two vectors); `6 x 2` accumulators, two
+    /// [`super::columns`] with AVX2 and FMA (16 registers of 8 lanes): tiles
+    /// of up to 6 rows by one strip (two vectors); `6 x 2` accumulators, two
     /// weight vectors and a broadcast fill 15 registers.
     ///
     /// # Safety
-    /// As [`super::groups`], on a CPU with AVX2 and FMA.
+    /// As [`super::columns`], on a CPU with AVX2 and FMA; `c0` and `c1` are
+    /// multiples of [`STRIP`].
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn groups_avx2(x: &[f32], n: usize, w: &PackedMatrix, g0: usize, g1: usize, y: *mut f32) {
+    pub(super) unsafe fn columns_avx2(x: &[f32], n: usize, w: &PackedMatrix, c0: usize, c1: usize, y: *mut f32) {
         // SAFETY: the caller's contract.
-        unsafe { body::<Avx2, 6, 2>(x, n, w, g0, g1, y) }
+        unsafe { body::<Avx2, 6, 2>(x, n, w, c0, c1, y) }
     }
 
-    /// Groups `g0..g1` in tiles of `C` vectors (`C * W` columns, whole strips)
+    /// Columns `c0..c1` in tiles of `C` vectors (`C * W` columns, whole strips)
     /// by up to `R` rows: tile column by tile column, each row tile over the
     /// tile column's strips (read from memory by the first, from cache by the
     /// rest). With more than one row, the first row tile also prefetches the
@@ -250,21 +267,22 @@ mod x86 {
     /// memory and gains nothing.
     ///
     /// # Safety
-    /// As [`super::groups`]; `C * S::W` is a whole number of strips dividing
-    /// [`GROUP`]; inlined into an entry point with `S`'s features.
+    /// As [`super::columns`]; `C * S::W` is a whole number of strips dividing
+    /// [`GROUP`], and `c0` and `c1` are multiples of it; inlined into an entry
+    /// point with `S`'s features.
     #[inline(always)]
-    unsafe fn body<S: Lanes, const R: usize, const C: usize>(x: &[f32], n: usize, w: &PackedMatrix, g0: usize, g1: usize, y: *mut f32) {
+    unsafe fn body<S: Lanes, const R: usize, const C: usize>(x: &[f32], n: usize, w: &PackedMatrix, c0: usize, c1: usize, y: *mut f32) {
         let cols = C * S::W;
-        debug_assert!(cols.is_multiple_of(STRIP) && GROUP.is_multiple_of(cols));
-        for j0 in (g0 * GROUP..g1 * GROUP).step_by(cols) {
+        debug_assert!(cols.is_multiple_of(STRIP) && GROUP.is_multiple_of(cols) && c0.is_multiple_of(cols) && c1.is_multiple_of(cols));
+        for j0 in (c0..c1).step_by(cols) {
             let width = cols.min(w.d_out.saturating_sub(j0));
             if width == 0 {
                 break;
             }
-            // SAFETY: strip `j0 / 16` starts inside the data (`j0 < groups * 64`).
+            // SAFETY: strip `j0 / 16` starts inside the data (`j0 < d_out`, and whole groups are stored).
             let base = unsafe { w.data.as_ptr().add(j0 / STRIP * w.d_in * STRIP) };
             // The next tile column's strips, if this part has one and the step more than one row.
-            let next = if n > 1 && j0 + cols < g1 * GROUP { base.wrapping_add(cols / STRIP * w.d_in * STRIP) } else { std::ptr::null() };
+            let next = if n > 1 && j0 + cols < c1 { base.wrapping_add(cols / STRIP * w.d_in * STRIP) } else { std::ptr::null() };
             let mut r0 = 0;
             while r0 < n {
                 let rows = R.min(n - r0);
@@ -394,34 +412,39 @@ mod tests {
 
     type Kernel = unsafe fn(&[f32], usize, &PackedMatrix, usize, usize, *mut f32);
 
-    /// The kernels this CPU runs: the portable one, and the x86 ones it has.
-    fn kernels() -> Vec<(&'static str, Kernel)> {
-        let mut k: Vec<(&'static str, Kernel)> = vec![("portable", groups_portable)];
+    /// The kernels this CPU runs, each with the columns its ranges are
+    /// multiples of: the portable one, and the x86 ones it has.
+    fn kernels() -> Vec<(&'static str, Kernel, usize)> {
+        let mut k: Vec<(&'static str, Kernel, usize)> = vec![("portable", columns_portable, STRIP)];
         #[cfg(target_arch = "x86_64")]
         {
             if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                k.push(("avx2", x86::groups_avx2));
+                k.push(("avx2", x86::columns_avx2, STRIP));
             }
             if std::is_x86_feature_detected!("avx512f") {
-                k.push(("avx512", x86::groups_avx512));
+                k.push(("avx512", x86::columns_avx512, GROUP));
             }
         }
         k
     }
 
     #[test]
-    fn every_kernel_writes_its_groups_columns_only() {
-        for &(n, d_in, d_out, g0, g1) in &[(5, 37, 100, 0, 2), (16, 64, 200, 1, 4), (1, 3, 7, 0, 1), (9, 130, 90, 1, 2), (7, 20, 250, 2, 3)] {
+    fn every_kernel_writes_its_columns_only() {
+        // Column ranges in whole groups (every kernel) and in strips (those that split by strips).
+        for &(n, d_in, d_out, c0, c1) in &[(5, 37, 100, 0, 128), (16, 64, 200, 64, 256), (1, 3, 7, 0, 64), (9, 130, 90, 64, 128), (7, 20, 250, 128, 192), (6, 40, 100, 16, 48), (13, 9, 250, 112, 256), (2, 70, 33, 32, 48)] {
             let x = values(n * d_in, 11);
             let w = values(d_in * d_out, 12);
             let p = PackedMatrix::from_rows(&w, d_in, d_out).expect("packs");
             let want = reference(&x, &w, n, d_in, d_out);
             let mut fused: Vec<(&str, Vec<f32>)> = Vec::new();
-            for (name, kernel) in kernels() {
+            for (name, kernel, unit) in kernels() {
+                if c0 % unit != 0 || c1 % unit != 0 {
+                    continue;
+                }
                 let mut y = vec![f32::NAN; n * d_out];
-                // SAFETY: the shapes hold their values, `g1 <= groups`; one thread.
-                unsafe { kernel(&x, n, &p, g0, g1, y.as_mut_ptr()) };
-                check_columns(&y, &want, d_out, g0 * GROUP..g1 * GROUP, &format!("{name} {n}x{d_in}x{d_out}"));
+                // SAFETY: the shapes hold their values, `c1` lies within the padded width; one thread.
+                unsafe { kernel(&x, n, &p, c0, c1, y.as_mut_ptr()) };
+                check_columns(&y, &want, d_out, c0..c1, &format!("{name} {n}x{d_in}x{d_out}"));
                 if name != "portable" {
                     fused.push((name, y));
                 }

@@ -95,6 +95,9 @@ pub(super) struct LayerSlots<B: Backend> {
     buffers: Option<Buffers<B>>,
     /// Host mirror of the live slots: `(kv_head, position)`, in storage order.
     slots: Vec<(usize, usize)>,
+    /// `slots` as runs of one KV head ([`segments`]), kept in step with them:
+    /// decode attention reads them every step.
+    runs: Vec<Segment>,
     /// Tokens ever appended to this layer.
     appended: usize,
 }
@@ -102,7 +105,7 @@ pub(super) struct LayerSlots<B: Backend> {
 impl<B: Backend> LayerSlots<B> {
     /// No storage yet (before the layer's prefill).
     pub fn empty() -> Self {
-        Self { buffers: None, slots: Vec::new(), appended: 0 }
+        Self { buffers: None, slots: Vec::new(), runs: Vec::new(), appended: 0 }
     }
 
     /// Whether the layer has storage (its prefill ran).
@@ -163,6 +166,7 @@ impl<B: Backend> LayerSlots<B> {
         let values = v.clone().reshape([h_kv * n_tok, d]).select(0, rows);
         let (keys, values) = (KvRows::encode(keys, room.kv_dtype)?, KvRows::encode(values, room.kv_dtype)?);
         self.buffers = Some(room.buffers(keys, values, &slots)?);
+        self.runs = segments(&slots);
         self.slots = slots;
         self.appended = n_tok;
         Ok(())
@@ -208,12 +212,13 @@ impl<B: Backend> LayerSlots<B> {
             .unwrap_or_else(|b| b.slice_assign([live..needed], room.int_tensor(heads.iter().copied())));
         buf.positions = write_ints_in_place(buf.positions, live, &positions)
             .unwrap_or_else(|b| b.slice_assign([live..needed], room.int_tensor(positions.iter().copied())));
+        extend_runs(&mut self.runs, live, &new_slots);
         self.slots.extend(new_slots);
         self.appended = first + t;
         let fast = match (&buf.keys, &buf.values) {
             // Decode on flex: attend over the slots in place, one segment per
             // run of consecutive slots of one KV head.
-            _ if t == 1 => decode_attention_stored(&q, h_kv, &buf.keys, &buf.values, &segments(&self.slots)),
+            _ if t == 1 => decode_attention_stored(&q, h_kv, &buf.keys, &buf.values, &self.runs),
             // A chunk on flex: flash attention over each KV head's slots.
             (KvRows::F32(k), KvRows::F32(v)) => chunk_attention(&q, h_kv, k, v, &self.slots, first),
             _ => None,
@@ -303,6 +308,7 @@ impl<B: Backend> LayerSlots<B> {
         let keys = buffers.keys.clone().select(idx.clone());
         let values = buffers.values.clone().select(idx);
         self.buffers = Some(room.buffers(keys, values, &slots)?);
+        self.runs = segments(&slots);
         self.slots = slots;
         Ok(())
     }
@@ -343,11 +349,17 @@ fn hidden_slots<B: Backend>(
 /// Runs of consecutive slots of one KV head, as row segments of the storage.
 fn segments(slots: &[(usize, usize)]) -> Vec<Segment> {
     let mut out: Vec<Segment> = Vec::new();
-    for (row, &(head, _)) in slots.iter().enumerate() {
-        match out.last_mut() {
+    extend_runs(&mut out, 0, slots);
+    out
+}
+
+/// Extends `runs` (the segments of the storage's first `at` rows) with the
+/// slots `new` stored from row `at` on.
+fn extend_runs(runs: &mut Vec<Segment>, at: usize, new: &[(usize, usize)]) {
+    for (row, &(head, _)) in (at..).zip(new) {
+        match runs.last_mut() {
             Some(s) if s.kv_head == head && s.rows.end == row => s.rows.end += 1,
-            _ => out.push(Segment { kv_head: head, rows: row..row + 1 }),
+            _ => runs.push(Segment { kv_head: head, rows: row..row + 1 }),
         }
     }
-    out
 }
