@@ -105,18 +105,31 @@ impl PackedMatrix {
     }
 }
 
-/// Columns the threads split a matrix by: the width of one tile of the
-/// kernel this CPU runs (a group with AVX-512, a strip otherwise), so that the
-/// shares of a matrix only a few tiles wide come out even (split by groups,
-/// SmolLM2's 576 columns went 5 : 4 to two threads).
-fn split_unit() -> usize {
+/// A kernel: columns `c0..c1` (those below `d_out`) of `x [n, d_in] @ w`
+/// into `y [n, d_out]` (row stride `d_out`).
+///
+/// # Safety
+/// `x` holds `n * d_in` values; `c0 < c1` are multiples of the kernel's unit
+/// (see [`kernel`]) and `c1` is at most the padded width (whole groups); `y`
+/// is valid for writes of `n * d_out` values and no other thread touches these
+/// columns meanwhile.
+type Kernel = unsafe fn(x: &[f32], n: usize, w: &PackedMatrix, c0: usize, c1: usize, y: *mut f32);
+
+/// The best kernel this CPU has, and its unit: the width of one of its tiles
+/// (a group with AVX-512, a strip otherwise), which the threads split a
+/// matrix by, so that the shares of a matrix only a few tiles wide come out
+/// even (by groups, SmolLM2's 576 columns went 5 : 4 to two threads).
+fn kernel() -> (Kernel, usize) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::is_x86_feature_detected!("avx512f") {
-            return GROUP;
+            return (x86::columns_avx512, GROUP);
+        }
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            return (x86::columns_avx2, STRIP);
         }
     }
-    STRIP
+    (columns_portable, STRIP)
 }
 
 /// `x [n, d_in] @ w` for each matrix of `mats` (all with the same `d_in` as
@@ -134,7 +147,7 @@ pub fn gemm_packed(x: &[f32], n: usize, mats: &[&PackedMatrix], threads: usize) 
         return outs;
     }
     // The units of every matrix, in order, cut into `parts` contiguous runs.
-    let unit = split_unit();
+    let (kernel, unit) = kernel();
     let total: usize = mats.iter().map(|m| m.units(unit)).sum();
     let parts = threads.clamp(1, total.max(1));
     let ptrs: Vec<Out> = outs.iter_mut().map(|o| Out(o.as_mut_ptr())).collect();
@@ -150,12 +163,12 @@ pub fn gemm_packed(x: &[f32], n: usize, mats: &[&PackedMatrix], threads: usize) 
                 let count = mat.units(unit);
                 let (a, b) = (p0.max(first), p1.min(first + count));
                 if a < b {
-                    // SAFETY: `x` holds `n * d_in` values (asserted above), so
-                    // rows `r0..r0 + rows`; the matrix holds whole groups, so
-                    // the units' strips; this part alone writes the columns of
-                    // units `a..b` of output `m` (`n * d_out` values), and
-                    // `outs` outlives the pass.
-                    unsafe { columns(&x[r0 * d_in..], rows, mat, (a - first) * unit, (b - first) * unit, ptrs[m].0.add(r0 * mat.d_out)) };
+                    // SAFETY: the kernel runs on this CPU; `x` holds `n * d_in`
+                    // values (asserted above), so rows `r0..r0 + rows`; the
+                    // matrix holds whole groups, so the units' strips; this
+                    // part alone writes the columns of units `a..b` of output
+                    // `m` (`n * d_out` values), and `outs` outlives the pass.
+                    unsafe { kernel(&x[r0 * d_in..], rows, mat, (a - first) * unit, (b - first) * unit, ptrs[m].0.add(r0 * mat.d_out)) };
                 }
                 first += count;
             }
@@ -171,36 +184,12 @@ fn row_block(d_in: usize) -> usize {
     (ROW_BLOCK_BYTES / (4 * d_in.max(1)) / 12 * 12).max(24)
 }
 
-/// Columns `c0..c1` (those below `d_out`) of `x [n, d_in] @ w` into
-/// `y [n, d_out]` (row stride `d_out`), by the best kernel this CPU has.
+/// The portable [`Kernel`] (unit: a strip): tiles of up to 4 rows by one
+/// strip, a multiply and an add per step (not fused), as [`crate::gemm`]'s
+/// portable kernel.
 ///
 /// # Safety
-/// `x` holds `n * d_in` values; `c0 < c1` are multiples of [`split_unit`] and
-/// `c1` is at most the padded width (whole groups); `y` is valid for writes of
-/// `n * d_out` values and no other thread touches these columns meanwhile.
-unsafe fn columns(x: &[f32], n: usize, w: &PackedMatrix, c0: usize, c1: usize, y: *mut f32) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F; the rest is the caller's contract.
-            unsafe { x86::columns_avx512(x, n, w, c0, c1, y) };
-            return;
-        }
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU has AVX2 and FMA; the rest is the caller's contract.
-            unsafe { x86::columns_avx2(x, n, w, c0, c1, y) };
-            return;
-        }
-    }
-    // SAFETY: the caller's contract.
-    unsafe { columns_portable(x, n, w, c0, c1, y) }
-}
-
-/// [`columns`] in plain Rust: tiles of up to 4 rows by one strip, a multiply
-/// and an add per step (not fused), as [`crate::gemm`]'s portable kernel.
-///
-/// # Safety
-/// As [`columns`], with `c0` and `c1` multiples of [`STRIP`].
+/// As [`Kernel`], with `c0` and `c1` multiples of [`STRIP`].
 unsafe fn columns_portable(x: &[f32], n: usize, w: &PackedMatrix, c0: usize, c1: usize, y: *mut f32) {
     let d_in = w.d_in;
     for s in c0 / STRIP..c1 / STRIP {
@@ -232,11 +221,11 @@ mod x86 {
     use crate::simd::{Avx2, Avx512, Lanes};
     use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
 
-    /// [`super::columns`] with AVX-512: tiles of up to 4 rows by a whole
-    /// group (four strips, one vector each).
+    /// The AVX-512 [`super::Kernel`] (unit: a group): tiles of up to 4 rows
+    /// by a whole group (four strips, one vector each).
     ///
     /// # Safety
-    /// As [`super::columns`], on a CPU with AVX-512F; `c0` and `c1` are
+    /// As [`super::Kernel`], on a CPU with AVX-512F; `c0` and `c1` are
     /// multiples of [`GROUP`].
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn columns_avx512(x: &[f32], n: usize, w: &PackedMatrix, c0: usize, c1: usize, y: *mut f32) {
@@ -244,12 +233,12 @@ mod x86 {
         unsafe { body::<Avx512, 4, 4>(x, n, w, c0, c1, y) }
     }
 
-    /// [`super::columns`] with AVX2 and FMA (16 registers of 8 lanes): tiles
-    /// of up to 6 rows by one strip (two vectors); `6 x 2` accumulators, two
-    /// weight vectors and a broadcast fill 15 registers.
+    /// The AVX2 and FMA [`super::Kernel`] (unit: a strip; 16 registers of 8
+    /// lanes): tiles of up to 6 rows by one strip (two vectors); `6 x 2`
+    /// accumulators, two weight vectors and a broadcast fill 15 registers.
     ///
     /// # Safety
-    /// As [`super::columns`], on a CPU with AVX2 and FMA; `c0` and `c1` are
+    /// As [`super::Kernel`], on a CPU with AVX2 and FMA; `c0` and `c1` are
     /// multiples of [`STRIP`].
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn columns_avx2(x: &[f32], n: usize, w: &PackedMatrix, c0: usize, c1: usize, y: *mut f32) {
@@ -267,7 +256,7 @@ mod x86 {
     /// memory and gains nothing.
     ///
     /// # Safety
-    /// As [`super::columns`]; `C * S::W` is a whole number of strips dividing
+    /// As [`super::Kernel`]; `C * S::W` is a whole number of strips dividing
     /// [`GROUP`], and `c0` and `c1` are multiples of it; inlined into an entry
     /// point with `S`'s features.
     #[inline(always)]
@@ -409,8 +398,6 @@ mod tests {
             }
         }
     }
-
-    type Kernel = unsafe fn(&[f32], usize, &PackedMatrix, usize, usize, *mut f32);
 
     /// The kernels this CPU runs, each with the columns its ranges are
     /// multiples of: the portable one, and the x86 ones it has.
