@@ -27,6 +27,17 @@ mod on_host {
     use crate::transformer::{Llama, Logits};
     use crate::weights::Proj;
 
+    /// A parameter read in place before the step was not readable during it.
+    fn lost() -> ModelError {
+        ModelError::Internal("a parameter stopped being readable during the step".into())
+    }
+
+    /// The host path ran on a model with neither packed nor quantized matrices
+    /// (`run_on_host` declines such a model first).
+    fn no_matrices() -> ModelError {
+        ModelError::Internal("the host path ran without packed or quantized matrices".into())
+    }
+
     /// Rows per block of the host MLP (`run_on_host`): bounds the `[rows, ff]`
     /// intermediates of a long prefill.
     const MLP_BLOCK_ROWS: usize = 1024;
@@ -118,7 +129,6 @@ mod on_host {
             };
             let (cos, sin) = self.rope.host_tables(positions);
             let half = hd / 2;
-            let lost = || ModelError::Internal("a parameter stopped being readable during the step".into());
             for (l, layer) in self.weights.layers.iter().enumerate() {
                 let (a, m) = (&layer.self_attn, &layer.mlp);
                 let (Some(g1), Some(g2)) = (Host::new(&layer.input_layernorm.gamma.val()), Host::new(&layer.post_attention_layernorm.gamma.val()))
@@ -197,12 +207,11 @@ mod on_host {
         /// `l` (all with the same input): by the native quantized kernels or
         /// the packed gemm, whichever the model holds.
         fn project_layer(&self, l: usize, x: &[f32], rows: usize, projs: &[(&Linear<B>, Proj)]) -> Result<Vec<Vec<f32>>, ModelError> {
-            let lost = || ModelError::Internal("a parameter stopped being readable during the step".into());
             let kinds: Vec<Proj> = projs.iter().map(|(_, p)| *p).collect();
             let mut outs = match (&self.quantized, &self.packed) {
                 (Some(q), _) => q.project(l, &kinds, x, rows, self.matvec_split)?,
                 (None, Some(p)) => p.project(l, &kinds, x, rows, self.matvec_split)?,
-                (None, None) => return Err(ModelError::Internal("the host path ran without packed or quantized matrices".into())),
+                (None, None) => return Err(no_matrices()),
             };
             for (out, (layer, _)) in outs.iter_mut().zip(projs) {
                 if let Some(bias) = &layer.bias {
@@ -218,7 +227,7 @@ mod on_host {
             let host = match (&self.quantized, &self.packed) {
                 (Some(q), _) => q.logits(&x, rows, self.matvec_split)?,
                 (None, Some(p)) => p.logits(&x, rows, self.matvec_split)?,
-                (None, None) => return Err(ModelError::Internal("the host path ran without packed or quantized matrices".into())),
+                (None, None) => return Err(no_matrices()),
             };
             let logits = lava_flex::bridge::from_host::<B, 2>(host, [rows, self.config.vocab_size]);
             logits.ok_or_else(|| ModelError::Internal("the logits did not become a flex tensor".into()))
