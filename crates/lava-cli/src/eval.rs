@@ -17,8 +17,9 @@ use crate::{with_backend, BackendKind};
 /// Options shared by every evaluation run (every `lava eval` task but `report`).
 #[derive(Debug, Clone, Args)]
 pub struct EvalCommon {
-    /// GGUF file or Hugging Face directory (default: SmolLM2-135M-Instruct).
-    #[arg(long)]
+    /// A known model's name (`lava models`; default smollm2-135m, fetched on first use), or
+    /// a GGUF file or Hugging Face directory.
+    #[arg(long, value_name = "NAME|PATH")]
     pub model: Option<PathBuf>,
     /// Compute backend.
     #[arg(long, value_enum, default_value_t = BackendKind::Flex)]

@@ -11,6 +11,7 @@ pub mod error;
 pub mod eval;
 pub mod fetch;
 pub mod input;
+pub mod models;
 pub mod policy_args;
 pub mod prompt;
 pub mod select;
@@ -37,8 +38,10 @@ pub struct Cli {
 /// Options shared by commands that run a model.
 #[derive(Debug, Clone, Args)]
 pub struct ModelArgs {
-    /// GGUF file or Hugging Face directory (default: SmolLM2-135M-Instruct, fetched on first use).
-    #[arg(long)]
+    /// A known model's name (`lava models` lists them: smollm2-135m, the default,
+    /// qwen2.5-coder-1.5b, qwen2.5-coder-0.5b; fetched on first use), or a GGUF file or
+    /// Hugging Face directory.
+    #[arg(long, value_name = "NAME|PATH")]
     pub model: Option<PathBuf>,
     /// Compute backend.
     #[arg(long, value_enum, default_value_t = BackendKind::Flex)]
@@ -175,6 +178,8 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// An OpenAI-compatible HTTP server: many conversations batched in one KV-memory budget.
     Serve(serve::ServeArgs),
+    /// The models `--model NAME` knows: size, architecture, context, whether fetched.
+    Models(models::ModelsArgs),
 }
 
 /// Writes `text` to stdout and flushes it; a failed write (full disk, closed pipe) is an
@@ -195,6 +200,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Eval(a) => eval::eval(a),
         Command::Bench(a) => bench::bench(a),
         Command::Serve(a) => serve::serve(a),
+        Command::Models(a) => models::models(a),
     }
 }
 
