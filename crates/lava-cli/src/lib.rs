@@ -46,9 +46,10 @@ pub struct ModelArgs {
     /// Compute backend.
     #[arg(long, value_enum, default_value_t = BackendKind::Flex)]
     pub backend: BackendKind,
-    /// How a GGUF file's matrices are held: f32 (dequantized at load) or native
-    /// (kept in the file's block formats; flex only).
-    #[arg(long, value_enum, default_value_t = backend::WeightsKind::F32)]
+    /// How a GGUF file's matrices are held: auto (native on flex for a quantized file, else
+    /// f32), native (the file's blocks times 8-bit activations, as llama.cpp; flex only) or
+    /// f32 (dequantized at load).
+    #[arg(long, value_enum, default_value_t = backend::WeightsKind::Auto)]
     pub weights: backend::WeightsKind,
 }
 

@@ -72,6 +72,10 @@ pub enum WeightFormat {
     /// Dequantized to f32 at load (every backend).
     #[default]
     F32,
+    /// `Native` where it applies: on the flex backend, for a file whose projections are in
+    /// block formats ([`has_block_matrices`]); `F32` otherwise (other backends, files of
+    /// F32/F16/BF16 matrices, Hugging Face directories).
+    Auto,
     /// Kept in the file's block formats and multiplied in them by
     /// `lava-quant`'s kernels: on the flex backend (with the `flex` feature);
     /// elsewhere, and for Hugging Face directories, the same as `F32`.
@@ -90,7 +94,12 @@ pub fn load_gguf_with<B: Backend>(path: &Path, device: &B::Device, format: Weigh
     let tokenizer = Tokenizer::from_gguf(&g)?;
     let src = GgufSource::new(&g, config.clone())?;
     #[cfg(feature = "flex")]
-    let native = format == WeightFormat::Native && lava_flex::bridge::is_flex::<B>();
+    let native = lava_flex::bridge::is_flex::<B>()
+        && match format {
+            WeightFormat::Native => true,
+            WeightFormat::Auto => block_matrices(&g),
+            WeightFormat::F32 => false,
+        };
     #[cfg(not(feature = "flex"))]
     let native = {
         let _ = format;
@@ -112,6 +121,24 @@ pub fn load_gguf_with<B: Backend>(path: &Path, device: &B::Device, format: Weigh
         model.quantized = Some(std::sync::Arc::new(q));
     }
     Ok((model, tokenizer))
+}
+
+/// Whether the projections of a GGUF file are in block formats (Q4_0 ... Q6_K), not
+/// F32/F16/BF16: what [`WeightFormat::Auto`] runs natively. `false` for a directory.
+pub fn has_block_matrices(path: &Path) -> Result<bool, ModelError> {
+    if std::fs::metadata(path).map_err(|e| ModelError::io(path, e))?.is_dir() {
+        return Ok(false);
+    }
+    Ok(block_matrices(&gguf::GgufFile::open(path)?))
+}
+
+/// [`has_block_matrices`] of an open file: its first layer's query projection decides.
+fn block_matrices(g: &gguf::GgufFile) -> bool {
+    use lava_quant::GgmlType as T;
+    g.tensors
+        .get("blk.0.attn_q.weight")
+        .and_then(|t| t.kind.quant())
+        .is_some_and(|k| !matches!(k, T::F32 | T::F16 | T::BF16))
 }
 
 /// Loads a model from a GGUF file or a Hugging Face directory (f32 matrices).
