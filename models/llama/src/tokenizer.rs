@@ -30,6 +30,10 @@ pub struct Tokenizer {
     add_bos: bool,
     /// Whether the model wants its EOS token at the end of every prompt.
     add_eos: bool,
+    /// The `tokenizers` crate's Metaspace pre-tokenizer prepends its U+2581
+    /// only to text that does not start with one already (a space, once
+    /// replaced), unlike sentencepiece: such text gets one more space in front.
+    metaspace_prefix: bool,
 }
 
 /// Instructions a chat template may run per rendering (minijinja fuel): the
@@ -83,7 +87,20 @@ impl Tokenizer {
             eos: None,
             add_bos: false,
             add_eos: false,
+            metaspace_prefix: false,
         };
+        let parsed: Json = serde_json::from_str(json).unwrap_or(Json::Null);
+        let pre = &parsed["pre_tokenizer"];
+        let metaspace = |p: &Json| {
+            p["type"] == "Metaspace"
+                && p.get("prepend_scheme").and_then(|s| s.as_str()).map_or(
+                    p.get("add_prefix_space").and_then(|a| a.as_bool()).unwrap_or(true),
+                    |s| s != "never",
+                )
+        };
+        t.metaspace_prefix = metaspace(pre)
+            || pre["type"] == "Sequence"
+                && pre["pretokenizers"].as_array().is_some_and(|a| a.first().is_some_and(metaspace));
         t.bos = t.find_special(&["<|begin_of_text|>", "<s>", "<|im_start|>"]);
         t.eos = t.find_special(&["<|im_end|>", "<|eot_id|>", "</s>", "<|endoftext|>"]);
         Ok(t)
@@ -213,8 +230,19 @@ impl Tokenizer {
         if let Some(ids) = self.encode_segments(&[(text, true)], true) {
             return ids;
         }
-        let enc = self.inner.encode(text, false).map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+        let text = self.metaspace_text(text);
+        let enc = self.inner.encode(text.as_ref(), false).map_err(|e| ModelError::Tokenizer(e.to_string()))?;
         Ok(enc.get_ids().to_vec())
+    }
+
+    /// `text` with the space sentencepiece's dummy prefix would give where a
+    /// Metaspace pre-tokenizer gives none (see `metaspace_prefix`).
+    fn metaspace_text<'a>(&self, text: &'a str) -> std::borrow::Cow<'a, str> {
+        if self.metaspace_prefix && (text.starts_with(' ') || text.starts_with(spm::SPACE)) {
+            format!(" {text}").into()
+        } else {
+            text.into()
+        }
     }
 
     /// Encodes text with control tokens written in it taken as the plain text
@@ -223,7 +251,8 @@ impl Tokenizer {
         if let Some(ids) = self.encode_segments(&[(text, false)], true) {
             return ids;
         }
-        let enc = self.plain.encode(text, false).map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+        let text = self.metaspace_text(text);
+        let enc = self.plain.encode(text.as_ref(), false).map_err(|e| ModelError::Tokenizer(e.to_string()))?;
         Ok(enc.get_ids().to_vec())
     }
 
