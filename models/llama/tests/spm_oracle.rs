@@ -10,8 +10,9 @@
 //! control tokens), plus decodes of id sequences encode never gives. lava
 //! loads the GGUF with its model loader and must give the same ids and texts;
 //! so must the Hugging Face directory lava exports from that GGUF (its
-//! `tokenizer.json`: BPE, byte fallback, U+2581 spaces) wherever sentencepiece
-//! and `tokenizers` agree by design (listed below).
+//! `tokenizer.json`: BPE, byte fallback, U+2581 spaces; also rewritten with a
+//! Metaspace pre-tokenizer) wherever sentencepiece and `tokenizers` agree by
+//! design (listed below).
 //!
 //! The corpus is `shared/data/paulgraham_essays` next to the repository
 //! (`$LAVA_SHARED_DATA` overrides) when present, synthetic text otherwise.
@@ -173,6 +174,16 @@ fn sentencepiece_tokenizer_matches_the_sentencepiece_library() {
     lava_llama::export_gguf_to_hf(&gguf, &hf_dir).expect("export to a Hugging Face directory");
     let hf = Tokenizer::from_hf_dir(&hf_dir).expect("the exported tokenizer.json loads");
     assert!(hf.adds_bos());
+    // The newer form of the same tokenizer.json (`transformers` with
+    // legacy=false): no normalizer, a Metaspace pre-tokenizer that puts the
+    // dummy prefix in front of the text's first run only.
+    let meta_dir = dir.path().join("hf-metaspace");
+    std::fs::create_dir_all(&meta_dir).expect("dir");
+    let mut j: Value = serde_json::from_str(hf.to_json()).expect("tokenizer.json");
+    j["normalizer"] = Value::Null;
+    j["pre_tokenizer"] = serde_json::json!({"type": "Metaspace", "replacement": "\u{2581}", "prepend_scheme": "first", "split": false});
+    std::fs::write(meta_dir.join("tokenizer.json"), j.to_string()).expect("write");
+    let meta = Tokenizer::from_hf_dir(&meta_dir).expect("the Metaspace tokenizer.json loads");
     let user_defined = ["<sep>", "[[tool]]"];
     let mut hf_checked = 0;
     for c in encode {
@@ -181,6 +192,10 @@ fn sentencepiece_tokenizer_matches_the_sentencepiece_library() {
             continue;
         }
         let want = ids(&c["ids"]);
+        let got = meta.encode_plain(text).expect("encode");
+        if got != want {
+            failures.push(format!("tokenizer.json (Metaspace): encode {}: lava {got:?}, sentencepiece {want:?}", show(text)));
+        }
         let got = hf.encode_plain(text).expect("encode");
         if got != want {
             failures.push(format!("tokenizer.json: encode {}: lava {got:?}, sentencepiece {want:?}", show(text)));
@@ -199,14 +214,14 @@ fn sentencepiece_tokenizer_matches_the_sentencepiece_library() {
     }
     assert!(
         failures.is_empty(),
-        "{} mismatches with sentencepiece (of {} encode and {} decode cases, {hf_checked} through tokenizer.json):\n{}",
+        "{} mismatches with sentencepiece (of {} encode and {} decode cases, {hf_checked} through each tokenizer.json):\n{}",
         failures.len(),
         encode.len(),
         decode.len(),
         failures.iter().take(30).cloned().collect::<Vec<_>>().join("\n")
     );
     eprintln!(
-        "sentencepiece oracle: {} encode and {} decode cases match ({hf_checked} also through the exported tokenizer.json)",
+        "sentencepiece oracle: {} encode and {} decode cases match ({hf_checked} also through the exported tokenizer.json and its Metaspace form)",
         encode.len(),
         decode.len()
     );
