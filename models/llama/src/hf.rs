@@ -484,7 +484,15 @@ pub fn export_hf<S: WeightSource + ?Sized>(
         .map_err(|e| ModelError::Weights { path: out.to_path_buf(), detail: e.to_string() })?;
     let cfg = serde_json::to_string_pretty(&config.to_hf_json()).unwrap_or_default();
     let tok_json = tokenizer.to_json();
-    let mut tc = serde_json::json!({"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": false});
+    let mut tc = serde_json::json!({"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": false,
+        "add_bos_token": tokenizer.adds_bos(), "add_eos_token": tokenizer.adds_eos()});
+    let (bos, eos) = tokenizer.bos_eos();
+    if let Some(b) = bos {
+        tc["bos_token"] = b.into();
+    }
+    if let Some(e) = eos {
+        tc["eos_token"] = e.into();
+    }
     if let Some(t) = tokenizer.chat_template() {
         tc["chat_template"] = t.into();
     }

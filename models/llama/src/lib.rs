@@ -46,6 +46,7 @@ mod prompt;
 mod quantized;
 mod rope;
 pub mod sampling;
+mod spm;
 pub mod tiny;
 mod tokenizer;
 mod transformer;

@@ -74,7 +74,8 @@ impl Tokenizer {
     /// Tokenizes `prompt` (see the module docs for how the template, the split
     /// and control tokens are handled). The model's BOS token is put first when
     /// the model asks for one ([`Tokenizer::adds_bos`]) and the prompt does not
-    /// already start with it.
+    /// already start with it; its EOS token last when it asks for that
+    /// ([`Tokenizer::adds_eos`]).
     pub fn encode_prompt(&self, prompt: &Prompt<'_>) -> Result<PromptTokens, ModelError> {
         let system = prompt.system.filter(|s| !s.is_empty());
         let (user, question) = split_at_question(prompt.user, prompt.question)?;
@@ -121,12 +122,19 @@ impl Tokenizer {
         }
         pieces.push(Piece::Text(prompt.answer_prefix));
         let split = split.unwrap_or(pieces.len());
-        let mut context = self.encode_pieces(&pieces[..split], prompt.allow_special)?;
-        let suffix = self.encode_pieces(&pieces[split..], prompt.allow_special)?;
+        let mut context = self.encode_pieces(&pieces[..split], prompt.allow_special, true)?;
+        // The suffix continues the context: for SentencePiece it gets the dummy
+        // prefix space only where the whole text would (at the start, or after
+        // a control token).
+        let after_special = context.last().is_none_or(|&id| self.is_special_id(id));
+        let mut suffix = self.encode_pieces(&pieces[split..], prompt.allow_special, after_special)?;
         if let Some(bos) = self.bos_to_add() {
             if context.first() != Some(&bos) {
                 context.insert(0, bos);
             }
+        }
+        if let Some(eos) = self.eos_to_add() {
+            suffix.push(eos);
         }
         Ok(PromptTokens { context, suffix })
     }
@@ -154,11 +162,14 @@ impl Tokenizer {
             rest = &rest[at + mark.len()..];
         }
         pieces.push(Piece::Template(rest.to_string()));
-        let mut ids = self.encode_pieces(&pieces, allow_special)?;
+        let mut ids = self.encode_pieces(&pieces, allow_special, true)?;
         if let Some(bos) = self.bos_to_add() {
             if ids.first() != Some(&bos) {
                 ids.insert(0, bos);
             }
+        }
+        if let Some(eos) = self.eos_to_add() {
+            ids.push(eos);
         }
         Ok(ids)
     }
@@ -168,7 +179,20 @@ impl Tokenizer {
     /// message text holds a control token's spelling (or with `allow_special`),
     /// the pieces are joined and encoded as one text, which is what plain
     /// encoding gives anyway, without breaking merges at the pieces' seams.
-    fn encode_pieces(&self, pieces: &[Piece<'_>], allow_special: bool) -> Result<Vec<u32>, ModelError> {
+    /// A SentencePiece tokenizer always encodes the runs of text between
+    /// control tokens whole; `at_start`: the first run gets its dummy prefix
+    /// space.
+    fn encode_pieces(&self, pieces: &[Piece<'_>], allow_special: bool, at_start: bool) -> Result<Vec<u32>, ModelError> {
+        let segments: Vec<(&str, bool)> = pieces
+            .iter()
+            .map(|p| match p {
+                Piece::Template(t) => (t.as_str(), true),
+                Piece::Text(t) => (*t, allow_special),
+            })
+            .collect();
+        if let Some(ids) = self.encode_segments(&segments, at_start) {
+            return ids;
+        }
         let forged = |t: &str| self.special_tokens().iter().any(|s| t.contains(s.as_str()));
         if allow_special || !pieces.iter().any(|p| matches!(p, Piece::Text(t) if forged(t))) {
             let joined: String = pieces

@@ -7,11 +7,17 @@ use tokenizers::Tokenizer as HfTokenizer;
 
 use crate::error::ModelError;
 use crate::gguf::GgufFile;
+use crate::spm::{self, Spm};
 
-/// A byte-level BPE tokenizer plus the model's chat template.
+/// A tokenizer (byte-level BPE through the `tokenizers` crate, or
+/// SentencePiece BPE) plus the model's chat template.
 #[derive(Clone)]
 pub struct Tokenizer {
+    /// For a SentencePiece vocabulary, its Hugging Face equivalent (what
+    /// [`Tokenizer::to_json`] gives); `spm` encodes and decodes.
     inner: HfTokenizer,
+    /// A SentencePiece vocabulary (GGUF `tokenizer.ggml.model` `llama`).
+    spm: Option<std::sync::Arc<Spm>>,
     /// `inner` with control tokens encoded as the plain text they spell.
     plain: HfTokenizer,
     /// The control tokens' spellings (`<|im_start|>`...).
@@ -22,6 +28,12 @@ pub struct Tokenizer {
     eos: Option<String>,
     /// Whether the model wants its BOS token at the start of every prompt.
     add_bos: bool,
+    /// Whether the model wants its EOS token at the end of every prompt.
+    add_eos: bool,
+    /// The `tokenizers` crate's Metaspace pre-tokenizer prepends its U+2581
+    /// only to text that does not start with one already (a space, once
+    /// replaced), unlike sentencepiece: such text gets one more space in front.
+    metaspace_prefix: bool,
 }
 
 /// Instructions a chat template may run per rendering (minijinja fuel): the
@@ -64,8 +76,31 @@ impl Tokenizer {
         plain.set_encode_special_tokens(true);
         let specials =
             inner.get_added_tokens_decoder().values().filter(|t| t.special && !t.content.is_empty()).map(|t| t.content.clone()).collect();
-        let mut t =
-            Self { inner, plain, specials, json: json.to_string(), chat_template, bos: None, eos: None, add_bos: false };
+        let mut t = Self {
+            inner,
+            spm: None,
+            plain,
+            specials,
+            json: json.to_string(),
+            chat_template,
+            bos: None,
+            eos: None,
+            add_bos: false,
+            add_eos: false,
+            metaspace_prefix: false,
+        };
+        let parsed: Json = serde_json::from_str(json).unwrap_or(Json::Null);
+        let pre = &parsed["pre_tokenizer"];
+        let metaspace = |p: &Json| {
+            p["type"] == "Metaspace"
+                && p.get("prepend_scheme").and_then(|s| s.as_str()).map_or(
+                    p.get("add_prefix_space").and_then(|a| a.as_bool()).unwrap_or(true),
+                    |s| s != "never",
+                )
+        };
+        t.metaspace_prefix = metaspace(pre)
+            || pre["type"] == "Sequence"
+                && pre["pretokenizers"].as_array().is_some_and(|a| a.first().is_some_and(metaspace));
         t.bos = t.find_special(&["<|begin_of_text|>", "<s>", "<|im_start|>"]);
         t.eos = t.find_special(&["<|im_end|>", "<|eot_id|>", "</s>", "<|endoftext|>"]);
         Ok(t)
@@ -81,36 +116,49 @@ impl Tokenizer {
         let json = crate::memory::read_text_bounded(&path, crate::memory::MAX_TOKENIZER_BYTES)
             .map_err(|e| ModelError::io(&path, e))?;
         let cfg_path = dir.join("tokenizer_config.json");
-        let (template, add_bos, bos) = match crate::memory::read_text_bounded(&cfg_path, crate::memory::MAX_CONFIG_BYTES) {
+        let mut cfg = HfTokenizerConfig::default();
+        match crate::memory::read_text_bounded(&cfg_path, crate::memory::MAX_CONFIG_BYTES) {
             Ok(text) => {
                 let v: Json = serde_json::from_str(&text).map_err(|e| {
                     ModelError::Tokenizer(format!("{} does not parse: {e}", cfg_path.display()))
                 })?;
-                let bos = match v.get("bos_token") {
+                let token = |key: &str| match v.get(key) {
                     Some(Json::String(s)) => Some(s.clone()),
                     Some(Json::Object(o)) => o.get("content").and_then(|c| c.as_str()).map(String::from),
                     _ => None,
                 };
-                (
-                    v.get("chat_template").and_then(|t| t.as_str()).map(String::from),
-                    v.get("add_bos_token").and_then(|b| b.as_bool()).unwrap_or(false),
-                    bos,
-                )
+                cfg = HfTokenizerConfig {
+                    template: v.get("chat_template").and_then(|t| t.as_str()).map(String::from),
+                    add_bos: v.get("add_bos_token").and_then(|b| b.as_bool()).unwrap_or(false),
+                    add_eos: v.get("add_eos_token").and_then(|b| b.as_bool()).unwrap_or(false),
+                    bos: token("bos_token"),
+                    eos: token("eos_token"),
+                };
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (None, false, None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(ModelError::io(&cfg_path, e)),
         };
-        let mut t = Self::from_json(&json, template).map_err(|e| match e {
+        let mut t = Self::from_json(&json, cfg.template).map_err(|e| match e {
             ModelError::Tokenizer(m) => ModelError::Tokenizer(format!("{}: {m}", path.display())),
             other => other,
         })?;
-        if let Some(bos) = bos.filter(|b| t.inner.token_to_id(b).is_some()) {
+        if let Some(bos) = cfg.bos.filter(|b| t.inner.token_to_id(b).is_some()) {
             t.bos = Some(bos);
         }
-        t.add_bos = add_bos;
+        if let Some(eos) = cfg.eos.filter(|b| t.inner.token_to_id(b).is_some()) {
+            t.eos = Some(eos);
+        }
+        t.add_bos = cfg.add_bos;
+        t.add_eos = cfg.add_eos;
         if t.add_bos && t.bos.is_none() {
             return Err(ModelError::Tokenizer(format!(
                 "{} sets add_bos_token but names no BOS token of the vocabulary; fix bos_token there",
+                cfg_path.display()
+            )));
+        }
+        if t.add_eos && t.eos.is_none() {
+            return Err(ModelError::Tokenizer(format!(
+                "{} sets add_eos_token but names no EOS token of the vocabulary; fix eos_token there",
                 cfg_path.display()
             )));
         }
@@ -119,25 +167,49 @@ impl Tokenizer {
 
     /// Rebuilds the tokenizer from GGUF metadata (`tokenizer.ggml.*`).
     pub fn from_gguf(g: &GgufFile) -> Result<Self, ModelError> {
-        let json = tokenizer_json_from_gguf(g)?;
+        let spm = match g.get_str("tokenizer.ggml.model")? {
+            "llama" => Some(std::sync::Arc::new(spm_from_gguf(g)?)),
+            _ => None,
+        };
+        let json = match &spm {
+            Some(spm) => spm_tokenizer_json(spm),
+            None => tokenizer_json_from_gguf(g)?,
+        };
         let template = g.get("tokenizer.chat_template").and_then(|v| v.as_str()).map(String::from);
         let mut t = Self::from_json(&json, template)?;
-        if let Some(id) = g.get("tokenizer.ggml.bos_token_id").and_then(|v| v.as_u64()) {
-            let token = u32::try_from(id).ok().and_then(|id| t.inner.id_to_token(id));
-            match token {
-                Some(token) => t.bos = Some(token),
-                None => {
-                    return Err(ModelError::Tokenizer(format!(
-                        "tokenizer.ggml.bos_token_id {id} is not in the vocabulary of {} tokens; the GGUF file is inconsistent",
-                        t.vocab_size()
-                    )))
-                }
+        t.spm = spm;
+        let is_spm = t.spm.is_some();
+        let token_of = |key: &str| -> Option<(u64, Option<String>)> {
+            let id = g.get(key).and_then(|v| v.as_u64())?;
+            Some((id, u32::try_from(id).ok().and_then(|id| t.id_to_token(id))))
+        };
+        let bos = token_of("tokenizer.ggml.bos_token_id");
+        // An EOS id outside the vocabulary leaves the usual spellings' guess.
+        let eos = token_of("tokenizer.ggml.eos_token_id").and_then(|(_, token)| token);
+        match bos {
+            Some((_, Some(token))) => t.bos = Some(token),
+            Some((id, None)) => {
+                return Err(ModelError::Tokenizer(format!(
+                    "tokenizer.ggml.bos_token_id {id} is not in the vocabulary of {} tokens; the GGUF file is inconsistent",
+                    t.vocab_size()
+                )))
             }
+            None => {}
         }
-        t.add_bos = g.get("tokenizer.ggml.add_bos_token").and_then(|v| v.as_bool()).unwrap_or(false);
+        if eos.is_some() {
+            t.eos = eos;
+        }
+        // llama.cpp's defaults: SentencePiece models want BOS, BPE ones do not.
+        t.add_bos = g.get("tokenizer.ggml.add_bos_token").and_then(|v| v.as_bool()).unwrap_or(is_spm);
+        t.add_eos = g.get("tokenizer.ggml.add_eos_token").and_then(|v| v.as_bool()).unwrap_or(false);
         if t.add_bos && t.bos.is_none() {
             return Err(ModelError::Tokenizer(
-                "the GGUF file sets tokenizer.ggml.add_bos_token but names no BOS token".into(),
+                "the GGUF file sets tokenizer.ggml.add_bos_token (or is a SentencePiece tokenizer, which adds BOS by default) but names no BOS token in tokenizer.ggml.bos_token_id".into(),
+            ));
+        }
+        if t.add_eos && t.eos.is_none() {
+            return Err(ModelError::Tokenizer(
+                "the GGUF file sets tokenizer.ggml.add_eos_token but names no EOS token in tokenizer.ggml.eos_token_id".into(),
             ));
         }
         Ok(t)
@@ -155,15 +227,89 @@ impl Tokenizer {
 
     /// Encodes text without adding special tokens (special tokens written in the text are recognised).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, ModelError> {
-        let enc = self.inner.encode(text, false).map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+        if let Some(ids) = self.encode_segments(&[(text, true)], true) {
+            return ids;
+        }
+        let text = self.metaspace_text(text);
+        let enc = self.inner.encode(text.as_ref(), false).map_err(|e| ModelError::Tokenizer(e.to_string()))?;
         Ok(enc.get_ids().to_vec())
+    }
+
+    /// `text` with the space sentencepiece's dummy prefix would give where a
+    /// Metaspace pre-tokenizer gives none (see `metaspace_prefix`).
+    fn metaspace_text<'a>(&self, text: &'a str) -> std::borrow::Cow<'a, str> {
+        if self.metaspace_prefix && (text.starts_with(' ') || text.starts_with(spm::SPACE)) {
+            format!(" {text}").into()
+        } else {
+            text.into()
+        }
     }
 
     /// Encodes text with control tokens written in it taken as the plain text
     /// they spell (what message text gets, see [`crate::Prompt`]).
     pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>, ModelError> {
-        let enc = self.plain.encode(text, false).map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+        if let Some(ids) = self.encode_segments(&[(text, false)], true) {
+            return ids;
+        }
+        let text = self.metaspace_text(text);
+        let enc = self.plain.encode(text.as_ref(), false).map_err(|e| ModelError::Tokenizer(e.to_string()))?;
         Ok(enc.get_ids().to_vec())
+    }
+
+    /// SentencePiece only (`None` otherwise): encodes consecutive texts as one,
+    /// control tokens written in those marked `true` recognised, the others
+    /// plain text. Each run of text between control tokens gets the dummy
+    /// prefix space when it starts the input (`at_start`) or follows a control
+    /// token, as llama.cpp does.
+    pub(crate) fn encode_segments(&self, segments: &[(&str, bool)], at_start: bool) -> Option<Result<Vec<u32>, ModelError>> {
+        let spm = self.spm.as_deref()?;
+        let run_segments = || -> Result<Vec<u32>, ModelError> {
+            let mut out = Vec::new();
+            let mut run = String::new();
+            let mut prefix = at_start;
+            let flush = |run: &mut String, prefix: &mut bool, out: &mut Vec<u32>| -> Result<(), ModelError> {
+                if !run.is_empty() {
+                    spm.encode_into(run, *prefix, out)?;
+                    *prefix = false;
+                    run.clear();
+                }
+                Ok(())
+            };
+            for &(text, recognise) in segments {
+                let mut rest = text;
+                while recognise {
+                    let Some((at, special)) = self.find_special_in(rest) else { break };
+                    run.push_str(&rest[..at]);
+                    flush(&mut run, &mut prefix, &mut out)?;
+                    out.push(spm.id(special).ok_or_else(|| ModelError::Internal("a control token of the tokenizer is not in its vocabulary".into()))?);
+                    prefix = true;
+                    rest = &rest[at + special.len()..];
+                }
+                run.push_str(rest);
+            }
+            flush(&mut run, &mut prefix, &mut out)?;
+            Ok(out)
+        };
+        Some(run_segments())
+    }
+
+    /// The leftmost control token spelled in `text` (the longest there), and where.
+    fn find_special_in<'a>(&'a self, text: &str) -> Option<(usize, &'a str)> {
+        let mut best: Option<(usize, &str)> = None;
+        for s in &self.specials {
+            if let Some(at) = text.find(s.as_str()) {
+                if best.is_none_or(|(b, bs)| at < b || (at == b && s.len() > bs.len())) {
+                    best = Some((at, s));
+                }
+            }
+        }
+        best
+    }
+
+    /// Whether `id` is a control token (what text that follows gets a dummy
+    /// prefix space after, for SentencePiece).
+    pub(crate) fn is_special_id(&self, id: u32) -> bool {
+        self.id_to_token(id).is_some_and(|t| self.specials.iter().any(|s| *s == t))
     }
 
     /// The spellings of the control tokens.
@@ -172,9 +318,16 @@ impl Tokenizer {
     }
 
     /// Whether the model wants its BOS token at the start of every prompt
-    /// (GGUF `tokenizer.ggml.add_bos_token`, Hugging Face `add_bos_token`).
+    /// (GGUF `tokenizer.ggml.add_bos_token`, default on for SentencePiece
+    /// vocabularies; Hugging Face `add_bos_token`).
     pub fn adds_bos(&self) -> bool {
         self.add_bos
+    }
+
+    /// Whether the model wants its EOS token at the end of every prompt
+    /// (GGUF `tokenizer.ggml.add_eos_token`, Hugging Face `add_eos_token`).
+    pub fn adds_eos(&self) -> bool {
+        self.add_eos
     }
 
     /// The BOS id [`Tokenizer::encode_prompt`] puts first, if the model asks for one.
@@ -182,22 +335,52 @@ impl Tokenizer {
         if !self.add_bos {
             return None;
         }
-        self.bos.as_deref().and_then(|b| self.inner.token_to_id(b))
+        self.bos.as_deref().and_then(|b| self.token_id(b))
+    }
+
+    /// The spellings of the BOS and EOS tokens, if the model has them.
+    pub(crate) fn bos_eos(&self) -> (Option<&str>, Option<&str>) {
+        (self.bos.as_deref(), self.eos.as_deref())
+    }
+
+    /// The EOS id [`Tokenizer::encode_prompt`] puts last, if the model asks for one.
+    pub(crate) fn eos_to_add(&self) -> Option<u32> {
+        if !self.add_eos {
+            return None;
+        }
+        self.eos.as_deref().and_then(|b| self.token_id(b))
     }
 
     /// Decodes ids to text, dropping special tokens.
     pub fn decode(&self, ids: &[u32]) -> Result<String, ModelError> {
+        if let Some(spm) = &self.spm {
+            return Ok(spm.decode(ids));
+        }
         self.inner.decode(ids, true).map_err(|e| ModelError::Tokenizer(e.to_string()))
     }
 
     /// Id of a token string.
     pub fn token_id(&self, token: &str) -> Option<u32> {
-        self.inner.token_to_id(token)
+        match &self.spm {
+            Some(spm) => spm.id(token),
+            None => self.inner.token_to_id(token),
+        }
+    }
+
+    /// The token string of an id.
+    fn id_to_token(&self, id: u32) -> Option<String> {
+        match &self.spm {
+            Some(spm) => spm.piece(id).map(String::from),
+            None => self.inner.id_to_token(id),
+        }
     }
 
     /// Vocabulary size including added tokens.
     pub fn vocab_size(&self) -> usize {
-        self.inner.get_vocab_size(true)
+        match &self.spm {
+            Some(spm) => spm.len(),
+            None => self.inner.get_vocab_size(true),
+        }
     }
 
     /// Renders the chat template for `messages`, ending with the assistant's
@@ -246,6 +429,16 @@ impl Tokenizer {
         String::from_utf8(out.bytes)
             .map_err(|_| ModelError::Tokenizer("the chat template wrote text that is not UTF-8".into()))
     }
+}
+
+/// What `tokenizer_config.json` says about the tokenizer.
+#[derive(Default)]
+struct HfTokenizerConfig {
+    template: Option<String>,
+    add_bos: bool,
+    add_eos: bool,
+    bos: Option<String>,
+    eos: Option<String>,
 }
 
 /// A minijinja error in one line (its debug form spans many).
@@ -306,13 +499,18 @@ fn pre_tokenizer(pre: &str) -> Result<Json, ModelError> {
     })
 }
 
-/// Writes the Hugging Face `tokenizer.json` equivalent of a GGUF's `gpt2`-style BPE tokenizer.
+/// Writes the Hugging Face `tokenizer.json` equivalent of a GGUF's tokenizer
+/// (`gpt2`-style byte-level BPE, or `llama`-style SentencePiece BPE).
 pub fn tokenizer_json_from_gguf(g: &GgufFile) -> Result<String, ModelError> {
     let model = g.get_str("tokenizer.ggml.model")?;
-    if model != "gpt2" {
-        return Err(ModelError::Unsupported(format!(
-            "GGUF tokenizer model {model:?}; lava reads byte-level BPE (\"gpt2\") tokenizers"
-        )));
+    match model {
+        "gpt2" => {}
+        "llama" => return Ok(spm_tokenizer_json(&spm_from_gguf(g)?)),
+        other => {
+            return Err(ModelError::Unsupported(format!(
+                "GGUF tokenizer model {other:?}; lava reads byte-level BPE (\"gpt2\") and SentencePiece (\"llama\") tokenizers"
+            )))
+        }
     }
     let tokens = g.get_str_array("tokenizer.ggml.tokens")?;
     let merges = g.get_str_array("tokenizer.ggml.merges")?;
@@ -347,4 +545,97 @@ pub fn tokenizer_json_from_gguf(g: &GgufFile) -> Result<String, ModelError> {
             "vocab": vocab, "merges": merges},
     });
     Ok(j.to_string())
+}
+
+/// The SentencePiece vocabulary of a GGUF whose `tokenizer.ggml.model` is `llama`.
+fn spm_from_gguf(g: &GgufFile) -> Result<Spm, ModelError> {
+    let tokens: Vec<String> = g.get_str_array("tokenizer.ggml.tokens")?.into_iter().map(String::from).collect();
+    let n = tokens.len();
+    // Absent scores and types are llama.cpp's defaults: 0 and normal.
+    let scores: Vec<f32> = match g.get("tokenizer.ggml.scores") {
+        None => vec![0.0; n],
+        Some(v) => {
+            let a = v.as_array().ok_or_else(|| ModelError::Tokenizer("tokenizer.ggml.scores is not an array".into()))?;
+            a.iter()
+                .enumerate()
+                .map(|(i, x)| {
+                    x.as_f64().map(|f| f as f32).ok_or_else(|| {
+                        ModelError::Tokenizer(format!("tokenizer.ggml.scores[{i}] is not a number"))
+                    })
+                })
+                .collect::<Result<_, _>>()?
+        }
+    };
+    let types: Vec<u8> = match g.get("tokenizer.ggml.token_type") {
+        None => vec![spm::kind::NORMAL; n],
+        Some(v) => {
+            let a = v.as_array().ok_or_else(|| ModelError::Tokenizer("tokenizer.ggml.token_type is not an array".into()))?;
+            a.iter()
+                .enumerate()
+                .map(|(i, x)| {
+                    x.as_u64().and_then(|t| u8::try_from(t).ok()).ok_or_else(|| {
+                        ModelError::Tokenizer(format!("tokenizer.ggml.token_type[{i}] is not a token type (1 to 6)"))
+                    })
+                })
+                .collect::<Result<_, _>>()?
+        }
+    };
+    let add_space_prefix = g.get("tokenizer.ggml.add_space_prefix").and_then(|v| v.as_bool()).unwrap_or(true);
+    Spm::new(tokens, scores, types, add_space_prefix)
+}
+
+/// The Hugging Face `tokenizer.json` equivalent of a SentencePiece BPE
+/// vocabulary, as `transformers` converts Llama's: a BPE model with byte
+/// fallback whose merges follow the scores, U+2581 for spaces with a dummy
+/// prefix (a `Prepend` normalizer: every run of text between added tokens
+/// gets it, as in llama.cpp), control and unknown pieces as special added
+/// tokens, user-defined pieces as plain added tokens.
+fn spm_tokenizer_json(spm: &Spm) -> String {
+    let mut vocab = serde_json::Map::with_capacity(spm.len());
+    let mut added = Vec::new();
+    let mut unk = None;
+    for id in 0..spm.len() as u32 {
+        let (Some(piece), Some(kind)) = (spm.piece(id), spm.kind(id)) else { continue };
+        if vocab.contains_key(piece) {
+            continue;
+        }
+        vocab.insert(piece.to_string(), json!(id));
+        if kind == spm::kind::UNKNOWN {
+            unk.get_or_insert(piece);
+        }
+        if matches!(kind, spm::kind::UNKNOWN | spm::kind::CONTROL | spm::kind::USER_DEFINED) && !piece.is_empty() {
+            added.push(json!({"id": id, "content": piece, "single_word": false, "lstrip": false,
+                "rstrip": false, "normalized": false, "special": kind != spm::kind::USER_DEFINED}));
+        }
+    }
+    let merges: Vec<Json> = spm.hf_merges().into_iter().map(|(l, r)| json!([l, r])).collect();
+    let space = spm::SPACE.to_string();
+    let replace = json!({"type": "Replace", "pattern": {"String": " "}, "content": space});
+    let normalizer = if spm.add_space_prefix {
+        json!({"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": space}, replace]})
+    } else {
+        replace
+    };
+    let mut decoders = vec![
+        json!({"type": "Replace", "pattern": {"String": space}, "content": " "}),
+        json!({"type": "ByteFallback"}),
+        json!({"type": "Fuse"}),
+    ];
+    if spm.add_space_prefix {
+        decoders.push(json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}));
+    }
+    json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": added,
+        "normalizer": normalizer,
+        "pre_tokenizer": null,
+        "post_processor": null,
+        "decoder": {"type": "Sequence", "decoders": decoders},
+        "model": {"type": "BPE", "dropout": null, "unk_token": unk, "continuing_subword_prefix": null,
+            "end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": true, "ignore_merges": false,
+            "vocab": vocab, "merges": merges},
+    })
+    .to_string()
 }
