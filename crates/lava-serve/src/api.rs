@@ -27,6 +27,9 @@ pub enum PromptInput {
 pub struct Generation {
     /// `max_tokens` (chat also `max_completion_tokens`); `None`: the server's default.
     pub max_tokens: Option<usize>,
+    /// The field `max_tokens` came from (`max_tokens` or `max_completion_tokens`),
+    /// named by the errors about it.
+    pub max_tokens_field: &'static str,
     /// `temperature`, 0 (greedy) by default here.
     pub temperature: f32,
     /// `top_p` in (0, 1].
@@ -118,16 +121,18 @@ fn opt_bool(body: &Map<String, Value>, field: &str) -> Result<Option<bool>, ApiE
 
 /// Parses the fields both endpoints share.
 fn generation(body: &Map<String, Value>, defaults: &PolicyConfig, chat: bool) -> Result<Generation, ApiError> {
-    let mut max_tokens = opt_usize(body, "max_tokens")?;
-    if chat {
-        if let Some(m) = opt_usize(body, "max_completion_tokens")? {
-            max_tokens = Some(m);
+    // Chat takes both names (`max_completion_tokens` wins); each is checked on its own.
+    let given = opt_usize(body, "max_tokens")?;
+    let given_completion = if chat { opt_usize(body, "max_completion_tokens")? } else { None };
+    for (field, value) in [("max_tokens", given), ("max_completion_tokens", given_completion)] {
+        if value == Some(0) {
+            return Err(ApiError::invalid(field, format!("{field} must be at least 1")));
         }
     }
-    if max_tokens == Some(0) {
-        let field = if body.contains_key("max_tokens") { "max_tokens" } else { "max_completion_tokens" };
-        return Err(ApiError::invalid(field, format!("{field} must be at least 1")));
-    }
+    let (max_tokens, max_tokens_field) = match given_completion {
+        Some(m) => (Some(m), "max_completion_tokens"),
+        None => (given, "max_tokens"),
+    };
     let temperature = opt_f64(body, "temperature")?.unwrap_or(0.0);
     if !(temperature.is_finite() && (0.0..=2.0).contains(&temperature)) {
         return Err(ApiError::invalid("temperature", format!("temperature must lie in [0, 2], got {temperature}")));
@@ -186,6 +191,7 @@ fn generation(body: &Map<String, Value>, defaults: &PolicyConfig, chat: bool) ->
     let kv_dtype = crate::policy::request_kv_dtype(body)?;
     Ok(Generation {
         max_tokens,
+        max_tokens_field,
         temperature: temperature as f32,
         top_p: top_p as f32,
         seed,
@@ -445,6 +451,10 @@ mod tests {
             (json!({"messages": [{"role": "user", "content": 5}]}), "messages[0].content"),
             (json!({"messages": ok, "max_tokens": "ten"}), "max_tokens"),
             (json!({"messages": ok, "max_tokens": 0}), "max_tokens"),
+            (json!({"messages": ok, "max_completion_tokens": 0}), "max_completion_tokens"),
+            (json!({"messages": ok, "max_tokens": 5, "max_completion_tokens": 0}), "max_completion_tokens"),
+            (json!({"messages": ok, "max_tokens": 0, "max_completion_tokens": 5}), "max_tokens"),
+            (json!({"messages": ok, "max_completion_tokens": "ten"}), "max_completion_tokens"),
             (json!({"messages": ok, "max_tokens": -3}), "max_tokens"),
             (json!({"messages": ok, "max_tokens": 2.5}), "max_tokens"),
             (json!({"messages": ok, "temperature": "hot"}), "temperature"),
