@@ -283,8 +283,10 @@ impl<B: Backend> Engine<B> {
         self.publish();
     }
 
-    /// Queues a job, or refuses it: 400 if its `kv_dtype` cannot be stored on
-    /// this backend or it could never fit, 429 if the queue is full.
+    /// Admits a job at once when no job waits and its reservation fits, else
+    /// queues it, or refuses it: 400 if its `kv_dtype` cannot be stored on
+    /// this backend or it could never fit, 429 (with `Retry-After`) only when
+    /// it cannot be admitted now and `--max-queue` jobs already wait.
     fn submit(&mut self, job: Job) {
         if let Err(e) = job.kv_dtype.check::<B>(self.model.cache_shape().head_dim, self.model.device()) {
             let _ = job.events.send(Event::Failed(ApiError::invalid("kv_dtype", format!("kv_dtype: {e}"))));
@@ -306,8 +308,15 @@ impl<B: Backend> Engine<B> {
             let _ = job.events.send(Event::Failed(e));
             return;
         }
-        let admissible_now = self.queue.is_empty() && self.ledger.fits(reserved);
-        if !admissible_now && self.queue.len() >= self.config.max_queue {
+        // Memory that can hold it now admits it now: only a job that must wait
+        // takes a place in the queue (one arriving in the same turn as others
+        // is not counted against --max-queue while memory admits it).
+        if self.queue.is_empty() && self.ledger.fits(reserved) {
+            self.queue.push_back(Queued { job, reserved });
+            self.admit();
+            return;
+        }
+        if self.queue.len() >= self.config.max_queue {
             let _ = job.events.send(Event::Failed(ApiError::queue_full(self.queue.len())));
             return;
         }
