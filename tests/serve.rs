@@ -33,7 +33,7 @@ impl Server {
     fn start(extra: &[&str]) -> Server {
         let model = model_path();
         let mut child = Command::new(env!("CARGO_BIN_EXE_lava"))
-            .args(["serve", "--port", "0", "--model"])
+            .args(["serve", "--port", "0", "--model-alias", "smollm2", "--model"])
             .arg(&model)
             .args(extra)
             .stdout(Stdio::null())
@@ -329,6 +329,45 @@ fn bad_inputs(addr: &str) {
             assert_eq!(j["error"]["code"], "context_length_exceeded");
         }
     }
+    // A model the server does not serve (the served name and --model-alias are fine).
+    let mut other = chat("Hi", 1);
+    other["model"] = json!("gpt-4o");
+    let r = post(addr, "/v1/chat/completions", &other);
+    assert_eq!(assert_error(&r, 404, Some("model"), "unknown model")["error"]["code"], "model_not_found");
+    other["model"] = json!("SmolLM2-135M-Instruct.Q4_1");
+    assert_eq!(post(addr, "/v1/chat/completions", &other).status, 200);
+    // Penalties and logit_bias out of range, and OpenAI fields the server does not
+    // honour: 400 naming the field, never ignored.
+    let hi = || json!({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1});
+    let with = |field: &str, value: Value| {
+        let mut b = hi();
+        b[field] = value;
+        b
+    };
+    let cases = [
+        (with("presence_penalty", json!(3)), "presence_penalty", "invalid_value"),
+        (with("frequency_penalty", json!(-2.5)), "frequency_penalty", "invalid_value"),
+        (with("logit_bias", json!({"5": 101})), "logit_bias", "invalid_value"),
+        (with("logit_bias", json!({"99999999": 1})), "logit_bias", "invalid_value"),
+        (with("logit_bias", json!({"x": 1})), "logit_bias", "invalid_value"),
+        (with("tools", json!([{"type": "function", "function": {"name": "f"}}])), "tools", "unsupported_parameter"),
+        (with("logprobs", json!(true)), "logprobs", "unsupported_parameter"),
+        (with("response_format", json!({"type": "json_object"})), "response_format", "unsupported_parameter"),
+        (with("top_k", json!(5)), "top_k", "unsupported_parameter"),
+    ];
+    for (body, param, code) in cases {
+        let r = post(addr, "/v1/chat/completions", &body);
+        assert_eq!(assert_error(&r, 400, Some(param), param)["error"]["code"], code, "{body}");
+    }
+    let r = post(addr, "/v1/completions", &json!({"prompt": "Hi", "max_completion_tokens": 1}));
+    assert_eq!(assert_error(&r, 400, Some("max_completion_tokens"), "a chat field on completions")["error"]["code"], "unsupported_parameter");
+    // Values that ask for nothing are accepted.
+    let mut neutral = with("logprobs", json!(false));
+    neutral["tools"] = json!([]);
+    neutral["n"] = json!(1);
+    neutral["user"] = json!("u-1");
+    neutral["response_format"] = json!({"type": "text"});
+    assert_eq!(post(addr, "/v1/chat/completions", &neutral).status, 200);
     let long = "word ".repeat(9000);
     let r = post(addr, "/v1/completions", &json!({"prompt": long, "max_tokens": 1}));
     assert_eq!(assert_error(&r, 400, Some("prompt"), "prompt alone beyond the context")["error"]["code"], "context_length_exceeded");
@@ -352,6 +391,43 @@ fn bad_inputs(addr: &str) {
     // The server is unharmed.
     let r = post(addr, "/v1/chat/completions", &ok);
     assert_eq!(r.status, 200, "{}", r.body);
+}
+
+/// `logit_bias`, `presence_penalty` and `frequency_penalty` change what greedy decoding picks.
+fn penalties_and_logit_bias(addr: &str) {
+    let complete = |extra: Value| -> String {
+        let mut b = json!({"prompt": "The capital of France is", "max_tokens": 3});
+        for (k, v) in extra.as_object().into_iter().flatten() {
+            b[k] = v.clone();
+        }
+        let r = post(addr, "/v1/completions", &b);
+        assert_eq!(r.status, 200, "{b}: {}", r.body);
+        r.json()["choices"][0]["text"].as_str().expect("text").to_string()
+    };
+    let plain = complete(json!({}));
+    assert!(plain.starts_with(" Paris"), "{plain:?}");
+    // 7042 is " Paris": -100 bans it, +100 makes it the only choice.
+    let banned = complete(json!({"logit_bias": {"7042": -100}}));
+    assert!(!banned.starts_with(" Paris"), "{banned:?}");
+    let forced = complete(json!({"prompt": "Once upon a time", "logit_bias": {"7042": 100}}));
+    assert_eq!(forced, " Paris Paris Paris");
+    // Repetition: greedy repeats the pattern; the penalties push it elsewhere.
+    let rep = |extra: Value| {
+        let mut b = json!({"prompt": "dog cat dog cat dog cat dog cat", "max_tokens": 8, "ignore_eos": true});
+        for (k, v) in extra.as_object().into_iter().flatten() {
+            b[k] = v.clone();
+        }
+        post(addr, "/v1/completions", &b).json()["choices"][0]["text"].as_str().expect("text").to_string()
+    };
+    let same = rep(json!({}));
+    let presence = rep(json!({"presence_penalty": 2}));
+    let frequency = rep(json!({"frequency_penalty": 2}));
+    let favoured = rep(json!({"frequency_penalty": -2}));
+    eprintln!("repetition: plain {same:?}, presence 2 {presence:?}, frequency 2 {frequency:?}, frequency -2 {favoured:?}");
+    let repeats = |t: &str| t.split_whitespace().filter(|w| *w == "dog" || *w == "cat").count();
+    assert!(repeats(&presence) < repeats(&same), "presence_penalty: {presence:?} vs {same:?}");
+    assert!(repeats(&frequency) < repeats(&same), "frequency_penalty: {frequency:?} vs {same:?}");
+    assert_ne!(favoured, same, "a negative frequency_penalty changes the greedy text too");
 }
 
 fn batch_equals_sequential(addr: &str) {
@@ -473,6 +549,7 @@ fn serve_end_to_end() {
     eprintln!("openai client: {:.1}s", t.elapsed().as_secs_f64());
     bad_inputs(&addr);
     streaming_and_policies(&addr);
+    penalties_and_logit_bias(&addr);
     batch_equals_sequential(&addr);
     disconnect_frees_the_cache(&addr);
     let m = metrics(&addr);

@@ -55,6 +55,10 @@ pub struct ServeArgs {
     /// The model's name in answers and /v1/models (default: the file's name).
     #[arg(long)]
     pub model_name: Option<String>,
+    /// Another name a request's `model` may give (repeatable); a request naming a
+    /// model that is neither this nor --model-name gets 404 model_not_found.
+    #[arg(long = "model-alias", value_name = "NAME")]
+    pub model_alias: Vec<String>,
     /// A request head must arrive within this of its first byte, else the connection
     /// is closed (e.g. 30s, 500ms, 2m; a bare number is seconds).
     #[arg(long, default_value = "30s")]
@@ -159,6 +163,7 @@ pub fn serve(a: ServeArgs) -> Result<(), CliError> {
             default_policy: policy,
             default_kv_dtype: kv_dtype,
             model_id,
+            model_aliases: a.model_alias.clone(),
             allow_special: a.allow_special,
             default_max_tokens: a.default_max_tokens,
             body_timeout: parse_duration("--body-timeout", &a.body_timeout)?,

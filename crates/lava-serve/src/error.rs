@@ -93,6 +93,17 @@ impl ApiError {
         }
     }
 
+    /// 404: the request's `model` is not the one this server serves.
+    pub fn model_not_found(asked: &str, served: &str) -> Self {
+        Self {
+            status: StatusCode::NOT_FOUND,
+            message: format!("the model {asked:?} is not served here: this server serves {served:?} (GET /v1/models; other names with --model-alias)"),
+            kind: "invalid_request_error",
+            param: Some("model".into()),
+            code: Some("model_not_found"),
+        }
+    }
+
     /// 405: the route exists, not with this method.
     pub fn method_not_allowed(method: &str, path: &str, allowed: &str) -> Self {
         Self {

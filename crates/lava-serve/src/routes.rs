@@ -24,7 +24,7 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use crate::api::{self, Endpoint, FinishReason, GenerationRequest, PromptInput, Usage};
-use crate::engine::{EngineHandle, Event, Job};
+use crate::engine::{EngineHandle, Event, Job, Penalties};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::text::TextAssembler;
@@ -42,6 +42,8 @@ pub struct HttpConfig {
     pub default_kv_dtype: KvDtype,
     /// The model's name in answers and `/v1/models`.
     pub model_id: String,
+    /// Other names a request's `model` may give (`--model-alias`).
+    pub model_aliases: Vec<String>,
     /// Control tokens written in prompts are control tokens (`--allow-special`).
     pub allow_special: bool,
     /// `max_tokens` when a request gives none (capped by the context).
@@ -244,6 +246,14 @@ async fn generate(s: &Arc<AppState>, endpoint: Endpoint, headers: &HeaderMap, bo
         Endpoint::Chat => api::parse_chat(&object, &s.config.default_policy)?,
         Endpoint::Completion => api::parse_completion(&object, &s.config.default_policy)?,
     };
+    if let Some(m) = &g.model {
+        if *m != s.config.model_id && !s.config.model_aliases.contains(m) {
+            return Err(ApiError::model_not_found(m, &s.config.model_id));
+        }
+    }
+    if let Some((id, _)) = g.logit_bias.iter().find(|(id, _)| *id as usize >= s.engine.vocab) {
+        return Err(ApiError::invalid("logit_bias", format!("logit_bias names token id {id}, outside the vocabulary of {}", s.engine.vocab)));
+    }
     let prompt_field = if endpoint == Endpoint::Chat { "messages" } else { "prompt" };
     let tok = s.tokenizer.clone();
     let (allow, vocab) = (s.config.allow_special, s.engine.vocab);
@@ -279,7 +289,18 @@ async fn generate(s: &Arc<AppState>, endpoint: Endpoint, headers: &HeaderMap, bo
     let stopped = Arc::new(AtomicBool::new(false));
     let prompt_tokens = ids.len();
     let kv_dtype = g.kv_dtype.unwrap_or(s.config.default_kv_dtype);
-    let job = Job { prompt: ids, max_tokens, sampling, policy: g.policy, kv_dtype, events: tx, stopped: stopped.clone(), ignore_eos: g.ignore_eos };
+    let penalties = Penalties { presence: g.presence_penalty, frequency: g.frequency_penalty, logit_bias: g.logit_bias };
+    let job = Job {
+        prompt: ids,
+        max_tokens,
+        sampling,
+        policy: g.policy,
+        kv_dtype,
+        events: tx,
+        stopped: stopped.clone(),
+        ignore_eos: g.ignore_eos,
+        penalties,
+    };
     if !s.engine.submit(job) {
         return Err(ApiError::unavailable("the server is shutting down"));
     }
