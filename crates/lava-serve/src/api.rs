@@ -290,11 +290,16 @@ fn generation(body: &Map<String, Value>, defaults: &PolicyConfig, chat: bool) ->
     let stream = opt_bool(body, "stream")?.unwrap_or(false);
     let include_usage = match body.get("stream_options") {
         None | Some(Value::Null) => false,
-        Some(Value::Object(o)) => opt_bool(o, "include_usage").map_err(|e| ApiError {
-            param: Some("stream_options.include_usage".into()),
-            ..e
-        })?
-        .unwrap_or(false),
+        Some(Value::Object(o)) => {
+            if let Some((k, _)) = o.iter().find(|(k, v)| *k != "include_usage" && !v.is_null()) {
+                return Err(ApiError::invalid_code(
+                    &format!("stream_options.{k}"),
+                    "unsupported_parameter",
+                    format!("stream_options.{k} is not supported by this server (it is not ignored either): remove it"),
+                ));
+            }
+            opt_bool(o, "include_usage").map_err(|e| ApiError { param: Some("stream_options.include_usage".into()), ..e })?.unwrap_or(false)
+        }
         Some(v) => return Err(wrong_type("stream_options", "an object", v)),
     };
     let model = opt_str(body, "model")?.map(str::to_string);
@@ -345,6 +350,15 @@ pub fn parse_chat(body: &Map<String, Value>, defaults: &PolicyConfig) -> Result<
         let Value::Object(m) = m else {
             return Err(wrong_type(&format!("messages[{i}]"), "an object with role and content", m));
         };
+        // `name`, `tool_calls`... would change what the model is told: refused, not ignored.
+        let unused = m.iter().find(|(k, v)| !matches!(k.as_str(), "role" | "content") && !v.is_null() && v.as_array().is_none_or(|a| !a.is_empty()));
+        if let Some((k, _)) = unused {
+            return Err(ApiError::invalid_code(
+                &format!("messages[{i}].{k}"),
+                "unsupported_parameter",
+                format!("messages[{i}].{k} is not supported by this server (it is not ignored either): give only role and content"),
+            ));
+        }
         let role = match m.get("role") {
             Some(Value::String(r)) => r.as_str(),
             Some(v) => return Err(wrong_type(&format!("messages[{i}].role"), "a string", v)),
@@ -615,6 +629,8 @@ mod tests {
             (json!({"messages": ok, "reasoning_effort": "low"}), "reasoning_effort"),
             (json!({"messages": ok, "audio": {}}), "audio"),
             (json!({"messages": ok, "top_k": 5}), "top_k"),
+            (json!({"messages": ok, "stream_options": {"include_usage": true, "include_obfuscation": true}}), "stream_options.include_obfuscation"),
+            (json!({"messages": [{"role": "user", "content": "Hi", "name": "bob"}]}), "messages[0].name"),
         ];
         for (body, field) in cases {
             let e = parse_chat(&obj(body.clone()), &d).expect_err(&body.to_string());
@@ -625,9 +641,9 @@ mod tests {
     #[test]
     fn neutral_values_are_accepted_and_penalties_parsed() {
         let d = PolicyConfig::new(PolicyName::Full, 128);
-        let body = json!({"messages": [{"role": "user", "content": "Hi"}], "logprobs": false, "top_logprobs": 0, "tools": [], "tool_choice": "none",
+        let body = json!({"messages": [{"role": "user", "content": "Hi", "name": null, "tool_calls": []}], "logprobs": false, "top_logprobs": 0, "tools": [], "tool_choice": "none",
             "parallel_tool_calls": true, "n": 1, "user": "u1", "metadata": {"a": "b"}, "response_format": {"type": "text"}, "modalities": ["text"],
-            "store": false, "service_tier": "auto", "stream_options": null, "top_k": null,
+            "store": false, "service_tier": "auto", "stream_options": {"include_usage": false, "x": null}, "top_k": null,
             "presence_penalty": -0.5, "frequency_penalty": 2, "logit_bias": {"7": -100, " 3": 2.5}, "model": "m"});
         let g = parse_chat(&obj(body), &d).expect("neutral values").generation;
         assert_eq!((g.presence_penalty, g.frequency_penalty), (-0.5, 2.0));
