@@ -1,7 +1,8 @@
 //! The HTTP routes: `POST /v1/chat/completions`, `POST /v1/completions`,
 //! `GET /v1/models`, `GET /health`, `GET /metrics`.
 //!
-//! A generation request is read (at most `--max-body` bytes), checked against
+//! A generation request is read (at most `--max-body` bytes, within
+//! `--body-timeout`: 408 otherwise), checked against
 //! the API key (routes under `/v1/`), parsed, tokenized (on tokio's blocking
 //! pool), checked against the context and handed to the engine; the handler
 //! then waits for the engine's first word (admitted, or refused with 400/429)
