@@ -168,7 +168,7 @@ def main():
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--kv-policy", default=None, help="lava's per-request kv_policy (omitted when not given)")
     ap.add_argument("--kv-budget", type=int, default=None)
-    ap.add_argument("--model", default="default")
+    ap.add_argument("--model", default=None, help="the request's model field (omitted when not given)")
     ap.add_argument("--ignore-eos", action="store_true", help="send ignore_eos (lava, vLLM, llama-server): every request generates --max-tokens")
     ap.add_argument("--api-key", default=None)
     ap.add_argument("--pid", type=int, default=None, help="server PID, for its peak RSS")
@@ -228,13 +228,14 @@ def main():
     def send(i, max_tokens):
         doc = docs[i % len(docs)]
         body = {
-            "model": a.model,
             "messages": [{"role": "user", "content": doc + "\n\nQuestion: what is the main point of this text? Answer in a few sentences."}],
             "max_tokens": max_tokens,
             "temperature": 0,
             "stream": True,
             "stream_options": {"include_usage": True},
         }
+        if a.model:
+            body["model"] = a.model
         if a.kv_policy:
             body["kv_policy"] = a.kv_policy
         if a.kv_budget:

@@ -35,7 +35,7 @@ impl Server {
     fn start(extra: &[&str]) -> Server {
         let model = model_path();
         let mut child = Command::new(env!("CARGO_BIN_EXE_lava"))
-            .args(["serve", "--port", "0", "--weights", "f32", "--model"])
+            .args(["serve", "--port", "0", "--weights", "f32", "--model-alias", "smollm2", "--model"])
             .arg(&model)
             .args(extra)
             .stdout(Stdio::null())
@@ -316,6 +316,8 @@ fn bad_inputs(addr: &str) {
         (json!({"messages": [{"role": "user", "content": "Hi"}], "temperature": "hot"}), "temperature", "temperature a string"),
         (json!({"messages": [{"role": "user", "content": "Hi"}], "stream": 1}), "stream", "stream a number"),
         (json!({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 9000}), "max_tokens", "beyond the context"),
+        (json!({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 5, "max_completion_tokens": 0}), "max_completion_tokens", "max_completion_tokens 0"),
+        (json!({"messages": [{"role": "user", "content": "Hi"}], "max_completion_tokens": 9000}), "max_completion_tokens", "max_completion_tokens beyond the context"),
         (json!({"messages": [{"role": "user", "content": "Hi"}], "kv_policy": "nope"}), "kv_policy", "unknown policy"),
         (json!({"messages": [{"role": "user", "content": "Hi"}], "kv_policy": "lava", "kv_budget": 16}), "kv_budget", "budget not above the window"),
         (json!({"messages": [{"role": "user", "content": "Hi"}], "kv_budget": -5}), "kv_budget", "negative budget"),
@@ -329,6 +331,45 @@ fn bad_inputs(addr: &str) {
             assert_eq!(j["error"]["code"], "context_length_exceeded");
         }
     }
+    // A model the server does not serve (the served name and --model-alias are fine).
+    let mut other = chat("Hi", 1);
+    other["model"] = json!("gpt-4o");
+    let r = post(addr, "/v1/chat/completions", &other);
+    assert_eq!(assert_error(&r, 404, Some("model"), "unknown model")["error"]["code"], "model_not_found");
+    other["model"] = json!("SmolLM2-135M-Instruct.Q4_1");
+    assert_eq!(post(addr, "/v1/chat/completions", &other).status, 200);
+    // Penalties and logit_bias out of range, and OpenAI fields the server does not
+    // honour: 400 naming the field, never ignored.
+    let hi = || json!({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1});
+    let with = |field: &str, value: Value| {
+        let mut b = hi();
+        b[field] = value;
+        b
+    };
+    let cases = [
+        (with("presence_penalty", json!(3)), "presence_penalty", "invalid_value"),
+        (with("frequency_penalty", json!(-2.5)), "frequency_penalty", "invalid_value"),
+        (with("logit_bias", json!({"5": 101})), "logit_bias", "invalid_value"),
+        (with("logit_bias", json!({"99999999": 1})), "logit_bias", "invalid_value"),
+        (with("logit_bias", json!({"x": 1})), "logit_bias", "invalid_value"),
+        (with("tools", json!([{"type": "function", "function": {"name": "f"}}])), "tools", "unsupported_parameter"),
+        (with("logprobs", json!(true)), "logprobs", "unsupported_parameter"),
+        (with("response_format", json!({"type": "json_object"})), "response_format", "unsupported_parameter"),
+        (with("top_k", json!(5)), "top_k", "unsupported_parameter"),
+    ];
+    for (body, param, code) in cases {
+        let r = post(addr, "/v1/chat/completions", &body);
+        assert_eq!(assert_error(&r, 400, Some(param), param)["error"]["code"], code, "{body}");
+    }
+    let r = post(addr, "/v1/completions", &json!({"prompt": "Hi", "max_completion_tokens": 1}));
+    assert_eq!(assert_error(&r, 400, Some("max_completion_tokens"), "a chat field on completions")["error"]["code"], "unsupported_parameter");
+    // Values that ask for nothing are accepted.
+    let mut neutral = with("logprobs", json!(false));
+    neutral["tools"] = json!([]);
+    neutral["n"] = json!(1);
+    neutral["user"] = json!("u-1");
+    neutral["response_format"] = json!({"type": "text"});
+    assert_eq!(post(addr, "/v1/chat/completions", &neutral).status, 200);
     let long = "word ".repeat(9000);
     let r = post(addr, "/v1/completions", &json!({"prompt": long, "max_tokens": 1}));
     assert_eq!(assert_error(&r, 400, Some("prompt"), "prompt alone beyond the context")["error"]["code"], "context_length_exceeded");
@@ -342,9 +383,53 @@ fn bad_inputs(addr: &str) {
     assert_eq!(assert_error(&r, 413, None, "body over --max-body")["error"]["code"], "request_too_large");
     let r = http(addr, "GET", "/v2/nothing", &[], b"");
     assert_error(&r, 404, None, "unknown route");
+    // A known route with the wrong method: 405, the JSON error body and Allow.
+    for (method, path, allow) in [("GET", "/v1/chat/completions", "POST"), ("PUT", "/v1/completions", "POST"), ("POST", "/health", "GET, HEAD"), ("DELETE", "/v1/models", "GET, HEAD")] {
+        let r = http(addr, method, path, &[("Authorization", &a)], b"");
+        let j = assert_error(&r, 405, None, &format!("{method} {path}"));
+        assert_eq!(j["error"]["code"], "method_not_allowed", "{method} {path}: {j}");
+        assert_eq!(r.header("allow"), Some(allow), "{method} {path}");
+    }
     // The server is unharmed.
     let r = post(addr, "/v1/chat/completions", &ok);
     assert_eq!(r.status, 200, "{}", r.body);
+}
+
+/// `logit_bias`, `presence_penalty` and `frequency_penalty` change what greedy decoding picks.
+fn penalties_and_logit_bias(addr: &str) {
+    let complete = |extra: Value| -> String {
+        let mut b = json!({"prompt": "The capital of France is", "max_tokens": 3});
+        for (k, v) in extra.as_object().into_iter().flatten() {
+            b[k] = v.clone();
+        }
+        let r = post(addr, "/v1/completions", &b);
+        assert_eq!(r.status, 200, "{b}: {}", r.body);
+        r.json()["choices"][0]["text"].as_str().expect("text").to_string()
+    };
+    let plain = complete(json!({}));
+    assert!(plain.starts_with(" Paris"), "{plain:?}");
+    // 7042 is " Paris": -100 bans it, +100 makes it the only choice.
+    let banned = complete(json!({"logit_bias": {"7042": -100}}));
+    assert!(!banned.starts_with(" Paris"), "{banned:?}");
+    let forced = complete(json!({"prompt": "Once upon a time", "logit_bias": {"7042": 100}}));
+    assert_eq!(forced, " Paris Paris Paris");
+    // Repetition: greedy repeats the pattern; the penalties push it elsewhere.
+    let rep = |extra: Value| {
+        let mut b = json!({"prompt": "dog cat dog cat dog cat dog cat", "max_tokens": 8, "ignore_eos": true});
+        for (k, v) in extra.as_object().into_iter().flatten() {
+            b[k] = v.clone();
+        }
+        post(addr, "/v1/completions", &b).json()["choices"][0]["text"].as_str().expect("text").to_string()
+    };
+    let same = rep(json!({}));
+    let presence = rep(json!({"presence_penalty": 2}));
+    let frequency = rep(json!({"frequency_penalty": 2}));
+    let favoured = rep(json!({"frequency_penalty": -2}));
+    eprintln!("repetition: plain {same:?}, presence 2 {presence:?}, frequency 2 {frequency:?}, frequency -2 {favoured:?}");
+    let repeats = |t: &str| t.split_whitespace().filter(|w| *w == "dog" || *w == "cat").count();
+    assert!(repeats(&presence) < repeats(&same), "presence_penalty: {presence:?} vs {same:?}");
+    assert!(repeats(&frequency) < repeats(&same), "frequency_penalty: {frequency:?} vs {same:?}");
+    assert_ne!(favoured, same, "a negative frequency_penalty changes the greedy text too");
 }
 
 fn batch_equals_sequential(addr: &str) {
@@ -466,6 +551,7 @@ fn serve_end_to_end() {
     eprintln!("openai client: {:.1}s", t.elapsed().as_secs_f64());
     bad_inputs(&addr);
     streaming_and_policies(&addr);
+    penalties_and_logit_bias(&addr);
     batch_equals_sequential(&addr);
     disconnect_frees_the_cache(&addr);
     let m = metrics(&addr);
@@ -480,7 +566,8 @@ fn serve_end_to_end() {
 #[test]
 fn admission_queue_and_sigterm_drain() {
     // Room for one full-cache conversation of ~30 prompt tokens + 150 generated (46,080 bytes a token).
-    let server = Server::start(&["--kv-memory", "10MB", "--max-queue", "1", "--prefill-chunk", "64"]);
+    // (--shutdown-timeout well above the drained request's time on a loaded machine.)
+    let server = Server::start(&["--kv-memory", "10MB", "--max-queue", "1", "--prefill-chunk", "64", "--shutdown-timeout", "300s"]);
     let addr = server.addr.clone();
     let mut body = chat("Tell me a story about a cat.", 150);
     body["stream"] = json!(true);
@@ -490,6 +577,7 @@ fn admission_queue_and_sigterm_drain() {
     wait_for(&addr, "the second request to queue", |m| metric(m, "lava_queued_requests") == 1.0);
     let r = post(&addr, "/v1/chat/completions", &body);
     assert_eq!(assert_error(&r, 429, None, "queue full")["error"]["type"], "rate_limit_error");
+    assert_eq!(r.header("retry-after"), Some("1"), "429 says when to retry");
     // One that could never fit is refused at once.
     let r = post(&addr, "/v1/chat/completions", &chat("Hi", 1000));
     assert_eq!(assert_error(&r, 400, Some("max_tokens"), "over --kv-memory")["error"]["code"], "kv_memory_exceeded");
@@ -575,4 +663,223 @@ fn batched_decode_logits_against_solo() {
         assert!(same_argmax, "{policy}: greedy choice differs between batched and solo decode");
         assert!(max_diff <= 1e-3, "{policy}: batched and solo logits differ by {max_diff}");
     }
+}
+
+/// A raw connection to the server (blocking, with a read timeout).
+fn connect(addr: &str) -> TcpStream {
+    let s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    s
+}
+
+/// Reads one response whose body has a Content-Length (keep-alive: the connection stays).
+fn read_one(s: &mut TcpStream) -> Reply {
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            let r = parse_reply(&raw);
+            let len: usize = r.header("content-length").and_then(|v| v.parse().ok()).expect("content-length");
+            if raw.len() >= end + 4 + len {
+                return r;
+            }
+        }
+        let n = s.read(&mut buf).expect("read a response");
+        assert!(n > 0, "closed before the response: {:?}", String::from_utf8_lossy(&raw));
+        raw.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// Reads until the server closes the connection; panics if it is still open after `within`.
+fn read_until_closed(s: &mut TcpStream, within: Duration, what: &str) -> Vec<u8> {
+    s.set_nonblocking(false).expect("blocking");
+    s.set_read_timeout(Some(within)).expect("timeout");
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return raw,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return raw,
+            Err(e) => panic!("{what}: the server kept the connection open ({e}); read so far {:?}", String::from_utf8_lossy(&raw)),
+        }
+    }
+}
+
+#[test]
+fn burst_slow_clients_and_connection_limit() {
+    let server = Server::start(&[
+        "--kv-memory", "1GiB", "--max-queue", "0", "--header-timeout", "2s", "--body-timeout", "2s", "--idle-timeout", "2s",
+        "--max-connections", "100",
+    ]);
+    let addr = server.addr.clone();
+    // 64 short requests at once, no queue, memory for all of them: every one is
+    // admitted (those arriving within one engine step are not counted as queued).
+    let t = Instant::now();
+    let replies: Vec<Reply> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..64)
+            .map(|i| {
+                let addr = addr.as_str();
+                s.spawn(move || post(addr, "/v1/completions", &json!({"prompt": format!("Count to {i}:"), "max_tokens": 1})))
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().expect("client thread")).collect()
+    });
+    let refused: Vec<String> = replies.iter().filter(|r| r.status != 200).map(|r| format!("{} {}", r.status, r.body)).collect();
+    let m = metrics(&addr);
+    eprintln!("64 concurrent requests with --max-queue 0: {:.1}s, peak running {}", t.elapsed().as_secs_f64(), metric(&m, "lava_running_sequences_peak"));
+    assert!(refused.is_empty(), "{} of 64 refused: {:?}", refused.len(), &refused[..refused.len().min(3)]);
+    assert!(metric(&m, "lava_running_sequences_peak") >= 8.0, "admitted together: {m:?}");
+
+    // Slow clients of every kind, 65 in all.
+    let post_head = "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n";
+    let opened = Instant::now();
+    let mut trickle: Vec<TcpStream> = (0..15).map(|_| connect(&addr)).collect();
+    let mut short_body: Vec<TcpStream> = (0..15)
+        .map(|_| {
+            let mut s = connect(&addr);
+            s.write_all(format!("{post_head}Content-Length: 1000\r\n\r\n{{\"prompt\":").as_bytes()).expect("write");
+            s
+        })
+        .collect();
+    let mut chunked: Vec<TcpStream> = (0..15)
+        .map(|_| {
+            let mut s = connect(&addr);
+            s.write_all(format!("{post_head}Transfer-Encoding: chunked\r\n\r\n5\r\n{{\"pro\r\n").as_bytes()).expect("write");
+            s
+        })
+        .collect();
+    let mut idle: Vec<TcpStream> = (0..15).map(|_| connect(&addr)).collect();
+    let mut kept_alive: Vec<TcpStream> = (0..5)
+        .map(|_| {
+            let mut s = connect(&addr);
+            s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").expect("write");
+            assert_eq!(read_one(&mut s).status, 200);
+            s
+        })
+        .collect();
+    let mut byte = 0;
+    let mut drip = |trickle: &mut Vec<TcpStream>| {
+        for s in trickle.iter_mut() {
+            let _ = s.write_all(&post_head.as_bytes()[byte % post_head.len()..][..1]);
+        }
+        byte += 1;
+    };
+    drip(&mut trickle);
+    // The server answers while they hang on.
+    let r = http(&addr, "GET", "/health", &[], b"");
+    assert_eq!(r.status, 200);
+    assert!(opened.elapsed() < Duration::from_millis(1500), "the slow clients were set up too slowly to test anything");
+    // Past --max-connections (100; 65 slow ones open) new connections get 503 at once.
+    let extra: Vec<TcpStream> = (0..40).map(|_| connect(&addr)).collect();
+    std::thread::sleep(Duration::from_millis(150));
+    let mut refused = 0;
+    for mut s in extra {
+        s.set_nonblocking(true).expect("nonblocking");
+        let mut buf = [0u8; 4096];
+        match s.read(&mut buf) {
+            Ok(n) if n > 0 => {
+                let r = parse_reply(&buf[..n]);
+                assert_error(&r, 503, None, "over --max-connections");
+                assert_eq!(r.header("retry-after"), Some("1"));
+                refused += 1;
+            }
+            Ok(_) => panic!("a connection under the limit was closed at once"),
+            Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock, "{e}"),
+        }
+    }
+    assert!((1..=10).contains(&refused), "{refused} of 40 connections past 65 refused with a limit of 100");
+    // Every slow client is dropped after its timeout (2 s), the trickling one
+    // although it keeps sending.
+    while opened.elapsed() < Duration::from_millis(2300) {
+        drip(&mut trickle);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let within = Duration::from_secs(3);
+    for s in &mut trickle {
+        read_until_closed(s, within, "request head at a byte per 100 ms");
+    }
+    for (kind, group) in [("Content-Length larger than the body", &mut short_body), ("unterminated chunked body", &mut chunked)] {
+        for s in group.iter_mut() {
+            let raw = read_until_closed(s, within, kind);
+            let r = parse_reply(&raw);
+            assert_eq!(assert_error(&r, 408, None, kind)["error"]["code"], "request_timeout");
+        }
+    }
+    for s in idle.iter_mut().chain(kept_alive.iter_mut()) {
+        read_until_closed(s, within, "idle connection");
+    }
+    eprintln!("65 slow clients dropped {:.1}s after they connected", opened.elapsed().as_secs_f64());
+    let m = metrics(&addr);
+    assert!(metric(&m, "lava_connections_closed_total{reason=\"header_timeout\"}") >= 15.0, "{m:?}");
+    assert!(metric(&m, "lava_connections_closed_total{reason=\"idle_timeout\"}") >= 20.0, "{m:?}");
+    assert!(metric(&m, "lava_connections_closed_total{reason=\"over_limit\"}") >= 1.0, "{m:?}");
+    assert!(metric(&m, "lava_connections_open") <= 2.0, "{m:?}");
+    assert_eq!(metric(&m, "lava_requests_total{endpoint=\"completions\",status=\"408\"}"), 30.0);
+    let r = post(&addr, "/v1/completions", &json!({"prompt": "Hi", "max_tokens": 2}));
+    assert_eq!(r.status, 200, "{}", r.body);
+}
+
+fn signal(server: &Server, sig: i32) {
+    // SAFETY: signalling our own child process.
+    assert_eq!(unsafe { libc::kill(server.child.id() as i32, sig) }, 0);
+}
+
+fn wait_exit(server: &mut Server, within: Duration) -> std::process::ExitStatus {
+    let t = Instant::now();
+    loop {
+        if let Some(s) = server.child.try_wait().expect("wait") {
+            return s;
+        }
+        assert!(t.elapsed() < within, "the server did not exit within {within:?}: {}", server.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn shutdown_drops_idle_connections_and_ends() {
+    let mut long = chat("Tell me a very long story about a dragon.", 4000);
+    long["stream"] = json!(true);
+    long["ignore_eos"] = json!(true);
+    // 1. SIGTERM: idle and half-sent connections are dropped at once, the
+    //    running stream goes on until --shutdown-timeout, then the process exits.
+    let mut server = Server::start(&["--shutdown-timeout", "1500ms"]);
+    let addr = server.addr.clone();
+    let (mut stream, _) = open_stream(&addr, &long);
+    let mut idle = connect(&addr);
+    let mut half = connect(&addr);
+    half.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Le").expect("write");
+    std::thread::sleep(Duration::from_millis(100));
+    let t = Instant::now();
+    signal(&server, libc::SIGTERM);
+    read_until_closed(&mut idle, Duration::from_millis(800), "idle connection at SIGTERM");
+    read_until_closed(&mut half, Duration::from_millis(800), "half-sent request head at SIGTERM");
+    let mut more = [0u8; 256];
+    assert!(stream.read(&mut more).expect("the stream goes on") > 0);
+    assert!(TcpStream::connect(&addr).is_err(), "no new connections after SIGTERM");
+    let status = wait_exit(&mut server, Duration::from_secs(6));
+    let took = t.elapsed();
+    eprintln!("SIGTERM with a running stream and --shutdown-timeout 1.5s: exited after {:.2}s", took.as_secs_f64());
+    assert!(took >= Duration::from_millis(1400), "the running request was not given its --shutdown-timeout");
+    assert!(status.success(), "{status}: {}", server.log());
+    assert!(server.log().contains("--shutdown-timeout reached"), "{}", server.log());
+    read_until_closed(&mut stream, Duration::from_secs(2), "the stream cut at exit");
+
+    // 2. A second signal ends it at once (default --shutdown-timeout of 30 s).
+    let mut server = Server::start(&[]);
+    let addr = server.addr.clone();
+    let (_stream, _) = open_stream(&addr, &long);
+    let mut half = connect(&addr);
+    half.write_all(b"GET /heal").expect("write");
+    std::thread::sleep(Duration::from_millis(100));
+    signal(&server, libc::SIGTERM);
+    read_until_closed(&mut half, Duration::from_millis(800), "half-sent request head at SIGTERM");
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(server.child.try_wait().expect("wait").is_none(), "the running request keeps the server up");
+    let t = Instant::now();
+    signal(&server, libc::SIGINT);
+    let status = wait_exit(&mut server, Duration::from_secs(4));
+    eprintln!("second signal: exited after {:.2}s", t.elapsed().as_secs_f64());
+    assert!(status.success(), "{status}: {}", server.log());
+    assert!(server.log().contains("second signal"), "{}", server.log());
 }

@@ -3,11 +3,12 @@
 //! builds each request's cache the way `lava generate` does).
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use burn::tensor::backend::Backend;
 use clap::Args;
 use lava_cache::{KvDtype, PolicyConfig, PolicyName};
-use lava_serve::{EngineConfig, HttpConfig, Loaded, ServeError, ServeOptions};
+use lava_serve::{ConnConfig, EngineConfig, HttpConfig, Loaded, ServeError, ServeOptions};
 
 use crate::error::CliError;
 use crate::fetch::resolve_model;
@@ -54,6 +55,47 @@ pub struct ServeArgs {
     /// The model's name in answers and /v1/models (default: the file's name).
     #[arg(long)]
     pub model_name: Option<String>,
+    /// Another name a request's `model` may give (repeatable); a request naming a
+    /// model that is neither this nor --model-name gets 404 model_not_found.
+    #[arg(long = "model-alias", value_name = "NAME")]
+    pub model_alias: Vec<String>,
+    /// A request head must arrive within this of its first byte, else the connection
+    /// is closed (e.g. 30s, 500ms, 2m; a bare number is seconds).
+    #[arg(long, default_value = "30s")]
+    pub header_timeout: String,
+    /// A request body must arrive within this of its head, else 408.
+    #[arg(long, default_value = "60s")]
+    pub body_timeout: String,
+    /// A keep-alive connection with no request is closed after this.
+    #[arg(long, default_value = "15s")]
+    pub idle_timeout: String,
+    /// Open connections at most; more are answered 503 and closed.
+    #[arg(long, default_value_t = 512)]
+    pub max_connections: usize,
+    /// After SIGTERM/SIGINT, how long requests in flight may take to finish before
+    /// they are dropped (a second signal drops them at once).
+    #[arg(long, default_value = "30s")]
+    pub shutdown_timeout: String,
+}
+
+/// Parses a duration: a number with an optional unit ms, s, m or h (none: seconds).
+pub fn parse_duration(flag: &str, value: &str) -> Result<Duration, CliError> {
+    let v = value.trim();
+    let split = v.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(v.len());
+    let (num, unit) = v.split_at(split);
+    let seconds: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "ms" => 0.001,
+        "" | "s" => 1.0,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        _ => return Err(CliError::Usage(format!("{flag} {value:?}: the unit must be ms, s, m or h (e.g. 30s)"))),
+    };
+    let n: f64 = num.parse().map_err(|_| CliError::Usage(format!("{flag} {value:?} is not a duration (e.g. 30s or 500ms)")))?;
+    let d = n * seconds;
+    if !(d.is_finite() && d > 0.0 && d < 1e9) {
+        return Err(CliError::Usage(format!("{flag} {value:?} must be more than 0")));
+    }
+    Ok(Duration::from_secs_f64(d))
 }
 
 /// Parses a byte size: a number with an optional suffix K/M/G/T (powers of
@@ -94,6 +136,9 @@ pub fn serve(a: ServeArgs) -> Result<(), CliError> {
     if a.default_max_tokens == 0 {
         return Err(CliError::Usage("--default-max-tokens must be at least 1".into()));
     }
+    if a.max_connections == 0 {
+        return Err(CliError::Usage("--max-connections must be at least 1".into()));
+    }
     if a.api_key.as_deref().is_some_and(str::is_empty) {
         return Err(CliError::Usage("--api-key is empty".into()));
     }
@@ -106,14 +151,22 @@ pub fn serve(a: ServeArgs) -> Result<(), CliError> {
         host: a.host.clone(),
         port: a.port,
         engine: EngineConfig { kv_memory, max_queue: a.max_queue, prefill_chunk: a.prefill_chunk },
+        conn: ConnConfig {
+            header_timeout: parse_duration("--header-timeout", &a.header_timeout)?,
+            idle_timeout: parse_duration("--idle-timeout", &a.idle_timeout)?,
+            max_connections: a.max_connections,
+            shutdown_timeout: parse_duration("--shutdown-timeout", &a.shutdown_timeout)?,
+        },
         http: HttpConfig {
             max_body,
             api_key: a.api_key.clone(),
             default_policy: policy,
             default_kv_dtype: kv_dtype,
             model_id,
+            model_aliases: a.model_alias.clone(),
             allow_special: a.allow_special,
             default_max_tokens: a.default_max_tokens,
+            body_timeout: parse_duration("--body-timeout", &a.body_timeout)?,
         },
     };
     with_backend!(a.model.backend, |B, device| { serve_on::<B>(options, a.model.clone(), path, device) })
@@ -138,4 +191,21 @@ fn serve_on<B: Backend>(options: ServeOptions, model: ModelArgs, path: PathBuf, 
         ServeError::Load(e) => e,
         ServeError::Io(msg) => CliError::Runtime(msg),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units_and_bad_ones_name_the_flag() {
+        assert_eq!(parse_duration("--x", "30s").expect("30s"), Duration::from_secs(30));
+        assert_eq!(parse_duration("--x", "500ms").expect("ms"), Duration::from_millis(500));
+        assert_eq!(parse_duration("--x", "2").expect("bare"), Duration::from_secs(2));
+        assert_eq!(parse_duration("--x", "1.5m").expect("m"), Duration::from_secs(90));
+        for bad in ["", "0", "-1s", "5 parsecs", "s", "1e99"] {
+            let e = parse_duration("--idle-timeout", bad).expect_err(bad).to_string();
+            assert!(e.contains("--idle-timeout"), "{bad}: {e}");
+        }
+    }
 }

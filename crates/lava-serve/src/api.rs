@@ -2,8 +2,13 @@
 //!
 //! Requests are read field by field from the parsed JSON object (not through a
 //! derived deserializer) so that every error names its field: a known field of
-//! the wrong type or out of range is a 400 with `param` set; fields the server
-//! does not know are ignored, as OpenAI's clients send many optional ones.
+//! the wrong type or out of range is a 400 with `param` set. No field is
+//! silently ignored: one the server does not honour (`tools`, `logprobs`,
+//! `response_format` other than text...) or does not know is a 400
+//! `unsupported_parameter` naming it, unless it is `null` or the value that
+//! asks for nothing (`logprobs: false`, `tools: []`, `n: 1`...). The fields
+//! that only identify the caller (`user`, `metadata`, `safety_identifier`,
+//! `prompt_cache_key`) are accepted: they change nothing in the answer.
 
 use lava_cache::{KvDtype, PolicyConfig};
 use lava_llama::Message;
@@ -27,6 +32,9 @@ pub enum PromptInput {
 pub struct Generation {
     /// `max_tokens` (chat also `max_completion_tokens`); `None`: the server's default.
     pub max_tokens: Option<usize>,
+    /// The field `max_tokens` came from (`max_tokens` or `max_completion_tokens`),
+    /// named by the errors about it.
+    pub max_tokens_field: &'static str,
     /// `temperature`, 0 (greedy) by default here.
     pub temperature: f32,
     /// `top_p` in (0, 1].
@@ -47,6 +55,113 @@ pub struct Generation {
     /// `ignore_eos` (extension, as vLLM and llama-server have it): generate
     /// `max_tokens` tokens even past an end-of-turn token (load tests).
     pub ignore_eos: bool,
+    /// `model`, if the request names one.
+    pub model: Option<String>,
+    /// `presence_penalty` in [-2, 2].
+    pub presence_penalty: f32,
+    /// `frequency_penalty` in [-2, 2].
+    pub frequency_penalty: f32,
+    /// `logit_bias`: (token id, bias in [-100, 100]), sorted by id; the ids
+    /// are checked against the vocabulary by the caller.
+    pub logit_bias: Vec<(u32, f32)>,
+}
+
+/// The extension fields both endpoints take (the KV-cache policy, `ignore_eos`).
+const EXTENSION_FIELDS: [&str; 11] =
+    ["kv_policy", "kv_budget", "kv_window", "kv_kernel", "kv_pooling", "kv_floor_alpha", "kv_beta", "kv_sinks", "kv_floor_rule", "kv_dtype", "ignore_eos"];
+
+/// Fields both endpoints honour.
+const COMMON_FIELDS: [&str; 13] = [
+    "model",
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "seed",
+    "stop",
+    "n",
+    "stream",
+    "stream_options",
+    "presence_penalty",
+    "frequency_penalty",
+    "logit_bias",
+    "user",
+];
+
+/// Chat fields honoured besides [`COMMON_FIELDS`] (the identifying ones change nothing).
+const CHAT_FIELDS: [&str; 5] = ["messages", "max_completion_tokens", "metadata", "safety_identifier", "prompt_cache_key"];
+
+/// Completion fields honoured besides [`COMMON_FIELDS`] (the `echo`... checks are in [`parse_completion`]).
+const COMPLETION_FIELDS: [&str; 5] = ["prompt", "echo", "logprobs", "suffix", "best_of"];
+
+/// Whether `value` of the OpenAI chat field `field` asks for nothing this
+/// server would have to do (so accepting it ignores nothing).
+fn chat_field_asks_nothing(field: &str, value: &Value) -> bool {
+    match (field, value) {
+        ("logprobs" | "parallel_tool_calls", Value::Bool(false)) => true,
+        // Without tools there are no calls to run in parallel: OpenAI's default, true, asks nothing.
+        ("parallel_tool_calls", Value::Bool(true)) => true,
+        ("top_logprobs", Value::Number(n)) => n.as_u64() == Some(0),
+        ("tools" | "functions", Value::Array(a)) => a.is_empty(),
+        ("tool_choice" | "function_call", Value::String(s)) => s == "none",
+        ("response_format", Value::Object(o)) => o.len() == 1 && o.get("type").and_then(Value::as_str) == Some("text"),
+        ("modalities", Value::Array(a)) => a.len() == 1 && a[0].as_str() == Some("text"),
+        ("store", Value::Bool(false)) => true,
+        ("service_tier", Value::String(s)) => s == "auto" || s == "default",
+        _ => false,
+    }
+}
+
+/// 400 `unsupported_parameter` for the first field of `body` the endpoint
+/// does not honour (module docs).
+fn refuse_unhonoured(body: &Map<String, Value>, chat: bool) -> Result<(), ApiError> {
+    for (field, value) in body {
+        let f = field.as_str();
+        let honoured = EXTENSION_FIELDS.contains(&f)
+            || COMMON_FIELDS.contains(&f)
+            || if chat { CHAT_FIELDS.contains(&f) } else { COMPLETION_FIELDS.contains(&f) };
+        if honoured || value.is_null() || (chat && chat_field_asks_nothing(f, value)) {
+            continue;
+        }
+        let endpoint = if chat { "/v1/chat/completions" } else { "/v1/completions" };
+        return Err(ApiError::invalid_code(
+            f,
+            "unsupported_parameter",
+            format!("{f} is not supported by this server's {endpoint} (it is not ignored either): remove it"),
+        ));
+    }
+    Ok(())
+}
+
+/// A penalty field in [-2, 2] (0 when absent).
+fn penalty(body: &Map<String, Value>, field: &str) -> Result<f32, ApiError> {
+    let p = opt_f64(body, field)?.unwrap_or(0.0);
+    if !(p.is_finite() && (-2.0..=2.0).contains(&p)) {
+        return Err(ApiError::invalid(field, format!("{field} must lie in [-2, 2], got {p}")));
+    }
+    Ok(p as f32)
+}
+
+/// `logit_bias`: an object of token ids (as strings) to biases in [-100, 100].
+fn logit_bias(body: &Map<String, Value>) -> Result<Vec<(u32, f32)>, ApiError> {
+    let map = match body.get("logit_bias") {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Object(m)) => m,
+        Some(v) => return Err(wrong_type("logit_bias", "an object of token ids to biases", v)),
+    };
+    let mut out = Vec::with_capacity(map.len());
+    for (key, v) in map {
+        let id: u32 = key
+            .trim()
+            .parse()
+            .map_err(|_| ApiError::invalid("logit_bias", format!("logit_bias keys must be token ids (integers), got {key:?}")))?;
+        let bias = v.as_f64().ok_or_else(|| wrong_type("logit_bias", "an object whose values are numbers", v))?;
+        if !(bias.is_finite() && (-100.0..=100.0).contains(&bias)) {
+            return Err(ApiError::invalid("logit_bias", format!("logit_bias[{key}] must lie in [-100, 100], got {bias}")));
+        }
+        out.push((id, bias as f32));
+    }
+    out.sort_by_key(|&(id, _)| id);
+    Ok(out)
 }
 
 /// A parsed request of either endpoint.
@@ -118,16 +233,18 @@ fn opt_bool(body: &Map<String, Value>, field: &str) -> Result<Option<bool>, ApiE
 
 /// Parses the fields both endpoints share.
 fn generation(body: &Map<String, Value>, defaults: &PolicyConfig, chat: bool) -> Result<Generation, ApiError> {
-    let mut max_tokens = opt_usize(body, "max_tokens")?;
-    if chat {
-        if let Some(m) = opt_usize(body, "max_completion_tokens")? {
-            max_tokens = Some(m);
+    // Chat takes both names (`max_completion_tokens` wins); each is checked on its own.
+    let given = opt_usize(body, "max_tokens")?;
+    let given_completion = if chat { opt_usize(body, "max_completion_tokens")? } else { None };
+    for (field, value) in [("max_tokens", given), ("max_completion_tokens", given_completion)] {
+        if value == Some(0) {
+            return Err(ApiError::invalid(field, format!("{field} must be at least 1")));
         }
     }
-    if max_tokens == Some(0) {
-        let field = if body.contains_key("max_tokens") { "max_tokens" } else { "max_completion_tokens" };
-        return Err(ApiError::invalid(field, format!("{field} must be at least 1")));
-    }
+    let (max_tokens, max_tokens_field) = match given_completion {
+        Some(m) => (Some(m), "max_completion_tokens"),
+        None => (given, "max_tokens"),
+    };
     let temperature = opt_f64(body, "temperature")?.unwrap_or(0.0);
     if !(temperature.is_finite() && (0.0..=2.0).contains(&temperature)) {
         return Err(ApiError::invalid("temperature", format!("temperature must lie in [0, 2], got {temperature}")));
@@ -173,19 +290,37 @@ fn generation(body: &Map<String, Value>, defaults: &PolicyConfig, chat: bool) ->
     let stream = opt_bool(body, "stream")?.unwrap_or(false);
     let include_usage = match body.get("stream_options") {
         None | Some(Value::Null) => false,
-        Some(Value::Object(o)) => opt_bool(o, "include_usage").map_err(|e| ApiError {
-            param: Some("stream_options.include_usage".into()),
-            ..e
-        })?
-        .unwrap_or(false),
+        Some(Value::Object(o)) => {
+            if let Some((k, _)) = o.iter().find(|(k, v)| *k != "include_usage" && !v.is_null()) {
+                return Err(ApiError::invalid_code(
+                    &format!("stream_options.{k}"),
+                    "unsupported_parameter",
+                    format!("stream_options.{k} is not supported by this server (it is not ignored either): remove it"),
+                ));
+            }
+            opt_bool(o, "include_usage").map_err(|e| ApiError { param: Some("stream_options.include_usage".into()), ..e })?.unwrap_or(false)
+        }
         Some(v) => return Err(wrong_type("stream_options", "an object", v)),
     };
-    opt_str(body, "model")?;
+    let model = opt_str(body, "model")?.map(str::to_string);
+    opt_str(body, "user")?;
     let ignore_eos = opt_bool(body, "ignore_eos")?.unwrap_or(false);
+    let presence_penalty = penalty(body, "presence_penalty")?;
+    let frequency_penalty = penalty(body, "frequency_penalty")?;
+    let logit_bias = logit_bias(body)?;
+    if chat {
+        opt_str(body, "safety_identifier")?;
+        opt_str(body, "prompt_cache_key")?;
+        if let Some(v) = body.get("metadata").filter(|v| !v.is_null() && !v.is_object()) {
+            return Err(wrong_type("metadata", "an object", v));
+        }
+    }
+    refuse_unhonoured(body, chat)?;
     let policy = crate::policy::request_policy(body, defaults)?;
     let kv_dtype = crate::policy::request_kv_dtype(body)?;
     Ok(Generation {
         max_tokens,
+        max_tokens_field,
         temperature: temperature as f32,
         top_p: top_p as f32,
         seed,
@@ -195,6 +330,10 @@ fn generation(body: &Map<String, Value>, defaults: &PolicyConfig, chat: bool) ->
         policy,
         kv_dtype,
         ignore_eos,
+        model,
+        presence_penalty,
+        frequency_penalty,
+        logit_bias,
     })
 }
 
@@ -211,6 +350,15 @@ pub fn parse_chat(body: &Map<String, Value>, defaults: &PolicyConfig) -> Result<
         let Value::Object(m) = m else {
             return Err(wrong_type(&format!("messages[{i}]"), "an object with role and content", m));
         };
+        // `name`, `tool_calls`... would change what the model is told: refused, not ignored.
+        let unused = m.iter().find(|(k, v)| !matches!(k.as_str(), "role" | "content") && !v.is_null() && v.as_array().is_none_or(|a| !a.is_empty()));
+        if let Some((k, _)) = unused {
+            return Err(ApiError::invalid_code(
+                &format!("messages[{i}].{k}"),
+                "unsupported_parameter",
+                format!("messages[{i}].{k} is not supported by this server (it is not ignored either): give only role and content"),
+            ));
+        }
         let role = match m.get("role") {
             Some(Value::String(r)) => r.as_str(),
             Some(v) => return Err(wrong_type(&format!("messages[{i}].role"), "a string", v)),
@@ -445,6 +593,10 @@ mod tests {
             (json!({"messages": [{"role": "user", "content": 5}]}), "messages[0].content"),
             (json!({"messages": ok, "max_tokens": "ten"}), "max_tokens"),
             (json!({"messages": ok, "max_tokens": 0}), "max_tokens"),
+            (json!({"messages": ok, "max_completion_tokens": 0}), "max_completion_tokens"),
+            (json!({"messages": ok, "max_tokens": 5, "max_completion_tokens": 0}), "max_completion_tokens"),
+            (json!({"messages": ok, "max_tokens": 0, "max_completion_tokens": 5}), "max_tokens"),
+            (json!({"messages": ok, "max_completion_tokens": "ten"}), "max_completion_tokens"),
             (json!({"messages": ok, "max_tokens": -3}), "max_tokens"),
             (json!({"messages": ok, "max_tokens": 2.5}), "max_tokens"),
             (json!({"messages": ok, "temperature": "hot"}), "temperature"),
@@ -459,11 +611,49 @@ mod tests {
             (json!({"messages": ok, "model": 7}), "model"),
             (json!({"messages": ok, "kv_budget": "big"}), "kv_budget"),
             (json!({"messages": ok, "ignore_eos": "yes"}), "ignore_eos"),
+            (json!({"messages": ok, "presence_penalty": 2.5}), "presence_penalty"),
+            (json!({"messages": ok, "frequency_penalty": "x"}), "frequency_penalty"),
+            (json!({"messages": ok, "logit_bias": [1]}), "logit_bias"),
+            (json!({"messages": ok, "logit_bias": {"abc": 1}}), "logit_bias"),
+            (json!({"messages": ok, "logit_bias": {"5": 101}}), "logit_bias"),
+            (json!({"messages": ok, "logit_bias": {"5": "x"}}), "logit_bias"),
+            (json!({"messages": ok, "user": 5}), "user"),
+            (json!({"messages": ok, "metadata": "m"}), "metadata"),
+            // Not honoured: refused, never ignored.
+            (json!({"messages": ok, "tools": [{"type": "function", "function": {"name": "f"}}]}), "tools"),
+            (json!({"messages": ok, "tool_choice": "required"}), "tool_choice"),
+            (json!({"messages": ok, "logprobs": true}), "logprobs"),
+            (json!({"messages": ok, "top_logprobs": 2}), "top_logprobs"),
+            (json!({"messages": ok, "response_format": {"type": "json_object"}}), "response_format"),
+            (json!({"messages": ok, "store": true}), "store"),
+            (json!({"messages": ok, "reasoning_effort": "low"}), "reasoning_effort"),
+            (json!({"messages": ok, "audio": {}}), "audio"),
+            (json!({"messages": ok, "top_k": 5}), "top_k"),
+            (json!({"messages": ok, "stream_options": {"include_usage": true, "include_obfuscation": true}}), "stream_options.include_obfuscation"),
+            (json!({"messages": [{"role": "user", "content": "Hi", "name": "bob"}]}), "messages[0].name"),
         ];
         for (body, field) in cases {
             let e = parse_chat(&obj(body.clone()), &d).expect_err(&body.to_string());
             assert_eq!(e.param.as_deref(), Some(field), "{body}: {}", e.message);
         }
+    }
+
+    #[test]
+    fn neutral_values_are_accepted_and_penalties_parsed() {
+        let d = PolicyConfig::new(PolicyName::Full, 128);
+        let body = json!({"messages": [{"role": "user", "content": "Hi", "name": null, "tool_calls": []}], "logprobs": false, "top_logprobs": 0, "tools": [], "tool_choice": "none",
+            "parallel_tool_calls": true, "n": 1, "user": "u1", "metadata": {"a": "b"}, "response_format": {"type": "text"}, "modalities": ["text"],
+            "store": false, "service_tier": "auto", "stream_options": {"include_usage": false, "x": null}, "top_k": null,
+            "presence_penalty": -0.5, "frequency_penalty": 2, "logit_bias": {"7": -100, " 3": 2.5}, "model": "m"});
+        let g = parse_chat(&obj(body), &d).expect("neutral values").generation;
+        assert_eq!((g.presence_penalty, g.frequency_penalty), (-0.5, 2.0));
+        assert_eq!(g.logit_bias, vec![(3, 2.5), (7, -100.0)]);
+        assert_eq!(g.model.as_deref(), Some("m"));
+        // max_completion_tokens is a chat field: /v1/completions refuses it.
+        let e = parse_completion(&obj(json!({"prompt": "a", "max_completion_tokens": 3})), &d).expect_err("not a completions field");
+        assert_eq!((e.param.as_deref(), e.code), (Some("max_completion_tokens"), Some("unsupported_parameter")));
+        let g = parse_completion(&obj(json!({"prompt": "a", "presence_penalty": 1, "logit_bias": {"1": 1}, "user": "u", "best_of": 1})), &d).expect("valid");
+        assert_eq!((g.generation.presence_penalty, g.generation.logit_bias.len()), (1.0, 1));
     }
 
     #[test]

@@ -92,6 +92,45 @@ pub struct Job {
     /// Generate `max_tokens` whatever the model says (the `ignore_eos`
     /// extension, for load tests): end-of-turn tokens are sent as text.
     pub ignore_eos: bool,
+    /// What is added to the logits before each token is picked.
+    pub penalties: Penalties,
+}
+
+/// Changes to the logits before a token is picked, OpenAI's definitions:
+/// `logit[t] -= presence * (count[t] > 0) + frequency * count[t]` over the
+/// tokens generated so far, and `logit[t] += bias[t]` (a bias of -100 bans
+/// the token outright).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Penalties {
+    /// `presence_penalty`.
+    pub presence: f32,
+    /// `frequency_penalty`.
+    pub frequency: f32,
+    /// `logit_bias`: (token id inside the vocabulary, bias).
+    pub logit_bias: Vec<(u32, f32)>,
+}
+
+impl Penalties {
+    /// Whether they change nothing.
+    pub fn is_none(&self) -> bool {
+        self.presence == 0.0 && self.frequency == 0.0 && self.logit_bias.is_empty()
+    }
+
+    /// Applies them to one row of logits; `counts`: how often each token was generated.
+    pub fn apply(&self, logits: &mut [f32], counts: &std::collections::HashMap<u32, u32>) {
+        if self.presence != 0.0 || self.frequency != 0.0 {
+            for (&t, &c) in counts {
+                if let Some(l) = logits.get_mut(t as usize) {
+                    *l -= self.presence * f32::from(u8::from(c > 0)) + self.frequency * c as f32;
+                }
+            }
+        }
+        for &(t, bias) in &self.logit_bias {
+            if let Some(l) = logits.get_mut(t as usize) {
+                *l = if bias <= -100.0 { f32::NEG_INFINITY } else { *l + bias };
+            }
+        }
+    }
 }
 
 /// What the engine tells a job's handler.
@@ -208,6 +247,8 @@ struct Sequence<B: Backend> {
     prefilled: usize,
     sampler: Sampler,
     generated: usize,
+    /// How often each token was generated (for the presence and frequency penalties).
+    counts: std::collections::HashMap<u32, u32>,
     /// The last token sampled: the input of its next decode step.
     next: u32,
 }
@@ -283,8 +324,10 @@ impl<B: Backend> Engine<B> {
         self.publish();
     }
 
-    /// Queues a job, or refuses it: 400 if its `kv_dtype` cannot be stored on
-    /// this backend or it could never fit, 429 if the queue is full.
+    /// Admits a job at once when no job waits and its reservation fits, else
+    /// queues it, or refuses it: 400 if its `kv_dtype` cannot be stored on
+    /// this backend or it could never fit, 429 (with `Retry-After`) only when
+    /// it cannot be admitted now and `--max-queue` jobs already wait.
     fn submit(&mut self, job: Job) {
         if let Err(e) = job.kv_dtype.check::<B>(self.model.cache_shape().head_dim, self.model.device()) {
             let _ = job.events.send(Event::Failed(ApiError::invalid("kv_dtype", format!("kv_dtype: {e}"))));
@@ -306,8 +349,15 @@ impl<B: Backend> Engine<B> {
             let _ = job.events.send(Event::Failed(e));
             return;
         }
-        let admissible_now = self.queue.is_empty() && self.ledger.fits(reserved);
-        if !admissible_now && self.queue.len() >= self.config.max_queue {
+        // Memory that can hold it now admits it now: only a job that must wait
+        // takes a place in the queue (one arriving in the same turn as others
+        // is not counted against --max-queue while memory admits it).
+        if self.queue.is_empty() && self.ledger.fits(reserved) {
+            self.queue.push_back(Queued { job, reserved });
+            self.admit();
+            return;
+        }
+        if self.queue.len() >= self.config.max_queue {
             let _ = job.events.send(Event::Failed(ApiError::queue_full(self.queue.len())));
             return;
         }
@@ -361,7 +411,7 @@ impl<B: Backend> Engine<B> {
             };
             let _ = job.events.send(Event::Admitted { reserved });
             let sampler = Sampler::new(job.sampling);
-            self.prefilling.push_back(Sequence { job, cache, reserved, prefilled: 0, sampler, generated: 0, next: 0 });
+            self.prefilling.push_back(Sequence { job, cache, reserved, prefilled: 0, sampler, generated: 0, counts: Default::default(), next: 0 });
         }
     }
 
@@ -415,7 +465,7 @@ impl<B: Backend> Engine<B> {
             self.prefilling.push_front(seq);
             return;
         }
-        let token = seq.sampler.sample(row);
+        let token = pick(&mut seq, row);
         if let Some(seq) = self.emit(seq, token) {
             self.running.push(seq);
         }
@@ -500,7 +550,7 @@ impl<B: Backend> Engine<B> {
     /// of `logits` (`[n, vocab]`) and, unless it ended, goes back in the batch.
     fn sample_batch(&mut self, batch: Vec<Sequence<B>>, logits: &[f32], vocab: usize) {
         for (i, mut seq) in batch.into_iter().enumerate() {
-            let token = seq.sampler.sample(&logits[i * vocab..(i + 1) * vocab]);
+            let token = pick(&mut seq, &logits[i * vocab..(i + 1) * vocab]);
             if let Some(seq) = self.emit(seq, token) {
                 self.running.push(seq);
             }
@@ -516,6 +566,9 @@ impl<B: Backend> Engine<B> {
         }
         let sent = seq.job.events.send(Event::Token { id: token, kv_bytes: stats.retained_bytes, kv_allocated_bytes: stats.allocated_bytes });
         seq.generated += 1;
+        if !(seq.job.penalties.presence == 0.0 && seq.job.penalties.frequency == 0.0) {
+            *seq.counts.entry(token).or_default() += 1;
+        }
         if sent.is_err() {
             // The client is gone: the next turn's sweep would drop it; do it now.
             self.ledger.release(seq.reserved);
@@ -563,6 +616,16 @@ impl<B: Backend> Engine<B> {
     }
 }
 
+/// The sequence's next token from its row of logits, after its penalties.
+fn pick<B: Backend>(seq: &mut Sequence<B>, row: &[f32]) -> u32 {
+    if seq.job.penalties.is_none() {
+        return seq.sampler.sample(row);
+    }
+    let mut row = row.to_vec();
+    seq.job.penalties.apply(&mut row, &seq.counts);
+    seq.sampler.sample(&row)
+}
+
 /// The logits of a caught model call as host values, or the error to send
 /// (`what` names the call).
 fn read_logits<B: Backend>(out: std::thread::Result<Result<burn::tensor::Tensor<B, 2>, lava_llama::ModelError>>, what: &str) -> Result<Vec<f32>, String> {
@@ -570,5 +633,26 @@ fn read_logits<B: Backend>(out: std::thread::Result<Result<burn::tensor::Tensor<
         Ok(Ok(l)) => l.into_data().convert::<f32>().to_vec::<f32>().map_err(|e| format!("cannot read the logits: {e:?}")),
         Ok(Err(e)) => Err(format!("{what}: {e}")),
         Err(_) => Err(format!("{what} (internal error)")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Penalties;
+    use std::collections::HashMap;
+
+    #[test]
+    fn penalties_follow_openai_and_minus_100_bans() {
+        let counts: HashMap<u32, u32> = [(1, 1), (2, 3)].into_iter().collect();
+        let p = Penalties { presence: 0.5, frequency: 0.25, logit_bias: vec![(0, 2.0), (3, -100.0)] };
+        let mut l = vec![1.0f32, 1.0, 1.0, 50.0];
+        p.apply(&mut l, &counts);
+        assert_eq!(l, [3.0, 1.0 - 0.5 - 0.25, 1.0 - 0.5 - 0.75, f32::NEG_INFINITY]);
+        assert!(Penalties::default().is_none() && !p.is_none());
+        // Negative penalties favour what was said; ids past the row are skipped.
+        let q = Penalties { presence: -1.0, frequency: 0.0, logit_bias: vec![(9, 1.0)] };
+        let mut l = vec![0.0f32; 3];
+        q.apply(&mut l, &counts);
+        assert_eq!(l, [0.0, 1.0, 1.0]);
     }
 }

@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 /// One failed request: its status and the OpenAI-style error body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
-    /// HTTP status (400, 401, 404, 413, 429, 500, 503).
+    /// HTTP status (400, 401, 404, 405, 408, 413, 429, 500, 503).
     pub status: StatusCode,
     /// One sentence saying what is wrong.
     pub message: String,
@@ -93,6 +93,39 @@ impl ApiError {
         }
     }
 
+    /// 404: the request's `model` is not the one this server serves.
+    pub fn model_not_found(asked: &str, served: &str) -> Self {
+        Self {
+            status: StatusCode::NOT_FOUND,
+            message: format!("the model {asked:?} is not served here: this server serves {served:?} (GET /v1/models; other names with --model-alias)"),
+            kind: "invalid_request_error",
+            param: Some("model".into()),
+            code: Some("model_not_found"),
+        }
+    }
+
+    /// 405: the route exists, not with this method.
+    pub fn method_not_allowed(method: &str, path: &str, allowed: &str) -> Self {
+        Self {
+            status: StatusCode::METHOD_NOT_ALLOWED,
+            message: format!("{path} does not take {method}: use {allowed}"),
+            kind: "invalid_request_error",
+            param: None,
+            code: Some("method_not_allowed"),
+        }
+    }
+
+    /// 408: the request body did not arrive within `--body-timeout`.
+    pub fn body_timeout(seconds: f64) -> Self {
+        Self {
+            status: StatusCode::REQUEST_TIMEOUT,
+            message: format!("the request body did not arrive within {seconds} s (--body-timeout); send it at once"),
+            kind: "invalid_request_error",
+            param: None,
+            code: Some("request_timeout"),
+        }
+    }
+
     /// 503: the server is shutting down or its engine stopped.
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self { status: StatusCode::SERVICE_UNAVAILABLE, message: message.into(), kind: "server_error", param: None, code: None }
@@ -116,9 +149,21 @@ impl ApiError {
     }
 }
 
+/// Seconds a client refused with 429 or 503 is told to wait (`Retry-After`):
+/// memory frees as soon as any running sequence ends, which is often within a second.
+pub const RETRY_AFTER_SECONDS: u32 = 1;
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = self.body().to_string();
-        (self.status, [(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response()
+        let mut r = (self.status, [(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response();
+        if matches!(self.status, StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE) {
+            r.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from(RETRY_AFTER_SECONDS));
+        }
+        if self.status == StatusCode::REQUEST_TIMEOUT {
+            // The body was not read to its end: the connection cannot carry another request.
+            r.headers_mut().insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+        }
+        r
     }
 }

@@ -7,6 +7,7 @@
 //! - [`engine`]: the one thread that owns the model and the caches and runs
 //!   continuous batching (a prompt's prefill chunks ride in the batched decode steps);
 //! - [`admission`]: what a request reserves of `--kv-memory`;
+//! - [`conn`]: the accept loop, connection timeouts and limits, shutdown;
 //! - [`routes`]: the endpoints; [`api`]: request and response bodies;
 //!   [`policy`]: the per-request `kv_*` fields; [`sse`]: streaming;
 //!   [`text`]: token ids to text with `stop` strings; [`metrics`]: `/metrics`;
@@ -17,6 +18,7 @@
 
 pub mod admission;
 pub mod api;
+pub mod conn;
 pub mod engine;
 pub mod error;
 pub mod metrics;
@@ -29,6 +31,7 @@ use std::sync::Arc;
 
 use burn::tensor::backend::Backend;
 
+pub use conn::ConnConfig;
 pub use engine::{CacheFactory, EngineConfig, Loaded};
 pub use error::ApiError;
 pub use routes::HttpConfig;
@@ -44,6 +47,8 @@ pub struct ServeOptions {
     pub engine: EngineConfig,
     /// The HTTP side's settings.
     pub http: HttpConfig,
+    /// The connections' timeouts and limits.
+    pub conn: ConnConfig,
 }
 
 /// Why the server could not run.
@@ -57,8 +62,9 @@ pub enum ServeError<E> {
 
 /// Loads the model on the engine thread (with `load`), binds the address,
 /// prints `lava serve: listening on http://ADDR` on stderr, serves until
-/// SIGTERM or SIGINT, then stops taking connections, lets every running
-/// request finish and returns.
+/// SIGTERM or SIGINT, then stops taking connections, drops idle ones, lets
+/// every request in flight finish within `--shutdown-timeout` (a second
+/// signal drops them at once) and returns ([`conn`]).
 pub fn serve<B, E, F>(options: ServeOptions, load: F) -> Result<(), ServeError<E>>
 where
     B: Backend,
@@ -72,44 +78,39 @@ where
         .enable_all()
         .build()
         .map_err(|e| ServeError::Io(format!("cannot start the async runtime: {e}")))?;
-    let state = Arc::new(routes::AppState { engine, tokenizer: Arc::new(tokenizer), metrics, config: options.http.clone() });
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let state = Arc::new(routes::AppState {
+        engine,
+        tokenizer: Arc::new(tokenizer),
+        metrics: metrics.clone(),
+        config: options.http.clone(),
+        shutdown: shutdown_rx,
+    });
     let result = runtime.block_on(async move {
+        let signals = conn::Signals::new().map_err(|e| ServeError::Io(format!("cannot watch SIGTERM and SIGINT: {e}")))?;
         let addr = format!("{}:{}", options.host, options.port);
         let listener = tokio::net::TcpListener::bind(&addr).await.map_err(|e| ServeError::Io(format!("cannot listen on {addr}: {e}")))?;
         let local = listener.local_addr().map_err(|e| ServeError::Io(format!("cannot read the bound address: {e}")))?;
         eprintln!("lava serve: listening on http://{local}");
         let app = routes::router(state);
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown_signal())
-            .await
-            .map_err(|e| ServeError::Io(format!("the server failed: {e}")))
+        Ok(conn::serve(listener, app, options.conn, metrics, signals, shutdown_tx).await)
     });
-    // Every handle on the engine is gone with the router: it ends once idle.
-    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
-    let _ = thread.join();
-    eprintln!("lava serve: stopped");
-    result
-}
-
-/// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+    // Every handle on the engine is gone with the router: it ends once idle
+    // (sequences whose connection was dropped are cancelled at its next turn).
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    let cut = matches!(result, Ok(true));
+    if cut {
+        // Forced: wait for the engine's current step a little, not for ever.
+        let t = std::time::Instant::now();
+        while !thread.is_finished() && t.elapsed() < std::time::Duration::from_secs(2) {
+            std::thread::sleep(std::time::Duration::from_millis(10));
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
+        if thread.is_finished() {
+            let _ = thread.join();
+        }
+    } else {
+        let _ = thread.join();
     }
-    eprintln!("lava serve: shutting down, finishing the running requests");
+    eprintln!("lava serve: stopped");
+    result.map(|_| ())
 }

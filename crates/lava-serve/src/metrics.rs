@@ -46,7 +46,13 @@ struct State {
     gauges: EngineGauges,
     peak_running: usize,
     peak_kv_allocated: u64,
+    connections_open: u64,
+    /// reason -> connections the server closed or refused.
+    connections_closed: BTreeMap<&'static str, u64>,
 }
+
+/// Why the server closed or refused a connection (the `reason` label).
+pub const CONNECTION_CLOSE_REASONS: [&str; 4] = ["idle_timeout", "header_timeout", "over_limit", "shutdown"];
 
 /// The metrics, shared by the HTTP handlers and the engine.
 #[derive(Debug, Default)]
@@ -109,6 +115,27 @@ impl Metrics {
         });
     }
 
+    /// A connection was accepted and is served.
+    pub fn connection_opened(&self) {
+        self.with(|s| s.connections_open += 1);
+    }
+
+    /// A served connection ended; `reason`: the server closed it (one of
+    /// [`CONNECTION_CLOSE_REASONS`]), `None`: it ended on its own.
+    pub fn connection_closed(&self, reason: Option<&'static str>) {
+        self.with(|s| {
+            s.connections_open = s.connections_open.saturating_sub(1);
+            if let Some(r) = reason {
+                *s.connections_closed.entry(r).or_default() += 1;
+            }
+        });
+    }
+
+    /// A connection over `--max-connections` was refused.
+    pub fn connection_refused(&self) {
+        self.with(|s| *s.connections_closed.entry("over_limit").or_default() += 1);
+    }
+
     /// The engine's gauges after a step.
     pub fn set_gauges(&self, g: EngineGauges) {
         self.with(|s| {
@@ -146,6 +173,17 @@ impl Metrics {
             metric("lava_mixed_steps_total", "counter", "Decode steps that also carried a prompt's prefill chunk (one forward pass).", one(s.mixed_steps.to_string()));
             metric("lava_sequences_finished_total", "counter", "Sequences that ran to their end.", one(s.finished.to_string()));
             metric("lava_sequences_cancelled_total", "counter", "Sequences dropped because their client went away (or a stop string ended them).", one(s.cancelled.to_string()));
+            metric("lava_connections_open", "gauge", "Client connections being served.", one(s.connections_open.to_string()));
+            let closed = CONNECTION_CLOSE_REASONS
+                .iter()
+                .map(|r| (format!("{{reason=\"{r}\"}}"), s.connections_closed.get(r).copied().unwrap_or(0).to_string()))
+                .collect();
+            metric(
+                "lava_connections_closed_total",
+                "counter",
+                "Connections the server closed: idle past --idle-timeout, a request head not complete within --header-timeout, refused over --max-connections, dropped at shutdown.",
+                closed,
+            );
             let g = &s.gauges;
             metric("lava_running_sequences", "gauge", "Sequences prefilling or in the decode batch.", one(g.running.to_string()));
             metric("lava_running_sequences_peak", "gauge", "Most sequences running at once since start.", one(s.peak_running.to_string()));

@@ -1,7 +1,8 @@
 //! The HTTP routes: `POST /v1/chat/completions`, `POST /v1/completions`,
 //! `GET /v1/models`, `GET /health`, `GET /metrics`.
 //!
-//! A generation request is read (at most `--max-body` bytes), checked against
+//! A generation request is read (at most `--max-body` bytes, within
+//! `--body-timeout`: 408 otherwise), checked against
 //! the API key (routes under `/v1/`), parsed, tokenized (on tokio's blocking
 //! pool), checked against the context and handed to the engine; the handler
 //! then waits for the engine's first word (admitted, or refused with 400/429)
@@ -9,11 +10,11 @@
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode, Uri};
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -21,9 +22,10 @@ use futures_util::StreamExt;
 use lava_cache::{KvDtype, PolicyConfig};
 use lava_llama::{Prompt, Sampling, Tokenizer};
 use serde_json::json;
+use tokio::sync::watch;
 
 use crate::api::{self, Endpoint, FinishReason, GenerationRequest, PromptInput, Usage};
-use crate::engine::{EngineHandle, Event, Job};
+use crate::engine::{EngineHandle, Event, Job, Penalties};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::text::TextAssembler;
@@ -41,10 +43,14 @@ pub struct HttpConfig {
     pub default_kv_dtype: KvDtype,
     /// The model's name in answers and `/v1/models`.
     pub model_id: String,
+    /// Other names a request's `model` may give (`--model-alias`).
+    pub model_aliases: Vec<String>,
     /// Control tokens written in prompts are control tokens (`--allow-special`).
     pub allow_special: bool,
     /// `max_tokens` when a request gives none (capped by the context).
     pub default_max_tokens: usize,
+    /// `--body-timeout`: a request body must arrive within this of its head (408 otherwise).
+    pub body_timeout: Duration,
 }
 
 /// What every handler shares.
@@ -57,16 +63,18 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The settings.
     pub config: HttpConfig,
+    /// Set when the server shuts down (a body still arriving then is not waited for).
+    pub shutdown: watch::Receiver<bool>,
 }
 
 /// The router over `state`.
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
-        .route("/v1/chat/completions", post(chat))
-        .route("/v1/completions", post(completions))
-        .route("/v1/models", get(models))
-        .route("/health", get(health))
-        .route("/metrics", get(metrics))
+        .route("/v1/chat/completions", post(chat).fallback(only_post))
+        .route("/v1/completions", post(completions).fallback(only_post))
+        .route("/v1/models", get(models).fallback(only_get))
+        .route("/health", get(health).fallback(only_get))
+        .route("/metrics", get(metrics).fallback(only_get))
         .fallback(not_found)
         .with_state(state)
 }
@@ -116,6 +124,22 @@ async fn not_found(State(s): State<Arc<AppState>>, uri: Uri) -> Response {
     ApiError::not_found(uri.path()).into_response()
 }
 
+/// 405 with the OpenAI-style body and the `Allow` header.
+fn wrong_method(s: &AppState, method: &Method, uri: &Uri, allowed: &'static str) -> Response {
+    s.metrics.request("other", 405);
+    let mut r = ApiError::method_not_allowed(method.as_str(), uri.path(), allowed).into_response();
+    r.headers_mut().insert(header::ALLOW, header::HeaderValue::from_static(allowed));
+    r
+}
+
+async fn only_post(State(s): State<Arc<AppState>>, method: Method, uri: Uri) -> Response {
+    wrong_method(&s, &method, &uri, "POST")
+}
+
+async fn only_get(State(s): State<Arc<AppState>>, method: Method, uri: Uri) -> Response {
+    wrong_method(&s, &method, &uri, "GET, HEAD")
+}
+
 /// A JSON response.
 fn json_response(status: StatusCode, body: &serde_json::Value) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
@@ -139,6 +163,24 @@ fn authorize(config: &HttpConfig, headers: &HeaderMap) -> Result<(), ApiError> {
         Ok(())
     } else {
         Err(ApiError::unauthorized())
+    }
+}
+
+/// Reads the body within `--body-timeout` (408 otherwise; 503 if the server
+/// shuts down meanwhile), refusing more than `--max-body` bytes (413) as soon
+/// as it passes them.
+async fn read_body_in_time(s: &AppState, headers: &HeaderMap, body: Body) -> Result<Vec<u8>, ApiError> {
+    let mut shutdown = s.shutdown.clone();
+    let timeout = s.config.body_timeout;
+    tokio::select! {
+        r = tokio::time::timeout(timeout, read_body(headers, body, s.config.max_body)) => {
+            r.unwrap_or_else(|_| Err(ApiError::body_timeout(timeout.as_secs_f64())))
+        }
+        _ = async {
+            if shutdown.wait_for(|&down| down).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        } => Err(ApiError::unavailable("the server is shutting down")),
     }
 }
 
@@ -199,12 +241,20 @@ fn request_id(endpoint: Endpoint) -> String {
 
 async fn generate(s: &Arc<AppState>, endpoint: Endpoint, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
     authorize(&s.config, headers)?;
-    let bytes = read_body(headers, body, s.config.max_body).await?;
+    let bytes = read_body_in_time(s, headers, body).await?;
     let object = api::parse_object(&bytes)?;
     let GenerationRequest { prompt, generation: g } = match endpoint {
         Endpoint::Chat => api::parse_chat(&object, &s.config.default_policy)?,
         Endpoint::Completion => api::parse_completion(&object, &s.config.default_policy)?,
     };
+    if let Some(m) = &g.model {
+        if *m != s.config.model_id && !s.config.model_aliases.contains(m) {
+            return Err(ApiError::model_not_found(m, &s.config.model_id));
+        }
+    }
+    if let Some((id, _)) = g.logit_bias.iter().find(|(id, _)| *id as usize >= s.engine.vocab) {
+        return Err(ApiError::invalid("logit_bias", format!("logit_bias names token id {id}, outside the vocabulary of {}", s.engine.vocab)));
+    }
     let prompt_field = if endpoint == Endpoint::Chat { "messages" } else { "prompt" };
     let tok = s.tokenizer.clone();
     let (allow, vocab) = (s.config.allow_special, s.engine.vocab);
@@ -220,12 +270,13 @@ async fn generate(s: &Arc<AppState>, endpoint: Endpoint, headers: &HeaderMap, bo
         ));
     }
     let max_tokens = g.max_tokens.unwrap_or(s.config.default_max_tokens.min(ctx - ids.len()).max(1));
+    let field = g.max_tokens_field;
     if ids.len().saturating_add(max_tokens) > ctx {
         return Err(ApiError::invalid_code(
-            "max_tokens",
+            field,
             "context_length_exceeded",
             format!(
-                "the prompt has {} tokens and max_tokens is {max_tokens}, together more than the model's context of {ctx} tokens; shorten the prompt or lower max_tokens",
+                "the prompt has {} tokens and {field} is {max_tokens}, together more than the model's context of {ctx} tokens; shorten the prompt or lower {field}",
                 ids.len()
             ),
         ));
@@ -239,12 +290,27 @@ async fn generate(s: &Arc<AppState>, endpoint: Endpoint, headers: &HeaderMap, bo
     let stopped = Arc::new(AtomicBool::new(false));
     let prompt_tokens = ids.len();
     let kv_dtype = g.kv_dtype.unwrap_or(s.config.default_kv_dtype);
-    let job = Job { prompt: ids, max_tokens, sampling, policy: g.policy, kv_dtype, events: tx, stopped: stopped.clone(), ignore_eos: g.ignore_eos };
+    let penalties = Penalties { presence: g.presence_penalty, frequency: g.frequency_penalty, logit_bias: g.logit_bias };
+    let job = Job {
+        prompt: ids,
+        max_tokens,
+        sampling,
+        policy: g.policy,
+        kv_dtype,
+        events: tx,
+        stopped: stopped.clone(),
+        ignore_eos: g.ignore_eos,
+        penalties,
+    };
     if !s.engine.submit(job) {
         return Err(ApiError::unavailable("the server is shutting down"));
     }
     let reserved = match rx.recv().await {
         Some(Event::Admitted { reserved }) => reserved,
+        // The engine names `max_tokens` for what the request may have called `max_completion_tokens`.
+        Some(Event::Failed(e)) if e.param.as_deref() == Some("max_tokens") => {
+            return Err(ApiError { param: Some(field.to_string()), message: e.message.replace("max_tokens", field), ..e })
+        }
         Some(Event::Failed(e)) => return Err(e),
         Some(_) => return Err(ApiError::internal("the engine answered out of order")),
         None => return Err(ApiError::unavailable("the server is shutting down")),

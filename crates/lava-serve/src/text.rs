@@ -51,12 +51,18 @@ impl TextAssembler {
         self.advance(&text, false)
     }
 
-    /// The generation ended: everything not yet sent (held-back text included).
+    /// The generation ended: everything not yet sent (held-back text included),
+    /// except an incomplete last character (a `max_tokens` cut inside its
+    /// bytes), which is dropped as it was held back before: the text never
+    /// ends with the U+FFFD it decodes to.
     pub fn finish(&mut self) -> String {
         if self.stopped {
             return String::new();
         }
-        let text = self.tokenizer.decode(&self.ids).unwrap_or_default();
+        let mut text = self.tokenizer.decode(&self.ids).unwrap_or_default();
+        while text.len() > self.sent && text.ends_with('\u{fffd}') {
+            text.truncate(text.len() - '\u{fffd}'.len_utf8());
+        }
         let d = self.advance(&text, true);
         self.stopped = true;
         d.text
@@ -92,5 +98,67 @@ impl TextAssembler {
         let out = text[self.sent..end].to_string();
         self.sent = end;
         Delta { text: out, stopped: false }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// A byte-level BPE tokenizer without merges: token id `b` is byte `b`
+    /// (GPT-2's byte-to-character map), so any cut inside a character is easy to make.
+    fn bytes_tokenizer() -> Arc<Tokenizer> {
+        let mut printable: Vec<u32> = (u32::from(b'!')..=u32::from(b'~')).chain(0xA1..=0xAC).chain(0xAE..=0xFF).collect();
+        let mut chars = printable.clone();
+        let mut extra = 0;
+        for b in 0..256u32 {
+            if !printable.contains(&b) {
+                printable.push(b);
+                chars.push(256 + extra);
+                extra += 1;
+            }
+        }
+        let mut vocab = serde_json::Map::new();
+        for (b, c) in printable.iter().zip(&chars) {
+            vocab.insert(char::from_u32(*c).expect("char").to_string(), json!(b));
+        }
+        let byte_level = json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
+        let t = json!({
+            "version": "1.0", "truncation": null, "padding": null, "added_tokens": [], "normalizer": null,
+            "pre_tokenizer": byte_level, "post_processor": null, "decoder": byte_level,
+            "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "vocab": vocab, "merges": []},
+        });
+        Arc::new(Tokenizer::from_json(&t.to_string(), None).expect("tokenizer"))
+    }
+
+    fn ids(text: &str) -> Vec<u32> {
+        text.bytes().map(u32::from).collect()
+    }
+
+    #[test]
+    fn a_cut_inside_a_character_is_held_back_to_the_end() {
+        let tok = bytes_tokenizer();
+        // Whole: "é" and "猫" come out when their last byte arrives.
+        let mut t = TextAssembler::new(tok.clone(), Vec::new());
+        let out: Vec<String> = ids("aé猫").into_iter().map(|id| t.push(id).text).collect();
+        assert_eq!(out, ["a", "", "é", "", "", "猫"]);
+        assert_eq!(t.finish(), "");
+        // Cut after 1 of 2 bytes, and after 2 of 3: no U+FFFD at the end.
+        for (text, keep, want) in [("aé", 2, "a"), ("ab猫", 4, "ab"), ("猫", 1, "")] {
+            let mut t = TextAssembler::new(tok.clone(), Vec::new());
+            let mut all = String::new();
+            for id in &ids(text)[..keep] {
+                all.push_str(&t.push(*id).text);
+            }
+            all.push_str(&t.finish());
+            assert_eq!(all, want, "{text:?} cut after {keep} bytes");
+        }
+        // A stop string still ends the text.
+        let mut t = TextAssembler::new(tok, vec!["b".into()]);
+        let d: Vec<Delta> = ids("aéb").into_iter().map(|id| t.push(id)).collect();
+        assert_eq!(d.last(), Some(&Delta { text: String::new(), stopped: true }));
+        assert_eq!(d.iter().map(|d| d.text.as_str()).collect::<String>(), "aé");
     }
 }
