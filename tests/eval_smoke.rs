@@ -8,7 +8,7 @@ use std::process::Command;
 fn run_all(dir: &std::path::Path, name: &str, extra: &[&str]) -> String {
     let results = dir.join(format!("{name}.jsonl"));
     let out = Command::new(env!("CARGO_BIN_EXE_lava"))
-        .args(["eval", "all", "--preset", "smoke", "--policies", "full,lava,snapkv,pyramidkv,streaming", "--budgets", "48", "--quiet"])
+        .args(["eval", "all", "--model", "smollm2-135m", "--preset", "smoke", "--policies", "full,lava,snapkv,pyramidkv,streaming", "--budgets", "48", "--quiet"])
         .args(extra)
         .arg("--results")
         .arg(&results)
