@@ -84,8 +84,8 @@ impl State {
                 out.push_str(&c);
             }
             if p.finish.is_some() {
-                let lp = if self.job.logprobs { logprobs_json(self.job.endpoint, &self.job.tokenizer, true, &[]) } else { Value::Null };
-                let c = self.chunk(p.index, "", p.finish, lp);
+                // Chunks without tokens carry no log-probabilities (`null`), as OpenAI's.
+                let c = self.chunk(p.index, "", p.finish, Value::Null);
                 out.push_str(&c);
             }
         }
@@ -112,8 +112,7 @@ impl State {
             if self.job.endpoint == Endpoint::Chat {
                 // The role comes first, as OpenAI sends it.
                 for i in 0..self.job.answer.n() {
-                    let lp = if self.job.logprobs { logprobs_json(Endpoint::Chat, &self.job.tokenizer, true, &[]) } else { Value::Null };
-                    let c = self.chunk(i, "", None, lp);
+                    let c = self.chunk(i, "", None, Value::Null);
                     out.push_str(&c);
                 }
             }
