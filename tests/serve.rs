@@ -294,6 +294,23 @@ fn openai_client(server: &Server) {
     assert!(j["usage"]["kv_bytes"].as_u64().is_some_and(|n| n > 0), "{j}");
     assert_eq!(j["models"], json!(["SmolLM2-135M-Instruct.Q4_1"]), "{j}");
     assert_eq!(j["bad_key"], "AuthenticationError", "{j}");
+    // logprobs / top_logprobs as the client parses them: the greedy token is the top one.
+    let lps = j["logprobs"].as_array().unwrap_or_else(|| panic!("logprobs: {j}"));
+    assert!(!lps.is_empty() && lps.iter().all(|t| t["top"].as_array().map(Vec::len) == Some(2)), "{j}");
+    assert!(lps.iter().all(|t| t["top"][0][0] == t["token"] && t["logprob"].as_f64().is_some_and(|l| l <= 0.0)), "{j}");
+    let spelled: String = lps.iter().map(|t| t["token"].as_str().unwrap_or("")).collect();
+    assert_eq!(spelled, j["logprobs_text"].as_str().unwrap_or("-"), "{j}");
+    // n = 3: three choices in order, usage over all three, the same draws streamed.
+    let choices = j["choices"].as_array().unwrap_or_else(|| panic!("choices: {j}"));
+    assert_eq!(choices.iter().map(|c| c[0].as_u64().unwrap_or(9)).collect::<Vec<_>>(), [0, 1, 2], "{j}");
+    assert!(j["n_usage"]["completion_tokens"].as_u64().is_some_and(|t| t >= 3), "{j}");
+    let texts: Vec<&Value> = choices.iter().map(|c| &c[1]).collect();
+    assert_eq!(texts, j["streamed_n"].as_array().expect("streamed_n").iter().collect::<Vec<_>>(), "n = 3 streamed = not streamed: {j}");
+    // echo + logprobs + max_tokens 0: the prompt's log-probabilities, the first null.
+    let echo = &j["echo"];
+    assert_eq!(echo["text"], "The capital of France is Paris", "{j}");
+    assert!(echo["token_logprobs"][0].is_null() && echo["token_logprobs"][1].as_f64().is_some(), "{j}");
+    assert_eq!(echo["tokens"].as_array().and_then(|t| t.last()), Some(&json!(" Paris")), "{j}");
 }
 
 fn bad_inputs(addr: &str) {
@@ -353,12 +370,44 @@ fn bad_inputs(addr: &str) {
         (with("logit_bias", json!({"99999999": 1})), "logit_bias", "invalid_value"),
         (with("logit_bias", json!({"x": 1})), "logit_bias", "invalid_value"),
         (with("tools", json!([{"type": "function", "function": {"name": "f"}}])), "tools", "unsupported_parameter"),
-        (with("logprobs", json!(true)), "logprobs", "unsupported_parameter"),
         (with("response_format", json!({"type": "json_object"})), "response_format", "unsupported_parameter"),
-        (with("top_k", json!(5)), "top_k", "unsupported_parameter"),
+        (with("echo", json!(true)), "echo", "unsupported_parameter"),
+        // Sampling, n and logprobs out of range.
+        (with("n", json!(0)), "n", "invalid_value"),
+        (with("n", json!(129)), "n", "invalid_value"),
+        (with("n", json!("3")), "n", "invalid_type"),
+        (with("top_k", json!(-2)), "top_k", "invalid_value"),
+        (with("top_k", json!("5")), "top_k", "invalid_type"),
+        (with("min_p", json!(1.5)), "min_p", "invalid_value"),
+        (with("repetition_penalty", json!(0)), "repetition_penalty", "invalid_value"),
+        (with("repetition_penalty", json!(-1.2)), "repetition_penalty", "invalid_value"),
+        (with("logprobs", json!(3)), "logprobs", "invalid_type"),
+        (with("top_logprobs", json!(2)), "top_logprobs", "invalid_value"),
+        ({
+            let mut b = with("logprobs", json!(true));
+            b["top_logprobs"] = json!(21);
+            b
+        }, "top_logprobs", "invalid_value"),
     ];
     for (body, param, code) in cases {
         let r = post(addr, "/v1/chat/completions", &body);
+        assert_eq!(assert_error(&r, 400, Some(param), param)["error"]["code"], code, "{body}");
+    }
+    let cases = [
+        (json!({"prompt": "Hi", "max_tokens": 0}), "max_tokens", "invalid_value"),
+        (json!({"prompt": "Hi", "logprobs": 6}), "logprobs", "invalid_value"),
+        (json!({"prompt": "Hi", "logprobs": true}), "logprobs", "invalid_type"),
+        (json!({"prompt": "Hi", "echo": "yes"}), "echo", "invalid_type"),
+        (json!({"prompt": "Hi", "top_logprobs": 2}), "top_logprobs", "unsupported_parameter"),
+        (json!({"prompt": "Hi", "suffix": "!"}), "suffix", "unsupported_parameter"),
+        (json!({"prompt": "Hi", "best_of": 2}), "best_of", "unsupported_parameter"),
+        (json!({"prompt": "Hi", "n": 200}), "n", "invalid_value"),
+        (json!({"prompt": "Hi", "min_p": -0.5}), "min_p", "invalid_value"),
+        // n caches that together pass --kv-memory (1 GiB): 128 x ~200 tokens x 46,080 bytes.
+        (json!({"prompt": "Hi", "n": 128, "max_tokens": 200}), "max_tokens", "kv_memory_exceeded"),
+    ];
+    for (body, param, code) in cases {
+        let r = post(addr, "/v1/completions", &body);
         assert_eq!(assert_error(&r, 400, Some(param), param)["error"]["code"], code, "{body}");
     }
     let r = post(addr, "/v1/completions", &json!({"prompt": "Hi", "max_completion_tokens": 1}));
@@ -430,6 +479,157 @@ fn penalties_and_logit_bias(addr: &str) {
     assert!(repeats(&presence) < repeats(&same), "presence_penalty: {presence:?} vs {same:?}");
     assert!(repeats(&frequency) < repeats(&same), "frequency_penalty: {frequency:?} vs {same:?}");
     assert_ne!(favoured, same, "a negative frequency_penalty changes the greedy text too");
+}
+
+/// Chat `logprobs`/`top_logprobs` and completions `logprobs`/`echo`, whole and streamed.
+fn logprobs_and_echo(addr: &str) {
+    // Chat, greedy: each token is the most likely one, its bytes spell the text.
+    let mut body = chat(PARIS, 8);
+    body["logprobs"] = json!(true);
+    body["top_logprobs"] = json!(3);
+    let j = post(addr, "/v1/chat/completions", &body).json();
+    let c = &j["choices"][0];
+    let content = c["logprobs"]["content"].as_array().unwrap_or_else(|| panic!("logprobs.content: {j}"));
+    let text = c["message"]["content"].as_str().expect("content");
+    assert_eq!(content.len() as u64, j["usage"]["completion_tokens"].as_u64().expect("usage"), "{j}");
+    let mut bytes = Vec::new();
+    for t in content {
+        let lp = t["logprob"].as_f64().expect("logprob");
+        let top = t["top_logprobs"].as_array().expect("top_logprobs");
+        assert_eq!(top.len(), 3, "{t}");
+        assert!(lp <= 0.0 && (top[0]["logprob"].as_f64().expect("top logprob") - lp).abs() < 1e-5, "greedy picks the most likely: {t}");
+        assert_eq!(top[0]["token"], t["token"], "{t}");
+        assert!(top.windows(2).all(|w| w[0]["logprob"].as_f64() >= w[1]["logprob"].as_f64()), "{t}");
+        bytes.extend(t["bytes"].as_array().expect("bytes").iter().map(|b| b.as_u64().expect("byte") as u8));
+    }
+    assert_eq!(String::from_utf8_lossy(&bytes).trim_end(), text.trim_end(), "{j}");
+    // Streamed: the same entries, spread over the chunks.
+    body["stream"] = json!(true);
+    let r = post(addr, "/v1/chat/completions", &body);
+    let mut streamed = Vec::new();
+    for line in r.body.lines().filter_map(|l| l.strip_prefix("data: {")) {
+        let chunk: Value = serde_json::from_str(&format!("{{{line}")).expect("chunk");
+        if let Some(list) = chunk["choices"][0]["logprobs"]["content"].as_array() {
+            streamed.extend(list.iter().cloned());
+        }
+    }
+    assert_eq!(&streamed, content, "streamed logprobs = whole ones");
+    // Completions: logprobs 2 over the generated tokens.
+    let prompt = "The capital of France is";
+    let j = post(addr, "/v1/completions", &json!({"prompt": prompt, "max_tokens": 1, "logprobs": 2})).json();
+    let lp = &j["choices"][0]["logprobs"];
+    assert_eq!(lp["tokens"], json!([" Paris"]), "{j}");
+    let paris = lp["token_logprobs"][0].as_f64().expect("token_logprobs");
+    assert!(lp["top_logprobs"][0].as_object().is_some_and(|o| o.len() == 2 && o.contains_key(" Paris")), "{j}");
+    assert_eq!(lp["text_offset"], json!([0]), "{j}");
+    // echo with max_tokens 0, as lm-eval scores a continuation: the prompt's log-probabilities,
+    // the first null, that of " Paris" after the prompt the one generated above.
+    let ids = post(addr, "/v1/completions", &json!({"prompt": format!("{prompt} Paris"), "max_tokens": 0, "echo": true, "logprobs": 0})).json();
+    let c = &ids["choices"][0];
+    assert_eq!(c["text"], format!("{prompt} Paris"), "{ids}");
+    assert_eq!(c["finish_reason"], "length", "{ids}");
+    assert_eq!(ids["usage"]["completion_tokens"], 0, "{ids}");
+    let lp = &c["logprobs"];
+    let n = lp["tokens"].as_array().expect("tokens").len();
+    assert_eq!(n as u64, ids["usage"]["prompt_tokens"].as_u64().expect("prompt_tokens"), "{ids}");
+    assert!(lp["token_logprobs"][0].is_null() && lp["top_logprobs"][0].is_null(), "{ids}");
+    assert_eq!(lp["tokens"][n - 1], " Paris", "{ids}");
+    let echoed = lp["token_logprobs"][n - 1].as_f64().expect("logprob");
+    assert!((echoed - paris).abs() < 1e-3, "echo logprob {echoed} vs generated {paris}");
+    assert!(lp["token_logprobs"].as_array().expect("list")[1..].iter().all(|v| v.as_f64().is_some_and(|x| x <= 0.0)), "{ids}");
+    let offsets: Vec<u64> = lp["text_offset"].as_array().expect("offsets").iter().map(|v| v.as_u64().expect("offset")).collect();
+    assert!(offsets[0] == 0 && offsets.windows(2).all(|w| w[0] < w[1]) && offsets[n - 1] as usize == prompt.len(), "{offsets:?}");
+    // Token ids as the prompt, echo and generation, the prompt longer than a prefill chunk (64).
+    let long: Vec<u64> = (0..150u64).map(|i| 1000 + i * 7).collect();
+    let j = post(addr, "/v1/completions", &json!({"prompt": long, "max_tokens": 2, "echo": true, "logprobs": 1, "ignore_eos": true})).json();
+    let lp = &j["choices"][0]["logprobs"];
+    assert_eq!(lp["tokens"].as_array().map(Vec::len), Some(152), "{j}");
+    assert_eq!(lp["token_logprobs"].as_array().expect("list").iter().filter(|v| v.is_null()).count(), 1, "{j}");
+    // Streamed echo: the prompt and its log-probabilities come first.
+    let r = post(addr, "/v1/completions", &json!({"prompt": prompt, "max_tokens": 2, "echo": true, "logprobs": 1, "stream": true}));
+    let (text, finish, _, done) = read_sse(&r.body);
+    assert!(done && finish.as_deref() == Some("length") && text.starts_with(prompt) && text.len() > prompt.len(), "{}", r.body);
+}
+
+/// `n` choices from one prefill: seeds seed + i, usage over all, greedy choices all alike.
+fn n_choices(addr: &str) {
+    let ask = |extra: Value| -> Value {
+        let mut b = json!({"prompt": "Once upon a time", "max_tokens": 6, "ignore_eos": true, "temperature": 1.0, "seed": 11});
+        for (k, v) in extra.as_object().into_iter().flatten() {
+            b[k] = v.clone();
+        }
+        let r = post(addr, "/v1/completions", &b);
+        assert_eq!(r.status, 200, "{b}: {}", r.body);
+        r.json()
+    };
+    let text = |j: &Value, i: usize| j["choices"][i]["text"].as_str().expect("text").to_string();
+    let three = ask(json!({"n": 3}));
+    assert_eq!(three["choices"].as_array().map(Vec::len), Some(3), "{three}");
+    for i in 0..3 {
+        assert_eq!(three["choices"][i]["index"], i, "{three}");
+        // Choice i draws as one choice with seed 11 + i does.
+        assert_eq!(text(&three, i), text(&ask(json!({"seed": 11 + i})), 0), "choice {i}");
+    }
+    assert!(text(&three, 0) != text(&three, 1) || text(&three, 1) != text(&three, 2), "three seeds, three draws: {three}");
+    assert_eq!(three["usage"]["completion_tokens"], 18, "{three}");
+    let one = ask(json!({}));
+    assert_eq!(three["usage"]["kv_reserved_bytes"].as_u64(), one["usage"]["kv_reserved_bytes"].as_u64().map(|r| 3 * r), "n caches reserved");
+    // Greedy: every choice is the single greedy answer (the copied caches are independent),
+    // under a compressing policy too; streamed, each choice ends on its own.
+    for policy in ["full", "lava"] {
+        let mut body = chat("Say hello in French.", 12);
+        body["kv_policy"] = json!(policy);
+        body["kv_budget"] = json!(64);
+        let single = post(addr, "/v1/chat/completions", &body).json();
+        body["n"] = json!(3);
+        let j = post(addr, "/v1/chat/completions", &body).json();
+        let want = &single["choices"][0]["message"]["content"];
+        for i in 0..3 {
+            assert_eq!(&j["choices"][i]["message"]["content"], want, "{policy}: choice {i}: {j}");
+        }
+        assert_eq!(j["usage"]["completion_tokens"].as_u64(), single["usage"]["completion_tokens"].as_u64().map(|t| 3 * t), "{j}");
+        body["stream"] = json!(true);
+        let r = post(addr, "/v1/chat/completions", &body);
+        let mut texts = [String::new(), String::new(), String::new()];
+        let mut finished = 0;
+        for line in r.body.lines().filter_map(|l| l.strip_prefix("data: {")) {
+            let chunk: Value = serde_json::from_str(&format!("{{{line}")).expect("chunk");
+            let c = &chunk["choices"][0];
+            let i = c["index"].as_u64().expect("index") as usize;
+            texts[i].push_str(c["delta"]["content"].as_str().unwrap_or(""));
+            finished += usize::from(c["finish_reason"].is_string());
+        }
+        assert!(r.body.ends_with("data: [DONE]\n\n") && finished == 3, "{}", r.body);
+        assert!(texts.iter().all(|t| Some(t.as_str()) == want.as_str()), "{policy}: streamed {texts:?} vs {want}");
+    }
+}
+
+/// `top_k`, `min_p` and `repetition_penalty` change what is drawn as they should.
+fn samplers(addr: &str) {
+    let complete = |extra: Value| -> String {
+        let mut b = json!({"prompt": "My favourite animal is the", "max_tokens": 6, "ignore_eos": true});
+        for (k, v) in extra.as_object().into_iter().flatten() {
+            b[k] = v.clone();
+        }
+        let r = post(addr, "/v1/completions", &b);
+        assert_eq!(r.status, 200, "{b}: {}", r.body);
+        r.json()["choices"][0]["text"].as_str().expect("text").to_string()
+    };
+    let greedy = complete(json!({}));
+    // top_k 1 and min_p 1 keep only the most likely token: sampling at any temperature is greedy.
+    assert_eq!(complete(json!({"temperature": 2.0, "top_k": 1, "seed": 3})), greedy);
+    assert_eq!(complete(json!({"temperature": 2.0, "min_p": 1.0, "seed": 3})), greedy);
+    let wild: Vec<String> = (0..4).map(|seed| complete(json!({"temperature": 2.0, "seed": seed}))).collect();
+    assert!(wild.iter().any(|t| *t != greedy), "temperature 2 without top_k draws other tokens: {wild:?}");
+    // repetition_penalty over the prompt and generated tokens: greedy repeats the pattern, 1.5 does not.
+    let rep = |penalty: f64| {
+        let b = json!({"prompt": "dog cat dog cat dog cat dog cat", "max_tokens": 8, "ignore_eos": true, "repetition_penalty": penalty});
+        post(addr, "/v1/completions", &b).json()["choices"][0]["text"].as_str().expect("text").to_string()
+    };
+    let (same, penalised) = (rep(1.0), rep(1.5));
+    eprintln!("repetition_penalty: 1 {same:?}, 1.5 {penalised:?}");
+    let repeats = |t: &str| t.split_whitespace().filter(|w| *w == "dog" || *w == "cat").count();
+    assert!(repeats(&penalised) < repeats(&same), "repetition_penalty: {penalised:?} vs {same:?}");
 }
 
 fn batch_equals_sequential(addr: &str) {
@@ -550,6 +750,9 @@ fn serve_end_to_end() {
     openai_client(&server);
     eprintln!("openai client: {:.1}s", t.elapsed().as_secs_f64());
     bad_inputs(&addr);
+    logprobs_and_echo(&addr);
+    n_choices(&addr);
+    samplers(&addr);
     streaming_and_policies(&addr);
     penalties_and_logit_bias(&addr);
     batch_equals_sequential(&addr);

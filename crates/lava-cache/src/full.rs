@@ -178,4 +178,8 @@ impl<B: Backend> KvCache<B> for FullCache<B> {
         self.layers.iter_mut().for_each(|l| *l = None);
         self.lens.iter_mut().for_each(|l| *l = 0);
     }
+
+    fn box_clone(&self) -> Option<Box<dyn KvCache<B>>> {
+        Some(Box::new(self.clone()))
+    }
 }

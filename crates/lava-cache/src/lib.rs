@@ -341,4 +341,12 @@ pub trait KvCache<B: Backend>: Send {
 
     /// Forgets every token, keeping the shape.
     fn reset(&mut self);
+
+    /// An independent copy of this cache (what it holds and how it goes on),
+    /// for forking one prefilled prompt into several generations; `None` for a
+    /// cache that cannot be copied (the default). The copies share their
+    /// tensors until either writes, so a copy costs no K/V memory until then.
+    fn box_clone(&self) -> Option<Box<dyn KvCache<B>>> {
+        None
+    }
 }

@@ -131,7 +131,7 @@ fn generate_on<B: Backend>(
         lava_llama::memory::check_available(&format!("a full KV cache of {total} tokens"), full_cache_bytes(&model, total))?;
     }
     let sampling = if a.temperature > 0.0 {
-        Sampling::TopP { temperature: a.temperature, top_p: a.top_p, seed: a.seed }
+        Sampling::TopP { temperature: a.temperature, top_p: a.top_p, top_k: 0, min_p: 0.0, seed: a.seed }
     } else {
         Sampling::Greedy
     };

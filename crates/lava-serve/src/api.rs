@@ -3,10 +3,10 @@
 //! Requests are read field by field from the parsed JSON object (not through a
 //! derived deserializer) so that every error names its field: a known field of
 //! the wrong type or out of range is a 400 with `param` set. No field is
-//! silently ignored: one the server does not honour (`tools`, `logprobs`,
-//! `response_format` other than text...) or does not know is a 400
+//! silently ignored: one the server does not honour (`tools`,
+//! `response_format` other than text, `suffix`...) or does not know is a 400
 //! `unsupported_parameter` naming it, unless it is `null` or the value that
-//! asks for nothing (`logprobs: false`, `tools: []`, `n: 1`...). The fields
+//! asks for nothing (`tools: []`, `best_of: 1`...). The fields
 //! that only identify the caller (`user`, `metadata`, `safety_identifier`,
 //! `prompt_cache_key`) are accepted: they change nothing in the answer.
 
@@ -30,7 +30,8 @@ pub enum PromptInput {
 /// How to generate, common to both endpoints.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Generation {
-    /// `max_tokens` (chat also `max_completion_tokens`); `None`: the server's default.
+    /// `max_tokens` (chat also `max_completion_tokens`); `None`: the server's
+    /// default. 0 only with `echo` (the prompt's log-probabilities alone).
     pub max_tokens: Option<usize>,
     /// The field `max_tokens` came from (`max_tokens` or `max_completion_tokens`),
     /// named by the errors about it.
@@ -39,6 +40,21 @@ pub struct Generation {
     pub temperature: f32,
     /// `top_p` in (0, 1].
     pub top_p: f32,
+    /// `top_k`: keep the k most likely tokens (0, or -1 in the request: all).
+    pub top_k: usize,
+    /// `min_p` in [0, 1]: drop tokens less likely than `min_p` times the most likely.
+    pub min_p: f32,
+    /// `repetition_penalty` > 0 (1: none), over the prompt's and generated tokens.
+    pub repetition_penalty: f32,
+    /// `n` in [1, 128]: choices from the one prompt.
+    pub n: usize,
+    /// Log-probabilities of the generated tokens with this many most likely
+    /// tokens' (chat: `logprobs: true` and `top_logprobs` in [0, 20];
+    /// completions: `logprobs` in [0, 5]).
+    pub logprobs: Option<usize>,
+    /// `echo` (completions): each choice's text starts with the prompt, and
+    /// with `logprobs` so do its log-probabilities.
+    pub echo: bool,
     /// `seed` of the sampler.
     pub seed: u64,
     /// `stop`: up to 4 non-empty strings that end the text (not included).
@@ -71,7 +87,7 @@ const EXTENSION_FIELDS: [&str; 11] =
     ["kv_policy", "kv_budget", "kv_window", "kv_kernel", "kv_pooling", "kv_floor_alpha", "kv_beta", "kv_sinks", "kv_floor_rule", "kv_dtype", "ignore_eos"];
 
 /// Fields both endpoints honour.
-const COMMON_FIELDS: [&str; 13] = [
+const COMMON_FIELDS: [&str; 16] = [
     "model",
     "max_tokens",
     "temperature",
@@ -85,22 +101,25 @@ const COMMON_FIELDS: [&str; 13] = [
     "frequency_penalty",
     "logit_bias",
     "user",
+    "top_k",
+    "min_p",
+    "repetition_penalty",
 ];
 
 /// Chat fields honoured besides [`COMMON_FIELDS`] (the identifying ones change nothing).
-const CHAT_FIELDS: [&str; 5] = ["messages", "max_completion_tokens", "metadata", "safety_identifier", "prompt_cache_key"];
+const CHAT_FIELDS: [&str; 7] =
+    ["messages", "max_completion_tokens", "metadata", "safety_identifier", "prompt_cache_key", "logprobs", "top_logprobs"];
 
-/// Completion fields honoured besides [`COMMON_FIELDS`] (the `echo`... checks are in [`parse_completion`]).
+/// Completion fields honoured besides [`COMMON_FIELDS`] (the `suffix` and `best_of` checks are in [`parse_completion`]).
 const COMPLETION_FIELDS: [&str; 5] = ["prompt", "echo", "logprobs", "suffix", "best_of"];
 
 /// Whether `value` of the OpenAI chat field `field` asks for nothing this
 /// server would have to do (so accepting it ignores nothing).
 fn chat_field_asks_nothing(field: &str, value: &Value) -> bool {
     match (field, value) {
-        ("logprobs" | "parallel_tool_calls", Value::Bool(false)) => true,
+        ("parallel_tool_calls", Value::Bool(false)) => true,
         // Without tools there are no calls to run in parallel: OpenAI's default, true, asks nothing.
         ("parallel_tool_calls", Value::Bool(true)) => true,
-        ("top_logprobs", Value::Number(n)) => n.as_u64() == Some(0),
         ("tools" | "functions", Value::Array(a)) => a.is_empty(),
         ("tool_choice" | "function_call", Value::String(s)) => s == "none",
         ("response_format", Value::Object(o)) => o.len() == 1 && o.get("type").and_then(Value::as_str) == Some("text"),
@@ -130,6 +149,36 @@ fn refuse_unhonoured(body: &Map<String, Value>, chat: bool) -> Result<(), ApiErr
         ));
     }
     Ok(())
+}
+
+/// Most choices a request may ask for (OpenAI's limit).
+pub const MAX_N: usize = 128;
+
+/// Chat's `logprobs` (a boolean) and `top_logprobs` (in [0, 20], only with
+/// `logprobs: true`): how many most likely tokens to give with each token's
+/// log-probability, `None` when not asked for.
+fn chat_logprobs(body: &Map<String, Value>) -> Result<Option<usize>, ApiError> {
+    let on = opt_bool(body, "logprobs")?.unwrap_or(false);
+    let top = opt_usize(body, "top_logprobs").map_err(|_| {
+        ApiError::invalid_code("top_logprobs", "invalid_type", "top_logprobs must be an integer in [0, 20]")
+    })?;
+    match top {
+        Some(t) if t > 20 => Err(ApiError::invalid("top_logprobs", format!("top_logprobs must lie in [0, 20], got {t}"))),
+        Some(t) if t > 0 && !on => Err(ApiError::invalid("top_logprobs", "top_logprobs needs logprobs: true")),
+        _ => Ok(on.then_some(top.unwrap_or(0))),
+    }
+}
+
+/// Completions' `logprobs`: an integer in [0, 5] (`false` or `null`: none).
+fn completion_logprobs(body: &Map<String, Value>) -> Result<Option<usize>, ApiError> {
+    match body.get("logprobs") {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => Ok(None),
+        Some(v) => match v.as_u64() {
+            Some(k) if k <= 5 => Ok(Some(k as usize)),
+            Some(k) => Err(ApiError::invalid("logprobs", format!("logprobs must lie in [0, 5], got {k}"))),
+            None => Err(wrong_type("logprobs", "an integer in [0, 5]", v)),
+        },
+    }
 }
 
 /// A penalty field in [-2, 2] (0 when absent).
@@ -236,9 +285,11 @@ fn generation(body: &Map<String, Value>, defaults: &PolicyConfig, chat: bool) ->
     // Chat takes both names (`max_completion_tokens` wins); each is checked on its own.
     let given = opt_usize(body, "max_tokens")?;
     let given_completion = if chat { opt_usize(body, "max_completion_tokens")? } else { None };
+    let echo = if chat { false } else { opt_bool(body, "echo")?.unwrap_or(false) };
     for (field, value) in [("max_tokens", given), ("max_completion_tokens", given_completion)] {
-        if value == Some(0) {
-            return Err(ApiError::invalid(field, format!("{field} must be at least 1")));
+        // With echo, 0 asks for the prompt alone (its log-probabilities, as evaluation harnesses do).
+        if value == Some(0) && !echo {
+            return Err(ApiError::invalid(field, format!("{field} must be at least 1 (0 only with echo on /v1/completions)")));
         }
     }
     let (max_tokens, max_tokens_field) = match given_completion {
@@ -282,11 +333,28 @@ fn generation(body: &Map<String, Value>, defaults: &PolicyConfig, chat: bool) ->
     if stop.iter().any(String::is_empty) {
         return Err(ApiError::invalid("stop", "stop sequences must not be empty"));
     }
-    if let Some(n) = opt_usize(body, "n")? {
-        if n != 1 {
-            return Err(ApiError::invalid("n", format!("this server returns one choice per request (n = 1), got n = {n}")));
-        }
+    let n = opt_usize(body, "n")?.unwrap_or(1);
+    if !(1..=MAX_N).contains(&n) {
+        return Err(ApiError::invalid("n", format!("n must lie in [1, {MAX_N}], got {n}")));
     }
+    let top_k = match body.get("top_k") {
+        None | Some(Value::Null) => 0,
+        Some(v) => match v.as_i64() {
+            Some(-1) => 0,
+            Some(k) if k >= 0 => usize::try_from(k).unwrap_or(usize::MAX),
+            Some(k) => return Err(ApiError::invalid("top_k", format!("top_k must be at least 0 (0 or -1: no limit), got {k}"))),
+            None => return Err(wrong_type("top_k", "an integer", v)),
+        },
+    };
+    let min_p = opt_f64(body, "min_p")?.unwrap_or(0.0);
+    if !(0.0..=1.0).contains(&min_p) {
+        return Err(ApiError::invalid("min_p", format!("min_p must lie in [0, 1], got {min_p}")));
+    }
+    let repetition_penalty = opt_f64(body, "repetition_penalty")?.unwrap_or(1.0);
+    if !(repetition_penalty.is_finite() && repetition_penalty > 0.0) {
+        return Err(ApiError::invalid("repetition_penalty", format!("repetition_penalty must be greater than 0 (1: none), got {repetition_penalty}")));
+    }
+    let logprobs = if chat { chat_logprobs(body)? } else { completion_logprobs(body)? };
     let stream = opt_bool(body, "stream")?.unwrap_or(false);
     let include_usage = match body.get("stream_options") {
         None | Some(Value::Null) => false,
@@ -323,6 +391,12 @@ fn generation(body: &Map<String, Value>, defaults: &PolicyConfig, chat: bool) ->
         max_tokens_field,
         temperature: temperature as f32,
         top_p: top_p as f32,
+        top_k,
+        min_p: min_p as f32,
+        repetition_penalty: repetition_penalty as f32,
+        n,
+        logprobs,
+        echo,
         seed,
         stop,
         stream,
@@ -422,14 +496,15 @@ pub fn parse_completion(body: &Map<String, Value>, defaults: &PolicyConfig) -> R
     if matches!(&prompt, PromptInput::Text(t) if t.is_empty()) {
         return Err(ApiError::invalid("prompt", "prompt is empty: give some text"));
     }
-    for field in ["echo", "logprobs", "suffix", "best_of"] {
+    for field in ["suffix", "best_of"] {
         let unset = match body.get(field) {
-            None | Some(Value::Null) | Some(Value::Bool(false)) => true,
+            None | Some(Value::Null) => true,
+            Some(Value::String(s)) => field == "suffix" && s.is_empty(),
             Some(Value::Number(n)) => field == "best_of" && n.as_u64() == Some(1),
             _ => false,
         };
         if !unset {
-            return Err(ApiError::invalid(field, format!("{field} is not supported by this server")));
+            return Err(ApiError::invalid_code(field, "unsupported_parameter", format!("{field} is not supported by this server (it is not ignored either): remove it")));
         }
     }
     Ok(GenerationRequest { prompt, generation: generation(body, defaults, false)? })
@@ -502,17 +577,22 @@ impl Endpoint {
     }
 }
 
-/// The whole (non-streamed) answer.
-pub fn response_body(endpoint: Endpoint, id: &str, created: u64, model: &str, text: &str, finish: FinishReason, usage: &Usage) -> Value {
-    let choice = match endpoint {
+/// One choice of a whole answer: `text` (chat: the message's content),
+/// its `logprobs` value and why it ended.
+pub fn choice_body(endpoint: Endpoint, index: usize, text: &str, logprobs: Value, finish: FinishReason) -> Value {
+    match endpoint {
         Endpoint::Chat => json!({
-            "index": 0,
+            "index": index,
             "message": {"role": "assistant", "content": text},
-            "logprobs": null,
+            "logprobs": logprobs,
             "finish_reason": finish.as_str(),
         }),
-        Endpoint::Completion => json!({"index": 0, "text": text, "logprobs": null, "finish_reason": finish.as_str()}),
-    };
+        Endpoint::Completion => json!({"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish.as_str()}),
+    }
+}
+
+/// The whole (non-streamed) answer with its choices ([`choice_body`]).
+pub fn response_body(endpoint: Endpoint, id: &str, created: u64, model: &str, choices: Vec<Value>, usage: &Usage) -> Value {
     let object = match endpoint {
         Endpoint::Chat => "chat.completion",
         Endpoint::Completion => "text_completion",
@@ -522,14 +602,26 @@ pub fn response_body(endpoint: Endpoint, id: &str, created: u64, model: &str, te
         "object": object,
         "created": created,
         "model": model,
-        "choices": [choice],
+        "choices": choices,
         "usage": usage.to_json(),
     })
 }
 
-/// One streamed chunk: `delta` text (chat: the first chunk also carries the
-/// role), or the last one with `finish_reason`.
-pub fn chunk_body(endpoint: Endpoint, id: &str, created: u64, model: &str, delta: &str, first: bool, finish: Option<FinishReason>) -> Value {
+/// One streamed chunk of choice `index`: `delta` text (chat: the first
+/// chunk also carries the role) with its `logprobs` value, or the last one
+/// with `finish_reason`.
+#[allow(clippy::too_many_arguments)]
+pub fn chunk_body(
+    endpoint: Endpoint,
+    id: &str,
+    created: u64,
+    model: &str,
+    index: usize,
+    delta: &str,
+    first: bool,
+    finish: Option<FinishReason>,
+    logprobs: Value,
+) -> Value {
     let finish = finish.map(FinishReason::as_str);
     let (object, choice) = match endpoint {
         Endpoint::Chat => {
@@ -540,9 +632,9 @@ pub fn chunk_body(endpoint: Endpoint, id: &str, created: u64, model: &str, delta
             } else {
                 json!({"content": delta})
             };
-            ("chat.completion.chunk", json!({"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}))
+            ("chat.completion.chunk", json!({"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}))
         }
-        Endpoint::Completion => ("text_completion", json!({"index": 0, "text": delta, "logprobs": null, "finish_reason": finish})),
+        Endpoint::Completion => ("text_completion", json!({"index": index, "text": delta, "logprobs": logprobs, "finish_reason": finish})),
     };
     json!({"id": id, "object": object, "created": created, "model": model, "choices": [choice]})
 }
@@ -607,7 +699,20 @@ mod tests {
             (json!({"messages": ok, "stop": ["a", 1]}), "stop[1]"),
             (json!({"messages": ok, "stop": ["a", "b", "c", "d", "e"]}), "stop"),
             (json!({"messages": ok, "stream": "yes"}), "stream"),
-            (json!({"messages": ok, "n": 2}), "n"),
+            (json!({"messages": ok, "n": 0}), "n"),
+            (json!({"messages": ok, "n": 129}), "n"),
+            (json!({"messages": ok, "n": "2"}), "n"),
+            (json!({"messages": ok, "top_k": -2}), "top_k"),
+            (json!({"messages": ok, "top_k": 1.5}), "top_k"),
+            (json!({"messages": ok, "min_p": 1.5}), "min_p"),
+            (json!({"messages": ok, "min_p": -0.1}), "min_p"),
+            (json!({"messages": ok, "repetition_penalty": 0}), "repetition_penalty"),
+            (json!({"messages": ok, "repetition_penalty": "x"}), "repetition_penalty"),
+            (json!({"messages": ok, "logprobs": 1}), "logprobs"),
+            (json!({"messages": ok, "logprobs": true, "top_logprobs": 21}), "top_logprobs"),
+            (json!({"messages": ok, "logprobs": true, "top_logprobs": -1}), "top_logprobs"),
+            (json!({"messages": ok, "top_logprobs": 2}), "top_logprobs"),
+            (json!({"messages": ok, "echo": true}), "echo"),
             (json!({"messages": ok, "model": 7}), "model"),
             (json!({"messages": ok, "kv_budget": "big"}), "kv_budget"),
             (json!({"messages": ok, "ignore_eos": "yes"}), "ignore_eos"),
@@ -622,13 +727,10 @@ mod tests {
             // Not honoured: refused, never ignored.
             (json!({"messages": ok, "tools": [{"type": "function", "function": {"name": "f"}}]}), "tools"),
             (json!({"messages": ok, "tool_choice": "required"}), "tool_choice"),
-            (json!({"messages": ok, "logprobs": true}), "logprobs"),
-            (json!({"messages": ok, "top_logprobs": 2}), "top_logprobs"),
             (json!({"messages": ok, "response_format": {"type": "json_object"}}), "response_format"),
             (json!({"messages": ok, "store": true}), "store"),
             (json!({"messages": ok, "reasoning_effort": "low"}), "reasoning_effort"),
             (json!({"messages": ok, "audio": {}}), "audio"),
-            (json!({"messages": ok, "top_k": 5}), "top_k"),
             (json!({"messages": ok, "stream_options": {"include_usage": true, "include_obfuscation": true}}), "stream_options.include_obfuscation"),
             (json!({"messages": [{"role": "user", "content": "Hi", "name": "bob"}]}), "messages[0].name"),
         ];
@@ -642,13 +744,23 @@ mod tests {
     fn neutral_values_are_accepted_and_penalties_parsed() {
         let d = PolicyConfig::new(PolicyName::Full, 128);
         let body = json!({"messages": [{"role": "user", "content": "Hi", "name": null, "tool_calls": []}], "logprobs": false, "top_logprobs": 0, "tools": [], "tool_choice": "none",
-            "parallel_tool_calls": true, "n": 1, "user": "u1", "metadata": {"a": "b"}, "response_format": {"type": "text"}, "modalities": ["text"],
-            "store": false, "service_tier": "auto", "stream_options": {"include_usage": false, "x": null}, "top_k": null,
+            "parallel_tool_calls": true, "n": 1, "user": "u1", "top_k": null, "min_p": null, "metadata": {"a": "b"}, "response_format": {"type": "text"}, "modalities": ["text"],
+            "store": false, "service_tier": "auto", "stream_options": {"include_usage": false, "x": null}, "repetition_penalty": null,
             "presence_penalty": -0.5, "frequency_penalty": 2, "logit_bias": {"7": -100, " 3": 2.5}, "model": "m"});
         let g = parse_chat(&obj(body), &d).expect("neutral values").generation;
         assert_eq!((g.presence_penalty, g.frequency_penalty), (-0.5, 2.0));
         assert_eq!(g.logit_bias, vec![(3, 2.5), (7, -100.0)]);
         assert_eq!(g.model.as_deref(), Some("m"));
+        assert_eq!((g.n, g.logprobs, g.top_k, g.min_p, g.repetition_penalty), (1, None, 0, 0.0, 1.0));
+        let ok = json!([{"role": "user", "content": "Hi"}]);
+        let g = parse_chat(&obj(json!({"messages": ok, "logprobs": true, "top_logprobs": 3, "n": 3, "top_k": -1, "min_p": 0.1, "repetition_penalty": 1.3})), &d)
+            .expect("valid")
+            .generation;
+        assert_eq!((g.n, g.logprobs, g.top_k, g.min_p, g.repetition_penalty), (3, Some(3), 0, 0.1, 1.3));
+        assert_eq!(parse_chat(&obj(json!({"messages": ok, "logprobs": true})), &d).expect("valid").generation.logprobs, Some(0));
+        // Completions: logprobs is a count, echo with max_tokens 0 asks for the prompt alone.
+        let g = parse_completion(&obj(json!({"prompt": [1, 2], "echo": true, "logprobs": 2, "max_tokens": 0, "top_k": 40})), &d).expect("valid").generation;
+        assert_eq!((g.echo, g.logprobs, g.max_tokens, g.top_k), (true, Some(2), Some(0), 40));
         // max_completion_tokens is a chat field: /v1/completions refuses it.
         let e = parse_completion(&obj(json!({"prompt": "a", "max_completion_tokens": 3})), &d).expect_err("not a completions field");
         assert_eq!((e.param.as_deref(), e.code), (Some("max_completion_tokens"), Some("unsupported_parameter")));
@@ -661,7 +773,18 @@ mod tests {
         let d = PolicyConfig::new(PolicyName::Full, 128);
         assert!(matches!(parse_completion(&obj(json!({"prompt": "a"})), &d).expect("text").prompt, PromptInput::Text(t) if t == "a"));
         assert!(matches!(parse_completion(&obj(json!({"prompt": [1, 2]})), &d).expect("ids").prompt, PromptInput::Tokens(t) if t == [1, 2]));
-        for (body, field) in [(json!({}), "prompt"), (json!({"prompt": ""}), "prompt"), (json!({"prompt": {}}), "prompt"), (json!({"prompt": "a", "echo": true}), "echo")] {
+        for (body, field) in [
+            (json!({}), "prompt"),
+            (json!({"prompt": ""}), "prompt"),
+            (json!({"prompt": {}}), "prompt"),
+            (json!({"prompt": "a", "echo": 1}), "echo"),
+            (json!({"prompt": "a", "max_tokens": 0}), "max_tokens"),
+            (json!({"prompt": "a", "logprobs": 6}), "logprobs"),
+            (json!({"prompt": "a", "logprobs": true}), "logprobs"),
+            (json!({"prompt": "a", "suffix": "x"}), "suffix"),
+            (json!({"prompt": "a", "best_of": 2}), "best_of"),
+            (json!({"prompt": "a", "top_logprobs": 2}), "top_logprobs"),
+        ] {
             let e = parse_completion(&obj(body.clone()), &d).expect_err(&body.to_string());
             assert_eq!(e.param.as_deref(), Some(field));
         }

@@ -15,7 +15,10 @@
 //!    [`Llama::decode_batch`] step; each decoding sequence samples its next
 //!    token, a finished one leaves the batch and frees its cache, and a
 //!    sequence whose prompt is done samples its first token and joins the
-//!    batch.
+//!    batch. A job asking for `n` choices prefills its prompt once; its
+//!    cache is then copied ([`KvCache::box_clone`]) into `n` sequences, each
+//!    drawing with its own seed (`seed + i`) and reserving its share of the
+//!    job's reservation (`n` times one sequence's).
 //!
 //! A prompt is chunked from its own start, whatever else runs, so its prefill
 //! does not depend on the other sequences; within the exact row limit no row
@@ -24,7 +27,7 @@
 //! projections). A running conversation waits at most one prefill chunk for
 //! its next token.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -32,7 +35,7 @@ use std::time::Instant;
 
 use burn::tensor::backend::Backend;
 use lava_cache::{CacheShape, KvCache, KvDtype, PolicyConfig};
-use lava_llama::{Llama, Logits, Sampler, Sampling, Tokenizer};
+use lava_llama::{apply_repetition_penalty, token_logprob, Llama, Logits, Sampler, Sampling, TokenLogprob, Tokenizer};
 use tokio::sync::mpsc::{error::TryRecvError, UnboundedReceiver, UnboundedSender};
 
 use crate::admission::{reservation, Ledger};
@@ -76,19 +79,29 @@ pub struct EngineConfig {
 pub struct Job {
     /// Prompt token ids (non-empty, inside the vocabulary).
     pub prompt: Vec<u32>,
-    /// Tokens to generate at most (prompt plus this fits the context).
+    /// Tokens to generate at most per choice (prompt plus this fits the
+    /// context); 0: none, the prompt is only prefilled (for its log-probabilities).
     pub max_tokens: usize,
-    /// How to pick tokens.
+    /// How to pick tokens (choice `i` with [`Sampling::for_choice`]).
     pub sampling: Sampling,
+    /// Choices generated from the one prompt (at least 1).
+    pub n: usize,
+    /// Send each generated token's log-probability and this many most
+    /// likely tokens' ([`lava_llama::token_logprob`]: log-softmax of the raw logits).
+    pub logprobs: Option<usize>,
+    /// Send the prompt tokens' log-probabilities (each given the tokens
+    /// before it; the first has none) with this many most likely tokens'.
+    pub prompt_logprobs: Option<usize>,
     /// The cache policy.
     pub policy: PolicyConfig,
     /// How its cache stores K and V (its reservation counts it).
     pub kv_dtype: KvDtype,
     /// Where the engine sends this job's events; dropping the receiver cancels it.
     pub events: UnboundedSender<Event>,
-    /// Set by the HTTP side when a `stop` string ended the text (the drop that
-    /// follows is then a finish, not a cancellation).
-    pub stopped: Arc<AtomicBool>,
+    /// One flag per choice, set by the HTTP side when a `stop` string ended
+    /// that choice's text: the engine ends it at its next turn, and a drop
+    /// that follows is a finish, not a cancellation.
+    pub stopped: Arc<[AtomicBool]>,
     /// Generate `max_tokens` whatever the model says (the `ignore_eos`
     /// extension, for load tests): end-of-turn tokens are sent as text.
     pub ignore_eos: bool,
@@ -96,11 +109,13 @@ pub struct Job {
     pub penalties: Penalties,
 }
 
-/// Changes to the logits before a token is picked, OpenAI's definitions:
+/// Changes to the logits before a token is picked: OpenAI's
 /// `logit[t] -= presence * (count[t] > 0) + frequency * count[t]` over the
-/// tokens generated so far, and `logit[t] += bias[t]` (a bias of -100 bans
-/// the token outright).
-#[derive(Debug, Clone, Default, PartialEq)]
+/// tokens generated so far; the repetition penalty of Hugging Face and
+/// llama.cpp over the tokens of the prompt and the generation
+/// ([`apply_repetition_penalty`]); then `logit[t] += bias[t]` (a bias of
+/// -100 bans the token outright).
+#[derive(Debug, Clone, PartialEq)]
 pub struct Penalties {
     /// `presence_penalty`.
     pub presence: f32,
@@ -108,16 +123,26 @@ pub struct Penalties {
     pub frequency: f32,
     /// `logit_bias`: (token id inside the vocabulary, bias).
     pub logit_bias: Vec<(u32, f32)>,
+    /// `repetition_penalty` (> 0; 1 changes nothing).
+    pub repetition: f32,
+}
+
+impl Default for Penalties {
+    fn default() -> Self {
+        Self { presence: 0.0, frequency: 0.0, logit_bias: Vec::new(), repetition: 1.0 }
+    }
 }
 
 impl Penalties {
     /// Whether they change nothing.
     pub fn is_none(&self) -> bool {
-        self.presence == 0.0 && self.frequency == 0.0 && self.logit_bias.is_empty()
+        self.presence == 0.0 && self.frequency == 0.0 && self.logit_bias.is_empty() && self.repetition == 1.0
     }
 
-    /// Applies them to one row of logits; `counts`: how often each token was generated.
-    pub fn apply(&self, logits: &mut [f32], counts: &std::collections::HashMap<u32, u32>) {
+    /// Applies them to one row of logits; `counts`: how often each token was
+    /// generated; `seen`: the tokens of the prompt and the generation.
+    pub fn apply(&self, logits: &mut [f32], counts: &HashMap<u32, u32>, seen: &HashSet<u32>) {
+        apply_repetition_penalty(logits, seen.iter().copied(), self.repetition);
         if self.presence != 0.0 || self.frequency != 0.0 {
             for (&t, &c) in counts {
                 if let Some(l) = logits.get_mut(t as usize) {
@@ -141,17 +166,26 @@ pub enum Event {
         /// Bytes reserved.
         reserved: u64,
     },
-    /// One generated token, with the cache's bytes after it.
+    /// The prompt tokens' log-probabilities (`Job::prompt_logprobs`), once
+    /// the prompt is prefilled: one per prompt token, the first `None`.
+    PromptLogprobs(Vec<Option<TokenLogprob>>),
+    /// One generated token of choice `index`, with its cache's bytes after it.
     Token {
+        /// The choice.
+        index: usize,
         /// The token id.
         id: u32,
+        /// Its log-probability (`Job::logprobs`).
+        logprob: Option<TokenLogprob>,
         /// K/V bytes kept.
         kv_bytes: usize,
         /// K/V bytes allocated.
         kv_allocated_bytes: usize,
     },
-    /// The generation ended.
+    /// Choice `index`'s generation ended.
     Finished {
+        /// The choice.
+        index: usize,
         /// Why.
         reason: FinishReason,
         /// K/V bytes kept at the end.
@@ -159,7 +193,8 @@ pub enum Event {
         /// K/V bytes allocated at the end.
         kv_allocated_bytes: usize,
     },
-    /// The job failed (before admission: 400/429; later: 500).
+    /// The job failed (before admission: 400/429; later: 500; the first
+    /// failure of a job ends all its choices).
     Failed(ApiError),
 }
 
@@ -238,9 +273,11 @@ fn fatal(e: std::io::Error) -> ! {
     std::process::exit(4)
 }
 
-/// A job admitted: its cache and where it stands.
+/// A job admitted (one of its choices once prefilled): its cache and where it stands.
 struct Sequence<B: Backend> {
-    job: Job,
+    job: Arc<Job>,
+    /// The choice (0 while the prompt prefills).
+    index: usize,
     cache: Box<dyn KvCache<B>>,
     reserved: u64,
     /// Prompt tokens prefilled so far.
@@ -248,7 +285,11 @@ struct Sequence<B: Backend> {
     sampler: Sampler,
     generated: usize,
     /// How often each token was generated (for the presence and frequency penalties).
-    counts: std::collections::HashMap<u32, u32>,
+    counts: HashMap<u32, u32>,
+    /// The tokens of the prompt and the generation (for the repetition penalty).
+    seen: HashSet<u32>,
+    /// The prompt tokens' log-probabilities so far (`Job::prompt_logprobs`).
+    prompt_logprobs: Vec<Option<TokenLogprob>>,
     /// The last token sampled: the input of its next decode step.
     next: u32,
 }
@@ -333,16 +374,18 @@ impl<B: Backend> Engine<B> {
             let _ = job.events.send(Event::Failed(ApiError::invalid("kv_dtype", format!("kv_dtype: {e}"))));
             return;
         }
-        let reserved = reservation(self.model.cache_shape(), job.kv_dtype, &job.policy, job.prompt.len(), job.max_tokens);
+        let one = reservation(self.model.cache_shape(), job.kv_dtype, &job.policy, job.prompt.len(), job.max_tokens);
+        let reserved = one.saturating_mul(job.n.max(1) as u64);
         if reserved > self.ledger.limit() {
             let e = ApiError::invalid_code(
                 "max_tokens",
                 "kv_memory_exceeded",
                 format!(
-                    "this request needs {reserved} bytes of KV memory ({} prompt tokens plus max_tokens {} under policy '{}'), more than the server's --kv-memory of {} bytes; shorten the prompt, lower max_tokens or use a compressing kv_policy",
+                    "this request needs {reserved} bytes of KV memory ({} prompt tokens plus max_tokens {} under policy '{}', times n = {}), more than the server's --kv-memory of {} bytes; shorten the prompt, lower max_tokens or n, or use a compressing kv_policy",
                     job.prompt.len(),
                     job.max_tokens,
                     job.policy.policy,
+                    job.n,
                     self.ledger.limit()
                 ),
             );
@@ -366,19 +409,21 @@ impl<B: Backend> Engine<B> {
 
     fn drop_cancelled(&mut self) {
         self.queue.retain(|q| !q.job.events.is_closed());
-        let gone = |s: &Sequence<B>| s.job.events.is_closed();
+        // Gone: the client went away, or a stop string ended the choice.
+        let stopped = |s: &Sequence<B>| s.job.stopped.get(s.index).is_some_and(|f| f.load(Ordering::Relaxed));
+        let gone = |s: &Sequence<B>| s.job.events.is_closed() || stopped(s);
         let mut ended = Vec::new();
         self.prefilling.retain_mut(|s| {
             let g = gone(s);
             if g {
-                ended.push((s.reserved, s.job.stopped.load(Ordering::Relaxed)));
+                ended.push((s.reserved, stopped(s)));
             }
             !g
         });
         self.running.retain_mut(|s| {
             let g = gone(s);
             if g {
-                ended.push((s.reserved, s.job.stopped.load(Ordering::Relaxed)));
+                ended.push((s.reserved, stopped(s)));
             }
             !g
         });
@@ -411,7 +456,20 @@ impl<B: Backend> Engine<B> {
             };
             let _ = job.events.send(Event::Admitted { reserved });
             let sampler = Sampler::new(job.sampling);
-            self.prefilling.push_back(Sequence { job, cache, reserved, prefilled: 0, sampler, generated: 0, counts: Default::default(), next: 0 });
+            let seen = if job.penalties.repetition != 1.0 { job.prompt.iter().copied().collect() } else { HashSet::new() };
+            self.prefilling.push_back(Sequence {
+                job: Arc::new(job),
+                index: 0,
+                cache,
+                reserved,
+                prefilled: 0,
+                sampler,
+                generated: 0,
+                counts: HashMap::new(),
+                seen,
+                prompt_logprobs: Vec::new(),
+                next: 0,
+            });
         }
     }
 
@@ -424,7 +482,8 @@ impl<B: Backend> Engine<B> {
     /// One model step (module docs, step 4): mixed when the rows fit.
     fn step(&mut self) {
         let mixed = match self.prefilling.front() {
-            Some(seq) if !self.running.is_empty() => {
+            // A prompt whose log-probabilities are asked for needs every position's logits.
+            Some(seq) if !self.running.is_empty() && seq.job.prompt_logprobs.is_none() => {
                 let (start, end) = self.next_chunk(seq);
                 end - start + self.running.len() <= self.model.exact_batch_rows()
             }
@@ -444,30 +503,100 @@ impl<B: Backend> Engine<B> {
         let (start, end) = self.next_chunk(&seq);
         let t = Instant::now();
         let model = &self.model;
-        let out = catch_unwind(AssertUnwindSafe(|| model.forward(&seq.job.prompt[start..end], seq.cache.as_mut(), Logits::Last)));
+        let which = if seq.job.prompt_logprobs.is_some() { Logits::All } else { Logits::Last };
+        let out = catch_unwind(AssertUnwindSafe(|| model.forward(&seq.job.prompt[start..end], seq.cache.as_mut(), which)));
         let seconds = t.elapsed().as_secs_f64();
         self.metrics.prefill(end - start, seconds);
         self.prefill_tok_s = (end - start) as f64 / seconds.max(1e-9);
-        let row = match read_logits(out, "the model failed on the prompt") {
-            Ok(r) => r,
-            Err(e) => return self.fail(seq, e),
+        let rows = match read_logits(out, "the model failed on the prompt") {
+            Ok(r) if !r.is_empty() && r.len() % (end - start) == 0 => r,
+            Ok(r) if !r.is_empty() && which == Logits::Last => r,
+            other => {
+                let e = other.err().unwrap_or_else(|| "the prefill returned logits of the wrong size".into());
+                return self.fail(seq, e);
+            }
+        };
+        let row = match seq.job.prompt_logprobs {
+            Some(top) => {
+                // Row j gives the distribution of prompt token start + j + 1.
+                let vocab = rows.len() / (end - start);
+                if start == 0 {
+                    seq.prompt_logprobs.push(None);
+                }
+                for (j, r) in rows.chunks_exact(vocab).enumerate() {
+                    if let Some(&next) = seq.job.prompt.get(start + j + 1) {
+                        seq.prompt_logprobs.push(Some(token_logprob(r, next, top)));
+                    }
+                }
+                rows[rows.len() - vocab..].to_vec()
+            }
+            None => rows,
         };
         self.chunk_done(seq, end, &row);
     }
 
     /// After the chunk ending at `end` of `seq`'s prompt, with the logits of
     /// its last token: back in front of the prefill queue (the oldest prompt
-    /// is prefilled first), or, the prompt done, its first token sampled and
-    /// the sequence in the decode batch.
+    /// is prefilled first), or, the prompt done, its prompt log-probabilities
+    /// sent, its cache copied for each further choice, each choice's first
+    /// token sampled and the choices in the decode batch.
     fn chunk_done(&mut self, mut seq: Sequence<B>, end: usize, row: &[f32]) {
         seq.prefilled = end;
         if end < seq.job.prompt.len() {
             self.prefilling.push_front(seq);
             return;
         }
-        let token = pick(&mut seq, row);
-        if let Some(seq) = self.emit(seq, token) {
-            self.running.push(seq);
+        let job = seq.job.clone();
+        if job.prompt_logprobs.is_some() {
+            let _ = job.events.send(Event::PromptLogprobs(std::mem::take(&mut seq.prompt_logprobs)));
+        }
+        if job.max_tokens == 0 {
+            // Only the prompt was asked for: every choice ends here.
+            let stats = seq.cache.stats();
+            for index in 0..job.n.max(1) {
+                let _ = job.events.send(Event::Finished {
+                    index,
+                    reason: FinishReason::Length,
+                    kv_bytes: stats.retained_bytes,
+                    kv_allocated_bytes: stats.allocated_bytes,
+                });
+            }
+            self.ledger.release(seq.reserved);
+            self.metrics.sequence_ended(false);
+            return;
+        }
+        let mut choices = Vec::with_capacity(job.n.max(1));
+        if job.n > 1 {
+            let copies: Option<Vec<Box<dyn KvCache<B>>>> = (1..job.n).map(|_| seq.cache.box_clone()).collect();
+            let Some(copies) = copies else {
+                return self.fail(seq, "this KV cache cannot be copied for n > 1 choices".into());
+            };
+            // Each choice holds its share of the reservation (choice 0 the rest).
+            let share = seq.reserved / job.n as u64;
+            seq.reserved -= share * (job.n as u64 - 1);
+            for (i, cache) in copies.into_iter().enumerate() {
+                let index = i + 1;
+                choices.push(Sequence {
+                    job: job.clone(),
+                    index,
+                    cache,
+                    reserved: share,
+                    prefilled: seq.prefilled,
+                    sampler: Sampler::new(job.sampling.for_choice(index)),
+                    generated: 0,
+                    counts: HashMap::new(),
+                    seen: seq.seen.clone(),
+                    prompt_logprobs: Vec::new(),
+                    next: 0,
+                });
+            }
+        }
+        choices.insert(0, seq);
+        for mut choice in choices {
+            let (token, logprob) = pick(&mut choice, row);
+            if let Some(choice) = self.emit(choice, token, logprob) {
+                self.running.push(choice);
+            }
         }
     }
 
@@ -550,29 +679,38 @@ impl<B: Backend> Engine<B> {
     /// of `logits` (`[n, vocab]`) and, unless it ended, goes back in the batch.
     fn sample_batch(&mut self, batch: Vec<Sequence<B>>, logits: &[f32], vocab: usize) {
         for (i, mut seq) in batch.into_iter().enumerate() {
-            let token = pick(&mut seq, &logits[i * vocab..(i + 1) * vocab]);
-            if let Some(seq) = self.emit(seq, token) {
+            let (token, logprob) = pick(&mut seq, &logits[i * vocab..(i + 1) * vocab]);
+            if let Some(seq) = self.emit(seq, token, logprob) {
                 self.running.push(seq);
             }
         }
     }
 
     /// Hands a sampled token to its job; returns the sequence if it goes on.
-    fn emit(&mut self, mut seq: Sequence<B>, token: u32) -> Option<Sequence<B>> {
+    fn emit(&mut self, mut seq: Sequence<B>, token: u32, logprob: Option<TokenLogprob>) -> Option<Sequence<B>> {
         let stats = seq.cache.stats();
         if !seq.job.ignore_eos && self.stop_tokens.contains(&token) {
             self.finish(seq, FinishReason::Stop);
             return None;
         }
-        let sent = seq.job.events.send(Event::Token { id: token, kv_bytes: stats.retained_bytes, kv_allocated_bytes: stats.allocated_bytes });
+        let sent = seq.job.events.send(Event::Token {
+            index: seq.index,
+            id: token,
+            logprob,
+            kv_bytes: stats.retained_bytes,
+            kv_allocated_bytes: stats.allocated_bytes,
+        });
         seq.generated += 1;
         if !(seq.job.penalties.presence == 0.0 && seq.job.penalties.frequency == 0.0) {
             *seq.counts.entry(token).or_default() += 1;
         }
+        if seq.job.penalties.repetition != 1.0 {
+            seq.seen.insert(token);
+        }
         if sent.is_err() {
             // The client is gone: the next turn's sweep would drop it; do it now.
             self.ledger.release(seq.reserved);
-            self.metrics.sequence_ended(!seq.job.stopped.load(Ordering::Relaxed));
+            self.metrics.sequence_ended(!seq.job.stopped.get(seq.index).is_some_and(|f| f.load(Ordering::Relaxed)));
             return None;
         }
         if seq.generated >= seq.job.max_tokens {
@@ -585,7 +723,12 @@ impl<B: Backend> Engine<B> {
 
     fn finish(&mut self, seq: Sequence<B>, reason: FinishReason) {
         let stats = seq.cache.stats();
-        let _ = seq.job.events.send(Event::Finished { reason, kv_bytes: stats.retained_bytes, kv_allocated_bytes: stats.allocated_bytes });
+        let _ = seq.job.events.send(Event::Finished {
+            index: seq.index,
+            reason,
+            kv_bytes: stats.retained_bytes,
+            kv_allocated_bytes: stats.allocated_bytes,
+        });
         self.ledger.release(seq.reserved);
         self.metrics.sequence_ended(false);
     }
@@ -616,14 +759,17 @@ impl<B: Backend> Engine<B> {
     }
 }
 
-/// The sequence's next token from its row of logits, after its penalties.
-fn pick<B: Backend>(seq: &mut Sequence<B>, row: &[f32]) -> u32 {
-    if seq.job.penalties.is_none() {
-        return seq.sampler.sample(row);
-    }
-    let mut row = row.to_vec();
-    seq.job.penalties.apply(&mut row, &seq.counts);
-    seq.sampler.sample(&row)
+/// The sequence's next token from its row of logits, after its penalties,
+/// and its log-probability under the raw logits if the job asks for it.
+fn pick<B: Backend>(seq: &mut Sequence<B>, row: &[f32]) -> (u32, Option<TokenLogprob>) {
+    let token = if seq.job.penalties.is_none() {
+        seq.sampler.sample(row)
+    } else {
+        let mut penalised = row.to_vec();
+        seq.job.penalties.apply(&mut penalised, &seq.counts, &seq.seen);
+        seq.sampler.sample(&penalised)
+    };
+    (token, seq.job.logprobs.map(|top| token_logprob(row, token, top)))
 }
 
 /// The logits of a caught model call as host values, or the error to send
@@ -639,20 +785,28 @@ fn read_logits<B: Backend>(out: std::thread::Result<Result<burn::tensor::Tensor<
 #[cfg(test)]
 mod tests {
     use super::Penalties;
-    use std::collections::HashMap;
+    use std::collections::{HashMap, HashSet};
 
     #[test]
     fn penalties_follow_openai_and_minus_100_bans() {
         let counts: HashMap<u32, u32> = [(1, 1), (2, 3)].into_iter().collect();
-        let p = Penalties { presence: 0.5, frequency: 0.25, logit_bias: vec![(0, 2.0), (3, -100.0)] };
+        let none = HashSet::new();
+        let p = Penalties { presence: 0.5, frequency: 0.25, logit_bias: vec![(0, 2.0), (3, -100.0)], repetition: 1.0 };
         let mut l = vec![1.0f32, 1.0, 1.0, 50.0];
-        p.apply(&mut l, &counts);
+        p.apply(&mut l, &counts, &none);
         assert_eq!(l, [3.0, 1.0 - 0.5 - 0.25, 1.0 - 0.5 - 0.75, f32::NEG_INFINITY]);
         assert!(Penalties::default().is_none() && !p.is_none());
         // Negative penalties favour what was said; ids past the row are skipped.
-        let q = Penalties { presence: -1.0, frequency: 0.0, logit_bias: vec![(9, 1.0)] };
+        let q = Penalties { presence: -1.0, frequency: 0.0, logit_bias: vec![(9, 1.0)], repetition: 1.0 };
         let mut l = vec![0.0f32; 3];
-        q.apply(&mut l, &counts);
+        q.apply(&mut l, &counts, &none);
         assert_eq!(l, [0.0, 1.0, 1.0]);
+        // The repetition penalty over the prompt's and generated tokens, before the bias.
+        let seen: HashSet<u32> = [0, 1].into_iter().collect();
+        let r = Penalties { repetition: 2.0, logit_bias: vec![(0, 1.0)], ..Penalties::default() };
+        let mut l = vec![4.0f32, -4.0, 4.0];
+        r.apply(&mut l, &HashMap::new(), &seen);
+        assert_eq!(l, [3.0, -8.0, 4.0]);
+        assert!(!r.is_none());
     }
 }

@@ -10,13 +10,16 @@
 //! - [`conn`]: the accept loop, connection timeouts and limits, shutdown;
 //! - [`routes`]: the endpoints; [`api`]: request and response bodies;
 //!   [`policy`]: the per-request `kv_*` fields; [`sse`]: streaming;
-//!   [`text`]: token ids to text with `stop` strings; [`metrics`]: `/metrics`;
+//!   [`text`]: token ids to text with `stop` strings; [`answer`]: the
+//!   engine's events to an answer's choices, log-probabilities and echo;
+//!   [`metrics`]: `/metrics`;
 //!   [`error`]: OpenAI-style error bodies.
 //!
 //! The model and caches never leave the engine thread (the caller's `load`
 //! runs there), so the backend's tensors need not be `Send`.
 
 pub mod admission;
+pub mod answer;
 pub mod api;
 pub mod conn;
 pub mod engine;

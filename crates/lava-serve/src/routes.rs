@@ -24,11 +24,11 @@ use lava_llama::{Prompt, Sampling, Tokenizer};
 use serde_json::json;
 use tokio::sync::watch;
 
-use crate::api::{self, Endpoint, FinishReason, GenerationRequest, PromptInput, Usage};
+use crate::answer::{logprobs_json, Answer, Echo, Entry};
+use crate::api::{self, Endpoint, GenerationRequest, PromptInput, Usage};
 use crate::engine::{EngineHandle, Event, Job, Penalties};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
-use crate::text::TextAssembler;
 
 /// Settings of the HTTP side.
 #[derive(Debug, Clone)]
@@ -257,10 +257,19 @@ async fn generate(s: &Arc<AppState>, endpoint: Endpoint, headers: &HeaderMap, bo
     }
     let prompt_field = if endpoint == Endpoint::Chat { "messages" } else { "prompt" };
     let tok = s.tokenizer.clone();
-    let (allow, vocab) = (s.config.allow_special, s.engine.vocab);
-    let ids = tokio::task::spawn_blocking(move || tokenize(&tok, &prompt, allow, vocab))
-        .await
-        .map_err(|_| ApiError::internal("tokenizing the prompt failed (internal error)"))??;
+    let (allow, vocab, echo) = (s.config.allow_special, s.engine.vocab, g.echo);
+    // The echoed text: the prompt as given, or its ids decoded.
+    let (ids, echo_text) = tokio::task::spawn_blocking(move || {
+        let ids = tokenize(&tok, &prompt, allow, vocab)?;
+        let text = match (&prompt, echo) {
+            (_, false) => None,
+            (PromptInput::Text(t), true) => Some(t.clone()),
+            (_, true) => Some(tok.decode(&ids).map_err(|e| ApiError::invalid("prompt", format!("prompt: {e}")))?),
+        };
+        Ok::<_, ApiError>((ids, text))
+    })
+    .await
+    .map_err(|_| ApiError::internal("tokenizing the prompt failed (internal error)"))??;
     let ctx = s.engine.context;
     if ids.len() >= ctx {
         return Err(ApiError::invalid_code(
@@ -282,19 +291,29 @@ async fn generate(s: &Arc<AppState>, endpoint: Endpoint, headers: &HeaderMap, bo
         ));
     }
     let sampling = if g.temperature > 0.0 {
-        Sampling::TopP { temperature: g.temperature, top_p: g.top_p, seed: g.seed }
+        Sampling::TopP { temperature: g.temperature, top_p: g.top_p, top_k: g.top_k, min_p: g.min_p, seed: g.seed }
     } else {
         Sampling::Greedy
     };
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let stopped = Arc::new(AtomicBool::new(false));
+    let stopped: Arc<[AtomicBool]> = (0..g.n).map(|_| AtomicBool::new(false)).collect();
     let prompt_tokens = ids.len();
     let kv_dtype = g.kv_dtype.unwrap_or(s.config.default_kv_dtype);
-    let penalties = Penalties { presence: g.presence_penalty, frequency: g.frequency_penalty, logit_bias: g.logit_bias };
+    let penalties = Penalties {
+        presence: g.presence_penalty,
+        frequency: g.frequency_penalty,
+        logit_bias: g.logit_bias,
+        repetition: g.repetition_penalty,
+    };
+    let prompt_logprobs = if echo { g.logprobs } else { None };
+    let echo = echo_text.map(|text| Echo { text, ids: ids.clone() });
     let job = Job {
         prompt: ids,
         max_tokens,
         sampling,
+        n: g.n,
+        logprobs: g.logprobs,
+        prompt_logprobs,
         policy: g.policy,
         kv_dtype,
         events: tx,
@@ -315,9 +334,10 @@ async fn generate(s: &Arc<AppState>, endpoint: Endpoint, headers: &HeaderMap, bo
         Some(_) => return Err(ApiError::internal("the engine answered out of order")),
         None => return Err(ApiError::unavailable("the server is shutting down")),
     };
-    let mut usage = Usage { prompt_tokens, kv_reserved_bytes: reserved, ..Usage::default() };
+    let usage = Usage { prompt_tokens, kv_reserved_bytes: reserved, ..Usage::default() };
     let (id, created, model) = (request_id(endpoint), unix_now(), s.config.model_id.clone());
-    let mut text = TextAssembler::new(s.tokenizer.clone(), g.stop);
+    let logprobs = g.logprobs.is_some();
+    let mut answer = Answer::new(s.tokenizer.clone(), g.stop, stopped, logprobs, echo, prompt_logprobs.is_some(), usage);
     if g.stream {
         return Ok(crate::sse::response(crate::sse::StreamJob {
             endpoint,
@@ -326,40 +346,43 @@ async fn generate(s: &Arc<AppState>, endpoint: Endpoint, headers: &HeaderMap, bo
             model,
             include_usage: g.include_usage,
             events: rx,
-            text,
-            usage,
-            stopped,
+            answer,
+            logprobs,
+            tokenizer: s.tokenizer.clone(),
             metrics: s.metrics.clone(),
         }));
     }
-    let mut out = String::new();
-    let finish = loop {
+    let n = answer.n();
+    let mut texts = vec![String::new(); n];
+    let mut entries: Vec<Vec<Entry>> = vec![Vec::new(); n];
+    let mut finish = vec![None; n];
+    let mut pieces = answer.start();
+    loop {
+        for p in pieces.drain(..) {
+            if let Some(i) = (p.index < n).then_some(p.index) {
+                texts[i].push_str(&p.text);
+                entries[i].extend(p.entries);
+                finish[i] = finish[i].or(p.finish);
+            }
+        }
+        if answer.done() {
+            break;
+        }
         match rx.recv().await {
-            Some(Event::Token { id, kv_bytes, kv_allocated_bytes }) => {
-                usage.kv_bytes = kv_bytes;
-                usage.kv_allocated_bytes = kv_allocated_bytes;
-                let d = text.push(id);
-                out.push_str(&d.text);
-                if d.stopped {
-                    stopped.store(true, std::sync::atomic::Ordering::Relaxed);
-                    break FinishReason::Stop;
-                }
-            }
-            Some(Event::Finished { reason, kv_bytes, kv_allocated_bytes }) => {
-                usage.kv_bytes = kv_bytes;
-                usage.kv_allocated_bytes = kv_allocated_bytes;
-                out.push_str(&text.finish());
-                break reason;
-            }
-            Some(Event::Failed(e)) => return Err(e),
-            Some(Event::Admitted { .. }) => {}
+            Some(event) => pieces = answer.take(event)?,
             None => return Err(ApiError::unavailable("the engine stopped before the answer ended")),
         }
-    };
+    }
     drop(rx);
-    usage.completion_tokens = text.tokens();
+    let usage = answer.usage();
     s.metrics.tokens(usage.prompt_tokens, usage.completion_tokens);
-    let body = api::response_body(endpoint, &id, created, &model, &out, finish, &usage);
+    let choices = (0..n)
+        .map(|i| {
+            let lp = logprobs_json(endpoint, &s.tokenizer, logprobs || prompt_logprobs.is_some(), &entries[i]);
+            api::choice_body(endpoint, i, &texts[i], lp, finish[i].unwrap_or(api::FinishReason::Stop))
+        })
+        .collect();
+    let body = api::response_body(endpoint, &id, created, &model, choices, &usage);
     Ok(json_response(StatusCode::OK, &body))
 }
 

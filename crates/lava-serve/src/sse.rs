@@ -6,21 +6,21 @@
 //! the sequence (and its cache) at its next turn.
 
 use std::convert::Infallible;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{header, StatusCode};
 use axum::response::Response;
 use bytes::Bytes;
+use lava_llama::Tokenizer;
 use serde_json::Value;
 use tokio::sync::mpsc::UnboundedReceiver;
 
-use crate::api::{chunk_body, usage_chunk_body, Endpoint, FinishReason, Usage};
+use crate::answer::{logprobs_json, Answer, Piece};
+use crate::api::{chunk_body, usage_chunk_body, Endpoint};
 use crate::engine::Event;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
-use crate::text::TextAssembler;
 
 /// One `data:` frame.
 pub fn frame(json: &Value) -> String {
@@ -44,46 +44,61 @@ pub struct StreamJob {
     pub include_usage: bool,
     /// The job's events (after `Admitted`).
     pub events: UnboundedReceiver<Event>,
-    /// The text so far.
-    pub text: TextAssembler,
-    /// Usage so far.
-    pub usage: Usage,
-    /// Set when a stop string ends the text.
-    pub stopped: Arc<std::sync::atomic::AtomicBool>,
+    /// The choices so far.
+    pub answer: Answer,
+    /// Whether chunks carry log-probabilities.
+    pub logprobs: bool,
+    /// For the log-probabilities' token strings.
+    pub tokenizer: Arc<Tokenizer>,
     /// Where the finished request's tokens are counted.
     pub metrics: Arc<Metrics>,
 }
 
 struct State {
     job: StreamJob,
-    first: bool,
+    /// Per choice: no chunk sent yet (chat's first chunk carries the role).
+    first: Vec<bool>,
+    started: bool,
     done: bool,
 }
 
 impl State {
-    fn chunk(&mut self, delta: &str, finish: Option<FinishReason>) -> String {
+    fn chunk(&mut self, index: usize, delta: &str, finish: Option<crate::api::FinishReason>, logprobs: Value) -> String {
         let j = &self.job;
-        let c = chunk_body(j.endpoint, &j.id, j.created, &j.model, delta, self.first, finish);
-        self.first = false;
+        let first = self.first.get(index).copied().unwrap_or(false);
+        let c = chunk_body(j.endpoint, &j.id, j.created, &j.model, index, delta, first, finish, logprobs);
+        if let Some(f) = self.first.get_mut(index) {
+            *f = false;
+        }
         frame(&c)
     }
 
-    /// The closing frames: the rest of the text, the finish chunk, usage, `[DONE]`.
-    fn close(&mut self, out: &mut String, rest: &str, finish: FinishReason) {
-        if !rest.is_empty() {
-            let c = self.chunk(rest, None);
-            out.push_str(&c);
+    /// The frames of `pieces`: text (with its log-probabilities), then the
+    /// finish chunk of each choice that ended; once all have, usage and `[DONE]`.
+    fn frames(&mut self, out: &mut String, pieces: Vec<Piece>) {
+        let asked = self.job.logprobs || !pieces.iter().all(|p| p.entries.is_empty());
+        for p in pieces {
+            if !p.text.is_empty() || !p.entries.is_empty() {
+                let lp = logprobs_json(self.job.endpoint, &self.job.tokenizer, asked, &p.entries);
+                let c = self.chunk(p.index, &p.text, None, lp);
+                out.push_str(&c);
+            }
+            if p.finish.is_some() {
+                // Chunks without tokens carry no log-probabilities (`null`), as OpenAI's.
+                let c = self.chunk(p.index, "", p.finish, Value::Null);
+                out.push_str(&c);
+            }
         }
-        let c = self.chunk("", Some(finish));
-        out.push_str(&c);
-        let j = &mut self.job;
-        j.usage.completion_tokens = j.text.tokens();
-        j.metrics.tokens(j.usage.prompt_tokens, j.usage.completion_tokens);
-        if j.include_usage {
-            out.push_str(&frame(&usage_chunk_body(j.endpoint, &j.id, j.created, &j.model, &j.usage)));
+        if self.job.answer.done() {
+            let j = &self.job;
+            let usage = j.answer.usage();
+            j.metrics.tokens(usage.prompt_tokens, usage.completion_tokens);
+            if j.include_usage {
+                out.push_str(&frame(&usage_chunk_body(j.endpoint, &j.id, j.created, &j.model, &usage)));
+            }
+            out.push_str(DONE);
+            self.done = true;
         }
-        out.push_str(DONE);
-        self.done = true;
     }
 
     /// Frames for the next event (`None`: the stream is over).
@@ -92,37 +107,30 @@ impl State {
             return None;
         }
         let mut out = String::new();
-        if self.first && self.job.endpoint == Endpoint::Chat {
-            // The role comes first, as OpenAI sends it.
-            let c = self.chunk("", None);
-            out.push_str(&c);
-            return Some(out);
+        if !self.started {
+            self.started = true;
+            if self.job.endpoint == Endpoint::Chat {
+                // The role comes first, as OpenAI sends it.
+                for i in 0..self.job.answer.n() {
+                    let c = self.chunk(i, "", None, Value::Null);
+                    out.push_str(&c);
+                }
+            }
+            let pieces = self.job.answer.start();
+            self.frames(&mut out, pieces);
+            if !out.is_empty() {
+                return Some(out);
+            }
         }
         while out.is_empty() && !self.done {
             match self.job.events.recv().await {
-                Some(Event::Token { id, kv_bytes, kv_allocated_bytes }) => {
-                    self.job.usage.kv_bytes = kv_bytes;
-                    self.job.usage.kv_allocated_bytes = kv_allocated_bytes;
-                    let d = self.job.text.push(id);
-                    if d.stopped {
-                        self.job.stopped.store(true, Ordering::Relaxed);
-                        self.close(&mut out, &d.text, FinishReason::Stop);
-                    } else if !d.text.is_empty() {
-                        let c = self.chunk(&d.text, None);
-                        out.push_str(&c);
+                Some(event) => match self.job.answer.take(event) {
+                    Ok(pieces) => self.frames(&mut out, pieces),
+                    Err(e) => {
+                        out.push_str(&frame(&e.body()));
+                        self.done = true;
                     }
-                }
-                Some(Event::Finished { reason, kv_bytes, kv_allocated_bytes }) => {
-                    self.job.usage.kv_bytes = kv_bytes;
-                    self.job.usage.kv_allocated_bytes = kv_allocated_bytes;
-                    let rest = self.job.text.finish();
-                    self.close(&mut out, &rest, reason);
-                }
-                Some(Event::Failed(e)) => {
-                    out.push_str(&frame(&e.body()));
-                    self.done = true;
-                }
-                Some(Event::Admitted { .. }) => {}
+                },
                 None => {
                     out.push_str(&frame(&ApiError::unavailable("the engine stopped before the answer ended").body()));
                     self.done = true;
@@ -135,7 +143,8 @@ impl State {
 
 /// The `text/event-stream` response for an admitted job.
 pub fn response(job: StreamJob) -> Response {
-    let state = State { job, first: true, done: false };
+    let n = job.answer.n();
+    let state = State { job, first: vec![true; n], started: false, done: false };
     let stream = futures_util::stream::unfold(state, |mut st| async move {
         let frames = st.next().await?;
         Some((Ok::<Bytes, Infallible>(Bytes::from(frames)), st))

@@ -62,7 +62,7 @@ pub use generation::{generate, generate_segments, token_log_probs, GenerationCon
 pub use gguf_source::{config_from_gguf, unpermute_rows, GgufSource, GGUF_ARCHITECTURES};
 pub use prompt::{Prompt, PromptTokens};
 pub use rope::{apply_rope, Rope};
-pub use sampling::{Sampler, Sampling};
+pub use sampling::{apply_repetition_penalty, token_logprob, Sampler, Sampling, TokenLogprob};
 pub use tokenizer::{tokenizer_json_from_gguf, Message, Tokenizer, TEMPLATE_ALLOCATION_LIMIT, TEMPLATE_FUEL, TEMPLATE_OUTPUT_LIMIT};
 pub use transformer::{Llama, Logits};
 pub use weights::{Attention, DecoderLayer, LlamaWeights, Mlp, WeightSource};

@@ -350,7 +350,7 @@ impl Spm {
 }
 
 /// The byte of a `<0xHH>` piece.
-fn parse_byte(piece: &str) -> Option<u8> {
+pub(crate) fn parse_byte(piece: &str) -> Option<u8> {
     let hex = piece.strip_prefix("<0x")?.strip_suffix('>')?;
     if hex.len() != 2 {
         return None;

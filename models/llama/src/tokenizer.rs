@@ -34,6 +34,8 @@ pub struct Tokenizer {
     /// only to text that does not start with one already (a space, once
     /// replaced), unlike sentencepiece: such text gets one more space in front.
     metaspace_prefix: bool,
+    /// Whether the decoder is byte-level (GPT-2's byte-to-character map).
+    byte_level: bool,
 }
 
 /// Instructions a chat template may run per rendering (minijinja fuel): the
@@ -55,6 +57,19 @@ impl std::fmt::Debug for Tokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Tokenizer").field("vocab", &self.inner.get_vocab_size(true)).finish()
     }
+}
+
+/// The byte a character of GPT-2's byte-level alphabet stands for: the
+/// printable bytes (`!`..`~`, `¡`..`¬`, `®`..`ÿ`) are themselves, the other
+/// 68 bytes are U+0100 onwards in byte order.
+fn gpt2_byte(c: char) -> Option<u8> {
+    let printable = |b: u32| (0x21..=0x7E).contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
+    let c = c as u32;
+    if printable(c) {
+        return u8::try_from(c).ok();
+    }
+    let n = c.checked_sub(256)?;
+    (0..=255u32).filter(|&b| !printable(b)).nth(n as usize).and_then(|b| u8::try_from(b).ok())
 }
 
 /// A chat message.
@@ -88,6 +103,7 @@ impl Tokenizer {
             add_bos: false,
             add_eos: false,
             metaspace_prefix: false,
+            byte_level: false,
         };
         let parsed: Json = serde_json::from_str(json).unwrap_or(Json::Null);
         let pre = &parsed["pre_tokenizer"];
@@ -101,6 +117,9 @@ impl Tokenizer {
         t.metaspace_prefix = metaspace(pre)
             || pre["type"] == "Sequence"
                 && pre["pretokenizers"].as_array().is_some_and(|a| a.first().is_some_and(metaspace));
+        let dec = &parsed["decoder"];
+        t.byte_level = dec["type"] == "ByteLevel"
+            || dec["type"] == "Sequence" && dec["decoders"].as_array().is_some_and(|a| a.iter().any(|d| d["type"] == "ByteLevel"));
         t.bos = t.find_special(&["<|begin_of_text|>", "<s>", "<|im_start|>"]);
         t.eos = t.find_special(&["<|im_end|>", "<|eot_id|>", "</s>", "<|endoftext|>"]);
         Ok(t)
@@ -373,6 +392,23 @@ impl Tokenizer {
             Some(spm) => spm.piece(id).map(String::from),
             None => self.inner.id_to_token(id),
         }
+    }
+
+    /// The bytes token `id` stands for in decoded text, as OpenAI's
+    /// `logprobs.bytes` gives them: a byte-level piece's bytes (which may be
+    /// part of a character), a SentencePiece `<0xHH>` byte, `▁` as a space,
+    /// a control token's spelling. `None` outside the vocabulary.
+    pub fn token_bytes(&self, id: u32) -> Option<Vec<u8>> {
+        let piece = self.id_to_token(id)?;
+        if let Some(b) = spm::parse_byte(&piece) {
+            return Some(vec![b]);
+        }
+        if self.byte_level {
+            if let Some(bytes) = piece.chars().map(gpt2_byte).collect::<Option<Vec<u8>>>() {
+                return Some(bytes);
+            }
+        }
+        Some(piece.replace(spm::SPACE, " ").into_bytes())
     }
 
     /// Vocabulary size including added tokens.

@@ -713,6 +713,10 @@ impl<B: Backend> KvCache<B> for CompressedCache<B> {
         self.rescores = 0;
         self.compression_time = std::time::Duration::ZERO;
     }
+
+    fn box_clone(&self) -> Option<Box<dyn KvCache<B>>> {
+        Some(Box::new(self.clone()))
+    }
 }
 
 impl<B: Backend> CompressedCache<B> {
