@@ -30,7 +30,7 @@ pub struct Llama3RopeScaling {
 /// Architecture of a Llama-family decoder.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LlamaConfig {
-    /// `llama`, `mistral` or `qwen2` (as Hugging Face's `model_type`).
+    /// `llama`, `mistral`, `qwen2` or `qwen3` (as Hugging Face's `model_type`).
     pub model_type: String,
     /// Vocabulary size.
     pub vocab_size: usize,
@@ -58,6 +58,11 @@ pub struct LlamaConfig {
     pub tie_word_embeddings: bool,
     /// Q/K/V projections carry a bias (Qwen2).
     pub attention_bias: bool,
+    /// Each head's query and key vectors go through an RMS norm of its own
+    /// (`self_attn.q_norm` / `k_norm`, gains `[head_dim]`) after the
+    /// projection and before RoPE (Qwen3).
+    #[serde(default)]
+    pub qk_norm: bool,
     /// Beginning-of-sequence token id.
     pub bos_token_id: Option<u32>,
     /// End-of-sequence token ids (generation stops at any of them).
@@ -181,12 +186,14 @@ impl LlamaConfig {
         let (d, ff) = (self.hidden_size as u64, self.intermediate_size as u64);
         let q = (self.num_attention_heads as u64).checked_mul(self.head_dim as u64)?;
         let kv = (self.num_key_value_heads as u64).checked_mul(self.head_dim as u64)?;
-        // q, o: [q, d]; k, v: [kv, d]; gate, up, down: [ff, d]; biases; two norms.
+        // q, o: [q, d]; k, v: [kv, d]; gate, up, down: [ff, d]; biases; two
+        // norms; the per-head q/k norms.
         let layer = [q, q, kv, kv, ff, ff, ff]
             .iter()
             .try_fold(0u64, |acc, &rows| acc.checked_add(rows.checked_mul(d)?))?
             .checked_add(q.checked_add(kv.checked_mul(2)?)?)?
-            .checked_add(d.checked_mul(2)?)?;
+            .checked_add(d.checked_mul(2)?)?
+            .checked_add(if self.qk_norm { (self.head_dim as u64).checked_mul(2)? } else { 0 })?;
         // Embedding, output projection, final norm.
         let rest = (self.vocab_size as u64).checked_mul(d)?.checked_mul(2)?.checked_add(d)?;
         layer.checked_mul(self.num_hidden_layers as u64)?.checked_add(rest)?.checked_mul(4)
@@ -202,10 +209,10 @@ impl LlamaConfig {
             .and_then(|a| a.as_array())
             .map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect())
             .unwrap_or_default();
-        const TYPES: [&str; 3] = ["llama", "mistral", "qwen2"];
+        const TYPES: [&str; 4] = ["llama", "mistral", "qwen2", "qwen3"];
         if !TYPES.contains(&model_type.as_str()) {
             return Err(ModelError::Unsupported(format!(
-                "model_type {model_type:?} (architectures {archs:?}); supported: llama, mistral, qwen2"
+                "model_type {model_type:?} (architectures {archs:?}); supported: llama, mistral, qwen2, qwen3"
             )));
         }
         let bad = |k: &str, what: &str| ModelError::Config(format!("config.json: {k} {what}"));
@@ -269,14 +276,15 @@ impl LlamaConfig {
                 Some(x) => Ok(vec![id(x)?]),
             }
         };
-        // Qwen2 configs carry a `sliding_window` they do not use unless
+        // Qwen2 and Qwen3 configs carry a `sliding_window` they do not use unless
         // `use_sliding_window` is true; Mistral's applies whenever it is set.
         let sliding_window = match (model_type.as_str(), opt_b("use_sliding_window", false)?) {
-            ("qwen2", false) => None,
+            ("qwen2" | "qwen3", false) => None,
             _ => opt_u("sliding_window", true)?,
         };
         let cfg = Self {
             attention_bias: opt_b("attention_bias", model_type == "qwen2")?,
+            qk_norm: model_type == "qwen3",
             model_type,
             vocab_size: req("vocab_size")?,
             hidden_size: hidden,
@@ -303,6 +311,7 @@ impl LlamaConfig {
         let arch = match self.model_type.as_str() {
             "mistral" => "MistralForCausalLM",
             "qwen2" => "Qwen2ForCausalLM",
+            "qwen3" => "Qwen3ForCausalLM",
             _ => "LlamaForCausalLM",
         };
         let mut v = serde_json::json!({
@@ -338,7 +347,7 @@ impl LlamaConfig {
         }
         if let Some(w) = self.sliding_window {
             v["sliding_window"] = w.into();
-            if self.model_type == "qwen2" {
+            if matches!(self.model_type.as_str(), "qwen2" | "qwen3") {
                 v["use_sliding_window"] = true.into();
             }
         }

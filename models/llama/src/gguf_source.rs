@@ -8,7 +8,14 @@ use crate::gguf::{GgufError, GgufFile};
 use crate::weights::WeightSource;
 
 /// Architectures (GGUF `general.architecture`) lava reads.
-pub const GGUF_ARCHITECTURES: [&str; 3] = ["llama", "mistral", "qwen2"];
+pub const GGUF_ARCHITECTURES: [&str; 4] = ["llama", "mistral", "qwen2", "qwen3"];
+
+/// Whether llama.cpp's converter permuted the Q/K rows of architecture `arch`
+/// for interleaved RoPE (`llama`, `mistral`): the Qwen ones are written in
+/// Hugging Face's rotate-half order, as is.
+pub(crate) fn permuted_qk(arch: &str) -> bool {
+    !matches!(arch, "qwen2" | "qwen3")
+}
 
 /// Builds the model configuration from GGUF metadata.
 pub fn config_from_gguf(g: &GgufFile) -> Result<LlamaConfig, ModelError> {
@@ -55,9 +62,17 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<LlamaConfig, ModelError> {
         Some(v) => v,
         None => hidden / heads.max(1),
     };
+    // lava's attention has one head dimension for keys and values.
+    if let Some(v) = opt_u(&k("attention.value_length"))?.filter(|&v| v != head_dim) {
+        return Err(ModelError::Unsupported(format!(
+            "{}: {arch}.attention.value_length {v} differs from the key head dimension {head_dim}; \
+             lava needs keys and values of one head dimension",
+            g.path().display()
+        )));
+    }
     let eos: Vec<u32> = token_id("tokenizer.ggml.eos_token_id")?.into_iter().collect();
     let cfg = LlamaConfig {
-        model_type: if arch == "qwen2" { "qwen2".into() } else { "llama".into() },
+        model_type: if arch == "qwen2" || arch == "qwen3" { arch.clone() } else { "llama".into() },
         vocab_size: vocab,
         hidden_size: hidden,
         intermediate_size: u("feed_forward_length")?,
@@ -71,6 +86,7 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<LlamaConfig, ModelError> {
         max_position_embeddings: opt_u(&k("context_length"))?.unwrap_or(4096),
         tie_word_embeddings: !g.tensors.contains_key("output.weight"),
         attention_bias: g.tensors.contains_key("blk.0.attn_q.bias"),
+        qk_norm: arch == "qwen3",
         bos_token_id: token_id("tokenizer.ggml.bos_token_id")?,
         eos_token_ids: eos,
         sliding_window: opt_u(&k("attention.sliding_window"))?,
@@ -95,7 +111,7 @@ impl<'a> GgufSource<'a> {
     /// Wraps a parsed file.
     pub fn new(gguf: &'a GgufFile, config: LlamaConfig) -> Result<Self, ModelError> {
         let arch = gguf.get_str("general.architecture")?;
-        Ok(Self { unpermute: arch != "qwen2", gguf, config })
+        Ok(Self { unpermute: permuted_qk(arch), gguf, config })
     }
 
     fn gguf_name(name: &str) -> Option<String> {
@@ -119,6 +135,8 @@ impl<'a> GgufSource<'a> {
             "self_attn.q_proj.bias" => "attn_q.bias",
             "self_attn.k_proj.bias" => "attn_k.bias",
             "self_attn.v_proj.bias" => "attn_v.bias",
+            "self_attn.q_norm.weight" => "attn_q_norm.weight",
+            "self_attn.k_norm.weight" => "attn_k_norm.weight",
             "mlp.gate_proj.weight" => "ffn_gate.weight",
             "mlp.up_proj.weight" => "ffn_up.weight",
             "mlp.down_proj.weight" => "ffn_down.weight",

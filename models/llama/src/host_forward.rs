@@ -89,7 +89,7 @@ mod on_host {
         /// of rows (tokens) appended to `caches[i]`; `positions` holds each row's
         /// absolute position. The residual stream stays a host vector; the
         /// projections sharing an input are one pass (q/k/v together, gate/up
-        /// together, see [`project_layer`](Self::project_layer)); RMS norm, RoPE and SwiGLU run on the
+        /// together, see [`project_layer`](Self::project_layer)); RMS norm (the per-head q/k norms too), RoPE and SwiGLU run on the
         /// rows in place; only attention goes through the caches. Same math as
         /// [`layer_step`](Self::layer_step), without the tensor ops' copies of
         /// strided views. Returns the final normed hidden rows `[R, d_model]`
@@ -116,6 +116,7 @@ mod on_host {
             // Every other parameter must be readable in place before any cache is touched.
             let readable = self.weights.layers.iter().all(|l| {
                 l.projections().iter().all(|p| p.bias.as_ref().is_none_or(|b| Host::new(&b.val()).is_some()))
+                    && [&l.self_attn.q_norm, &l.self_attn.k_norm].iter().all(|n| n.as_ref().is_none_or(|n| Host::new(&n.gamma.val()).is_some()))
                     && Host::new(&l.input_layernorm.gamma.val()).is_some()
                     && Host::new(&l.post_attention_layernorm.gamma.val()).is_some()
             });
@@ -138,6 +139,13 @@ mod on_host {
                 let mut h = x.clone();
                 rms_norm(&mut h, g1.values(), layer.input_layernorm.epsilon);
                 let mut qkv = self.project_layer(l, &h, rows, &[(&a.q_proj, Proj::Q), (&a.k_proj, Proj::K), (&a.v_proj, Proj::V)])?;
+                // The per-head q/k norms (Qwen3): every head_dim run of q and k is one row.
+                for (i, norm) in [(0, &a.q_norm), (1, &a.k_norm)] {
+                    if let Some(n) = norm {
+                        let g = Host::new(&n.gamma.val()).ok_or_else(lost)?;
+                        rms_norm(&mut qkv[i], g.values(), n.epsilon);
+                    }
+                }
                 for r in 0..rows {
                     let (cs, sn) = (&cos[r * half..(r + 1) * half], &sin[r * half..(r + 1) * half]);
                     rope(&mut qkv[0][r * hq * hd..(r + 1) * hq * hd], cs, sn);

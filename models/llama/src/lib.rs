@@ -1,6 +1,6 @@
 //! # lava-llama
 //!
-//! A Llama-family decoder (Llama, Mistral, Qwen2, SmolLM) in Burn, generic over
+//! A Llama-family decoder (Llama, Mistral, Qwen2, Qwen3, SmolLM) in Burn, generic over
 //! the backend, that calls a [`lava_cache::KvCache`] at every attention layer.
 //!
 //! Loads GGUF files (F32, F16, BF16, Q8_0, Q4_0, Q4_1, dequantised to f32) and
@@ -117,7 +117,7 @@ pub fn load_gguf_with<B: Backend>(path: &Path, device: &B::Device, format: Weigh
     let mut model = Llama::new(config, weights, rope, device);
     #[cfg(feature = "flex")]
     if native {
-        let unpermute = g.get_str("general.architecture")? != "qwen2";
+        let unpermute = gguf_source::permuted_qk(g.get_str("general.architecture")?);
         let q = quantized::QuantizedWeights::from_gguf(g.clone(), &model.config, unpermute)?;
         model.quantized = Some(std::sync::Arc::new(q));
     }

@@ -81,7 +81,7 @@ impl std::fmt::Debug for QuantizedWeights {
 impl QuantizedWeights {
     /// Reads the matrices of `g` (checked against `config` by the caller's
     /// weight loading); `unpermute`: undo llama.cpp's Q/K row order (`llama`
-    /// files, not `qwen2`).
+    /// files, not `qwen2` or `qwen3`).
     pub(crate) fn from_gguf(g: Arc<GgufFile>, config: &LlamaConfig, unpermute: bool) -> Result<Self, ModelError> {
         let (hq, hkv, hd) = (config.num_attention_heads, config.num_key_value_heads, config.head_dim);
         let matrix = |name: &str, permute_heads: Option<usize>| -> Result<QuantMatrix, ModelError> {

@@ -25,6 +25,7 @@ pub fn tiny_config(heads: usize, kv_heads: usize, tied: bool, bias: bool) -> Lla
         max_position_embeddings: 256,
         tie_word_embeddings: tied,
         attention_bias: bias,
+        qk_norm: false,
         bos_token_id: None,
         eos_token_ids: vec![],
         sliding_window: None,
@@ -69,10 +70,14 @@ impl RandomWeights {
     }
 
     /// Writes these weights as a GGUF image (llama.cpp layout: Q/K rows permuted
-    /// for `llama` models), with a trivial byte-level tokenizer, in `kind`.
+    /// for `llama` models, not `qwen2`/`qwen3` ones), with a trivial byte-level
+    /// tokenizer, in `kind`.
     pub fn to_gguf(&self, kind: GgmlType) -> Vec<u8> {
         let c = &self.config;
-        let arch = if c.model_type == "qwen2" { "qwen2" } else { "llama" };
+        let arch = match c.model_type.as_str() {
+            "qwen2" | "qwen3" => c.model_type.as_str(),
+            _ => "llama",
+        };
         let mut w = GgufWriter::new();
         w.kv("general.architecture", Value::Str(arch.into()));
         let k = |s: &str| format!("{arch}.{s}");
@@ -82,6 +87,8 @@ impl RandomWeights {
         w.kv(&k("feed_forward_length"), Value::U64(c.intermediate_size as u64));
         w.kv(&k("attention.head_count"), Value::U64(c.num_attention_heads as u64));
         w.kv(&k("attention.head_count_kv"), Value::U64(c.num_key_value_heads as u64));
+        w.kv(&k("attention.key_length"), Value::U64(c.head_dim as u64));
+        w.kv(&k("attention.value_length"), Value::U64(c.head_dim as u64));
         w.kv(&k("attention.layer_norm_rms_epsilon"), Value::F64(c.rms_norm_eps));
         w.kv(&k("rope.freq_base"), Value::F64(c.rope_theta));
         w.kv("tokenizer.ggml.model", Value::Str("gpt2".into()));
@@ -133,6 +140,8 @@ pub fn gguf_name(hf: &str) -> String {
         .replace("self_attn.k_proj", "attn_k")
         .replace("self_attn.v_proj", "attn_v")
         .replace("self_attn.o_proj", "attn_output")
+        .replace("self_attn.q_norm", "attn_q_norm")
+        .replace("self_attn.k_norm", "attn_k_norm")
         .replace("mlp.gate_proj", "ffn_gate")
         .replace("mlp.up_proj", "ffn_up")
         .replace("mlp.down_proj", "ffn_down")

@@ -161,7 +161,8 @@ impl<B: Backend> Llama<B> {
         fast.unwrap_or_else(|| x.matmul(self.output.clone()))
     }
 
-    /// One decoder layer on `x [T, d_model]`: norm, q/k/v projections, RoPE
+    /// One decoder layer on `x [T, d_model]`: norm, q/k/v projections, the
+    /// per-head q/k norms (Qwen3), RoPE
     /// (`cos`/`sin` per row), `attend(q [H_q,T,D], k, v [H_kv,T,D]) -> [H_q,T,D]`,
     /// output projection, residual, norm, SwiGLU MLP, residual.
     fn layer_step(
@@ -177,8 +178,15 @@ impl<B: Backend> Llama<B> {
         let [t, _] = x.dims();
         let h = layer.input_layernorm.forward(x.clone());
         let a = &layer.self_attn;
-        let q = apply_rope(self.project(&a.q_proj, h.clone()).reshape([t, hq, hd]).swap_dims(0, 1), cos, sin);
-        let k = apply_rope(self.project(&a.k_proj, h.clone()).reshape([t, hkv, hd]).swap_dims(0, 1), cos, sin);
+        // Each head's vector through its per-head norm (Qwen3), if the model has one.
+        let head_norm = |x: Tensor<B, 3>, norm: &Option<burn::nn::RmsNorm<B>>| match norm {
+            Some(n) => n.forward(x),
+            None => x,
+        };
+        let q = head_norm(self.project(&a.q_proj, h.clone()).reshape([t, hq, hd]), &a.q_norm);
+        let k = head_norm(self.project(&a.k_proj, h.clone()).reshape([t, hkv, hd]), &a.k_norm);
+        let q = apply_rope(q.swap_dims(0, 1), cos, sin);
+        let k = apply_rope(k.swap_dims(0, 1), cos, sin);
         let v = self.project(&a.v_proj, h).reshape([t, hkv, hd]).swap_dims(0, 1);
         let o = attend(q, k, v)?.swap_dims(0, 1).reshape([t, hq * hd]);
         let x = x + self.project(&a.o_proj, o);

@@ -25,6 +25,10 @@ pub struct Attention<B: Backend> {
     pub v_proj: Linear<B>,
     /// `[H_q * D, d_model]`
     pub o_proj: Linear<B>,
+    /// Per-head RMS norm of the queries, gain `[D]`, before RoPE (Qwen3).
+    pub q_norm: Option<RmsNorm<B>>,
+    /// Per-head RMS norm of the keys, gain `[D]`, before RoPE (Qwen3).
+    pub k_norm: Option<RmsNorm<B>>,
 }
 
 /// SwiGLU MLP: `down(silu(gate(x)) * up(x))`.
@@ -163,6 +167,10 @@ pub(crate) enum Norm {
     PostAttention,
     /// The final `norm`.
     Final,
+    /// A layer's per-head `self_attn.q_norm` (`[head_dim]`).
+    Q,
+    /// A layer's per-head `self_attn.k_norm` (`[head_dim]`).
+    K,
 }
 
 /// Which field of [`LlamaWeights`] a parameter fills, and so how it is stored.
@@ -174,7 +182,7 @@ pub(crate) enum ParameterKind {
     Weight(Proj),
     /// A projection's bias `[out]`.
     Bias(Proj),
-    /// An RMS norm's gain `[d_model]`.
+    /// An RMS norm's gain (`[d_model]`; `[head_dim]` for the per-head q/k norms).
     Norm(Norm),
 }
 
@@ -212,6 +220,7 @@ pub(crate) fn parameter_table(c: &LlamaConfig) -> ParameterTable {
     let (q, kv) = (c.num_attention_heads * hd, c.num_key_value_heads * hd);
     let row = |name, shape: &[usize], kind| Row { name, shape: shape.to_vec(), kind };
     let bias = |name, shape: &[usize], p| c.attention_bias.then(|| row(name, shape, Bias(p)));
+    let qk_norm = |name, n| c.qk_norm.then(|| row(name, &[hd], ParameterKind::Norm(n)));
     let per_layer = [
         Some(row("self_attn.q_proj.weight", &[q, d], Weight(Proj::Q))),
         bias("self_attn.q_proj.bias", &[q], Proj::Q),
@@ -220,6 +229,8 @@ pub(crate) fn parameter_table(c: &LlamaConfig) -> ParameterTable {
         Some(row("self_attn.v_proj.weight", &[kv, d], Weight(Proj::V))),
         bias("self_attn.v_proj.bias", &[kv], Proj::V),
         Some(row("self_attn.o_proj.weight", &[d, q], Weight(Proj::O))),
+        qk_norm("self_attn.q_norm.weight", Norm::Q),
+        qk_norm("self_attn.k_norm.weight", Norm::K),
         Some(row("mlp.gate_proj.weight", &[ff, d], Weight(Proj::Gate))),
         Some(row("mlp.up_proj.weight", &[ff, d], Weight(Proj::Up))),
         Some(row("mlp.down_proj.weight", &[d, ff], Weight(Proj::Down))),
@@ -395,6 +406,15 @@ impl<B: Backend> Loaded<B> {
         let gamma = self.vectors.remove(&(layer, kind)).ok_or_else(|| Self::absent(layer, kind))?;
         Ok(rms_norm(gamma, eps))
     }
+
+    /// RMS norm `n` of `layer` if the table has it.
+    fn rms_norm_if_present(&mut self, layer: Option<usize>, n: Norm, eps: f64) -> Result<Option<RmsNorm<B>>, ModelError> {
+        if self.vectors.contains_key(&(layer, ParameterKind::Norm(n))) {
+            self.rms_norm(layer, n, eps).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
 }
 
 impl<B: Backend> LlamaWeights<B> {
@@ -439,6 +459,8 @@ impl<B: Backend> LlamaWeights<B> {
                     k_proj: loaded.linear(l, Proj::K)?,
                     v_proj: loaded.linear(l, Proj::V)?,
                     o_proj: loaded.linear(l, Proj::O)?,
+                    q_norm: loaded.rms_norm_if_present(l, Norm::Q, eps)?,
+                    k_norm: loaded.rms_norm_if_present(l, Norm::K, eps)?,
                 },
                 mlp: Mlp {
                     gate_proj: loaded.linear(l, Proj::Gate)?,
