@@ -21,8 +21,15 @@ impl WeightsKind {
     /// What `self` is for the model at `path` on `backend`: `Auto` becomes `Native` on flex
     /// when the file's projections are in block formats, else `F32`; the others stay.
     pub fn resolve(self, backend: BackendKind, path: &std::path::Path) -> Result<WeightsKind, CliError> {
+        // Every synthetic shape's matrices are in block formats.
+        let blocks = |path: &std::path::Path| -> Result<bool, CliError> {
+            if crate::fetch::synthetic_model(path)?.is_some() {
+                return Ok(true);
+            }
+            lava_llama::has_block_matrices(path).map_err(|e| crate::fetch::load_error(path, e))
+        };
         Ok(match self {
-            WeightsKind::Auto if backend == BackendKind::Flex && lava_llama::has_block_matrices(path).map_err(|e| crate::fetch::load_error(path, e))? => {
+            WeightsKind::Auto if backend == BackendKind::Flex && blocks(path)? => {
                 WeightsKind::Native
             }
             WeightsKind::Auto => WeightsKind::F32,
@@ -123,6 +130,9 @@ pub fn check_cuda_driver() -> Result<(), CliError> {
     Ok(())
 }
 
+/// The seed of `--model synthetic:NAME`'s weights (one fixed model per shape).
+pub const SYNTHETIC_SEED: u64 = 0x1a7a;
+
 /// Loads a model and tunes it for `kind`: on the CPU backends, decode-step
 /// projections are split across the available cores
 /// ([`Llama::with_matvec_split`](lava_llama::Llama::with_matvec_split)).
@@ -144,7 +154,10 @@ pub fn load_for<B: burn::tensor::backend::Backend>(
         WeightsKind::Native => lava_llama::WeightFormat::Native,
         WeightsKind::F32 => lava_llama::WeightFormat::F32,
     };
-    let (model, tok) = lava_llama::load_model_with::<B>(path, device, format).map_err(|e| crate::fetch::load_error(path, e))?;
+    let (model, tok) = match crate::fetch::synthetic_model(path)? {
+        Some(shape) => lava_llama::load_synthetic::<B>(shape, SYNTHETIC_SEED, device, format).map_err(CliError::Model)?,
+        None => lava_llama::load_model_with::<B>(path, device, format).map_err(|e| crate::fetch::load_error(path, e))?,
+    };
     let parts = match kind {
         BackendKind::Cuda => 1,
         BackendKind::Flex | BackendKind::Ndarray => std::thread::available_parallelism().map_or(1, |n| n.get()),

@@ -153,7 +153,22 @@ fn generate_on<B: Backend>(
         decode_slack: a.decode_budget,
         kv_dtype: a.policy.kv_dtype()?,
     };
-    let mut cache = make_cache(&model, policy, ctx, options, device)?;
+    // With --trace, a compressing cache is kept as itself, to read its kept positions after.
+    let mut compressed = match (&a.trace, compressing) {
+        (Some(_), true) => Some(crate::prompt::compressed_cache(&model, policy, ctx, options, device)?),
+        _ => None,
+    };
+    let mut boxed = match compressed {
+        Some(_) => None,
+        None => Some(make_cache(&model, policy, ctx, options, device)?),
+    };
+    let cache: &mut dyn lava_cache::KvCache<B> = match (&mut compressed, &mut boxed) {
+        (Some(c), _) => c,
+        (None, Some(b)) => b.as_mut(),
+        (None, None) => unreachable!("one of the two caches is built"),
+    };
+    let mut trace_logits: Vec<serde_json::Value> = Vec::new();
+    let vocab = model.config.vocab_size;
     let bar = (prompt_len > prefill_chunk).then(|| {
         let b = indicatif::ProgressBar::new(prompt_len as u64);
         b.set_style(
@@ -167,9 +182,9 @@ fn generate_on<B: Backend>(
     let mut stdout = std::io::stdout();
     let mut stream_err = None;
     let seg_refs: Vec<&[u32]> = segments.iter().map(Vec::as_slice).collect();
-    let result = lava_llama::generate_segments(
+    let result = lava_llama::generate_segments_observed(
         &model,
-        cache.as_mut(),
+        &mut *cache,
         &seg_refs,
         &cfg,
         |done, _| {
@@ -198,6 +213,12 @@ fn generate_on<B: Backend>(
                 }
             }
             true
+        },
+        |logits| {
+            if a.trace.is_some() {
+                trace_logits.push(trace_step(logits, vocab)?);
+            }
+            Ok(())
         },
     );
     if let Some(b) = bar.filter(|b| !b.is_finished()) {
@@ -242,7 +263,52 @@ fn generate_on<B: Backend>(
             cache.allocated_bytes()
         );
     }
+    if let Some(file) = &a.trace {
+        let kept = match &compressed {
+            Some(c) => Some(
+                (0..model.config.num_hidden_layers)
+                    .map(|l| c.kept_positions(l))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(lava_llama::ModelError::from)?,
+            ),
+            None => None,
+        };
+        let j = serde_json::json!({
+            "model": path.display().to_string(),
+            "backend": format!("{:?}", a.model.backend).to_lowercase(),
+            "policy": policy.policy.to_string(),
+            "budget": if compressing { Some(policy.budget) } else { None },
+            "prompt": segments.concat(),
+            "tokens": out,
+            "steps": trace_logits,
+            "kept": kept,
+        });
+        write_new_file(file, format!("{j}\n").as_bytes())?;
+    }
     Ok(())
+}
+
+/// Writes `bytes` to `path` through a temporary file beside it and one rename, so that a
+/// failed write leaves no half-written file.
+fn write_new_file(path: &Path, bytes: &[u8]) -> Result<(), CliError> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| CliError::io(dir, e))?;
+    tmp.write_all(bytes).and_then(|_| tmp.as_file().sync_all()).map_err(|e| CliError::io(path, e))?;
+    tmp.persist(path).map_err(|e| CliError::io(path, e.error))?;
+    Ok(())
+}
+
+/// One step of `--trace`: the logits `[1, vocab]` on the host, all of them for a vocabulary
+/// up to 4096, else the 64 largest as `{"ids", "logits"}`.
+fn trace_step<B: Backend>(logits: &burn::tensor::Tensor<B, 2>, vocab: usize) -> Result<serde_json::Value, lava_llama::ModelError> {
+    let v = logits.clone().into_data().convert::<f32>().to_vec::<f32>().map_err(|e| lava_llama::ModelError::Backend(format!("{e:?}")))?;
+    if vocab <= 4096 {
+        return Ok(serde_json::json!({ "logits": v }));
+    }
+    let mut ids: Vec<usize> = (0..v.len()).collect();
+    ids.sort_by(|&x, &y| v[y].total_cmp(&v[x]).then(x.cmp(&y)));
+    ids.truncate(64);
+    Ok(serde_json::json!({ "ids": ids, "logits": ids.iter().map(|&i| v[i]).collect::<Vec<_>>() }))
 }
 
 pub fn ppl(a: PplArgs) -> Result<(), CliError> {

@@ -383,6 +383,12 @@ pub fn eval(a: EvalArgs) -> Result<(), CliError> {
         };
     }
     let c = a.common()?;
+    if let Some(m) = c.model.as_deref().filter(|m| crate::fetch::synthetic_model(m).is_ok_and(|s| s.is_some())) {
+        return Err(CliError::Usage(format!(
+            "--model {}: a synthetic model has random weights, for measuring speed (lava bench, lava generate); evaluate a real model",
+            m.display()
+        )));
+    }
     let g = grid(c)?;
     check_sizes(&a.task)?;
     c.results_file()?; // one results file, checked before any data is fetched

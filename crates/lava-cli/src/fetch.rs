@@ -457,6 +457,22 @@ fn extract_essays(wheel: &Path, dir: &Path) -> Result<usize, CliError> {
     Ok(n)
 }
 
+/// The prefix of a synthetic model's `--model` ([`lava_llama::synthetic`]).
+pub const SYNTHETIC_PREFIX: &str = "synthetic:";
+
+/// The synthetic shape `--model synthetic:NAME` names; `None` for any other model; an error
+/// for an unknown NAME.
+pub fn synthetic_model(p: &Path) -> Result<Option<&'static lava_llama::synthetic::SyntheticShape>, CliError> {
+    let Some(name) = p.to_str().and_then(|s| s.strip_prefix(SYNTHETIC_PREFIX)) else { return Ok(None) };
+    match lava_llama::synthetic::synthetic_shape(name) {
+        Some(s) => Ok(Some(s)),
+        None => Err(CliError::Usage(format!(
+            "--model synthetic:{name}: no such synthetic model; the synthetic shapes are {}",
+            lava_llama::synthetic::synthetic_names()
+        ))),
+    }
+}
+
 /// A load error of `path`; when `path` is lava's cached copy of a known model, one that says
 /// which file to delete so that the next run fetches it again.
 pub fn load_error(path: &Path, e: lava_llama::ModelError) -> CliError {
@@ -475,6 +491,9 @@ pub fn load_error(path: &Path, e: lava_llama::ModelError) -> CliError {
 /// a path that must exist; without `--model`, the default model.
 pub fn resolve_model(arg: Option<&Path>) -> Result<PathBuf, CliError> {
     let Some(p) = arg else { return default_model() };
+    if synthetic_model(p)?.is_some() {
+        return Ok(p.to_path_buf());
+    }
     if let Some(m) = p.to_str().and_then(known_model) {
         return model_path(m);
     }

@@ -38,9 +38,10 @@ pub struct Cli {
 /// Options shared by commands that run a model.
 #[derive(Debug, Clone, Args)]
 pub struct ModelArgs {
-    /// A known model's name (`lava models` lists them: smollm2-135m, the default,
-    /// qwen2.5-coder-1.5b, qwen2.5-coder-0.5b; fetched on first use), or a GGUF file or
-    /// Hugging Face directory.
+    /// A known model's name (`lava models` lists them: qwen2.5-coder-0.5b, the default,
+    /// qwen2.5-coder-1.5b, smollm2-135m; fetched on first use), a GGUF file or Hugging Face
+    /// directory, or `synthetic:NAME`: a known model's shapes and formats with random weights
+    /// made in memory (or `synthetic:tiny`), for measuring speed with no file.
     #[arg(long, value_name = "NAME|PATH")]
     pub model: Option<PathBuf>,
     /// Compute backend.
@@ -107,6 +108,12 @@ pub struct GenerateArgs {
     /// Print one JSON object at the end instead of streaming text.
     #[arg(long)]
     pub json: bool,
+    /// Also write, to FILE (JSON), what a check across backends compares: the prompt and
+    /// generated token ids, the logits each token was chosen from (all of them for a
+    /// vocabulary up to 4096, else the 64 largest with their ids), and, for a compressing
+    /// policy, the positions each layer's KV heads keep at the end.
+    #[arg(long, value_name = "FILE")]
+    pub trace: Option<std::path::PathBuf>,
 }
 
 /// `lava ppl`.

@@ -87,8 +87,22 @@ pub fn generate_segments<B: Backend, C: KvCache<B> + ?Sized>(
     cache: &mut C,
     segments: &[&[u32]],
     config: &GenerationConfig,
+    on_prefill: impl FnMut(usize, usize),
+    on_token: impl FnMut(u32) -> bool,
+) -> Result<(Vec<u32>, GenerationStats), ModelError> {
+    generate_segments_observed(model, cache, segments, config, on_prefill, on_token, |_| Ok(()))
+}
+
+/// [`generate_segments`], with `on_logits` shown the logits (`[1, vocab]`) each token is
+/// chosen from, before it is chosen (`lava generate --trace`).
+pub fn generate_segments_observed<B: Backend, C: KvCache<B> + ?Sized>(
+    model: &Llama<B>,
+    cache: &mut C,
+    segments: &[&[u32]],
+    config: &GenerationConfig,
     mut on_prefill: impl FnMut(usize, usize),
     mut on_token: impl FnMut(u32) -> bool,
+    mut on_logits: impl FnMut(&burn::tensor::Tensor<B, 2>) -> Result<(), ModelError>,
 ) -> Result<(Vec<u32>, GenerationStats), ModelError> {
     let total: usize = segments.iter().map(|s| s.len()).sum();
     if total == 0 {
@@ -107,6 +121,7 @@ pub fn generate_segments<B: Backend, C: KvCache<B> + ?Sized>(
     }
     let mut out = Vec::new();
     let Some(mut logits) = logits else { return Ok((out, stats)) };
+    on_logits(&logits)?;
     let mut token = next_token(logits, &mut sampler)?;
     stats.prefill_seconds = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
@@ -117,6 +132,7 @@ pub fn generate_segments<B: Backend, C: KvCache<B> + ?Sized>(
         }
         logits = model.forward(&[token], cache, Logits::Last)?;
         stats.decode_steps += 1;
+        on_logits(&logits)?;
         token = next_token(logits, &mut sampler)?;
     }
     stats.decode_seconds = t1.elapsed().as_secs_f64();

@@ -574,7 +574,24 @@ pub fn quantize(kind: GgmlType, values: &[f32]) -> Option<Vec<u8>> {
 #[derive(Debug, Default)]
 pub struct GgufWriter {
     kv: Vec<(String, Value)>,
-    tensors: Vec<(String, Vec<u64>, GgmlType, Vec<u8>)>,
+    tensors: Vec<(String, Vec<u64>, GgmlType, TensorBytes)>,
+}
+
+/// A tensor's data in a [`GgufWriter`]: given, or only sized (written by
+/// [`GgufWriter::to_bytes_filled`]'s callback, in place).
+#[derive(Debug)]
+enum TensorBytes {
+    Given(Vec<u8>),
+    Sized(usize),
+}
+
+impl TensorBytes {
+    fn len(&self) -> usize {
+        match self {
+            TensorBytes::Given(b) => b.len(),
+            TensorBytes::Sized(n) => *n,
+        }
+    }
 }
 
 impl GgufWriter {
@@ -591,8 +608,18 @@ impl GgufWriter {
     pub fn tensor(&mut self, name: &str, shape: &[usize], kind: GgmlType, values: &[f32]) -> &mut Self {
         let dims = shape.iter().rev().map(|&d| d as u64).collect();
         let data = quantize(kind, values).unwrap_or_default();
-        self.tensors.push((name.to_string(), dims, kind, data));
+        self.tensors.push((name.to_string(), dims, kind, TensorBytes::Given(data)));
         self
+    }
+
+    /// Adds a tensor of row-major `shape` in `kind` whose bytes
+    /// [`to_bytes_filled`](Self::to_bytes_filled) asks for (`None` if `shape` is not a whole
+    /// number of `kind`'s blocks).
+    pub fn tensor_sized(&mut self, name: &str, shape: &[usize], kind: GgmlType) -> Option<&mut Self> {
+        let n = kind.quant()?.bytes_for(shape.iter().product()).ok()?;
+        let dims = shape.iter().rev().map(|&d| d as u64).collect();
+        self.tensors.push((name.to_string(), dims, kind, TensorBytes::Sized(n)));
+        Some(self)
     }
 
     fn write_value(out: &mut Vec<u8>, v: &Value) {
@@ -627,6 +654,12 @@ impl GgufWriter {
 
     /// Serialises the image.
     pub fn to_bytes(&self) -> Vec<u8> {
+        self.to_bytes_filled(|_, _, _| {})
+    }
+
+    /// Serialises the image, the bytes of each [`tensor_sized`](Self::tensor_sized) tensor
+    /// written by `fill(name, kind, bytes)` in place (one buffer, no copy).
+    pub fn to_bytes_filled(&self, mut fill: impl FnMut(&str, GgmlType, &mut [u8])) -> Vec<u8> {
         let mut out = Vec::new();
         out.extend_from_slice(b"GGUF");
         out.extend_from_slice(&3u32.to_le_bytes());
@@ -643,6 +676,8 @@ impl GgufWriter {
             offsets.push(offset);
             offset = (offset + data.len() as u64).div_ceil(32) * 32;
         }
+        let header = out.len() + self.tensors.iter().map(|(n, d, _, _)| 8 + n.len() + 4 + 8 * d.len() + 4 + 8).sum::<usize>();
+        out.reserve(header.div_ceil(32) * 32 + offset as usize - out.len());
         for ((name, dims, kind, _), off) in self.tensors.iter().zip(&offsets) {
             Self::write_value(&mut out, &Value::Str(name.clone()));
             out.extend_from_slice(&(dims.len() as u32).to_le_bytes());
@@ -653,9 +688,16 @@ impl GgufWriter {
         }
         out.resize(out.len().div_ceil(32) * 32, 0);
         let base = out.len();
-        for ((_, _, _, data), off) in self.tensors.iter().zip(&offsets) {
+        for ((name, _, kind, data), off) in self.tensors.iter().zip(&offsets) {
             out.resize(base + *off as usize, 0);
-            out.extend_from_slice(data);
+            match data {
+                TensorBytes::Given(b) => out.extend_from_slice(b),
+                TensorBytes::Sized(n) => {
+                    let at = out.len();
+                    out.resize(at + n, 0);
+                    fill(name, *kind, &mut out[at..]);
+                }
+            }
         }
         out
     }

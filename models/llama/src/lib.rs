@@ -47,6 +47,7 @@ mod quantized;
 mod rope;
 pub mod sampling;
 mod spm;
+pub mod synthetic;
 pub mod tiny;
 mod tokenizer;
 mod transformer;
@@ -58,7 +59,7 @@ use burn::tensor::backend::Backend;
 
 pub use config::{Llama3RopeScaling, LlamaConfig};
 pub use error::ModelError;
-pub use generation::{generate, generate_segments, token_log_probs, GenerationConfig, GenerationStats};
+pub use generation::{generate, generate_segments, generate_segments_observed, token_log_probs, GenerationConfig, GenerationStats};
 pub use gguf_source::{config_from_gguf, unpermute_rows, GgufSource, GGUF_ARCHITECTURES};
 pub use prompt::{Prompt, PromptTokens};
 pub use rope::{apply_rope, Rope};
@@ -90,7 +91,23 @@ pub fn load_gguf<B: Backend>(path: &Path, device: &B::Device) -> Result<(Llama<B
 
 /// Loads a GGUF file, its matrices held as `format` says.
 pub fn load_gguf_with<B: Backend>(path: &Path, device: &B::Device, format: WeightFormat) -> Result<(Llama<B>, Tokenizer), ModelError> {
-    let g = std::sync::Arc::new(gguf::GgufFile::open(path)?);
+    load_parsed_gguf(gguf::GgufFile::open(path)?, device, format)
+}
+
+/// Loads the synthetic model `shape` ([`synthetic`]): its GGUF image is built in memory
+/// from `seed` and loaded as a file would be, its matrices held as `format` says.
+pub fn load_synthetic<B: Backend>(
+    shape: &synthetic::SyntheticShape,
+    seed: u64,
+    device: &B::Device,
+    format: WeightFormat,
+) -> Result<(Llama<B>, Tokenizer), ModelError> {
+    load_parsed_gguf(shape.gguf(seed)?, device, format)
+}
+
+/// Loads a parsed GGUF file (mapped or in memory).
+fn load_parsed_gguf<B: Backend>(g: gguf::GgufFile, device: &B::Device, format: WeightFormat) -> Result<(Llama<B>, Tokenizer), ModelError> {
+    let g = std::sync::Arc::new(g);
     let config = config_from_gguf(&g)?;
     let tokenizer = Tokenizer::from_gguf(&g)?;
     let src = GgufSource::new(&g, config.clone())?;
