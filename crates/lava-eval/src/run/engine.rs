@@ -72,6 +72,27 @@ pub fn prefill<B: Backend>(model: &Llama<B>, ids: &[u32], max_tokens: usize) -> 
 }
 
 impl<B: Backend> Prefilled<B> {
+    /// The prefill of this prompt followed by `suffix`, from this one: the full cache runs
+    /// on through `suffix` (one forward pass of `suffix.len()` tokens, attending to the
+    /// whole prefix as a prefill of both would) and each layer's recorded `q`, `k`, `v` are
+    /// this prefill's followed by the suffix's. The query-aware prompt of a query-agnostic
+    /// split is prefilled this way, so the two settings share the context's prefill. `self`
+    /// is left as it was.
+    pub fn extended(&self, model: &Llama<B>, suffix: &[u32]) -> Result<Prefilled<B>> {
+        if suffix.is_empty() {
+            return Err(EvalError::Internal("extending a prefill by no tokens".into()));
+        }
+        let mut rec = RecordingCache { inner: self.full.clone(), recorded: (0..self.qkv.len()).map(|_| None).collect() };
+        let last_logits = model.forward(suffix, &mut rec, Logits::Last).map_err(model_err)?;
+        let mut qkv = Vec::with_capacity(self.qkv.len());
+        for (old, new) in self.qkv.iter().zip(rec.recorded) {
+            let new = new.ok_or_else(|| EvalError::Internal("a layer was not recorded by the suffix's prefill".into()))?;
+            let cat = |a: &Tensor<B, 3>, b: Tensor<B, 3>| Tensor::cat(vec![a.clone(), b], 1);
+            qkv.push(LayerQkv::new(cat(&old.q, new.q), cat(&old.k, new.k), cat(&old.v, new.v)));
+        }
+        Ok(Prefilled { full: rec.inner, qkv, last_logits, prompt_len: self.prompt_len + suffix.len(), scores: Vec::new() })
+    }
+
     /// The cache `policy` would hold after this prefill, with room for `decode_tokens`.
     ///
     /// With a `kv_dtype` other than f32 the cache stores the prompt's K/V in
