@@ -855,7 +855,7 @@ impl EvalCommon {
 
 /// The code version of this build's source tree: the last commit that touched the code
 /// (docs/ and README.md excluded, so committing results does not change it) and whether the
-/// code has uncommitted changes (results/ excluded too); `{"commit": "unknown", "dirty":
+/// code has uncommitted changes (results/ and a run's RESUME.md notes excluded too); `{"commit": "unknown", "dirty":
 /// true}` if git cannot tell.
 fn code_version() -> serde_json::Value {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("..");
@@ -869,7 +869,7 @@ fn code_version() -> serde_json::Value {
     let commit = git(&["log", "-1", "--format=%H", "--", ".", ":(exclude)docs", ":(exclude)README.md"])
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty() && s.chars().all(|c| c.is_ascii_hexdigit()));
-    let status = git(&["status", "--porcelain", "--", ".", ":(exclude)docs", ":(exclude)README.md", ":(exclude)results"]);
+    let status = git(&["status", "--porcelain", "--", ".", ":(exclude)docs", ":(exclude)README.md", ":(exclude)results", ":(exclude)RESUME.md"]);
     match (commit, status) {
         (Some(c), Some(st)) => lava_eval::provenance::code_version_value(&c, !st.trim().is_empty()),
         _ => lava_eval::provenance::code_version_value("unknown", true),
