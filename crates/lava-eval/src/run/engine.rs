@@ -96,21 +96,23 @@ impl<B: Backend> Prefilled<B> {
     /// The cache `policy` would hold after this prefill, with room for `decode_tokens`.
     ///
     /// With a `kv_dtype` other than f32 the cache stores the prompt's K/V in
-    /// that format, as a live run would (the full cache by replaying each
-    /// layer's recorded prefill into a fresh one).
+    /// that format, as a live run would (the full cache by storing each layer's
+    /// recorded keys and values in a fresh one, [`FullCache::filled_from`]).
     pub fn cache_for(&mut self, model: &Llama<B>, policy: &PolicyConfig, kv_dtype: KvDtype, max_tokens: usize, decode_tokens: usize) -> Result<Box<dyn KvCache<B>>> {
         if policy.policy == PolicyName::Full {
             if kv_dtype == KvDtype::F32 {
                 return Ok(Box::new(self.full.clone()));
             }
-            let mut full = FullCache::new(model.cache_shape(), max_tokens, model.device())
+            // The recorded prompt K/V stored in the format, as a live prefill stores them
+            // (without recomputing the prefill's attention).
+            let kv: Vec<(Tensor<B, 3>, Tensor<B, 3>)> = self.qkv.iter().map(|l| (l.k.clone(), l.v.clone())).collect();
+            let full = FullCache::new(model.cache_shape(), max_tokens, model.device())
                 .map_err(model_err)?
                 .with_decode_headroom(decode_tokens)
                 .with_kv_dtype(kv_dtype)
+                .map_err(model_err)?
+                .filled_from(&kv)
                 .map_err(model_err)?;
-            for (l, r) in self.qkv.iter().enumerate() {
-                full.attend(l, r.q.clone(), r.k.clone(), r.v.clone()).map_err(model_err)?;
-            }
             return Ok(Box::new(full));
         }
         let i = match self.scores.iter().position(|s| s.serves(policy)) {
