@@ -136,7 +136,8 @@ impl<B: Backend> Prefilled<B> {
 }
 
 /// Greedy continuation of several caches of the same prompt: each appends
-/// `suffix` (if any; without one the first token comes from `first_logits`)
+/// `suffix` (if any, all caches in one [`Llama::forward_runs`] step; without one the
+/// first token comes from `first_logits`)
 /// and generates up to `max_new` tokens, stopping before any of `stop`. The caches step
 /// together through [`Llama::decode_batch`] (one pass over the weights per step
 /// for all of them), and a cache leaves the batch when it stops. Returns each
@@ -152,12 +153,13 @@ pub fn greedy_batch<B: Backend>(
     let n = caches.len();
     let mut next: Vec<u32> = if suffix.is_empty() {
         vec![argmax(first_logits.clone())?; n]
+    } else if n == 0 {
+        Vec::new()
     } else {
-        let mut v = Vec::with_capacity(n);
-        for c in caches.iter_mut() {
-            v.push(argmax(model.forward(suffix, c.as_mut(), Logits::Last).map_err(model_err)?)?);
-        }
-        v
+        // Every cache appends the suffix in one step (the weights read once for all of them).
+        let runs: Vec<&[u32]> = vec![suffix; n];
+        let mut refs: Vec<&mut dyn KvCache<B>> = caches.iter_mut().map(|c| c.as_mut()).collect();
+        argmax_rows(model.forward_runs(&runs, &mut refs).map_err(model_err)?)?
     };
     let mut out: Vec<Vec<u32>> = vec![Vec::new(); n];
     let mut active: Vec<usize> = (0..n).collect();
