@@ -80,6 +80,37 @@ impl<B: Backend> FullCache<B> {
         Ok(self)
     }
 
+    /// The cache as a prefill whose layers computed `kv` would leave it (per layer `(k, v)`,
+    /// `[H_kv, T, D]` as computed, the same `T` in every layer): each layer stores its keys
+    /// and values in the cache's KV dtype, as its first [`attend`](KvCache::attend) does,
+    /// without computing that call's attention (whose output the caller already has).
+    /// Errors on an empty-handed or already filled cache, a layer count or shape that is not
+    /// the cache's, or more tokens than it holds.
+    pub fn filled_from(mut self, kv: &[(Tensor<B, 3>, Tensor<B, 3>)]) -> Result<Self, CacheError> {
+        if kv.len() != self.shape.layers {
+            return Err(CacheError::InvalidParameters(format!("{} layers of keys and values for a cache of {} layers", kv.len(), self.shape.layers)));
+        }
+        if self.lens.iter().any(|&l| l > 0) {
+            return Err(CacheError::InvalidParameters("filled_from needs an empty cache".into()));
+        }
+        let t = kv.first().map_or(0, |(k, _)| k.dims()[1]);
+        if t > self.max_tokens {
+            return Err(CacheError::CapacityExceeded { needed: t, capacity: self.max_tokens });
+        }
+        let want = [self.shape.kv_heads, t, self.shape.head_dim];
+        for (l, (k, v)) in kv.iter().enumerate() {
+            if k.dims() != want || v.dims() != want {
+                return Err(CacheError::InvalidParameters(format!(
+                    "layer {l}: keys {:?} and values {:?}, expected {want:?} (every layer the same tokens)",
+                    k.dims(),
+                    v.dims()
+                )));
+            }
+            self.append(l, k.clone(), v.clone())?;
+        }
+        Ok(self)
+    }
+
     /// How keys and values are stored.
     pub fn kv_dtype(&self) -> KvDtype {
         self.kv_dtype

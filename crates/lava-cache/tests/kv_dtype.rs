@@ -384,3 +384,49 @@ mod flex {
         }
     }
 }
+
+/// `FullCache::filled_from` leaves the cache a prefill through `attend` leaves: the same
+/// stats, and every later step attends over the same stored keys and values (bit for bit),
+/// in every format. Bad shapes and a filled cache are refused.
+#[test]
+fn full_cache_filled_from_equals_a_replayed_prefill() {
+    let dev = Default::default();
+    let shape = CacheShape { layers: 2, query_heads: 4, kv_heads: 2, head_dim: D };
+    let mut rng = Rng::new(7);
+    let t = 37;
+    let layer_qkv: Vec<(Tensor<Nd, 3>, Tensor<Nd, 3>, Tensor<Nd, 3>)> = (0..2)
+        .map(|_| {
+            let mut r = |h: usize, n: usize| tensor::<Nd, 3>(&random_values(&mut rng, h * n * D, 1.0), [h, n, D], &dev);
+            (r(4, t), r(2, t), r(2, t))
+        })
+        .collect();
+    let mut ran = Vec::new();
+    for dtype in [KvDtype::F32, KvDtype::F16, KvDtype::Q8_0] {
+        // f16 needs a backend with f16 tensors (flex, cuda); ndarray refuses it.
+        let Ok(mut replayed) = FullCache::<Nd>::new(shape, 64, &dev).unwrap().with_kv_dtype(dtype) else { continue };
+        ran.push(dtype);
+        for (l, (q, k, v)) in layer_qkv.iter().enumerate() {
+            replayed.attend(l, q.clone(), k.clone(), v.clone()).unwrap();
+        }
+        let kv: Vec<_> = layer_qkv.iter().map(|(_, k, v)| (k.clone(), v.clone())).collect();
+        let mut filled = FullCache::<Nd>::new(shape, 64, &dev).unwrap().with_kv_dtype(dtype).unwrap().filled_from(&kv).unwrap();
+        assert_eq!(filled.next_position(), t);
+        assert_eq!(filled.stats().retained_bytes, replayed.stats().retained_bytes, "{dtype:?}");
+        let mut r = |h: usize| tensor::<Nd, 3>(&random_values(&mut rng, h * D, 1.0), [h, 1, D], &dev);
+        let (q, k, v) = (r(4), r(2), r(2));
+        for l in 0..2 {
+            let a = host(filled.attend(l, q.clone(), k.clone(), v.clone()).unwrap());
+            let b = host(replayed.attend(l, q.clone(), k.clone(), v.clone()).unwrap());
+            assert_eq!(a, b, "{dtype:?} layer {l}");
+        }
+        let refill = FullCache::<Nd>::new(shape, 64, &dev).unwrap().filled_from(&kv).unwrap().filled_from(&kv);
+        assert!(refill.is_err());
+    }
+    assert!(ran.contains(&KvDtype::F32) && ran.contains(&KvDtype::Q8_0), "{ran:?}");
+    let short = vec![layer_qkv[0].1.clone(); 1].into_iter().map(|k| (k.clone(), k)).collect::<Vec<_>>();
+    assert!(FullCache::<Nd>::new(shape, 64, &dev).unwrap().filled_from(&short).is_err(), "one layer for two");
+    let kv: Vec<_> = layer_qkv.iter().map(|(_, k, v)| (k.clone(), v.clone())).collect();
+    assert!(FullCache::<Nd>::new(shape, 16, &dev).unwrap().filled_from(&kv).is_err(), "37 tokens in a cache of 16");
+    let wrong: Vec<_> = layer_qkv.iter().map(|(q, _, v)| (q.clone(), v.clone())).collect();
+    assert!(FullCache::<Nd>::new(shape, 64, &dev).unwrap().filled_from(&wrong).is_err(), "4 heads of keys for 2");
+}

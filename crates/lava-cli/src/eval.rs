@@ -32,15 +32,23 @@ pub struct EvalCommon {
     /// Policies, comma-separated (default: all).
     #[arg(long, value_delimiter = ',')]
     pub policies: Vec<String>,
-    /// Budgets B, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "64,128,256,512")]
+    /// Budgets B, comma-separated [default: the preset's for `all`, else 64,128,256,512].
+    #[arg(long, value_delimiter = ',')]
     pub budgets: Vec<usize>,
     /// Samples per task (RULER samples per length; LongBench records per dataset; PG-19 books).
     #[arg(long)]
     pub samples: Option<usize>,
-    /// Compress the context before the question is appended (kvpress's question-agnostic setting).
+    /// Compress the context before the question is appended (kvpress's question-agnostic
+    /// setting); the same as --settings query-agnostic.
     #[arg(long)]
     pub question_agnostic: bool,
+    /// Settings, comma-separated: query-aware (the question compressed with the context, the
+    /// paper's setting) and/or query-agnostic (the context compressed without the question,
+    /// which is appended after). With both, each prompt's context is prefilled once for the two
+    /// and query-agnostic records carry "setting": "query-agnostic" [default: the preset's for
+    /// `all`, else query-aware]
+    #[arg(long, value_delimiter = ',')]
+    pub settings: Vec<String>,
     /// JSONL results file; cells already in it are skipped (resume). One run at a time per
     /// file: a second run on the same file is refused.
     #[arg(long, value_delimiter = ',', default_value = "results/eval.jsonl")]
@@ -52,11 +60,16 @@ pub struct EvalCommon {
     /// Observation window w.
     #[arg(long, default_value_t = 32)]
     pub window: usize,
-    /// KV dtypes, comma-separated (f32, f16, q8_0): every policy and budget runs with each;
-    /// results of a dtype other than f32 are labelled `policy@dtype` (e.g. `lava@q8_0`).
-    /// Fidelity and perplexity compare each with the f32 full cache.
-    #[arg(long, value_delimiter = ',', default_value = "f32")]
+    /// KV dtypes, comma-separated (f32, f16, q8_0): every policy (of --kv-dtype-policies) and
+    /// budget runs with each; results of a dtype other than f32 are labelled `policy@dtype`
+    /// (e.g. `lava@q8_0`). Fidelity and perplexity compare each with the f32 full cache
+    /// [default: the preset's for `all`, else f32]
+    #[arg(long, value_delimiter = ',')]
     pub kv_dtypes: Vec<String>,
+    /// The policies run at the --kv-dtypes other than f32, comma-separated [default: the
+    /// preset's for `all`, else every policy of the run]
+    #[arg(long, value_delimiter = ',')]
+    pub kv_dtype_policies: Vec<String>,
     /// Head floor of the adaptive head allocation for every adaptive policy: reference,
     /// matched or layer (default: each policy's own; lava-matched is lava with matched).
     #[arg(long)]
@@ -159,7 +172,9 @@ pub enum EvalTask {
     },
     /// Everything, with a preset's sizes, then the report.
     All {
-        /// smollm2 (the published table) or smoke (CI: one sample per family, short lengths).
+        /// smollm2 (the published SmolLM2 table), qwen1.5b (issue 34's grid: both settings, KV
+        /// dtypes), smoke (CI: one sample per family, short lengths) or qwen1.5b-smoke (the
+        /// qwen1.5b grid at the smoke sizes).
         #[arg(long, default_value = "smollm2")]
         preset: String,
         /// Folder for the report and heatmaps.
@@ -229,39 +244,78 @@ fn refuse_repeats<T: PartialEq + std::fmt::Display>(flag: &str, values: &[T]) ->
     Ok(())
 }
 
-fn grid(c: &EvalCommon) -> Result<Grid, CliError> {
+/// `--settings` (or `--question-agnostic`), else the preset's, else query-aware.
+fn settings(c: &EvalCommon, preset: Option<&Preset>) -> Result<run::Settings, CliError> {
+    if c.question_agnostic && !c.settings.is_empty() {
+        return Err(CliError::Usage("--question-agnostic is --settings query-agnostic; give one of the two".into()));
+    }
+    if c.question_agnostic {
+        return Ok(run::Settings::QUERY_AGNOSTIC);
+    }
+    if c.settings.is_empty() {
+        return Ok(preset.map_or(run::Settings::QUERY_AWARE, |p| p.settings));
+    }
+    refuse_repeats("--settings", &c.settings)?;
+    let mut s = run::Settings { query_aware: false, query_agnostic: false };
+    for name in &c.settings {
+        match name.as_str() {
+            "query-aware" => s.query_aware = true,
+            "query-agnostic" => s.query_agnostic = true,
+            other => return Err(CliError::Usage(format!("unknown setting {other:?} in --settings; expected query-aware and/or query-agnostic"))),
+        }
+    }
+    Ok(s)
+}
+
+fn grid(c: &EvalCommon, preset: Option<&Preset>) -> Result<Grid, CliError> {
     let policies = if c.policies.is_empty() {
         PolicyName::ALL.to_vec()
     } else {
         c.policies.iter().map(|p| p.parse::<PolicyName>()).collect::<Result<Vec<_>, _>>()?
     };
     refuse_repeats("--policies", &policies)?;
-    if c.budgets.is_empty() {
-        return Err(CliError::Usage("--budgets needs at least one budget".into()));
-    }
-    if c.budgets.contains(&0) {
+    let budgets: Vec<usize> = match (c.budgets.is_empty(), preset) {
+        (false, _) => c.budgets.clone(),
+        (true, Some(p)) => p.budgets.clone(),
+        (true, None) => vec![64, 128, 256, 512],
+    };
+    if budgets.contains(&0) {
         return Err(CliError::Usage("--budgets must be positive token counts, got 0; give budgets above the window (--window)".into()));
     }
-    refuse_repeats("--budgets", &c.budgets)?;
+    refuse_repeats("--budgets", &budgets)?;
     if c.samples == Some(0) {
         return Err(CliError::Usage("--samples must be at least 1 (leave it out for each family's default)".into()));
     }
-    let mut base = PolicyConfig::new(PolicyName::Full, c.budgets[0]);
+    let mut base = PolicyConfig::new(PolicyName::Full, budgets[0]);
     base.window = c.window;
     base.floor_rule = crate::policy_args::parse_floor_rule(c.floor_rule.as_deref())?;
     base.validate()?;
     // Each budget with each policy asked for, so a refusal names a policy of the run.
     for &p in policies.iter().filter(|&&p| p != PolicyName::Full) {
-        for &b in &c.budgets {
+        for &b in &budgets {
             let mut t = base.clone();
             t.policy = p;
             t.budget = b;
             t.validate()?;
         }
     }
-    let kv_dtypes = c.kv_dtypes.iter().map(|d| d.parse::<lava_cache::KvDtype>()).collect::<Result<Vec<_>, _>>()?;
+    let kv_dtypes = match (c.kv_dtypes.is_empty(), preset) {
+        (false, _) => c.kv_dtypes.iter().map(|d| d.parse::<lava_cache::KvDtype>()).collect::<Result<Vec<_>, _>>()?,
+        (true, Some(p)) => p.kv_dtypes.clone(),
+        (true, None) => vec![lava_cache::KvDtype::F32],
+    };
     refuse_repeats("--kv-dtypes", &kv_dtypes)?;
-    Ok(Grid { policies, budgets: c.budgets.clone(), base, question_agnostic: c.question_agnostic, kv_dtypes })
+    let kv_dtype_policies = if !c.kv_dtype_policies.is_empty() {
+        let ps = c.kv_dtype_policies.iter().map(|p| p.parse::<PolicyName>()).collect::<Result<Vec<_>, _>>()?;
+        refuse_repeats("--kv-dtype-policies", &ps)?;
+        if let Some(p) = ps.iter().find(|p| !policies.contains(p)) {
+            return Err(CliError::Usage(format!("--kv-dtype-policies names {p}, which is not among the run's --policies")));
+        }
+        Some(ps)
+    } else {
+        preset.and_then(|p| p.kv_dtype_policies.clone())
+    };
+    Ok(Grid { policies, budgets, base, settings: settings(c, preset)?, kv_dtypes, kv_dtype_policies })
 }
 
 /// Checks the sizes of a task before anything is loaded: no zero or repeated lengths, depths
@@ -389,7 +443,11 @@ pub fn eval(a: EvalArgs) -> Result<(), CliError> {
             m.display()
         )));
     }
-    let g = grid(c)?;
+    let preset = match &a.task {
+        EvalTask::All { preset, .. } => Some(Preset::named(preset)?),
+        _ => None,
+    };
+    let g = grid(c, preset.as_ref())?;
     check_sizes(&a.task)?;
     c.results_file()?; // one results file, checked before any data is fetched
     // Data first (a missing folder fails before the model loads), then the model.
@@ -587,22 +645,22 @@ fn eval_on<B: Backend>(a: &EvalArgs, g: &Grid, path: &Path, data: &DataPaths, de
     let variants = g.variants().map_err(eval_err)?;
     let results = c.results_file()?;
     let mut sink = Sink::open(results, 0, c.quiet).map_err(eval_err)?.with_shard(c.shard.unwrap_or_default());
-    sink.set_stamp(run_stamp(a, &variants, path, data, model.cache_shape())?, c.allow_mixed).map_err(eval_err)?;
+    sink.set_stamp(run_stamp(a, g, &variants, path, data, model.cache_shape())?, c.allow_mixed).map_err(eval_err)?;
     match &a.task {
         EvalTask::Niah { lengths, depths, out, .. } => {
             let depths: Vec<f64> = depths.iter().map(|d| d * 100.0).collect();
-            run::run_niah(&subject, &variants, data.essays()?, lengths, &depths, g.question_agnostic, &mut sink).map_err(eval_err)?;
+            run::run_niah(&subject, &variants, data.essays()?, lengths, &depths, g.settings, &mut sink).map_err(eval_err)?;
             sink.finish();
             heatmaps(results, out)?;
         }
         EvalTask::Ruler { tasks, lengths, .. } => {
             let tasks = ruler_tasks(tasks)?;
-            run::run_ruler(&subject, &variants, &tasks, lengths, c.samples.unwrap_or(1), c.seed, data.essays.as_deref(), g.question_agnostic, &mut sink)
+            run::run_ruler(&subject, &variants, &tasks, lengths, c.samples.unwrap_or(1), c.seed, data.essays.as_deref(), g.settings, &mut sink)
                 .map_err(eval_err)?;
         }
         EvalTask::Longbench { max_length, .. } => {
             let (dir, tasks) = data.longbench()?;
-            run::run_longbench(&subject, &variants, dir, tasks, c.samples.unwrap_or(usize::MAX), *max_length, g.question_agnostic, &mut sink)
+            run::run_longbench(&subject, &variants, dir, tasks, c.samples.unwrap_or(usize::MAX), *max_length, g.settings, &mut sink)
                 .map_err(eval_err)?;
         }
         EvalTask::Ppl { context, continuation, windows, .. } => {
@@ -616,11 +674,11 @@ fn eval_on<B: Backend>(a: &EvalArgs, g: &Grid, path: &Path, data: &DataPaths, de
             let p = Preset::named(preset)?;
             let hay = data.essays()?;
             let depths: Vec<f64> = p.niah_depths.iter().map(|d| d * 100.0).collect();
-            run::run_niah(&subject, &variants, hay, &p.niah_lengths, &depths, g.question_agnostic, &mut sink).map_err(eval_err)?;
-            run::run_ruler(&subject, &variants, &ruler_tasks(&p.ruler_tasks)?, &p.ruler_lengths, p.ruler_samples, c.seed, Some(hay), g.question_agnostic, &mut sink)
+            run::run_niah(&subject, &variants, hay, &p.niah_lengths, &depths, g.settings, &mut sink).map_err(eval_err)?;
+            run::run_ruler(&subject, &variants, &ruler_tasks(&p.ruler_tasks)?, &p.ruler_lengths, p.ruler_samples, c.seed, Some(hay), g.settings, &mut sink)
                 .map_err(eval_err)?;
             let (lb, lb_tasks) = data.longbench()?;
-            run::run_longbench(&subject, &variants, lb, lb_tasks, p.longbench_limit, p.longbench_max_length, g.question_agnostic, &mut sink).map_err(eval_err)?;
+            run::run_longbench(&subject, &variants, lb, lb_tasks, p.longbench_limit, p.longbench_max_length, g.settings, &mut sink).map_err(eval_err)?;
             run::run_fidelity(&subject, &variants, data.pg19()?, p.pg19_files, p.pg19_windows, p.pg19_context, p.pg19_continuation, &mut sink)
                 .map_err(eval_err)?;
             sink.finish();
@@ -640,6 +698,10 @@ fn eval_on<B: Backend>(a: &EvalArgs, g: &Grid, path: &Path, data: &DataPaths, de
 /// Sizes of `lava eval all`.
 #[derive(Debug)]
 struct Preset {
+    budgets: Vec<usize>,
+    settings: run::Settings,
+    kv_dtypes: Vec<lava_cache::KvDtype>,
+    kv_dtype_policies: Option<Vec<PolicyName>>,
     niah_lengths: Vec<usize>,
     niah_depths: Vec<f64>,
     ruler_tasks: Vec<String>,
@@ -662,6 +724,10 @@ impl Preset {
             // English LongBench file of the data folder, 5 records each (all where fewer);
             // 6 PG-19 books x 2 windows.
             "smollm2" => Ok(Self {
+                budgets: vec![64, 128, 256, 512],
+                settings: run::Settings::QUERY_AWARE,
+                kv_dtypes: vec![lava_cache::KvDtype::F32],
+                kv_dtype_policies: None,
                 niah_lengths: vec![1000, 2000, 4000, 8000],
                 niah_depths: (0..=10).map(|i| i as f64 / 10.0).collect(),
                 ruler_tasks: s(&[
@@ -688,6 +754,10 @@ impl Preset {
                 pg19_continuation: 256,
             }),
             "smoke" => Ok(Self {
+                budgets: vec![64, 128, 256, 512],
+                settings: run::Settings::QUERY_AWARE,
+                kv_dtypes: vec![lava_cache::KvDtype::F32],
+                kv_dtype_policies: None,
                 niah_lengths: vec![400],
                 niah_depths: vec![0.5],
                 ruler_tasks: s(&["niah_single_1"]),
@@ -701,7 +771,37 @@ impl Preset {
                 pg19_context: 300,
                 pg19_continuation: 16,
             }),
-            other => Err(CliError::Usage(format!("unknown preset {other:?}; expected smollm2 or smoke"))),
+            // Issue 34, on Qwen2.5-Coder-1.5B: both settings; budgets 128..1024 (about 3, 6,
+            // 12 and 25% of a 4k prompt); full, lava and snapkv also at f16 and q8_0 KV;
+            // NIAH 4k/8k/16k x 11 depths; the 11 RULER tasks at 4k x 10 samples (RULER's
+            // qa_1 / qa_2 need SQuAD / HotpotQA, which are not in the shared data);
+            // every English LongBench file, 8 records each, middle-truncated to 6k tokens;
+            // the 6 PG-19 books at 4k context, 256 continuation tokens.
+            "qwen1.5b" => Ok(Self {
+                budgets: vec![128, 256, 512, 1024],
+                settings: run::Settings::BOTH,
+                kv_dtypes: vec![lava_cache::KvDtype::F32, lava_cache::KvDtype::F16, lava_cache::KvDtype::Q8_0],
+                kv_dtype_policies: Some(vec![PolicyName::Full, PolicyName::Lava, PolicyName::SnapKv]),
+                niah_lengths: vec![4000, 8000, 16000],
+                niah_depths: (0..=10).map(|i| i as f64 / 10.0).collect(),
+                ruler_tasks: RulerTask::ALL.iter().map(|t| t.name().to_string()).collect(),
+                ruler_lengths: vec![4000],
+                ruler_samples: 10,
+                longbench_tasks: vec![],
+                longbench_limit: 8,
+                longbench_max_length: 6000,
+                pg19_files: 6,
+                pg19_windows: 1,
+                pg19_context: 4096,
+                pg19_continuation: 256,
+            }),
+            // CI's check of the qwen1.5b grid (settings, budgets, policies, KV dtypes) at the
+            // smoke preset's sizes.
+            "qwen1.5b-smoke" => {
+                let (q, s) = (Self::named("qwen1.5b")?, Self::named("smoke")?);
+                Ok(Self { budgets: q.budgets, settings: q.settings, kv_dtypes: q.kv_dtypes, kv_dtype_policies: q.kv_dtype_policies, ..s })
+            }
+            other => Err(CliError::Usage(format!("unknown preset {other:?}; expected smollm2, qwen1.5b, qwen1.5b-smoke or smoke"))),
         }
     }
 }
@@ -761,7 +861,7 @@ impl EvalCommon {
 
 /// The code version of this build's source tree: the last commit that touched the code
 /// (docs/ and README.md excluded, so committing results does not change it) and whether the
-/// code has uncommitted changes (results/ excluded too); `{"commit": "unknown", "dirty":
+/// code has uncommitted changes (results/ and a run's RESUME.md notes excluded too); `{"commit": "unknown", "dirty":
 /// true}` if git cannot tell.
 fn code_version() -> serde_json::Value {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("..");
@@ -775,7 +875,7 @@ fn code_version() -> serde_json::Value {
     let commit = git(&["log", "-1", "--format=%H", "--", ".", ":(exclude)docs", ":(exclude)README.md"])
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty() && s.chars().all(|c| c.is_ascii_hexdigit()));
-    let status = git(&["status", "--porcelain", "--", ".", ":(exclude)docs", ":(exclude)README.md", ":(exclude)results"]);
+    let status = git(&["status", "--porcelain", "--", ".", ":(exclude)docs", ":(exclude)README.md", ":(exclude)results", ":(exclude)RESUME.md"]);
     match (commit, status) {
         (Some(c), Some(st)) => lava_eval::provenance::code_version_value(&c, !st.trim().is_empty()),
         _ => lava_eval::provenance::code_version_value("unknown", true),
@@ -834,29 +934,75 @@ fn run_settings(a: &EvalArgs, variants: &[run::Variant], model: &Path, data: &Da
 }
 
 /// The stamp of every record of this run: `code_version`, `settings_hash`, `kv_shape`.
-fn run_stamp(a: &EvalArgs, variants: &[run::Variant], model: &Path, data: &DataPaths, shape: lava_cache::CacheShape) -> Result<serde_json::Map<String, serde_json::Value>, CliError> {
+fn run_stamp(a: &EvalArgs, g: &Grid, variants: &[run::Variant], model: &Path, data: &DataPaths, shape: lava_cache::CacheShape) -> Result<serde_json::Map<String, serde_json::Value>, CliError> {
     use lava_eval::provenance as pv;
+    let sha = model_sha256(model)?;
+    let mut settings = run_settings(a, variants, model, data)?;
+    settings["model_sha256"] = sha.clone().into();
+    if g.settings != run::Settings::QUERY_AWARE && g.settings != run::Settings::QUERY_AGNOSTIC {
+        settings["settings"] = serde_json::json!(["query-aware", "query-agnostic"]);
+    }
     let mut m = serde_json::Map::new();
     m.insert(pv::CODE_VERSION.into(), code_version());
-    m.insert(pv::SETTINGS_HASH.into(), pv::settings_hash(&run_settings(a, variants, model, data)?).into());
+    m.insert(pv::SETTINGS_HASH.into(), pv::settings_hash(&settings).into());
+    m.insert(pv::MODEL_SHA256.into(), sha.into());
     m.insert(pv::KV_SHAPE.into(), pv::kv_shape_value(shape.layers, shape.kv_heads, shape.head_dim));
     Ok(m)
+}
+
+/// SHA-256 (hex) of the model: of the file, or for a directory of its regular files'
+/// contents in name order.
+fn model_sha256(model: &Path) -> Result<String, CliError> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut files = Vec::new();
+    if model.is_dir() {
+        for e in std::fs::read_dir(model).map_err(|e| CliError::io(model, e))? {
+            let p = e.map_err(|e| CliError::io(model, e))?.path();
+            if p.is_file() {
+                files.push(p);
+            }
+        }
+        files.sort();
+    } else {
+        files.push(model.to_path_buf());
+    }
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    for f in files {
+        let mut r = std::fs::File::open(&f).map_err(|e| CliError::io(&f, e))?;
+        loop {
+            let n = r.read(&mut buf).map_err(|e| CliError::io(&f, e))?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+        }
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// One heatmap per (policy, budget) with NIAH results.
 fn heatmaps(results: &Path, out: &Path) -> Result<(), CliError> {
     let recs = load_results(results).map_err(eval_err)?;
     std::fs::create_dir_all(out).map_err(|e| CliError::io(out, e))?;
-    let mut groups: std::collections::BTreeMap<(String, String), Vec<NiahCell>> = Default::default();
+    let mut groups: std::collections::BTreeMap<(String, String, Option<String>), Vec<NiahCell>> = Default::default();
     for r in recs.iter().filter(|r| r.task == "niah") {
         let depth = r.extra.get("depth_percent").and_then(|v| v.as_f64()).unwrap_or(0.0);
         let len = r.length.unwrap_or(0) as usize;
-        groups.entry((r.policy.clone(), budget_label(&r.budget))).or_default().push(NiahCell { context_length: len, depth_percent: depth, score: r.score });
+        groups
+            .entry((r.policy.clone(), budget_label(&r.budget), r.setting.clone()))
+            .or_default()
+            .push(NiahCell { context_length: len, depth_percent: depth, score: r.score });
     }
-    for ((policy, budget), cells) in groups {
-        let title = format!("NIAH {policy} budget {budget}");
+    // Query-aware maps keep their names; another setting's get it as a suffix.
+    for ((policy, budget, setting), cells) in groups {
+        let (title, suffix) = match &setting {
+            Some(s) => (format!("NIAH {policy} budget {budget} ({s})"), format!("_{s}")),
+            None => (format!("NIAH {policy} budget {budget}"), String::new()),
+        };
         let grid = NiahGrid::from_cells(title, &cells);
-        let stem = out.join(format!("niah_{policy}_{budget}"));
+        let stem = out.join(format!("niah_{policy}_{budget}{suffix}"));
         grid.write_json(stem.with_extension("json")).map_err(eval_err)?;
         render_heatmap_png(&grid, stem.with_extension("png")).map_err(eval_err)?;
     }

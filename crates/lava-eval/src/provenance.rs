@@ -28,6 +28,9 @@ pub const CODE_VERSION: &str = "code_version";
 pub const SETTINGS_HASH: &str = "settings_hash";
 /// Extra field holding the model's KV shape.
 pub const KV_SHAPE: &str = "kv_shape";
+/// Stamp field: the SHA-256 of the model file (hex; of its files in name order for a
+/// directory).
+pub const MODEL_SHA256: &str = "model_sha256";
 
 /// 64-bit FNV-1a of `bytes`.
 pub fn fnv1a64(bytes: &[u8]) -> u64 {
@@ -190,7 +193,8 @@ fn same_content(a: &ResultRecord, b: &ResultRecord) -> bool {
 
 fn describe_key(k: &CellKey) -> String {
     let len = k.length.map(|l| format!(", length {l}")).unwrap_or_default();
-    format!("task {}, policy {}, budget {}{len}, sample {}", k.task, k.policy, k.budget, k.sample_id)
+    let setting = k.setting.as_deref().map(|s| format!(", {s}")).unwrap_or_default();
+    format!("task {}, policy {}, budget {}{len}, sample {}{setting}", k.task, k.policy, k.budget, k.sample_id)
 }
 
 /// Merges the records of several results files (`(path, records)` in order).
@@ -203,6 +207,30 @@ fn describe_key(k: &CellKey) -> String {
 ///   both files and both scores (with or without `allow_mixed`).
 pub fn merge_results(sources: &[(PathBuf, Vec<ResultRecord>)], allow_mixed: bool) -> Result<Vec<ResultRecord>> {
     if !allow_mixed {
+        let mut models: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (path, recs) in sources {
+            for r in recs {
+                if let Some(m) = r.extra.get(MODEL_SHA256).and_then(Value::as_str) {
+                    let files = models.entry(m.to_string()).or_default();
+                    let p = path.display().to_string();
+                    if !files.contains(&p) {
+                        files.push(p);
+                    }
+                }
+            }
+        }
+        if models.len() > 1 {
+            let parts: Vec<String> = models.iter().map(|(m, f)| format!("model sha256 {m} in {}", f.join(", "))).collect();
+            return Err(EvalError::invalid(
+                sources[0].0.clone(),
+                None,
+                format!(
+                    "the results come from {} different models: {}. Report one model at a time, or pass --allow-mixed to merge them anyway",
+                    models.len(),
+                    parts.join("; ")
+                ),
+            ));
+        }
         let mut by_version: BTreeMap<RunVersion, Vec<(usize, usize)>> = BTreeMap::new();
         for (fi, (_, recs)) in sources.iter().enumerate() {
             for (v, n) in versions_of(recs) {
@@ -283,6 +311,21 @@ mod tests {
         assert_eq!(settings_hash(&a), settings_hash(&b));
         assert_eq!(settings_hash(&a).len(), 16);
         assert_ne!(settings_hash(&a), settings_hash(&serde_json::json!({"b": 2, "a": [1, {"y": true, "x": "s"}]})));
+    }
+
+    #[test]
+    fn two_models_are_not_merged_unless_allowed() {
+        // Same code and settings hash (as an older run without the model in its settings
+        // would have), two model files.
+        let r = |id: &str, model: &str| stamped(ResultRecord::new("t", "p", 1, None, id, 1.0), "abc", false, "00ff").with_extra(MODEL_SHA256, model);
+        let a = (PathBuf::from("a.jsonl"), vec![r("0", "aa11")]);
+        let b = (PathBuf::from("b.jsonl"), vec![r("1", "bb22")]);
+        let err = merge_results(&[a.clone(), b.clone()], false).unwrap_err().to_string();
+        assert!(err.contains("2 different models") && err.contains("aa11 in a.jsonl") && err.contains("bb22 in b.jsonl"), "{err}");
+        assert!(err.contains("--allow-mixed"), "{err}");
+        assert_eq!(merge_results(&[a.clone(), b], true).unwrap().len(), 2);
+        let a2 = (PathBuf::from("c.jsonl"), vec![r("1", "aa11")]);
+        assert_eq!(merge_results(&[a, a2], false).unwrap().len(), 2);
     }
 
     #[test]

@@ -71,7 +71,15 @@ pub struct CellKey {
     pub length: Option<u64>,
     /// Sample id within the task.
     pub sample_id: String,
+    /// The setting: `None` for query-aware (the question is in the compressed prompt),
+    /// `Some("query-agnostic")` when the context was compressed before the question.
+    pub setting: Option<String>,
 }
+
+/// The `setting` of query-agnostic records ([`ResultRecord::setting`]).
+pub const QUERY_AGNOSTIC: &str = "query-agnostic";
+/// The name of the query-aware setting in reports (records of that setting have no `setting`).
+pub const QUERY_AWARE: &str = "query-aware";
 
 /// One finished grid cell, one JSON line of the results file. Fields other than the named
 /// ones are kept in `extra` (flattened into the same JSON object).
@@ -90,6 +98,11 @@ pub struct ResultRecord {
     pub sample_id: String,
     /// Score in `[0, 1]`.
     pub score: f64,
+    /// [`QUERY_AGNOSTIC`] when the context was compressed without the question, which was
+    /// appended after; absent for the query-aware setting (the question compressed with the
+    /// context, the paper's setting and every run's default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub setting: Option<String>,
     /// Any other fields (prediction, timings, depth, ...).
     #[serde(flatten)]
     pub extra: Map<String, Value>,
@@ -112,6 +125,7 @@ impl ResultRecord {
             length,
             sample_id: sample_id.into(),
             score,
+            setting: None,
             extra: Map::new(),
         }
     }
@@ -130,7 +144,14 @@ impl ResultRecord {
             budget: self.budget.clone(),
             length: self.length,
             sample_id: self.sample_id.clone(),
+            setting: self.setting.clone(),
         }
+    }
+
+    /// The record's setting as reports name it: [`QUERY_AWARE`] or [`QUERY_AGNOSTIC`] (or
+    /// whatever other name the record carries).
+    pub fn setting_name(&self) -> &str {
+        self.setting.as_deref().unwrap_or(QUERY_AWARE)
     }
 }
 

@@ -72,24 +72,47 @@ pub fn prefill<B: Backend>(model: &Llama<B>, ids: &[u32], max_tokens: usize) -> 
 }
 
 impl<B: Backend> Prefilled<B> {
+    /// The prefill of this prompt followed by `suffix`, from this one: the full cache runs
+    /// on through `suffix` (one forward pass of `suffix.len()` tokens, attending to the
+    /// whole prefix as a prefill of both would) and each layer's recorded `q`, `k`, `v` are
+    /// this prefill's followed by the suffix's. The query-aware prompt of a query-agnostic
+    /// split is prefilled this way, so the two settings share the context's prefill. `self`
+    /// is left as it was.
+    pub fn extended(&self, model: &Llama<B>, suffix: &[u32]) -> Result<Prefilled<B>> {
+        if suffix.is_empty() {
+            return Err(EvalError::Internal("extending a prefill by no tokens".into()));
+        }
+        let mut rec = RecordingCache { inner: self.full.clone(), recorded: (0..self.qkv.len()).map(|_| None).collect() };
+        let last_logits = model.forward(suffix, &mut rec, Logits::Last).map_err(model_err)?;
+        let mut qkv = Vec::with_capacity(self.qkv.len());
+        for (old, new) in self.qkv.iter().zip(rec.recorded) {
+            let new = new.ok_or_else(|| EvalError::Internal("a layer was not recorded by the suffix's prefill".into()))?;
+            let cat = |a: &Tensor<B, 3>, b: Tensor<B, 3>| Tensor::cat(vec![a.clone(), b], 1);
+            qkv.push(LayerQkv::new(cat(&old.q, new.q), cat(&old.k, new.k), cat(&old.v, new.v)));
+        }
+        Ok(Prefilled { full: rec.inner, qkv, last_logits, prompt_len: self.prompt_len + suffix.len(), scores: Vec::new() })
+    }
+
     /// The cache `policy` would hold after this prefill, with room for `decode_tokens`.
     ///
     /// With a `kv_dtype` other than f32 the cache stores the prompt's K/V in
-    /// that format, as a live run would (the full cache by replaying each
-    /// layer's recorded prefill into a fresh one).
+    /// that format, as a live run would (the full cache by storing each layer's
+    /// recorded keys and values in a fresh one, [`FullCache::filled_from`]).
     pub fn cache_for(&mut self, model: &Llama<B>, policy: &PolicyConfig, kv_dtype: KvDtype, max_tokens: usize, decode_tokens: usize) -> Result<Box<dyn KvCache<B>>> {
         if policy.policy == PolicyName::Full {
             if kv_dtype == KvDtype::F32 {
                 return Ok(Box::new(self.full.clone()));
             }
-            let mut full = FullCache::new(model.cache_shape(), max_tokens, model.device())
+            // The recorded prompt K/V stored in the format, as a live prefill stores them
+            // (without recomputing the prefill's attention).
+            let kv: Vec<(Tensor<B, 3>, Tensor<B, 3>)> = self.qkv.iter().map(|l| (l.k.clone(), l.v.clone())).collect();
+            let full = FullCache::new(model.cache_shape(), max_tokens, model.device())
                 .map_err(model_err)?
                 .with_decode_headroom(decode_tokens)
                 .with_kv_dtype(kv_dtype)
+                .map_err(model_err)?
+                .filled_from(&kv)
                 .map_err(model_err)?;
-            for (l, r) in self.qkv.iter().enumerate() {
-                full.attend(l, r.q.clone(), r.k.clone(), r.v.clone()).map_err(model_err)?;
-            }
             return Ok(Box::new(full));
         }
         let i = match self.scores.iter().position(|s| s.serves(policy)) {
@@ -113,7 +136,8 @@ impl<B: Backend> Prefilled<B> {
 }
 
 /// Greedy continuation of several caches of the same prompt: each appends
-/// `suffix` (if any; without one the first token comes from `first_logits`)
+/// `suffix` (if any, all caches in one [`Llama::forward_runs`] step; without one the
+/// first token comes from `first_logits`)
 /// and generates up to `max_new` tokens, stopping before any of `stop`. The caches step
 /// together through [`Llama::decode_batch`] (one pass over the weights per step
 /// for all of them), and a cache leaves the batch when it stops. Returns each
@@ -129,12 +153,13 @@ pub fn greedy_batch<B: Backend>(
     let n = caches.len();
     let mut next: Vec<u32> = if suffix.is_empty() {
         vec![argmax(first_logits.clone())?; n]
+    } else if n == 0 {
+        Vec::new()
     } else {
-        let mut v = Vec::with_capacity(n);
-        for c in caches.iter_mut() {
-            v.push(argmax(model.forward(suffix, c.as_mut(), Logits::Last).map_err(model_err)?)?);
-        }
-        v
+        // Every cache appends the suffix in one step (the weights read once for all of them).
+        let runs: Vec<&[u32]> = vec![suffix; n];
+        let mut refs: Vec<&mut dyn KvCache<B>> = caches.iter_mut().map(|c| c.as_mut()).collect();
+        argmax_rows(model.forward_runs(&runs, &mut refs).map_err(model_err)?)?
     };
     let mut out: Vec<Vec<u32>> = vec![Vec::new(); n];
     let mut active: Vec<usize> = (0..n).collect();

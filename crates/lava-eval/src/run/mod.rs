@@ -43,21 +43,27 @@ pub struct Grid {
     pub budgets: Vec<usize>,
     /// Window, kernel, pooling, alpha, beta, sinks.
     pub base: PolicyConfig,
-    /// Compress the context before the question is appended.
-    pub question_agnostic: bool,
+    /// The settings run: query-aware, query-agnostic or both.
+    pub settings: Settings,
     /// KV dtypes: every variant runs once per dtype; results of a dtype other
     /// than f32 are labelled `policy@dtype` (`lava@q8_0`, `full@q8_0`).
     pub kv_dtypes: Vec<KvDtype>,
+    /// The policies run at the KV dtypes other than f32 (`None`: every policy).
+    pub kv_dtype_policies: Option<Vec<PolicyName>>,
 }
 
 impl Grid {
-    /// The variants, `full` first, each KV dtype in turn.
+    /// The variants, `full` first, each KV dtype in turn (the dtypes other than f32 only for
+    /// the policies of `kv_dtype_policies`).
     pub fn variants(&self) -> Result<Vec<Variant>> {
         let mut out = Vec::new();
         let dtypes = if self.kv_dtypes.is_empty() { vec![KvDtype::F32] } else { self.kv_dtypes.clone() };
         for kv_dtype in dtypes {
             let label = |p: PolicyName| if kv_dtype == KvDtype::F32 { p.to_string() } else { format!("{p}@{kv_dtype}") };
             for v in self.policy_variants()? {
+                if kv_dtype != KvDtype::F32 && self.kv_dtype_policies.as_ref().is_some_and(|ps| !ps.contains(&v.config.policy)) {
+                    continue;
+                }
                 out.push(Variant { policy: label(v.config.policy), kv_dtype, ..v });
             }
         }
@@ -83,6 +89,34 @@ impl Grid {
             }
         }
         Ok(out)
+    }
+}
+
+/// Which settings a run evaluates (at least one).
+///
+/// *Query-aware*: the question is in the compressed prompt (the paper's setting).
+/// *Query-agnostic*: the context is compressed without the question, which is appended
+/// after (kvpress's setting); its records carry `setting` [`QUERY_AGNOSTIC`](crate::results::QUERY_AGNOSTIC).
+/// With both, each prompt's context is prefilled once for the two.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settings {
+    /// Run the query-aware setting.
+    pub query_aware: bool,
+    /// Run the query-agnostic setting.
+    pub query_agnostic: bool,
+}
+
+impl Settings {
+    /// Query-aware only (every run's default).
+    pub const QUERY_AWARE: Settings = Settings { query_aware: true, query_agnostic: false };
+    /// Query-agnostic only.
+    pub const QUERY_AGNOSTIC: Settings = Settings { query_aware: false, query_agnostic: true };
+    /// Both.
+    pub const BOTH: Settings = Settings { query_aware: true, query_agnostic: true };
+
+    /// How many settings run (cells per variant and prompt).
+    pub fn count(self) -> usize {
+        self.query_aware as usize + self.query_agnostic as usize
     }
 }
 

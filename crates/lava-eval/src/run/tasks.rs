@@ -7,11 +7,11 @@ use lava_cache::KvCache;
 use lava_llama::{Logits, Prompt, PromptTokens};
 
 use super::engine::{greedy_batch, prefill};
-use super::{ModelTokenizer, Sink, Subject, Variant};
+use super::{ModelTokenizer, Settings, Sink, Subject, Variant};
 use crate::error::{EvalError, Result};
 use crate::longbench::{self, LongBenchConfig};
 use crate::niah::{self, NiahConfig, NiahHaystack, NiahPrompt};
-use crate::results::{CellKey, ResultRecord};
+use crate::results::{CellKey, ResultRecord, QUERY_AGNOSTIC};
 use crate::ruler::{RulerGenerator, RulerTask};
 use crate::tokenize::Tokenize;
 
@@ -40,12 +40,22 @@ fn make_prompt<B: Backend>(
     s.tok.encode_prompt(&prompt).map_err(model_err)
 }
 
-/// Prefills `prompt.context` once, then for each variant not yet done: builds its
-/// cache, appends the suffix, generates greedily and records `score(prediction)`.
+/// Runs every variant not yet done on one prompt, in each of `settings`.
+///
+/// Query-aware only (`prompt.suffix` empty): prefills the prompt once, builds each variant's
+/// cache from it and generates greedily. With the query-agnostic setting (`prompt` split
+/// before its question): prefills `prompt.context` once; the query-agnostic caches are built
+/// from it and each appends `prompt.suffix` before generating; the query-aware caches (when
+/// asked for too) are built from the same prefill run on through the suffix
+/// ([`Prefilled::extended`](super::engine::Prefilled::extended)), so the two settings share
+/// the context's prefill. Records `score(prediction)` for each cell, query-agnostic ones
+/// with `setting` [`QUERY_AGNOSTIC`]. A prompt without a question to split off (an empty
+/// suffix) is the same prompt in both settings.
 #[allow(clippy::too_many_arguments)]
 fn run_prompt<B: Backend>(
     s: &Subject<'_, B>,
     variants: &[Variant],
+    settings: Settings,
     prompt: &PromptTokens,
     max_new: usize,
     sink: &mut Sink,
@@ -53,9 +63,19 @@ fn run_prompt<B: Backend>(
     score: impl Fn(&str) -> f64,
     extra: &[(&str, serde_json::Value)],
 ) -> Result<()> {
-    let todo: Vec<&Variant> = variants.iter().filter(|v| !sink.is_done(&key(v))).collect();
-    for _ in 0..variants.len() - todo.len() {
-        sink.skip();
+    let key_in = |v: &Variant, setting: Option<&str>| CellKey { setting: setting.map(str::to_string), ..key(v) };
+    let mut todo: Vec<(Option<&str>, Vec<&Variant>)> = Vec::new();
+    for (on, setting) in [(settings.query_agnostic, Some(QUERY_AGNOSTIC)), (settings.query_aware, None)] {
+        if !on {
+            continue;
+        }
+        let left: Vec<&Variant> = variants.iter().filter(|v| !sink.is_done(&key_in(v, setting))).collect();
+        for _ in 0..variants.len() - left.len() {
+            sink.skip();
+        }
+        if !left.is_empty() {
+            todo.push((setting, left));
+        }
     }
     if todo.is_empty() {
         return Ok(());
@@ -68,7 +88,7 @@ fn run_prompt<B: Backend>(
         .ok_or_else(|| EvalError::InvalidArgument(format!("a prompt plus {max_new} generated tokens is more tokens than any cache holds")))?;
     let max_tokens = s.model.config.max_position_embeddings;
     if total > max_tokens {
-        let k = key(todo[0]);
+        let k = key(todo[0].1[0]);
         return Err(EvalError::InvalidArgument(format!(
             "{} sample {}{}: the prompt has {} tokens and up to {max_new} are generated, more than the model's context of {max_tokens} tokens; use shorter lengths",
             k.task,
@@ -79,34 +99,53 @@ fn run_prompt<B: Backend>(
     }
     let t0 = std::time::Instant::now();
     let mut pre = prefill(s.model, &prompt.context, max_tokens)?;
-    let t1 = std::time::Instant::now();
-    let mut caches = Vec::with_capacity(todo.len());
-    let mut cache_seconds = Vec::with_capacity(todo.len());
-    for v in &todo {
-        let t = std::time::Instant::now();
-        caches.push(pre.cache_for(s.model, &v.config, v.kv_dtype, max_tokens, prompt.suffix.len() + max_new)?);
-        cache_seconds.push(t.elapsed().as_secs_f64());
-    }
-    let t2 = std::time::Instant::now();
-    // Retained bytes after the prefill's compression, before decoding appends.
-    let kv_bytes: Vec<usize> = caches.iter().map(|c| c.retained_bytes()).collect();
-    let outputs = greedy_batch(s.model, &mut caches, &pre.last_logits, &prompt.suffix, max_new, &s.stop)?;
-    // Wall times (the only non-deterministic fields): the shared prefill and
-    // batched decode, and this variant's cache construction (scoring included
-    // for the first policy of each scorer).
-    let (prefill_s, decode_s, batch) = ((t1 - t0).as_secs_f64(), t2.elapsed().as_secs_f64(), todo.len());
-    for (((v, ids), bytes), cache_s) in todo.into_iter().zip(outputs).zip(kv_bytes).zip(cache_seconds) {
-        let pred = s.tok.decode(&ids).map_err(model_err)?;
-        let k = key(v);
-        let mut rec = ResultRecord::new(k.task, k.policy, k.budget, k.length, k.sample_id, score(&pred))
-            .with_extra("prediction", pred)
-            .with_extra("prompt_tokens", prompt.context.len() + prompt.suffix.len())
-            .with_extra("kv_bytes", bytes)
-            .with_extra("timing", serde_json::json!({"prefill_s": prefill_s, "cache_s": cache_s, "batch_decode_s": decode_s, "batch": batch}));
-        for (name, value) in extra {
-            rec = rec.with_extra(*name, value.clone());
+    let context_prefill_s = t0.elapsed().as_secs_f64();
+    // Query-agnostic cells first (built from the context's prefill); then the query-aware
+    // ones, from that prefill run on through the suffix (or, unsplit, from it directly).
+    for (setting, todo) in todo {
+        let t0 = std::time::Instant::now();
+        let suffix: &[u32] = match setting {
+            Some(_) => &prompt.suffix,
+            None => {
+                if !prompt.suffix.is_empty() {
+                    pre = pre.extended(s.model, &prompt.suffix)?;
+                }
+                &[]
+            }
+        };
+        let prefill_s = context_prefill_s + t0.elapsed().as_secs_f64();
+        let pre_here = &mut pre;
+        let mut caches = Vec::with_capacity(todo.len());
+        let mut cache_seconds = Vec::with_capacity(todo.len());
+        for v in &todo {
+            let t = std::time::Instant::now();
+            caches.push(pre_here.cache_for(s.model, &v.config, v.kv_dtype, max_tokens, suffix.len() + max_new)?);
+            cache_seconds.push(t.elapsed().as_secs_f64());
         }
-        sink.push(rec)?;
+        let t2 = std::time::Instant::now();
+        // Retained bytes after the prefill's compression, before the suffix and decoding append.
+        let kv_bytes: Vec<usize> = caches.iter().map(|c| c.retained_bytes()).collect();
+        let outputs = greedy_batch(s.model, &mut caches, &pre_here.last_logits, suffix, max_new, &s.stop)?;
+        drop(caches);
+        // Wall times (the only non-deterministic fields): the shared prefill (for the
+        // query-aware setting of a split prompt: the context's and the suffix's run on
+        // it), this setting's batched decode (the suffix's pass included), and this
+        // variant's cache construction (scoring included for the first policy of each scorer).
+        let (decode_s, batch) = (t2.elapsed().as_secs_f64(), todo.len());
+        for (((v, ids), bytes), cache_s) in todo.into_iter().zip(outputs).zip(kv_bytes).zip(cache_seconds) {
+            let pred = s.tok.decode(&ids).map_err(model_err)?;
+            let k = key_in(v, setting);
+            let mut rec = ResultRecord::new(k.task, k.policy, k.budget, k.length, k.sample_id, score(&pred))
+                .with_extra("prediction", pred)
+                .with_extra("prompt_tokens", prompt.context.len() + prompt.suffix.len())
+                .with_extra("kv_bytes", bytes)
+                .with_extra("timing", serde_json::json!({"prefill_s": prefill_s, "cache_s": cache_s, "batch_decode_s": decode_s, "batch": batch}));
+            rec.setting = k.setting;
+            for (name, value) in extra {
+                rec = rec.with_extra(*name, value.clone());
+            }
+            sink.push(rec)?;
+        }
     }
     Ok(())
 }
@@ -134,7 +173,7 @@ pub fn run_niah<B: Backend>(
     haystack_dir: &Path,
     lengths: &[usize],
     depths: &[f64],
-    question_agnostic: bool,
+    settings: Settings,
     sink: &mut Sink,
 ) -> Result<()> {
     let tok = ModelTokenizer(s.tok);
@@ -150,14 +189,14 @@ pub fn run_niah<B: Backend>(
     if let Some(&depth) = depths.first().filter(|_| max_len > 0) {
         let ctx = niah::build_context(&tok, &hay, max_len, depth, &cfg)?;
         let p = NiahPrompt::new(&ctx.context, &cfg);
-        let q = question_agnostic.then_some(cfg.question.as_str());
+        let q = settings.query_agnostic.then_some(cfg.question.as_str());
         let prompt = make_prompt(s, Some(&p.system), &p.user, &p.answer_prefix, s.chat, q)?;
         let n = prompt.context.len() + prompt.suffix.len();
         if n + NIAH_ANSWER_TOKENS > ctx_tokens {
             return Err(niah_past_context(max_len, n, ctx_tokens));
         }
     }
-    sink.expect_prompts(lengths.len() * depths.len(), variants.len());
+    sink.expect_prompts(lengths.len() * depths.len(), variants.len() * settings.count());
     for &len in lengths {
         for &depth in depths {
             if !sink.take_prompt() {
@@ -165,16 +204,17 @@ pub fn run_niah<B: Backend>(
             }
             let ctx = niah::build_context(&tok, &hay, len, depth, &cfg)?;
             let p = NiahPrompt::new(&ctx.context, &cfg);
-            let q = question_agnostic.then_some(cfg.question.as_str());
+            let q = settings.query_agnostic.then_some(cfg.question.as_str());
             let prompt = make_prompt(s, Some(&p.system), &p.user, &p.answer_prefix, s.chat, q)?;
             let sample = format!("depth{depth}");
             run_prompt(
                 s,
                 variants,
+                settings,
                 &prompt,
                 NIAH_ANSWER_TOKENS,
                 sink,
-                |v| CellKey { task: "niah".into(), policy: v.policy.clone(), budget: v.budget.clone(), length: Some(len as u64), sample_id: sample.clone() },
+                |v| CellKey { task: "niah".into(), policy: v.policy.clone(), budget: v.budget.clone(), length: Some(len as u64), sample_id: sample.clone(), setting: None },
                 |pred| niah::score_response(pred, &cfg.expected_answer),
                 &[("depth_percent", depth.into())],
             )?;
@@ -195,7 +235,7 @@ pub fn run_ruler<B: Backend>(
     samples: usize,
     seed: u64,
     essay_dir: Option<&Path>,
-    question_agnostic: bool,
+    settings: Settings,
     sink: &mut Sink,
 ) -> Result<()> {
     let tok = ModelTokenizer(s.tok);
@@ -203,7 +243,7 @@ pub fn run_ruler<B: Backend>(
     if let Some(dir) = essay_dir {
         gen = gen.with_essay_dir(dir)?;
     }
-    sink.expect_prompts(tasks.len() * lengths.len() * samples, variants.len());
+    sink.expect_prompts(tasks.len() * lengths.len() * samples, variants.len() * settings.count());
     for &task in tasks {
         for &len in lengths {
             // Leave room for the chat template's own tokens.
@@ -215,15 +255,16 @@ pub fn run_ruler<B: Backend>(
                 let sample = gen.generate(task, fit, seed, i)?;
                 // RULER inputs end with the question on their last line.
                 let question = sample.input.trim_end().rsplit('\n').next().map(str::to_string);
-                let q = if question_agnostic { question.as_deref() } else { None };
+                let q = if settings.query_agnostic { question.as_deref() } else { None };
                 let prompt = make_prompt(s, None, &sample.input, &sample.answer_prefix, s.chat, q)?;
                 run_prompt(
                     s,
                     variants,
+                    settings,
                     &prompt,
                     sample.tokens_to_generate,
                     sink,
-                    |v| CellKey { task: format!("ruler/{}", task.name()), policy: v.policy.clone(), budget: v.budget.clone(), length: Some(len as u64), sample_id: i.to_string() },
+                    |v| CellKey { task: format!("ruler/{}", task.name()), policy: v.policy.clone(), budget: v.budget.clone(), length: Some(len as u64), sample_id: i.to_string(), setting: None },
                     |pred| sample.score(pred),
                     &[],
                 )?;
@@ -245,7 +286,7 @@ pub fn run_longbench<B: Backend>(
     datasets: &[String],
     limit: usize,
     max_length: usize,
-    question_agnostic: bool,
+    settings: Settings,
     sink: &mut Sink,
 ) -> Result<()> {
     let tok = ModelTokenizer(s.tok);
@@ -253,7 +294,7 @@ pub fn run_longbench<B: Backend>(
     for ds in datasets {
         let records = longbench::load_longbench_jsonl(data_dir.join(format!("{ds}.jsonl")))?;
         let records: Vec<_> = records.into_iter().take(limit).collect();
-        sink.expect_prompts(records.len(), variants.len());
+        sink.expect_prompts(records.len(), variants.len() * settings.count());
         // Unknown datasets fail before any prompt is run.
         cfg.max_new_tokens(ds)?;
         cfg.template(ds)?;
@@ -263,16 +304,17 @@ pub fn run_longbench<B: Backend>(
             }
             let p = cfg.prepare(ds, rec, &tok, max_length)?;
             // Question-agnostic: what the template puts after {context} is the question part.
-            let question = if question_agnostic { p.question.as_deref() } else { None };
+            let question = if settings.query_agnostic { p.question.as_deref() } else { None };
             let prompt = make_prompt(s, None, &p.text, "", s.chat && p.chat, question)?;
             let id = if rec.id.is_empty() { i.to_string() } else { rec.id.clone() };
             run_prompt(
                 s,
                 variants,
+                settings,
                 &prompt,
                 p.max_new_tokens,
                 sink,
-                |v| CellKey { task: format!("longbench/{ds}"), policy: v.policy.clone(), budget: v.budget.clone(), length: None, sample_id: id.clone() },
+                |v| CellKey { task: format!("longbench/{ds}"), policy: v.policy.clone(), budget: v.budget.clone(), length: None, sample_id: id.clone(), setting: None },
                 |pred| rec.score(pred).unwrap_or(0.0),
                 &rec.result_extras(),
             )?;
@@ -404,7 +446,7 @@ fn teacher_forced<B: Backend>(
         if !sink.take_prompt() {
             continue;
         }
-        let key = |v: &Variant| CellKey { task: task.into(), policy: v.policy.clone(), budget: v.budget.clone(), length: Some(context as u64), sample_id: name.clone() };
+        let key = |v: &Variant| CellKey { task: task.into(), policy: v.policy.clone(), budget: v.budget.clone(), length: Some(context as u64), sample_id: name.clone(), setting: None };
         if variants.iter().all(|v| sink.is_done(&key(v))) {
             variants.iter().for_each(|_| sink.skip());
             continue;

@@ -17,6 +17,7 @@
 
 pub mod bootstrap;
 pub mod plot;
+pub mod settings;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -114,7 +115,7 @@ pub fn longbench_e_bucket(words: f64) -> &'static str {
     }
 }
 
-/// Copies every record of policy `full` (budget `"full"`) under each token budget that other
+/// Copies every record of policy `full` or `full@<dtype>` (budget `"full"`) under each token budget that other
 /// records of the same task have (dropping the original); a task without token budgets keeps
 /// its `full` records as they are.
 pub fn expand_full_budgets(records: &[ResultRecord]) -> Vec<ResultRecord> {
@@ -127,7 +128,7 @@ pub fn expand_full_budgets(records: &[ResultRecord]) -> Vec<ResultRecord> {
         .collect();
     let mut out = Vec::with_capacity(records.len());
     for r in records {
-        if r.policy != "full" {
+        if r.policy != "full" && !r.policy.starts_with("full@") {
             out.push(r.clone());
             continue;
         }
@@ -653,7 +654,7 @@ pub fn report_of_files(files: &[PathBuf], allow_mixed: bool, plots: Option<PlotO
         sources.push((f.clone(), records));
     }
     let records = crate::merge_results(&sources, allow_mixed)?;
-    build_report(&records, &SummaryOptions { plots, ..Default::default() })
+    settings::build_report_by_setting(&records, &SummaryOptions { plots, ..Default::default() })
 }
 
 /// The whole markdown report of `records` (already merged: one record per cell). Writes the
