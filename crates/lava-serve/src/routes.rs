@@ -301,12 +301,16 @@ async fn generate(s: &Arc<AppState>, endpoint: Endpoint, headers: &HeaderMap, bo
         (api::ResponseFormat::JsonSchema(schema), _) => Some((json_grammar(schema.as_ref()), "response_format.json_schema.schema")),
         (api::ResponseFormat::Text, Some(functions)) => {
             let many = tools.as_ref().is_some_and(Tools::many);
-            Some((tool_call_grammar(&functions, many), "tools"))
+            Some((tool_call_grammar(&functions, many, false), "tools"))
         }
     };
     let constraint = match grammar {
-        Some((grammar, field)) => {
+        Some((mut grammar, field)) => {
             let grammars = s.grammars().await?;
+            if field == "tools" && grammars.is_control_token("<tool_call>") && grammars.is_control_token("</tool_call>") {
+                let functions = tools.as_ref().and_then(Tools::forced).unwrap_or_default();
+                grammar = tool_call_grammar(&functions, tools.as_ref().is_some_and(Tools::many), true);
+            }
             Some(
                 tokio::task::spawn_blocking(move || grammars.compile(grammar, field))
                     .await
@@ -399,6 +403,14 @@ async fn generate(s: &Arc<AppState>, endpoint: Endpoint, headers: &HeaderMap, bo
     let (id, created, model) = (request_id(endpoint), unix_now(), s.config.model_id.clone());
     let logprobs = g.logprobs.is_some();
     let mut answer = Answer::new(s.tokenizer.clone(), g.stop, stopped, logprobs, echo, prompt_logprobs.is_some(), usage);
+    if tools.as_ref().is_some_and(Tools::active) {
+        // The calls' delimiters are control tokens in some vocabularies (Qwen2.5's GGUF): written out, to be parsed.
+        let kept: Vec<(u32, String)> = ["<tool_call>", "</tool_call>"]
+            .iter()
+            .filter_map(|&t| s.tokenizer.token_id(t).filter(|&id| s.tokenizer.is_special_id(id)).map(|id| (id, t.to_string())))
+            .collect();
+        answer.keep(kept);
+    }
     if g.stream {
         return Ok(crate::sse::response(crate::sse::StreamJob {
             endpoint,

@@ -185,22 +185,32 @@ pub fn parse(body: &Map<String, Value>) -> Result<Option<Tools>, ApiError> {
 /// ids `call_{id}_{k}`, arguments as a JSON string) and the text outside
 /// them (`None` when only whitespace). A `<tool_call>` block whose JSON does
 /// not parse, has no `name` among `names` or no object `arguments`, stays text.
+/// A text that is nothing but such a call's JSON, without the tags (what
+/// small models such as Qwen2.5-Coder-0.5B write), is that call.
 pub fn parse_calls(text: &str, names: &[&str], id: &str) -> (Option<String>, Vec<Value>) {
     const OPEN: &str = "<tool_call>";
     const CLOSE: &str = "</tool_call>";
+    let as_call = |json: &str, k: usize| {
+        serde_json::from_str::<Value>(json.trim()).ok().and_then(|v| {
+            let name = v.get("name")?.as_str()?;
+            let args = v.get("arguments").filter(|a| a.is_object())?;
+            names.contains(&name).then(|| {
+                json!({"id": format!("call_{id}_{k}"), "type": "function", "function": {"name": name, "arguments": args.to_string()}})
+            })
+        })
+    };
+    if !text.contains(OPEN) {
+        if let Some(call) = as_call(text, 0) {
+            return (None, vec![call]);
+        }
+    }
     let mut calls = Vec::new();
     let mut content = String::new();
     let mut rest = text;
     while let Some(at) = rest.find(OPEN) {
         let after = &rest[at + OPEN.len()..];
         let Some(end) = after.find(CLOSE) else { break };
-        let call = serde_json::from_str::<Value>(after[..end].trim()).ok().and_then(|v| {
-            let name = v.get("name")?.as_str()?;
-            let args = v.get("arguments").filter(|a| a.is_object())?;
-            names.contains(&name).then(|| {
-                json!({"id": format!("call_{id}_{}", calls.len()), "type": "function", "function": {"name": name, "arguments": args.to_string()}})
-            })
-        });
+        let call = as_call(&after[..end], calls.len());
         match call {
             Some(c) => {
                 content.push_str(&rest[..at]);
@@ -293,6 +303,10 @@ mod tests {
         assert_eq!(content.as_deref(), Some("Let me look.\n\n<tool_call>\n{\"name\": \"nope\", \"arguments\": {}}\n</tool_call>"));
         let (content, calls) = parse_calls("<tool_call>\n{\"name\": \"f\", \"arguments\": {}}\n</tool_call>", &["f"], "y");
         assert_eq!((content, calls.len()), (None, 1));
+        // Bare JSON of a call, as small models write it: that call; of an unknown function: text.
+        let bare = "{\"name\": \"f\", \"arguments\": {\"x\": 1}}";
+        assert_eq!(parse_calls(bare, &["f"], "z").1.len(), 1);
+        assert_eq!(parse_calls(bare, &["g"], "z"), (Some(bare.to_string()), vec![]));
         let (content, calls) = parse_calls("no calls <tool_call> {bad", &["f"], "y");
         assert_eq!((content.as_deref(), calls.len()), (Some("no calls <tool_call> {bad"), 0));
         let h = history_calls(&[json!({"id": "c", "type": "function", "function": {"name": "f", "arguments": "{\"a\": 1}"}})], "m").expect("valid");
