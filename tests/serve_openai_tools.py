@@ -1,14 +1,14 @@
 """Structured output and tool calls of `lava serve` through the official openai
 client (called by tests/serve.rs; a Qwen2.5 model, whose chat template renders tools).
 
-Usage: serve_openai_tools.py BASE_URL MODEL RUNS
+Usage: serve_openai_tools.py BASE_URL MODEL RUNS FINAL_CHOICE
 Checks, and prints one JSON object with what it saw:
 - response_format json_schema (strict) in RUNS seeded sampled runs: every answer
   parsed by json.loads and validated by the jsonschema package against the schema;
 - response_format json_object: a JSON object;
 - tool_choice "required": a get_weather call whose arguments validate against its
   parameters, then the round trip: the assistant's call and a tool result sent
-  back, and the model's final answer (text, no call);
+  back, and the model's final answer (text, no call) under tool_choice FINAL_CHOICE;
 - tool_choice naming a function: a call of that function;
 - tool_choice "auto": what the model chose (reported; asserted by the caller where
   the model is known to call).
@@ -19,7 +19,7 @@ import sys
 import jsonschema
 import openai
 
-base_url, model, runs = sys.argv[1], sys.argv[2], int(sys.argv[3])
+base_url, model, runs, final_choice = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=600)
 out = {}
 
@@ -93,11 +93,12 @@ params = {t["function"]["name"]: t["function"]["parameters"] for t in tools}
 jsonschema.validate(args, params[call.function.name])
 out["required_call"] = {"name": call.function.name, "arguments": args, "content": choice.message.content, "calls": len(calls)}
 
-# The round trip: the call and its result go back; the model answers in text.
+# The round trip: the call and its result go back; the model answers in text
+# (tool_choice "none": no further call; FINAL_CHOICE "auto" lets the model choose).
 messages.append(choice.message.model_dump(exclude_none=True))
 result = {"city": args.get("city", "Paris"), "temperature_celsius": 18, "sky": "sunny"}
 messages.append({"role": "tool", "tool_call_id": call.id, "content": json.dumps(result)})
-r = client.chat.completions.create(model=model, messages=messages, tools=tools, max_tokens=48, temperature=0)
+r = client.chat.completions.create(model=model, messages=messages, tools=tools, tool_choice=final_choice, max_tokens=48, temperature=0)
 final = r.choices[0]
 out["final"] = {"content": final.message.content, "finish_reason": final.finish_reason, "tool_calls": len(final.message.tool_calls or [])}
 
