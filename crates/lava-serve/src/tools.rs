@@ -185,8 +185,8 @@ pub fn parse(body: &Map<String, Value>) -> Result<Option<Tools>, ApiError> {
 /// ids `call_{id}_{k}`, arguments as a JSON string) and the text outside
 /// them (`None` when only whitespace). A `<tool_call>` block whose JSON does
 /// not parse, has no `name` among `names` or no object `arguments`, stays text.
-/// A text that is nothing but such a call's JSON, without the tags (what
-/// small models such as Qwen2.5-Coder-0.5B write), is that call.
+/// A text that is nothing but such a call's JSON, without the tags or in one
+/// fenced code block (what Qwen2.5-Coder writes), is that call.
 pub fn parse_calls(text: &str, names: &[&str], id: &str) -> (Option<String>, Vec<Value>) {
     const OPEN: &str = "<tool_call>";
     const CLOSE: &str = "</tool_call>";
@@ -200,7 +200,9 @@ pub fn parse_calls(text: &str, names: &[&str], id: &str) -> (Option<String>, Vec
         })
     };
     if !text.contains(OPEN) {
-        if let Some(call) = as_call(text, 0) {
+        let t = text.trim();
+        let fenced = t.strip_prefix("```json").or_else(|| t.strip_prefix("```")).and_then(|t| t.strip_suffix("```"));
+        if let Some(call) = as_call(fenced.unwrap_or(t), 0) {
             return (None, vec![call]);
         }
     }
@@ -306,6 +308,8 @@ mod tests {
         // Bare JSON of a call, as small models write it: that call; of an unknown function: text.
         let bare = "{\"name\": \"f\", \"arguments\": {\"x\": 1}}";
         assert_eq!(parse_calls(bare, &["f"], "z").1.len(), 1);
+        assert_eq!(parse_calls(&format!("```json\n{bare}\n```"), &["f"], "z").1.len(), 1);
+        assert_eq!(parse_calls(&format!("Here:\n```json\n{bare}\n```"), &["f"], "z").1.len(), 0);
         assert_eq!(parse_calls(bare, &["g"], "z"), (Some(bare.to_string()), vec![]));
         let (content, calls) = parse_calls("no calls <tool_call> {bad", &["f"], "y");
         assert_eq!((content.as_deref(), calls.len()), (Some("no calls <tool_call> {bad"), 0));
