@@ -427,6 +427,7 @@ fn bad_inputs(addr: &str) {
         // A schema keyword the grammar engine cannot enforce: refused, not dropped.
         (with("response_format", json!({"type": "json_schema", "json_schema": {"name": "u", "schema": unique}})), "response_format.json_schema.schema", "invalid_schema", "uniqueItems"),
         (with("response_format", json!({"type": "json_schema", "json_schema": {"name": "u", "schema": {"type": "object", "required": ["a"], "additionalProperties": false}}})), "response_format.json_schema.schema", "invalid_schema", ""),
+        (with("stream_options", json!({"include_usage": true})), "stream_options", "invalid_value", "stream"),
         (with("functions", json!([{"name": "f"}])), "functions", "unsupported_parameter", "tools"),
         (with("function_call", json!("auto")), "function_call", "unsupported_parameter", "tool_choice"),
         (with("tool_choice", json!("required")), "tool_choice", "invalid_value", "tools"),

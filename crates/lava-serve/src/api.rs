@@ -461,6 +461,10 @@ fn generation(body: &Map<String, Value>, defaults: &PolicyConfig, chat: bool) ->
         }
         Some(v) => return Err(wrong_type("stream_options", "an object", v)),
     };
+    if include_usage && !stream {
+        // As OpenAI: the usage chunk is a streaming option (a whole answer always has its usage).
+        return Err(ApiError::invalid("stream_options", "stream_options is only allowed with stream: true"));
+    }
     let model = opt_str(body, "model")?.map(str::to_string);
     opt_str(body, "user")?;
     let ignore_eos = opt_bool(body, "ignore_eos")?.unwrap_or(false);
@@ -868,6 +872,7 @@ mod tests {
             (json!({"messages": ok, "reasoning_effort": "low"}), "reasoning_effort"),
             (json!({"messages": ok, "audio": {}}), "audio"),
             (json!({"messages": ok, "stream_options": {"include_usage": true, "include_obfuscation": true}}), "stream_options.include_obfuscation"),
+            (json!({"messages": ok, "stream_options": {"include_usage": true}}), "stream_options"),
             (json!({"messages": [{"role": "user", "content": "Hi", "name": "bob"}]}), "messages[0].name"),
         ];
         for (body, field) in cases {
