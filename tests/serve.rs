@@ -33,10 +33,15 @@ struct Server {
 
 impl Server {
     fn start(extra: &[&str]) -> Server {
-        let model = model_path();
+        Server::start_model(&model_path(), &["--weights", "f32", "--model-alias", "smollm2"], extra)
+    }
+
+    fn start_model(model: &std::path::Path, args: &[&str], extra: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_lava"))
-            .args(["serve", "--port", "0", "--weights", "f32", "--model-alias", "smollm2", "--model"])
-            .arg(&model)
+            .args(["serve", "--port", "0"])
+            .args(args)
+            .arg("--model")
+            .arg(model)
             .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -370,7 +375,6 @@ fn bad_inputs(addr: &str) {
         (with("logit_bias", json!({"99999999": 1})), "logit_bias", "invalid_value"),
         (with("logit_bias", json!({"x": 1})), "logit_bias", "invalid_value"),
         (with("tools", json!([{"type": "function", "function": {"name": "f"}}])), "tools", "unsupported_parameter"),
-        (with("response_format", json!({"type": "json_object"})), "response_format", "unsupported_parameter"),
         (with("echo", json!(true)), "echo", "unsupported_parameter"),
         // Sampling, n and logprobs out of range.
         (with("n", json!(0)), "n", "invalid_value"),
@@ -412,6 +416,61 @@ fn bad_inputs(addr: &str) {
     }
     let r = post(addr, "/v1/completions", &json!({"prompt": "Hi", "max_completion_tokens": 1}));
     assert_eq!(assert_error(&r, 400, Some("max_completion_tokens"), "a chat field on completions")["error"]["code"], "unsupported_parameter");
+    // Structured output and tools: what cannot be honoured is named.
+    let f = json!([{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]);
+    let unique = json!({"type": "array", "items": {"type": "integer"}, "uniqueItems": true});
+    let chat_cases = [
+        (with("response_format", json!("garbage")), "response_format", "invalid_type", ""),
+        (with("response_format", json!({"type": "xml"})), "response_format.type", "invalid_value", "xml"),
+        (with("response_format", json!({"type": "json_schema"})), "response_format.json_schema", "invalid_value", "required"),
+        (with("response_format", json!({"type": "json_schema", "json_schema": {"name": "bad name", "schema": {}}})), "response_format.json_schema.name", "invalid_value", ""),
+        // A schema keyword the grammar engine cannot enforce: refused, not dropped.
+        (with("response_format", json!({"type": "json_schema", "json_schema": {"name": "u", "schema": unique}})), "response_format.json_schema.schema", "invalid_schema", "uniqueItems"),
+        (with("response_format", json!({"type": "json_schema", "json_schema": {"name": "u", "schema": {"type": "object", "required": ["a"], "additionalProperties": false}}})), "response_format.json_schema.schema", "invalid_schema", ""),
+        (with("stream_options", json!({"include_usage": true})), "stream_options", "invalid_value", "stream"),
+        (with("functions", json!([{"name": "f"}])), "functions", "unsupported_parameter", "tools"),
+        (with("function_call", json!("auto")), "function_call", "unsupported_parameter", "tool_choice"),
+        (with("tool_choice", json!("required")), "tool_choice", "invalid_value", "tools"),
+        (with("tools", json!([{"type": "code_interpreter"}])), "tools[0].type", "invalid_value", ""),
+        // SmolLM2's chat template does not show tools to the model.
+        (with("tools", f.clone()), "tools", "unsupported_parameter", "template"),
+        ({
+            let mut b = with("tools", f.clone());
+            b["stream"] = json!(true);
+            b
+        }, "stream", "unsupported_parameter", "tools"),
+        ({
+            let mut b = with("tools", f.clone());
+            b["tool_choice"] = json!({"type": "function", "function": {"name": "get_time"}});
+            b
+        }, "tool_choice", "invalid_value", "get_time"),
+        ({
+            let mut b = with("tools", f.clone());
+            b["tool_choice"] = json!({"type": "function", "function": {"name": "get_weather"}});
+            b["response_format"] = json!({"type": "json_object"});
+            b
+        }, "response_format", "invalid_value", ""),
+        (json!({"messages": [{"role": "assistant", "content": null, "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{not json"}}]}, {"role": "user", "content": "Hi"}]}),
+            "messages[0].tool_calls[0].function.arguments", "invalid_value", "JSON"),
+        (json!({"messages": [{"role": "user", "content": "Hi", "name": "bob"}]}), "messages[0].name", "unsupported_parameter", ""),
+    ];
+    for (body, param, code, says) in chat_cases {
+        let r = post(addr, "/v1/chat/completions", &body);
+        let j = assert_error(&r, 400, Some(param), param);
+        assert_eq!(j["error"]["code"], code, "{body}: {j}");
+        assert!(j["error"]["message"].as_str().is_some_and(|m| m.contains(says)), "{body}: {j}");
+    }
+    // json_object on SmolLM2's byte-level BPE: a JSON object, whatever the model would have said.
+    let mut b = chat("Name a colour.", 24);
+    b["response_format"] = json!({"type": "json_object"});
+    let r = post(addr, "/v1/chat/completions", &b);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let text = r.json()["choices"][0]["message"]["content"].as_str().unwrap_or("").to_string();
+    if r.json()["choices"][0]["finish_reason"] == "stop" {
+        assert!(serde_json::from_str::<Value>(&text).is_ok_and(|v| v.is_object()), "json_object: {text:?}");
+    } else {
+        assert!(text.starts_with('{'), "json_object cut at max_tokens: {text:?}");
+    }
     // Values that ask for nothing are accepted.
     let mut neutral = with("logprobs", json!(false));
     neutral["tools"] = json!([]);
@@ -1085,4 +1144,146 @@ fn shutdown_drops_idle_connections_and_ends() {
     eprintln!("second signal: exited after {:.2}s", t.elapsed().as_secs_f64());
     assert!(status.success(), "{status}: {}", server.log());
     assert!(server.log().contains("second signal"), "{}", server.log());
+}
+
+/// Structured output and tool calls on a Qwen2.5 model (its chat template
+/// renders tools): the official openai client (tests/serve_openai_tools.py)
+/// checks a `json_schema` answer in `runs` seeded sampled runs with
+/// `json.loads` and the `jsonschema` package, `json_object`, a forced tool call
+/// and its round trip (call, tool result, final answer), a named function;
+/// raw HTTP checks the streamed constrained answer and `n` constrained choices.
+/// Returns the script's report.
+fn structured_output_and_tools(model: &str, runs: usize, final_choice: &str) -> Value {
+    let path = lava_cli::fetch::named_model(model).unwrap_or_else(|e| panic!("{model}: {e}"));
+    let server = Server::start_model(&path, &["--model-alias", "qwen"], &["--kv-memory", "1GiB", "--prefill-chunk", "256"]);
+    let addr = server.addr.clone();
+    // Raw HTTP: n = 2 sampled choices and the streamed answer follow the schema too.
+    let schema = json!({"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}, "population": {"type": "integer", "minimum": 0}},
+        "required": ["city", "population"], "additionalProperties": false});
+    let body = json!({"messages": [{"role": "user", "content": "The largest city of Japan as JSON."}], "max_tokens": 48, "temperature": 0.9, "seed": 3, "n": 2,
+        "response_format": {"type": "json_schema", "json_schema": {"name": "city", "schema": schema, "strict": true}}});
+    let r = http(&addr, "POST", "/v1/chat/completions", &[("Content-Type", "application/json")], body.to_string().as_bytes());
+    assert_eq!(r.status, 200, "{}", r.body);
+    for c in r.json()["choices"].as_array().expect("choices") {
+        let v: Value = serde_json::from_str(c["message"]["content"].as_str().unwrap_or("")).unwrap_or_else(|e| panic!("{e}: {c}"));
+        assert!(v["city"].is_string() && v["population"].is_u64() && v.as_object().map(|o| o.len()) == Some(2), "{c}");
+        assert_eq!(c["finish_reason"], "stop", "{c}");
+    }
+    let mut greedy = body.clone();
+    greedy["n"] = json!(1);
+    greedy["temperature"] = json!(0);
+    let whole = http(&addr, "POST", "/v1/chat/completions", &[("Content-Type", "application/json")], greedy.to_string().as_bytes()).json();
+    greedy["stream"] = json!(true);
+    let r = http(&addr, "POST", "/v1/chat/completions", &[("Content-Type", "application/json")], greedy.to_string().as_bytes());
+    let (streamed, finish, _, done) = read_sse(&r.body);
+    assert!(done && finish.as_deref() == Some("stop"), "{}", r.body);
+    assert_eq!(whole["choices"][0]["message"]["content"].as_str(), Some(streamed.as_str()), "streamed = whole under a grammar");
+    // The openai client.
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/serve_openai_tools.py");
+    let have = Command::new("python3").args(["-c", "import openai, jsonschema"]).output().is_ok_and(|o| o.status.success());
+    if !have {
+        assert!(
+            std::env::var_os("LAVA_REQUIRE_OPENAI").is_none(),
+            "LAVA_REQUIRE_OPENAI is set but python3 with the openai and jsonschema packages is missing (pip install openai jsonschema)"
+        );
+        eprintln!("skipping the openai-client check: python3 with openai and jsonschema is missing (pip install openai jsonschema)");
+        return Value::Null;
+    }
+    let t = Instant::now();
+    let out = Command::new("python3").args([script, &server.url(), "qwen", &runs.to_string(), final_choice]).output().expect("run python3");
+    assert!(out.status.success(), "openai client failed: {}\n{}", String::from_utf8_lossy(&out.stderr), server.log());
+    let j: Value = serde_json::from_slice(&out.stdout).expect("script prints JSON");
+    eprintln!("{model}: openai client (structured output, tools) in {:.1}s: {j}", t.elapsed().as_secs_f64());
+    assert_eq!(j["schema_answers"].as_array().map(Vec::len), Some(runs), "{j}");
+    assert_eq!(j["required_call"]["name"], "get_weather", "{j}");
+    assert_eq!(j["named_call"]["name"], "get_time", "{j}");
+    assert!(j["named_call"]["arguments"]["city"].is_string(), "{j}");
+    // The round trip (the call and the tool's result rendered back) ends in text, no further call.
+    let final_text = j["final"]["content"].as_str().unwrap_or("");
+    assert!(j["final"]["tool_calls"] == 0 && !final_text.is_empty(), "{j}");
+    j
+}
+
+/// The default model (Qwen2.5-Coder-0.5B): 20 seeded `json_schema` runs, short outputs;
+/// its final answer after the tool result is asked with `tool_choice: "none"` (under
+/// `auto` it calls the tools again).
+#[test]
+fn structured_output_and_tools_default_model() {
+    let j = structured_output_and_tools("qwen2.5-coder-0.5b", 20, "none");
+    if !j.is_null() {
+        // The 0.5B model writes the call and the tool's result back out (with the 18 degrees) rather than a sentence.
+        assert!(j["final"]["content"].as_str().is_some_and(|t| t.contains("18") || t.contains("get_weather")), "{j}");
+    }
+}
+
+/// The 1.5B reference model; slow on CI's two cores, so run by hand:
+/// `cargo test --release --test serve -- --ignored structured_output_and_tools_1_5b`.
+#[test]
+#[ignore = "the 1.5B model: minutes on two cores; run by hand"]
+fn structured_output_and_tools_1_5b() {
+    let j = structured_output_and_tools("qwen2.5-coder-1.5b", 20, "none");
+    if !j.is_null() {
+        // Qwen2.5-Coder-1.5B writes the call again after the tool's result rather than a sentence
+        // from it (seen by hand): the round trip is asserted as for the default model, under none.
+        assert_eq!(j["final"]["finish_reason"], "stop", "{j}");
+        // Under auto it calls the weather tool for a weather question (in a fenced JSON block, parsed as the call).
+        assert_eq!(j["auto"]["finish_reason"], "tool_calls", "{j}");
+        assert_eq!(j["auto"]["calls"][0]["name"], "get_weather", "{j}");
+    }
+}
+
+/// Decode speed under a grammar against without, on the default model, the
+/// same prompt and length (96 tokens, both cut at max_tokens), interleaved
+/// A B A B; streamed, so prefill (time to the first token) and decode (first
+/// to last token) are timed apart. Prints both; asserts the constrained
+/// decode keeps at least 85% of the unconstrained rate. Timing: run alone.
+#[test]
+#[ignore = "a timing: run by hand on a quiet machine"]
+fn constrained_decode_speed() {
+    let path = lava_cli::fetch::named_model("qwen2.5-coder-0.5b").expect("qwen2.5-coder-0.5b");
+    let server = Server::start_model(&path, &[], &["--kv-memory", "1GiB"]);
+    let addr = server.addr.clone();
+    let n = 96;
+    let base = json!({"messages": [{"role": "user", "content": "List one hundred words about the sea as a JSON array of strings."}], "max_tokens": n,
+        "temperature": 0, "stream": true, "ignore_eos": true});
+    let mut constrained = base.clone();
+    constrained["response_format"] = json!({"type": "json_schema", "json_schema": {"name": "words", "schema":
+        {"type": "array", "items": {"type": "string", "maxLength": 24}, "minItems": 200}}});
+    let timed = |body: &Value| -> (f64, f64, usize) {
+        let s = send_request(&addr, "POST", "/v1/chat/completions", &[("Content-Type", "application/json")], body.to_string().as_bytes());
+        let t = Instant::now();
+        let mut r = BufReader::new(s);
+        let (mut first, mut last, mut chunks) = (None, 0.0, 0);
+        let mut line = String::new();
+        while r.read_line(&mut line).expect("read") > 0 {
+            if line.starts_with("data: {") && line.contains("\"content\":\"") && !line.contains("\"content\":\"\"") {
+                let at = t.elapsed().as_secs_f64();
+                first.get_or_insert(at);
+                last = at;
+                chunks += 1;
+            }
+            if line.starts_with("data: [DONE]") {
+                break;
+            }
+            line.clear();
+        }
+        (first.unwrap_or(0.0), last, chunks)
+    };
+    timed(&base);
+    timed(&constrained);
+    let (mut free, mut bound) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        free.push(timed(&base));
+        bound.push(timed(&constrained));
+    }
+    let rate = |v: &[(f64, f64, usize)]| v.iter().map(|&(f, l, _)| (n - 1) as f64 / (l - f)).sum::<f64>() / v.len() as f64;
+    let ttft = |v: &[(f64, f64, usize)]| v.iter().map(|&(f, _, _)| f).sum::<f64>() / v.len() as f64;
+    let (a, b) = (rate(&free), rate(&bound));
+    eprintln!(
+        "decode over {n} tokens: unconstrained {a:.1} tok/s, constrained (json_schema) {b:.1} tok/s ({:.1}%); time to first token {:.3}s vs {:.3}s; runs {free:?} {bound:?}",
+        100.0 * b / a,
+        ttft(&free),
+        ttft(&bound)
+    );
+    assert!(b >= 0.85 * a, "constrained decoding {b:.1} tok/s is below 85% of {a:.1}");
 }

@@ -105,6 +105,13 @@ impl Answer {
         Self { tokenizer, choices, stopped, echo, logprobs, prompt_logprobs, usage }
     }
 
+    /// Writes these control tokens of every choice as their spelling ([`TextAssembler::keep`]).
+    pub fn keep(&mut self, kept: Vec<(u32, String)>) {
+        for c in &mut self.choices {
+            c.text.keep(kept.clone());
+        }
+    }
+
     /// Number of choices.
     pub fn n(&self) -> usize {
         self.choices.len()

@@ -3,8 +3,8 @@
 //! Requests are read field by field from the parsed JSON object (not through a
 //! derived deserializer) so that every error names its field: a known field of
 //! the wrong type or out of range is a 400 with `param` set. No field is
-//! silently ignored: one the server does not honour (`tools`,
-//! `response_format` other than text, `suffix`...) or does not know is a 400
+//! silently ignored: one the server does not honour (`suffix`, `audio`,
+//! `functions`...) or does not know is a 400
 //! `unsupported_parameter` naming it, unless it is `null` or the value that
 //! asks for nothing (`tools: []`, `best_of: 1`...). The fields
 //! that only identify the caller (`user`, `metadata`, `safety_identifier`,
@@ -80,6 +80,85 @@ pub struct Generation {
     /// `logit_bias`: (token id, bias in [-100, 100]), sorted by id; the ids
     /// are checked against the vocabulary by the caller.
     pub logit_bias: Vec<(u32, f32)>,
+    /// `response_format` (chat).
+    pub response_format: ResponseFormat,
+}
+
+/// `response_format`: what the text must be.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ResponseFormat {
+    /// `text` (the default): anything.
+    Text,
+    /// `json_object`: a JSON object.
+    JsonObject,
+    /// `json_schema`: JSON valid under `json_schema.schema` (absent: any
+    /// JSON value), enforced whatever `strict` says.
+    JsonSchema(Option<Value>),
+}
+
+/// Parses `response_format` (400 naming the part that is wrong).
+fn response_format(body: &Map<String, Value>) -> Result<ResponseFormat, ApiError> {
+    let o = match body.get("response_format") {
+        None | Some(Value::Null) => return Ok(ResponseFormat::Text),
+        Some(Value::Object(o)) => o,
+        Some(v) => return Err(wrong_type("response_format", "an object {\"type\": \"text\" | \"json_object\" | \"json_schema\"}", v)),
+    };
+    let kind = match o.get("type") {
+        Some(Value::String(t)) => t.as_str(),
+        None | Some(Value::Null) => return Err(ApiError::invalid("response_format.type", "response_format.type is required: text, json_object or json_schema")),
+        Some(v) => return Err(wrong_type("response_format.type", "a string", v)),
+    };
+    let allowed: &[&str] = match kind {
+        "text" | "json_object" => &["type"],
+        "json_schema" => &["type", "json_schema"],
+        other => {
+            return Err(ApiError::invalid(
+                "response_format.type",
+                format!("response_format.type must be text, json_object or json_schema, got {other:?}"),
+            ))
+        }
+    };
+    if let Some((k, _)) = o.iter().find(|(k, v)| !allowed.contains(&k.as_str()) && !v.is_null()) {
+        return Err(ApiError::invalid_code(
+            &format!("response_format.{k}"),
+            "unsupported_parameter",
+            format!("response_format.{k} is not a field of response_format type {kind}: remove it"),
+        ));
+    }
+    match kind {
+        "text" => Ok(ResponseFormat::Text),
+        "json_object" => Ok(ResponseFormat::JsonObject),
+        _ => {
+            let js = match o.get("json_schema") {
+                Some(Value::Object(js)) => js,
+                None | Some(Value::Null) => {
+                    return Err(ApiError::invalid("response_format.json_schema", "response_format.json_schema is required with type json_schema: {\"name\": ..., \"schema\": {...}}"))
+                }
+                Some(v) => return Err(wrong_type("response_format.json_schema", "an object", v)),
+            };
+            let name = js.get("name").and_then(Value::as_str).unwrap_or_default();
+            if !((1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')) {
+                return Err(ApiError::invalid(
+                    "response_format.json_schema.name",
+                    format!("response_format.json_schema.name must be 1 to 64 letters, digits, _ or -, got {name:?}"),
+                ));
+            }
+            if let Some((k, _)) = js.iter().find(|(k, _)| !matches!(k.as_str(), "name" | "schema" | "strict" | "description")) {
+                return Err(ApiError::invalid_code(
+                    &format!("response_format.json_schema.{k}"),
+                    "unsupported_parameter",
+                    format!("response_format.json_schema.{k} is not supported: give name, schema, strict, description"),
+                ));
+            }
+            opt_bool(js, "strict").map_err(|e| ApiError { param: Some("response_format.json_schema.strict".into()), ..e })?;
+            opt_str(js, "description").map_err(|e| ApiError { param: Some("response_format.json_schema.description".into()), ..e })?;
+            match js.get("schema") {
+                None | Some(Value::Null) => Ok(ResponseFormat::JsonSchema(None)),
+                Some(s @ Value::Object(_)) => Ok(ResponseFormat::JsonSchema(Some(s.clone()))),
+                Some(v) => Err(wrong_type("response_format.json_schema.schema", "a JSON schema object", v)),
+            }
+        }
+    }
 }
 
 /// The extension fields both endpoints take (the KV-cache policy, `ignore_eos`).
@@ -107,8 +186,21 @@ const COMMON_FIELDS: [&str; 16] = [
 ];
 
 /// Chat fields honoured besides [`COMMON_FIELDS`] (the identifying ones change nothing).
-const CHAT_FIELDS: [&str; 7] =
-    ["messages", "max_completion_tokens", "metadata", "safety_identifier", "prompt_cache_key", "logprobs", "top_logprobs"];
+const CHAT_FIELDS: [&str; 13] = [
+    "messages",
+    "max_completion_tokens",
+    "metadata",
+    "safety_identifier",
+    "prompt_cache_key",
+    "logprobs",
+    "top_logprobs",
+    "response_format",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "functions",
+    "function_call",
+];
 
 /// Completion fields honoured besides [`COMMON_FIELDS`] (the `suffix` and `best_of` checks are in [`parse_completion`]).
 const COMPLETION_FIELDS: [&str; 5] = ["prompt", "echo", "logprobs", "suffix", "best_of"];
@@ -117,12 +209,6 @@ const COMPLETION_FIELDS: [&str; 5] = ["prompt", "echo", "logprobs", "suffix", "b
 /// server would have to do (so accepting it ignores nothing).
 fn chat_field_asks_nothing(field: &str, value: &Value) -> bool {
     match (field, value) {
-        ("parallel_tool_calls", Value::Bool(false)) => true,
-        // Without tools there are no calls to run in parallel: OpenAI's default, true, asks nothing.
-        ("parallel_tool_calls", Value::Bool(true)) => true,
-        ("tools" | "functions", Value::Array(a)) => a.is_empty(),
-        ("tool_choice" | "function_call", Value::String(s)) => s == "none",
-        ("response_format", Value::Object(o)) => o.len() == 1 && o.get("type").and_then(Value::as_str) == Some("text"),
         ("modalities", Value::Array(a)) => a.len() == 1 && a[0].as_str() == Some("text"),
         ("store", Value::Bool(false)) => true,
         ("service_tier", Value::String(s)) => s == "auto" || s == "default",
@@ -220,6 +306,11 @@ pub struct GenerationRequest {
     pub prompt: PromptInput,
     /// The generation settings.
     pub generation: Generation,
+    /// `tools`, `tool_choice`, `parallel_tool_calls` (chat; `None`: no tools).
+    pub tools: Option<crate::tools::Tools>,
+    /// Each message's `tool_calls` as the chat template reads them (chat;
+    /// `None` for a message without).
+    pub tool_calls: Vec<Option<Value>>,
 }
 
 /// Parses a body into its JSON object (400 `invalid_json` otherwise).
@@ -370,12 +461,17 @@ fn generation(body: &Map<String, Value>, defaults: &PolicyConfig, chat: bool) ->
         }
         Some(v) => return Err(wrong_type("stream_options", "an object", v)),
     };
+    if include_usage && !stream {
+        // As OpenAI: the usage chunk is a streaming option (a whole answer always has its usage).
+        return Err(ApiError::invalid("stream_options", "stream_options is only allowed with stream: true"));
+    }
     let model = opt_str(body, "model")?.map(str::to_string);
     opt_str(body, "user")?;
     let ignore_eos = opt_bool(body, "ignore_eos")?.unwrap_or(false);
     let presence_penalty = penalty(body, "presence_penalty")?;
     let frequency_penalty = penalty(body, "frequency_penalty")?;
     let logit_bias = logit_bias(body)?;
+    let response_format = if chat { response_format(body)? } else { ResponseFormat::Text };
     if chat {
         opt_str(body, "safety_identifier")?;
         opt_str(body, "prompt_cache_key")?;
@@ -408,6 +504,7 @@ fn generation(body: &Map<String, Value>, defaults: &PolicyConfig, chat: bool) ->
         presence_penalty,
         frequency_penalty,
         logit_bias,
+        response_format,
     })
 }
 
@@ -420,19 +517,11 @@ pub fn parse_chat(body: &Map<String, Value>, defaults: &PolicyConfig) -> Result<
         Some(v) => return Err(wrong_type("messages", "an array of messages", v)),
     };
     let mut out = Vec::with_capacity(messages.len());
+    let mut tool_calls = Vec::with_capacity(messages.len());
     for (i, m) in messages.iter().enumerate() {
         let Value::Object(m) = m else {
             return Err(wrong_type(&format!("messages[{i}]"), "an object with role and content", m));
         };
-        // `name`, `tool_calls`... would change what the model is told: refused, not ignored.
-        let unused = m.iter().find(|(k, v)| !matches!(k.as_str(), "role" | "content") && !v.is_null() && v.as_array().is_none_or(|a| !a.is_empty()));
-        if let Some((k, _)) = unused {
-            return Err(ApiError::invalid_code(
-                &format!("messages[{i}].{k}"),
-                "unsupported_parameter",
-                format!("messages[{i}].{k} is not supported by this server (it is not ignored either): give only role and content"),
-            ));
-        }
         let role = match m.get("role") {
             Some(Value::String(r)) => r.as_str(),
             Some(v) => return Err(wrong_type(&format!("messages[{i}].role"), "a string", v)),
@@ -442,13 +531,34 @@ pub fn parse_chat(body: &Map<String, Value>, defaults: &PolicyConfig) -> Result<
             "system" | "developer" => "system",
             "user" => "user",
             "assistant" => "assistant",
+            "tool" => "tool",
             other => {
                 return Err(ApiError::invalid(
                     &format!("messages[{i}].role"),
-                    format!("messages[{i}].role {other:?} is not one of system, developer, user, assistant"),
+                    format!("messages[{i}].role {other:?} is not one of system, developer, user, assistant, tool"),
                 ))
             }
         };
+        // `name`... would change what the model is told: refused, not ignored. An
+        // assistant turn's `tool_calls` is rendered; a tool turn's `tool_call_id`
+        // only identifies the call it answers (the template shows results in order).
+        let known = |k: &str| matches!((role, k), (_, "role" | "content") | ("assistant", "tool_calls") | ("tool", "tool_call_id"));
+        let unused = m.iter().find(|(k, v)| !known(k) && !v.is_null() && v.as_array().is_none_or(|a| !a.is_empty()));
+        if let Some((k, _)) = unused {
+            return Err(ApiError::invalid_code(
+                &format!("messages[{i}].{k}"),
+                "unsupported_parameter",
+                format!("messages[{i}].{k} is not supported by this server (it is not ignored either): give role and content (and an assistant turn's tool_calls, a tool turn's tool_call_id)"),
+            ));
+        }
+        if role == "tool" {
+            opt_str(m, "tool_call_id").map_err(|e| ApiError { param: Some(format!("messages[{i}].tool_call_id")), ..e })?;
+        }
+        tool_calls.push(match m.get("tool_calls") {
+            Some(Value::Array(calls)) if !calls.is_empty() => Some(crate::tools::history_calls(calls, &format!("messages[{i}].tool_calls"))?),
+            None | Some(Value::Null) | Some(Value::Array(_)) => None,
+            Some(v) => return Err(wrong_type(&format!("messages[{i}].tool_calls"), "an array of tool calls", v)),
+        });
         let field = format!("messages[{i}].content");
         let content = match m.get("content") {
             Some(Value::String(s)) => s.clone(),
@@ -473,10 +583,27 @@ pub fn parse_chat(body: &Map<String, Value>, defaults: &PolicyConfig) -> Result<
         };
         out.push(Message { role: role.to_string(), content });
     }
-    if out.iter().all(|m| m.content.trim().is_empty()) {
+    if out.iter().zip(&tool_calls).all(|(m, c)| m.content.trim().is_empty() && c.is_none()) {
         return Err(ApiError::invalid("messages", "every message is empty: give some text"));
     }
-    Ok(GenerationRequest { prompt: PromptInput::Chat(out), generation: generation(body, defaults, true)? })
+    let tools = crate::tools::parse(body)?;
+    let generation = generation(body, defaults, true)?;
+    if let Some(t) = tools.as_ref().filter(|t| t.active()) {
+        if generation.stream {
+            return Err(ApiError::invalid_code(
+                "stream",
+                "unsupported_parameter",
+                "stream is not supported with tools (tool calls are parsed from the whole answer): leave stream off, or send tool_choice none",
+            ));
+        }
+        if generation.response_format != ResponseFormat::Text && t.forced().is_some() {
+            return Err(ApiError::invalid(
+                "response_format",
+                "response_format cannot be combined with a forced tool call (tool_choice required or a named function): send one of them",
+            ));
+        }
+    }
+    Ok(GenerationRequest { prompt: PromptInput::Chat(out), generation, tools, tool_calls })
 }
 
 /// Parses a `/v1/completions` body.
@@ -507,7 +634,7 @@ pub fn parse_completion(body: &Map<String, Value>, defaults: &PolicyConfig) -> R
             return Err(ApiError::invalid_code(field, "unsupported_parameter", format!("{field} is not supported by this server (it is not ignored either): remove it")));
         }
     }
-    Ok(GenerationRequest { prompt, generation: generation(body, defaults, false)? })
+    Ok(GenerationRequest { prompt, generation: generation(body, defaults, false)?, tools: None, tool_calls: Vec::new() })
 }
 
 /// Why a generation ended, as OpenAI spells it.
@@ -725,13 +852,27 @@ mod tests {
             (json!({"messages": ok, "user": 5}), "user"),
             (json!({"messages": ok, "metadata": "m"}), "metadata"),
             // Not honoured: refused, never ignored.
-            (json!({"messages": ok, "tools": [{"type": "function", "function": {"name": "f"}}]}), "tools"),
+            (json!({"messages": ok, "tools": [{"type": "retrieval"}]}), "tools[0].type"),
             (json!({"messages": ok, "tool_choice": "required"}), "tool_choice"),
-            (json!({"messages": ok, "response_format": {"type": "json_object"}}), "response_format"),
+            (json!({"messages": ok, "functions": [{"name": "f"}]}), "functions"),
+            (json!({"messages": ok, "tools": [{"type": "function", "function": {"name": "f"}}], "stream": true}), "stream"),
+            (json!({"messages": ok, "tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "required", "response_format": {"type": "json_object"}}), "response_format"),
+            (json!({"messages": ok, "response_format": "garbage"}), "response_format"),
+            (json!({"messages": ok, "response_format": {"type": "xml"}}), "response_format.type"),
+            (json!({"messages": ok, "response_format": {}}), "response_format.type"),
+            (json!({"messages": ok, "response_format": {"type": "json_schema"}}), "response_format.json_schema"),
+            (json!({"messages": ok, "response_format": {"type": "json_schema", "json_schema": {"schema": {}}}}), "response_format.json_schema.name"),
+            (json!({"messages": ok, "response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": true}}}), "response_format.json_schema.schema"),
+            (json!({"messages": ok, "response_format": {"type": "json_schema", "json_schema": {"name": "a", "strict": "yes"}}}), "response_format.json_schema.strict"),
+            (json!({"messages": ok, "response_format": {"type": "json_object", "schema": {}}}), "response_format.schema"),
+            (json!({"messages": [{"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "f", "arguments": "{"}}]}]}), "messages[0].tool_calls[0].function.arguments"),
+            (json!({"messages": [{"role": "user", "content": "x", "tool_calls": [{"function": {"name": "f", "arguments": "{}"}}]}]}), "messages[0].tool_calls"),
+            (json!({"messages": [{"role": "tool", "content": "x", "tool_call_id": 5}]}), "messages[0].tool_call_id"),
             (json!({"messages": ok, "store": true}), "store"),
             (json!({"messages": ok, "reasoning_effort": "low"}), "reasoning_effort"),
             (json!({"messages": ok, "audio": {}}), "audio"),
             (json!({"messages": ok, "stream_options": {"include_usage": true, "include_obfuscation": true}}), "stream_options.include_obfuscation"),
+            (json!({"messages": ok, "stream_options": {"include_usage": true}}), "stream_options"),
             (json!({"messages": [{"role": "user", "content": "Hi", "name": "bob"}]}), "messages[0].name"),
         ];
         for (body, field) in cases {

@@ -40,6 +40,7 @@ use tokio::sync::mpsc::{error::TryRecvError, UnboundedReceiver, UnboundedSender}
 
 use crate::admission::{reservation, Ledger};
 use crate::api::FinishReason;
+use crate::grammar::{apply_mask, Constraint, Mask};
 use crate::error::ApiError;
 use crate::metrics::{EngineGauges, Metrics};
 
@@ -107,6 +108,10 @@ pub struct Job {
     pub ignore_eos: bool,
     /// What is added to the logits before each token is picked.
     pub penalties: Penalties,
+    /// The grammar every choice's text must follow (`response_format`, a
+    /// forced tool call): each choice starts from a copy; tokens it does not
+    /// allow are never picked, and the choice ends where the grammar does.
+    pub constraint: Option<Constraint>,
 }
 
 /// Changes to the logits before a token is picked: OpenAI's
@@ -208,6 +213,8 @@ pub struct EngineHandle {
     pub context: usize,
     /// The model's vocabulary size (token ids must be below it).
     pub vocab: usize,
+    /// The tokens that end a generation.
+    pub stop_tokens: Vec<u32>,
 }
 
 impl EngineHandle {
@@ -243,6 +250,7 @@ where
                 shape: loaded.model.cache_shape(),
                 context: loaded.model.config.max_position_embeddings,
                 vocab: loaded.model.config.vocab_size,
+                stop_tokens: loaded.stop_tokens.clone(),
             };
             if ready_tx.send(Ok((handle, loaded.tokenizer.clone()))).is_err() {
                 return;
@@ -292,6 +300,11 @@ struct Sequence<B: Backend> {
     prompt_logprobs: Vec<Option<TokenLogprob>>,
     /// The last token sampled: the input of its next decode step.
     next: u32,
+    /// This choice's grammar state (`Job::constraint`).
+    constraint: Option<Constraint>,
+    /// The tokens its grammar allows next, when computed ahead (while the
+    /// model runs the step whose logits they filter).
+    mask: Option<Result<Mask, String>>,
 }
 
 struct Queued {
@@ -438,7 +451,7 @@ impl<B: Backend> Engine<B> {
             if !self.ledger.try_reserve(q.reserved) {
                 break;
             }
-            let Some(Queued { job, reserved }) = self.queue.pop_front() else { break };
+            let Some(Queued { mut job, reserved }) = self.queue.pop_front() else { break };
             let max_tokens = job.prompt.len() + job.max_tokens;
             let made = catch_unwind(AssertUnwindSafe(|| (self.make_cache)(&self.model, &job.policy, job.kv_dtype, max_tokens, job.max_tokens)));
             let cache = match made {
@@ -457,6 +470,7 @@ impl<B: Backend> Engine<B> {
             let _ = job.events.send(Event::Admitted { reserved });
             let sampler = Sampler::new(job.sampling);
             let seen = if job.penalties.repetition != 1.0 { job.prompt.iter().copied().collect() } else { HashSet::new() };
+            let constraint = job.constraint.take();
             self.prefilling.push_back(Sequence {
                 job: Arc::new(job),
                 index: 0,
@@ -469,6 +483,8 @@ impl<B: Backend> Engine<B> {
                 seen,
                 prompt_logprobs: Vec::new(),
                 next: 0,
+                constraint,
+                mask: None,
             });
         }
     }
@@ -588,12 +604,20 @@ impl<B: Backend> Engine<B> {
                     seen: seq.seen.clone(),
                     prompt_logprobs: Vec::new(),
                     next: 0,
+                    constraint: seq.constraint.clone(),
+                    mask: None,
                 });
             }
         }
         choices.insert(0, seq);
         for mut choice in choices {
-            let (token, logprob) = pick(&mut choice, row);
+            let (token, logprob) = match pick(&mut choice, row) {
+                Ok(p) => p,
+                Err(e) => {
+                    self.fail(choice, e);
+                    continue;
+                }
+            };
             if let Some(choice) = self.emit(choice, token, logprob) {
                 self.running.push(choice);
             }
@@ -613,11 +637,13 @@ impl<B: Backend> Engine<B> {
         let running = &mut self.running;
         let chunk = &seq.job.prompt[start..end];
         let cache = seq.cache.as_mut();
-        let out = catch_unwind(AssertUnwindSafe(|| {
-            let runs: Vec<&[u32]> = std::iter::once(chunk).chain(tokens.chunks(1)).collect();
-            let mut caches: Vec<&mut dyn KvCache<B>> = std::iter::once(cache).chain(running.iter_mut().map(|s| s.cache.as_mut())).collect();
-            model.forward_runs(&runs, &mut caches)
-        }));
+        let out = with_masks_ahead(running, |batch| {
+            catch_unwind(AssertUnwindSafe(|| {
+                let runs: Vec<&[u32]> = std::iter::once(chunk).chain(tokens.chunks(1)).collect();
+                let mut caches: Vec<&mut dyn KvCache<B>> = std::iter::once(cache).chain(batch.into_iter().map(|c| c.as_mut())).collect();
+                model.forward_runs(&runs, &mut caches)
+            }))
+        });
         let seconds = t.elapsed().as_secs_f64();
         let prefill_seconds = seconds * (end - start) as f64 / (end - start + n) as f64;
         self.metrics.prefill(end - start, prefill_seconds);
@@ -651,10 +677,12 @@ impl<B: Backend> Engine<B> {
         let t = Instant::now();
         let model = &self.model;
         let running = &mut self.running;
-        let out = catch_unwind(AssertUnwindSafe(|| {
-            let mut caches: Vec<&mut dyn KvCache<B>> = running.iter_mut().map(|s| s.cache.as_mut()).collect();
-            model.decode_batch(&tokens, &mut caches)
-        }));
+        let out = with_masks_ahead(running, |batch| {
+            catch_unwind(AssertUnwindSafe(|| {
+                let mut caches: Vec<&mut dyn KvCache<B>> = batch.into_iter().map(|c| c.as_mut()).collect();
+                model.decode_batch(&tokens, &mut caches)
+            }))
+        });
         let logits = read_logits(out, "the decode step failed");
         let seconds = t.elapsed().as_secs_f64();
         self.metrics.decode(n, seconds);
@@ -679,7 +707,13 @@ impl<B: Backend> Engine<B> {
     /// of `logits` (`[n, vocab]`) and, unless it ended, goes back in the batch.
     fn sample_batch(&mut self, batch: Vec<Sequence<B>>, logits: &[f32], vocab: usize) {
         for (i, mut seq) in batch.into_iter().enumerate() {
-            let (token, logprob) = pick(&mut seq, &logits[i * vocab..(i + 1) * vocab]);
+            let (token, logprob) = match pick(&mut seq, &logits[i * vocab..(i + 1) * vocab]) {
+                Ok(p) => p,
+                Err(e) => {
+                    self.fail(seq, e);
+                    continue;
+                }
+            };
             if let Some(seq) = self.emit(seq, token, logprob) {
                 self.running.push(seq);
             }
@@ -689,9 +723,16 @@ impl<B: Backend> Engine<B> {
     /// Hands a sampled token to its job; returns the sequence if it goes on.
     fn emit(&mut self, mut seq: Sequence<B>, token: u32, logprob: Option<TokenLogprob>) -> Option<Sequence<B>> {
         let stats = seq.cache.stats();
-        if !seq.job.ignore_eos && self.stop_tokens.contains(&token) {
+        // A grammar allows a stop token only where its text is complete: it ends the choice even under ignore_eos.
+        if (!seq.job.ignore_eos || seq.constraint.is_some()) && self.stop_tokens.contains(&token) {
             self.finish(seq, FinishReason::Stop);
             return None;
+        }
+        if let Some(c) = seq.constraint.as_mut() {
+            if let Err(e) = c.consume(token) {
+                self.fail(seq, e);
+                return None;
+            }
         }
         let sent = seq.job.events.send(Event::Token {
             index: seq.index,
@@ -759,17 +800,57 @@ impl<B: Backend> Engine<B> {
     }
 }
 
-/// The sequence's next token from its row of logits, after its penalties,
-/// and its log-probability under the raw logits if the job asks for it.
-fn pick<B: Backend>(seq: &mut Sequence<B>, row: &[f32]) -> (u32, Option<TokenLogprob>) {
-    let token = if seq.job.penalties.is_none() {
+/// The sequence's next token from its row of logits, after its penalties
+/// and among the tokens its grammar allows, and its log-probability under
+/// the raw logits if the job asks for it.
+fn pick<B: Backend>(seq: &mut Sequence<B>, row: &[f32]) -> Result<(u32, Option<TokenLogprob>), String> {
+    let mask = match seq.constraint.as_mut() {
+        Some(c) => Some(seq.mask.take().unwrap_or_else(|| c.mask())?),
+        None => None,
+    };
+    let token = if seq.job.penalties.is_none() && mask.is_none() {
         seq.sampler.sample(row)
     } else {
-        let mut penalised = row.to_vec();
-        seq.job.penalties.apply(&mut penalised, &seq.counts, &seq.seen);
-        seq.sampler.sample(&penalised)
+        let mut filtered = row.to_vec();
+        seq.job.penalties.apply(&mut filtered, &seq.counts, &seq.seen);
+        if let Some(m) = &mask {
+            apply_mask(m, &mut filtered);
+            if filtered.iter().all(|l| *l == f32::NEG_INFINITY) {
+                return Err("the grammar and logit_bias leave no token to pick: lift the bans".into());
+            }
+        }
+        seq.sampler.sample(&filtered)
     };
-    (token, seq.job.logprobs.map(|top| token_logprob(row, token, top)))
+    Ok((token, seq.job.logprobs.map(|top| token_logprob(row, token, top))))
+}
+
+/// Runs `step` on the batch's caches while another thread computes the
+/// grammar masks of its constrained sequences for the logits `step` returns
+/// (each grammar has already taken the token `step` feeds), so the masks
+/// cost no time of their own when they take no longer than the model.
+fn with_masks_ahead<B: Backend, R>(batch: &mut [Sequence<B>], step: impl FnOnce(Vec<&mut Box<dyn KvCache<B>>>) -> R) -> R {
+    let mut caches: Vec<&mut Box<dyn KvCache<B>>> = Vec::with_capacity(batch.len());
+    let mut constrained: Vec<(&mut Constraint, &mut Option<Result<Mask, String>>)> = Vec::new();
+    for s in batch.iter_mut() {
+        caches.push(&mut s.cache);
+        if let Some(c) = s.constraint.as_mut() {
+            constrained.push((c, &mut s.mask));
+        }
+    }
+    if constrained.is_empty() {
+        return step(caches);
+    }
+    std::thread::scope(|scope| {
+        let worker = scope.spawn(move || {
+            for (c, slot) in constrained {
+                *slot = Some(c.mask());
+            }
+        });
+        let out = step(caches);
+        // A panicking grammar leaves its masks unset: pick computes them again (and fails the choice cleanly).
+        let _ = worker.join();
+        out
+    })
 }
 
 /// The logits of a caught model call as host values, or the error to send

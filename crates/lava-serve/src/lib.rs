@@ -12,7 +12,9 @@
 //!   [`policy`]: the per-request `kv_*` fields; [`sse`]: streaming;
 //!   [`text`]: token ids to text with `stop` strings; [`answer`]: the
 //!   engine's events to an answer's choices, log-probabilities and echo;
-//!   [`metrics`]: `/metrics`;
+//!   [`grammar`]: constrained decoding (`response_format`, forced tool
+//!   calls) through llguidance; [`tools`]: tool definitions, the tool-call
+//!   grammar and parsing calls out of the text; [`metrics`]: `/metrics`;
 //!   [`error`]: OpenAI-style error bodies.
 //!
 //! The model and caches never leave the engine thread (the caller's `load`
@@ -24,11 +26,13 @@ pub mod api;
 pub mod conn;
 pub mod engine;
 pub mod error;
+pub mod grammar;
 pub mod metrics;
 pub mod policy;
 pub mod routes;
 pub mod sse;
 pub mod text;
+pub mod tools;
 
 use std::sync::Arc;
 
@@ -88,6 +92,7 @@ where
         metrics: metrics.clone(),
         config: options.http.clone(),
         shutdown: shutdown_rx,
+        grammars: std::sync::OnceLock::new(),
     });
     let result = runtime.block_on(async move {
         let signals = conn::Signals::new().map_err(|e| ServeError::Io(format!("cannot watch SIGTERM and SIGINT: {e}")))?;

@@ -28,7 +28,9 @@ use crate::answer::{logprobs_json, Answer, Echo, Entry};
 use crate::api::{self, Endpoint, GenerationRequest, PromptInput, Usage};
 use crate::engine::{EngineHandle, Event, Job, Penalties};
 use crate::error::ApiError;
+use crate::grammar::{json_grammar, tool_call_grammar, Grammars};
 use crate::metrics::Metrics;
+use crate::tools::Tools;
 
 /// Settings of the HTTP side.
 #[derive(Debug, Clone)]
@@ -65,6 +67,24 @@ pub struct AppState {
     pub config: HttpConfig,
     /// Set when the server shuts down (a body still arriving then is not waited for).
     pub shutdown: watch::Receiver<bool>,
+    /// The grammar engine's token table, built at the first request that
+    /// needs one (`response_format`, a forced tool call).
+    pub grammars: std::sync::OnceLock<Result<Arc<Grammars>, String>>,
+}
+
+impl AppState {
+    /// The grammar engine (built on first use, on tokio's blocking pool).
+    async fn grammars(self: &Arc<Self>) -> Result<Arc<Grammars>, ApiError> {
+        let s = self.clone();
+        let built = tokio::task::spawn_blocking(move || {
+            s.grammars
+                .get_or_init(|| Grammars::new(s.tokenizer.clone(), s.engine.vocab, &s.engine.stop_tokens).map(Arc::new))
+                .clone()
+        })
+        .await
+        .map_err(|_| ApiError::internal("building the grammar engine failed (internal error)"))?;
+        built.map_err(ApiError::internal)
+    }
 }
 
 /// The router over `state`.
@@ -202,10 +222,28 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Vec<
     Ok(out)
 }
 
-/// The prompt's token ids (400 naming `messages` or `prompt` when it cannot be).
-fn tokenize(tok: &Tokenizer, prompt: &PromptInput, allow_special: bool, vocab: usize) -> Result<Vec<u32>, ApiError> {
+/// The prompt's token ids (400 naming `messages` or `prompt` when it
+/// cannot be); a chat's tools (when shown to the model) and its turns'
+/// tool calls go through the chat template (400 naming `tools` when the
+/// template does not write tools).
+fn tokenize(tok: &Tokenizer, prompt: &PromptInput, tools: Option<&Tools>, tool_calls: &[Option<serde_json::Value>], allow_special: bool, vocab: usize) -> Result<Vec<u32>, ApiError> {
     let ids = match prompt {
-        PromptInput::Chat(messages) => tok.encode_chat(messages, allow_special).map_err(|e| ApiError::invalid("messages", format!("messages: {e}")))?,
+        PromptInput::Chat(messages) => {
+            let definitions = tools.filter(|t| t.active()).map(|t| &t.definitions);
+            if let Some(d) = definitions {
+                let probe = json!([{"role": "user", "content": "?"}]);
+                let with = tok.render_chat_template(&probe, Some(d)).map_err(|e| ApiError::invalid("tools", format!("tools: {e}")))?;
+                let without = tok.render_chat_template(&probe, None).map_err(|e| ApiError::invalid("messages", format!("messages: {e}")))?;
+                if with == without {
+                    return Err(ApiError::invalid_code(
+                        "tools",
+                        "unsupported_parameter",
+                        "tools: this model's chat template does not show tools to the model, so it cannot call them: serve a model whose template renders tools (Qwen2.5), or send no tools",
+                    ));
+                }
+            }
+            tok.encode_chat_with_tools(messages, tool_calls, definitions, allow_special).map_err(|e| ApiError::invalid("messages", format!("messages: {e}")))?
+        }
         PromptInput::Text(text) => {
             let p = Prompt { user: text, chat: false, allow_special, ..Prompt::default() };
             tok.encode_prompt(&p).map_err(|e| ApiError::invalid("prompt", format!("prompt: {e}")))?.context
@@ -243,7 +281,7 @@ async fn generate(s: &Arc<AppState>, endpoint: Endpoint, headers: &HeaderMap, bo
     authorize(&s.config, headers)?;
     let bytes = read_body_in_time(s, headers, body).await?;
     let object = api::parse_object(&bytes)?;
-    let GenerationRequest { prompt, generation: g } = match endpoint {
+    let GenerationRequest { prompt, generation: g, tools, tool_calls } = match endpoint {
         Endpoint::Chat => api::parse_chat(&object, &s.config.default_policy)?,
         Endpoint::Completion => api::parse_completion(&object, &s.config.default_policy)?,
     };
@@ -256,11 +294,37 @@ async fn generate(s: &Arc<AppState>, endpoint: Endpoint, headers: &HeaderMap, bo
         return Err(ApiError::invalid("logit_bias", format!("logit_bias names token id {id}, outside the vocabulary of {}", s.engine.vocab)));
     }
     let prompt_field = if endpoint == Endpoint::Chat { "messages" } else { "prompt" };
+    // The grammar the text must follow, compiled against the vocabulary (400 naming what it cannot enforce).
+    let grammar = match (&g.response_format, tools.as_ref().and_then(Tools::forced)) {
+        (api::ResponseFormat::Text, None) => None,
+        (api::ResponseFormat::JsonObject, _) => Some((json_grammar(None), "response_format")),
+        (api::ResponseFormat::JsonSchema(schema), _) => Some((json_grammar(schema.as_ref()), "response_format.json_schema.schema")),
+        (api::ResponseFormat::Text, Some(functions)) => {
+            let many = tools.as_ref().is_some_and(Tools::many);
+            Some((tool_call_grammar(&functions, many, false), "tools"))
+        }
+    };
+    let constraint = match grammar {
+        Some((mut grammar, field)) => {
+            let grammars = s.grammars().await?;
+            if field == "tools" && grammars.is_control_token("<tool_call>") && grammars.is_control_token("</tool_call>") {
+                let functions = tools.as_ref().and_then(Tools::forced).unwrap_or_default();
+                grammar = tool_call_grammar(&functions, tools.as_ref().is_some_and(Tools::many), true);
+            }
+            Some(
+                tokio::task::spawn_blocking(move || grammars.compile(grammar, field))
+                    .await
+                    .map_err(|_| ApiError::internal("compiling the grammar failed (internal error)"))??,
+            )
+        }
+        None => None,
+    };
     let tok = s.tokenizer.clone();
     let (allow, vocab, echo) = (s.config.allow_special, s.engine.vocab, g.echo);
+    let tools_for_prompt = tools.clone();
     // The echoed text: the prompt as given, or its ids decoded.
     let (ids, echo_text) = tokio::task::spawn_blocking(move || {
-        let ids = tokenize(&tok, &prompt, allow, vocab)?;
+        let ids = tokenize(&tok, &prompt, tools_for_prompt.as_ref(), &tool_calls, allow, vocab)?;
         let text = match (&prompt, echo) {
             (_, false) => None,
             (PromptInput::Text(t), true) => Some(t.clone()),
@@ -320,6 +384,7 @@ async fn generate(s: &Arc<AppState>, endpoint: Endpoint, headers: &HeaderMap, bo
         stopped: stopped.clone(),
         ignore_eos: g.ignore_eos,
         penalties,
+        constraint,
     };
     if !s.engine.submit(job) {
         return Err(ApiError::unavailable("the server is shutting down"));
@@ -338,6 +403,14 @@ async fn generate(s: &Arc<AppState>, endpoint: Endpoint, headers: &HeaderMap, bo
     let (id, created, model) = (request_id(endpoint), unix_now(), s.config.model_id.clone());
     let logprobs = g.logprobs.is_some();
     let mut answer = Answer::new(s.tokenizer.clone(), g.stop, stopped, logprobs, echo, prompt_logprobs.is_some(), usage);
+    if tools.as_ref().is_some_and(Tools::active) {
+        // The calls' delimiters are control tokens in some vocabularies (Qwen2.5's GGUF): written out, to be parsed.
+        let kept: Vec<(u32, String)> = ["<tool_call>", "</tool_call>"]
+            .iter()
+            .filter_map(|&t| s.tokenizer.token_id(t).filter(|&id| s.tokenizer.is_special_id(id)).map(|id| (id, t.to_string())))
+            .collect();
+        answer.keep(kept);
+    }
     if g.stream {
         return Ok(crate::sse::response(crate::sse::StreamJob {
             endpoint,
@@ -376,10 +449,23 @@ async fn generate(s: &Arc<AppState>, endpoint: Endpoint, headers: &HeaderMap, bo
     drop(rx);
     let usage = answer.usage();
     s.metrics.tokens(usage.prompt_tokens, usage.completion_tokens);
+    let names: Vec<&str> = tools.iter().filter(|t| t.active()).flat_map(|t| t.functions.iter().map(|f| f.name.as_str())).collect();
     let choices = (0..n)
         .map(|i| {
             let lp = logprobs_json(endpoint, &s.tokenizer, logprobs || prompt_logprobs.is_some(), &entries[i]);
-            api::choice_body(endpoint, i, &texts[i], lp, finish[i].unwrap_or(api::FinishReason::Stop))
+            let finish = finish[i].unwrap_or(api::FinishReason::Stop);
+            let mut choice = api::choice_body(endpoint, i, &texts[i], lp, finish);
+            if !names.is_empty() {
+                // The calls the model wrote, out of its text (crate::tools).
+                let (content, calls) = crate::tools::parse_calls(&texts[i], &names, &format!("{id}_{i}"));
+                if !calls.is_empty() {
+                    choice["message"] = json!({"role": "assistant", "content": content, "tool_calls": calls});
+                    if finish == api::FinishReason::Stop {
+                        choice["finish_reason"] = json!("tool_calls");
+                    }
+                }
+            }
+            choice
         })
         .collect();
     let body = api::response_body(endpoint, &id, created, &model, choices, &usage);

@@ -20,6 +20,8 @@ pub struct Delta {
 pub struct TextAssembler {
     tokenizer: Arc<Tokenizer>,
     stop: Vec<String>,
+    /// Control tokens written as their spelling (decoding drops the others).
+    kept: Vec<(u32, String)>,
     ids: Vec<u32>,
     /// Bytes of the decoded text already handed out.
     sent: usize,
@@ -29,7 +31,32 @@ pub struct TextAssembler {
 impl TextAssembler {
     /// An empty text ending at any of `stop`.
     pub fn new(tokenizer: Arc<Tokenizer>, stop: Vec<String>) -> Self {
-        Self { tokenizer, stop, ids: Vec::new(), sent: 0, stopped: false }
+        Self { tokenizer, stop, kept: Vec::new(), ids: Vec::new(), sent: 0, stopped: false }
+    }
+
+    /// Writes these control tokens as their spelling instead of dropping
+    /// them (Qwen2.5's `<tool_call>` delimiters, for the calls to be parsed).
+    pub fn keep(&mut self, kept: Vec<(u32, String)>) {
+        self.kept = kept;
+    }
+
+    /// The text of `ids`, kept control tokens spelled out.
+    fn decode(&self, ids: &[u32]) -> Result<String, lava_llama::ModelError> {
+        if self.kept.is_empty() {
+            return self.tokenizer.decode(ids);
+        }
+        let mut text = String::new();
+        for run in ids.split_inclusive(|id| self.kept.iter().any(|(k, _)| k == id)) {
+            let (last, head) = run.split_last().map_or((None, run), |(l, h)| (Some(l), h));
+            match last.and_then(|l| self.kept.iter().find(|(k, _)| k == l)) {
+                Some((_, spelling)) => {
+                    text.push_str(&self.tokenizer.decode(head)?);
+                    text.push_str(spelling);
+                }
+                None => text.push_str(&self.tokenizer.decode(run)?),
+            }
+        }
+        Ok(text)
     }
 
     /// Tokens taken so far.
@@ -43,7 +70,7 @@ impl TextAssembler {
             return Delta { text: String::new(), stopped: true };
         }
         self.ids.push(id);
-        let Ok(text) = self.tokenizer.decode(&self.ids) else { return Delta::default() };
+        let Ok(text) = self.decode(&self.ids) else { return Delta::default() };
         // An incomplete character decodes to U+FFFD: wait for the next token.
         if text.ends_with('\u{fffd}') {
             return Delta::default();
@@ -59,7 +86,7 @@ impl TextAssembler {
         if self.stopped {
             return String::new();
         }
-        let mut text = self.tokenizer.decode(&self.ids).unwrap_or_default();
+        let mut text = self.decode(&self.ids).unwrap_or_default();
         while text.len() > self.sent && text.ends_with('\u{fffd}') {
             text.truncate(text.len() - '\u{fffd}'.len_utf8());
         }

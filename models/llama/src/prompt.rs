@@ -146,13 +146,66 @@ impl Tokenizer {
     /// template runs and is encoded as plain text unless `allow_special`. The
     /// model's BOS token is put first when the model asks for one.
     pub fn encode_chat(&self, messages: &[Message], allow_special: bool) -> Result<Vec<u32>, ModelError> {
-        let marks: Vec<String> = (0..messages.len()).map(|i| format!("\u{10FFFD}lava-message-{i}\u{10FFFD}")).collect();
-        let templated: Vec<Message> =
-            messages.iter().zip(&marks).map(|(m, mark)| Message { role: m.role.clone(), content: mark.clone() }).collect();
-        let rendered = self.apply_chat_template(&templated)?;
+        self.encode_chat_with_tools(messages, &[], None, allow_special)
+    }
+
+    /// [`encode_chat`](Self::encode_chat) with tools: `tools` (function
+    /// definitions, OpenAI's `tools` array) is handed to the template, which
+    /// writes them into the prompt (Qwen2.5's into the system turn), and
+    /// `tool_calls[i]`, when given and not null, is message `i`'s `tool_calls`
+    /// (an assistant turn's calls, each `{"type": "function", "function":
+    /// {"name", "arguments"}}` with the arguments as a JSON object), rendered
+    /// by the template as the model writes them. An assistant turn with calls
+    /// and no text gets no text in the template (`if message.content` is
+    /// false there). The template writes the definitions and calls itself, so
+    /// unless `allow_special` they must not spell a control token.
+    pub fn encode_chat_with_tools(
+        &self,
+        messages: &[Message],
+        tool_calls: &[Option<serde_json::Value>],
+        tools: Option<&serde_json::Value>,
+        allow_special: bool,
+    ) -> Result<Vec<u32>, ModelError> {
+        let calls = |i: usize| tool_calls.get(i).and_then(Option::as_ref).filter(|v| !v.is_null());
+        if !allow_special {
+            let forged = |what: &str, v: &serde_json::Value| {
+                let text = v.to_string();
+                match self.special_tokens().iter().find(|s| text.contains(s.as_str())) {
+                    Some(s) => Err(ModelError::Input(format!("{what} spells the control token {s}, which the chat template would write as one: remove it"))),
+                    None => Ok(()),
+                }
+            };
+            if let Some(t) = tools {
+                forged("a tool definition", t)?;
+            }
+            for i in 0..messages.len() {
+                if let Some(c) = calls(i) {
+                    forged(&format!("message {i}'s tool calls"), c)?;
+                }
+            }
+        }
+        let marks: Vec<Option<String>> = messages
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (!(m.content.is_empty() && calls(i).is_some())).then(|| format!("\u{10FFFD}lava-message-{i}\u{10FFFD}")))
+            .collect();
+        let templated: Vec<serde_json::Value> = messages
+            .iter()
+            .zip(&marks)
+            .enumerate()
+            .map(|(i, (m, mark))| {
+                let mut o = serde_json::json!({"role": m.role, "content": mark.clone().unwrap_or_default()});
+                if let Some(c) = calls(i) {
+                    o["tool_calls"] = c.clone();
+                }
+                o
+            })
+            .collect();
+        let rendered = self.render_chat_template(&serde_json::Value::Array(templated), tools)?;
         let mut pieces = Vec::with_capacity(2 * messages.len() + 1);
         let mut rest = rendered.as_str();
         for (m, mark) in messages.iter().zip(&marks) {
+            let Some(mark) = mark else { continue };
             if rendered.matches(mark.as_str()).count() != 1 {
                 return Err(template_mangles("repeats or drops"));
             }

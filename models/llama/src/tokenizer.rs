@@ -327,7 +327,7 @@ impl Tokenizer {
 
     /// Whether `id` is a control token (what text that follows gets a dummy
     /// prefix space after, for SentencePiece).
-    pub(crate) fn is_special_id(&self, id: u32) -> bool {
+    pub fn is_special_id(&self, id: u32) -> bool {
         self.id_to_token(id).is_some_and(|t| self.specials.iter().any(|s| *s == t))
     }
 
@@ -423,6 +423,17 @@ impl Tokenizer {
     /// turn prompt, within [`TEMPLATE_FUEL`] instructions and
     /// [`TEMPLATE_OUTPUT_LIMIT`] bytes.
     pub fn apply_chat_template(&self, messages: &[Message]) -> Result<String, ModelError> {
+        let messages = serde_json::to_value(messages).map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+        self.render_chat_template(&messages, None)
+    }
+
+    /// Renders the chat template for `messages` (JSON objects with `role`,
+    /// `content` and whatever else the template reads, such as an assistant
+    /// turn's `tool_calls`) and `tools` (the template's `tools` variable: the
+    /// function definitions it writes into the prompt), ending with the
+    /// assistant's turn prompt, within the same limits as
+    /// [`apply_chat_template`](Self::apply_chat_template).
+    pub fn render_chat_template(&self, messages: &Json, tools: Option<&Json>) -> Result<String, ModelError> {
         let template = self.chat_template.as_deref().ok_or_else(|| {
             ModelError::Tokenizer("this model has no chat template; run without --chat".into())
         })?;
@@ -436,7 +447,8 @@ impl Tokenizer {
         let tmpl = env.get_template("chat").map_err(|e| ModelError::Tokenizer(one_line(&e)))?;
         let mut out = LimitedWriter { bytes: Vec::new(), limit: TEMPLATE_OUTPUT_LIMIT, over: false };
         let context = minijinja::context! {
-            messages => messages,
+            messages => minijinja::Value::from_serialize(messages),
+            tools => tools.map(minijinja::Value::from_serialize),
             add_generation_prompt => true,
             bos_token => self.bos.clone().unwrap_or_default(),
             eos_token => self.eos.clone().unwrap_or_default(),
