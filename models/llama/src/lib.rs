@@ -167,6 +167,12 @@ pub fn export_gguf_to_hf(gguf_path: &Path, out: &Path) -> Result<(), ModelError>
             "export of GGUF files with rope_freqs (Llama-3.1 scaling) is not supported yet".into(),
         ));
     }
+    if config.post_norms || config.sliding_window.is_some() {
+        return Err(ModelError::Unsupported(format!(
+            "export of {} files (sliding-window layers, Gemma norms) to Hugging Face directories is not supported; run the GGUF file itself",
+            config.model_type
+        )));
+    }
     let tokenizer = Tokenizer::from_gguf(&g)?;
     let src = GgufSource::new(&g, config.clone())?;
     hf::export_hf(&config, &src, &tokenizer, out)
