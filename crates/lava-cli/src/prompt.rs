@@ -81,6 +81,12 @@ pub fn make_cache<B: Backend>(
     }
 }
 
+/// A full cache for `model`: a [`FullCache`], or for a model with
+/// sliding-window layers a [`SlidingWindowCache`] whose global layers are one.
+pub fn full_cache<B: Backend>(model: &Llama<B>, max_tokens: usize, device: &B::Device) -> Result<Box<dyn KvCache<B>>, CliError> {
+    make_cache(model, &PolicyConfig::new(PolicyName::Full, 0), max_tokens, CacheOptions::default(), device)
+}
+
 /// The [`CompressedCache`] of [`make_cache`] for a compressing policy.
 pub fn compressed_cache<B: Backend>(
     model: &Llama<B>,

@@ -1,6 +1,6 @@
 //! # lava-llama
 //!
-//! A Llama-family decoder (Llama, Mistral, Qwen2, Qwen3, SmolLM) in Burn, generic over
+//! A Llama-family decoder (Llama, Mistral, Qwen2, Qwen3, Gemma 3, SmolLM) in Burn, generic over
 //! the backend, that calls a [`lava_cache::KvCache`] at every attention layer.
 //!
 //! Loads GGUF files (F32, F16, BF16, Q8_0, Q4_0, Q4_1, dequantised to f32) and
