@@ -10,6 +10,10 @@
 //! built over them alone: its policy's layer allocation (uniform, pyramid,
 //! LAVa's entropy cascade, CAKE's preferences) runs over the global layers
 //! and spends the whole budget there.
+//!
+//! The rings hold f32 keys and values whatever the inner cache's
+//! [`KvDtype`](crate::KvDtype), and attend with tensor ops (no flex host
+//! kernel yet): at most `w` positions per query.
 
 use burn::tensor::{activation::softmax, backend::Backend, Bool, Tensor, TensorData};
 
