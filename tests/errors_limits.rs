@@ -613,24 +613,6 @@ fn nonsense_config_values_are_refused() {
         ("HF context 0", hf("ctx0", "max_position_embeddings", 0.into()), "max_position_embeddings (the context length) must be positive"),
         ("HF head_dim string", hf("hds", "head_dim", "8".into()), "head_dim must be a non-negative integer, got \"8\""),
         ("HF tie_word_embeddings string", hf("tie", "tie_word_embeddings", "yes".into()), "tie_word_embeddings must be true or false"),
-        (
-            "HF Mistral sliding_window below the context",
-            f.hf_with("swa", |c| {
-                c["model_type"] = "mistral".into();
-                c["sliding_window"] = 128.into();
-            }),
-            "sliding_window 128 is smaller than the context of 256 tokens",
-        ),
-        (
-            "HF Qwen2 sliding window in use",
-            f.hf_with("qswa", |c| {
-                c["model_type"] = "qwen2".into();
-                c["attention_bias"] = false.into();
-                c["sliding_window"] = 64.into();
-                c["use_sliding_window"] = true.into();
-            }),
-            "sliding_window 64 is smaller than the context",
-        ),
         ("GGUF freq_base NaN", g("tnan.gguf", "llama.rope.freq_base", Value::F64(f64::NAN)), "rope_theta must be a positive finite number, got NaN"),
         ("GGUF freq_base 0", g("t0.gguf", "llama.rope.freq_base", Value::F64(0.0)), "rope_theta must be a positive finite number, got 0"),
         ("GGUF freq_base string", g("ts.gguf", "llama.rope.freq_base", Value::Str("1e4".into())), "llama.rope.freq_base is not a number"),
@@ -649,17 +631,29 @@ fn nonsense_config_values_are_refused() {
         ("GGUF context 0", g("c0.gguf", "llama.context_length", Value::U64(0)), "max_position_embeddings (the context length) must be positive"),
         ("GGUF context_length string", g("cs.gguf", "llama.context_length", Value::Str("8k".into())), "llama.context_length is not a non-negative integer"),
         (
-            "GGUF sliding window below the context",
-            g("swa.gguf", "llama.attention.sliding_window", Value::U64(64)),
-            "sliding_window 64 is smaller than the context of 256 tokens",
+            "GGUF sliding window of 0",
+            g("swa0.gguf", "llama.attention.sliding_window", Value::U64(0)),
+            "sliding_window must be positive (or absent)",
         ),
     ];
     for (name, model, expect) in rows {
         run(&Case { name, args: gen(&model, &[]), code: 3, expect, limited: false });
     }
     // Values that are fine still load: a Qwen2 sliding_window that is not used,
-    // a Mistral window as long as the context, null for nullable keys.
+    // a Mistral window as long as the context, null for nullable keys; and
+    // sliding windows below the context (every layer local, a ring cache).
     let fine = [
+        f.hf_with("swa", |c| {
+            c["model_type"] = "mistral".into();
+            c["sliding_window"] = 128.into();
+        }),
+        f.hf_with("qswa", |c| {
+            c["model_type"] = "qwen2".into();
+            c["attention_bias"] = false.into();
+            c["sliding_window"] = 64.into();
+            c["use_sliding_window"] = true.into();
+        }),
+        g("swa.gguf", "llama.attention.sliding_window", Value::U64(64)),
         f.hf_with("qwen_unused", |c| {
             c["model_type"] = "qwen2".into();
             c["attention_bias"] = false.into();

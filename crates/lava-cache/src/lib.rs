@@ -147,6 +147,28 @@
 //!   pass over the latest entropy of every layer. A first chunk as long as the
 //!   prompt is exactly the one-shot prefill.
 //!
+//! # Sliding-window (local) layers
+//!
+//! [`SlidingWindowCache`] serves models whose layers do not all attend to
+//! the whole context (Gemma 3's five local layers per global one, Mistral
+//! v0.1's window). A local layer keeps a ring of its last `w` positions and
+//! nothing else: no eviction, no budget, `2 * H_kv * w * D` f32 values at
+//! most, whatever the context. The global layers get an inner cache built
+//! for them alone, so for LAVa and every other policy:
+//!
+//! - the layer allocation (uniform, pyramid, LAVa's entropy cascade, CAKE's
+//!   preferences) runs over the global layers only, `L` in its formulas is
+//!   their count, and the whole budget (`L_global * H_kv * B` tokens beyond
+//!   the windows' rings) is spent on them: LAVa's dynamic layer budgets move
+//!   budget between global layers only, and a local layer never takes part
+//!   in the entropy normalisation;
+//! - a budget `B` therefore bounds the global layers' cache; the local
+//!   layers add their rings on top, independently of `B`;
+//! - the accounting ([`KvCache::stats`]) counts what each layer really
+//!   holds: the inner cache's tokens plus `min(N, w)` positions per KV head
+//!   of each local layer (`full_bytes` counts all `N` positions of every
+//!   layer, as a full cache without windows would hold).
+//!
 //! The exact semantics (how re-scoring pools over evicted positions, the H2O
 //! and StreamingLLM variants, budgets of layers whose prefill kept everything,
 //! and the memory bounds) are in the `CompressedCache` module docs.
@@ -162,6 +184,7 @@ mod host;
 mod kv_dtype;
 pub mod policy;
 mod select;
+mod sliding;
 
 pub use attention::causal_attention;
 pub use compressed::CompressedCache;
@@ -170,6 +193,7 @@ pub use full::FullCache;
 pub use kv_dtype::{KvDtype, Q8_0_BLOCK};
 pub use policy::{Composition, FloorRule, HeadAllocation, LayerAllocation, PolicyConfig, PolicyName, Pooling, Scorer};
 pub use select::{select_positions, LayerQkv, LayerSelection, PromptScores, Selection};
+pub use sliding::SlidingWindowCache;
 
 use burn::tensor::{backend::Backend, Tensor};
 
@@ -347,6 +371,15 @@ pub trait KvCache<B: Backend>: Send {
     /// cache that cannot be copied (the default). The copies share their
     /// tensors until either writes, so a copy costs no K/V memory until then.
     fn box_clone(&self) -> Option<Box<dyn KvCache<B>>> {
+        None
+    }
+
+    /// The sliding window layer `layer` attends within (its query at
+    /// position `p` sees `p - w + 1 ..= p`), `None` for a layer that attends
+    /// to everything it keeps (the default). A model checks these against
+    /// its own layers before a forward pass; [`SlidingWindowCache`] is the
+    /// cache with local layers.
+    fn sliding_window(&self, _layer: usize) -> Option<usize> {
         None
     }
 }

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::Path;
 
 use burn::tensor::backend::Backend;
-use lava_cache::{FullCache, PolicyConfig, PolicyName};
+use lava_cache::{PolicyConfig, PolicyName};
 use lava_llama::{GenerationConfig, Llama, Logits, Sampling, Tokenizer};
 
 use crate::error::CliError;
@@ -326,13 +326,13 @@ pub fn ppl(a: PplArgs) -> Result<(), CliError> {
 pub fn mean_nll<B: Backend>(model: &Llama<B>, ids: &[u32], chunk: usize) -> Result<f64, CliError> {
     let device = model.device().clone();
     lava_llama::memory::check_available(&format!("a full KV cache of {} tokens", ids.len()), full_cache_bytes(model, ids.len()))?;
-    let mut cache = FullCache::<B>::new(model.cache_shape(), ids.len(), &device)?;
+    let mut cache = crate::prompt::full_cache(model, ids.len(), &device)?;
     let mut total = 0f64;
     let mut count = 0usize;
     let mut start = 0;
     while start + 1 < ids.len() {
         let end = start.saturating_add(chunk).min(ids.len() - 1);
-        let logits = model.forward(&ids[start..end], &mut cache, Logits::All)?; // [T, vocab]
+        let logits = model.forward(&ids[start..end], &mut *cache, Logits::All)?; // [T, vocab]
         let t = end - start;
         let (lp, _) = lava_llama::token_log_probs(logits, &ids[start + 1..end + 1])?;
         total -= lp.iter().map(|&x| x as f64).sum::<f64>();
@@ -350,8 +350,8 @@ pub fn windowed_nll<B: Backend>(model: &Llama<B>, ids: &[u32], ctx: usize) -> Re
     let first = ctx / 2;
     let (mut total, mut count) = (0f64, 0usize);
     for window in ids.chunks_exact(ctx) {
-        let mut cache = FullCache::<B>::new(model.cache_shape(), ctx, &device)?;
-        let logits = model.forward(window, &mut cache, Logits::All)?; // [ctx, vocab]
+        let mut cache = crate::prompt::full_cache(model, ctx, &device)?;
+        let logits = model.forward(window, &mut *cache, Logits::All)?; // [ctx, vocab]
         let [_, vocab] = logits.dims();
         let scored = logits.slice([first..ctx - 1, 0..vocab]);
         let (lp, _) = lava_llama::token_log_probs(scored, &window[first + 1..])?;

@@ -30,7 +30,7 @@ pub struct Llama3RopeScaling {
 /// Architecture of a Llama-family decoder.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LlamaConfig {
-    /// `llama`, `mistral`, `qwen2` or `qwen3` (as Hugging Face's `model_type`).
+    /// `llama`, `mistral`, `qwen2`, `qwen3` or `gemma3` (as Hugging Face's `model_type`).
     pub model_type: String,
     /// Vocabulary size.
     pub vocab_size: usize,
@@ -67,11 +67,49 @@ pub struct LlamaConfig {
     pub bos_token_id: Option<u32>,
     /// End-of-sequence token ids (generation stops at any of them).
     pub eos_token_ids: Vec<u32>,
-    /// Sliding-window attention span (Mistral's `sliding_window`), if the
-    /// model uses one. lava has no sliding-window attention, so
-    /// [`validate`](Self::validate) refuses a window smaller than the context.
+    /// Sliding-window attention span: a local layer's query at position `p`
+    /// attends to positions `p - window + 1 ..= p` only (Gemma 3's local
+    /// layers, Mistral's `sliding_window`). Which layers are local:
+    /// [`sliding_window_pattern`](Self::sliding_window_pattern).
     #[serde(default)]
     pub sliding_window: Option<usize>,
+    /// With a `sliding_window`: every `n`-th layer (layers `n-1, 2n-1, ...`)
+    /// attends to the whole context (a global layer) and the others within
+    /// the window (Gemma 3: 6, five local layers then one global). `None`:
+    /// every layer is local (Mistral).
+    #[serde(default)]
+    pub sliding_window_pattern: Option<usize>,
+    /// RoPE base of the local layers (Gemma 3's `rope_local_base_freq`,
+    /// 10000); `None`: `rope_theta`, as the global layers.
+    #[serde(default)]
+    pub rope_local_base_freq: Option<f64>,
+    /// Gemma: the embedding rows are multiplied by `sqrt(hidden_size)`.
+    #[serde(default)]
+    pub scale_embeddings: bool,
+    /// Gemma 2/3's extra RMS norms: one on the attention output and one on
+    /// the MLP output, each before its residual add
+    /// (`post_attention_norm` / `post_ffw_norm` in GGUF).
+    #[serde(default)]
+    pub post_norms: bool,
+    /// The MLP's gate activation.
+    #[serde(default)]
+    pub hidden_act: Activation,
+    /// Attention scores are scaled by `1 / sqrt(query_pre_attn_scalar)`
+    /// (Gemma); `None`: `1 / sqrt(head_dim)`.
+    #[serde(default)]
+    pub query_pre_attn_scalar: Option<f64>,
+}
+
+/// The gate activation of the gated MLP `down(act(gate(x)) * up(x))`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    /// `x * sigmoid(x)` (SwiGLU: Llama, Mistral, Qwen).
+    #[default]
+    Silu,
+    /// GELU, tanh approximation: `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`
+    /// (GeGLU: Gemma).
+    GeluTanh,
 }
 
 impl LlamaConfig {
@@ -165,14 +203,35 @@ impl LlamaConfig {
         if let Some(e) = self.eos_token_ids.iter().find(|&&e| e as u64 >= vocab) {
             return bad(format!("eos_token_id {e} is outside the vocabulary of {vocab} tokens"));
         }
-        if let Some(w) = self.sliding_window.filter(|&w| w < self.max_position_embeddings) {
-            return bad(format!(
-                "sliding_window {w} is smaller than the context of {} tokens and lava has no sliding-window attention; \
-                 set max_position_embeddings to at most {w} in config.json to run the model within its window",
-                self.max_position_embeddings
-            ));
+        if self.sliding_window == Some(0) {
+            return bad("sliding_window must be positive (or absent)".into());
+        }
+        if self.sliding_window_pattern == Some(0) {
+            return bad("sliding_window_pattern must be positive (or absent)".into());
+        }
+        if let Some(b) = self.rope_local_base_freq.filter(|b| !(b.is_finite() && *b > 0.0)) {
+            return bad(format!("rope_local_base_freq must be a positive finite number, got {}", num(b)));
+        }
+        if let Some(s) = self.query_pre_attn_scalar.filter(|s| !(s.is_finite() && *s > 0.0)) {
+            return bad(format!("query_pre_attn_scalar must be a positive finite number, got {}", num(s)));
         }
         Ok(())
+    }
+
+    /// The sliding window of layer `layer`, `None` for a layer that attends
+    /// to the whole context (a global layer). A window as long as the context
+    /// changes nothing, and counts as global.
+    pub fn layer_window(&self, layer: usize) -> Option<usize> {
+        let w = self.sliding_window.filter(|&w| w < self.max_position_embeddings)?;
+        match self.sliding_window_pattern {
+            Some(n) if (layer + 1) % n == 0 => None,
+            _ => Some(w),
+        }
+    }
+
+    /// [`layer_window`](Self::layer_window) of every layer.
+    pub fn layer_windows(&self) -> Vec<Option<usize>> {
+        (0..self.num_hidden_layers).map(|l| self.layer_window(l)).collect()
     }
 
     /// Bytes of all f32 weights (biases and an untied output counted), or
@@ -193,10 +252,45 @@ impl LlamaConfig {
             .try_fold(0u64, |acc, &rows| acc.checked_add(rows.checked_mul(d)?))?
             .checked_add(q.checked_add(kv.checked_mul(2)?)?)?
             .checked_add(d.checked_mul(2)?)?
-            .checked_add(if self.qk_norm { (self.head_dim as u64).checked_mul(2)? } else { 0 })?;
+            .checked_add(if self.qk_norm { (self.head_dim as u64).checked_mul(2)? } else { 0 })?
+            .checked_add(if self.post_norms { d.checked_mul(2)? } else { 0 })?;
         // Embedding, output projection, final norm.
         let rest = (self.vocab_size as u64).checked_mul(d)?.checked_mul(2)?.checked_add(d)?;
         layer.checked_mul(self.num_hidden_layers as u64)?.checked_add(rest)?.checked_mul(4)
+    }
+
+    /// The fields beyond the Llama family's, at their Llama values (no
+    /// sliding-window pattern, no local RoPE base, unscaled embeddings, no
+    /// post norms, SiLU, `1/sqrt(head_dim)`), for struct literals:
+    /// `LlamaConfig { ..., ..LlamaConfig::default_extras() }`. Its other
+    /// fields are placeholders to be overwritten.
+    pub fn default_extras() -> Self {
+        Self {
+            model_type: String::new(),
+            vocab_size: 0,
+            hidden_size: 0,
+            intermediate_size: 0,
+            num_hidden_layers: 0,
+            num_attention_heads: 0,
+            num_key_value_heads: 0,
+            head_dim: 0,
+            rms_norm_eps: 0.0,
+            rope_theta: 0.0,
+            rope_scaling: None,
+            max_position_embeddings: 0,
+            tie_word_embeddings: false,
+            attention_bias: false,
+            qk_norm: false,
+            bos_token_id: None,
+            eos_token_ids: vec![],
+            sliding_window: None,
+            sliding_window_pattern: None,
+            rope_local_base_freq: None,
+            scale_embeddings: false,
+            post_norms: false,
+            hidden_act: Activation::Silu,
+            query_pre_attn_scalar: None,
+        }
     }
 
     /// Parses a Hugging Face `config.json`.
@@ -301,6 +395,7 @@ impl LlamaConfig {
             bos_token_id: ids("bos_token_id")?.first().copied(),
             eos_token_ids: ids("eos_token_id")?,
             sliding_window,
+            ..Self::default_extras()
         };
         cfg.validate()?;
         Ok(cfg)

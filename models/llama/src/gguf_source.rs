@@ -8,13 +8,13 @@ use crate::gguf::{GgufError, GgufFile};
 use crate::weights::WeightSource;
 
 /// Architectures (GGUF `general.architecture`) lava reads.
-pub const GGUF_ARCHITECTURES: [&str; 4] = ["llama", "mistral", "qwen2", "qwen3"];
+pub const GGUF_ARCHITECTURES: [&str; 5] = ["llama", "mistral", "qwen2", "qwen3", "gemma3"];
 
 /// Whether llama.cpp's converter permuted the Q/K rows of architecture `arch`
-/// for interleaved RoPE (`llama`, `mistral`): the Qwen ones are written in
+/// for interleaved RoPE (`llama`, `mistral`): the Qwen and Gemma ones are written in
 /// Hugging Face's rotate-half order, as is.
 pub(crate) fn permuted_qk(arch: &str) -> bool {
-    !matches!(arch, "qwen2" | "qwen3")
+    !matches!(arch, "qwen2" | "qwen3" | "gemma3")
 }
 
 /// Builds the model configuration from GGUF metadata.
@@ -70,13 +70,30 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<LlamaConfig, ModelError> {
             g.path().display()
         )));
     }
-    let eos: Vec<u32> = token_id("tokenizer.ggml.eos_token_id")?.into_iter().collect();
+    let mut eos: Vec<u32> = token_id("tokenizer.ggml.eos_token_id")?.into_iter().collect();
+    let gemma3 = arch == "gemma3";
+    if gemma3 {
+        if let Some(s) = g.get(&k("rope.scaling.type")).and_then(|v| v.as_str()).filter(|s| *s != "none") {
+            return Err(ModelError::Unsupported(format!(
+                "{}: gemma3.rope.scaling.type {s:?}; lava runs Gemma 3 files without RoPE scaling (the 270M and 1B)",
+                g.path().display()
+            )));
+        }
+        // A Gemma chat turn ends with <end_of_turn>, not with the file's EOS (<eos>):
+        // generation stops at either, as llama.cpp's end-of-generation set does.
+        if let Some(id) = token_id_of(g, "<end_of_turn>") {
+            if !eos.contains(&id) {
+                eos.push(id);
+            }
+        }
+    }
+    let block_count = u("block_count")?;
     let cfg = LlamaConfig {
-        model_type: if arch == "qwen2" || arch == "qwen3" { arch.clone() } else { "llama".into() },
+        model_type: if matches!(arch.as_str(), "qwen2" | "qwen3" | "gemma3") { arch.clone() } else { "llama".into() },
         vocab_size: vocab,
         hidden_size: hidden,
         intermediate_size: u("feed_forward_length")?,
-        num_hidden_layers: u("block_count")?,
+        num_hidden_layers: block_count,
         num_attention_heads: heads,
         num_key_value_heads: opt_u(&k("attention.head_count_kv"))?.unwrap_or(heads),
         head_dim,
@@ -86,16 +103,41 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<LlamaConfig, ModelError> {
         max_position_embeddings: opt_u(&k("context_length"))?.unwrap_or(4096),
         tie_word_embeddings: !g.tensors.contains_key("output.weight"),
         attention_bias: g.tensors.contains_key("blk.0.attn_q.bias"),
-        qk_norm: arch == "qwen3",
+        qk_norm: arch == "qwen3" || gemma3,
         bos_token_id: token_id("tokenizer.ggml.bos_token_id")?,
         eos_token_ids: eos,
         sliding_window: opt_u(&k("attention.sliding_window"))?,
+        // Gemma 3 (llama.cpp's gemma3 graph): five local layers then one
+        // global, local RoPE base 10000, embeddings scaled by sqrt(hidden),
+        // post-attention and post-MLP norms, q/k norms, GeGLU. GGUF stores the
+        // norms' gains as Gemma's `1 + weight` already (the converter adds
+        // the 1), so every norm multiplies by the stored gain. The attention
+        // scale is `1/sqrt(head_dim)` except for the 27B (62 layers), whose
+        // `query_pre_attn_scalar` is hidden / heads.
+        sliding_window_pattern: match gemma3 {
+            true => Some(opt_u(&k("attention.sliding_window_pattern"))?.unwrap_or(6)),
+            false => None,
+        },
+        rope_local_base_freq: match gemma3 {
+            true => Some(opt_f(&k("rope.freq_base_swa"), 10_000.0)?),
+            false => None,
+        },
+        scale_embeddings: gemma3,
+        post_norms: gemma3,
+        hidden_act: if gemma3 { crate::config::Activation::GeluTanh } else { crate::config::Activation::Silu },
+        query_pre_attn_scalar: (gemma3 && block_count == 62).then(|| (hidden / heads.max(1)) as f64),
     };
     cfg.validate().map_err(|e| match e {
         ModelError::Config(m) => ModelError::Config(format!("{}: {m}", g.path().display())),
         other => other,
     })?;
     Ok(cfg)
+}
+
+/// The id of the token spelled `text` in `tokenizer.ggml.tokens`, if any.
+fn token_id_of(g: &GgufFile, text: &str) -> Option<u32> {
+    let tokens = g.get("tokenizer.ggml.tokens")?.as_array()?;
+    tokens.iter().position(|t| t.as_str() == Some(text)).and_then(|i| u32::try_from(i).ok())
 }
 
 /// Weights of a GGUF file under Hugging Face names and layout.
@@ -114,7 +156,11 @@ impl<'a> GgufSource<'a> {
         Ok(Self { unpermute: permuted_qk(arch), gguf, config })
     }
 
-    fn gguf_name(name: &str) -> Option<String> {
+    /// The GGUF name of Hugging Face parameter `name`; `post_norms`: a Gemma
+    /// file, whose `post_attention_layernorm` is the attention output's norm
+    /// (GGUF `post_attention_norm`) and whose MLP input norm is
+    /// `pre_feedforward_layernorm` (GGUF `ffn_norm`).
+    pub(crate) fn gguf_name(name: &str, post_norms: bool) -> Option<String> {
         let name = name.strip_prefix("model.").unwrap_or(name);
         let fixed = match name {
             "embed_tokens.weight" => Some("token_embd.weight"),
@@ -141,7 +187,10 @@ impl<'a> GgufSource<'a> {
             "mlp.up_proj.weight" => "ffn_up.weight",
             "mlp.down_proj.weight" => "ffn_down.weight",
             "input_layernorm.weight" => "attn_norm.weight",
+            "post_attention_layernorm.weight" if post_norms => "post_attention_norm.weight",
             "post_attention_layernorm.weight" => "ffn_norm.weight",
+            "pre_feedforward_layernorm.weight" => "ffn_norm.weight",
+            "post_feedforward_layernorm.weight" => "post_ffw_norm.weight",
             _ => return None,
         };
         Some(format!("blk.{layer}.{mapped}"))
@@ -189,7 +238,7 @@ pub fn unpermute_rows<T: Copy + Default>(v: &[T], heads: usize, head_dim: usize,
 
 impl WeightSource for GgufSource<'_> {
     fn tensor(&self, name: &str) -> Result<Option<(Vec<usize>, Vec<f32>)>, ModelError> {
-        let Some(gname) = Self::gguf_name(name) else { return Ok(None) };
+        let Some(gname) = Self::gguf_name(name, self.config.post_norms) else { return Ok(None) };
         let info = match self.gguf.tensors.get(&gname) {
             Some(i) => i,
             None => return Ok(None),
@@ -235,7 +284,7 @@ impl WeightSource for GgufSource<'_> {
     }
 
     fn shape(&self, name: &str) -> Result<Option<Vec<usize>>, ModelError> {
-        Ok(Self::gguf_name(name).and_then(|g| self.gguf.tensors.get(&g)).map(|i| i.shape()))
+        Ok(Self::gguf_name(name, self.config.post_norms).and_then(|g| self.gguf.tensors.get(&g)).map(|i| i.shape()))
     }
 
     fn tensor_count(&self) -> Option<usize> {

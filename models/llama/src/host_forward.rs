@@ -22,6 +22,7 @@ mod on_host {
     use burn::tensor::{backend::Backend, Tensor};
     use lava_cache::KvCache;
 
+    use crate::config::Activation;
     use crate::error::ModelError;
     use lava_flex::matmul as kernels;
     use crate::transformer::{Llama, Logits};
@@ -36,6 +37,12 @@ mod on_host {
     /// (`run_on_host` declines such a model first).
     fn no_matrices() -> ModelError {
         ModelError::Internal("the host path ran without packed or quantized matrices".into())
+    }
+
+    /// GELU, tanh approximation (Gemma's GeGLU), in f32.
+    fn gelu_tanh(x: f32) -> f32 {
+        const C: f32 = 0.797_884_6; // sqrt(2 / pi)
+        0.5 * x * (1.0 + (C * (x + 0.044715 * x * x * x)).tanh())
     }
 
     /// Rows per block of the host MLP (`run_on_host`): bounds the `[rows, ff]`
@@ -117,6 +124,7 @@ mod on_host {
             let readable = self.weights.layers.iter().all(|l| {
                 l.projections().iter().all(|p| p.bias.as_ref().is_none_or(|b| Host::new(&b.val()).is_some()))
                     && [&l.self_attn.q_norm, &l.self_attn.k_norm].iter().all(|n| n.as_ref().is_none_or(|n| Host::new(&n.gamma.val()).is_some()))
+                    && [&l.attention_output_norm, &l.mlp_output_norm].iter().all(|n| n.as_ref().is_none_or(|n| Host::new(&n.gamma.val()).is_some()))
                     && Host::new(&l.input_layernorm.gamma.val()).is_some()
                     && Host::new(&l.post_attention_layernorm.gamma.val()).is_some()
             });
@@ -128,9 +136,18 @@ mod on_host {
                 Some(q) => q.embed(tokens)?,
                 None => tokens.iter().flat_map(|&t| embed.values()[t as usize * d..(t as usize + 1) * d].iter().copied()).collect(),
             };
+            if let Some(s) = self.embedding_scale() {
+                x.iter_mut().for_each(|v| *v *= s);
+            }
             let (cos, sin) = self.rope.host_tables(positions);
+            let local = self.rope_local.as_ref().map(|r| r.host_tables(positions));
+            let query_scale = self.query_scale().map(|s| s as f32);
             let half = hd / 2;
             for (l, layer) in self.weights.layers.iter().enumerate() {
+                let (cos, sin) = match (&local, c.layer_window(l)) {
+                    (Some((c, s)), Some(_)) => (c, s),
+                    _ => (&cos, &sin),
+                };
                 let (a, m) = (&layer.self_attn, &layer.mlp);
                 let (Some(g1), Some(g2)) = (Host::new(&layer.input_layernorm.gamma.val()), Host::new(&layer.post_attention_layernorm.gamma.val()))
                 else {
@@ -150,6 +167,9 @@ mod on_host {
                     let (cs, sn) = (&cos[r * half..(r + 1) * half], &sin[r * half..(r + 1) * half]);
                     rope(&mut qkv[0][r * hq * hd..(r + 1) * hq * hd], cs, sn);
                     rope(&mut qkv[1][r * hkv * hd..(r + 1) * hkv * hd], cs, sn);
+                }
+                if let Some(s) = query_scale {
+                    qkv[0].iter_mut().for_each(|v| *v *= s);
                 }
                 let mut attn = vec![0f32; rows * hq * hd];
                 // Rows [t, H * D] of a group as [H, t, D].
@@ -189,7 +209,11 @@ mod on_host {
                         }
                     }
                 }
-                let o = self.project_layer(l, &attn, rows, &[(&a.o_proj, Proj::O)])?;
+                let mut o = self.project_layer(l, &attn, rows, &[(&a.o_proj, Proj::O)])?;
+                if let Some(n) = &layer.attention_output_norm {
+                    let g = Host::new(&n.gamma.val()).ok_or_else(lost)?;
+                    rms_norm(&mut o[0], g.values(), n.epsilon);
+                }
                 x.iter_mut().zip(&o[0]).for_each(|(x, o)| *x += o);
                 // The MLP in blocks of rows: its [rows, ff] intermediates are the
                 // largest activations of a long prefill.
@@ -201,9 +225,16 @@ mod on_host {
                     let mut gu = self.project_layer(l, &h, r1 - r0, &[(&m.gate_proj, Proj::Gate), (&m.up_proj, Proj::Up)])?;
                     let up = gu.pop().unwrap_or_default();
                     let mut act = gu.pop().unwrap_or_default();
-                    swiglu_split(&mut act, &up, self.matvec_split);
+                    match c.hidden_act {
+                        Activation::Silu => swiglu_split(&mut act, &up, self.matvec_split),
+                        Activation::GeluTanh => act.iter_mut().zip(&up).for_each(|(g, u)| *g = gelu_tanh(*g) * u),
+                    }
                     debug_assert_eq!(act.len(), (r1 - r0) * ff);
-                    let down = self.project_layer(l, &act, r1 - r0, &[(&m.down_proj, Proj::Down)])?;
+                    let mut down = self.project_layer(l, &act, r1 - r0, &[(&m.down_proj, Proj::Down)])?;
+                    if let Some(n) = &layer.mlp_output_norm {
+                        let g = Host::new(&n.gamma.val()).ok_or_else(lost)?;
+                        rms_norm(&mut down[0], g.values(), n.epsilon);
+                    }
                     xr.iter_mut().zip(&down[0]).for_each(|(x, o)| *x += o);
                 }
             }

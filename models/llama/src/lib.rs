@@ -1,6 +1,6 @@
 //! # lava-llama
 //!
-//! A Llama-family decoder (Llama, Mistral, Qwen2, Qwen3, SmolLM) in Burn, generic over
+//! A Llama-family decoder (Llama, Mistral, Qwen2, Qwen3, Gemma 3, SmolLM) in Burn, generic over
 //! the backend, that calls a [`lava_cache::KvCache`] at every attention layer.
 //!
 //! Loads GGUF files (F32, F16, BF16, Q8_0, Q4_0, Q4_1, dequantised to f32) and
@@ -183,6 +183,12 @@ pub fn export_gguf_to_hf(gguf_path: &Path, out: &Path) -> Result<(), ModelError>
         return Err(ModelError::Unsupported(
             "export of GGUF files with rope_freqs (Llama-3.1 scaling) is not supported yet".into(),
         ));
+    }
+    if config.post_norms || config.sliding_window.is_some() {
+        return Err(ModelError::Unsupported(format!(
+            "export of {} files (sliding-window layers, Gemma norms) to Hugging Face directories is not supported; run the GGUF file itself",
+            config.model_type
+        )));
     }
     let tokenizer = Tokenizer::from_gguf(&g)?;
     let src = GgufSource::new(&g, config.clone())?;

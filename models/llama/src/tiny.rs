@@ -29,6 +29,7 @@ pub fn tiny_config(heads: usize, kv_heads: usize, tied: bool, bias: bool) -> Lla
         bos_token_id: None,
         eos_token_ids: vec![],
         sliding_window: None,
+        ..LlamaConfig::default_extras()
     }
 }
 

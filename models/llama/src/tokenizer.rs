@@ -38,6 +38,22 @@ pub struct Tokenizer {
     byte_level: bool,
 }
 
+/// Gemma's chat format, for Gemma 3 GGUF files that carry no
+/// `tokenizer.chat_template`: `<start_of_turn>user\n...<end_of_turn>\n`
+/// per turn (the assistant's role is `model`), a system message prepended to
+/// the first user turn with a blank line, BOS first; the generation prompt is
+/// `<start_of_turn>model\n` (llama.cpp's built-in `gemma` template).
+pub const GEMMA_CHAT_TEMPLATE: &str = "{{ bos_token }}\
+{%- set ns = namespace(prefix='') -%}\
+{%- for m in messages -%}\
+{%- if m.role == 'system' -%}{%- set ns.prefix = ns.prefix + (m.content | trim) + '\n\n' -%}\
+{%- else -%}\
+{{ '<start_of_turn>' + ('model' if m.role == 'assistant' else m.role) + '\n' + ns.prefix + (m.content | trim) + '<end_of_turn>\n' }}\
+{%- set ns.prefix = '' -%}\
+{%- endif -%}\
+{%- endfor -%}\
+{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}";
+
 /// Instructions a chat template may run per rendering (minijinja fuel): the
 /// templates of real models use a few hundred per message.
 pub const TEMPLATE_FUEL: u64 = 2_000_000;
@@ -195,6 +211,8 @@ impl Tokenizer {
             None => tokenizer_json_from_gguf(g)?,
         };
         let template = g.get("tokenizer.chat_template").and_then(|v| v.as_str()).map(String::from);
+        // Gemma 3 files converted without their template still chat in Gemma's turns.
+        let template = template.or_else(|| (g.get_str("general.architecture").ok() == Some("gemma3")).then(|| GEMMA_CHAT_TEMPLATE.to_string()));
         let mut t = Self::from_json(&json, template)?;
         t.spm = spm;
         let is_spm = t.spm.is_some();

@@ -7,6 +7,8 @@
 use burn::module::Module;
 use burn::nn::Linear;
 use burn::tensor::{activation::silu, backend::Backend, Int, Tensor, TensorData};
+
+use crate::config::Activation;
 use lava_cache::{CacheShape, KvCache};
 
 use crate::config::LlamaConfig;
@@ -37,6 +39,9 @@ pub struct Llama<B: Backend> {
     /// transposed embedding, materialised once at load).
     output: Tensor<B, 2>,
     pub(crate) rope: Rope,
+    /// RoPE of the sliding-window layers when their base differs
+    /// ([`LlamaConfig::rope_local_base_freq`]).
+    pub(crate) rope_local: Option<Rope>,
     device: B::Device,
     /// Column blocks the projections are split into for few-token steps
     /// (see [`Llama::with_matvec_split`]); 1 = one matmul.
@@ -89,11 +94,16 @@ impl<B: Backend> Llama<B> {
                 }
             }
         };
+        let rope_local = config
+            .rope_local_base_freq
+            .filter(|_| config.sliding_window.is_some())
+            .map(|base| Rope::new(&LlamaConfig { rope_theta: base, rope_scaling: None, ..config.clone() }));
         Self {
             config,
             weights,
             output,
             rope,
+            rope_local,
             device: device.clone(),
             matvec_split: 1,
             #[cfg(feature = "flex")]
@@ -186,13 +196,77 @@ impl<B: Backend> Llama<B> {
         let q = head_norm(self.project(&a.q_proj, h.clone()).reshape([t, hq, hd]), &a.q_norm);
         let k = head_norm(self.project(&a.k_proj, h.clone()).reshape([t, hkv, hd]), &a.k_norm);
         let q = apply_rope(q.swap_dims(0, 1), cos, sin);
+        let q = match self.query_scale() {
+            Some(s) => q.mul_scalar(s),
+            None => q,
+        };
         let k = apply_rope(k.swap_dims(0, 1), cos, sin);
         let v = self.project(&a.v_proj, h).reshape([t, hkv, hd]).swap_dims(0, 1);
         let o = attend(q, k, v)?.swap_dims(0, 1).reshape([t, hq * hd]);
-        let x = x + self.project(&a.o_proj, o);
+        let o = self.project(&a.o_proj, o);
+        let o = match &layer.attention_output_norm {
+            Some(n) => n.forward(o),
+            None => o,
+        };
+        let x = x + o;
         let h = layer.post_attention_layernorm.forward(x.clone());
         let m = &layer.mlp;
-        Ok(x + self.project(&m.down_proj, silu(self.project(&m.gate_proj, h.clone())) * self.project(&m.up_proj, h)))
+        let gate = self.project(&m.gate_proj, h.clone());
+        let gate = match c.hidden_act {
+            Activation::Silu => silu(gate),
+            Activation::GeluTanh => gelu_tanh(gate),
+        };
+        let y = self.project(&m.down_proj, gate * self.project(&m.up_proj, h));
+        let y = match &layer.mlp_output_norm {
+            Some(n) => n.forward(y),
+            None => y,
+        };
+        Ok(x + y)
+    }
+
+    /// The factor queries are multiplied by after RoPE so that the cache's
+    /// `1/sqrt(head_dim)` scores come out at `1/sqrt(query_pre_attn_scalar)`;
+    /// `None` when the two agree.
+    pub(crate) fn query_scale(&self) -> Option<f64> {
+        let s = self.config.query_pre_attn_scalar?;
+        let d = self.config.head_dim as f64;
+        (s != d).then(|| (d / s).sqrt())
+    }
+
+    /// The embedding rows' factor (Gemma's `sqrt(hidden_size)`, in f32 as
+    /// llama.cpp computes it), `None` for the other families.
+    pub(crate) fn embedding_scale(&self) -> Option<f32> {
+        self.config.scale_embeddings.then(|| (self.config.hidden_size as f32).sqrt())
+    }
+
+    /// Checks that every cache attends each layer as the model does: a
+    /// sliding-window layer within its window, a global layer over
+    /// everything. A cache that disagrees would compute another model.
+    pub(crate) fn check_windows<C: KvCache<B> + ?Sized>(&self, caches: &[&mut C]) -> Result<(), ModelError> {
+        for cache in caches {
+            for l in 0..self.config.num_hidden_layers {
+                let (want, got) = (self.config.layer_window(l), cache.sliding_window(l));
+                if want != got {
+                    let what = |w: Option<usize>| match w {
+                        Some(w) => format!("within a sliding window of {w} tokens"),
+                        None => "over the whole context".to_string(),
+                    };
+                    return Err(ModelError::Input(format!(
+                        "layer {l} of this model attends {} but the cache attends it {}; build the cache with \
+                         lava_cache::SlidingWindowCache over Llama::layer_windows()",
+                        what(want),
+                        what(got)
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Each layer's sliding window (`None`: a global layer), what
+    /// [`lava_cache::SlidingWindowCache`] needs.
+    pub fn layer_windows(&self) -> Vec<Option<usize>> {
+        self.config.layer_windows()
     }
 
     /// The device the model lives on.
@@ -259,6 +333,7 @@ impl<B: Backend> Llama<B> {
             // One new token: the decode step (which has a fast path on CPU).
             return self.decode_batch(tokens, &mut [cache]);
         }
+        self.check_windows(&[&mut *cache])?;
         let start = cache.next_position();
         let positions: Vec<usize> = (start..start + t).collect();
         if let Some(logits) = self.forward_on_host(tokens, &positions, Some(&[0..t]), &mut [cache], which)? {
@@ -267,9 +342,17 @@ impl<B: Backend> Llama<B> {
         let ids: Vec<i64> = tokens.iter().map(|&x| x as i64).collect();
         let ids = Tensor::<B, 1, Int>::from_data(TensorData::new(ids, [t]), &self.device);
         let mut x = self.weights.embed_tokens.weight.val().select(0, ids); // [T, d]
+        if let Some(s) = self.embedding_scale() {
+            x = x.mul_scalar(s);
+        }
         let (cos, sin) = self.rope.tables::<B>(start, t, &self.device);
+        let local = self.rope_local.as_ref().map(|r| r.tables::<B>(start, t, &self.device));
         for (l, layer) in self.weights.layers.iter().enumerate() {
-            x = self.layer_step(layer, x, &cos, &sin, |q, k, v| cache.attend(l, q, k, v))?;
+            let (cos, sin) = match (&local, self.config.layer_window(l)) {
+                (Some((c, s)), Some(_)) => (c, s),
+                _ => (&cos, &sin),
+            };
+            x = self.layer_step(layer, x, cos, sin, |q, k, v| cache.attend(l, q, k, v))?;
         }
         let x = match which {
             Logits::Last => x.slice([t - 1..t, 0..c.hidden_size]),
@@ -307,6 +390,7 @@ impl<B: Backend> Llama<B> {
             let tokens: Vec<u32> = runs.iter().map(|r| r[0]).collect();
             return self.decode_batch(&tokens, caches);
         }
+        self.check_windows(caches)?;
         let tokens: Vec<u32> = runs.iter().flat_map(|r| r.iter().copied()).collect();
         let mut positions = Vec::with_capacity(tokens.len());
         let mut groups = Vec::with_capacity(n);
@@ -373,6 +457,7 @@ impl<B: Backend> Llama<B> {
         if let Some(&bad) = tokens.iter().find(|&&id| id as usize >= c.vocab_size) {
             return Err(ModelError::Input(format!("token id {bad} is outside the vocabulary ({})", c.vocab_size)));
         }
+        self.check_windows(caches)?;
         let positions: Vec<usize> = caches.iter().map(|c| c.next_position()).collect();
         if let Some(logits) = self.forward_on_host(tokens, &positions, None, caches, Logits::All)? {
             return Ok(logits);
@@ -380,10 +465,18 @@ impl<B: Backend> Llama<B> {
         let ids: Vec<i64> = tokens.iter().map(|&x| x as i64).collect();
         let ids = Tensor::<B, 1, Int>::from_data(TensorData::new(ids, [n]), &self.device);
         let mut x = self.weights.embed_tokens.weight.val().select(0, ids); // [n, d]
+        if let Some(s) = self.embedding_scale() {
+            x = x.mul_scalar(s);
+        }
         let (cos, sin) = self.rope.tables_at::<B>(&positions, &self.device);
+        let local = self.rope_local.as_ref().map(|r| r.tables_at::<B>(&positions, &self.device));
         let (hq, hkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
         for (l, layer) in self.weights.layers.iter().enumerate() {
-            x = self.layer_step(layer, x, &cos, &sin, |q, k, v| {
+            let (cos, sin) = match (&local, self.config.layer_window(l)) {
+                (Some((c, s)), Some(_)) => (c, s),
+                _ => (&cos, &sin),
+            };
+            x = self.layer_step(layer, x, cos, sin, |q, k, v| {
                 let mut outs = Vec::with_capacity(n);
                 for (i, cache) in caches.iter_mut().enumerate() {
                     let row = |t: &Tensor<B, 3>, heads: usize| t.clone().slice([0..heads, i..i + 1, 0..hd]);
@@ -394,4 +487,11 @@ impl<B: Backend> Llama<B> {
         }
         Ok(self.logits(self.weights.norm.forward(x)))
     }
+}
+
+/// GELU, tanh approximation: `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`.
+pub(crate) fn gelu_tanh<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    let c = (2.0 / std::f64::consts::PI).sqrt();
+    let inner = (x.clone() + x.clone().powi_scalar(3).mul_scalar(0.044715)).mul_scalar(c);
+    x.mul_scalar(0.5) * (inner.tanh() + 1.0)
 }

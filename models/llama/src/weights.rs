@@ -51,8 +51,14 @@ pub struct DecoderLayer<B: Backend> {
     pub mlp: Mlp<B>,
     /// Norm before attention.
     pub input_layernorm: RmsNorm<B>,
-    /// Norm before the MLP.
+    /// Norm before the MLP (Gemma's `pre_feedforward_layernorm`).
     pub post_attention_layernorm: RmsNorm<B>,
+    /// Gemma: norm of the attention output, before its residual add
+    /// (Gemma's `post_attention_layernorm`, GGUF `post_attention_norm`).
+    pub attention_output_norm: Option<RmsNorm<B>>,
+    /// Gemma: norm of the MLP output, before its residual add
+    /// (`post_feedforward_layernorm`, GGUF `post_ffw_norm`).
+    pub mlp_output_norm: Option<RmsNorm<B>>,
 }
 
 /// The Llama-family decoder's parameters (names follow Hugging Face, minus `model.`).
@@ -171,6 +177,10 @@ pub(crate) enum Norm {
     Q,
     /// A layer's per-head `self_attn.k_norm` (`[head_dim]`).
     K,
+    /// A Gemma layer's attention output norm.
+    AttentionOutput,
+    /// A Gemma layer's MLP output norm.
+    MlpOutput,
 }
 
 /// Which field of [`LlamaWeights`] a parameter fills, and so how it is stored.
@@ -235,7 +245,12 @@ pub(crate) fn parameter_table(c: &LlamaConfig) -> ParameterTable {
         Some(row("mlp.up_proj.weight", &[ff, d], Weight(Proj::Up))),
         Some(row("mlp.down_proj.weight", &[d, ff], Weight(Proj::Down))),
         Some(row("input_layernorm.weight", &[d], ParameterKind::Norm(Norm::Input))),
-        Some(row("post_attention_layernorm.weight", &[d], ParameterKind::Norm(Norm::PostAttention))),
+        // Gemma names its four norms after where they sit: the attention output's
+        // is its `post_attention_layernorm`, the MLP input's `pre_feedforward_layernorm`.
+        (!c.post_norms).then(|| row("post_attention_layernorm.weight", &[d], ParameterKind::Norm(Norm::PostAttention))),
+        c.post_norms.then(|| row("post_attention_layernorm.weight", &[d], ParameterKind::Norm(Norm::AttentionOutput))),
+        c.post_norms.then(|| row("pre_feedforward_layernorm.weight", &[d], ParameterKind::Norm(Norm::PostAttention))),
+        c.post_norms.then(|| row("post_feedforward_layernorm.weight", &[d], ParameterKind::Norm(Norm::MlpOutput))),
     ];
     let after = [
         Some(row("model.norm.weight", &[d], ParameterKind::Norm(Norm::Final))),
@@ -469,6 +484,8 @@ impl<B: Backend> LlamaWeights<B> {
                 },
                 input_layernorm: loaded.rms_norm(l, Norm::Input, eps)?,
                 post_attention_layernorm: loaded.rms_norm(l, Norm::PostAttention, eps)?,
+                attention_output_norm: loaded.rms_norm_if_present(l, Norm::AttentionOutput, eps)?,
+                mlp_output_norm: loaded.rms_norm_if_present(l, Norm::MlpOutput, eps)?,
             });
         }
         let norm = loaded.rms_norm(None, Norm::Final, eps)?;
