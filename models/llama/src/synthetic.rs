@@ -210,6 +210,7 @@ impl SyntheticShape {
             bos_token_id: None,
             eos_token_ids: vec![],
             sliding_window: None,
+            ..LlamaConfig::default_extras()
         }
     }
 
