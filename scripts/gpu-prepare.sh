@@ -44,7 +44,7 @@ else
   echo "== lava --features cuda"
   cargo build --release --locked --features cuda --bin lava
 fi
-cp target/release/lava "$tmp/bin/lava"
+cp "${CARGO_TARGET_DIR:-target}/release/lava" "$tmp/bin/lava"
 
 # The test executables cargo builds for a package, one per line (from its JSON messages).
 test_executables() {
