@@ -42,12 +42,21 @@ while [ $# -gt 0 ]; do
   esac
 done
 case $BACKEND in cuda | flex | ndarray) ;; *) echo "gpu-check: --backend takes cuda, flex or ndarray, not $BACKEND" >&2; exit 2 ;; esac
-LAVA=$KIT/bin/lava
-[ -x "$LAVA" ] || { echo "gpu-check: $LAVA is missing: run scripts/gpu-prepare.sh $KIT first (on a machine with cargo)" >&2; exit 2; }
+[ -f "$KIT/kit.tar.xz" ] || { echo "gpu-check: $KIT/kit.tar.xz is missing: run scripts/gpu-prepare.sh $KIT first (on a machine with cargo)" >&2; exit 2; }
 mkdir -p "$OUTDIR"
 RESULTS=$OUTDIR/gpu-check.txt
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
+# Unpack the kit (xz, or Python's lzma where xz is missing).
+mkdir -p "$WORK/kit"
+if command -v xz >/dev/null; then
+  xz -dc "$KIT/kit.tar.xz" | tar -C "$WORK/kit" -xf - || { echo "gpu-check: cannot unpack $KIT/kit.tar.xz" >&2; exit 2; }
+else
+  python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1], "r:xz").extractall(sys.argv[2])' "$KIT/kit.tar.xz" "$WORK/kit" || exit 2
+fi
+cp "$KIT/MANIFEST" "$WORK/kit/MANIFEST"
+KIT=$WORK/kit
+LAVA=$KIT/bin/lava
 : >"$RESULTS"
 fail=0
 log() { echo "$*" | tee -a "$RESULTS"; }
