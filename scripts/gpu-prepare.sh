@@ -97,7 +97,11 @@ strip "$tmp"/bin/* "$tmp"/tests-cuda/* "$tmp"/tests-ndarray/* 2>/dev/null || tru
 echo "== packing (xz -9)"
 mkdir -p "$tmp.packed"
 mv "$tmp/MANIFEST" "$tmp.packed/MANIFEST"
-tar -C "$tmp" -cf - . | xz -T2 -9 >"$tmp.packed/kit.tar.xz"
+if command -v xz >/dev/null; then
+  tar -C "$tmp" -cf - . | xz -T2 -9 >"$tmp.packed/kit.tar.xz"
+else # Python's lzma writes the same format
+  tar -C "$tmp" -cf - . | python3 -c 'import lzma, sys; sys.stdout.buffer.write(lzma.compress(sys.stdin.buffer.read(), preset=9))' >"$tmp.packed/kit.tar.xz"
+fi
 rm -rf "$tmp" "$KIT"
 mv "$tmp.packed" "$KIT"
 trap - EXIT
