@@ -81,17 +81,7 @@ impl RandomWeights {
         };
         let mut w = GgufWriter::new();
         w.kv("general.architecture", Value::Str(arch.into()));
-        let k = |s: &str| format!("{arch}.{s}");
-        w.kv(&k("block_count"), Value::U64(c.num_hidden_layers as u64));
-        w.kv(&k("context_length"), Value::U64(c.max_position_embeddings as u64));
-        w.kv(&k("embedding_length"), Value::U64(c.hidden_size as u64));
-        w.kv(&k("feed_forward_length"), Value::U64(c.intermediate_size as u64));
-        w.kv(&k("attention.head_count"), Value::U64(c.num_attention_heads as u64));
-        w.kv(&k("attention.head_count_kv"), Value::U64(c.num_key_value_heads as u64));
-        w.kv(&k("attention.key_length"), Value::U64(c.head_dim as u64));
-        w.kv(&k("attention.value_length"), Value::U64(c.head_dim as u64));
-        w.kv(&k("attention.layer_norm_rms_epsilon"), Value::F64(c.rms_norm_eps));
-        w.kv(&k("rope.freq_base"), Value::F64(c.rope_theta));
+        write_sizes(&mut w, arch, c);
         w.kv("tokenizer.ggml.model", Value::Str("gpt2".into()));
         w.kv("tokenizer.ggml.pre", Value::Str("gpt2".into()));
         let tokens: Vec<Value> = (0..c.vocab_size).map(|i| Value::Str(byte_token(i as u8))).collect();
@@ -119,6 +109,22 @@ impl RandomWeights {
         }
         w.to_bytes()
     }
+}
+
+/// Writes the `{arch}.*` size keys a loader reads (layers, widths, heads, head dimension,
+/// epsilon, RoPE base) for `c` (the tiny models' and the synthetic ones').
+pub(crate) fn write_sizes(w: &mut GgufWriter, arch: &str, c: &LlamaConfig) {
+    let k = |s: &str| format!("{arch}.{s}");
+        w.kv(&k("block_count"), Value::U64(c.num_hidden_layers as u64));
+        w.kv(&k("context_length"), Value::U64(c.max_position_embeddings as u64));
+        w.kv(&k("embedding_length"), Value::U64(c.hidden_size as u64));
+        w.kv(&k("feed_forward_length"), Value::U64(c.intermediate_size as u64));
+        w.kv(&k("attention.head_count"), Value::U64(c.num_attention_heads as u64));
+        w.kv(&k("attention.head_count_kv"), Value::U64(c.num_key_value_heads as u64));
+        w.kv(&k("attention.key_length"), Value::U64(c.head_dim as u64));
+        w.kv(&k("attention.value_length"), Value::U64(c.head_dim as u64));
+        w.kv(&k("attention.layer_norm_rms_epsilon"), Value::F64(c.rms_norm_eps));
+        w.kv(&k("rope.freq_base"), Value::F64(c.rope_theta));
 }
 
 /// A printable token for byte `b` (GPT-2 byte-level alphabet for the printable range).
