@@ -43,6 +43,10 @@ pub enum CacheError {
     /// of the input): please report it with the message.
     #[error("internal error of the KV cache (a bug, please report it): {0}")]
     Internal(String),
+    /// A snapshot that cannot be taken, read or restored (module
+    /// [`snapshot`](crate::snapshot)): the message says which and why.
+    #[error("KV snapshot refused: {0}")]
+    Snapshot(String),
 }
 
 pub(crate) fn dims_str(dims: &[usize]) -> String {

@@ -2,6 +2,7 @@ use burn::tensor::{backend::Backend, Tensor};
 
 use crate::fast_path::Segment;
 use crate::kv_dtype::{decode_attention_stored, KvRows};
+use crate::snapshot::{CacheSnapshot, LayerSnapshot, SnapshotKind};
 use crate::{attention::causal_attention, CacheError, CacheShape, CacheStats, KvCache, KvDtype};
 
 /// The uncompressed cache: every token of every head is kept.
@@ -116,6 +117,47 @@ impl<B: Backend> FullCache<B> {
         self.kv_dtype
     }
 
+    /// Layer `l` of a snapshot: every head's positions `0..len` in order.
+    fn layer_snapshot(&self, l: usize) -> Result<LayerSnapshot, CacheError> {
+        let (h, d, len) = (self.shape.kv_heads, self.shape.head_dim, self.lens[l]);
+        let Some((kb, vb)) = self.layers[l].as_ref().filter(|_| len > 0) else {
+            return Ok(LayerSnapshot::empty(self.kv_dtype));
+        };
+        let rows = |x: &KvRows<B, 3>| x.clone().slice([0..h, 0..len, 0..d]).reshape([h * len, d]).to_stored();
+        Ok(LayerSnapshot {
+            appended: len,
+            slots: (0..h).flat_map(|g| (0..len).map(move |p| (g, p))).collect(),
+            keys: rows(kb)?,
+            values: rows(vb)?,
+            ..LayerSnapshot::empty(self.kv_dtype)
+        })
+    }
+
+    /// Puts layer `l` of a snapshot into this (empty) layer.
+    fn restore_layer(&mut self, l: usize, s: &LayerSnapshot) -> Result<(), CacheError> {
+        let (h, d, len) = (self.shape.kv_heads, self.shape.head_dim, s.appended);
+        let in_order = s.slots.len() == h * len && s.slots.iter().enumerate().all(|(i, &(g, p))| g == i / len && p == i % len);
+        if !in_order {
+            return Err(CacheError::Snapshot(format!("layer {l} does not hold every position of every head in order, as a full cache does")));
+        }
+        if len == 0 {
+            return Ok(());
+        }
+        if len > self.max_tokens {
+            return Err(CacheError::CapacityExceeded { needed: len, capacity: self.max_tokens });
+        }
+        let cap = len.saturating_add(self.headroom).max(64).min(self.max_tokens.max(len));
+        let live = [0..h, 0..len, 0..d];
+        let buffer = |x| -> Result<KvRows<B, 3>, CacheError> {
+            let rows = KvRows::<B, 2>::from_stored(x, h * len, d, &self.device)?.reshape([h, len, d]);
+            KvRows::zeros([h, cap, d], self.kv_dtype, &self.device).slice_assign(live.clone(), rows)
+        };
+        self.layers[l] = Some((buffer(&s.keys)?, buffer(&s.values)?));
+        self.lens[l] = len;
+        Ok(())
+    }
+
+
     fn capacity(&self, layer: usize) -> usize {
         self.layers[layer].as_ref().map_or(0, |(k, _)| k.dims()[1])
     }
@@ -212,5 +254,22 @@ impl<B: Backend> KvCache<B> for FullCache<B> {
 
     fn box_clone(&self) -> Option<Box<dyn KvCache<B>>> {
         Some(Box::new(self.clone()))
+    }
+
+    fn snapshot(&self) -> Result<CacheSnapshot, CacheError> {
+        let layers = (0..self.shape.layers).map(|l| self.layer_snapshot(l)).collect::<Result<_, _>>()?;
+        Ok(CacheSnapshot { kind: SnapshotKind::Full, shape: self.shape, kv_dtype: self.kv_dtype, layers })
+    }
+
+    fn restore(&mut self, snapshot: &CacheSnapshot) -> Result<(), CacheError> {
+        snapshot.check_fits(&SnapshotKind::Full, self.shape, self.kv_dtype)?;
+        if self.lens.iter().any(|&l| l > 0) {
+            return Err(CacheError::Snapshot("a snapshot goes into an empty cache, and this one holds tokens".into()));
+        }
+        let result = snapshot.layers.iter().enumerate().try_for_each(|(l, s)| self.restore_layer(l, s));
+        if result.is_err() {
+            self.reset();
+        }
+        result
     }
 }

@@ -252,6 +252,16 @@ impl<B: Backend, const N: usize> KvRows<B, N> {
         rest.slice_assign(ranges, KvRows::encode(x, dtype)?)
     }
 
+    /// The same rows reshaped to `dims` (the last dimension, the head
+    /// dimension, unchanged).
+    pub fn reshape<const M: usize>(self, dims: [usize; M]) -> KvRows<B, M> {
+        match self {
+            KvRows::F32(x) => KvRows::F32(x.reshape(dims)),
+            KvRows::F16(x) => KvRows::F16(x.reshape(dims)),
+            KvRows::Q8_0 { codes, scales } => KvRows::Q8_0 { codes: codes.reshape(dims), scales: scales.reshape(scale_dims(dims)) },
+        }
+    }
+
     /// Rows `idx` along dimension 0.
     pub fn select(self, idx: Tensor<B, 1, Int>) -> Self {
         match self {
@@ -355,4 +365,54 @@ pub(crate) fn quantize_q8_0<B: Backend, const N: usize>(x: Tensor<B, N>) -> Resu
         Tensor::from_data(TensorData::new(host, [rows, blocks, 1]), &device)
     };
     Ok((codes, scales.reshape(scale_dims(dims))))
+}
+
+impl<B: Backend> KvRows<B, 2> {
+    /// The rows on the host exactly as stored (f16 as bit patterns; Q8_0
+    /// scales as f16 bit patterns, which the f32 scales of backends without
+    /// f16 hold exactly).
+    pub fn to_stored(&self) -> Result<crate::snapshot::StoredRows, CacheError> {
+        use crate::snapshot::StoredRows;
+        let data = |t: Tensor<B, 2>| t.try_into_data().map_err(|e| CacheError::Backend(e.to_string()));
+        let f16_bits = |t: Tensor<B, 2>| -> Result<Vec<u16>, CacheError> {
+            let d = data(t)?.convert::<half::f16>();
+            Ok(d.into_vec::<half::f16>().map_err(|e| CacheError::Backend(format!("{e:?}")))?.into_iter().map(|x| x.to_bits()).collect())
+        };
+        Ok(match self {
+            KvRows::F32(x) => StoredRows::F32(to_host(x.clone())?),
+            KvRows::F16(x) => StoredRows::F16(f16_bits(x.clone())?),
+            KvRows::Q8_0 { codes, scales } => {
+                let c = codes.clone().try_into_data().map_err(|e| CacheError::Backend(e.to_string()))?.convert::<i8>();
+                StoredRows::Q8_0 { codes: c.into_vec::<i8>().map_err(|e| CacheError::Backend(format!("{e:?}")))?, scales: f16_bits(scales.clone())? }
+            }
+        })
+    }
+
+    /// Rows `[rows, d]` on `device` from `x` (as [`to_stored`](Self::to_stored)
+    /// gives them); `x` must hold `rows * d` values.
+    pub fn from_stored(x: &crate::snapshot::StoredRows, rows: usize, d: usize, device: &B::Device) -> Result<Self, CacheError> {
+        use crate::snapshot::StoredRows;
+        if x.values() != rows * d {
+            return Err(CacheError::Snapshot(format!("{} stored values for {rows} rows of {d}", x.values())));
+        }
+        let halves = |bits: &[u16]| -> Vec<half::f16> { bits.iter().map(|&b| half::f16::from_bits(b)).collect() };
+        Ok(match x {
+            StoredRows::F32(v) => KvRows::F32(Tensor::from_data(TensorData::new(v.clone(), [rows, d]), device)),
+            StoredRows::F16(v) => {
+                x.dtype().check::<B>(d, device)?;
+                KvRows::F16(Tensor::from_data(TensorData::new(halves(v), [rows, d]), (device, DType::F16)))
+            }
+            StoredRows::Q8_0 { codes, scales } => {
+                x.dtype().check::<B>(d, device)?;
+                let dims = scale_dims([rows, d]);
+                let scales = if B::supports_dtype(device, DType::F16) {
+                    Tensor::from_data(TensorData::new(halves(scales), dims), (device, DType::F16))
+                } else {
+                    let f: Vec<f32> = scales.iter().map(|&b| half::f16::from_bits(b).to_f32()).collect();
+                    Tensor::from_data(TensorData::new(f, dims), device)
+                };
+                KvRows::Q8_0 { codes: Tensor::from_data(TensorData::new(codes.clone(), [rows, d]), (device, DType::I8)), scales }
+            }
+        })
+    }
 }

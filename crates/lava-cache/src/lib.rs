@@ -185,6 +185,7 @@ mod kv_dtype;
 pub mod policy;
 mod select;
 mod sliding;
+pub mod snapshot;
 
 pub use attention::causal_attention;
 pub use compressed::CompressedCache;
@@ -194,6 +195,7 @@ pub use kv_dtype::{KvDtype, Q8_0_BLOCK};
 pub use policy::{Composition, FloorRule, HeadAllocation, LayerAllocation, PolicyConfig, PolicyName, Pooling, Scorer};
 pub use select::{select_positions, LayerQkv, LayerSelection, PromptScores, Selection};
 pub use sliding::SlidingWindowCache;
+pub use snapshot::{CacheSnapshot, LayerSnapshot, RankingSnapshot, SnapshotKind, StoredRows};
 
 use burn::tensor::{backend::Backend, Tensor};
 
@@ -381,5 +383,21 @@ pub trait KvCache<B: Backend>: Send {
     /// cache with local layers.
     fn sliding_window(&self, _layer: usize) -> Option<usize> {
         None
+    }
+
+    /// What the cache holds, copied to the host (module [`crate::snapshot`]): its
+    /// kept slots, K/V rows as stored and the policy state that decides what
+    /// later calls keep. Errors for a cache that cannot be saved (the
+    /// default).
+    fn snapshot(&self) -> Result<CacheSnapshot, CacheError> {
+        Err(CacheError::Snapshot("this cache cannot be saved".into()))
+    }
+
+    /// Puts `snapshot` into this cache, which must be empty and built for
+    /// the same kind, shape, policy (every parameter) and KV dtype; it then
+    /// goes on exactly as the cache the snapshot was taken from. On error
+    /// the cache is left empty.
+    fn restore(&mut self, _snapshot: &CacheSnapshot) -> Result<(), CacheError> {
+        Err(CacheError::Snapshot("this cache cannot be restored from a snapshot".into()))
     }
 }

@@ -17,7 +17,8 @@
 
 use burn::tensor::{activation::softmax, backend::Backend, Bool, Tensor, TensorData};
 
-use crate::{CacheError, CacheShape, CacheStats, KvCache};
+use crate::snapshot::{CacheSnapshot, LayerSnapshot, SnapshotKind, StoredRows};
+use crate::{CacheError, CacheShape, CacheStats, KvCache, KvDtype};
 
 /// One local layer's ring: slot `p % w` holds position `p`'s key and value.
 #[derive(Debug, Clone)]
@@ -121,6 +122,52 @@ impl<B: Backend> SlidingWindowCache<B> {
     pub fn local_positions(&self, layer: usize) -> Option<usize> {
         let w = (*self.windows.get(layer)?)?;
         Some(self.rings[layer].as_ref().map_or(0, |r| r.positions.iter().flatten().count()).min(w))
+    }
+
+    /// Layer `l`'s ring as a snapshot layer: per KV head, the ring's
+    /// positions in slot order, f32 rows. A global layer is an empty layer
+    /// with its count of appended tokens (the inner cache holds its tokens).
+    fn ring_snapshot(&self, l: usize) -> Result<LayerSnapshot, CacheError> {
+        let empty = LayerSnapshot { appended: self.appended[l], ..LayerSnapshot::empty(KvDtype::F32) };
+        let Some(ring) = &self.rings[l] else { return Ok(empty) };
+        let (h, w, d) = (self.shape.kv_heads, ring.positions.len(), self.shape.head_dim);
+        let held: Vec<(usize, usize)> = ring.positions.iter().enumerate().filter_map(|(s, p)| p.map(|p| (s, p))).collect();
+        let (k, v) = (crate::host::to_host(ring.k.clone())?, crate::host::to_host(ring.v.clone())?);
+        let rows = |x: &[f32]| -> Vec<f32> { (0..h).flat_map(|g| held.iter().flat_map(move |&(s, _)| x[(g * w + s) * d..(g * w + s + 1) * d].to_vec())).collect() };
+        Ok(LayerSnapshot {
+            slots: (0..h).flat_map(|g| held.iter().map(move |&(_, p)| (g, p))).collect(),
+            keys: StoredRows::F32(rows(&k)),
+            values: StoredRows::F32(rows(&v)),
+            ..empty
+        })
+    }
+
+    /// Puts a snapshot layer into local layer `l` (window `w`): each row to
+    /// its position's slot `p % w`.
+    fn restore_ring(&mut self, l: usize, w: usize, s: &LayerSnapshot) -> Result<(), CacheError> {
+        let (h, d) = (self.shape.kv_heads, self.shape.head_dim);
+        self.appended[l] = s.appended;
+        if s.slots.is_empty() {
+            return Ok(());
+        }
+        let (StoredRows::F32(k), StoredRows::F32(v)) = (&s.keys, &s.values) else {
+            return Err(CacheError::Snapshot(format!("layer {l}'s ring is not stored as f32")));
+        };
+        let mut ring_k = vec![0f32; h * w * d];
+        let mut ring_v = vec![0f32; h * w * d];
+        let mut positions = vec![None; w];
+        for (i, &(g, p)) in s.slots.iter().enumerate() {
+            if p + w < s.appended || positions[p % w].is_some_and(|q| q != p) {
+                return Err(CacheError::Snapshot(format!("layer {l}'s ring of {w} holds position {p} of {}", s.appended)));
+            }
+            positions[p % w] = Some(p);
+            let at = (g * w + p % w) * d;
+            ring_k[at..at + d].copy_from_slice(&k[i * d..(i + 1) * d]);
+            ring_v[at..at + d].copy_from_slice(&v[i * d..(i + 1) * d]);
+        }
+        let tensor = |x: Vec<f32>| Tensor::<B, 3>::from_data(TensorData::new(x, [h, w, d]), &self.device);
+        self.rings[l] = Some(Ring { k: tensor(ring_k), v: tensor(ring_v), positions });
+        Ok(())
     }
 
     /// Bytes the ring of a local layer allocates (`[H_kv, w, D]` keys and
@@ -271,5 +318,42 @@ impl<B: Backend> KvCache<B> for SlidingWindowCache<B> {
 
     fn sliding_window(&self, layer: usize) -> Option<usize> {
         self.windows.get(layer).copied().flatten()
+    }
+
+    fn snapshot(&self) -> Result<CacheSnapshot, CacheError> {
+        let inner = match &self.inner {
+            Some(c) => Some(Box::new(c.snapshot()?)),
+            None => None,
+        };
+        let layers = (0..self.shape.layers).map(|l| self.ring_snapshot(l)).collect::<Result<_, _>>()?;
+        Ok(CacheSnapshot { kind: SnapshotKind::Sliding { windows: self.windows.clone(), inner }, shape: self.shape, kv_dtype: KvDtype::F32, layers })
+    }
+
+    fn restore(&mut self, snapshot: &CacheSnapshot) -> Result<(), CacheError> {
+        snapshot.check_fits(&SnapshotKind::Sliding { windows: self.windows.clone(), inner: None }, self.shape, KvDtype::F32)?;
+        if self.appended.iter().any(|&a| a > 0) {
+            return Err(CacheError::Snapshot("a snapshot goes into an empty cache, and this one holds tokens".into()));
+        }
+        let SnapshotKind::Sliding { inner: stored_inner, .. } = &snapshot.kind else {
+            return Err(CacheError::Internal("a sliding snapshot of another kind".into()));
+        };
+        let result = (|| {
+            match (self.inner.as_mut(), stored_inner) {
+                (Some(c), Some(s)) => c.restore(s)?,
+                (None, None) => {}
+                _ => return Err(CacheError::Snapshot("its global layers do not match this model's".into())),
+            }
+            for (l, s) in snapshot.layers.iter().enumerate() {
+                match self.windows[l] {
+                    Some(w) => self.restore_ring(l, w, s)?,
+                    None => self.appended[l] = s.appended,
+                }
+            }
+            Ok(())
+        })();
+        if result.is_err() {
+            self.reset();
+        }
+        result
     }
 }

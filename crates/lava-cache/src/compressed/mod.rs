@@ -160,6 +160,7 @@ use crate::{CacheError, CacheShape, CacheStats, KvCache, KvDtype};
 
 mod query_window;
 mod rescore;
+mod snapshot;
 mod storage;
 
 use query_window::QueryWindow;
@@ -716,6 +717,14 @@ impl<B: Backend> KvCache<B> for CompressedCache<B> {
 
     fn box_clone(&self) -> Option<Box<dyn KvCache<B>>> {
         Some(Box::new(self.clone()))
+    }
+
+    fn snapshot(&self) -> Result<crate::CacheSnapshot, CacheError> {
+        self.take_snapshot()
+    }
+
+    fn restore(&mut self, snapshot: &crate::CacheSnapshot) -> Result<(), CacheError> {
+        self.restore_snapshot(snapshot)
     }
 }
 

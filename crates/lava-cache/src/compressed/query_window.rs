@@ -60,6 +60,11 @@ impl<B: Backend> QueryWindow<B> {
         self.parts.iter().map(|q| q.dims().iter().product::<usize>()).sum()
     }
 
+    /// A window holding `q` (`[H_q, r, D]`, settled).
+    pub(super) fn of(q: Tensor<B, 3>) -> Self {
+        Self { parts: vec![q] }
+    }
+
     pub(super) fn clear(&mut self) {
         self.parts.clear();
     }

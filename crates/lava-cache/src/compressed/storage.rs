@@ -156,6 +156,20 @@ impl<B: Backend> LayerSlots<B> {
         prefix
     }
 
+    /// The live rows as stored, keys and values `[live, D]` (`None` without storage).
+    pub fn live_rows(&self) -> Option<(KvRows<B, 2>, KvRows<B, 2>)> {
+        let b = self.buffers.as_ref()?;
+        let (live, d) = (self.slots.len(), b.keys.dims()[1]);
+        Some((b.keys.clone().slice([0..live, 0..d]), b.values.clone().slice([0..live, 0..d])))
+    }
+
+    /// Storage holding `keys`/`values` (`[R, D]`, stored rows) for `slots`
+    /// (in storage order), `appended` tokens having been appended.
+    pub fn restored(keys: KvRows<B, 2>, values: KvRows<B, 2>, slots: Vec<(usize, usize)>, appended: usize, room: &Room<B>) -> Result<Self, CacheError> {
+        let buffers = room.buffers(keys, values, &slots)?;
+        Ok(Self { buffers: Some(buffers), runs: segments(&slots), slots, appended })
+    }
+
     /// Fresh storage holding, per KV head `g`, the positions `kept[g]` of a
     /// whole prompt's `k`, `v` (`[H_kv, N, D]`, f32), stored in the room's KV dtype.
     pub fn fill(&mut self, k: &Tensor<B, 3>, v: &Tensor<B, 3>, kept: &[Vec<usize>], room: &Room<B>) -> Result<(), CacheError> {
