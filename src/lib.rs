@@ -5,3 +5,4 @@
 pub use lava_cache as cache;
 pub use lava_cli as cli;
 pub use lava_llama as llama;
+pub use lava_run as run;

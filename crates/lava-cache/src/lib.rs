@@ -192,7 +192,7 @@ pub use compressed::CompressedCache;
 pub use error::CacheError;
 pub use full::FullCache;
 pub use kv_dtype::{KvDtype, Q8_0_BLOCK};
-pub use policy::{Composition, FloorRule, HeadAllocation, LayerAllocation, PolicyConfig, PolicyName, Pooling, Scorer};
+pub use policy::{Composition, FloorRule, HeadAllocation, LayerAllocation, PolicyConfig, PolicyField, PolicyFault, PolicyName, Pooling, Scorer};
 pub use select::{select_positions, LayerQkv, LayerSelection, PromptScores, Selection};
 pub use sliding::SlidingWindowCache;
 pub use snapshot::{CacheSnapshot, LayerSnapshot, RankingSnapshot, SnapshotKind, StoredRows};

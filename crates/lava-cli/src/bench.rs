@@ -8,7 +8,7 @@
 //!   and gathering ([`CompressedCache::compression_seconds`]).
 //! - **Decode**: for each context length, one recorded prefill; every policy
 //!   and budget's cache is derived from it (exactly the cache a live prefill
-//!   builds, see `lava_eval::run::engine`), then `--decode-tokens` greedy steps
+//!   builds, see `lava_run::recorded`), then `--decode-tokens` greedy steps
 //!   are timed one by one; tokens/s is one over the median step. With
 //!   `--batch 1,16` each cell is also timed with that many copies of the cache
 //!   stepping together through [`Llama::decode_batch`] (one read of the
@@ -24,10 +24,13 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use burn::tensor::{backend::Backend, Tensor};
+use burn::tensor::backend::Backend;
 use clap::Args;
-use lava_cache::{CompressedCache, FullCache, PolicyConfig, PolicyName};
+use lava_cache::{CompressedCache, PolicyConfig, PolicyName};
 use lava_llama::{Llama, Logits};
+use lava_run::cache::{compressed_cache, compressed_cache_for, full_cache_for, CacheOptions};
+use lava_run::decode::{argmax, argmax_rows};
+use lava_run::{KvBytes, Sequence};
 use serde::Serialize;
 
 use crate::error::CliError;
@@ -178,12 +181,10 @@ fn chunked_prefill<B: Backend>(
     decode_tokens: usize,
     chunk: usize,
 ) -> Result<CompressedCache<B>, CliError> {
-    let options = crate::prompt::CacheOptions { decode_tokens, chunked_prefill: true, kv_dtype, ..Default::default() };
-    let mut cache = crate::prompt::compressed_cache(model, config, max_tokens, options, model.device())?;
-    for part in prompt.chunks(chunk) {
-        model.forward(part, &mut cache, Logits::Last)?;
-    }
-    Ok(cache)
+    let options = CacheOptions { decode_tokens, chunked_prefill: true, kv_dtype, ..Default::default() };
+    let mut seq = Sequence::new(Box::new(compressed_cache(model, config, max_tokens, options, model.device())?));
+    seq.prefill(model, prompt, chunk, |_| {})?;
+    Ok(*seq.cache)
 }
 
 /// `policy` at budget `budget` with the reference defaults and `--floor-rule`.
@@ -292,17 +293,6 @@ fn model_err(e: impl std::fmt::Display) -> CliError {
     CliError::Runtime(e.to_string())
 }
 
-/// Per-row argmax of `[n, vocab]` logits.
-fn argmax_rows<B: Backend>(logits: Tensor<B, 2>) -> Result<Vec<u32>, CliError> {
-    let v = logits.argmax(1).into_data().convert::<i64>().to_vec::<i64>().map_err(|e| model_err(format!("{e:?}")))?;
-    Ok(v.into_iter().map(|x| x as u32).collect())
-}
-
-/// Argmax of the first row.
-fn argmax<B: Backend>(logits: Tensor<B, 2>) -> Result<u32, CliError> {
-    Ok(argmax_rows(logits)?.first().copied().unwrap_or(0))
-}
-
 #[allow(clippy::too_many_arguments)]
 fn run_bench<B: Backend>(
     a: &BenchArgs,
@@ -327,8 +317,10 @@ fn run_bench<B: Backend>(
         indicatif::ProgressStyle::with_template("bench {bar:30} {pos}/{len} {msg} eta {eta}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
+    // A prefill cell's caches: no decode follows (a compressing one keeps its default headroom).
+    let compressed_options = CacheOptions { decode_tokens: CompressedCache::<B>::DEFAULT_HEADROOM, ..CacheOptions::default() };
     // Warm-up: first calls allocate and page in the weights.
-    let mut warm = FullCache::new(shape, max_tokens, device)?;
+    let mut warm = full_cache_for(shape, max_tokens, CacheOptions::default(), device)?;
     model.forward(&ids[..ids.len().min(64)], &mut warm, Logits::Last)?;
     drop(warm);
 
@@ -343,14 +335,14 @@ fn run_bench<B: Backend>(
             for _ in 0..a.runs {
                 let (s, e) = match budget {
                     None => {
-                        let mut c = FullCache::new(shape, max_tokens, device)?;
+                        let mut c = full_cache_for(shape, max_tokens, CacheOptions::default(), device)?;
                         let t = Instant::now();
                         let logits = model.forward(prompt, &mut c, Logits::Last)?;
                         argmax(logits)?; // waits for the device
                         (t.elapsed().as_secs_f64(), 0.0)
                     }
                     Some(b) => {
-                        let mut c = CompressedCache::new(shape, policy_config(a, policy, b)?, max_tokens, device)?;
+                        let mut c = compressed_cache_for(shape, &policy_config(a, policy, b)?, max_tokens, compressed_options, device)?;
                         let t = Instant::now();
                         let logits = model.forward(prompt, &mut c, Logits::Last)?;
                         argmax(logits)?;
@@ -370,7 +362,7 @@ fn run_bench<B: Backend>(
     let kv_dtype: lava_cache::KvDtype = a.kv_dtype.parse()?;
     for &len in &a.lengths {
         bar.set_message(format!("decode {len}: prefill"));
-        let mut pre = lava_eval::run::engine::prefill(model, &ids[..len], max_tokens).map_err(model_err)?;
+        let mut pre = lava_run::recorded::prefill(model, &ids[..len], max_tokens).map_err(model_err)?;
         let first = argmax(pre.last_logits.clone())?;
         let mut cells: Vec<(PolicyName, Option<usize>)> = vec![(PolicyName::Full, None)];
         for &p in policies {
@@ -394,7 +386,7 @@ fn run_bench<B: Backend>(
                 }
                 let retained = caches[0].retained_bytes();
                 let expected = match budget {
-                    Some(b) => shape.layers * shape.kv_heads * b.min(len) * 2 * kv_dtype.row_bytes(shape.head_dim),
+                    Some(b) => KvBytes::new(shape, kv_dtype).at_budget(b, len) as usize,
                     None => caches[0].full_bytes(),
                 };
                 let allocated = caches[0].allocated_bytes();

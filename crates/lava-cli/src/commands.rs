@@ -4,13 +4,16 @@ use std::io::Write;
 use std::path::Path;
 
 use burn::tensor::backend::Backend;
-use lava_cache::{PolicyConfig, PolicyName};
-use lava_llama::{GenerationConfig, Llama, Logits, Sampling, Tokenizer};
+use lava_cache::{KvCache, KvDtype, PolicyConfig, PolicyName};
+use lava_llama::{Llama, Logits, Sampling, Tokenizer};
+use lava_run::cache::{build_cache, compressed_cache, full_cache, CacheOptions};
+use lava_run::detok::TextAssembler;
+use lava_run::{GenerationConfig, GenerationStats, KvBytes, Sequence};
 
 use crate::error::CliError;
 use crate::fetch::resolve_model;
 use crate::input::{read_text, text_cap, Overflow};
-use crate::prompt::{make_cache, prompt_segments, CacheOptions};
+use crate::prompt::prompt_segments;
 use crate::{with_backend, ExportArgs, GenerateArgs, PplArgs, SelectArgs};
 
 /// Where a prompt comes from: the command line, or a file read (bounded by
@@ -28,15 +31,6 @@ impl Text {
             Text::File(f) => read_text(f, text_cap(ctx), &format!("the model's context of {ctx} tokens"), Overflow::Refuse),
         }
     }
-}
-
-/// Bytes of a full KV cache holding `tokens` tokens of `model` (f32 keys and values).
-fn full_cache_bytes<B: Backend>(model: &Llama<B>, tokens: usize) -> u64 {
-    let s = model.cache_shape();
-    [s.layers, s.kv_heads, s.head_dim, 2, 4, tokens]
-        .iter()
-        .try_fold(1u64, |acc, &x| acc.checked_mul(x as u64))
-        .unwrap_or(u64::MAX)
 }
 
 pub(crate) fn load<B: Backend>(m: &crate::ModelArgs, path: &Path, device: &B::Device) -> Result<(Llama<B>, Tokenizer), CliError> {
@@ -126,9 +120,10 @@ fn generate_on<B: Backend>(
             a.max_new_tokens
         )));
     };
+    let kv_dtype = a.policy.kv_dtype()?;
     if policy.policy == PolicyName::Full {
         // The full cache is allocated for the whole sequence at once.
-        lava_llama::memory::check_available(&format!("a full KV cache of {total} tokens"), full_cache_bytes(&model, total))?;
+        lava_llama::memory::check_available(&format!("a full KV cache of {total} tokens"), KvBytes::for_model(&model, kv_dtype).full(total))?;
     }
     let sampling = if a.temperature > 0.0 {
         Sampling::TopP { temperature: a.temperature, top_p: a.top_p, top_k: 0, min_p: 0.0, seed: a.seed }
@@ -151,83 +146,25 @@ fn generate_on<B: Backend>(
         decode_tokens: a.max_new_tokens,
         chunked_prefill: compressing && a.prefill_chunk.is_some(),
         decode_slack: a.decode_budget,
-        kv_dtype: a.policy.kv_dtype()?,
+        kv_dtype,
     };
-    // With --trace, a compressing cache is kept as itself, to read its kept positions after.
-    let mut compressed = match (&a.trace, compressing) {
-        (Some(_), true) => Some(crate::prompt::compressed_cache(&model, policy, ctx, options, device)?),
-        _ => None,
-    };
-    let mut boxed = match compressed {
-        Some(_) => None,
-        None => Some(make_cache(&model, policy, ctx, options, device)?),
-    };
-    let cache: &mut dyn lava_cache::KvCache<B> = match (&mut compressed, &mut boxed) {
-        (Some(c), _) => c,
-        (None, Some(b)) => b.as_mut(),
-        (None, None) => unreachable!("one of the two caches is built"),
-    };
-    let mut trace_logits: Vec<serde_json::Value> = Vec::new();
-    let vocab = model.config.vocab_size;
-    let bar = (prompt_len > prefill_chunk).then(|| {
-        let b = indicatif::ProgressBar::new(prompt_len as u64);
-        b.set_style(
-            indicatif::ProgressStyle::with_template("prefill {bar:30} {pos}/{len} tokens, {per_sec}, eta {eta}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        b
-    });
-    let mut generated = Vec::new();
-    let mut printed = 0usize;
-    let mut stdout = std::io::stdout();
-    let mut stream_err = None;
     let seg_refs: Vec<&[u32]> = segments.iter().map(Vec::as_slice).collect();
-    let result = lava_llama::generate_segments_observed(
-        &model,
-        &mut *cache,
-        &seg_refs,
-        &cfg,
-        |done, _| {
-            if let Some(b) = &bar {
-                b.set_position(done as u64);
-            }
-        },
-        |id| {
-            // The prefill is over: take the bar off the terminal before any text goes there
-            // (clearing it later would erase the text streamed onto its line).
-            if let Some(b) = bar.as_ref().filter(|b| !b.is_finished()) {
-                b.finish_and_clear();
-            }
-            generated.push(id);
-            if a.json {
-                return true;
-            }
-            // Print the newly completed text (a token may end mid-character).
-            if let Ok(s) = tok.decode(&generated) {
-                if s.len() > printed && s.is_char_boundary(printed) && !s.ends_with('\u{fffd}') {
-                    if let Err(e) = write!(stdout, "{}", &s[printed..]).and_then(|_| stdout.flush()) {
-                        stream_err = Some(e);
-                        return false;
-                    }
-                    printed = s.len();
-                }
-            }
-            true
-        },
-        |logits| {
-            if a.trace.is_some() {
-                trace_logits.push(trace_step(logits, vocab)?);
-            }
-            Ok(())
-        },
-    );
-    if let Some(b) = bar.filter(|b| !b.is_finished()) {
-        b.finish_and_clear();
-    }
-    let (out, stats) = result?;
-    if let Some(e) = stream_err {
-        return Err(CliError::io("<stdout>", e));
-    }
+    let run = Run { a, model: &model, tok: &tok, segments: &seg_refs, config: &cfg, prompt_len };
+    // With --trace, a compressing cache is kept as itself, to read its kept positions after.
+    let (streamed, cache, kept) = if a.trace.is_some() && compressing {
+        let mut seq = Sequence::new(Box::new(compressed_cache(&model, policy, ctx, options, device)?));
+        let streamed = run.stream(&mut seq)?;
+        let kept = (0..model.config.num_hidden_layers)
+            .map(|l| seq.cache.kept_positions(l))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(lava_llama::ModelError::from)?;
+        (streamed, seq.cache.stats(), Some(kept))
+    } else {
+        let mut seq = Sequence::new(build_cache(&model, policy, ctx, options, device)?);
+        let streamed = run.stream(&mut seq)?;
+        (streamed, seq.cache.stats(), None)
+    };
+    let Streamed { out, stats, printed, trace_logits } = streamed;
     let text = tok.decode(&out)?;
     if a.json {
         let j = serde_json::json!({
@@ -238,9 +175,9 @@ fn generate_on<B: Backend>(
             "generated_tokens": stats.generated_tokens,
             "prefill_tok_s": stats.prefill_tok_s(),
             "decode_tok_s": stats.decode_tok_s(),
-            "kv_bytes": cache.retained_bytes(),
-            "kv_allocated_bytes": cache.allocated_bytes(),
-            "kv_full_bytes": cache.full_bytes(),
+            "kv_bytes": cache.retained_bytes,
+            "kv_allocated_bytes": cache.allocated_bytes,
+            "kv_full_bytes": cache.full_bytes,
             "policy": policy.policy.to_string(),
             "budget": if compressing { Some(policy.budget) } else { None },
         });
@@ -257,22 +194,13 @@ fn generate_on<B: Backend>(
         eprintln!(
             "lava: KV cache ({}) retained {} bytes of {} full ({:.1}%), allocated {} bytes",
             policy.policy,
-            cache.retained_bytes(),
-            cache.full_bytes(),
-            100.0 * cache.retained_bytes() as f64 / cache.full_bytes().max(1) as f64,
-            cache.allocated_bytes()
+            cache.retained_bytes,
+            cache.full_bytes,
+            100.0 * cache.retained_bytes as f64 / cache.full_bytes.max(1) as f64,
+            cache.allocated_bytes
         );
     }
     if let Some(file) = &a.trace {
-        let kept = match &compressed {
-            Some(c) => Some(
-                (0..model.config.num_hidden_layers)
-                    .map(|l| c.kept_positions(l))
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(lava_llama::ModelError::from)?,
-            ),
-            None => None,
-        };
         let j = serde_json::json!({
             "model": path.display().to_string(),
             "backend": format!("{:?}", a.model.backend).to_lowercase(),
@@ -288,6 +216,87 @@ fn generate_on<B: Backend>(
     Ok(())
 }
 
+/// What one `lava generate` run streams: its model, prompt and settings.
+struct Run<'a, B: Backend> {
+    a: &'a GenerateArgs,
+    model: &'a Llama<B>,
+    tok: &'a Tokenizer,
+    segments: &'a [&'a [u32]],
+    config: &'a GenerationConfig,
+    prompt_len: usize,
+}
+
+/// What a run streamed: the tokens, their timings, the bytes of text printed, the `--trace` steps.
+struct Streamed {
+    out: Vec<u32>,
+    stats: GenerationStats,
+    printed: usize,
+    trace_logits: Vec<serde_json::Value>,
+}
+
+impl<B: Backend> Run<'_, B> {
+    /// Generates into `seq`, printing the text as it completes (a progress bar during a long prefill).
+    fn stream<C: KvCache<B> + ?Sized>(&self, seq: &mut Sequence<B, C>) -> Result<Streamed, CliError> {
+        let a = self.a;
+        let vocab = self.model.config.vocab_size;
+        let bar = (self.prompt_len > self.config.prefill_chunk).then(|| {
+            let b = indicatif::ProgressBar::new(self.prompt_len as u64);
+            b.set_style(
+                indicatif::ProgressStyle::with_template("prefill {bar:30} {pos}/{len} tokens, {per_sec}, eta {eta}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            b
+        });
+        let mut trace_logits: Vec<serde_json::Value> = Vec::new();
+        let mut text = TextAssembler::new(std::sync::Arc::new(self.tok.clone()), Vec::new());
+        let mut stdout = std::io::stdout();
+        let mut stream_err = None;
+        let result = seq.generate(
+            self.model,
+            self.segments,
+            self.config,
+            |done, _| {
+                if let Some(b) = &bar {
+                    b.set_position(done as u64);
+                }
+            },
+            |id| {
+                // The prefill is over: take the bar off the terminal before any text goes there
+                // (clearing it later would erase the text streamed onto its line).
+                if let Some(b) = bar.as_ref().filter(|b| !b.is_finished()) {
+                    b.finish_and_clear();
+                }
+                if a.json {
+                    return true;
+                }
+                // Print the newly completed text (a token may end mid-character).
+                let delta = text.push(id);
+                if !delta.text.is_empty() {
+                    if let Err(e) = write!(stdout, "{}", delta.text).and_then(|_| stdout.flush()) {
+                        stream_err = Some(e);
+                        return false;
+                    }
+                }
+                true
+            },
+            |logits| {
+                if a.trace.is_some() {
+                    trace_logits.push(trace_step(logits, vocab)?);
+                }
+                Ok(())
+            },
+        );
+        if let Some(b) = bar.filter(|b| !b.is_finished()) {
+            b.finish_and_clear();
+        }
+        let (out, stats) = result?;
+        if let Some(e) = stream_err {
+            return Err(CliError::io("<stdout>", e));
+        }
+        Ok(Streamed { out, stats, printed: text.sent(), trace_logits })
+    }
+}
+
 /// Writes `bytes` to `path` through a temporary file beside it and one rename, so that a
 /// failed write leaves no half-written file.
 fn write_new_file(path: &Path, bytes: &[u8]) -> Result<(), CliError> {
@@ -300,7 +309,7 @@ fn write_new_file(path: &Path, bytes: &[u8]) -> Result<(), CliError> {
 
 /// One step of `--trace`: the logits `[1, vocab]` on the host, all of them for a vocabulary
 /// up to 4096, else the 64 largest as `{"ids", "logits"}`.
-fn trace_step<B: Backend>(logits: &burn::tensor::Tensor<B, 2>, vocab: usize) -> Result<serde_json::Value, lava_llama::ModelError> {
+fn trace_step<B: Backend>(logits: &burn::tensor::Tensor<B, 2>, vocab: usize) -> Result<serde_json::Value, lava_run::RunError> {
     let v = logits.clone().into_data().convert::<f32>().to_vec::<f32>().map_err(|e| lava_llama::ModelError::Backend(format!("{e:?}")))?;
     if vocab <= 4096 {
         return Ok(serde_json::json!({ "logits": v }));
@@ -325,8 +334,8 @@ pub fn ppl(a: PplArgs) -> Result<(), CliError> {
 /// Mean negative log-likelihood (nats) of `ids[1..]` given their prefixes, full cache.
 pub fn mean_nll<B: Backend>(model: &Llama<B>, ids: &[u32], chunk: usize) -> Result<f64, CliError> {
     let device = model.device().clone();
-    lava_llama::memory::check_available(&format!("a full KV cache of {} tokens", ids.len()), full_cache_bytes(model, ids.len()))?;
-    let mut cache = crate::prompt::full_cache(model, ids.len(), &device)?;
+    lava_llama::memory::check_available(&format!("a full KV cache of {} tokens", ids.len()), KvBytes::for_model(model, KvDtype::F32).full(ids.len()))?;
+    let mut cache = full_cache(model, ids.len(), &device)?;
     let mut total = 0f64;
     let mut count = 0usize;
     let mut start = 0;
@@ -350,7 +359,7 @@ pub fn windowed_nll<B: Backend>(model: &Llama<B>, ids: &[u32], ctx: usize) -> Re
     let first = ctx / 2;
     let (mut total, mut count) = (0f64, 0usize);
     for window in ids.chunks_exact(ctx) {
-        let mut cache = crate::prompt::full_cache(model, ctx, &device)?;
+        let mut cache = full_cache(model, ctx, &device)?;
         let logits = model.forward(window, &mut *cache, Logits::All)?; // [ctx, vocab]
         let [_, vocab] = logits.dims();
         let scored = logits.slice([first..ctx - 1, 0..vocab]);

@@ -42,6 +42,15 @@ pub enum CliError {
     Backend(String),
 }
 
+impl From<lava_run::RunError> for CliError {
+    fn from(e: lava_run::RunError) -> Self {
+        match e {
+            lava_run::RunError::Model(m) => CliError::Model(m),
+            lava_run::RunError::Cache(c) => CliError::Cache(c),
+        }
+    }
+}
+
 impl CliError {
     /// Exit code: 2 usage, 3 model/data, 4 backend.
     pub fn exit_code(&self) -> u8 {

@@ -1,18 +1,16 @@
 //! `lava serve`: parses the flags, and hands `lava-serve` a loader that runs on
-//! its engine thread (model, tokenizer, stop tokens, and a cache factory that
-//! builds each request's cache the way `lava generate` does).
+//! its engine thread (model, tokenizer, stop tokens); the engine builds each
+//! request's cache through `lava-run`, as `lava generate` does.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use burn::tensor::backend::Backend;
 use clap::Args;
-use lava_cache::{KvDtype, PolicyConfig, PolicyName};
 use lava_serve::{ConnConfig, EngineConfig, HttpConfig, Loaded, ServeError, ServeOptions};
 
 use crate::error::CliError;
 use crate::fetch::resolve_model;
-use crate::prompt::{make_cache, CacheOptions};
 use crate::{with_backend, ModelArgs, PolicyArgs};
 
 /// `lava serve`.
@@ -176,16 +174,7 @@ fn serve_on<B: Backend>(options: ServeOptions, model: ModelArgs, path: PathBuf, 
     let load = move || -> Result<Loaded<B>, CliError> {
         let (m, tokenizer) = crate::commands::load::<B>(&model, &path, &device)?;
         let stop_tokens = crate::commands::stop_tokens(&m.config.eos_token_ids, &tokenizer);
-        let make_cache: lava_serve::CacheFactory<B> = Box::new(move |m, policy: &PolicyConfig, kv_dtype: KvDtype, max_tokens, decode_tokens| {
-            let options = CacheOptions {
-                decode_tokens,
-                chunked_prefill: policy.policy != PolicyName::Full,
-                kv_dtype,
-                ..CacheOptions::default()
-            };
-            make_cache(m, policy, max_tokens, options, m.device()).map_err(|e| e.to_string())
-        });
-        Ok(Loaded { model: m, tokenizer, make_cache, stop_tokens })
+        Ok(Loaded { model: m, tokenizer, stop_tokens })
     };
     lava_serve::serve(options, load).map_err(|e| match e {
         ServeError::Load(e) => e,

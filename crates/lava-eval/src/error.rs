@@ -117,3 +117,10 @@ impl EvalError {
 
 /// Result alias of the crate.
 pub type Result<T, E = EvalError> = std::result::Result<T, E>;
+
+impl From<lava_run::RunError> for EvalError {
+    /// A failure of running the model over a cache, as the model reports it.
+    fn from(e: lava_run::RunError) -> Self {
+        EvalError::Model(e.into())
+    }
+}

@@ -12,7 +12,7 @@ use serde_json::{json, Map, Value};
 use crate::api::{Endpoint, FinishReason, Usage};
 use crate::engine::Event;
 use crate::error::ApiError;
-use crate::text::TextAssembler;
+use lava_run::detok::TextAssembler;
 
 /// One token's log-probability entry: its id, where its text starts in the
 /// choice's text (characters), and its log-probabilities (`None`: the
@@ -166,7 +166,7 @@ impl Answer {
     pub fn take(&mut self, event: Event) -> Result<Vec<Piece>, ApiError> {
         match event {
             Event::Admitted { .. } => Ok(Vec::new()),
-            Event::Failed(e) => Err(e),
+            Event::Failed(e) => Err(e.into()),
             Event::PromptLogprobs(l) => Ok(if self.echo.is_some() { self.echo_pieces(Some(l)) } else { Vec::new() }),
             Event::Token { index, id, logprob, kv_bytes, kv_allocated_bytes } => {
                 let logprobs = self.logprobs;

@@ -646,6 +646,15 @@ pub enum FinishReason {
     Length,
 }
 
+impl From<lava_run::decode::Finish> for FinishReason {
+    fn from(f: lava_run::decode::Finish) -> Self {
+        match f {
+            lava_run::decode::Finish::Stop => FinishReason::Stop,
+            lava_run::decode::Finish::Length => FinishReason::Length,
+        }
+    }
+}
+
 impl FinishReason {
     /// `"stop"` or `"length"`.
     pub fn as_str(self) -> &'static str {

@@ -35,22 +35,16 @@ use std::time::Instant;
 
 use burn::tensor::backend::Backend;
 use lava_cache::{CacheShape, KvCache, KvDtype, PolicyConfig};
+use lava_run::bytes::KvBytes;
+use lava_run::cache::{build_cache, CacheOptions};
+use lava_run::decode::{full_after, stops_before};
 use lava_llama::{apply_repetition_penalty, token_logprob, Llama, Logits, Sampler, Sampling, TokenLogprob, Tokenizer};
 use tokio::sync::mpsc::{error::TryRecvError, UnboundedReceiver, UnboundedSender};
 
-use crate::admission::{reservation, Ledger};
+use crate::admission::Ledger;
 use crate::api::FinishReason;
 use crate::grammar::{apply_mask, Constraint, Mask};
-use crate::error::ApiError;
 use crate::metrics::{EngineGauges, Metrics};
-
-/// Builds a sequence's cache: `(model, policy, kv_dtype, max_tokens,
-/// decode_tokens)`, where `kv_dtype` is how it stores K and V, `max_tokens`
-/// bounds the sequence (prompt plus generation) and `decode_tokens` is the
-/// generation's length, for the decode headroom. Given
-/// by the caller (the `lava` binary builds them as `lava generate` does), with
-/// compression after every prefill chunk for compressing policies.
-pub type CacheFactory<B> = Box<dyn Fn(&Llama<B>, &PolicyConfig, KvDtype, usize, usize) -> Result<Box<dyn KvCache<B>>, String>>;
 
 /// What the engine thread loads before it serves.
 pub struct Loaded<B: Backend> {
@@ -58,8 +52,6 @@ pub struct Loaded<B: Backend> {
     pub model: Llama<B>,
     /// Its tokenizer (handed to the HTTP side).
     pub tokenizer: Tokenizer,
-    /// Builds each sequence's cache.
-    pub make_cache: CacheFactory<B>,
     /// Tokens that end a generation (not sent).
     pub stop_tokens: Vec<u32>,
 }
@@ -198,9 +190,36 @@ pub enum Event {
         /// K/V bytes allocated at the end.
         kv_allocated_bytes: usize,
     },
-    /// The job failed (before admission: 400/429; later: 500; the first
-    /// failure of a job ends all its choices).
-    Failed(ApiError),
+    /// The job failed (before admission: refused; later: the model or its
+    /// cache failed; the first failure of a job ends all its choices).
+    Failed(EngineError),
+}
+
+/// Why the engine refused or ended a job; the HTTP layer maps each to a
+/// status ([`crate::error`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EngineError {
+    /// The job's `kv_dtype` cannot be stored on this backend (why).
+    KvDtype(String),
+    /// The job's reservation exceeds `--kv-memory` even with nothing else running.
+    KvMemoryExceeded {
+        /// Bytes the job reserves (all its choices).
+        needed: u64,
+        /// Its prompt tokens.
+        prompt_tokens: usize,
+        /// Its `max_tokens`.
+        max_tokens: usize,
+        /// Its cache policy's name.
+        policy: String,
+        /// Its choices.
+        n: usize,
+        /// `--kv-memory`.
+        limit: u64,
+    },
+    /// It must wait for memory and `--max-queue` jobs (this many) already wait.
+    QueueFull(usize),
+    /// Building its cache or running the model failed (what happened).
+    Failed(String),
 }
 
 /// The HTTP side's handle on the engine.
@@ -314,7 +333,6 @@ struct Queued {
 
 struct Engine<B: Backend> {
     model: Llama<B>,
-    make_cache: CacheFactory<B>,
     stop_tokens: Vec<u32>,
     config: EngineConfig,
     metrics: Arc<Metrics>,
@@ -331,7 +349,6 @@ impl<B: Backend> Engine<B> {
     fn new(loaded: Loaded<B>, config: EngineConfig, metrics: Arc<Metrics>) -> Self {
         Self {
             model: loaded.model,
-            make_cache: loaded.make_cache,
             stop_tokens: loaded.stop_tokens,
             ledger: Ledger::new(config.kv_memory),
             config,
@@ -379,29 +396,26 @@ impl<B: Backend> Engine<B> {
     }
 
     /// Admits a job at once when no job waits and its reservation fits, else
-    /// queues it, or refuses it: 400 if its `kv_dtype` cannot be stored on
-    /// this backend or it could never fit, 429 (with `Retry-After`) only when
-    /// it cannot be admitted now and `--max-queue` jobs already wait.
+    /// queues it, or refuses it ([`EngineError`]): if its `kv_dtype` cannot be
+    /// stored on this backend or it could never fit, and, only when it cannot
+    /// be admitted now, if `--max-queue` jobs already wait.
     fn submit(&mut self, job: Job) {
         if let Err(e) = job.kv_dtype.check::<B>(self.model.cache_shape().head_dim, self.model.device()) {
-            let _ = job.events.send(Event::Failed(ApiError::invalid("kv_dtype", format!("kv_dtype: {e}"))));
+            let _ = job.events.send(Event::Failed(EngineError::KvDtype(e.to_string())));
             return;
         }
-        let one = reservation(self.model.cache_shape(), job.kv_dtype, &job.policy, job.prompt.len(), job.max_tokens);
+        // Every layer counted as global (full-length K/V), sliding-window ones too, as before.
+        let one = KvBytes::new(self.model.cache_shape(), job.kv_dtype).reservation(&job.policy, job.prompt.len(), job.max_tokens);
         let reserved = one.saturating_mul(job.n.max(1) as u64);
         if reserved > self.ledger.limit() {
-            let e = ApiError::invalid_code(
-                "max_tokens",
-                "kv_memory_exceeded",
-                format!(
-                    "this request needs {reserved} bytes of KV memory ({} prompt tokens plus max_tokens {} under policy '{}', times n = {}), more than the server's --kv-memory of {} bytes; shorten the prompt, lower max_tokens or n, or use a compressing kv_policy",
-                    job.prompt.len(),
-                    job.max_tokens,
-                    job.policy.policy,
-                    job.n,
-                    self.ledger.limit()
-                ),
-            );
+            let e = EngineError::KvMemoryExceeded {
+                needed: reserved,
+                prompt_tokens: job.prompt.len(),
+                max_tokens: job.max_tokens,
+                policy: job.policy.policy.to_string(),
+                n: job.n,
+                limit: self.ledger.limit(),
+            };
             let _ = job.events.send(Event::Failed(e));
             return;
         }
@@ -414,7 +428,7 @@ impl<B: Backend> Engine<B> {
             return;
         }
         if self.queue.len() >= self.config.max_queue {
-            let _ = job.events.send(Event::Failed(ApiError::queue_full(self.queue.len())));
+            let _ = job.events.send(Event::Failed(EngineError::QueueFull(self.queue.len())));
             return;
         }
         self.queue.push_back(Queued { job, reserved });
@@ -453,17 +467,18 @@ impl<B: Backend> Engine<B> {
             }
             let Some(Queued { mut job, reserved }) = self.queue.pop_front() else { break };
             let max_tokens = job.prompt.len() + job.max_tokens;
-            let made = catch_unwind(AssertUnwindSafe(|| (self.make_cache)(&self.model, &job.policy, job.kv_dtype, max_tokens, job.max_tokens)));
+            let options = CacheOptions::serving(&job.policy, job.kv_dtype, job.max_tokens);
+            let made = catch_unwind(AssertUnwindSafe(|| build_cache(&self.model, &job.policy, max_tokens, options, self.model.device())));
             let cache = match made {
                 Ok(Ok(c)) => c,
                 Ok(Err(e)) => {
                     self.ledger.release(reserved);
-                    let _ = job.events.send(Event::Failed(ApiError::internal(format!("cannot build the KV cache: {e}"))));
+                    let _ = job.events.send(Event::Failed(EngineError::Failed(format!("cannot build the KV cache: {e}"))));
                     continue;
                 }
                 Err(_) => {
                     self.ledger.release(reserved);
-                    let _ = job.events.send(Event::Failed(ApiError::internal("building the KV cache failed (internal error)")));
+                    let _ = job.events.send(Event::Failed(EngineError::Failed("building the KV cache failed (internal error)".into())));
                     continue;
                 }
             };
@@ -724,8 +739,9 @@ impl<B: Backend> Engine<B> {
     fn emit(&mut self, mut seq: Sequence<B>, token: u32, logprob: Option<TokenLogprob>) -> Option<Sequence<B>> {
         let stats = seq.cache.stats();
         // A grammar allows a stop token only where its text is complete: it ends the choice even under ignore_eos.
-        if (!seq.job.ignore_eos || seq.constraint.is_some()) && self.stop_tokens.contains(&token) {
-            self.finish(seq, FinishReason::Stop);
+        let stop_tokens: &[u32] = if seq.job.ignore_eos && seq.constraint.is_none() { &[] } else { &self.stop_tokens };
+        if let Some(f) = stops_before(token, stop_tokens) {
+            self.finish(seq, f.into());
             return None;
         }
         if let Some(c) = seq.constraint.as_mut() {
@@ -754,8 +770,8 @@ impl<B: Backend> Engine<B> {
             self.metrics.sequence_ended(!seq.job.stopped.get(seq.index).is_some_and(|f| f.load(Ordering::Relaxed)));
             return None;
         }
-        if seq.generated >= seq.job.max_tokens {
-            self.finish(seq, FinishReason::Length);
+        if let Some(f) = full_after(seq.generated, seq.job.max_tokens) {
+            self.finish(seq, f.into());
             return None;
         }
         seq.next = token;
@@ -775,7 +791,7 @@ impl<B: Backend> Engine<B> {
     }
 
     fn fail(&mut self, seq: Sequence<B>, message: String) {
-        let _ = seq.job.events.send(Event::Failed(ApiError::internal(message)));
+        let _ = seq.job.events.send(Event::Failed(EngineError::Failed(message)));
         self.ledger.release(seq.reserved);
         self.metrics.sequence_ended(false);
     }

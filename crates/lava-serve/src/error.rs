@@ -4,6 +4,8 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
+use crate::engine::EngineError;
+
 /// One failed request: its status and the OpenAI-style error body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
@@ -165,5 +167,32 @@ impl IntoResponse for ApiError {
             r.headers_mut().insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
         }
         r
+    }
+}
+
+impl ApiError {
+    /// The status and body of an engine error: a `kv_dtype` the backend cannot
+    /// store and a reservation past `--kv-memory` are 400 (the latter blamed on
+    /// `max_tokens_field`, the request's name for its `max_tokens`), a full
+    /// queue 429, a failure of the model or its cache 500.
+    pub fn from_engine(e: EngineError, max_tokens_field: &str) -> Self {
+        match e {
+            EngineError::KvDtype(why) => ApiError::invalid("kv_dtype", format!("kv_dtype: {why}")),
+            EngineError::KvMemoryExceeded { needed, prompt_tokens, max_tokens, policy, n, limit } => ApiError::invalid_code(
+                max_tokens_field,
+                "kv_memory_exceeded",
+                format!(
+                    "this request needs {needed} bytes of KV memory ({prompt_tokens} prompt tokens plus {max_tokens_field} {max_tokens} under policy '{policy}', times n = {n}), more than the server's --kv-memory of {limit} bytes; shorten the prompt, lower {max_tokens_field} or n, or use a compressing kv_policy"
+                ),
+            ),
+            EngineError::QueueFull(queued) => ApiError::queue_full(queued),
+            EngineError::Failed(message) => ApiError::internal(message),
+        }
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        ApiError::from_engine(e, "max_tokens")
     }
 }

@@ -10,12 +10,15 @@
 //! - [`conn`]: the accept loop, connection timeouts and limits, shutdown;
 //! - [`routes`]: the endpoints; [`api`]: request and response bodies;
 //!   [`policy`]: the per-request `kv_*` fields; [`sse`]: streaming;
-//!   [`text`]: token ids to text with `stop` strings; [`answer`]: the
+//!   [`answer`]: the
 //!   engine's events to an answer's choices, log-probabilities and echo;
 //!   [`grammar`]: constrained decoding (`response_format`, forced tool
 //!   calls) through llguidance; [`tools`]: tool definitions, the tool-call
 //!   grammar and parsing calls out of the text; [`metrics`]: `/metrics`;
 //!   [`error`]: OpenAI-style error bodies.
+//!
+//! A sequence's cache, its KV byte arithmetic, its stop rule and its
+//! incremental detokenization come from `lava-run`, as for every command.
 //!
 //! The model and caches never leave the engine thread (the caller's `load`
 //! runs there), so the backend's tensors need not be `Send`.
@@ -31,7 +34,6 @@ pub mod metrics;
 pub mod policy;
 pub mod routes;
 pub mod sse;
-pub mod text;
 pub mod tools;
 
 use std::sync::Arc;
@@ -39,7 +41,7 @@ use std::sync::Arc;
 use burn::tensor::backend::Backend;
 
 pub use conn::ConnConfig;
-pub use engine::{CacheFactory, EngineConfig, Loaded};
+pub use engine::{EngineConfig, Loaded};
 pub use error::ApiError;
 pub use routes::HttpConfig;
 

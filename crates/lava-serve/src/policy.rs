@@ -2,9 +2,10 @@
 //! `kv_window`, `kv_kernel`, `kv_pooling`, `kv_floor_alpha`, `kv_beta`,
 //! `kv_sinks`, `kv_floor_rule`), over the server's defaults, into a validated
 //! [`PolicyConfig`], and `kv_dtype` (how the cache stores K and V) into a
-//! [`KvDtype`]. Every error names the field at fault.
+//! [`KvDtype`]. Every error names the field at fault: [`PolicyConfig::check`]
+//! names the policy's, mapped here to the request's.
 
-use lava_cache::{FloorRule, KvDtype, PolicyConfig, PolicyName, Pooling};
+use lava_cache::{FloorRule, KvDtype, PolicyConfig, PolicyField, PolicyName, Pooling};
 use serde_json::{Map, Value};
 
 use crate::api::{opt_f64, opt_str, opt_usize};
@@ -46,34 +47,28 @@ pub fn request_policy(body: &Map<String, Value>, defaults: &PolicyConfig) -> Res
     if let Some(r) = opt_str(body, "kv_floor_rule")? {
         c.floor_rule = Some(r.parse::<FloorRule>().map_err(|e| ApiError::invalid("kv_floor_rule", format!("kv_floor_rule: {e}")))?);
     }
-    // The checks of `PolicyConfig::validate`, each blamed on its field.
-    if c.window == 0 {
-        return Err(ApiError::invalid("kv_window", "kv_window must be at least 1"));
-    }
-    if c.kernel_size == 0 || c.kernel_size % 2 == 0 {
-        return Err(ApiError::invalid("kv_kernel", format!("kv_kernel must be odd and positive, got {}", c.kernel_size)));
-    }
-    if !(c.floor_alpha.is_finite() && (0.0..=1.0).contains(&c.floor_alpha)) {
-        return Err(ApiError::invalid("kv_floor_alpha", format!("kv_floor_alpha must lie in [0, 1], got {}", c.floor_alpha)));
-    }
-    if c.pyramid_beta == 0 {
-        return Err(ApiError::invalid("kv_beta", "kv_beta must be at least 1"));
-    }
-    if c.policy != PolicyName::Full && c.budget <= c.window {
-        let field = if budget_set || !body.contains_key("kv_window") { "kv_budget" } else { "kv_window" };
-        return Err(ApiError::invalid(
-            field,
-            format!(
-                "{field}: the budget ({}) must exceed the observation window ({}), which it includes",
-                c.budget, c.window
-            ),
-        ));
-    }
-    c.validate().map_err(|e| {
-        let field = if body.contains_key("kv_sinks") { "kv_sinks" } else { "kv_policy" };
-        ApiError::invalid(field, format!("{field}: {e}"))
+    c.check().map_err(|fault| {
+        let field = request_field(fault.field, body, budget_set);
+        ApiError::invalid(field, format!("{field}: {}", fault.message))
     })?;
     Ok(c)
+}
+
+/// The request field to blame for a fault of `field` in the policy the
+/// request and the server's defaults make together: the budget not exceeding
+/// the window is the window's fault only when the request set the window and
+/// not the budget; sinks the request did not set are its policy's.
+fn request_field(field: PolicyField, body: &Map<String, Value>, budget_set: bool) -> &'static str {
+    match field {
+        PolicyField::Window => "kv_window",
+        PolicyField::KernelSize => "kv_kernel",
+        PolicyField::FloorAlpha => "kv_floor_alpha",
+        PolicyField::PyramidBeta => "kv_beta",
+        PolicyField::Budget if !budget_set && body.contains_key("kv_window") => "kv_window",
+        PolicyField::Budget => "kv_budget",
+        PolicyField::Sinks if body.contains_key("kv_sinks") => "kv_sinks",
+        PolicyField::Sinks => "kv_policy",
+    }
 }
 
 /// The request's `kv_dtype` (`f32`, `f16` or `q8_0`), `None` when it sets

@@ -391,11 +391,8 @@ async fn generate(s: &Arc<AppState>, endpoint: Endpoint, headers: &HeaderMap, bo
     }
     let reserved = match rx.recv().await {
         Some(Event::Admitted { reserved }) => reserved,
-        // The engine names `max_tokens` for what the request may have called `max_completion_tokens`.
-        Some(Event::Failed(e)) if e.param.as_deref() == Some("max_tokens") => {
-            return Err(ApiError { param: Some(field.to_string()), message: e.message.replace("max_tokens", field), ..e })
-        }
-        Some(Event::Failed(e)) => return Err(e),
+        // Blamed on `max_tokens` as the request calls it (perhaps `max_completion_tokens`).
+        Some(Event::Failed(e)) => return Err(ApiError::from_engine(e, field)),
         Some(_) => return Err(ApiError::internal("the engine answered out of order")),
         None => return Err(ApiError::unavailable("the server is shutting down")),
     };

@@ -59,7 +59,7 @@ use burn::tensor::backend::Backend;
 
 pub use config::{Llama3RopeScaling, LlamaConfig};
 pub use error::ModelError;
-pub use generation::{generate, generate_segments, generate_segments_observed, token_log_probs, GenerationConfig, GenerationStats};
+pub use generation::token_log_probs;
 pub use gguf_source::{config_from_gguf, unpermute_rows, GgufSource, GGUF_ARCHITECTURES};
 pub use prompt::{Prompt, PromptTokens};
 pub use rope::{apply_rope, Rope};

@@ -498,55 +498,126 @@ impl PolicyConfig {
         self.budget.saturating_sub(self.window)
     }
 
-    /// Checks the parameters; the error says what is wrong in one sentence.
+    /// Checks the parameters; the error says what is wrong in one sentence
+    /// ([`check`](Self::check) says which field, too).
     ///
     /// Rejected: window 0; kernel size 0 or even; alpha not in `[0, 1]` (or not
     /// finite); beta 0; and, for every policy but `full`, budget 0 or budget
     /// `<=` window; for `streaming`, more sinks than `B - w`.
     pub fn validate(&self) -> Result<(), CacheError> {
-        let bad = |msg: String| Err(CacheError::InvalidParameters(msg));
+        self.check().map_err(|f| CacheError::InvalidParameters(f.message))
+    }
+
+    /// [`validate`](Self::validate), naming the field at fault: a caller
+    /// with fields of its own (a request's `kv_window`...) maps the name.
+    pub fn check(&self) -> Result<(), PolicyFault> {
+        let bad = |field: PolicyField, message: String| Err(PolicyFault { field, message });
         if self.window == 0 {
-            return bad("the observation window must hold at least 1 token".into());
+            return bad(PolicyField::Window, "the observation window must hold at least 1 token".into());
         }
         if self.kernel_size == 0 || self.kernel_size % 2 == 0 {
-            return bad(format!(
-                "the pooling kernel size must be odd and positive (so pooling keeps the length), got {}",
-                self.kernel_size
-            ));
+            return bad(
+                PolicyField::KernelSize,
+                format!("the pooling kernel size must be odd and positive (so pooling keeps the length), got {}", self.kernel_size),
+            );
         }
         if !(self.floor_alpha.is_finite() && (0.0..=1.0).contains(&self.floor_alpha)) {
-            return bad(format!("the floor alpha must lie in [0, 1], got {}", self.floor_alpha));
+            return bad(PolicyField::FloorAlpha, format!("the floor alpha must lie in [0, 1], got {}", self.floor_alpha));
         }
         if self.pyramid_beta == 0 {
-            return bad("the pyramid beta must be at least 1".into());
+            return bad(PolicyField::PyramidBeta, "the pyramid beta must be at least 1".into());
         }
         if self.policy == PolicyName::Full {
             return Ok(());
         }
         if self.budget == 0 {
-            return bad(format!("the budget of policy '{}' must be positive", self.policy));
+            return bad(PolicyField::Budget, format!("the budget of policy '{}' must be positive", self.policy));
         }
         if self.budget <= self.window {
-            return bad(format!(
-                "the budget ({}) must exceed the observation window ({}): it counts the window's tokens too",
-                self.budget, self.window
-            ));
+            return bad(
+                PolicyField::Budget,
+                format!("the budget ({}) must exceed the observation window ({}): it counts the window's tokens too", self.budget, self.window),
+            );
         }
         let streaming = self.composition().is_some_and(|c| c.scorer == Scorer::Streaming);
         if streaming && self.sinks > self.budget - self.window {
-            return bad(format!(
-                "streaming keeps {} sinks but the budget leaves only {} tokens beyond the window",
-                self.sinks,
-                self.budget - self.window
-            ));
+            return bad(
+                PolicyField::Sinks,
+                format!("streaming keeps {} sinks but the budget leaves only {} tokens beyond the window", self.sinks, self.budget - self.window),
+            );
         }
         Ok(())
     }
+}
+
+/// A field of [`PolicyConfig`] that [`PolicyConfig::check`] can find at fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyField {
+    /// `budget` (also when it does not exceed the window, which it includes).
+    Budget,
+    /// `window`.
+    Window,
+    /// `kernel_size`.
+    KernelSize,
+    /// `floor_alpha`.
+    FloorAlpha,
+    /// `pyramid_beta`.
+    PyramidBeta,
+    /// `sinks`.
+    Sinks,
+}
+
+impl PolicyField {
+    /// The field's name in [`PolicyConfig`].
+    pub fn name(self) -> &'static str {
+        match self {
+            PolicyField::Budget => "budget",
+            PolicyField::Window => "window",
+            PolicyField::KernelSize => "kernel_size",
+            PolicyField::FloorAlpha => "floor_alpha",
+            PolicyField::PyramidBeta => "pyramid_beta",
+            PolicyField::Sinks => "sinks",
+        }
+    }
+}
+
+/// What [`PolicyConfig::check`] rejects: the field at fault and one sentence
+/// saying what is wrong (the message of [`CacheError::InvalidParameters`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyFault {
+    /// The field at fault.
+    pub field: PolicyField,
+    /// What is wrong with it.
+    pub message: String,
 }
 
 impl Default for PolicyConfig {
     /// LAVa with the reference setting `c128_w32_k7_maxpool`.
     fn default() -> Self {
         Self::new(PolicyName::Lava, 128)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_names_the_field_and_validate_keeps_its_message() {
+        let base = PolicyConfig::new(PolicyName::Lava, 128);
+        let cases = [
+            (PolicyConfig { window: 0, ..base.clone() }, PolicyField::Window),
+            (PolicyConfig { kernel_size: 4, ..base.clone() }, PolicyField::KernelSize),
+            (PolicyConfig { floor_alpha: 2.0, ..base.clone() }, PolicyField::FloorAlpha),
+            (PolicyConfig { pyramid_beta: 0, ..base.clone() }, PolicyField::PyramidBeta),
+            (PolicyConfig { budget: 32, ..base.clone() }, PolicyField::Budget),
+            (PolicyConfig { policy: PolicyName::Streaming, budget: 35, ..base.clone() }, PolicyField::Sinks),
+        ];
+        for (c, field) in cases {
+            let fault = c.check().expect_err(field.name());
+            assert_eq!(fault.field, field);
+            assert_eq!(c.validate(), Err(CacheError::InvalidParameters(fault.message)));
+        }
+        assert_eq!(base.check(), Ok(()));
     }
 }

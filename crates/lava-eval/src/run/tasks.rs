@@ -509,8 +509,8 @@ fn forced_pass<B: Backend>(
 fn kl_and_agreement<B: Backend>(full: &Tensor<B, 2>, pol: &Tensor<B, 2>) -> Result<(f64, f64)> {
     let kl = full.clone().exp().mul(full.clone().sub(pol.clone())).sum_dim(1);
     let kl = kl.into_data().convert::<f32>().to_vec::<f32>().map_err(|e| read_back_err(format!("{e:?}")))?;
-    let a = full.clone().argmax(1).into_data().convert::<i64>().to_vec::<i64>().map_err(|e| read_back_err(format!("{e:?}")))?;
-    let b = pol.clone().argmax(1).into_data().convert::<i64>().to_vec::<i64>().map_err(|e| read_back_err(format!("{e:?}")))?;
+    let a = lava_run::decode::argmax_rows(full.clone())?;
+    let b = lava_run::decode::argmax_rows(pol.clone())?;
     let n = kl.len().max(1) as f64;
     let agree = a.iter().zip(&b).filter(|(x, y)| x == y).count() as f64 / n;
     Ok((kl.iter().map(|&x| x as f64).sum::<f64>() / n, agree))

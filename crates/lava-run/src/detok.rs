@@ -1,7 +1,9 @@
-//! From generated token ids to the text sent: incremental decoding (a token
-//! can end in the middle of a character) and `stop` strings (the text ends
-//! before the first occurrence of any; text that could be the start of one is
-//! held back until it is known not to be).
+//! Incremental detokenization: from generated token ids to the text that is
+//! final so far. A token can end in the middle of a character (its bytes
+//! decode to U+FFFD until the rest arrives): that character is held back, and
+//! dropped if the generation ends inside it. `stop` strings end the text
+//! before the first occurrence of any; text that could be the start of one
+//! is held back until it is known not to be.
 
 use std::sync::Arc;
 
@@ -62,6 +64,11 @@ impl TextAssembler {
     /// Tokens taken so far.
     pub fn tokens(&self) -> usize {
         self.ids.len()
+    }
+
+    /// Bytes of the decoded text handed out so far.
+    pub fn sent(&self) -> usize {
+        self.sent
     }
 
     /// Takes one token; returns the text that is now final.
@@ -187,5 +194,21 @@ mod tests {
         let d: Vec<Delta> = ids("aéb").into_iter().map(|id| t.push(id)).collect();
         assert_eq!(d.last(), Some(&Delta { text: String::new(), stopped: true }));
         assert_eq!(d.iter().map(|d| d.text.as_str()).collect::<String>(), "aé");
+    }
+
+    #[test]
+    fn a_character_split_across_tokens_comes_out_once_whole() {
+        let tok = bytes_tokenizer();
+        // "€" is three bytes (E2 82 AC): nothing until the third, then the character.
+        let mut t = TextAssembler::new(tok.clone(), Vec::new());
+        let out: Vec<String> = ids("x€y").into_iter().map(|id| t.push(id).text).collect();
+        assert_eq!(out, ["x", "", "", "€", "y"]);
+        assert_eq!((t.tokens(), t.sent()), (5, 5));
+        // A 4-byte character cut by max_tokens after 3 of its bytes: the text ends before it.
+        let mut t = TextAssembler::new(tok, Vec::new());
+        let cut: Vec<String> = ids("ok\u{1F600}").into_iter().take(5).map(|id| t.push(id).text).collect();
+        assert_eq!(cut, ["o", "k", "", "", ""]);
+        assert_eq!(t.finish(), "");
+        assert_eq!(t.sent(), 2);
     }
 }
