@@ -221,12 +221,7 @@ impl CacheSnapshot {
         meta.insert("cache".into(), serde_json::to_string(&header).map_err(|e| CacheError::Internal(e.to_string()))?);
         let sum = checksum(&meta, tensors.iter().map(|(n, (d, s, b))| (n.as_str(), *d, s.as_slice(), b.as_slice())));
         meta.insert("sha256".into(), sum);
-        let views: Vec<(String, TensorView<'_>)> = tensors
-            .iter()
-            .map(|(n, (d, s, b))| TensorView::new(*d, s.clone(), b).map(|v| (n.clone(), v)))
-            .collect::<Result<_, _>>()
-            .map_err(|e| CacheError::Internal(format!("snapshot tensor: {e}")))?;
-        safetensors::serialize(views, Some(meta.into_iter().collect())).map_err(|e| CacheError::Internal(format!("snapshot: {e}")))
+        Ok(safetensors_image(&meta, &tensors))
     }
 
     /// Reads a snapshot file image: the snapshot and the caller's metadata.
@@ -424,6 +419,27 @@ impl CacheSnapshot {
         }
         Ok(CacheSnapshot { kind, shape, kv_dtype, layers: out })
     }
+}
+
+/// The safetensors image of `tensors` with `meta`: header keys and tensor
+/// data in name order, so the same snapshot always gives the same bytes.
+fn safetensors_image(meta: &BTreeMap<String, String>, tensors: &BTreeMap<String, (Dtype, Vec<usize>, Vec<u8>)>) -> Vec<u8> {
+    let mut header = serde_json::Map::new();
+    header.insert("__metadata__".into(), serde_json::json!(meta));
+    let mut offset = 0;
+    for (name, (dtype, shape, bytes)) in tensors {
+        let dtype = format!("{dtype:?}");
+        header.insert(name.clone(), serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + bytes.len()]}));
+        offset += bytes.len();
+    }
+    let mut text = serde_json::Value::Object(header).to_string().into_bytes();
+    // The data starts 8-byte aligned, as safetensors writers pad it.
+    text.resize(text.len().next_multiple_of(8), b' ');
+    let mut out = Vec::with_capacity(8 + text.len() + offset);
+    out.extend((text.len() as u64).to_le_bytes());
+    out.extend(text);
+    tensors.values().for_each(|(_, _, b)| out.extend_from_slice(b));
+    out
 }
 
 /// `x` (`rows` rows of `d` values) as the tensors of `name`.

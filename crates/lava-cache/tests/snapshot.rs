@@ -101,6 +101,7 @@ fn round_trip(name: &str, make: impl Fn() -> Box<dyn KvCache<B>>) {
     let (read, read_meta) = CacheSnapshot::from_bytes(&bytes).unwrap_or_else(|e| panic!("{name}: from_bytes: {e}"));
     assert_eq!(read, snap, "{name}: the file image reads back as written");
     assert_eq!(read_meta, meta(), "{name}: metadata");
+    assert!(read.to_bytes(&meta()).expect("again") == bytes, "{name}: the same snapshot is always the same bytes");
 
     let mut b = make();
     b.restore(&read).unwrap_or_else(|e| panic!("{name}: restore: {e}"));

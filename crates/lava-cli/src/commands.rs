@@ -18,14 +18,14 @@ use crate::{with_backend, ExportArgs, GenerateArgs, PplArgs, SelectArgs};
 
 /// Where a prompt comes from: the command line, or a file read (bounded by
 /// the context) once the model is loaded.
-enum Text {
+pub(crate) enum Text {
     Inline(String),
     File(std::path::PathBuf),
 }
 
 impl Text {
     /// The text; a file is read up to [`text_cap`] of the context (an error past it).
-    fn read(&self, ctx: usize) -> Result<String, CliError> {
+    pub(crate) fn read(&self, ctx: usize) -> Result<String, CliError> {
         match self {
             Text::Inline(s) => Ok(s.clone()),
             Text::File(f) => read_text(f, text_cap(ctx), &format!("the model's context of {ctx} tokens"), Overflow::Refuse),
@@ -54,22 +54,41 @@ pub(crate) fn stop_tokens(model_eos: &[u32], tok: &Tokenizer) -> Vec<u32> {
 }
 
 pub fn generate(a: GenerateArgs) -> Result<(), CliError> {
-    let (context, question) = match (&a.prompt, &a.prompt_file, &a.context_file, &a.question) {
-        (Some(p), None, None, None) => (Text::Inline(p.clone()), None),
-        (None, Some(f), None, None) => (Text::File(f.clone()), None),
-        (None, None, Some(f), Some(q)) => (Text::File(f.clone()), Some(q.clone())),
+    if let Some(q) = a.question.iter().find(|q| q.trim().is_empty()) {
+        return Err(CliError::Usage(format!("--question is empty ({q:?}): give the text of each question")));
+    }
+    let context = match (&a.prompt, &a.prompt_file, &a.context_file, &a.load_context) {
+        (Some(p), None, None, None) if a.question.is_empty() => Text::Inline(p.clone()),
+        (None, Some(f), None, None) if a.question.is_empty() => Text::File(f.clone()),
+        // One question about a context compressed once: the plain question-agnostic run.
+        (None, None, Some(f), None) if a.question.len() == 1 && a.save_context.is_none() => Text::File(f.clone()),
+        (None, None, Some(_), None) | (None, None, None, Some(_)) => return crate::context::generate(a),
+        (Some(_) | None, _, None, None) if !a.question.is_empty() => {
+            return Err(CliError::Usage("--question goes with --context-file FILE or --load-context FILE, not with --prompt or --prompt-file".into()))
+        }
         _ => {
             return Err(CliError::Usage(
-                "give the prompt with --prompt TEXT or --prompt-file FILE, or --context-file FILE with --question TEXT".into(),
+                "give the prompt with --prompt TEXT or --prompt-file FILE, or --context-file FILE with --question TEXT (or --save-context FILE), or --load-context FILE with --question TEXT".into(),
             ))
         }
     };
     if matches!(&context, Text::Inline(p) if p.trim().is_empty()) {
         return Err(empty_prompt());
     }
-    if question.as_deref().is_some_and(|q| q.trim().is_empty()) {
-        return Err(CliError::Usage("--question is empty".into()));
+    check_sampling(&a)?;
+    let policy = a.policy.to_config()?;
+    if a.decode_budget.is_some() && policy.policy == PolicyName::Full {
+        return Err(CliError::Usage("--decode-budget needs a compressing --policy (e.g. --policy lava)".into()));
     }
+    let path = resolve_model(a.model.model.as_deref())?;
+    let question = a.question.first().cloned();
+    with_backend!(a.model.backend, |B, device| {
+        generate_on::<B>(&a, &policy, &context, question.as_deref(), &path, &device)
+    })
+}
+
+/// The checks of the sampling and length flags every `generate` mode shares.
+pub(crate) fn check_sampling(a: &GenerateArgs) -> Result<(), CliError> {
     if a.max_new_tokens == 0 {
         return Err(CliError::Usage("--max-new-tokens must be at least 1".into()));
     }
@@ -82,14 +101,7 @@ pub fn generate(a: GenerateArgs) -> Result<(), CliError> {
     if a.prefill_chunk == Some(0) {
         return Err(CliError::Usage("--prefill-chunk must be at least 1".into()));
     }
-    let policy = a.policy.to_config()?;
-    if a.decode_budget.is_some() && policy.policy == PolicyName::Full {
-        return Err(CliError::Usage("--decode-budget needs a compressing --policy (e.g. --policy lava)".into()));
-    }
-    let path = resolve_model(a.model.model.as_deref())?;
-    with_backend!(a.model.backend, |B, device| {
-        generate_on::<B>(&a, &policy, &context, question.as_deref(), &path, &device)
-    })
+    Ok(())
 }
 
 fn empty_prompt() -> CliError {
@@ -217,26 +229,26 @@ fn generate_on<B: Backend>(
 }
 
 /// What one `lava generate` run streams: its model, prompt and settings.
-struct Run<'a, B: Backend> {
-    a: &'a GenerateArgs,
-    model: &'a Llama<B>,
-    tok: &'a Tokenizer,
-    segments: &'a [&'a [u32]],
-    config: &'a GenerationConfig,
-    prompt_len: usize,
+pub(crate) struct Run<'a, B: Backend> {
+    pub a: &'a GenerateArgs,
+    pub model: &'a Llama<B>,
+    pub tok: &'a Tokenizer,
+    pub segments: &'a [&'a [u32]],
+    pub config: &'a GenerationConfig,
+    pub prompt_len: usize,
 }
 
 /// What a run streamed: the tokens, their timings, the bytes of text printed, the `--trace` steps.
-struct Streamed {
-    out: Vec<u32>,
-    stats: GenerationStats,
-    printed: usize,
-    trace_logits: Vec<serde_json::Value>,
+pub(crate) struct Streamed {
+    pub out: Vec<u32>,
+    pub stats: GenerationStats,
+    pub printed: usize,
+    pub trace_logits: Vec<serde_json::Value>,
 }
 
 impl<B: Backend> Run<'_, B> {
     /// Generates into `seq`, printing the text as it completes (a progress bar during a long prefill).
-    fn stream<C: KvCache<B> + ?Sized>(&self, seq: &mut Sequence<B, C>) -> Result<Streamed, CliError> {
+    pub(crate) fn stream<C: KvCache<B> + ?Sized>(&self, seq: &mut Sequence<B, C>) -> Result<Streamed, CliError> {
         let a = self.a;
         let vocab = self.model.config.vocab_size;
         let bar = (self.prompt_len > self.config.prefill_chunk).then(|| {

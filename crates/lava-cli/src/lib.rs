@@ -7,6 +7,7 @@ pub mod alloc;
 pub mod backend;
 pub mod bench;
 mod commands;
+mod context;
 pub mod error;
 pub mod eval;
 pub mod fetch;
@@ -61,17 +62,30 @@ pub struct GenerateArgs {
     #[command(flatten)]
     pub model: ModelArgs,
     /// The prompt text.
-    #[arg(long, conflicts_with_all = ["prompt_file", "context_file"])]
+    #[arg(long, conflicts_with_all = ["prompt_file", "context_file", "load_context"])]
     pub prompt: Option<String>,
     /// Read the prompt from a UTF-8 file.
-    #[arg(long, conflicts_with = "context_file")]
+    #[arg(long, conflicts_with_all = ["context_file", "load_context"])]
     pub prompt_file: Option<PathBuf>,
     /// Question-agnostic mode: the context (UTF-8 file) is prefilled and compressed first...
-    #[arg(long, requires = "question")]
+    #[arg(long, conflicts_with = "load_context")]
     pub context_file: Option<PathBuf>,
     /// ...and this question is appended after compression, so the window cannot see it.
-    #[arg(long, requires = "context_file")]
-    pub question: Option<String>,
+    /// Give it several times to answer each question from the same compressed context
+    /// (one prefill of the context, then a copy of its cache per question).
+    #[arg(long)]
+    pub question: Vec<String>,
+    /// Write the compressed context (after --context-file is prefilled and compressed,
+    /// before any question) to FILE: its kept K/V per layer and KV head, the policy with
+    /// every parameter, the KV dtype, its token ids and the model's SHA-256. Written
+    /// atomically. With no --question, only the file is written.
+    #[arg(long, value_name = "FILE", requires = "context_file")]
+    pub save_context: Option<PathBuf>,
+    /// Answer each --question from a compressed context written by --save-context,
+    /// without prefilling the document again. The file's policy, parameters, KV dtype and
+    /// prompt layout (--chat) are used; a file made with another model is refused.
+    #[arg(long, value_name = "FILE")]
+    pub load_context: Option<PathBuf>,
     /// KV-cache policy and budget.
     #[command(flatten)]
     pub policy: PolicyArgs,

@@ -53,6 +53,16 @@ pub fn parse_floor_rule(value: Option<&str>) -> Result<Option<FloorRule>, CliErr
 }
 
 impl PolicyArgs {
+    /// The flags' values when none is given (clap's own defaults).
+    pub fn defaults() -> Self {
+        #[derive(clap::Parser)]
+        struct Only {
+            #[command(flatten)]
+            policy: PolicyArgs,
+        }
+        <Only as clap::Parser>::try_parse_from(["lava"]).map(|o| o.policy).unwrap_or_else(|e| unreachable!("the policy flags have defaults: {e}"))
+    }
+
     /// The parsed `--kv-dtype`.
     pub fn kv_dtype(&self) -> Result<KvDtype, CliError> {
         Ok(self.kv_dtype.parse::<KvDtype>()?)

@@ -12,6 +12,9 @@
 //!   prefill in chunks;
 //! - [`decode`]: the decode loop with sampling and stop conditions, the
 //!   greedy batch of several caches, the one device argmax;
+//! - [`context`]: a compressed context ([`SavedContext`]: a cache snapshot,
+//!   its token ids and the model's SHA-256) kept to answer from many times,
+//!   in memory or in a file;
 //! - [`recorded`]: prefill once, compress many (every policy's cache derived
 //!   from one recorded prefill);
 //! - [`detok`]: incremental detokenization (an incomplete UTF-8 character is
@@ -23,6 +26,7 @@
 
 pub mod bytes;
 pub mod cache;
+pub mod context;
 pub mod decode;
 pub mod detok;
 pub mod error;
@@ -31,6 +35,7 @@ pub mod recorded;
 
 pub use bytes::KvBytes;
 pub use cache::{build_cache, CacheOptions};
+pub use context::{PromptLayout, SavedContext};
 pub use decode::{GenerationConfig, GenerationStats};
 pub use error::RunError;
 pub use prefill::Sequence;
