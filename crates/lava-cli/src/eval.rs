@@ -951,35 +951,9 @@ fn run_stamp(a: &EvalArgs, g: &Grid, variants: &[run::Variant], model: &Path, da
 }
 
 /// SHA-256 (hex) of the model: of the file, or for a directory of its regular files'
-/// contents in name order.
+/// contents in name order ([`lava_run::context::model_sha256`], what context files name too).
 fn model_sha256(model: &Path) -> Result<String, CliError> {
-    use sha2::{Digest, Sha256};
-    use std::io::Read;
-    let mut files = Vec::new();
-    if model.is_dir() {
-        for e in std::fs::read_dir(model).map_err(|e| CliError::io(model, e))? {
-            let p = e.map_err(|e| CliError::io(model, e))?.path();
-            if p.is_file() {
-                files.push(p);
-            }
-        }
-        files.sort();
-    } else {
-        files.push(model.to_path_buf());
-    }
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    for f in files {
-        let mut r = std::fs::File::open(&f).map_err(|e| CliError::io(&f, e))?;
-        loop {
-            let n = r.read(&mut buf).map_err(|e| CliError::io(&f, e))?;
-            if n == 0 {
-                break;
-            }
-            h.update(&buf[..n]);
-        }
-    }
-    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    lava_run::context::model_sha256(model).map_err(|e| CliError::io(model, e))
 }
 
 /// One heatmap per (policy, budget) with NIAH results.
