@@ -285,3 +285,27 @@ fn mutated_images_never_panic_and_are_refused() {
         }
     }
 }
+
+/// Seeds for the `kv_snapshot` fuzz target (fuzz/README.md): small valid
+/// snapshots of every kind, written when `LAVA_FUZZ_CORPUS` names a folder.
+#[test]
+fn write_fuzz_seeds() {
+    let Some(dir) = std::env::var_os("LAVA_FUZZ_CORPUS") else { return };
+    let dir = std::path::Path::new(&dir).join("kv_snapshot");
+    std::fs::create_dir_all(&dir).expect("corpus dir");
+    let kinds: [(&str, Box<dyn Fn() -> Box<dyn KvCache<B>>>); 5] = [
+        ("full", Box::new(|| full(KvDtype::F32))),
+        ("lava-q8", Box::new(|| compressed(policy(PolicyName::Lava, 8), KvDtype::Q8_0, Some(2)))),
+        ("cake-chunked", Box::new(|| compressed_chunked(policy(PolicyName::Cake, 8), KvDtype::F32, None, true))),
+        ("snapkv", Box::new(|| compressed(policy(PolicyName::SnapKv, 8), KvDtype::F32, None))),
+        ("sliding", Box::new(sliding)),
+    ];
+    let mut rng = Rng::new(5);
+    for (name, make) in kinds {
+        let mut c = make();
+        run(c.as_mut(), &step(&mut rng, 12));
+        run(c.as_mut(), &step(&mut rng, 3));
+        let bytes = c.snapshot().expect("snapshot").to_bytes(&meta()).expect("bytes");
+        std::fs::write(dir.join(format!("{name}.lvc")), bytes).expect("seed");
+    }
+}
