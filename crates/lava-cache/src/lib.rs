@@ -193,7 +193,7 @@ pub use full::FullCache;
 pub use kv_dtype::{KvDtype, Q8_0_BLOCK};
 pub use policy::{Composition, FloorRule, HeadAllocation, LayerAllocation, PolicyConfig, PolicyName, Pooling, Scorer};
 pub use select::{select_positions, LayerQkv, LayerSelection, PromptScores, Selection};
-pub use sliding::SlidingWindowCache;
+pub use sliding::{held_kv_bytes, SlidingWindowCache};
 
 use burn::tensor::{backend::Backend, Tensor};
 
@@ -381,5 +381,13 @@ pub trait KvCache<B: Backend>: Send {
     /// cache with local layers.
     fn sliding_window(&self, _layer: usize) -> Option<usize> {
         None
+    }
+
+    /// Seconds spent scoring, selecting and gathering since creation or the
+    /// last [`reset`](KvCache::reset) (`CompressedCache::compression_seconds`;
+    /// a cache that holds a compressing one reports its time), 0 for a cache
+    /// that never evicts (the default).
+    fn compression_seconds(&self) -> f64 {
+        0.0
     }
 }

@@ -387,7 +387,8 @@ impl<B: Backend> Engine<B> {
             let _ = job.events.send(Event::Failed(ApiError::invalid("kv_dtype", format!("kv_dtype: {e}"))));
             return;
         }
-        let one = reservation(self.model.cache_shape(), job.kv_dtype, &job.policy, job.prompt.len(), job.max_tokens);
+        let windows = self.model.layer_windows();
+        let one = reservation(self.model.cache_shape(), &windows, job.kv_dtype, &job.policy, job.prompt.len(), job.max_tokens);
         let reserved = one.saturating_mul(job.n.max(1) as u64);
         if reserved > self.ledger.limit() {
             let e = ApiError::invalid_code(

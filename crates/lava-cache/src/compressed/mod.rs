@@ -717,6 +717,10 @@ impl<B: Backend> KvCache<B> for CompressedCache<B> {
     fn box_clone(&self) -> Option<Box<dyn KvCache<B>>> {
         Some(Box::new(self.clone()))
     }
+
+    fn compression_seconds(&self) -> f64 {
+        CompressedCache::compression_seconds(self)
+    }
 }
 
 impl<B: Backend> CompressedCache<B> {

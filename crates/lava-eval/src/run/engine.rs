@@ -6,43 +6,59 @@
 //! the prefill once with a recording full cache, then builds each policy's cache
 //! from the recorded keys and values and the policy's selection, which is
 //! exactly what running that policy live would keep.
+//!
+//! A model with sliding-window (local) layers prefills through rings for
+//! those and a full cache for the global layers; only the global layers are
+//! recorded, and each policy's cache is the prefill's rings around the cache
+//! it builds over the global layers alone (`windows`).
 
 use burn::tensor::{backend::Backend, Tensor};
 use lava_cache::{CacheError, CompressedCache, FullCache, KvCache, KvDtype, LayerQkv, PolicyConfig, PolicyName, PromptScores};
 use lava_llama::{Llama, Logits, ModelError};
 
+use super::windows::{global_index, global_shape, FullPrefill};
 use crate::error::{EvalError, Result};
 
-/// A full cache that also keeps each layer's first (prefill) `q`, `k`, `v`.
+/// A full cache that also keeps each global layer's first (prefill) `q`, `k`, `v`.
 pub struct RecordingCache<B: Backend> {
-    inner: FullCache<B>,
+    inner: FullPrefill<B>,
+    /// Per model layer: its index among the global layers (`None`: a local layer, not recorded).
+    global: Vec<Option<usize>>,
     recorded: Vec<Option<LayerQkv<B>>>,
 }
 
 impl<B: Backend> RecordingCache<B> {
     /// Wraps a new full cache for `model`.
     pub fn new(model: &Llama<B>, max_tokens: usize) -> Result<Self> {
-        let inner = FullCache::new(model.cache_shape(), max_tokens, model.device()).map_err(model_err)?;
-        Ok(Self { inner, recorded: (0..model.config.num_hidden_layers).map(|_| None).collect() })
+        Ok(Self::around(model, FullPrefill::new(model, max_tokens)?))
+    }
+
+    fn around(model: &Llama<B>, inner: FullPrefill<B>) -> Self {
+        let global = global_index(model);
+        let globals = global.iter().flatten().count();
+        Self { inner, global, recorded: (0..globals).map(|_| None).collect() }
     }
 }
 
 impl<B: Backend> KvCache<B> for RecordingCache<B> {
     fn attend(&mut self, layer: usize, q: Tensor<B, 3>, k: Tensor<B, 3>, v: Tensor<B, 3>) -> std::result::Result<Tensor<B, 3>, CacheError> {
-        if let Some(slot @ None) = self.recorded.get_mut(layer) {
+        if let Some(slot @ None) = self.global.get(layer).copied().flatten().and_then(|g| self.recorded.get_mut(g)) {
             *slot = Some(LayerQkv::new(q.clone(), k.clone(), v.clone()));
         }
-        self.inner.attend(layer, q, k, v)
+        self.inner.cache().attend(layer, q, k, v)
     }
     fn next_position(&self) -> usize {
-        self.inner.next_position()
+        self.inner.cache_ref().next_position()
     }
     fn stats(&self) -> lava_cache::CacheStats {
-        self.inner.stats()
+        self.inner.cache_ref().stats()
     }
     fn reset(&mut self) {
-        self.inner.reset();
+        self.inner.cache().reset();
         self.recorded.iter_mut().for_each(|r| *r = None);
+    }
+    fn sliding_window(&self, layer: usize) -> Option<usize> {
+        self.inner.cache_ref().sliding_window(layer)
     }
 }
 
@@ -52,7 +68,8 @@ fn model_err(e: impl Into<ModelError>) -> EvalError {
 
 /// The state after one prefill, from which every policy's cache is derived.
 pub struct Prefilled<B: Backend> {
-    full: FullCache<B>,
+    full: FullPrefill<B>,
+    /// The global layers' recorded `q`, `k`, `v` (every layer's for a model without local layers).
     qkv: Vec<LayerQkv<B>>,
     /// Logits after the last prompt token, `[1, vocab]`.
     pub last_logits: Tensor<B, 2>,
@@ -82,7 +99,7 @@ impl<B: Backend> Prefilled<B> {
         if suffix.is_empty() {
             return Err(EvalError::Internal("extending a prefill by no tokens".into()));
         }
-        let mut rec = RecordingCache { inner: self.full.clone(), recorded: (0..self.qkv.len()).map(|_| None).collect() };
+        let mut rec = RecordingCache::around(model, self.full.copy()?);
         let last_logits = model.forward(suffix, &mut rec, Logits::Last).map_err(model_err)?;
         let mut qkv = Vec::with_capacity(self.qkv.len());
         for (old, new) in self.qkv.iter().zip(rec.recorded) {
@@ -101,20 +118,21 @@ impl<B: Backend> Prefilled<B> {
     pub fn cache_for(&mut self, model: &Llama<B>, policy: &PolicyConfig, kv_dtype: KvDtype, max_tokens: usize, decode_tokens: usize) -> Result<Box<dyn KvCache<B>>> {
         if policy.policy == PolicyName::Full {
             if kv_dtype == KvDtype::F32 {
-                return Ok(Box::new(self.full.clone()));
+                return self.full.boxed();
             }
             // The recorded prompt K/V stored in the format, as a live prefill stores them
             // (without recomputing the prefill's attention).
             let kv: Vec<(Tensor<B, 3>, Tensor<B, 3>)> = self.qkv.iter().map(|l| (l.k.clone(), l.v.clone())).collect();
-            let full = FullCache::new(model.cache_shape(), max_tokens, model.device())
+            let full = FullCache::new(global_shape(model)?, max_tokens, model.device())
                 .map_err(model_err)?
                 .with_decode_headroom(decode_tokens)
                 .with_kv_dtype(kv_dtype)
                 .map_err(model_err)?
                 .filled_from(&kv)
                 .map_err(model_err)?;
-            return Ok(Box::new(full));
+            return self.full.around(Box::new(full));
         }
+        let shape = global_shape(model)?;
         let i = match self.scores.iter().position(|s| s.serves(policy)) {
             Some(i) => i,
             None => {
@@ -124,14 +142,14 @@ impl<B: Backend> Prefilled<B> {
         };
         let selection = self.scores[i].select(policy).map_err(model_err)?;
         let kv: Vec<(Tensor<B, 3>, Tensor<B, 3>)> = self.qkv.iter().map(|l| (l.k.clone(), l.v.clone())).collect();
-        let cache = CompressedCache::new(model.cache_shape(), policy.clone(), max_tokens, model.device())
+        let cache = CompressedCache::new(shape, policy.clone(), max_tokens, model.device())
             .map_err(model_err)?
             .with_decode_room(decode_tokens)
             .with_kv_dtype(kv_dtype)
             .map_err(model_err)?
             .filled_from_selection(&kv, &selection)
             .map_err(model_err)?;
-        Ok(Box::new(cache))
+        self.full.around(Box::new(cache))
     }
 }
 

@@ -6,6 +6,7 @@ mod shard;
 #[cfg(test)]
 mod stamp_tests;
 mod tasks;
+mod windows;
 
 use std::collections::HashSet;
 use std::path::PathBuf;
