@@ -194,7 +194,7 @@ pub use full::FullCache;
 pub use kv_dtype::{KvDtype, Q8_0_BLOCK};
 pub use policy::{Composition, FloorRule, HeadAllocation, LayerAllocation, PolicyConfig, PolicyField, PolicyFault, PolicyName, Pooling, Scorer};
 pub use select::{select_positions, LayerQkv, LayerSelection, PromptScores, Selection};
-pub use sliding::SlidingWindowCache;
+pub use sliding::{held_kv_bytes, SlidingWindowCache};
 pub use snapshot::{CacheSnapshot, LayerSnapshot, RankingSnapshot, SnapshotKind, StoredRows};
 
 use burn::tensor::{backend::Backend, Tensor};
@@ -399,5 +399,13 @@ pub trait KvCache<B: Backend>: Send {
     /// the cache is left empty.
     fn restore(&mut self, _snapshot: &CacheSnapshot) -> Result<(), CacheError> {
         Err(CacheError::Snapshot("this cache cannot be restored from a snapshot".into()))
+    }
+
+    /// Seconds spent scoring, selecting and gathering since creation or the
+    /// last [`reset`](KvCache::reset) (`CompressedCache::compression_seconds`;
+    /// a cache that holds a compressing one reports its time), 0 for a cache
+    /// that never evicts (the default).
+    fn compression_seconds(&self) -> f64 {
+        0.0
     }
 }

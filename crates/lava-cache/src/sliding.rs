@@ -20,6 +20,21 @@ use burn::tensor::{activation::softmax, backend::Backend, Bool, Tensor, TensorDa
 use crate::snapshot::{CacheSnapshot, LayerSnapshot, SnapshotKind, StoredRows};
 use crate::{CacheError, CacheShape, CacheStats, KvCache, KvDtype};
 
+/// Bytes of K and V a [`SlidingWindowCache`] for a model of `shape` with
+/// these `windows` holds after `positions` positions when each global layer
+/// keeps `global_positions` of them per KV head, stored as `global_dtype`: a
+/// local layer's ring holds `min(positions, w)` positions (in f32), a global
+/// layer `global_positions`. The arithmetic of [`KvCache::stats`]'s
+/// `retained_bytes` from the shape alone (no cache built), for what `lava
+/// serve` reserves and the eval report's nominal bytes; with no local layer,
+/// `layers * kv_heads * global_positions * 2 * row bytes`.
+pub fn held_kv_bytes(shape: CacheShape, windows: &[Option<usize>], positions: usize, global_positions: usize, global_dtype: KvDtype) -> usize {
+    let rows = |positions: usize, dtype: KvDtype| shape.kv_heads.saturating_mul(positions).saturating_mul(2 * dtype.row_bytes(shape.head_dim));
+    let globals = shape.layers.saturating_sub(windows.iter().filter(|w| w.is_some()).count());
+    let rings = windows.iter().flatten().fold(0usize, |acc, &w| acc.saturating_add(rows(positions.min(w), KvDtype::F32)));
+    rings.saturating_add(globals.saturating_mul(rows(global_positions, global_dtype)))
+}
+
 /// One local layer's ring: slot `p % w` holds position `p`'s key and value.
 #[derive(Debug, Clone)]
 struct Ring<B: Backend> {
@@ -113,6 +128,45 @@ impl<B: Backend> SlidingWindowCache<B> {
     /// The inner cache of the global layers, if the model has any.
     pub fn global_cache(&self) -> Option<&dyn KvCache<B>> {
         self.inner.as_deref()
+    }
+
+    /// A copy of this cache's rings (the local layers) with `global` in place
+    /// of its global layers' cache: how a cache derived from a recorded
+    /// prefill gets the rings that prefill filled (they do not depend on
+    /// the policy). `global` must serve the global layers alone and stand at
+    /// the same position; `None` only when every layer is local.
+    pub fn with_global_cache(&self, global: Option<Box<dyn KvCache<B>>>) -> Result<Self, CacheError> {
+        let at = self.inner_index.iter().position(Option::is_some).map(|l| self.appended[l]);
+        match (&global, at) {
+            (Some(g), Some(at)) if g.next_position() != at => {
+                return Err(CacheError::InvalidParameters(format!(
+                    "the global layers' cache stands at position {} but the rings at {at}; derive it from the same prefill",
+                    g.next_position()
+                )))
+            }
+            (Some(_), Some(_)) | (None, None) => {}
+            (Some(_), None) => return Err(CacheError::InvalidParameters("a global layers' cache given for a model whose layers are all local".into())),
+            (None, Some(_)) => return Err(CacheError::InvalidParameters("no global layers' cache given for a model with global layers".into())),
+        }
+        Ok(Self {
+            shape: self.shape,
+            device: self.device.clone(),
+            windows: self.windows.clone(),
+            inner_index: self.inner_index.clone(),
+            inner: global,
+            rings: self.rings.clone(),
+            appended: self.appended.clone(),
+        })
+    }
+
+    /// An independent copy (what [`KvCache::box_clone`] gives, as itself);
+    /// `None` when the global layers' cache cannot be copied.
+    pub fn try_clone(&self) -> Option<Self> {
+        let global = match &self.inner {
+            Some(c) => Some(c.box_clone()?),
+            None => None,
+        };
+        self.with_global_cache(global).ok()
     }
 
     /// Positions layer `layer` holds now, per KV head: `min(appended, w)`
@@ -301,19 +355,7 @@ impl<B: Backend> KvCache<B> for SlidingWindowCache<B> {
     }
 
     fn box_clone(&self) -> Option<Box<dyn KvCache<B>>> {
-        let inner = match &self.inner {
-            Some(c) => Some(c.box_clone()?),
-            None => None,
-        };
-        Some(Box::new(Self {
-            shape: self.shape,
-            device: self.device.clone(),
-            windows: self.windows.clone(),
-            inner_index: self.inner_index.clone(),
-            inner,
-            rings: self.rings.clone(),
-            appended: self.appended.clone(),
-        }))
+        Some(Box::new(self.try_clone()?))
     }
 
     fn sliding_window(&self, layer: usize) -> Option<usize> {
@@ -355,5 +397,9 @@ impl<B: Backend> KvCache<B> for SlidingWindowCache<B> {
             self.reset();
         }
         result
+    }
+
+    fn compression_seconds(&self) -> f64 {
+        self.inner.as_ref().map_or(0.0, |c| c.compression_seconds())
     }
 }

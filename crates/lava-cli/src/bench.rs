@@ -20,17 +20,22 @@
 //! - **Bound**: a triad loop measures the read+write bandwidth once; a decode
 //!   step must read the weights and the KV cache, so
 //!   `bound = bandwidth / (weight bytes + KV bytes)` tokens/s.
+//!
+//! A model with sliding-window layers (Gemma 3) gets the caches `lava generate`
+//! builds ([`lava_run::build_cache`]): rings of the last `w` positions for
+//! its local layers around the policy's cache of the global layers, and the
+//! KV bytes count each ring as the `min(N, w)` positions it holds.
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use burn::tensor::backend::Backend;
 use clap::Args;
-use lava_cache::{CompressedCache, PolicyConfig, PolicyName};
+use lava_cache::{CompressedCache, KvCache, PolicyConfig, PolicyName};
 use lava_llama::{Llama, Logits};
-use lava_run::cache::{compressed_cache, compressed_cache_for, full_cache_for, CacheOptions};
+use lava_run::cache::{build_cache, full_cache, CacheOptions};
 use lava_run::decode::{argmax, argmax_rows};
-use lava_run::{KvBytes, Sequence};
+use lava_run::Sequence;
 use serde::Serialize;
 
 use crate::error::CliError;
@@ -141,7 +146,9 @@ pub struct KvRow {
     pub retained_after_decode_bytes: usize,
     /// Bytes allocated after the decode steps.
     pub allocated_after_decode_bytes: usize,
-    /// `layers * kv_heads * budget * head_dim * 2 * 4` (the full cache's bytes for `full`).
+    /// `layers * kv_heads * budget * head_dim * 2 * 4` (the full cache's bytes for `full`);
+    /// with sliding-window layers, the global layers' count for `layers` plus each local
+    /// layer's ring of `min(context, window)` positions (`lava_cache::held_kv_bytes`).
     pub expected_bytes: usize,
 }
 
@@ -180,11 +187,11 @@ fn chunked_prefill<B: Backend>(
     max_tokens: usize,
     decode_tokens: usize,
     chunk: usize,
-) -> Result<CompressedCache<B>, CliError> {
+) -> Result<Box<dyn KvCache<B>>, CliError> {
     let options = CacheOptions { decode_tokens, chunked_prefill: true, kv_dtype, ..Default::default() };
-    let mut seq = Sequence::new(Box::new(compressed_cache(model, config, max_tokens, options, model.device())?));
+    let mut seq = Sequence::new(build_cache(model, config, max_tokens, options, model.device())?);
     seq.prefill(model, prompt, chunk, |_| {})?;
-    Ok(*seq.cache)
+    Ok(seq.cache)
 }
 
 /// `policy` at budget `budget` with the reference defaults and `--floor-rule`.
@@ -303,7 +310,7 @@ fn run_bench<B: Backend>(
     path: &std::path::Path,
     device: &B::Device,
 ) -> Result<BenchReport, CliError> {
-    let shape = model.cache_shape();
+    let (shape, windows) = (model.cache_shape(), model.layer_windows());
     let max_tokens = model.config.max_position_embeddings;
     let weight_bytes = model.parameter_bytes();
     let prefill_cells = a.lengths.len().saturating_mul(1 + policies.len()).saturating_mul(a.runs);
@@ -320,8 +327,8 @@ fn run_bench<B: Backend>(
     // A prefill cell's caches: no decode follows (a compressing one keeps its default headroom).
     let compressed_options = CacheOptions { decode_tokens: CompressedCache::<B>::DEFAULT_HEADROOM, ..CacheOptions::default() };
     // Warm-up: first calls allocate and page in the weights.
-    let mut warm = full_cache_for(shape, max_tokens, CacheOptions::default(), device)?;
-    model.forward(&ids[..ids.len().min(64)], &mut warm, Logits::Last)?;
+    let mut warm = full_cache(model, max_tokens, device)?;
+    model.forward(&ids[..ids.len().min(64)], warm.as_mut(), Logits::Last)?;
     drop(warm);
 
     let mut prefill = Vec::new();
@@ -333,22 +340,14 @@ fn run_bench<B: Backend>(
             bar.set_message(format!("prefill {len} {policy}"));
             let (mut secs, mut evict) = (Vec::new(), Vec::new());
             for _ in 0..a.runs {
-                let (s, e) = match budget {
-                    None => {
-                        let mut c = full_cache_for(shape, max_tokens, CacheOptions::default(), device)?;
-                        let t = Instant::now();
-                        let logits = model.forward(prompt, &mut c, Logits::Last)?;
-                        argmax(logits)?; // waits for the device
-                        (t.elapsed().as_secs_f64(), 0.0)
-                    }
-                    Some(b) => {
-                        let mut c = compressed_cache_for(shape, &policy_config(a, policy, b)?, max_tokens, compressed_options, device)?;
-                        let t = Instant::now();
-                        let logits = model.forward(prompt, &mut c, Logits::Last)?;
-                        argmax(logits)?;
-                        (t.elapsed().as_secs_f64(), c.compression_seconds())
-                    }
-                };
+                // `generate`'s cache: full or compressed (rings around it for local layers).
+                let config = policy_config(a, policy, budget.unwrap_or(a.budgets[0]))?;
+                let options = if budget.is_some() { compressed_options } else { CacheOptions::default() };
+                let mut c = build_cache(model, &config, max_tokens, options, device)?;
+                let t = Instant::now();
+                let logits = model.forward(prompt, c.as_mut(), Logits::Last)?;
+                argmax(logits)?; // waits for the device
+                let (s, e) = (t.elapsed().as_secs_f64(), c.compression_seconds());
                 secs.push(s);
                 evict.push(e);
                 bar.inc(1);
@@ -380,15 +379,13 @@ fn run_bench<B: Backend>(
                 let mut caches: Vec<Box<dyn lava_cache::KvCache<B>>> = Vec::with_capacity(batch);
                 for _ in 0..batch {
                     caches.push(match &chunked {
-                        Some(c) => Box::new(c.clone()),
+                        Some(c) => c.box_clone().ok_or_else(|| model_err("a chunked-prefill cache could not be copied"))?,
                         None => pre.cache_for(model, &config, kv_dtype, max_tokens, a.decode_tokens + 1).map_err(model_err)?,
                     });
                 }
                 let retained = caches[0].retained_bytes();
-                let expected = match budget {
-                    Some(b) => KvBytes::new(shape, kv_dtype).at_budget(b, len) as usize,
-                    None => caches[0].full_bytes(),
-                };
+                // The global layers keep the budget (all `len` for full), each ring min(len, w).
+                let expected = lava_cache::held_kv_bytes(shape, &windows, len, budget.map_or(len, |b| b.min(len)), kv_dtype);
                 let allocated = caches[0].allocated_bytes();
                 let mut ids = vec![first; batch];
                 // One untimed step (first use of the caches' buffers), then the timed ones.

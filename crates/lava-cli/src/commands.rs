@@ -365,14 +365,17 @@ pub fn mean_nll<B: Backend>(model: &Llama<B>, ids: &[u32], chunk: usize) -> Resu
 
 /// Mean NLL the way llama-perplexity computes it (`-c ctx`): the tokens are cut into
 /// `ids.len() / ctx` windows of `ctx`, each run from an empty cache, and in each window
-/// the predictions of tokens `ctx/2 + 1 .. ctx` are scored. Returns (mean NLL, scored).
-pub fn windowed_nll<B: Backend>(model: &Llama<B>, ids: &[u32], ctx: usize) -> Result<(f64, usize), CliError> {
+/// the predictions of tokens `ctx/2 + 1 .. ctx` are scored. With `bos` (a model that adds
+/// BOS), each window's first token is replaced by it, as llama-perplexity does (the text's
+/// tokens then start with it too, see `ppl_on`). Returns (mean NLL, scored).
+pub fn windowed_nll<B: Backend>(model: &Llama<B>, ids: &[u32], ctx: usize, bos: Option<u32>) -> Result<(f64, usize), CliError> {
     let device = model.device().clone();
     let first = ctx / 2;
     let (mut total, mut count) = (0f64, 0usize);
     for window in ids.chunks_exact(ctx) {
         let mut cache = full_cache(model, ctx, &device)?;
-        let logits = model.forward(window, &mut *cache, Logits::All)?; // [ctx, vocab]
+        let input: Vec<u32> = bos.into_iter().chain(window[bos.is_some() as usize..].iter().copied()).collect();
+        let logits = model.forward(&input, &mut *cache, Logits::All)?; // [ctx, vocab]
         let [_, vocab] = logits.dims();
         let scored = logits.slice([first..ctx - 1, 0..vocab]);
         let (lp, _) = lava_llama::token_log_probs(scored, &window[first + 1..])?;
@@ -393,7 +396,9 @@ fn ppl_on<B: Backend>(a: &PplArgs, path: &Path, device: &B::Device) -> Result<()
         }
         let why = format!("the {} tokens scored", a.max_tokens);
         let text = read_text(&a.text_file, text_cap(a.max_tokens), &why, Overflow::Truncate)?;
-        let mut ids = tok.encode(&text)?;
+        // As llama-perplexity tokenizes: BOS first if the model adds it, control tokens as text.
+        let mut ids: Vec<u32> = tok.bos_to_add().into_iter().collect();
+        ids.extend(tok.encode_plain(&text)?);
         ids.truncate(a.max_tokens);
         if ids.len() < ctx {
             return Err(CliError::Usage(format!(
@@ -403,7 +408,7 @@ fn ppl_on<B: Backend>(a: &PplArgs, path: &Path, device: &B::Device) -> Result<()
                 a.max_tokens
             )));
         }
-        let (nll, scored) = windowed_nll(&model, &ids, ctx)?;
+        let (nll, scored) = windowed_nll(&model, &ids, ctx, tok.bos_to_add())?;
         let windows = ids.len() / ctx;
         return if a.json {
             let j = serde_json::json!({"tokens": ids.len(), "windows": windows, "scored": scored, "nll": nll, "ppl": nll.exp()});

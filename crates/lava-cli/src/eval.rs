@@ -645,7 +645,7 @@ fn eval_on<B: Backend>(a: &EvalArgs, g: &Grid, path: &Path, data: &DataPaths, de
     let variants = g.variants().map_err(eval_err)?;
     let results = c.results_file()?;
     let mut sink = Sink::open(results, 0, c.quiet).map_err(eval_err)?.with_shard(c.shard.unwrap_or_default());
-    sink.set_stamp(run_stamp(a, g, &variants, path, data, model.cache_shape())?, c.allow_mixed).map_err(eval_err)?;
+    sink.set_stamp(run_stamp(a, g, &variants, path, data, model.cache_shape(), &model.layer_windows())?, c.allow_mixed).map_err(eval_err)?;
     match &a.task {
         EvalTask::Niah { lengths, depths, out, .. } => {
             let depths: Vec<f64> = depths.iter().map(|d| d * 100.0).collect();
@@ -934,7 +934,15 @@ fn run_settings(a: &EvalArgs, variants: &[run::Variant], model: &Path, data: &Da
 }
 
 /// The stamp of every record of this run: `code_version`, `settings_hash`, `kv_shape`.
-fn run_stamp(a: &EvalArgs, g: &Grid, variants: &[run::Variant], model: &Path, data: &DataPaths, shape: lava_cache::CacheShape) -> Result<serde_json::Map<String, serde_json::Value>, CliError> {
+fn run_stamp(
+    a: &EvalArgs,
+    g: &Grid,
+    variants: &[run::Variant],
+    model: &Path,
+    data: &DataPaths,
+    shape: lava_cache::CacheShape,
+    windows: &[Option<usize>],
+) -> Result<serde_json::Map<String, serde_json::Value>, CliError> {
     use lava_eval::provenance as pv;
     let sha = model_sha256(model)?;
     let mut settings = run_settings(a, variants, model, data)?;
@@ -946,7 +954,7 @@ fn run_stamp(a: &EvalArgs, g: &Grid, variants: &[run::Variant], model: &Path, da
     m.insert(pv::CODE_VERSION.into(), code_version());
     m.insert(pv::SETTINGS_HASH.into(), pv::settings_hash(&settings).into());
     m.insert(pv::MODEL_SHA256.into(), sha.into());
-    m.insert(pv::KV_SHAPE.into(), pv::kv_shape_value(shape.layers, shape.kv_heads, shape.head_dim));
+    m.insert(pv::KV_SHAPE.into(), pv::kv_shape_value_windowed(shape.layers, shape.kv_heads, shape.head_dim, windows));
     Ok(m)
 }
 

@@ -147,7 +147,9 @@ pub struct PplArgs {
     pub chunk: usize,
     /// llama-perplexity's method (its `-c N`): cut the text into windows of N
     /// tokens, run each from an empty cache and score the second half of each
-    /// window (`--max-tokens` then bounds the text, not the context).
+    /// window (`--max-tokens` then bounds the text, not the context); for a model
+    /// that adds BOS (Gemma, SentencePiece models) the text starts with it and each
+    /// window's first token is replaced by it, as llama-perplexity does.
     #[arg(long)]
     pub ctx: Option<usize>,
     /// Print JSON.

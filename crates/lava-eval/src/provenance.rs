@@ -7,7 +7,9 @@
 //!   code and whether the code had uncommitted changes;
 //! * `settings_hash`: [`settings_hash`] of the run's settings (grid, window, seed, task sizes,
 //!   model file name);
-//! * `kv_shape`: `{"layers": L, "kv_heads": H, "head_dim": D}` of the model's KV cache.
+//! * `kv_shape`: `{"layers": L, "kv_heads": H, "head_dim": D}` of the model's KV cache, and
+//!   for a model with sliding-window layers `"local_windows"`: each layer's window (`null`
+//!   for a global layer).
 //!
 //! The first two make up a record's [`RunVersion`]. Records without them (files written
 //! before they existed) have the version "unknown", which is one version like any other: an
@@ -95,6 +97,26 @@ pub fn code_version_value(commit: &str, dirty: bool) -> Value {
 /// The `kv_shape` value: `{"layers": L, "kv_heads": H, "head_dim": D}`.
 pub fn kv_shape_value(layers: usize, kv_heads: usize, head_dim: usize) -> Value {
     serde_json::json!({ "layers": layers, "kv_heads": kv_heads, "head_dim": head_dim })
+}
+
+/// [`kv_shape_value`] of a model whose layer `l` attends within `windows[l]` (`None`: a
+/// global layer): with `"local_windows"` when some layer is local (else the same value, so
+/// the stamps of models without local layers are unchanged).
+pub fn kv_shape_value_windowed(layers: usize, kv_heads: usize, head_dim: usize, windows: &[Option<usize>]) -> Value {
+    let mut v = kv_shape_value(layers, kv_heads, head_dim);
+    if windows.iter().any(Option::is_some) {
+        v["local_windows"] = serde_json::json!(windows);
+    }
+    v
+}
+
+/// Each layer's sliding window a record's `kv_shape` names (`None`: a global layer); empty
+/// when it names none (every layer global, or no `kv_shape`).
+pub fn record_local_windows(rec: &ResultRecord) -> Vec<Option<usize>> {
+    let Some(a) = rec.extra.get(KV_SHAPE).and_then(|s| s.get("local_windows")).and_then(Value::as_array) else {
+        return Vec::new();
+    };
+    a.iter().map(|w| w.as_u64().and_then(|w| usize::try_from(w).ok())).collect()
 }
 
 /// The KV shape `(layers, kv_heads, head_dim)` a record carries, if any.

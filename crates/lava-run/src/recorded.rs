@@ -6,52 +6,81 @@
 //! the prefill once with a recording full cache, then builds each policy's cache
 //! from the recorded keys and values and the policy's selection, which is
 //! exactly what running that policy live would keep.
+//!
+//! A model with sliding-window (local) layers prefills through rings for
+//! those and a full cache for the global layers; only the global layers are
+//! recorded, and each policy's cache is the prefill's rings around the cache
+//! it builds over the global layers alone (module `windows`).
 
 use burn::tensor::{backend::Backend, Tensor};
-use lava_cache::{CacheError, FullCache, KvCache, KvDtype, LayerQkv, PolicyConfig, PolicyName, PromptScores};
-use lava_llama::{Llama, Logits};
+use lava_cache::{CacheError, KvCache, KvDtype, LayerQkv, PolicyConfig, PolicyName, PromptScores};
+use lava_llama::{Llama, Logits, ModelError};
 
 use crate::cache::{compressed_cache_for, full_cache_for, CacheOptions};
+
+mod windows;
+
+use windows::{global_index, global_shape, FullPrefill};
+
 use crate::error::RunError;
 
 type Result<T> = std::result::Result<T, RunError>;
 
-/// A full cache that also keeps each layer's first (prefill) `q`, `k`, `v`.
+/// A full cache that also keeps each global layer's first (prefill) `q`, `k`, `v`.
 pub struct RecordingCache<B: Backend> {
-    inner: FullCache<B>,
+    inner: FullPrefill<B>,
+    /// Per model layer: its index among the global layers (`None`: a local layer, not recorded).
+    global: Vec<Option<usize>>,
     recorded: Vec<Option<LayerQkv<B>>>,
 }
 
 impl<B: Backend> RecordingCache<B> {
     /// Wraps a new full cache for `model`.
     pub fn new(model: &Llama<B>, max_tokens: usize) -> Result<Self> {
-        let inner = FullCache::new(model.cache_shape(), max_tokens, model.device())?;
-        Ok(Self { inner, recorded: (0..model.config.num_hidden_layers).map(|_| None).collect() })
+        Ok(Self::around(model, FullPrefill::new(model, max_tokens)?))
+    }
+
+    fn around(model: &Llama<B>, inner: FullPrefill<B>) -> Self {
+        let global = global_index(model);
+        let globals = global.iter().flatten().count();
+        Self { inner, global, recorded: (0..globals).map(|_| None).collect() }
     }
 }
 
 impl<B: Backend> KvCache<B> for RecordingCache<B> {
     fn attend(&mut self, layer: usize, q: Tensor<B, 3>, k: Tensor<B, 3>, v: Tensor<B, 3>) -> std::result::Result<Tensor<B, 3>, CacheError> {
-        if let Some(slot @ None) = self.recorded.get_mut(layer) {
+        if let Some(slot @ None) = self.global.get(layer).copied().flatten().and_then(|g| self.recorded.get_mut(g)) {
             *slot = Some(LayerQkv::new(q.clone(), k.clone(), v.clone()));
         }
-        self.inner.attend(layer, q, k, v)
+        self.inner.cache().attend(layer, q, k, v)
     }
     fn next_position(&self) -> usize {
-        self.inner.next_position()
+        self.inner.cache_ref().next_position()
     }
     fn stats(&self) -> lava_cache::CacheStats {
-        self.inner.stats()
+        self.inner.cache_ref().stats()
     }
     fn reset(&mut self) {
-        self.inner.reset();
+        self.inner.cache().reset();
         self.recorded.iter_mut().for_each(|r| *r = None);
     }
+    fn sliding_window(&self, layer: usize) -> Option<usize> {
+        self.inner.cache_ref().sliding_window(layer)
+    }
+}
+
+fn model_err(e: impl Into<ModelError>) -> RunError {
+    RunError::Model(e.into())
+}
+
+fn internal(msg: &str) -> RunError {
+    RunError::Cache(CacheError::Internal(msg.into()))
 }
 
 /// The state after one prefill, from which every policy's cache is derived.
 pub struct Prefilled<B: Backend> {
-    full: FullCache<B>,
+    full: FullPrefill<B>,
+    /// The global layers' recorded `q`, `k`, `v` (every layer's for a model without local layers).
     qkv: Vec<LayerQkv<B>>,
     /// Logits after the last prompt token, `[1, vocab]`.
     pub last_logits: Tensor<B, 2>,
@@ -65,8 +94,8 @@ pub struct Prefilled<B: Backend> {
 /// Runs the prompt once (one forward pass) and records what the policies need.
 pub fn prefill<B: Backend>(model: &Llama<B>, ids: &[u32], max_tokens: usize) -> Result<Prefilled<B>> {
     let mut rec = RecordingCache::new(model, max_tokens)?;
-    let last_logits = model.forward(ids, &mut rec, Logits::Last)?;
-    let qkv = rec.recorded.into_iter().collect::<Option<Vec<_>>>().ok_or_else(|| CacheError::Internal("a layer was not recorded by the prefill".into()))?;
+    let last_logits = model.forward(ids, &mut rec, Logits::Last).map_err(model_err)?;
+    let qkv = rec.recorded.into_iter().collect::<Option<Vec<_>>>().ok_or_else(|| internal("a layer was not recorded by the prefill"))?;
     Ok(Prefilled { full: rec.inner, qkv, last_logits, prompt_len: ids.len(), scores: Vec::new() })
 }
 
@@ -79,13 +108,13 @@ impl<B: Backend> Prefilled<B> {
     /// is left as it was.
     pub fn extended(&self, model: &Llama<B>, suffix: &[u32]) -> Result<Prefilled<B>> {
         if suffix.is_empty() {
-            return Err(CacheError::Internal("extending a prefill by no tokens".into()).into());
+            return Err(internal("extending a prefill by no tokens"));
         }
-        let mut rec = RecordingCache { inner: self.full.clone(), recorded: (0..self.qkv.len()).map(|_| None).collect() };
-        let last_logits = model.forward(suffix, &mut rec, Logits::Last)?;
+        let mut rec = RecordingCache::around(model, self.full.copy()?);
+        let last_logits = model.forward(suffix, &mut rec, Logits::Last).map_err(model_err)?;
         let mut qkv = Vec::with_capacity(self.qkv.len());
         for (old, new) in self.qkv.iter().zip(rec.recorded) {
-            let new = new.ok_or_else(|| CacheError::Internal("a layer was not recorded by the suffix's prefill".into()))?;
+            let new = new.ok_or_else(|| internal("a layer was not recorded by the suffix's prefill"))?;
             let cat = |a: &Tensor<B, 3>, b: Tensor<B, 3>| Tensor::cat(vec![a.clone(), b], 1);
             qkv.push(LayerQkv::new(cat(&old.q, new.q), cat(&old.k, new.k), cat(&old.v, new.v)));
         }
@@ -101,24 +130,25 @@ impl<B: Backend> Prefilled<B> {
         let options = CacheOptions { decode_tokens, kv_dtype, ..CacheOptions::default() };
         if policy.policy == PolicyName::Full {
             if kv_dtype == KvDtype::F32 {
-                return Ok(Box::new(self.full.clone()));
+                return self.full.boxed();
             }
             // The recorded prompt K/V stored in the format, as a live prefill stores them
             // (without recomputing the prefill's attention).
             let kv: Vec<(Tensor<B, 3>, Tensor<B, 3>)> = self.qkv.iter().map(|l| (l.k.clone(), l.v.clone())).collect();
-            let full = full_cache_for(model.cache_shape(), max_tokens, options, model.device())?.filled_from(&kv)?;
-            return Ok(Box::new(full));
+            let full = full_cache_for(global_shape(model)?, max_tokens, options, model.device())?.filled_from(&kv)?;
+            return self.full.around(Box::new(full));
         }
+        let shape = global_shape(model)?;
         let i = match self.scores.iter().position(|s| s.serves(policy)) {
             Some(i) => i,
             None => {
-                self.scores.push(PromptScores::new(&self.qkv, policy)?);
+                self.scores.push(PromptScores::new(&self.qkv, policy).map_err(model_err)?);
                 self.scores.len() - 1
             }
         };
-        let selection = self.scores[i].select(policy)?;
+        let selection = self.scores[i].select(policy).map_err(model_err)?;
         let kv: Vec<(Tensor<B, 3>, Tensor<B, 3>)> = self.qkv.iter().map(|l| (l.k.clone(), l.v.clone())).collect();
-        let cache = compressed_cache_for(model.cache_shape(), policy, max_tokens, options, model.device())?.filled_from_selection(&kv, &selection)?;
-        Ok(Box::new(cache))
+        let cache = compressed_cache_for(shape, policy, max_tokens, options, model.device())?.filled_from_selection(&kv, &selection)?;
+        self.full.around(Box::new(cache))
     }
 }

@@ -404,8 +404,8 @@ impl<B: Backend> Engine<B> {
             let _ = job.events.send(Event::Failed(EngineError::KvDtype(e.to_string())));
             return;
         }
-        // Every layer counted as global (full-length K/V), sliding-window ones too, as before.
-        let one = KvBytes::new(self.model.cache_shape(), job.kv_dtype).reservation(&job.policy, job.prompt.len(), job.max_tokens);
+        // Rings of sliding-window layers counted whole, every other layer as the policy keeps it.
+        let one = KvBytes::for_model(&self.model, job.kv_dtype).reservation(&job.policy, job.prompt.len(), job.max_tokens);
         let reserved = one.saturating_mul(job.n.max(1) as u64);
         if reserved > self.ledger.limit() {
             let e = EngineError::KvMemoryExceeded {

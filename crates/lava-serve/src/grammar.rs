@@ -268,7 +268,7 @@ mod tests {
         let g = Grammars::new(tok, vocab, &[END]).expect("grammars");
         let schema = json!({"type": "object", "properties": {"a": {"type": "integer", "minimum": 3, "maximum": 99}, "b": {"type": "string", "maxLength": 3}},
             "required": ["a", "b"], "additionalProperties": false});
-        let mut c = g.compile(json_grammar(Some(&schema)), "schema").expect("compiles");
+        let c = g.compile(json_grammar(Some(&schema)), "schema").expect("compiles");
         // The first token: only `{` (the stop token is not allowed before the object closes).
         let first = c.clone().mask().expect("mask");
         let allowed: Vec<&str> = (0..pieces.len()).filter(|&i| first.is_allowed(i as u32)).map(|i| pieces[i].as_str()).collect();

@@ -295,18 +295,29 @@ impl LlamaConfig {
 
     /// Parses a Hugging Face `config.json`.
     pub fn from_hf_json(text: &str) -> Result<Self, ModelError> {
-        let v: serde_json::Value =
+        let mut v: serde_json::Value =
             serde_json::from_str(text).map_err(|e| ModelError::Config(format!("config.json does not parse: {e}")))?;
-        let model_type = v.get("model_type").and_then(|x| x.as_str()).unwrap_or("").to_string();
+        // Gemma 3's multimodal configs keep the language model's fields in `text_config`.
+        if let Some(text) = v.get("text_config").filter(|t| t.is_object()).cloned() {
+            let archs = v.get("architectures").cloned();
+            v = text;
+            if let Some(a) = archs.filter(|_| v.get("architectures").is_none()) {
+                v["architectures"] = a;
+            }
+        }
+        let model_type = match v.get("model_type").and_then(|x| x.as_str()).unwrap_or("") {
+            "gemma3_text" => "gemma3".to_string(),
+            t => t.to_string(),
+        };
         let archs: Vec<String> = v
             .get("architectures")
             .and_then(|a| a.as_array())
             .map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect())
             .unwrap_or_default();
-        const TYPES: [&str; 4] = ["llama", "mistral", "qwen2", "qwen3"];
+        const TYPES: [&str; 5] = ["llama", "mistral", "qwen2", "qwen3", "gemma3"];
         if !TYPES.contains(&model_type.as_str()) {
             return Err(ModelError::Unsupported(format!(
-                "model_type {model_type:?} (architectures {archs:?}); supported: llama, mistral, qwen2, qwen3"
+                "model_type {model_type:?} (architectures {archs:?}); supported: llama, mistral, qwen2, qwen3, gemma3 (gemma3_text)"
             )));
         }
         let bad = |k: &str, what: &str| ModelError::Config(format!("config.json: {k} {what}"));
@@ -376,9 +387,11 @@ impl LlamaConfig {
             ("qwen2" | "qwen3", false) => None,
             _ => opt_u("sliding_window", true)?,
         };
+        let gemma3 = model_type == "gemma3";
+        let gemma = if gemma3 { Some(gemma3_fields(&v, &opt_f)?) } else { None };
         let cfg = Self {
             attention_bias: opt_b("attention_bias", model_type == "qwen2")?,
-            qk_norm: model_type == "qwen3",
+            qk_norm: model_type == "qwen3" || gemma3,
             model_type,
             vocab_size: req("vocab_size")?,
             hidden_size: hidden,
@@ -391,11 +404,23 @@ impl LlamaConfig {
             rope_theta: opt_f("rope_theta", 10000.0)?,
             rope_scaling,
             max_position_embeddings: opt_u("max_position_embeddings", false)?.unwrap_or(4096),
-            tie_word_embeddings: opt_b("tie_word_embeddings", false)?,
+            tie_word_embeddings: opt_b("tie_word_embeddings", gemma3)?,
             bos_token_id: ids("bos_token_id")?.first().copied(),
             eos_token_ids: ids("eos_token_id")?,
             sliding_window,
             ..Self::default_extras()
+        };
+        let cfg = match gemma {
+            Some(g) => Self {
+                sliding_window_pattern: g.pattern,
+                rope_local_base_freq: Some(g.rope_local_base_freq),
+                query_pre_attn_scalar: g.query_pre_attn_scalar,
+                scale_embeddings: true,
+                post_norms: true,
+                hidden_act: Activation::GeluTanh,
+                ..cfg
+            },
+            None => cfg,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -448,4 +473,61 @@ impl LlamaConfig {
         }
         v
     }
+}
+
+/// The fields of a Gemma 3 `config.json` beyond the Llama ones.
+struct Gemma3Fields {
+    pattern: Option<usize>,
+    rope_local_base_freq: f64,
+    query_pre_attn_scalar: Option<f64>,
+}
+
+/// Reads Gemma 3's own `config.json` fields, as the GGUF path reads their GGUF keys: which
+/// layers are local (`layer_types`, or the older `sliding_window_pattern`; default 6),
+/// `rope_local_base_freq` (default 10000), `query_pre_attn_scalar`, and the activation
+/// (`hidden_activation`, which must be `gelu_pytorch_tanh`).
+fn gemma3_fields(v: &serde_json::Value, opt_f: &dyn Fn(&str, f64) -> Result<f64, ModelError>) -> Result<Gemma3Fields, ModelError> {
+    let bad = |m: String| ModelError::Config(format!("config.json: {m}"));
+    let act = v.get("hidden_activation").or_else(|| v.get("hidden_act")).and_then(|a| a.as_str()).unwrap_or("gelu_pytorch_tanh");
+    if act != "gelu_pytorch_tanh" {
+        return Err(ModelError::Unsupported(format!("Gemma 3 hidden_activation {act:?}; lava runs gelu_pytorch_tanh (GeGLU)")));
+    }
+    if v.get("rope_scaling").is_some_and(|r| !r.is_null()) {
+        return Err(ModelError::Unsupported(
+            "Gemma 3 rope_scaling; lava runs Gemma 3 without RoPE scaling (the 270M and 1B)".into(),
+        ));
+    }
+    let pattern = match v.get("layer_types").and_then(|t| t.as_array()) {
+        Some(types) => {
+            let global: Vec<bool> = types
+                .iter()
+                .map(|t| match t.as_str() {
+                    Some("full_attention") => Ok(true),
+                    Some("sliding_attention") => Ok(false),
+                    _ => Err(bad(format!("layer_types holds {t}, not \"full_attention\" or \"sliding_attention\""))),
+                })
+                .collect::<Result<_, _>>()?;
+            match global.iter().position(|&g| g) {
+                None => None,
+                Some(first) => {
+                    let n = first + 1;
+                    if global.iter().enumerate().any(|(l, &g)| g != ((l + 1) % n == 0)) {
+                        return Err(ModelError::Unsupported(format!(
+                            "layer_types: lava runs a global layer every n-th layer (layers n-1, 2n-1, ...), and these are not every {n}-th"
+                        )));
+                    }
+                    Some(n)
+                }
+            }
+        }
+        None => match v.get("sliding_window_pattern") {
+            None => Some(6),
+            Some(p) => Some(p.as_u64().and_then(|p| usize::try_from(p).ok()).ok_or_else(|| bad(format!("sliding_window_pattern must be a positive integer, got {p}")))?),
+        },
+    };
+    let query_pre_attn_scalar = match v.get("query_pre_attn_scalar") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(_) => Some(opt_f("query_pre_attn_scalar", 0.0)?),
+    };
+    Ok(Gemma3Fields { pattern, rope_local_base_freq: opt_f("rope_local_base_freq", 10_000.0)?, query_pre_attn_scalar })
 }

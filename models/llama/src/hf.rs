@@ -234,6 +234,12 @@ pub fn load_hf_dir<B: Backend>(dir: &Path, device: &B::Device) -> Result<(Llama<
         }
     }
     drop(shapes);
+    if config.post_norms {
+        // Gemma: its norm names do not follow the module's, and its gains are `1 + weight`.
+        let src = GemmaSafetensors::read(dir, &files)?;
+        let rope = Rope::new(&config);
+        return Ok((Llama::from_source(config, &src, rope, device)?, tokenizer));
+    }
     let mut weights = LlamaWeights::<B>::zeros(&config, device)?;
     let mut applied = BTreeSet::new();
     for file in files {
@@ -268,6 +274,48 @@ pub fn load_hf_dir<B: Backend>(dir: &Path, device: &B::Device) -> Result<(Llama<
     }
     let rope = Rope::new(&config);
     Ok((Llama::new(config, weights, rope, device), tokenizer))
+}
+
+/// A Gemma 3 directory's weights as a [`WeightSource`]: each tensor read from its
+/// safetensors file as f32 (from f32, f16 or bf16), Hugging Face names and layout, and the
+/// RMS norms' gains as `1 + weight` (Gemma's norms multiply by one plus the stored value;
+/// GGUF files store the sum, which the forward pass multiplies by). The files are read whole.
+struct GemmaSafetensors {
+    dir: PathBuf,
+    files: Vec<(PathBuf, Vec<u8>)>,
+}
+
+impl GemmaSafetensors {
+    fn read(dir: &Path, files: &[PathBuf]) -> Result<Self, ModelError> {
+        let files = files.iter().map(|f| Ok((f.clone(), std::fs::read(f).map_err(|e| ModelError::io(f, e))?))).collect::<Result<_, ModelError>>()?;
+        Ok(Self { dir: dir.to_path_buf(), files })
+    }
+}
+
+impl WeightSource for GemmaSafetensors {
+    fn tensor(&self, name: &str) -> Result<Option<(Vec<usize>, Vec<f32>)>, ModelError> {
+        for (path, bytes) in &self.files {
+            let bad = |detail: String| ModelError::Weights { path: path.clone(), detail };
+            let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| bad(format!("cannot be read as safetensors: {e}")))?;
+            let Ok(t) = st.tensor(name) else { continue };
+            let data = t.data();
+            let mut values: Vec<f32> = match t.dtype() {
+                safetensors::Dtype::F32 => data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+                safetensors::Dtype::F16 => data.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+                safetensors::Dtype::BF16 => data.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+                safetensors::Dtype::F64 => data.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap_or([0; 8])) as f32).collect(),
+                other => return Err(bad(format!("tensor {name} has dtype {other:?}: lava reads F32, F16, BF16 or F64 weights"))),
+            };
+            if name.ends_with("norm.weight") {
+                values.iter_mut().for_each(|x| *x += 1.0);
+            }
+            return Ok(Some((t.shape().to_vec(), values)));
+        }
+        Ok(None)
+    }
+    fn origin(&self) -> PathBuf {
+        self.dir.clone()
+    }
 }
 
 /// Name of the marker file an export keeps in its directory while it replaces files there:

@@ -3,7 +3,8 @@
 //!
 //! Encoding is sentencepiece's `bpe_model.cc` (and llama.cpp's SPM tokenizer):
 //! spaces become U+2581, a dummy U+2581 goes in front (`add_space_prefix`),
-//! the text is split into characters (user-defined pieces whole, never merged),
+//! the text is split into characters (user-defined pieces, matched in the text
+//! as written before its spaces become U+2581, whole and never merged),
 //! and the adjacent pair whose concatenation is a piece of the vocabulary with
 //! the highest score is merged until none is left (ties: leftmost). A
 //! character that is no piece becomes its UTF-8 bytes as `<0xHH>` tokens.
@@ -19,6 +20,8 @@ use crate::error::ModelError;
 
 /// The space marker.
 pub(crate) const SPACE: char = '\u{2581}';
+/// The space marker as a string.
+const SPACE_STR: &str = "\u{2581}";
 /// What sentencepiece decodes the unknown token to.
 const UNKNOWN_SURFACE: &str = " \u{2047} ";
 
@@ -167,31 +170,38 @@ impl Spm {
         if text.is_empty() {
             return Ok(());
         }
-        let mut s = String::with_capacity(text.len() + 3);
-        if prefix && self.add_space_prefix {
-            s.push(SPACE);
-        }
-        for c in text.chars() {
-            s.push(if c == ' ' { SPACE } else { c });
-        }
-        let s = s.as_str();
-
-        // Characters, user-defined pieces whole (and frozen).
-        let mut symbols: Vec<Symbol> = Vec::with_capacity(s.len());
-        let mut at = 0;
-        while at < s.len() {
-            let rest = &s[at..];
-            let (len, freeze) = match self.user_defined.iter().find(|p| rest.starts_with(p.as_str())) {
-                Some(p) => (p.len(), true),
-                None => (rest.chars().next().map_or(1, char::len_utf8), false),
-            };
+        // Characters (spaces as U+2581), user-defined pieces whole (and frozen).
+        // A user-defined piece is matched in the text as written, before spaces
+        // become U+2581, as llama.cpp partitions the text: Gemma's pieces of
+        // runs of spaces are such pieces.
+        let mut s = String::with_capacity(text.len() * 3 + 3);
+        let mut symbols: Vec<Symbol> = Vec::with_capacity(text.len() + 1);
+        let mut push = |s: &mut String, piece: &str, freeze: bool| {
             let i = symbols.len();
-            symbols.push(Symbol { start: at, len, prev: i.checked_sub(1), next: None, freeze });
-            at += len;
-            if at < s.len() {
-                symbols[i].next = Some(i + 1);
+            if let Some(prev) = i.checked_sub(1) {
+                symbols[prev].next = Some(i);
+            }
+            symbols.push(Symbol { start: s.len(), len: piece.len(), prev: i.checked_sub(1), next: None, freeze });
+            s.push_str(piece);
+        };
+        if prefix && self.add_space_prefix {
+            push(&mut s, SPACE_STR, false);
+        }
+        let mut rest = text;
+        while let Some(c) = rest.chars().next() {
+            match self.user_defined.iter().find(|p| rest.starts_with(p.as_str())) {
+                Some(p) => {
+                    push(&mut s, p, true);
+                    rest = &rest[p.len()..];
+                }
+                None => {
+                    let mut buf = [0u8; 4];
+                    push(&mut s, if c == ' ' { SPACE_STR } else { c.encode_utf8(&mut buf) }, false);
+                    rest = &rest[c.len_utf8()..];
+                }
             }
         }
+        let s = s.as_str();
 
         let mut agenda = BinaryHeap::new();
         // Pieces of unused type formed by a merge, and the two they came from.
@@ -415,6 +425,19 @@ mod tests {
         v.encode_into("a\u{e9}", false, &mut out).unwrap();
         assert_eq!(out, vec![2, 7 + 0xc3, 7 + 0xa9]);
         assert_eq!(v.decode(&out), "a\u{e9}");
+    }
+
+    /// Gemma's vocabulary has user-defined pieces of raw spaces (`"   "`, not
+    /// U+2581): llama.cpp matches them in the text as written, so a run of
+    /// three spaces is that one piece, and a single space is still U+2581.
+    #[test]
+    fn user_defined_pieces_of_spaces_match_the_text_as_written() {
+        let v = vocab(&[("<unk>", 0.0, 2), ("▁", -1.0, 1), ("a", -2.0, 1), ("   ", 0.0, 4), ("▁a", -3.0, 1)]);
+        let mut out = Vec::new();
+        v.encode_into("a   a a", false, &mut out).unwrap();
+        // a, "   " (user-defined, frozen), a, then " a" merges to "▁a".
+        assert_eq!(out, vec![2, 3, 2, 4]);
+        assert_eq!(v.decode(&out), "a   a a");
     }
 
     #[test]

@@ -33,6 +33,28 @@ pub fn tiny_config(heads: usize, kv_heads: usize, tied: bool, bias: bool) -> Lla
     }
 }
 
+/// [`tiny_config`] shaped as Gemma 3: `layers` layers of which every
+/// `pattern`-th is global and the others attend within `window` positions
+/// (local RoPE base 10000), scaled embeddings, q/k norms, the four norms of a
+/// Gemma layer, GeGLU; 4 query heads over 2 KV heads of dimension 8, tied
+/// embeddings. What [`RandomWeights::to_gguf`] writes as a `gemma3` file.
+pub fn tiny_gemma3_config(layers: usize, window: usize, pattern: usize) -> LlamaConfig {
+    LlamaConfig {
+        model_type: "gemma3".into(),
+        num_hidden_layers: layers,
+        rms_norm_eps: 1e-6,
+        rope_theta: 1_000_000.0,
+        qk_norm: true,
+        sliding_window: Some(window),
+        sliding_window_pattern: Some(pattern),
+        rope_local_base_freq: Some(10_000.0),
+        scale_embeddings: true,
+        post_norms: true,
+        hidden_act: crate::config::Activation::GeluTanh,
+        ..tiny_config(4, 2, true, false)
+    }
+}
+
 /// Deterministic pseudo-random weights (uniform in `[-scale, scale]`, norms near 1).
 #[derive(Debug, Clone)]
 pub struct RandomWeights {
@@ -71,17 +93,29 @@ impl RandomWeights {
     }
 
     /// Writes these weights as a GGUF image (llama.cpp layout: Q/K rows permuted
-    /// for `llama` models, not `qwen2`/`qwen3` ones), with a trivial byte-level
-    /// tokenizer, in `kind`.
+    /// for `llama` models, not `qwen2`/`qwen3`/`gemma3` ones; a `gemma3` file's
+    /// window, pattern and local RoPE base, and its norms under llama.cpp's
+    /// Gemma names), with a trivial byte-level tokenizer, in `kind`.
     pub fn to_gguf(&self, kind: GgmlType) -> Vec<u8> {
         let c = &self.config;
         let arch = match c.model_type.as_str() {
-            "qwen2" | "qwen3" => c.model_type.as_str(),
+            "qwen2" | "qwen3" | "gemma3" => c.model_type.as_str(),
             _ => "llama",
         };
         let mut w = GgufWriter::new();
         w.kv("general.architecture", Value::Str(arch.into()));
         write_sizes(&mut w, arch, c);
+        if arch == "gemma3" {
+            if let Some(win) = c.sliding_window {
+                w.kv("gemma3.attention.sliding_window", Value::U64(win as u64));
+            }
+            if let Some(p) = c.sliding_window_pattern {
+                w.kv("gemma3.attention.sliding_window_pattern", Value::U64(p as u64));
+            }
+            if let Some(b) = c.rope_local_base_freq {
+                w.kv("gemma3.rope.freq_base_swa", Value::F64(b));
+            }
+        }
         w.kv("tokenizer.ggml.model", Value::Str("gpt2".into()));
         w.kv("tokenizer.ggml.pre", Value::Str("gpt2".into()));
         let tokens: Vec<Value> = (0..c.vocab_size).map(|i| Value::Str(byte_token(i as u8))).collect();
@@ -91,7 +125,10 @@ impl RandomWeights {
             let (name, shape) = (p.name, p.shape);
             let n: usize = shape.iter().product();
             let mut v = self.values(&name, n);
-            let gname = gguf_name(&name);
+            let gname = match arch {
+                "gemma3" => crate::gguf_source::GgufSource::gguf_name(&name, true).unwrap_or_else(|| gguf_name(&name)),
+                _ => gguf_name(&name),
+            };
             if arch == "llama" {
                 let heads = if name.contains("q_proj") {
                     Some(c.num_attention_heads)

@@ -368,7 +368,7 @@ impl Tokenizer {
     }
 
     /// The BOS id [`Tokenizer::encode_prompt`] puts first, if the model asks for one.
-    pub(crate) fn bos_to_add(&self) -> Option<u32> {
+    pub fn bos_to_add(&self) -> Option<u32> {
         if !self.add_bos {
             return None;
         }

@@ -726,6 +726,10 @@ impl<B: Backend> KvCache<B> for CompressedCache<B> {
     fn restore(&mut self, snapshot: &crate::CacheSnapshot) -> Result<(), CacheError> {
         self.restore_snapshot(snapshot)
     }
+
+    fn compression_seconds(&self) -> f64 {
+        CompressedCache::compression_seconds(self)
+    }
 }
 
 impl<B: Backend> CompressedCache<B> {

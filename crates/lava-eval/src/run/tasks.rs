@@ -405,6 +405,9 @@ impl<B: Backend> KvCache<B> for OutputRecorder<'_, B> {
         self.inner.reset();
         self.outputs.clear();
     }
+    fn sliding_window(&self, layer: usize) -> Option<usize> {
+        self.inner.sliding_window(layer)
+    }
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -27,7 +27,7 @@ use lava_cache::PolicyName;
 pub use bootstrap::{bootstrap_mean, bootstrap_stratified, Interval, DEFAULT_RESAMPLES};
 
 use crate::error::{EvalError, Result};
-use crate::provenance::{fnv1a64, record_kv_shape};
+use crate::provenance::{fnv1a64, record_kv_shape, record_local_windows};
 use crate::report::{render_report, ReportOptions};
 use crate::results::{Budget, ResultRecord};
 
@@ -434,6 +434,23 @@ struct MemoryCell {
     ratio: (f64, usize),
     /// Sum of `kv_bytes` and count.
     bytes: (f64, usize),
+    /// Over the records of a model with local layers: sum of the nominal bytes (rings plus the
+    /// global layers' budget), sum of what the same model would hold with every layer global,
+    /// and count.
+    local: (f64, f64, usize),
+}
+
+/// The nominal retained bytes of a record at token budget `budget` (K and V in f32): `B`
+/// tokens in every KV head of every global layer, and each local layer's ring of `min(N, w)`
+/// positions, `N` the record's prompt tokens (`prompt_tokens`, else its length; the rings
+/// full when neither is known). Without local layers, `L * H_kv * B * D * 2 * 4`. `None`
+/// without a `kv_shape`.
+pub fn nominal_kv_bytes(r: &ResultRecord, budget: usize) -> Option<f64> {
+    let (l, h, d) = record_kv_shape(r)?;
+    let shape = lava_cache::CacheShape { layers: l as usize, query_heads: h as usize, kv_heads: h as usize, head_dim: d as usize };
+    let windows = record_local_windows(r);
+    let n = r.extra.get("prompt_tokens").and_then(|v| v.as_u64()).or(r.length).map_or(usize::MAX, |n| n as usize);
+    Some(lava_cache::held_kv_bytes(shape, &windows, n, budget, lava_cache::KvDtype::F32) as f64)
 }
 
 type MemoryCells = BTreeMap<(String, Budget), MemoryCell>;
@@ -445,11 +462,15 @@ fn memory_cells(recs: &[ResultRecord]) -> MemoryCells {
         let e = acc.entry((r.policy.clone(), r.budget.clone())).or_default();
         e.bytes.0 += bytes;
         e.bytes.1 += 1;
-        if let (Budget::Tokens(b), Some((l, h, d))) = (&r.budget, record_kv_shape(r)) {
-            let nominal = l as f64 * h as f64 * *b as f64 * d as f64 * 8.0;
-            if nominal > 0.0 {
-                e.ratio.0 += bytes / nominal;
-                e.ratio.1 += 1;
+        let Budget::Tokens(b) = &r.budget else { continue };
+        if let Some(nominal) = nominal_kv_bytes(r, *b as usize).filter(|&n| n > 0.0) {
+            e.ratio.0 += bytes / nominal;
+            e.ratio.1 += 1;
+            if !record_local_windows(r).is_empty() {
+                let (l, h, d) = record_kv_shape(r).unwrap_or_default();
+                e.local.0 += nominal;
+                e.local.1 += l as f64 * h as f64 * *b as f64 * d as f64 * 8.0;
+                e.local.2 += 1;
             }
         }
     }
@@ -488,7 +509,9 @@ fn memory_section(recs: &[ResultRecord], order: &[String]) -> String {
         t.push_str(
             "Mean over records of retained KV bytes (`kv_bytes`) / nominal `L * H_kv * B * D * 2 * 4` bytes (K and V, f32, \
              `B` tokens in every KV head of every layer; `kv_shape` of the records). Prompts shorter than the budget count \
-             at their real bytes (below 1x); adaptive policies may exceed 1x; the full cache holds the whole prompt.\n\n",
+             at their real bytes (below 1x); adaptive policies may exceed 1x; the full cache holds the whole prompt. \
+             For a model with sliding-window (local) layers the nominal bytes are the budget's in the global layers \
+             (`L` their count) plus each local layer's ring of `min(N, w)` positions.\n\n",
         );
         t.push_str(&table(&|c| (c.ratio.1 > 0).then(|| format!("{:.2}x", c.ratio.0 / c.ratio.1 as f64)), &token_budgets));
         t.push('\n');
@@ -498,7 +521,33 @@ fn memory_section(recs: &[ResultRecord], order: &[String]) -> String {
     t.push_str("Mean retained KV (MB = 10^6 bytes), all tasks:\n\n");
     let all: Vec<&Budget> = budgets.iter().collect();
     t.push_str(&table(&|c| (c.bytes.1 > 0).then(|| format!("{:.2}", c.bytes.0 / c.bytes.1 as f64 / 1e6)), &all));
+    t.push_str(&local_rows(&cells, &all));
     t
+}
+
+/// The memory table's rows for a model with local layers (none without): per budget, the
+/// mean nominal MB with the rings (rings plus the global layers' budget) and the mean MB the
+/// same model would hold with every layer global (`L * H_kv * B * D * 2 * 4`).
+fn local_rows(cells: &MemoryCells, budgets: &[&Budget]) -> String {
+    if !cells.values().any(|c| c.local.2 > 0) {
+        return String::new();
+    }
+    let mut rows = [String::from("| nominal: rings + global layers' budget |"), String::from("| nominal: every layer global |")];
+    for b in budgets {
+        let mut sums = (0.0, 0.0, 0usize);
+        for ((_, cb), c) in cells {
+            if cb == *b {
+                sums = (sums.0 + c.local.0, sums.1 + c.local.1, sums.2 + c.local.2);
+            }
+        }
+        let mb = |x: f64| if sums.2 == 0 { "-".to_string() } else { format!("{:.2}", x / sums.2 as f64 / 1e6) };
+        rows[0].push_str(&format!(" {} |", mb(sums.0)));
+        rows[1].push_str(&format!(" {} |", mb(sums.1)));
+    }
+    format!("{}\n{}\n\nThe model has sliding-window (local) layers: each keeps a ring of its last `w` positions \
+             whatever the policy, so the first row (what the policies' budgets give with the rings) is the nominal \
+             the retained bytes compare to; the second is the same budget in a model whose layers all attend to the \
+             whole context.\n", rows[0], rows[1])
 }
 
 fn family_slug(family: &str) -> String {

@@ -222,3 +222,50 @@ fn single_prompt_families_get_no_interval() {
     assert!(md.contains("| snapkv | 64 | fidelity top-1 | 1 | +100.0 | - | too few prompts |"), "{md}");
     assert!(md.contains("| lava | 43.8 ± 34.4 | 100.0 ± 0.0 | 50.0 ± 50.0 | 100.0 (n=1) | 73.4 |"), "{md}");
 }
+
+/// The memory table of a model with sliding-window layers, Gemma 3 270M's shapes from its
+/// config (18 layers, every 6th global, window 512; 1 KV head of dimension 256): by hand, at
+/// budget 128 and 4000-token prompts, 15 rings of 512 positions (15 * 512 * 2 * 256 * 4 =
+/// 15,728,640 bytes) plus 3 global layers of 128 (3 * 128 * 2048 = 786,432): 16,515,072
+/// bytes, 16.52 MB; the same budget in every layer of a model without local layers: 18 *
+/// 128 * 2048 = 4,718,592 bytes, 4.72 MB.
+#[test]
+fn memory_table_counts_the_rings_of_a_model_with_local_layers() {
+    let mut config = lava_llama::tiny::tiny_gemma3_config(18, 512, 6);
+    config.num_key_value_heads = 1;
+    config.head_dim = 256;
+    config.max_position_embeddings = 32_768;
+    let windows = config.layer_windows();
+    assert_eq!(windows.iter().filter(|w| w.is_none()).count(), 3);
+    let shape = crate::provenance::kv_shape_value_windowed(18, 1, 256, &windows);
+    let mut recs = Vec::new();
+    for (i, (policy, bytes)) in [("lava", 16_515_072), ("snapkv", 16_515_072 / 2)].into_iter().enumerate() {
+        for id in ["a", "b"] {
+            let mut r = rec("niah", policy, 128, Some(4000), id, i as f64);
+            r.extra.insert("kv_bytes".into(), bytes.into());
+            r.extra.insert("prompt_tokens".into(), 4000.into());
+            r.extra.insert(crate::provenance::KV_SHAPE.into(), shape.clone());
+            recs.push(r);
+        }
+    }
+    assert_eq!(nominal_kv_bytes(&recs[0], 128), Some(16_515_072.0));
+    // A prompt shorter than the window: the rings hold what there is (100 positions).
+    let mut short = recs[0].clone();
+    short.extra.insert("prompt_tokens".into(), 100.into());
+    assert_eq!(nominal_kv_bytes(&short, 128), Some((15 * 100 * 2048 + 3 * 128 * 2048) as f64));
+    let md = build_report(&recs, &SummaryOptions::default()).unwrap();
+    assert!(md.contains("| lava | 1.00x |") && md.contains("| snapkv | 0.50x |"), "{md}");
+    assert!(md.contains("| nominal: rings + global layers' budget | 16.52 |"), "{md}");
+    assert!(md.contains("| nominal: every layer global | 4.72 |"), "{md}");
+    // Without local layers, no such rows.
+    let plain: Vec<ResultRecord> = recs
+        .iter()
+        .map(|r| {
+            let mut r = r.clone();
+            r.extra.insert(crate::provenance::KV_SHAPE.into(), kv_shape_value(18, 1, 256));
+            r
+        })
+        .collect();
+    let md = build_report(&plain, &SummaryOptions::default()).unwrap();
+    assert!(!md.contains("nominal: rings") && md.contains("| lava | 3.50x |"), "{md}");
+}
