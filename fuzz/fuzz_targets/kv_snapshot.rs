@@ -18,8 +18,8 @@ fn cache_for(s: &CacheSnapshot) -> Option<Box<dyn KvCache<B>>> {
     let device = Default::default();
     Some(match &s.kind {
         SnapshotKind::Full => Box::new(FullCache::<B>::new(s.shape, 1 << 20, &device).ok()?.with_kv_dtype(s.kv_dtype).ok()?),
-        SnapshotKind::Compressed { policy, decode_slack } => {
-            let mut c = CompressedCache::<B>::new(s.shape, policy.clone(), 1 << 20, &device).ok()?.with_kv_dtype(s.kv_dtype).ok()?;
+        SnapshotKind::Compressed { policy, decode_slack, chunked_prefill } => {
+            let mut c = CompressedCache::<B>::new(s.shape, policy.clone(), 1 << 20, &device).ok()?.with_kv_dtype(s.kv_dtype).ok()?.with_chunked_prefill(*chunked_prefill);
             if let Some(slack) = decode_slack {
                 c = c.with_decode_budget(*slack);
             }

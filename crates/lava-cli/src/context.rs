@@ -197,7 +197,7 @@ fn compressed<B: Backend>(
 /// The SHA-256 a context file names its model by: the model file's (or
 /// directory's), or for a synthetic model that of its name and seed (its
 /// weights are generated from them).
-fn model_identity(path: &Path) -> Result<String, CliError> {
+pub(crate) fn model_identity(path: &Path) -> Result<String, CliError> {
     if crate::fetch::synthetic_model(path)?.is_some() {
         use sha2::{Digest, Sha256};
         let id = format!("{} seed {}", path.display(), crate::backend::SYNTHETIC_SEED);

@@ -74,6 +74,21 @@ pub struct ServeArgs {
     /// they are dropped (a second signal drops them at once).
     #[arg(long, default_value = "30s")]
     pub shutdown_timeout: String,
+    /// Bytes the context cache may hold in memory, counted within --kv-memory
+    /// (compressed states of prompt prefixes reused by later requests; 0: off;
+    /// default: a quarter of --kv-memory).
+    #[arg(long)]
+    pub context_cache_memory: Option<String>,
+    /// The shortest prefix (tokens, ending at a message boundary) the context cache keeps.
+    #[arg(long, default_value_t = 1024)]
+    pub context_cache_min: usize,
+    /// Also keep the context cache's states in this directory (one file each),
+    /// and use the states found there at start (files of another model are skipped).
+    #[arg(long)]
+    pub context_cache_dir: Option<PathBuf>,
+    /// Bytes the files in --context-cache-dir may take.
+    #[arg(long, default_value = "10GiB")]
+    pub context_cache_disk: String,
 }
 
 /// Parses a duration: a number with an optional unit ms, s, m or h (none: seconds).
@@ -141,14 +156,37 @@ pub fn serve(a: ServeArgs) -> Result<(), CliError> {
         return Err(CliError::Usage("--api-key is empty".into()));
     }
     let kv_dtype = a.policy.kv_dtype()?;
+    let context_memory = match a.context_cache_memory.as_deref() {
+        Some("0") => 0,
+        Some(v) => parse_bytes("--context-cache-memory", v)?,
+        None => kv_memory / 4,
+    };
+    if context_memory > kv_memory {
+        return Err(CliError::Usage(format!("--context-cache-memory ({context_memory} bytes) is more than --kv-memory ({kv_memory} bytes): the context cache is counted within it")));
+    }
+    if a.context_cache_min == 0 {
+        return Err(CliError::Usage("--context-cache-min must be at least 1 token".into()));
+    }
+    let context_disk = parse_bytes("--context-cache-disk", &a.context_cache_disk)?;
+    if a.context_cache_dir.is_some() && context_memory == 0 {
+        return Err(CliError::Usage("--context-cache-dir needs the context cache on: drop --context-cache-memory 0".into()));
+    }
     let path = resolve_model(a.model.model.as_deref())?;
+    let context_dir = match &a.context_cache_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).map_err(|e| CliError::io(dir, e))?;
+            Some((dir.clone(), crate::context::model_identity(&path)?))
+        }
+        None => None,
+    };
+    let context_cache = lava_serve::ContextCacheConfig { memory: context_memory, min_tokens: a.context_cache_min, dir: context_dir, disk: context_disk };
     let model_id = a.model_name.clone().unwrap_or_else(|| {
         path.file_name().map_or_else(|| "lava".to_string(), |n| n.to_string_lossy().trim_end_matches(".gguf").to_string())
     });
     let options = ServeOptions {
         host: a.host.clone(),
         port: a.port,
-        engine: EngineConfig { kv_memory, max_queue: a.max_queue, prefill_chunk: a.prefill_chunk },
+        engine: EngineConfig { kv_memory, max_queue: a.max_queue, prefill_chunk: a.prefill_chunk, context_cache },
         conn: ConnConfig {
             header_timeout: parse_duration("--header-timeout", &a.header_timeout)?,
             idle_timeout: parse_duration("--idle-timeout", &a.idle_timeout)?,
@@ -165,6 +203,7 @@ pub fn serve(a: ServeArgs) -> Result<(), CliError> {
             allow_special: a.allow_special,
             default_max_tokens: a.default_max_tokens,
             body_timeout: parse_duration("--body-timeout", &a.body_timeout)?,
+            context_cache_min: (context_memory > 0).then_some(a.context_cache_min),
         },
     };
     with_backend!(a.model.backend, |B, device| { serve_on::<B>(options, a.model.clone(), path, device) })

@@ -678,6 +678,8 @@ pub struct Usage {
     pub kv_allocated_bytes: usize,
     /// KV bytes admission reserved for it.
     pub kv_reserved_bytes: u64,
+    /// Prompt tokens taken from the context cache (not prefilled).
+    pub cached_tokens: usize,
 }
 
 impl Usage {
@@ -687,6 +689,7 @@ impl Usage {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.prompt_tokens + self.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": self.cached_tokens},
             "kv_bytes": self.kv_bytes,
             "kv_allocated_bytes": self.kv_allocated_bytes,
             "kv_reserved_bytes": self.kv_reserved_bytes,

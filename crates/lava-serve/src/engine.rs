@@ -42,6 +42,7 @@ use lava_llama::{apply_repetition_penalty, token_logprob, Llama, Logits, Sampler
 use tokio::sync::mpsc::{error::TryRecvError, UnboundedReceiver, UnboundedSender};
 
 use crate::admission::Ledger;
+use crate::context_cache::{serving_policy, ContextCache, ContextCacheConfig};
 use crate::api::FinishReason;
 use crate::grammar::{apply_mask, Constraint, Mask};
 use crate::metrics::{EngineGauges, Metrics};
@@ -57,7 +58,7 @@ pub struct Loaded<B: Backend> {
 }
 
 /// The engine's settings.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct EngineConfig {
     /// `--kv-memory`: bytes all reservations may take.
     pub kv_memory: u64,
@@ -65,6 +66,8 @@ pub struct EngineConfig {
     pub max_queue: usize,
     /// `--prefill-chunk`: prompt tokens per prefill step.
     pub prefill_chunk: usize,
+    /// The context cache (`--context-cache-*`; [`crate::context_cache`]).
+    pub context_cache: ContextCacheConfig,
 }
 
 /// One request, tokenized and validated, for the engine.
@@ -72,6 +75,9 @@ pub struct EngineConfig {
 pub struct Job {
     /// Prompt token ids (non-empty, inside the vocabulary).
     pub prompt: Vec<u32>,
+    /// Where the prompt's messages end (token offsets, ascending, each
+    /// before the last message): where the context cache may keep a state.
+    pub boundaries: Vec<usize>,
     /// Tokens to generate at most per choice (prompt plus this fits the
     /// context); 0: none, the prompt is only prefilled (for its log-probabilities).
     pub max_tokens: usize,
@@ -162,6 +168,8 @@ pub enum Event {
     Admitted {
         /// Bytes reserved.
         reserved: u64,
+        /// Prompt tokens taken from the context cache (not prefilled).
+        cached_tokens: usize,
     },
     /// The prompt tokens' log-probabilities (`Job::prompt_logprobs`), once
     /// the prompt is prefilled: one per prompt token, the first `None`.
@@ -271,10 +279,14 @@ where
                 vocab: loaded.model.config.vocab_size,
                 stop_tokens: loaded.stop_tokens.clone(),
             };
-            if ready_tx.send(Ok((handle, loaded.tokenizer.clone()))).is_err() {
+            let tokenizer = loaded.tokenizer.clone();
+            // Built (the context cache's directory indexed) and published before the first request.
+            let engine = Engine::new(loaded, config, metrics);
+            engine.publish();
+            if ready_tx.send(Ok((handle, tokenizer))).is_err() {
                 return;
             }
-            Engine::new(loaded, config, metrics).run(rx);
+            engine.run(rx);
         });
     let thread = match thread {
         Ok(t) => t,
@@ -324,6 +336,12 @@ struct Sequence<B: Backend> {
     /// The tokens its grammar allows next, when computed ahead (while the
     /// model runs the step whose logits they filter).
     mask: Option<Result<Mask, String>>,
+    /// Where its state is kept in the context cache on the way (a message
+    /// boundary, prefill chunks end there).
+    store_at: Option<usize>,
+    /// The tokens generated (choice 0 with the context cache: its state at
+    /// the end of the answer is kept).
+    generated_ids: Vec<u32>,
 }
 
 struct Queued {
@@ -338,11 +356,15 @@ struct Engine<B: Backend> {
     metrics: Arc<Metrics>,
     ledger: Ledger,
     queue: VecDeque<Queued>,
+    /// Jobs waiting for another sequence to reach the message boundary
+    /// they share: they start from its kept state, not from scratch.
+    parked: Vec<Queued>,
     prefilling: VecDeque<Sequence<B>>,
     running: Vec<Sequence<B>>,
     prefill_tok_s: f64,
     decode_tok_s: f64,
     decode_batch: usize,
+    contexts: ContextCache,
 }
 
 impl<B: Backend> Engine<B> {
@@ -351,9 +373,11 @@ impl<B: Backend> Engine<B> {
             model: loaded.model,
             stop_tokens: loaded.stop_tokens,
             ledger: Ledger::new(config.kv_memory),
+            contexts: ContextCache::new(config.context_cache.clone()),
             config,
             metrics,
             queue: VecDeque::new(),
+            parked: Vec::new(),
             prefilling: VecDeque::new(),
             running: Vec::new(),
             prefill_tok_s: 0.0,
@@ -363,7 +387,7 @@ impl<B: Backend> Engine<B> {
     }
 
     fn idle(&self) -> bool {
-        self.queue.is_empty() && self.prefilling.is_empty() && self.running.is_empty()
+        self.queue.is_empty() && self.parked.is_empty() && self.prefilling.is_empty() && self.running.is_empty()
     }
 
     fn run(mut self, mut rx: UnboundedReceiver<Job>) {
@@ -422,7 +446,7 @@ impl<B: Backend> Engine<B> {
         // Memory that can hold it now admits it now: only a job that must wait
         // takes a place in the queue (one arriving in the same turn as others
         // is not counted against --max-queue while memory admits it).
-        if self.queue.is_empty() && self.ledger.fits(reserved) {
+        if self.queue.is_empty() && self.contexts.yield_to(reserved, &mut self.ledger) {
             self.queue.push_back(Queued { job, reserved });
             self.admit();
             return;
@@ -436,6 +460,7 @@ impl<B: Backend> Engine<B> {
 
     fn drop_cancelled(&mut self) {
         self.queue.retain(|q| !q.job.events.is_closed());
+        self.parked.retain(|q| !q.job.events.is_closed());
         // Gone: the client went away, or a stop string ended the choice.
         let stopped = |s: &Sequence<B>| s.job.stopped.get(s.index).is_some_and(|f| f.load(Ordering::Relaxed));
         let gone = |s: &Sequence<B>| s.job.events.is_closed() || stopped(s);
@@ -461,16 +486,30 @@ impl<B: Backend> Engine<B> {
     }
 
     fn admit(&mut self) {
+        // Parked jobs whose boundary is no longer being prefilled (kept, or
+        // its sequence ended) go back to the front, in their order.
+        let (waiting, ready): (Vec<Queued>, Vec<Queued>) = std::mem::take(&mut self.parked).into_iter().partition(|q| self.shared_prefill(&q.job));
+        self.parked = waiting;
+        for q in ready.into_iter().rev() {
+            self.queue.push_front(q);
+        }
         while let Some(q) = self.queue.front() {
-            if !self.ledger.try_reserve(q.reserved) {
+            if self.shared_prefill(&q.job) {
+                if let Some(q) = self.queue.pop_front() {
+                    self.parked.push(q);
+                }
+                continue;
+            }
+            // Kept contexts give way to a request that waits for their memory.
+            if !(self.contexts.yield_to(q.reserved, &mut self.ledger) && self.ledger.try_reserve(q.reserved)) {
                 break;
             }
             let Some(Queued { mut job, reserved }) = self.queue.pop_front() else { break };
             let max_tokens = job.prompt.len() + job.max_tokens;
             let options = CacheOptions::serving(&job.policy, job.kv_dtype, job.max_tokens);
             let made = catch_unwind(AssertUnwindSafe(|| build_cache(&self.model, &job.policy, max_tokens, options, self.model.device())));
-            let cache = match made {
-                Ok(Ok(c)) => c,
+            let (cache, cached_tokens, store_at) = match made {
+                Ok(Ok(c)) => self.from_context(&job, c),
                 Ok(Err(e)) => {
                     self.ledger.release(reserved);
                     let _ = job.events.send(Event::Failed(EngineError::Failed(format!("cannot build the KV cache: {e}"))));
@@ -482,7 +521,15 @@ impl<B: Backend> Engine<B> {
                     continue;
                 }
             };
-            let _ = job.events.send(Event::Admitted { reserved });
+            let cache = match cache {
+                Ok(c) => c,
+                Err(e) => {
+                    self.ledger.release(reserved);
+                    let _ = job.events.send(Event::Failed(EngineError::Failed(e)));
+                    continue;
+                }
+            };
+            let _ = job.events.send(Event::Admitted { reserved, cached_tokens });
             let sampler = Sampler::new(job.sampling);
             let seen = if job.penalties.repetition != 1.0 { job.prompt.iter().copied().collect() } else { HashSet::new() };
             let constraint = job.constraint.take();
@@ -491,7 +538,7 @@ impl<B: Backend> Engine<B> {
                 index: 0,
                 cache,
                 reserved,
-                prefilled: 0,
+                prefilled: cached_tokens,
                 sampler,
                 generated: 0,
                 counts: HashMap::new(),
@@ -500,14 +547,66 @@ impl<B: Backend> Engine<B> {
                 next: 0,
                 constraint,
                 mask: None,
+                store_at,
+                generated_ids: Vec::new(),
             });
         }
+    }
+
+    /// Whether a sequence now prefilling will keep, at one of `job`'s
+    /// message boundaries, the state `job` would start from (the same
+    /// tokens up to it, the same policy): then `job` waits for it rather
+    /// than compress the same document a second time.
+    fn shared_prefill(&self, job: &Job) -> bool {
+        if !self.contexts.enabled() || job.prompt_logprobs.is_some() || job.boundaries.is_empty() {
+            return false;
+        }
+        self.prefilling.iter().any(|s| {
+            s.store_at.is_some_and(|b| {
+                s.prefilled < b
+                    && job.boundaries.contains(&b)
+                    && job.prompt.len() > b
+                    && s.job.policy == job.policy
+                    && s.job.kv_dtype == job.kv_dtype
+                    && s.job.prompt[..b] == job.prompt[..b]
+            })
+        })
+    }
+
+    /// The context cache's part in admitting `job` whose new cache is
+    /// `cache`: the longest kept state its prompt begins with restored into
+    /// it (the tokens it covers), and the message boundary where its state
+    /// is to be kept on the way (the longest at least `--context-cache-min`
+    /// tokens past the state restored). A job that asks for its prompt's
+    /// log-probabilities needs every prompt position: it neither uses nor feeds the cache.
+    #[allow(clippy::type_complexity)]
+    fn from_context(&mut self, job: &Job, mut cache: Box<dyn KvCache<B>>) -> (Result<Box<dyn KvCache<B>>, String>, usize, Option<usize>) {
+        if !self.contexts.enabled() || job.prompt_logprobs.is_some() {
+            return (Ok(cache), 0, None);
+        }
+        let policy = serving_policy(&job.policy, job.kv_dtype);
+        let min = self.contexts.min_tokens();
+        let counted = job.prompt.len() >= min;
+        let hit = self.contexts.lookup(&policy, &job.prompt, counted, &mut self.ledger);
+        let from = match hit {
+            Some((len, snapshot)) => match cache.restore(&snapshot) {
+                Ok(()) => len,
+                Err(e) => return (Err(format!("cannot restore the kept context: {e}")), 0, None),
+            },
+            None => 0,
+        };
+        let store_at = job.boundaries.iter().rev().copied().find(|&b| b >= min && b > from && b < job.prompt.len());
+        (Ok(cache), from, store_at)
     }
 
     /// The next chunk of `seq`'s prompt: `start..end`.
     fn next_chunk(&self, seq: &Sequence<B>) -> (usize, usize) {
         let start = seq.prefilled;
-        (start, start.saturating_add(self.config.prefill_chunk.max(1)).min(seq.job.prompt.len()))
+        let mut end = start.saturating_add(self.config.prefill_chunk.max(1)).min(seq.job.prompt.len());
+        if let Some(b) = seq.store_at.filter(|&b| start < b) {
+            end = end.min(b);
+        }
+        (start, end)
     }
 
     /// One model step (module docs, step 4): mixed when the rows fit.
@@ -573,6 +672,9 @@ impl<B: Backend> Engine<B> {
     /// token sampled and the choices in the decode batch.
     fn chunk_done(&mut self, mut seq: Sequence<B>, end: usize, row: &[f32]) {
         seq.prefilled = end;
+        if seq.store_at == Some(end) {
+            self.keep(&seq, seq.job.prompt[..end].to_vec());
+        }
         if end < seq.job.prompt.len() {
             self.prefilling.push_front(seq);
             return;
@@ -621,6 +723,8 @@ impl<B: Backend> Engine<B> {
                     next: 0,
                     constraint: seq.constraint.clone(),
                     mask: None,
+                    store_at: None,
+                    generated_ids: Vec::new(),
                 });
             }
         }
@@ -758,6 +862,9 @@ impl<B: Backend> Engine<B> {
             kv_allocated_bytes: stats.allocated_bytes,
         });
         seq.generated += 1;
+        if seq.index == 0 && self.contexts.enabled() {
+            seq.generated_ids.push(token);
+        }
         if !(seq.job.penalties.presence == 0.0 && seq.job.penalties.frequency == 0.0) {
             *seq.counts.entry(token).or_default() += 1;
         }
@@ -788,6 +895,23 @@ impl<B: Backend> Engine<B> {
         });
         self.ledger.release(seq.reserved);
         self.metrics.sequence_ended(false);
+        // The conversation's next turn starts from this state: the prompt and
+        // the answer's tokens the cache holds (the last one sampled is not in it).
+        if seq.index == 0 && self.contexts.enabled() && seq.job.prompt_logprobs.is_none() && seq.job.prompt.len() >= self.contexts.min_tokens() {
+            let held = seq.cache.next_position();
+            let tokens: Vec<u32> = seq.job.prompt.iter().chain(&seq.generated_ids).copied().take(held).collect();
+            if tokens.len() == held {
+                self.keep(&seq, tokens);
+            }
+        }
+    }
+
+    /// Keeps `seq`'s cache state, the state after `tokens`, in the context cache.
+    fn keep(&mut self, seq: &Sequence<B>, tokens: Vec<u32>) {
+        match seq.cache.snapshot() {
+            Ok(snapshot) => self.contexts.insert(serving_policy(&seq.job.policy, seq.job.kv_dtype), tokens, snapshot, &mut self.ledger),
+            Err(e) => eprintln!("lava serve: warning: context cache: cannot keep a state: {e}"),
+        }
     }
 
     fn fail(&mut self, seq: Sequence<B>, message: String) {
@@ -799,7 +923,7 @@ impl<B: Backend> Engine<B> {
     fn publish(&self) {
         let mut g = EngineGauges {
             running: self.running.len() + self.prefilling.len(),
-            queued: self.queue.len(),
+            queued: self.queue.len() + self.parked.len(),
             kv_reserved_bytes: self.ledger.reserved(),
             kv_limit_bytes: self.ledger.limit(),
             prefill_tok_s: self.prefill_tok_s,
@@ -813,6 +937,7 @@ impl<B: Backend> Engine<B> {
             g.kv_retained_bytes += st.retained_bytes as u64;
         }
         self.metrics.set_gauges(g);
+        self.metrics.set_context_cache(self.contexts.stats());
     }
 }
 

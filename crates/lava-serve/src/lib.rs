@@ -27,6 +27,7 @@ pub mod admission;
 pub mod answer;
 pub mod api;
 pub mod conn;
+pub mod context_cache;
 pub mod engine;
 pub mod error;
 pub mod grammar;
@@ -41,6 +42,7 @@ use std::sync::Arc;
 use burn::tensor::backend::Backend;
 
 pub use conn::ConnConfig;
+pub use context_cache::ContextCacheConfig;
 pub use engine::{EngineConfig, Loaded};
 pub use error::ApiError;
 pub use routes::HttpConfig;

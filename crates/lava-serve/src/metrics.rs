@@ -44,6 +44,8 @@ struct State {
     cancelled: u64,
     finished: u64,
     gauges: EngineGauges,
+    context_cache: crate::context_cache::ContextCacheStats,
+    cached_tokens: u64,
     peak_running: usize,
     peak_kv_allocated: u64,
     connections_open: u64,
@@ -136,6 +138,16 @@ impl Metrics {
         self.with(|s| *s.connections_closed.entry("over_limit").or_default() += 1);
     }
 
+    /// The context cache's counts after a step.
+    pub fn set_context_cache(&self, c: crate::context_cache::ContextCacheStats) {
+        self.with(|s| s.context_cache = c);
+    }
+
+    /// Counts prompt tokens a request took from the context cache.
+    pub fn cached_tokens(&self, tokens: usize) {
+        self.with(|s| s.cached_tokens += tokens as u64);
+    }
+
     /// The engine's gauges after a step.
     pub fn set_gauges(&self, g: EngineGauges) {
         self.with(|s| {
@@ -167,6 +179,16 @@ impl Metrics {
             metric("lava_completion_tokens_total", "counter", "Tokens generated for finished requests.", one(s.completion_tokens.to_string()));
             metric("lava_prefill_tokens_total", "counter", "Prompt tokens prefilled.", one(s.prefill_tokens.to_string()));
             metric("lava_prefill_seconds_total", "counter", "Seconds spent prefilling.", one(format!("{:.6}", s.prefill_seconds)));
+            let c = &s.context_cache;
+            metric("lava_context_cache_hits_total", "counter", "Requests that started from a kept context state.", one(c.hits.to_string()));
+            metric("lava_context_cache_misses_total", "counter", "Requests of at least --context-cache-min tokens that found no kept state.", one(c.misses.to_string()));
+            metric("lava_context_cache_cached_tokens_total", "counter", "Prompt tokens taken from the context cache, not prefilled.", one(s.cached_tokens.to_string()));
+            metric("lava_context_cache_evictions_total", "counter", "Kept states dropped from memory (--context-cache-memory, or memory a waiting request needed).", one(c.evictions.to_string()));
+            metric("lava_context_cache_disk_evictions_total", "counter", "Files removed from --context-cache-dir to stay within --context-cache-disk.", one(c.disk_evictions.to_string()));
+            metric("lava_context_cache_entries", "gauge", "Kept states in memory.", one(c.entries.to_string()));
+            metric("lava_context_cache_memory_bytes", "gauge", "Bytes the kept states in memory hold (counted in the KV ledger).", one(c.memory_bytes.to_string()));
+            metric("lava_context_cache_disk_entries", "gauge", "Kept states in --context-cache-dir.", one(c.disk_entries.to_string()));
+            metric("lava_context_cache_disk_bytes", "gauge", "Bytes of the files in --context-cache-dir.", one(c.disk_bytes.to_string()));
             metric("lava_decode_tokens_total", "counter", "Tokens produced by decode steps.", one(s.decode_tokens.to_string()));
             metric("lava_decode_seconds_total", "counter", "Seconds spent in decode steps.", one(format!("{:.6}", s.decode_seconds)));
             metric("lava_decode_steps_total", "counter", "Batched decode steps.", one(s.decode_steps.to_string()));

@@ -53,6 +53,9 @@ pub struct HttpConfig {
     pub default_max_tokens: usize,
     /// `--body-timeout`: a request body must arrive within this of its head (408 otherwise).
     pub body_timeout: Duration,
+    /// `--context-cache-min` when the context cache is on: chats at least
+    /// this long get their message boundaries found for it.
+    pub context_cache_min: Option<usize>,
 }
 
 /// What every handler shares.
@@ -262,6 +265,24 @@ fn tokenize(tok: &Tokenizer, prompt: &PromptInput, tools: Option<&Tools>, tool_c
     Ok(ids)
 }
 
+/// Where each message but the last ends in the chat's tokens `ids`: for the
+/// first `k` messages, the tokens their own encoding shares with `ids` (the
+/// template's opening of the next turn included where both write it the
+/// same). Ascending, without repeats; empty when the encoding fails.
+fn message_boundaries(tok: &Tokenizer, messages: &[lava_llama::Message], tools: Option<&Tools>, tool_calls: &[Option<serde_json::Value>], allow_special: bool, ids: &[u32]) -> Vec<usize> {
+    let definitions = tools.filter(|t| t.active()).map(|t| &t.definitions);
+    let mut out: Vec<usize> = Vec::new();
+    for k in 1..messages.len() {
+        let calls = &tool_calls[..k.min(tool_calls.len())];
+        let Ok(prefix) = tok.encode_chat_with_tools(&messages[..k], calls, definitions, allow_special) else { return out };
+        let shared = prefix.iter().zip(ids).take_while(|(a, b)| a == b).count();
+        if shared > out.last().copied().unwrap_or(0) && shared < ids.len() {
+            out.push(shared);
+        }
+    }
+    out
+}
+
 fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
@@ -322,15 +343,20 @@ async fn generate(s: &Arc<AppState>, endpoint: Endpoint, headers: &HeaderMap, bo
     let tok = s.tokenizer.clone();
     let (allow, vocab, echo) = (s.config.allow_special, s.engine.vocab, g.echo);
     let tools_for_prompt = tools.clone();
+    let context_min = s.config.context_cache_min;
     // The echoed text: the prompt as given, or its ids decoded.
-    let (ids, echo_text) = tokio::task::spawn_blocking(move || {
+    let (ids, echo_text, boundaries) = tokio::task::spawn_blocking(move || {
         let ids = tokenize(&tok, &prompt, tools_for_prompt.as_ref(), &tool_calls, allow, vocab)?;
+        let boundaries = match (&prompt, context_min) {
+            (PromptInput::Chat(messages), Some(min)) if ids.len() >= min => message_boundaries(&tok, messages, tools_for_prompt.as_ref(), &tool_calls, allow, &ids),
+            _ => Vec::new(),
+        };
         let text = match (&prompt, echo) {
             (_, false) => None,
             (PromptInput::Text(t), true) => Some(t.clone()),
             (_, true) => Some(tok.decode(&ids).map_err(|e| ApiError::invalid("prompt", format!("prompt: {e}")))?),
         };
-        Ok::<_, ApiError>((ids, text))
+        Ok::<_, ApiError>((ids, text, boundaries))
     })
     .await
     .map_err(|_| ApiError::internal("tokenizing the prompt failed (internal error)"))??;
@@ -373,6 +399,7 @@ async fn generate(s: &Arc<AppState>, endpoint: Endpoint, headers: &HeaderMap, bo
     let echo = echo_text.map(|text| Echo { text, ids: ids.clone() });
     let job = Job {
         prompt: ids,
+        boundaries,
         max_tokens,
         sampling,
         n: g.n,
@@ -389,14 +416,15 @@ async fn generate(s: &Arc<AppState>, endpoint: Endpoint, headers: &HeaderMap, bo
     if !s.engine.submit(job) {
         return Err(ApiError::unavailable("the server is shutting down"));
     }
-    let reserved = match rx.recv().await {
-        Some(Event::Admitted { reserved }) => reserved,
+    let (reserved, cached_tokens) = match rx.recv().await {
+        Some(Event::Admitted { reserved, cached_tokens }) => (reserved, cached_tokens),
         // Blamed on `max_tokens` as the request calls it (perhaps `max_completion_tokens`).
         Some(Event::Failed(e)) => return Err(ApiError::from_engine(e, field)),
         Some(_) => return Err(ApiError::internal("the engine answered out of order")),
         None => return Err(ApiError::unavailable("the server is shutting down")),
     };
-    let usage = Usage { prompt_tokens, kv_reserved_bytes: reserved, ..Usage::default() };
+    s.metrics.cached_tokens(cached_tokens);
+    let usage = Usage { prompt_tokens, kv_reserved_bytes: reserved, cached_tokens, ..Usage::default() };
     let (id, created, model) = (request_id(endpoint), unix_now(), s.config.model_id.clone());
     let logprobs = g.logprobs.is_some();
     let mut answer = Answer::new(s.tokenizer.clone(), g.stop, stopped, logprobs, echo, prompt_logprobs.is_some(), usage);
