@@ -96,6 +96,15 @@ fn metric(addr: &str, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("no metric {name}"))
 }
 
+/// Waits (10 s at most) for a gauge the engine sets after the answer is sent.
+fn settles(addr: &str, name: &str, value: f64) {
+    let t = std::time::Instant::now();
+    while metric(addr, name) != value {
+        assert!(t.elapsed() < Duration::from_secs(10), "{name} is {}, not {value}", metric(addr, name));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn essay(name: &str, chars: usize) -> String {
     let dir = std::env::var("LAVA_SHARED_DATA").unwrap_or_else(|_| "../shared/data".into());
     let text = std::fs::read_to_string(PathBuf::from(dir).join("paulgraham_essays").join(name)).expect("shared essays");
@@ -146,6 +155,9 @@ fn context_cache_hits_equal_cold_runs_and_survive_restarts() {
     let new_tokens = metric(&a.addr, "lava_prefill_tokens_total") - before;
     assert_eq!(new_tokens, (p3 - c3) as f64);
     assert!(new_tokens < 40.0, "only the new turn's tokens are prefilled: {new_tokens}");
+    // One document state; the two answers' turn states, the first replaced by its next turn's.
+    settles(&a.addr, "lava_context_cache_entries{kind=\"prefix\"}", 1.0);
+    settles(&a.addr, "lava_context_cache_entries{kind=\"turn\"}", 2.0);
     assert!(files(&dir) >= 2, "states written to {d}");
     assert!(metric(&a.addr, "lava_context_cache_disk_bytes") > 0.0);
     drop(a);
@@ -210,7 +222,7 @@ fn context_cache_stays_within_its_bounds_under_64_documents() {
     }
     assert!(metric(&addr, "lava_context_cache_evictions_total") > 0.0);
     assert!(metric(&addr, "lava_context_cache_disk_evictions_total") > 0.0);
-    assert!(metric(&addr, "lava_context_cache_entries") >= 1.0);
+    assert!(metric(&addr, "lava_context_cache_entries{kind=\"prefix\"}") >= 1.0);
     let on_disk: u64 = std::fs::read_dir(&dir).expect("dir").flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum();
     assert!(on_disk as f64 <= disk, "{on_disk} B of files");
     // Every running sequence ended: what the ledger holds is the kept states alone.

@@ -65,8 +65,10 @@ pub struct ContextCacheStats {
     pub evictions: u64,
     /// Files removed to stay within `--context-cache-disk`.
     pub disk_evictions: u64,
-    /// Entries held in memory.
+    /// Prefix states held in memory.
     pub entries: u64,
+    /// Turn states held in memory.
+    pub turn_entries: u64,
     /// Bytes they hold.
     pub memory_bytes: u64,
     /// Files in the directory.
@@ -75,7 +77,20 @@ pub struct ContextCacheStats {
     pub disk_bytes: u64,
 }
 
+/// What a kept state is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kept {
+    /// The state at a message boundary (a document, a system prompt): shared
+    /// by every request that begins with it.
+    Prefix,
+    /// The state at the end of an answer: the next turn of one
+    /// conversation starts from it, and the turn after that replaces it.
+    /// Evicted before any prefix state.
+    Turn,
+}
+
 struct Entry {
+    kind: Kept,
     policy: ContextPolicy,
     tokens: Vec<u32>,
     /// In memory (and its bytes in the ledger).
@@ -122,7 +137,8 @@ impl ContextCache {
     /// Its counts.
     pub fn stats(&self) -> ContextCacheStats {
         let mut s = self.stats;
-        s.entries = self.entries.iter().filter(|e| e.snapshot.is_some()).count() as u64;
+        s.entries = self.entries.iter().filter(|e| e.snapshot.is_some() && e.kind == Kept::Prefix).count() as u64;
+        s.turn_entries = self.entries.iter().filter(|e| e.snapshot.is_some() && e.kind == Kept::Turn).count() as u64;
         s.memory_bytes = self.entries.iter().filter(|e| e.snapshot.is_some()).map(|e| e.bytes).sum();
         s.disk_entries = self.entries.iter().filter(|e| e.file.is_some()).count() as u64;
         s.disk_bytes = self.entries.iter().filter_map(|e| e.file.as_ref().map(|f| f.1)).sum();
@@ -147,7 +163,8 @@ impl ContextCache {
             match SavedContext::load(&path, &sha) {
                 Ok(saved) => {
                     self.clock += 1;
-                    self.entries.push(Entry { policy: policy_of(&saved.snapshot), tokens: saved.tokens, snapshot: None, bytes: 0, file: Some((path, size)), used: self.clock });
+                    let kind = if path.to_string_lossy().ends_with("-turn.lvc") { Kept::Turn } else { Kept::Prefix };
+                    self.entries.push(Entry { kind, policy: policy_of(&saved.snapshot), tokens: saved.tokens, snapshot: None, bytes: 0, file: Some((path, size)), used: self.clock });
                 }
                 Err(e) => eprintln!("lava serve: warning: context cache: not using {}: {e}", path.display()),
             }
@@ -155,11 +172,11 @@ impl ContextCache {
     }
 
     /// The longest kept state for `policy` whose tokens begin `prompt` and
-    /// leave at least one prompt token to prefill: its length and snapshot
+    /// leave at least one prompt token to prefill: its length, kind and snapshot
     /// (read back from disk if needed, and then held in memory when the
     /// ledger has room). `counted`: whether a miss counts (the request is
     /// long enough to be kept).
-    pub fn lookup(&mut self, policy: &ContextPolicy, prompt: &[u32], counted: bool, ledger: &mut Ledger) -> Option<(usize, Arc<CacheSnapshot>)> {
+    pub fn lookup(&mut self, policy: &ContextPolicy, prompt: &[u32], counted: bool, ledger: &mut Ledger) -> Option<(usize, Kept, Arc<CacheSnapshot>)> {
         if !self.enabled() {
             return None;
         }
@@ -209,26 +226,40 @@ impl ContextCache {
             touch(path);
         }
         self.stats.hits += 1;
-        let len = self.entries[i].tokens.len();
+        let (len, kind) = (self.entries[i].tokens.len(), self.entries[i].kind);
         self.prune();
-        Some((len, snapshot))
+        Some((len, kind, snapshot))
     }
 
     /// Keeps `snapshot`, the state after `tokens` made with `policy`, if it
     /// is not kept already: in memory when it fits (older entries evicted
-    /// first), and on disk when a directory is set.
-    pub fn insert(&mut self, policy: ContextPolicy, tokens: Vec<u32>, snapshot: CacheSnapshot, ledger: &mut Ledger) {
+    /// first), and on disk when a directory is set. `replaces`: the length
+    /// of the turn state this one continues (the conversation has moved on
+    /// from it: it is dropped).
+    pub fn insert(&mut self, kind: Kept, policy: ContextPolicy, tokens: Vec<u32>, snapshot: CacheSnapshot, replaces: Option<usize>, ledger: &mut Ledger) {
         if !self.enabled() || self.entries.iter().any(|e| e.tokens == tokens && e.policy == policy) {
             return;
         }
+        if let Some(len) = replaces {
+            if let Some(i) = self.entries.iter().position(|e| e.kind == Kept::Turn && e.policy == policy && e.tokens.len() == len && tokens.starts_with(&e.tokens)) {
+                if self.entries[i].snapshot.is_some() {
+                    ledger.release(self.entries[i].bytes);
+                }
+                if let Some((path, _)) = self.entries[i].file.take() {
+                    let _ = std::fs::remove_file(path);
+                }
+                self.entries.remove(i);
+            }
+        }
         let bytes = entry_bytes(&snapshot, tokens.len());
-        let file = self.write(&policy, &tokens, &snapshot);
+        let file = self.write(kind, &policy, &tokens, &snapshot);
         let in_memory = bytes <= self.config.memory && self.make_room(bytes, ledger, None) && ledger.try_reserve(bytes);
         if !in_memory && file.is_none() {
             return self.prune();
         }
         self.clock += 1;
         self.entries.push(Entry {
+            kind,
             policy,
             tokens,
             snapshot: in_memory.then(|| Arc::new(snapshot)),
@@ -254,7 +285,7 @@ impl ContextCache {
                 .iter()
                 .enumerate()
                 .filter(|(i, e)| e.snapshot.is_some() && Some(*i) != keep)
-                .min_by_key(|(_, e)| e.used)
+                .min_by_key(|(_, e)| (e.kind == Kept::Prefix, e.used))
                 .map(|(i, _)| i);
             let Some(i) = victim else { return false };
             self.evict(i, ledger);
@@ -266,7 +297,7 @@ impl ContextCache {
     /// contexts); whether it can.
     pub fn yield_to(&mut self, bytes: u64, ledger: &mut Ledger) -> bool {
         while !ledger.fits(bytes) {
-            let victim = self.entries.iter().enumerate().filter(|(_, e)| e.snapshot.is_some()).min_by_key(|(_, e)| e.used).map(|(i, _)| i);
+            let victim = self.entries.iter().enumerate().filter(|(_, e)| e.snapshot.is_some()).min_by_key(|(_, e)| (e.kind == Kept::Prefix, e.used)).map(|(i, _)| i);
             let Some(i) = victim else {
                 self.prune();
                 return false;
@@ -291,12 +322,13 @@ impl ContextCache {
         self.entries.retain(|e| e.snapshot.is_some() || e.file.is_some());
     }
 
-    fn write(&self, policy: &ContextPolicy, tokens: &[u32], snapshot: &CacheSnapshot) -> Option<(PathBuf, u64)> {
+    fn write(&self, kind: Kept, policy: &ContextPolicy, tokens: &[u32], snapshot: &CacheSnapshot) -> Option<(PathBuf, u64)> {
         let (dir, sha) = self.config.dir.as_ref()?;
         let mut h = DefaultHasher::new();
         format!("{:?}", policy).hash(&mut h);
         tokens.hash(&mut h);
-        let path = dir.join(format!("ctx-{:016x}-{}.lvc", h.finish(), tokens.len()));
+        let kind = if kind == Kept::Turn { "turn" } else { "prefix" };
+        let path = dir.join(format!("ctx-{:016x}-{}-{kind}.lvc", h.finish(), tokens.len()));
         let saved = SavedContext { snapshot: snapshot.clone(), tokens: tokens.to_vec(), model_sha256: sha.clone(), layout: PromptLayout { chat: true, system: None } };
         match saved.save(&path) {
             Ok(()) => {
@@ -320,7 +352,7 @@ impl ContextCache {
             if total <= self.config.disk {
                 return self.prune();
             }
-            let victim = self.entries.iter().enumerate().filter(|(_, e)| e.file.is_some()).min_by_key(|(_, e)| e.used).map(|(i, _)| i);
+            let victim = self.entries.iter().enumerate().filter(|(_, e)| e.file.is_some()).min_by_key(|(_, e)| (e.kind == Kept::Prefix, e.used)).map(|(i, _)| i);
             let Some(i) = victim else { return self.prune() };
             if let Some((path, _)) = self.entries[i].file.take() {
                 let _ = std::fs::remove_file(path);

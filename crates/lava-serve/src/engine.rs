@@ -42,7 +42,7 @@ use lava_llama::{apply_repetition_penalty, token_logprob, Llama, Logits, Sampler
 use tokio::sync::mpsc::{error::TryRecvError, UnboundedReceiver, UnboundedSender};
 
 use crate::admission::Ledger;
-use crate::context_cache::{serving_policy, ContextCache, ContextCacheConfig};
+use crate::context_cache::{serving_policy, ContextCache, ContextCacheConfig, Kept};
 use crate::api::FinishReason;
 use crate::grammar::{apply_mask, Constraint, Mask};
 use crate::metrics::{EngineGauges, Metrics};
@@ -342,6 +342,8 @@ struct Sequence<B: Backend> {
     /// The tokens generated (choice 0 with the context cache: its state at
     /// the end of the answer is kept).
     generated_ids: Vec<u32>,
+    /// The length of the turn state it started from (replaced by its own).
+    from_turn: Option<usize>,
 }
 
 struct Queued {
@@ -508,7 +510,7 @@ impl<B: Backend> Engine<B> {
             let max_tokens = job.prompt.len() + job.max_tokens;
             let options = CacheOptions::serving(&job.policy, job.kv_dtype, job.max_tokens);
             let made = catch_unwind(AssertUnwindSafe(|| build_cache(&self.model, &job.policy, max_tokens, options, self.model.device())));
-            let (cache, cached_tokens, store_at) = match made {
+            let (cache, cached_tokens, store_at, from_turn) = match made {
                 Ok(Ok(c)) => self.from_context(&job, c),
                 Ok(Err(e)) => {
                     self.ledger.release(reserved);
@@ -549,6 +551,7 @@ impl<B: Backend> Engine<B> {
                 mask: None,
                 store_at,
                 generated_ids: Vec::new(),
+                from_turn,
             });
         }
     }
@@ -577,26 +580,28 @@ impl<B: Backend> Engine<B> {
     /// `cache`: the longest kept state its prompt begins with restored into
     /// it (the tokens it covers), and the message boundary where its state
     /// is to be kept on the way (the longest at least `--context-cache-min`
-    /// tokens past the state restored). A job that asks for its prompt's
+    /// tokens past the state restored, unless it is a turn state). A job that asks for its prompt's
     /// log-probabilities needs every prompt position: it neither uses nor feeds the cache.
     #[allow(clippy::type_complexity)]
-    fn from_context(&mut self, job: &Job, mut cache: Box<dyn KvCache<B>>) -> (Result<Box<dyn KvCache<B>>, String>, usize, Option<usize>) {
+    fn from_context(&mut self, job: &Job, mut cache: Box<dyn KvCache<B>>) -> (Result<Box<dyn KvCache<B>>, String>, usize, Option<usize>, Option<usize>) {
         if !self.contexts.enabled() || job.prompt_logprobs.is_some() {
-            return (Ok(cache), 0, None);
+            return (Ok(cache), 0, None, None);
         }
         let policy = serving_policy(&job.policy, job.kv_dtype);
         let min = self.contexts.min_tokens();
         let counted = job.prompt.len() >= min;
         let hit = self.contexts.lookup(&policy, &job.prompt, counted, &mut self.ledger);
-        let from = match hit {
-            Some((len, snapshot)) => match cache.restore(&snapshot) {
-                Ok(()) => len,
-                Err(e) => return (Err(format!("cannot restore the kept context: {e}")), 0, None),
+        let (from, from_turn) = match hit {
+            Some((len, kind, snapshot)) => match cache.restore(&snapshot) {
+                Ok(()) => (len, (kind == Kept::Turn).then_some(len)),
+                Err(e) => return (Err(format!("cannot restore the kept context: {e}")), 0, None, None),
             },
-            None => 0,
+            None => (0, None),
         };
-        let store_at = job.boundaries.iter().rev().copied().find(|&b| b >= min && b > from && b < job.prompt.len());
-        (Ok(cache), from, store_at)
+        // A conversation that goes on from its turn state keeps its next one at
+        // the end of this answer: no state at the boundary after its last answer.
+        let store_at = if from_turn.is_some() { None } else { job.boundaries.iter().rev().copied().find(|&b| b >= min && b > from && b < job.prompt.len()) };
+        (Ok(cache), from, store_at, from_turn)
     }
 
     /// The next chunk of `seq`'s prompt: `start..end`.
@@ -673,7 +678,7 @@ impl<B: Backend> Engine<B> {
     fn chunk_done(&mut self, mut seq: Sequence<B>, end: usize, row: &[f32]) {
         seq.prefilled = end;
         if seq.store_at == Some(end) {
-            self.keep(&seq, seq.job.prompt[..end].to_vec());
+            self.keep(&seq, Kept::Prefix, seq.job.prompt[..end].to_vec());
         }
         if end < seq.job.prompt.len() {
             self.prefilling.push_front(seq);
@@ -725,6 +730,7 @@ impl<B: Backend> Engine<B> {
                     mask: None,
                     store_at: None,
                     generated_ids: Vec::new(),
+                    from_turn: None,
                 });
             }
         }
@@ -901,15 +907,16 @@ impl<B: Backend> Engine<B> {
             let held = seq.cache.next_position();
             let tokens: Vec<u32> = seq.job.prompt.iter().chain(&seq.generated_ids).copied().take(held).collect();
             if tokens.len() == held {
-                self.keep(&seq, tokens);
+                self.keep(&seq, Kept::Turn, tokens);
             }
         }
     }
 
     /// Keeps `seq`'s cache state, the state after `tokens`, in the context cache.
-    fn keep(&mut self, seq: &Sequence<B>, tokens: Vec<u32>) {
+    fn keep(&mut self, seq: &Sequence<B>, kind: Kept, tokens: Vec<u32>) {
+        let replaces = if kind == Kept::Turn { seq.from_turn } else { None };
         match seq.cache.snapshot() {
-            Ok(snapshot) => self.contexts.insert(serving_policy(&seq.job.policy, seq.job.kv_dtype), tokens, snapshot, &mut self.ledger),
+            Ok(snapshot) => self.contexts.insert(kind, serving_policy(&seq.job.policy, seq.job.kv_dtype), tokens, snapshot, replaces, &mut self.ledger),
             Err(e) => eprintln!("lava serve: warning: context cache: cannot keep a state: {e}"),
         }
     }

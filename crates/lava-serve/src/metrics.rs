@@ -185,7 +185,12 @@ impl Metrics {
             metric("lava_context_cache_cached_tokens_total", "counter", "Prompt tokens taken from the context cache, not prefilled.", one(s.cached_tokens.to_string()));
             metric("lava_context_cache_evictions_total", "counter", "Kept states dropped from memory (--context-cache-memory, or memory a waiting request needed).", one(c.evictions.to_string()));
             metric("lava_context_cache_disk_evictions_total", "counter", "Files removed from --context-cache-dir to stay within --context-cache-disk.", one(c.disk_evictions.to_string()));
-            metric("lava_context_cache_entries", "gauge", "Kept states in memory.", one(c.entries.to_string()));
+            metric(
+                "lava_context_cache_entries",
+                "gauge",
+                "Kept states in memory: at message boundaries (prefix, shared by every request beginning with it) and at the end of answers (turn, one per conversation).",
+                vec![("{kind=\"prefix\"}".into(), c.entries.to_string()), ("{kind=\"turn\"}".into(), c.turn_entries.to_string())],
+            );
             metric("lava_context_cache_memory_bytes", "gauge", "Bytes the kept states in memory hold (counted in the KV ledger).", one(c.memory_bytes.to_string()));
             metric("lava_context_cache_disk_entries", "gauge", "Kept states in --context-cache-dir.", one(c.disk_entries.to_string()));
             metric("lava_context_cache_disk_bytes", "gauge", "Bytes of the files in --context-cache-dir.", one(c.disk_bytes.to_string()));
