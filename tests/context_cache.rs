@@ -167,6 +167,20 @@ fn context_cache_hits_equal_cold_runs_and_survive_restarts() {
     let (cold, _, c) = chat(&b.addr, &q2, 24);
     assert_eq!(c, 0);
     assert_eq!(cold, hit, "an answer from the kept state equals the cold run");
+    // Two questions about a new document at once: the second waits for the
+    // first's compressed document rather than compress it again.
+    let doc2 = essay("avg.txt", 3000);
+    let both: Vec<_> = ["Who is the author?", "What language is discussed?"]
+        .into_iter()
+        .map(|q| {
+            let (addr, m) = (b.addr.clone(), doc_chat(&doc2, q));
+            std::thread::spawn(move || chat(&addr, &m, 4).2)
+        })
+        .collect();
+    let mut cached: Vec<u64> = both.into_iter().map(|t| t.join().expect("client")).collect();
+    cached.sort();
+    assert!(cached[0] == 0 && cached[1] >= 256, "one compression of the document for both: cached {cached:?}");
+    assert_eq!(metric(&b.addr, "lava_context_cache_misses_total"), 2.0, "q2 cold, and the first of the two");
     drop(b);
 
     // A restart reads the states back from the directory.
