@@ -373,3 +373,101 @@ fn touch(path: &Path) {
         let _ = f.set_modified(std::time::SystemTime::now());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lava_cache::{CacheShape, PolicyName, SnapshotKind};
+
+    /// A snapshot with no layers: an entry then holds 4 bytes a token.
+    fn state() -> CacheSnapshot {
+        CacheSnapshot { kind: SnapshotKind::Full, shape: CacheShape { layers: 0, query_heads: 1, kv_heads: 1, head_dim: 32 }, kv_dtype: KvDtype::F32, layers: Vec::new() }
+    }
+
+    fn lava() -> ContextPolicy {
+        serving_policy(&PolicyConfig::new(PolicyName::Lava, 64), KvDtype::F32)
+    }
+
+    fn cache(memory: u64) -> ContextCache {
+        ContextCache::new(ContextCacheConfig { memory, min_tokens: 1, dir: None, disk: 0 })
+    }
+
+    fn toks(n: u32) -> Vec<u32> {
+        (0..n).collect()
+    }
+
+    #[test]
+    fn the_longest_kept_prefix_of_the_same_policy_leaving_a_token_to_prefill() {
+        let mut ledger = Ledger::new(1 << 20);
+        let mut c = cache(1 << 20);
+        c.insert(Kept::Prefix, lava(), toks(10), state(), None, &mut ledger);
+        c.insert(Kept::Prefix, lava(), toks(20), state(), None, &mut ledger);
+        assert_eq!(ledger.reserved(), 4 * 30, "each state's bytes are in the ledger");
+        let hit = |c: &mut ContextCache, ledger: &mut Ledger, p: &[u32], policy: &ContextPolicy| c.lookup(policy, p, true, ledger).map(|h| h.0);
+        assert_eq!(hit(&mut c, &mut ledger, &toks(25), &lava()), Some(20));
+        // The whole prompt kept: the shorter state, so one token is left to prefill.
+        assert_eq!(hit(&mut c, &mut ledger, &toks(20), &lava()), Some(10));
+        let mut other = toks(25);
+        other[5] = 99;
+        assert_eq!(hit(&mut c, &mut ledger, &other, &lava()), None, "tokens differ inside the prefix");
+        let snapkv = serving_policy(&PolicyConfig::new(PolicyName::SnapKv, 64), KvDtype::F32);
+        assert_eq!(hit(&mut c, &mut ledger, &toks(25), &snapkv), None, "another policy");
+        let q8 = serving_policy(&PolicyConfig::new(PolicyName::Lava, 64), KvDtype::Q8_0);
+        assert_eq!(hit(&mut c, &mut ledger, &toks(25), &q8), None, "another KV dtype");
+        let s = c.stats();
+        assert_eq!((s.hits, s.misses, s.entries, s.memory_bytes), (2, 3, 2, 120));
+    }
+
+    #[test]
+    fn least_recently_used_goes_first_turn_states_before_prefix_states() {
+        let mut ledger = Ledger::new(1 << 20);
+        let mut c = cache(4 * 30);
+        c.insert(Kept::Prefix, lava(), toks(10), state(), None, &mut ledger);
+        c.insert(Kept::Turn, lava(), toks(12), state(), None, &mut ledger);
+        assert_eq!(c.stats().memory_bytes, 88);
+        // 10 more tokens do not fit in 120 bytes: the turn state goes, though the prefix is older.
+        let mut b = vec![7u32; 10];
+        b[0] = 1;
+        c.insert(Kept::Prefix, lava(), b.clone(), state(), None, &mut ledger);
+        let s = c.stats();
+        assert_eq!((s.entries, s.turn_entries, s.evictions, s.memory_bytes), (2, 0, 1, 80));
+        assert_eq!(ledger.reserved(), 80);
+        // Touch the first, then a third prefix evicts the second (least recently used).
+        assert!(c.lookup(&lava(), &toks(11), true, &mut ledger).is_some());
+        c.insert(Kept::Prefix, lava(), vec![5; 11], state(), None, &mut ledger);
+        assert!(c.lookup(&lava(), &toks(11), true, &mut ledger).is_some());
+        let mut with_b = b.clone();
+        with_b.push(0);
+        assert!(c.lookup(&lava(), &with_b, true, &mut ledger).is_none(), "the least recently used was evicted");
+        assert_eq!(ledger.reserved(), c.stats().memory_bytes);
+        // A request that needs the memory takes it from the kept states.
+        let mut tight = Ledger::new(100);
+        let mut d = cache(100);
+        d.insert(Kept::Prefix, lava(), toks(20), state(), None, &mut tight);
+        assert!(!tight.fits(30));
+        assert!(d.yield_to(30, &mut tight));
+        assert_eq!((tight.reserved(), d.stats().entries), (0, 0));
+        // A state larger than the whole limit is not kept.
+        d.insert(Kept::Prefix, lava(), toks(40), state(), None, &mut tight);
+        assert_eq!(d.stats().entries, 0);
+    }
+
+    #[test]
+    fn a_turn_state_replaces_the_one_it_went_on_from() {
+        let mut ledger = Ledger::new(1 << 20);
+        let mut c = cache(1 << 20);
+        c.insert(Kept::Prefix, lava(), toks(10), state(), None, &mut ledger);
+        c.insert(Kept::Turn, lava(), toks(15), state(), None, &mut ledger);
+        let (len, kind, _) = c.lookup(&lava(), &toks(18), true, &mut ledger).expect("hit");
+        assert_eq!((len, kind), (15, Kept::Turn));
+        c.insert(Kept::Turn, lava(), toks(20), state(), Some(15), &mut ledger);
+        let s = c.stats();
+        assert_eq!((s.entries, s.turn_entries, s.memory_bytes), (1, 1, 4 * 30));
+        assert_eq!(ledger.reserved(), 4 * 30);
+        // Off: nothing is kept or found.
+        let mut off = cache(0);
+        off.insert(Kept::Prefix, lava(), toks(10), state(), None, &mut ledger);
+        assert!(off.lookup(&lava(), &toks(12), true, &mut ledger).is_none());
+        assert_eq!(off.stats(), ContextCacheStats::default());
+    }
+}
