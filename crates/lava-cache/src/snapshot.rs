@@ -492,15 +492,21 @@ fn layer_from(
             },
         })
     };
-    let keys = read_rows("keys")?;
-    let values = read_rows("values")?;
+    let keys = finite_rows(read_rows("keys")?, name, "keys")?;
+    let values = finite_rows(read_rows("values")?, name, "values")?;
     if let Some(caps) = &lh.caps {
         if caps.len() != shape.kv_heads {
             return Err(snapshot_error(format!("{name} has {} head budgets for {} KV heads", caps.len(), shape.kv_heads)));
         }
     }
     let queries = match lh.query_rows {
-        Some(r) => Some((r, le_f32(tensor(views, &format!("{name}.queries"), Dtype::F32, &[shape.query_heads, r, d], used)?))),
+        Some(r) => {
+            let q = le_f32(tensor(views, &format!("{name}.queries"), Dtype::F32, &[shape.query_heads, r, d], used)?);
+            if q.iter().any(|x| !x.is_finite()) {
+                return Err(snapshot_error(format!("{name}.queries holds a value that is not a finite number")));
+            }
+            Some((r, q))
+        }
         None => None,
     };
     let ranking = match &lh.ranking {
@@ -551,6 +557,23 @@ fn tensor<'a>(views: &BTreeMap<String, TensorView<'a>>, name: &str, dtype: Dtype
     }
     *used += 1;
     Ok(v.data())
+}
+
+/// `rows` if every stored value (f32, f16, Q8_0's f16 scales) is a finite
+/// number: a cache never holds NaN or infinity, and one read back would
+/// poison every attention over it.
+fn finite_rows(rows: StoredRows, name: &str, what: &str) -> Result<StoredRows, CacheError> {
+    let f16_finite = |h: &u16| h & 0x7C00 != 0x7C00;
+    let ok = match &rows {
+        StoredRows::F32(x) => x.iter().all(|v| v.is_finite()),
+        StoredRows::F16(x) => x.iter().all(f16_finite),
+        StoredRows::Q8_0 { scales, .. } => scales.iter().all(f16_finite),
+    };
+    if ok {
+        Ok(rows)
+    } else {
+        Err(snapshot_error(format!("{name}.{what} holds a value that is not a finite number")))
+    }
 }
 
 fn le_f32(b: &[u8]) -> Vec<f32> {

@@ -190,6 +190,19 @@ fn damaged_and_foreign_files_are_refused() {
     let mut bad = snap.clone();
     bad.layers[2].slots[1] = bad.layers[2].slots[0];
     assert!(refused(&bad.to_bytes(&meta()).expect("bytes")).contains("twice"));
+    // Intact and consistent, but holding a NaN or an infinity (the fuzzer forged such a file,
+    // checksum included): a cache never holds one, and one read back would poison attention.
+    let mut bad = snap.clone();
+    if let lava_cache::StoredRows::F32(k) = &mut bad.layers[0].keys {
+        k[3] = f32::NAN;
+    }
+    assert!(refused(&bad.to_bytes(&meta()).expect("bytes")).contains("not a finite number"));
+    let mut chunked = compressed_chunked(policy(PolicyName::Lava, 16), KvDtype::F32, None, true);
+    run(chunked.as_mut(), &step(&mut Rng::new(12), 40));
+    let mut bad = chunked.snapshot().expect("snapshot");
+    let (_, q) = bad.layers.iter_mut().find_map(|l| l.queries.as_mut()).expect("a chunked cache keeps its window's queries");
+    q[0] = f32::INFINITY;
+    assert!(refused(&bad.to_bytes(&meta()).expect("bytes")).contains("queries holds a value that is not a finite number"));
     // The snapshot's own metadata names are not the caller's.
     let reserved = BTreeMap::from([("sha256".to_string(), "x".to_string())]);
     assert!(matches!(snap.to_bytes(&reserved), Err(CacheError::Snapshot(_))));
