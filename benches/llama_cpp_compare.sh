@@ -11,7 +11,7 @@
 #
 # llama.cpp is never built, vendored or downloaded here: bring a llama-bench and
 # a llama-quantize built elsewhere. The file both programs read is the model
-# itself for --dtype q4_1 (the default model is Q4_1), else made from it by
+# itself when it already is of --dtype (the default model is Q4_1), else made from it by
 # llama-quantize (--allow-requantize) into DIR/model-<dtype>.gguf.
 #
 # llama.cpp side: KV f16 (its default), best of flash attention off/on, weight
@@ -60,13 +60,15 @@ if [ -z "$MODEL" ]; then
   MODEL=$("$LAVA" generate --prompt hi --max-new-tokens 1 --json 2>&1 >/dev/null | sed -n 's/^lava: loaded \(.*\) in .*/\1/p' | head -1)
 fi
 [ -f "$MODEL" ] || { echo "model $MODEL not found (pass --model)" >&2; exit 2; }
-if [ "$DTYPE" = q4_1 ] && python3 - "$MODEL" <<'PY' 2>/dev/null
+if python3 - "$MODEL" "$DTYPE" <<'PY' 2>/dev/null
 import sys
-# The default model is Q4_1 already: use it as it is (file type 3 = MOSTLY_Q4_1).
+# A file already of the asked type is used as it is (the default model is Q4_1, the
+# Gemma 3 and Qwen 1.5B files are Q4_K_M): general.file_type 0 F32, 3 Q4_1, 7 Q8_0, 15 Q4_K_M.
 from gguf import GGUFReader
+want = {"f32": 0, "q4_1": 3, "q8_0": 7, "q4_k_m": 15}[sys.argv[2]]
 r = GGUFReader(sys.argv[1])
 f = r.fields.get("general.file_type")
-sys.exit(0 if f is not None and int(f.parts[f.data[0]][0]) == 3 else 1)
+sys.exit(0 if f is not None and int(f.parts[f.data[0]][0]) == want else 1)
 PY
 then
   FILE="$MODEL"
