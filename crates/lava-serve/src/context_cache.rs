@@ -280,14 +280,7 @@ impl ContextCache {
             if fits_own && ledger.fits(bytes) {
                 return true;
             }
-            let victim = self
-                .entries
-                .iter()
-                .enumerate()
-                .filter(|(i, e)| e.snapshot.is_some() && Some(*i) != keep)
-                .min_by_key(|(_, e)| (e.kind == Kept::Prefix, e.used))
-                .map(|(i, _)| i);
-            let Some(i) = victim else { return false };
+            let Some(i) = self.victim(|i, e| e.snapshot.is_some() && Some(i) != keep) else { return false };
             self.evict(i, ledger);
         }
     }
@@ -297,8 +290,7 @@ impl ContextCache {
     /// contexts); whether it can.
     pub fn yield_to(&mut self, bytes: u64, ledger: &mut Ledger) -> bool {
         while !ledger.fits(bytes) {
-            let victim = self.entries.iter().enumerate().filter(|(_, e)| e.snapshot.is_some()).min_by_key(|(_, e)| (e.kind == Kept::Prefix, e.used)).map(|(i, _)| i);
-            let Some(i) = victim else {
+            let Some(i) = self.victim(|_, e| e.snapshot.is_some()) else {
                 self.prune();
                 return false;
             };
@@ -306,6 +298,12 @@ impl ContextCache {
         }
         self.prune();
         true
+    }
+
+    /// The entry to drop next among those `candidate` accepts: turn states
+    /// before prefix states, then least recently used first.
+    fn victim(&self, candidate: impl Fn(usize, &Entry) -> bool) -> Option<usize> {
+        self.entries.iter().enumerate().filter(|(i, e)| candidate(*i, e)).min_by_key(|(_, e)| (e.kind == Kept::Prefix, e.used)).map(|(i, _)| i)
     }
 
     fn evict(&mut self, i: usize, ledger: &mut Ledger) {
@@ -352,8 +350,7 @@ impl ContextCache {
             if total <= self.config.disk {
                 return self.prune();
             }
-            let victim = self.entries.iter().enumerate().filter(|(_, e)| e.file.is_some()).min_by_key(|(_, e)| (e.kind == Kept::Prefix, e.used)).map(|(i, _)| i);
-            let Some(i) = victim else { return self.prune() };
+            let Some(i) = self.victim(|_, e| e.file.is_some()) else { return self.prune() };
             if let Some((path, _)) = self.entries[i].file.take() {
                 let _ = std::fs::remove_file(path);
             }
