@@ -7,8 +7,8 @@ Checks, and prints one JSON object with what it saw:
   parsed by json.loads and validated by the jsonschema package against the schema;
 - response_format json_object: a JSON object;
 - tool_choice "required": a get_weather call whose arguments validate against its
-  parameters, then the round trip: the assistant's call and a tool result sent
-  back, and the model's final answer (text, no call) under tool_choice FINAL_CHOICE;
+  parameters (and the prompt's token count), then the round trip: the assistant's
+  calls and a tool result for each sent back, and the model's final answer (text, no call) under tool_choice FINAL_CHOICE;
 - tool_choice naming a function: a call of that function;
 - tool_choice "auto": what the model chose (reported; asserted by the caller where
   the model is known to call).
@@ -91,13 +91,16 @@ call = calls[0]
 args = json.loads(call.function.arguments)
 params = {t["function"]["name"]: t["function"]["parameters"] for t in tools}
 jsonschema.validate(args, params[call.function.name])
-out["required_call"] = {"name": call.function.name, "arguments": args, "content": choice.message.content, "calls": len(calls)}
+out["required_call"] = {"name": call.function.name, "arguments": args, "content": choice.message.content, "calls": len(calls),
+                       "prompt_tokens": r.usage.prompt_tokens}
 
-# The round trip: the call and its result go back; the model answers in text
-# (tool_choice "none": no further call; FINAL_CHOICE "auto" lets the model choose).
+# The round trip: the calls and a result for each go back; the model answers in
+# text (tool_choice "none": no further call; FINAL_CHOICE "auto" lets the model choose).
 messages.append(choice.message.model_dump(exclude_none=True))
-result = {"city": args.get("city", "Paris"), "temperature_celsius": 18, "sky": "sunny"}
-messages.append({"role": "tool", "tool_call_id": call.id, "content": json.dumps(result)})
+for c in calls:
+    city = json.loads(c.function.arguments).get("city", "Paris")
+    result = {"city": city, "temperature_celsius": 18, "sky": "sunny"} if c.function.name == "get_weather" else {"city": city, "time": "14:05"}
+    messages.append({"role": "tool", "tool_call_id": c.id, "content": json.dumps(result)})
 r = client.chat.completions.create(model=model, messages=messages, tools=tools, tool_choice=final_choice, max_tokens=48, temperature=0)
 final = r.choices[0]
 out["final"] = {"content": final.message.content, "finish_reason": final.finish_reason, "tool_calls": len(final.message.tool_calls or [])}

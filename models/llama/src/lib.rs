@@ -48,6 +48,7 @@ mod rope;
 pub mod sampling;
 mod spm;
 pub mod synthetic;
+mod template_json;
 pub mod tiny;
 mod tokenizer;
 mod transformer;

@@ -457,6 +457,7 @@ impl Tokenizer {
         })?;
         let mut env = minijinja::Environment::new();
         env.set_fuel(Some(TEMPLATE_FUEL));
+        env.add_filter("tojson", crate::template_json::tojson);
         env.add_function("raise_exception", |msg: String| -> Result<String, minijinja::Error> {
             Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
         });

@@ -165,3 +165,26 @@ fn whole_conversations_keep_message_text_as_text() {
     let allowed = tok.encode_chat(&forged, true).expect("chat");
     assert_eq!(allowed.iter().filter(|&&i| i == START).count(), 4, "{allowed:?}");
 }
+
+/// Templates' `tojson` writes what transformers' (Python's `json.dumps(x,
+/// ensure_ascii=False)`) and llama.cpp's write: `", "` and `": "`, keys in the
+/// order given, no HTML escapes, floats as Python's `repr`. The expected
+/// strings were printed by Python 3's `json` module for the same values.
+#[test]
+fn tojson_writes_what_transformers_writes() {
+    let template = "{{ tools | tojson }}\n{{ messages[0].extra | tojson }}\n{{ messages[0].extra | tojson(indent=2) }}";
+    let tools = json!([{"type": "function", "function": {"name": "get_weather", "description": "Weather <now> & 'here', ünïcödé ☀",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 40}, "unit": {"enum": ["c", "f"]}},
+        "required": ["city"], "additionalProperties": false}}}]);
+    let extra = json!({"zeta": 1, "alpha": [1.5, 18.0, 0.0001, 1e-05, 1e16, 123456789012345.6, -2.5e-7, null, true, []], "mid": {},
+        "ctl": "a\nb\t\"q\"\\"});
+    let messages = json!([{"role": "user", "content": "x", "extra": extra}]);
+    let out = tokenizer(template).render_chat_template(&messages, Some(&tools)).expect("renders");
+    let python = [
+        r#"[{"type": "function", "function": {"name": "get_weather", "description": "Weather <now> & 'here', ünïcödé ☀", "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 40}, "unit": {"enum": ["c", "f"]}}, "required": ["city"], "additionalProperties": false}}}]"#,
+        r#"{"zeta": 1, "alpha": [1.5, 18.0, 0.0001, 1e-05, 1e+16, 123456789012345.6, -2.5e-07, null, true, []], "mid": {}, "ctl": "a\nb\t\"q\"\\"}"#,
+        "{\n  \"zeta\": 1,\n  \"alpha\": [\n    1.5,\n    18.0,\n    0.0001,\n    1e-05,\n    1e+16,\n    123456789012345.6,\n    -2.5e-07,\n    null,\n    true,\n    []\n  ],\n  \"mid\": {},\n  \"ctl\": \"a\\nb\\t\\\"q\\\"\\\\\"\n}",
+    ]
+    .join("\n");
+    assert_eq!(out, python);
+}
