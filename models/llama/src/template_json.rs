@@ -43,32 +43,30 @@ fn write_value(value: &Json, indent: Option<usize>, level: usize, out: &mut Stri
     match value {
         Json::Null => out.push_str("null"),
         Json::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-        Json::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
-            (Some(i), _, _) => out.push_str(&i.to_string()),
-            (None, Some(u), _) => out.push_str(&u.to_string()),
-            (None, None, Some(f)) => out.push_str(&python_float(f)),
-            _ => out.push_str(&n.to_string()),
+        Json::Number(n) => match n.as_f64().filter(|_| n.is_f64()) {
+            Some(f) => out.push_str(&python_float(f)),
+            None => out.push_str(&n.to_string()),
         },
         Json::String(s) => out.push_str(&serde_json::to_string(s).unwrap_or_default()),
         Json::Array(items) => {
-            write_items(items.iter().map(|v| (None, v)), items.is_empty(), ('[', ']'), indent, level, out);
+            write_items(items.iter().map(|v| (None, v)), ('[', ']'), indent, level, out);
         }
         Json::Object(map) => {
-            write_items(map.iter().map(|(k, v)| (Some(k.as_str()), v)), map.is_empty(), ('{', '}'), indent, level, out);
+            write_items(map.iter().map(|(k, v)| (Some(k.as_str()), v)), ('{', '}'), indent, level, out);
         }
     }
 }
 
 fn write_items<'a>(
     items: impl Iterator<Item = (Option<&'a str>, &'a Json)>,
-    empty: bool,
     (open, close): (char, char),
     indent: Option<usize>,
     level: usize,
     out: &mut String,
 ) {
+    let mut items = items.peekable();
     out.push(open);
-    if empty {
+    if items.peek().is_none() {
         out.push(close);
         return;
     }
