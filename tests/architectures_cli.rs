@@ -14,8 +14,6 @@
 //! numbers themselves are checked elsewhere (the f64 references in
 //! `models/llama/tests`, the ring bytes in `tests/sliding_cli.rs`).
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -25,7 +23,7 @@ use lava_llama::tiny::{tiny_config, tiny_gemma3_config, RandomWeights};
 use serde_json::{json, Value};
 
 mod common;
-use common::Server;
+use common::{http, Server};
 
 /// Text in the tiny byte-level vocabulary (its 64 tokens are the bytes below 64).
 const TEXT: &str = "0123456789:;<=>?!#$%&()*+,-./";
@@ -108,30 +106,17 @@ fn every_command(model: &Path, family: &str, chat: bool) {
 
     // serve: a completion, and a chat answer where the file has (or the architecture brings) a template.
     let server = Server::spawn(&[std::ffi::OsStr::new("--kv-memory"), "64MiB".as_ref(), "--model".as_ref(), model.as_os_str()], Duration::from_secs(60));
-    let (status, body) = post(&server.addr, "/v1/completions", &json!({"prompt": PROMPT, "max_tokens": 5, "ignore_eos": true, "temperature": 0}));
+    let (status, body) = http(&server.addr, "POST", "/v1/completions", &json!({"prompt": PROMPT, "max_tokens": 5, "ignore_eos": true, "temperature": 0}).to_string());
     assert_eq!(status, 200, "{family} completion: {body}");
     let j: Value = serde_json::from_str(&body).expect("json");
     assert_eq!(j["usage"]["completion_tokens"], 5, "{family}: {j}");
     if chat {
         let req = json!({"messages": [{"role": "user", "content": PROMPT}], "max_tokens": 4, "ignore_eos": true, "kv_policy": "lava", "kv_budget": 16, "kv_window": 4});
-        let (status, body) = post(&server.addr, "/v1/chat/completions", &req);
+        let (status, body) = http(&server.addr, "POST", "/v1/chat/completions", &req.to_string());
         assert_eq!(status, 200, "{family} chat: {body}");
         let j: Value = serde_json::from_str(&body).expect("json");
         assert_eq!(j["usage"]["completion_tokens"], 4, "{family}: {j}");
     }
-}
-
-fn post(addr: &str, path: &str, body: &Value) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(60))).expect("timeout");
-    let body = body.to_string();
-    write!(s, "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
-        .expect("send");
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).expect("read");
-    let status = raw.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    (status, body)
 }
 
 #[test]

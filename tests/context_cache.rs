@@ -13,15 +13,13 @@
 //!   `--context-cache-memory` in memory nor `--context-cache-disk` on disk,
 //!   and evicts least recently used states.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
 mod common;
-use common::Server;
+use common::{http, Server};
 
 /// `lava serve` on the default model, f32 weights, small chunks, with `extra`.
 fn start(extra: &[&str]) -> Server {
@@ -30,19 +28,6 @@ fn start(extra: &[&str]) -> Server {
     args.push(model.into());
     args.extend(extra.iter().map(Into::into));
     Server::spawn(&args, Duration::from_secs(180))
-}
-
-fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(300))).expect("timeout");
-    let req = format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len());
-    s.write_all(req.as_bytes()).expect("send");
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).expect("read");
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let (head, rest) = text.split_once("\r\n\r\n").expect("a head");
-    let status: u16 = head.split(' ').nth(1).and_then(|c| c.parse().ok()).expect("status");
-    (status, rest.to_string())
 }
 
 /// Sends a chat; returns (answer, prompt tokens, cached tokens).
