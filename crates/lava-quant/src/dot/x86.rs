@@ -803,3 +803,105 @@ unsafe fn float<const N: usize, const T: u32>(m: &QuantMatrix, a: &ActView, rows
         }
     }
 }
+
+/// Activation rows per pass of [`q4k_tiled`].
+const KT_ACT: usize = 8;
+/// Weight rows per tile of [`q4k_tiled`]: one 512-bit lane each.
+const KT_ROWS: usize = 16;
+
+/// [`super::QuantMatrix::dot_rows`] for Q4_K weights and many activation rows on an AVX-512
+/// VNNI CPU (a prefill): the leading `a.rows` rounded down to a multiple of [`KT_ACT`] are
+/// computed, and their count returned (0 when it does not apply: another type, fewer than
+/// `2 * KT_ACT` activation rows, or `rows` not a multiple of [`KT_ROWS`]); the caller runs
+/// the per-row kernels for the rest.
+pub(crate) fn q4k_tiled(m: &QuantMatrix, a: &Activations, rows: Range<usize>, out: &mut [f32]) -> usize {
+    if m.kind != GgmlType::Q4_K || a.rows < 2 * KT_ACT || rows.len() % KT_ROWS != 0 || a.q.len() != a.rows * m.cols {
+        return 0;
+    }
+    let done = a.rows / KT_ACT * KT_ACT;
+    // SAFETY: the caller (`dot_rows_at`) checked that this CPU runs the AVX-512 level (with
+    // VNNI), the geometry of `rows` and `out`, and that `a` is in the Q8_K form for `m.cols`.
+    unsafe { v4k::q4k_tiled(m, a, rows, done, out) };
+    done
+}
+
+mod v4k {
+    use super::*;
+
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub(super) unsafe fn q4k_tiled(m: &QuantMatrix, a: &Activations, rows: Range<usize>, done: usize, out: &mut [f32]) {
+        super::q4k_tiled_body(m, a, rows, done, out)
+    }
+}
+
+/// The tiled Q4_K kernel. Per tile of [`KT_ROWS`] weight rows, every super-block is unpacked
+/// once into byte codes laid out `[block][group g of 32][4-code step j][row][4 codes]` (one
+/// 64-byte load holds the same 4 codes of the 16 rows), with each row's `d * scale` and
+/// `dmin * min` per group. Then for each [`KT_ACT`] activation rows, per block and group, 4
+/// activation codes are broadcast to every lane and `vpdpbusd` takes them against the 16 rows'
+/// codes: after the group's 8 steps each lane holds one row's exact integer group sum
+/// `sum(q * xq)`. Per group: `acc += float(isum) * (d * scale) * dx - (dmin * min) * dx *
+/// sum(xq)`, one `f32` lane per weight row, groups and blocks in order. The integers are those
+/// of the per-row kernels; only the `f32` order differs.
+#[inline(always)]
+unsafe fn q4k_tiled_body(m: &QuantMatrix, a: &Activations, rows: Range<usize>, done: usize, out: &mut [f32]) {
+    let (len, nb, cols, bb) = (rows.len(), m.cols / 256, m.cols, m.kind.block_bytes());
+    let mut w = vec![0u8; nb * 8 * 8 * KT_ROWS * 4];
+    let mut sv = vec![0f32; nb * 8 * KT_ROWS];
+    let mut mv = vec![0f32; nb * 8 * KT_ROWS];
+    let (xq, xd, xb) = (a.q.as_ptr(), a.d.as_ptr(), a.bsums.as_ptr());
+    let mut r0 = rows.start;
+    while r0 < rows.end {
+        for r in 0..KT_ROWS {
+            let row = m.data.as_ptr().add((r0 + r) * m.row_bytes);
+            for b in 0..nb {
+                let blk = row.add(b * bb);
+                let (d, dmin) = (f16p(blk), f16p(blk.add(2)));
+                let (s, mn) = scale_min_k4(std::slice::from_raw_parts(blk.add(4), 12));
+                let qs = blk.add(16);
+                for g in 0..8 {
+                    sv[(b * 8 + g) * KT_ROWS + r] = d * s[g] as f32;
+                    mv[(b * 8 + g) * KT_ROWS + r] = dmin * mn[g] as f32;
+                    // Group g: the low nibbles (g even) or high nibbles (g odd) of bytes 32(g/2)..+32.
+                    let (src, shift) = (qs.add(32 * (g / 2)), 4 * (g % 2) as u32);
+                    for j in 0..8 {
+                        let at = (((b * 8 + g) * 8 + j) * KT_ROWS + r) * 4;
+                        for e in 0..4 {
+                            *w.get_unchecked_mut(at + e) = (*src.add(4 * j + e) >> shift) & 15;
+                        }
+                    }
+                }
+            }
+        }
+        let mut k0 = 0;
+        while k0 < done {
+            let mut acc = [_mm512_setzero_ps(); KT_ACT];
+            for b in 0..nb {
+                for g in 0..8 {
+                    let mut isum = [_mm512_setzero_si512(); KT_ACT];
+                    for j in 0..8 {
+                        let wv = _mm512_loadu_si512(w.as_ptr().add((((b * 8 + g) * 8 + j) * KT_ROWS) * 4) as *const _);
+                        for k in 0..KT_ACT {
+                            let x = (xq.add((k0 + k) * cols + b * 256 + 32 * g + 4 * j) as *const i32).read_unaligned();
+                            isum[k] = _mm512_dpbusd_epi32(isum[k], wv, _mm512_set1_epi32(x));
+                        }
+                    }
+                    let s = _mm512_loadu_ps(sv.as_ptr().add((b * 8 + g) * KT_ROWS));
+                    let mn = _mm512_loadu_ps(mv.as_ptr().add((b * 8 + g) * KT_ROWS));
+                    for k in 0..KT_ACT {
+                        let dx = *xd.add((k0 + k) * nb + b);
+                        let bs = xb.add((k0 + k) * (cols / 16) + b * 16 + 2 * g);
+                        let gsum = (*bs as i32 + *bs.add(1) as i32) as f32;
+                        acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[k]), _mm512_mul_ps(s, _mm512_set1_ps(dx)), acc[k]);
+                        acc[k] = _mm512_fnmadd_ps(mn, _mm512_set1_ps(dx * gsum), acc[k]);
+                    }
+                }
+            }
+            for (k, v) in acc.iter().enumerate() {
+                _mm512_storeu_ps(out.as_mut_ptr().add((k0 + k) * len + (r0 - rows.start)), *v);
+            }
+            k0 += KT_ACT;
+        }
+        r0 += KT_ROWS;
+    }
+}
