@@ -231,16 +231,25 @@ fn texts() -> Vec<(String, Vec<u32>, Vec<Step>)> {
 
 /// How far lava's logit of each of llama.cpp's top-5 tokens may be from llama.cpp's at a
 /// confident step (llama.cpp's top logit at least [`CONFIDENT`]), at every step both took the
-/// same path to. Measured 2026-12-07 over the 95 steps: at most 0.88 at confident steps.
-const LOGIT_TOL: f32 = 1.0;
+/// same path to. The two engines quantize each layer's input to 8 bits and sum in different
+/// orders; a last-bit change of one sum moves an activation across a rounding boundary, and on
+/// this 270M model those moves add up to a spread, not a bias: measured 2026-12-07 over the
+/// 95 steps with lava's per-row Q4_K kernel, RMS 0.29 and at most 0.88; with the tiled kernel
+/// (same integers, another `f32` order), RMS 0.31 and at most 1.16. The RMS bound
+/// ([`LOGIT_RMS`]) is the tight check; this one catches a single wild logit.
+const LOGIT_TOL: f32 = 1.4;
+/// The bound on the RMS of those differences over all confident steps of all prompts.
+const LOGIT_RMS: f32 = 0.4;
 /// A step whose top logit is below this is one of the model's low-confidence steps (the
 /// pretrained 270M babbling after a question), where both engines' logits sit near 0 and
 /// move together by up to 2 (measured 1.99): there only the gaps are compared.
 const CONFIDENT: f32 = 5.0;
 /// How far lava's gap `logit(t) - logit(top)` may be from llama.cpp's for each of llama.cpp's
 /// top-5 tokens `t`, at every step (offset-free: what decides sampling among them). Measured
-/// at most 0.84.
-const GAP_TOL: f32 = 1.0;
+/// RMS 0.20 and at most 0.84 (per-row kernel), RMS 0.21 and at most 1.03 (tiled kernel).
+const GAP_TOL: f32 = 1.4;
+/// The bound on the RMS of the gap differences over all steps of all prompts.
+const GAP_RMS: f32 = 0.3;
 /// A step where the two choose differently must be a near-tie: lava's choice among llama.cpp's
 /// top 5, at most this far below llama.cpp's top logit (the rest of that prompt is then not
 /// compared).
@@ -284,19 +293,33 @@ fn greedy(model: &Llama<B>, prompt: &[u32], n: usize) -> Vec<Vec<f32>> {
     steps
 }
 
-/// Compares lava's steps with llama.cpp's; returns the largest logit difference.
-fn compare(what: &str, tok: &Tokenizer, steps: &[Vec<f32>], reference: &[Step]) -> f32 {
+/// The differences seen so far: the largest logit difference at a confident step, and the
+/// squared differences' sums and counts (logits at confident steps; gaps at every step).
+#[derive(Default)]
+struct Spread {
+    worst: f32,
+    logit_sq: f64,
+    logits: usize,
+    gap_sq: f64,
+    gaps: usize,
+}
+
+/// Compares lava's steps with llama.cpp's, adding the differences to `spread`.
+fn compare(what: &str, tok: &Tokenizer, steps: &[Vec<f32>], reference: &[Step], spread: &mut Spread) {
     let chosen: Vec<u32> = steps.iter().map(|l| lava_llama::sampling::argmax(l)).collect();
-    let mut worst = 0f32;
     for (i, (logits, theirs)) in steps.iter().zip(reference).enumerate() {
         let (top, top_logit) = theirs[0];
         for &(t, l) in theirs {
             let ours = logits[t as usize];
             let gap = ((ours - logits[top as usize]) - (l - top_logit)).abs();
+            spread.gap_sq += (gap as f64).powi(2);
+            spread.gaps += 1;
             assert!(gap <= GAP_TOL, "{what}: step {i}: lava's gap of token {t} to token {top} is {:.4}, llama.cpp's {:.4}", ours - logits[top as usize], l - top_logit);
             if top_logit >= CONFIDENT {
                 let d = (ours - l).abs();
-                worst = worst.max(d);
+                spread.worst = spread.worst.max(d);
+                spread.logit_sq += (d as f64).powi(2);
+                spread.logits += 1;
                 assert!(d <= LOGIT_TOL, "{what}: step {i}: lava's logit of token {t} is {ours:.4}, llama.cpp's {l:.4}");
             }
         }
@@ -309,12 +332,11 @@ fn compare(what: &str, tok: &Tokenizer, steps: &[Vec<f32>], reference: &[Step]) 
             );
             assert!(near, "{msg}: not a near-tie");
             println!("{msg} (a near-tie; the rest is not compared)");
-            return worst;
+            return;
         }
     }
     assert_eq!(steps.len(), reference.len(), "{what}: lava took {} steps, llama.cpp {}", steps.len(), reference.len());
     println!("{what}: {} steps equal to llama.cpp's: {:?}", steps.len(), tok.decode(&chosen).unwrap_or_default());
-    worst
 }
 
 #[test]
@@ -324,19 +346,27 @@ fn greedy_output_and_logits_equal_llama_cpp() {
         lava_llama::load_model_with(&path, &burn_flex::FlexDevice, lava_llama::WeightFormat::Native).expect("load");
     assert!(model.is_quantized());
     assert_eq!(model.config.model_type, "gemma3");
-    let mut worst = 0f32;
+    let mut spread = Spread::default();
     for (prompt, reference_ids, reference) in chats() {
         let ids = tok.encode_chat(&[Message { role: "user".into(), content: prompt.into() }], false).expect("encode");
         assert_eq!(ids, reference_ids, "{prompt:?}: the rendered chat's tokens differ from llama.cpp's");
         let steps = greedy(&model, &ids, reference.len());
-        worst = worst.max(compare(prompt, &tok, &steps, &reference));
+        compare(prompt, &tok, &steps, &reference, &mut spread);
     }
     for (text, reference_ids, reference) in texts() {
         // BOS written as text, as llama.cpp was given it (control tokens in text are recognised).
         let ids = tok.encode(&format!("<bos>{text}")).expect("encode");
         assert_eq!(ids, reference_ids, "{:?}...: the tokens differ from llama.cpp's", &text[..20]);
         let steps = greedy(&model, &ids, reference.len());
-        worst = worst.max(compare(&format!("{} tokens of text", ids.len()), &tok, &steps, &reference));
+        compare(&format!("{} tokens of text", ids.len()), &tok, &steps, &reference, &mut spread);
     }
-    println!("largest |lava - llama.cpp| over llama.cpp's top-5 logits at confident steps: {worst:.4}");
+    let logit_rms = (spread.logit_sq / spread.logits.max(1) as f64).sqrt() as f32;
+    let gap_rms = (spread.gap_sq / spread.gaps.max(1) as f64).sqrt() as f32;
+    println!(
+        "|lava - llama.cpp| over llama.cpp's top-5 logits: at confident steps ({}) largest {:.4}, RMS {logit_rms:.4}; gaps ({}) RMS {gap_rms:.4}",
+        spread.logits, spread.worst, spread.gaps
+    );
+    assert!(spread.logits >= 200 && spread.gaps >= 300, "too few steps compared: {} logits, {} gaps", spread.logits, spread.gaps);
+    assert!(logit_rms <= LOGIT_RMS, "RMS of the logit differences {logit_rms:.4} > {LOGIT_RMS}");
+    assert!(gap_rms <= GAP_RMS, "RMS of the gap differences {gap_rms:.4} > {GAP_RMS}");
 }
