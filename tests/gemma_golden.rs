@@ -234,8 +234,8 @@ fn texts() -> Vec<(String, Vec<u32>, Vec<Step>)> {
 /// same path to. The two engines quantize each layer's input to 8 bits and sum in different
 /// orders; a last-bit change of one sum moves an activation across a rounding boundary, and on
 /// this 270M model those moves add up to a spread, not a bias: measured 2026-12-07 over the
-/// 95 steps with lava's per-row Q4_K kernel, RMS 0.29 and at most 0.88; with the tiled kernel
-/// (same integers, another `f32` order), RMS 0.31 and at most 1.16. The RMS bound
+/// 95 steps with lava's per-row K-quant kernels, RMS 0.29 and at most 0.88; with the tiled
+/// prefill kernels (same integers, another `f32` order), RMS 0.31 and at most 1.06 to 1.16. The RMS bound
 /// ([`LOGIT_RMS`]) is the tight check; this one catches a single wild logit.
 const LOGIT_TOL: f32 = 1.4;
 /// The bound on the RMS of those differences over all confident steps of all prompts.
@@ -246,7 +246,7 @@ const LOGIT_RMS: f32 = 0.4;
 const CONFIDENT: f32 = 5.0;
 /// How far lava's gap `logit(t) - logit(top)` may be from llama.cpp's for each of llama.cpp's
 /// top-5 tokens `t`, at every step (offset-free: what decides sampling among them). Measured
-/// RMS 0.20 and at most 0.84 (per-row kernel), RMS 0.21 and at most 1.03 (tiled kernel).
+/// RMS 0.20 and at most 0.84 (per-row kernels), RMS 0.21 and at most 1.03 (tiled kernels).
 const GAP_TOL: f32 = 1.4;
 /// The bound on the RMS of the gap differences over all steps of all prompts.
 const GAP_RMS: f32 = 0.3;

@@ -409,9 +409,9 @@ impl<'a> QuantMatrix<'a> {
         if level == SimdLevel::Avx512 && !act.inter_q.is_empty() && x86::dot_interleaved(self, act, rows.clone(), out) {
             return Ok(());
         }
-        // Q4_K against many rows (a prefill): the tiled VNNI kernel takes the leading rows.
+        // Q4_K or Q6_K against many rows (a prefill): the tiled VNNI kernel takes the leading rows.
         #[cfg(target_arch = "x86_64")]
-        let mut k0 = if level == SimdLevel::Avx512 { x86::q4k_tiled(self, act, rows.clone(), out) } else { 0 };
+        let mut k0 = if level == SimdLevel::Avx512 { x86::tiled(self, act, rows.clone(), out) } else { 0 };
         #[cfg(not(target_arch = "x86_64"))]
         let mut k0 = 0;
         while k0 < act.rows {

@@ -67,18 +67,20 @@ fn interleaved_kernel_matches_dequantize_then_dot() {
     eprintln!("{checked} outputs checked");
 }
 
-/// The tiled Q4_K kernel (AVX-512 VNNI CPUs, at least 16 activation rows, the output rows a
+/// The tiled Q4_K and Q6_K kernel (AVX-512 VNNI CPUs, at least 16 activation rows, the output rows a
 /// multiple of 16): tiles of 16 weight rows, activation rows in passes of 8 with the remainder
 /// (21 = 2 passes + 5, 150 = 18 passes + 6) left to the per-row kernels, a range starting
 /// inside the matrix (`rows / 3..rows` with 48 rows: 16..48), widths of 1, 3 and 6
 /// super-blocks. Same bounds as above.
 #[test]
-fn tiled_q4k_kernel_matches_dequantize_then_dot() {
+fn tiled_kernel_matches_dequantize_then_dot() {
     let mut checked = 0;
-    for (cols, rows, ns) in [(256, 48, vec![16, 21]), (3 * 256, 32, vec![16, 150]), (6 * 256, 16, vec![24])] {
-        for n in ns {
-            let case = Case::new(GgmlType::Q4_K, rows, cols, n, 9000 + n as u64 + cols as u64);
-            checked += check(&case, "tiled");
+    for kind in [GgmlType::Q4_K, GgmlType::Q6_K] {
+        for (cols, rows, ns) in [(256, 48, vec![16, 21]), (3 * 256, 32, vec![16, 150]), (6 * 256, 16, vec![24])] {
+            for n in ns {
+                let case = Case::new(kind, rows, cols, n, 9000 + n as u64 + cols as u64);
+                checked += check(&case, "tiled");
+            }
         }
     }
     eprintln!("{checked} outputs checked");

@@ -804,24 +804,33 @@ unsafe fn float<const N: usize, const T: u32>(m: &QuantMatrix, a: &ActView, rows
     }
 }
 
-/// Activation rows per pass of [`q4k_tiled`].
+/// Activation rows per pass of [`tiled`].
 const KT_ACT: usize = 8;
-/// Weight rows per tile of [`q4k_tiled`]: one 512-bit lane each.
+/// Weight rows per tile of [`tiled`]: one 512-bit lane each.
 const KT_ROWS: usize = 16;
 
-/// [`super::QuantMatrix::dot_rows`] for Q4_K weights and many activation rows on an AVX-512
-/// VNNI CPU (a prefill): the leading `a.rows` rounded down to a multiple of [`KT_ACT`] are
-/// computed, and their count returned (0 when it does not apply: another type, fewer than
-/// `2 * KT_ACT` activation rows, or `rows` not a multiple of [`KT_ROWS`]); the caller runs
-/// the per-row kernels for the rest.
-pub(crate) fn q4k_tiled(m: &QuantMatrix, a: &Activations, rows: Range<usize>, out: &mut [f32]) -> usize {
-    if m.kind != GgmlType::Q4_K || a.rows < 2 * KT_ACT || rows.len() % KT_ROWS != 0 || a.q.len() != a.rows * m.cols {
+/// [`super::QuantMatrix::dot_rows`] for Q4_K or Q6_K weights and many activation rows on an
+/// AVX-512 VNNI CPU (a prefill): the leading `a.rows` rounded down to a multiple of [`KT_ACT`]
+/// are computed, and their count returned (0 when it does not apply: another type, fewer than
+/// `2 * KT_ACT` activation rows, or `rows` not a multiple of [`KT_ROWS`]); the caller runs the
+/// per-row kernels for the rest.
+pub(crate) fn tiled(m: &QuantMatrix, a: &Activations, rows: Range<usize>, out: &mut [f32]) -> usize {
+    if !matches!(m.kind, GgmlType::Q4_K | GgmlType::Q6_K) || a.rows < 2 * KT_ACT || rows.len() % KT_ROWS != 0 || a.q.len() != a.rows * m.cols {
         return 0;
     }
     let done = a.rows / KT_ACT * KT_ACT;
+    // The buffers are taken out of the thread-local for the call (a closure would not inherit
+    // the kernel's target features).
+    let mut bufs = TILE_BUFS.with(|cell| std::mem::take(&mut *cell.borrow_mut()));
     // SAFETY: the caller (`dot_rows_at`) checked that this CPU runs the AVX-512 level (with
     // VNNI), the geometry of `rows` and `out`, and that `a` is in the Q8_K form for `m.cols`.
-    unsafe { v4k::q4k_tiled(m, a, rows, done, out) };
+    unsafe {
+        match m.kind {
+            GgmlType::Q4_K => v4k::tiled::<8>(m, a, rows, done, out, &mut bufs),
+            _ => v4k::tiled::<16>(m, a, rows, done, out, &mut bufs),
+        }
+    }
+    TILE_BUFS.with(|cell| *cell.borrow_mut() = bufs);
     done
 }
 
@@ -829,72 +838,156 @@ mod v4k {
     use super::*;
 
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    pub(super) unsafe fn q4k_tiled(m: &QuantMatrix, a: &Activations, rows: Range<usize>, done: usize, out: &mut [f32]) {
-        super::q4k_tiled_body(m, a, rows, done, out)
+    pub(super) unsafe fn tiled<const G: usize>(m: &QuantMatrix, a: &Activations, rows: Range<usize>, done: usize, out: &mut [f32], t: &mut TileBufs) {
+        super::tiled_body::<G>(m, a, rows, done, out, t)
     }
 }
 
-/// The tiled Q4_K kernel. Per tile of [`KT_ROWS`] weight rows, every super-block is unpacked
-/// once into byte codes laid out `[block][group g of 32][4-code step j][row][4 codes]` (one
-/// 64-byte load holds the same 4 codes of the 16 rows), with each row's `d * scale` and
-/// `dmin * min` per group. Then for each [`KT_ACT`] activation rows, per block and group, 4
-/// activation codes are broadcast to every lane and `vpdpbusd` takes them against the 16 rows'
-/// codes: after the group's 8 steps each lane holds one row's exact integer group sum
-/// `sum(q * xq)`. Per group: `acc += float(isum) * (d * scale) * dx - (dmin * min) * dx *
-/// sum(xq)`, one `f32` lane per weight row, groups and blocks in order. The integers are those
-/// of the per-row kernels; only the `f32` order differs.
+/// A worker's buffers for [`tiled_body`], kept between calls (a prefill makes hundreds).
+#[derive(Default)]
+struct TileBufs {
+    /// The tile's codes, `[block][4-code step c of 64][row of 16][4 codes]`.
+    w: Vec<u8>,
+    /// One block of codes of each of the 16 rows, in natural order: `[row][256]`.
+    row_codes: Vec<u8>,
+    /// Per block and group, the 16 rows' `d * scale`: `[block][group][row]`.
+    scale: Vec<f32>,
+    /// Q4_K: per block and group, the 16 rows' `dmin * min`.
+    min: Vec<f32>,
+    /// Per activation row and group: Q4_K, the group's code sum as `f32` bits; Q6_K, `-32`
+    /// times it as `i32` bits (the codes' bias of 32 taken off the integer sum).
+    act_sum: Vec<u32>,
+}
+
+thread_local! {
+    static TILE_BUFS: std::cell::RefCell<TileBufs> = std::cell::RefCell::new(TileBufs::default());
+}
+
+/// Unpacks block `b` of the 16 weight rows from `r0` into `t.w`, `t.scale` and `t.min`: each
+/// row's 256 codes in natural order into `t.row_codes`, then 4 codes (a dword) of each row at a
+/// time into one 64-byte line of `t.w` by a 16-lane gather.
 #[inline(always)]
-unsafe fn q4k_tiled_body(m: &QuantMatrix, a: &Activations, rows: Range<usize>, done: usize, out: &mut [f32]) {
-    let (len, nb, cols, bb) = (rows.len(), m.cols / 256, m.cols, m.kind.block_bytes());
-    let mut w = vec![0u8; nb * 8 * 8 * KT_ROWS * 4];
-    let mut sv = vec![0f32; nb * 8 * KT_ROWS];
-    let mut mv = vec![0f32; nb * 8 * KT_ROWS];
-    let (xq, xd, xb) = (a.q.as_ptr(), a.d.as_ptr(), a.bsums.as_ptr());
-    let mut r0 = rows.start;
-    while r0 < rows.end {
-        for r in 0..KT_ROWS {
-            let row = m.data.as_ptr().add((r0 + r) * m.row_bytes);
-            for b in 0..nb {
-                let blk = row.add(b * bb);
-                let (d, dmin) = (f16p(blk), f16p(blk.add(2)));
-                let (s, mn) = scale_min_k4(std::slice::from_raw_parts(blk.add(4), 12));
-                let qs = blk.add(16);
-                for g in 0..8 {
-                    sv[(b * 8 + g) * KT_ROWS + r] = d * s[g] as f32;
-                    mv[(b * 8 + g) * KT_ROWS + r] = dmin * mn[g] as f32;
-                    // Group g: the low nibbles (g even) or high nibbles (g odd) of bytes 32(g/2)..+32.
-                    let (src, shift) = (qs.add(32 * (g / 2)), 4 * (g % 2) as u32);
-                    for j in 0..8 {
-                        let at = (((b * 8 + g) * 8 + j) * KT_ROWS + r) * 4;
-                        for e in 0..4 {
-                            *w.get_unchecked_mut(at + e) = (*src.add(4 * j + e) >> shift) & 15;
-                        }
-                    }
+unsafe fn unpack_block<const G: usize>(m: &QuantMatrix, r0: usize, b: usize, t: &mut TileBufs) {
+    let bb = m.kind.block_bytes();
+    let codes = t.row_codes.as_mut_ptr();
+    let m4 = _mm256_set1_epi8(15);
+    for r in 0..KT_ROWS {
+        let blk = m.data.as_ptr().add((r0 + r) * m.row_bytes + b * bb);
+        let dst = codes.add(r * 256);
+        let at = |g: usize| (b * G + g) * KT_ROWS + r;
+        if G == 8 {
+            // Q4_K: group g takes the low (g even) or high (g odd) nibbles of bytes 32(g/2)..+32.
+            for c in 0..4 {
+                let v = _mm256_loadu_si256(blk.add(16 + 32 * c) as *const __m256i);
+                _mm256_storeu_si256(dst.add(64 * c) as *mut __m256i, _mm256_and_si256(v, m4));
+                _mm256_storeu_si256(dst.add(64 * c + 32) as *mut __m256i, _mm256_and_si256(_mm256_srli_epi16(v, 4), m4));
+            }
+            let (d, dmin) = (f16p(blk), f16p(blk.add(2)));
+            let (sc, mn) = scale_min_k4(std::slice::from_raw_parts(blk.add(4), 12));
+            for g in 0..8 {
+                *t.scale.get_unchecked_mut(at(g)) = d * sc[g] as f32;
+                *t.min.get_unchecked_mut(at(g)) = dmin * mn[g] as f32;
+            }
+        } else {
+            // Q6_K: codes 0..64 (biased by 32), as in the per-row kernel `q6k`.
+            let m30 = _mm256_set1_epi8(0x30);
+            for h in 0..2 {
+                let ql0 = _mm256_loadu_si256(blk.add(64 * h) as *const __m256i);
+                let ql1 = _mm256_loadu_si256(blk.add(64 * h + 32) as *const __m256i);
+                let qh = _mm256_loadu_si256(blk.add(128 + 32 * h) as *const __m256i);
+                let q = [
+                    _mm256_or_si256(_mm256_and_si256(ql0, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30)),
+                    _mm256_or_si256(_mm256_and_si256(ql1, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30)),
+                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4), _mm256_and_si256(qh, m30)),
+                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4), _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30)),
+                ];
+                for (j, &qj) in q.iter().enumerate() {
+                    _mm256_storeu_si256(dst.add(128 * h + 32 * j) as *mut __m256i, qj);
                 }
             }
+            let (d, sc) = (f16p(blk.add(208)), blk.add(192) as *const i8);
+            for g in 0..16 {
+                *t.scale.get_unchecked_mut(at(g)) = d * *sc.add(g) as f32;
+            }
         }
+    }
+    let lanes = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0), _mm512_set1_epi32(256 / 4));
+    let w = t.w.as_mut_ptr().add(b * 64 * KT_ROWS * 4);
+    for c in 0..64 {
+        let v = _mm512_i32gather_epi32::<4>(lanes, codes.add(4 * c) as *const _);
+        _mm512_storeu_si512(w.add(c * KT_ROWS * 4) as *mut _, v);
+    }
+}
+
+/// The tiled kernel for Q4_K (`G = 8` groups of 32 codes per super-block) and Q6_K (`G = 16`
+/// groups of 16). Per tile of [`KT_ROWS`] weight rows, every super-block is unpacked once
+/// ([`unpack_block`]): byte codes laid out `[block][4-code step][row][4 codes]` (one 64-byte
+/// load holds the same 4 codes of the 16 rows), each row's `d * scale` (Q4_K: and `dmin *
+/// min`) per group. Then for each [`KT_ACT`] activation rows, per block and group, 4 activation
+/// codes are broadcast to every lane and `vpdpbusd` takes them against the 16 rows' codes:
+/// after the group's steps each lane holds one row's exact integer group sum `sum(q * xq)`
+/// (Q6_K: started at `-32 * sum(xq)`, the codes' bias). Then in `f32`, one lane per weight
+/// row: per group `blk += float(isum) * (d * scale)` (Q4_K: `- (dmin * min) * sum(xq)`), per
+/// block `acc += blk * dx`. The integers are those of the per-row kernels; only the `f32` order
+/// differs.
+#[inline(always)]
+unsafe fn tiled_body<const G: usize>(m: &QuantMatrix, a: &Activations, rows: Range<usize>, done: usize, out: &mut [f32], t: &mut TileBufs) {
+    let (len, nb, cols, steps) = (rows.len(), m.cols / 256, m.cols, 64 / G);
+    t.w.resize(nb * 64 * KT_ROWS * 4, 0);
+    t.row_codes.resize(KT_ROWS * 256, 0);
+    t.scale.resize(nb * G * KT_ROWS, 0.0);
+    t.min.resize(nb * G * KT_ROWS, 0.0);
+    // Per activation row and group, from the code sums per 16.
+    let per_row = nb * G;
+    t.act_sum.clear();
+    for bs in a.bsums[..done * (cols / 16)].chunks_exact(cols / 16) {
+        if G == 8 {
+            t.act_sum.extend(bs.chunks_exact(2).map(|p| ((p[0] as i32 + p[1] as i32) as f32).to_bits()));
+        } else {
+            t.act_sum.extend(bs.iter().map(|&v| (-32 * v as i32) as u32));
+        }
+    }
+    let (xq, xd, xs) = (a.q.as_ptr(), a.d.as_ptr(), t.act_sum.as_ptr());
+    let mut r0 = rows.start;
+    while r0 < rows.end {
+        for b in 0..nb {
+            unpack_block::<G>(m, r0, b, t);
+        }
+        let (w, sv, mv) = (t.w.as_ptr(), t.scale.as_ptr(), t.min.as_ptr());
         let mut k0 = 0;
         while k0 < done {
             let mut acc = [_mm512_setzero_ps(); KT_ACT];
             for b in 0..nb {
-                for g in 0..8 {
+                let mut blk = [_mm512_setzero_ps(); KT_ACT];
+                for g in 0..G {
+                    let sum = |k: usize| *xs.add((k0 + k) * per_row + b * G + g);
                     let mut isum = [_mm512_setzero_si512(); KT_ACT];
-                    for j in 0..8 {
-                        let wv = _mm512_loadu_si512(w.as_ptr().add((((b * 8 + g) * 8 + j) * KT_ROWS) * 4) as *const _);
-                        for k in 0..KT_ACT {
-                            let x = (xq.add((k0 + k) * cols + b * 256 + 32 * g + 4 * j) as *const i32).read_unaligned();
-                            isum[k] = _mm512_dpbusd_epi32(isum[k], wv, _mm512_set1_epi32(x));
+                    if G == 16 {
+                        for (k, v) in isum.iter_mut().enumerate() {
+                            *v = _mm512_set1_epi32(sum(k) as i32);
                         }
                     }
-                    let s = _mm512_loadu_ps(sv.as_ptr().add((b * 8 + g) * KT_ROWS));
-                    let mn = _mm512_loadu_ps(mv.as_ptr().add((b * 8 + g) * KT_ROWS));
-                    for k in 0..KT_ACT {
-                        let dx = *xd.add((k0 + k) * nb + b);
-                        let bs = xb.add((k0 + k) * (cols / 16) + b * 16 + 2 * g);
-                        let gsum = (*bs as i32 + *bs.add(1) as i32) as f32;
-                        acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[k]), _mm512_mul_ps(s, _mm512_set1_ps(dx)), acc[k]);
-                        acc[k] = _mm512_fnmadd_ps(mn, _mm512_set1_ps(dx * gsum), acc[k]);
+                    for j in 0..steps {
+                        let c = g * steps + j;
+                        let wv = _mm512_loadu_si512(w.add((b * 64 + c) * KT_ROWS * 4) as *const _);
+                        for (k, v) in isum.iter_mut().enumerate() {
+                            let x = (xq.add((k0 + k) * cols + b * 256 + 4 * c) as *const i32).read_unaligned();
+                            *v = _mm512_dpbusd_epi32(*v, wv, _mm512_set1_epi32(x));
+                        }
                     }
+                    let s = _mm512_loadu_ps(sv.add((b * G + g) * KT_ROWS));
+                    for k in 0..KT_ACT {
+                        blk[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[k]), s, blk[k]);
+                    }
+                    if G == 8 {
+                        let mn = _mm512_loadu_ps(mv.add((b * G + g) * KT_ROWS));
+                        for (k, v) in blk.iter_mut().enumerate() {
+                            *v = _mm512_fnmadd_ps(mn, _mm512_set1_ps(f32::from_bits(sum(k))), *v);
+                        }
+                    }
+                }
+                for k in 0..KT_ACT {
+                    acc[k] = _mm512_fmadd_ps(blk[k], _mm512_set1_ps(*xd.add((k0 + k) * nb + b)), acc[k]);
                 }
             }
             for (k, v) in acc.iter().enumerate() {
