@@ -349,7 +349,7 @@ fn flash_block(q: &[f32], t: usize, d: usize, heads: Range<usize>, block: Range<
                     return Some(unsafe { flash_block_avx2::<$d>(q, t, heads, block, past, kt, values) });
                 }
             }
-            Some(flash_block_portable::<$d, false>(q, t, heads, block, past, kt, values))
+            Some(flash_block_portable::<$d, false, 16>(q, t, heads, block, past, kt, values))
         }};
     }
     match d {
@@ -363,14 +363,14 @@ fn flash_block(q: &[f32], t: usize, d: usize, heads: Range<usize>, block: Range<
 #[target_feature(enable = "avx512f,avx2,fma")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn flash_block_avx512<const D: usize>(q: &[f32], t: usize, heads: Range<usize>, block: Range<usize>, past: usize, kt: &[f32], values: &[f32]) -> Vec<f32> {
-    flash_block_portable::<D, true>(q, t, heads, block, past, kt, values)
+    flash_block_portable::<D, true, 64>(q, t, heads, block, past, kt, values)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn flash_block_avx2<const D: usize>(q: &[f32], t: usize, heads: Range<usize>, block: Range<usize>, past: usize, kt: &[f32], values: &[f32]) -> Vec<f32> {
-    flash_block_portable::<D, true>(q, t, heads, block, past, kt, values)
+    flash_block_portable::<D, true, 32>(q, t, heads, block, past, kt, values)
 }
 
 /// `a * b + c`, fused where the caller was compiled with FMA.
@@ -389,7 +389,7 @@ const ROWS: usize = 4;
 
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn flash_block_portable<const D: usize, const FUSED: bool>(
+fn flash_block_portable<const D: usize, const FUSED: bool, const PV: usize>(
     q: &[f32],
     t: usize,
     heads: Range<usize>,
@@ -457,20 +457,27 @@ fn flash_block_portable<const D: usize, const FUSED: bool>(
             row[visible..].iter_mut().for_each(|x| *x = 0.0);
             sum[r] += row.iter().sum::<f32>();
         }
-        // acc_r += sum_j p_rj V_j, ROWS rows at a time.
+        // acc_r += sum_j p_rj V_j, ROWS rows and PV columns at a time (accumulators that fit
+        // the vector registers).
         for r0 in (0..padded).step_by(ROWS) {
-            let mut o = [[0f32; D]; ROWS];
-            o.copy_from_slice(&acc[r0..r0 + ROWS]);
-            for j in 0..w {
-                let vj = &values[(k0 + j) * D..(k0 + j + 1) * D];
+            for c0 in (0..D).step_by(PV) {
+                let mut o = [[0f32; PV]; ROWS];
                 for (x, orow) in o.iter_mut().enumerate() {
-                    let p = sc[r0 + x][j];
-                    for c in 0..D {
-                        orow[c] = madd::<FUSED>(p, vj[c], orow[c]);
+                    orow.copy_from_slice(&acc[r0 + x][c0..c0 + PV]);
+                }
+                for j in 0..w {
+                    let vj = &values[(k0 + j) * D + c0..][..PV];
+                    for (x, orow) in o.iter_mut().enumerate() {
+                        let p = sc[r0 + x][j];
+                        for c in 0..PV {
+                            orow[c] = madd::<FUSED>(p, vj[c], orow[c]);
+                        }
                     }
                 }
+                for (x, orow) in o.iter().enumerate() {
+                    acc[r0 + x][c0..c0 + PV].copy_from_slice(orow);
+                }
             }
-            acc[r0..r0 + ROWS].copy_from_slice(&o);
         }
         k0 = k1;
     }
