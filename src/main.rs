@@ -6,5 +6,6 @@
 static ALLOCATOR: lava_cli::alloc::Guarded = lava_cli::alloc::Guarded;
 
 fn main() -> std::process::ExitCode {
+    lava_cli::alloc::keep_freed_memory();
     lava_cli::main()
 }

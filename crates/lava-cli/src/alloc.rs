@@ -11,6 +11,8 @@
 //!
 //! Both write to stderr with a fixed buffer and leave with `_exit`: nothing in
 //! the message path allocates.
+//!
+//! [`keep_freed_memory`] sets how much freed memory glibc keeps for reuse.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 
@@ -54,6 +56,32 @@ unsafe impl GlobalAlloc for Guarded {
             refused(new_size);
         }
         p
+    }
+}
+
+/// The padding glibc adds to each growth of the heap, and keeps at its top when trimming.
+pub const HEAP_PAD: usize = 256 << 20;
+/// Free memory at the top of the heap past which glibc hands it back to the system.
+pub const KEEP_FREED: usize = 512 << 20;
+/// Allocations from this size on get their own mapping (glibc's largest threshold, 32 MiB).
+pub const MMAP_FROM: usize = 32 << 20;
+
+/// Sets glibc's heap padding ([`HEAP_PAD`]), trim threshold ([`KEEP_FREED`]) and mmap
+/// threshold ([`MMAP_FROM`]). With glibc's defaults a prefill took its buffers' pages from the
+/// kernel again for every layer (tens of MB a layer, one fault and one zeroed page per 4 KiB):
+/// on the 1.5B, 735,000 page faults in a 1k-token prefill against 157,000 with the three set
+/// (most of those the model file's own pages), and 2k-token prefill 147-153 -> 166 tokens/s,
+/// peak RSS unchanged (1,875 MB). Any one of them alone changed nothing. Up to 512 MiB of
+/// freed memory now stays with the process, for the next layer and the next request. Does
+/// nothing on other C libraries.
+pub fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; it is called first thing in `main`,
+    // before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_TOP_PAD, HEAP_PAD as libc::c_int);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, KEEP_FREED as libc::c_int);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_FROM as libc::c_int);
     }
 }
 

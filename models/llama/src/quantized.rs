@@ -173,10 +173,63 @@ impl QuantizedWeights {
     }
 }
 
-/// `x [rows, d_in]` through each of `mats`: the activations are quantized
-/// once per form, then the output rows of every matrix are cut into bands,
-/// one per worker, each band a [`lava_quant::QuantMatrix::dot_rows`] call.
+/// Activation rows per worker from which [`project`] splits the rows (tokens) among the
+/// workers rather than the weights: each worker then runs every matrix over its own rows, with
+/// enough of them for the tiled prefill kernels.
+const SPLIT_TOKENS_FROM: usize = 32;
+
+/// `x [rows, d_in]` through each of `mats`. Many rows (a prefill, at least
+/// [`SPLIT_TOKENS_FROM`] per worker): the rows are cut into one contiguous run per worker,
+/// which quantizes its rows and writes its rows of every output in place. Few rows (decode):
+/// see [`project_bands`].
 fn project(mats: &[&QuantMatrix], x: &[f32], rows: usize, threads: usize) -> Result<Vec<Vec<f32>>, ModelError> {
+    let workers = threads.max(1);
+    if workers == 1 || rows < SPLIT_TOKENS_FROM * workers {
+        return project_bands(mats, x, rows, threads);
+    }
+    let kernel_err = |e: lava_quant::QuantError| ModelError::Internal(format!("quantized matmul: {e}"));
+    let views: Vec<lava_quant::QuantMatrix<'_>> = mats.iter().map(|m| m.view()).collect::<Result<_, _>>()?;
+    let d_in = x.len() / rows.max(1);
+    let per = rows.div_ceil(workers);
+    let mut outs: Vec<Vec<f32>> = views.iter().map(|v| vec![0f32; rows * v.rows()]).collect();
+    // Worker t's rows of every output, handed over once through its slot.
+    let mut slots: Vec<Vec<&mut [f32]>> = (0..workers).map(|_| Vec::with_capacity(views.len())).collect();
+    for (out, v) in outs.iter_mut().zip(&views) {
+        for (t, part) in out.chunks_mut(per * v.rows()).enumerate() {
+            slots[t].push(part);
+        }
+    }
+    let slots: Vec<std::sync::Mutex<Vec<&mut [f32]>>> = slots.into_iter().map(std::sync::Mutex::new).collect();
+    let work = |t: usize| -> Result<(), lava_quant::QuantError> {
+        let mut parts = std::mem::take(&mut *slots[t].lock().unwrap_or_else(|e| e.into_inner()));
+        let (from, to) = ((t * per).min(rows), ((t + 1) * per).min(rows));
+        if from == to {
+            return Ok(());
+        }
+        let xs = &x[from * d_in..to * d_in];
+        let mut acts: Vec<lava_quant::Activations> = Vec::new();
+        for (v, part) in views.iter().zip(parts.iter_mut()) {
+            let i = match acts.iter().position(|a| a.fits(v.kind(), v.cols())) {
+                Some(i) => i,
+                None => {
+                    acts.push(lava_quant::quantize_activations(v.kind(), xs, d_in)?);
+                    acts.len() - 1
+                }
+            };
+            v.dot_rows(&acts[i], 0..v.rows(), part)?;
+        }
+        Ok(())
+    };
+    let done = lava_flex::spin_pool::map(workers, &work);
+    done.into_iter().collect::<Result<Vec<()>, _>>().map_err(kernel_err)?;
+    Ok(outs)
+}
+
+/// `x [rows, d_in]` through each of `mats`, for few rows: the activations are quantized
+/// once per form, then the output rows of every matrix are cut into bands,
+/// one per worker, each band a [`lava_quant::QuantMatrix::dot_rows`] call
+/// (each worker streams its part of the weights).
+fn project_bands(mats: &[&QuantMatrix], x: &[f32], rows: usize, threads: usize) -> Result<Vec<Vec<f32>>, ModelError> {
     let kernel_err = |e: lava_quant::QuantError| ModelError::Internal(format!("quantized matmul: {e}"));
     let views: Vec<lava_quant::QuantMatrix<'_>> = mats.iter().map(|m| m.view()).collect::<Result<_, _>>()?;
     let d_in = x.len() / rows.max(1);
