@@ -7,7 +7,7 @@
 #   benches/llama_cpp_compare.sh --llama-bench /path/to/llama-bench \
 #       --llama-quantize /path/to/llama-quantize [--dtype f32|q8_0|q4_1|q4_k_m] \
 #       [--model SmolLM2-135M-Instruct.Q4_1.gguf] [--threads 2] [--pairs 3] \
-#       [--depths 1024,4096,8192] [--kv-dtype f32|f16|q8_0] [--out DIR]
+#       [--depths 1024,4096,8192] [--prefill 2048] [--budget 128] [--kv-dtype f32|f16|q8_0] [--out DIR]
 #
 # llama.cpp is never built, vendored or downloaded here: bring a llama-bench and
 # a llama-quantize built elsewhere. The file both programs read is the model
@@ -16,17 +16,17 @@
 #
 # llama.cpp side: KV f16 (its default), best of flash attention off/on, weight
 # repacking off (--repack 0, or -nr 1 on older builds; LLAMA_BENCH_EXTRA replaces
-# these flags); decode (16 tokens) at each depth, prefill of 2048.
+# these flags); decode (16 tokens) at each depth, prefill of --prefill tokens (2048).
 # lava side: `lava bench --json` on the same file (--weights f32 for f32, native
-# otherwise): the full cache and LAVa at 128, decode at each depth (8192 is run
-# at 8160 so the timed steps fit the 8k context), prefill of 2048, K/V stored as
+# otherwise): the full cache and LAVa at --budget (128), decode at each depth (8192 is run
+# at 8160 so the timed steps fit the 8k context), prefill of --prefill, K/V stored as
 # --kv-dtype (default f32; llama.cpp keeps its f16 KV). Each lava decode figure is
 # also given as a fraction of its bandwidth bound, triad bandwidth / (weight bytes +
 # KV bytes), with the bytes as held (quantized weights and KV counted as stored).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-LLAMA_BENCH="" QUANT="" DTYPE="f32" MODEL="" THREADS=2 PAIRS=3 DEPTHS="1024,4096,8192" KV="f32" OUT="target/llama-cpp-compare"
+LLAMA_BENCH="" QUANT="" DTYPE="f32" MODEL="" THREADS=2 PAIRS=3 DEPTHS="1024,4096,8192" PREFILL=2048 BUDGET=128 KV="f32" OUT="target/llama-cpp-compare"
 while [ $# -gt 0 ]; do
   case "$1" in
     --llama-bench) LLAMA_BENCH="$2"; shift 2 ;;
@@ -36,6 +36,8 @@ while [ $# -gt 0 ]; do
     --threads) THREADS="$2"; shift 2 ;;
     --pairs) PAIRS="$2"; shift 2 ;;
     --depths) DEPTHS="$2"; shift 2 ;;
+    --prefill) PREFILL="$2"; shift 2 ;;
+    --budget) BUDGET="$2"; shift 2 ;;
     --kv-dtype) KV="$2"; shift 2 ;;
     --out) OUT="$2"; shift 2 ;;
     -h|--help) sed -n 2,25p "$0"; exit 0 ;;
@@ -51,6 +53,8 @@ case "$DTYPE" in
   *) echo "--dtype must be f32, q8_0, q4_1 or q4_k_m (got $DTYPE)" >&2; exit 2 ;;
 esac
 case "$PAIRS" in ''|*[!0-9]*|0) echo "--pairs must be a positive integer" >&2; exit 2 ;; esac
+case "$PREFILL" in ''|*[!0-9]*|0) echo "--prefill must be a positive token count" >&2; exit 2 ;; esac
+case "$BUDGET" in ''|*[!0-9]*|0) echo "--budget must be a positive token count" >&2; exit 2 ;; esac
 OUT="$OUT/$DTYPE-kv-$KV"
 mkdir -p "$OUT"
 LAVA=target/release/lava
@@ -82,8 +86,8 @@ fi
 if "$LLAMA_BENCH" --help 2>&1 | grep -q -- '--repack'; then NO_REPACK="--repack 0"; else NO_REPACK="-nr 1"; fi
 EXTRA=${LLAMA_BENCH_EXTRA-$NO_REPACK}
 LAVA_LENGTHS=$(echo "$DEPTHS" | tr ',' '\n' | sed 's/^8192$/8160/' | paste -sd, -)
-# lava bench prefills every length it decodes at; 2048 is added for the prefill row.
-case ",$LAVA_LENGTHS," in *,2048,*) ;; *) LAVA_LENGTHS="2048,$LAVA_LENGTHS" ;; esac
+# lava bench prefills every length it decodes at; --prefill is added for the prefill row.
+case ",$LAVA_LENGTHS," in *,$PREFILL,*) ;; *) LAVA_LENGTHS="$PREFILL,$LAVA_LENGTHS" ;; esac
 
 echo "== $PAIRS interleaved pairs, $THREADS threads, $FILE (lava --weights $WEIGHTS)"
 for i in $(seq 1 "$PAIRS"); do
@@ -91,15 +95,16 @@ for i in $(seq 1 "$PAIRS"); do
   # shellcheck disable=SC2086
   "$LLAMA_BENCH" -m "$FILE" -t "$THREADS" -p 0 -n 16 -d "$DEPTHS" -fa 0,1 -r 1 $EXTRA -o json >"$OUT/llama_decode_$i.json"
   # shellcheck disable=SC2086
-  "$LLAMA_BENCH" -m "$FILE" -t "$THREADS" -p 2048 -n 0 -fa 0,1 -r 1 $EXTRA -o json >"$OUT/llama_prefill_$i.json"
+  "$LLAMA_BENCH" -m "$FILE" -t "$THREADS" -p "$PREFILL" -n 0 -fa 0,1 -r 1 $EXTRA -o json >"$OUT/llama_prefill_$i.json"
   echo "-- pair $i: lava"
   RAYON_NUM_THREADS=$THREADS "$LAVA" bench --model "$FILE" --weights "$WEIGHTS" --lengths "$LAVA_LENGTHS" --policies lava \
-    --budgets 128 --runs 1 --decode-tokens 16 --kv-dtype "$KV" --json >"$OUT/lava_$i.json"
+    --budgets "$BUDGET" --runs 1 --decode-tokens 16 --kv-dtype "$KV" --json >"$OUT/lava_$i.json"
 done
 
-python3 - "$OUT" "$PAIRS" "$DEPTHS" "$DTYPE" <<'PY'
+python3 - "$OUT" "$PAIRS" "$DEPTHS" "$DTYPE" "$PREFILL" "$BUDGET" <<'PY'
 import json, statistics, sys
 out, pairs, depths, dtype = sys.argv[1], int(sys.argv[2]), [int(d) for d in sys.argv[3].split(",")], sys.argv[4]
+prefill, budget = int(sys.argv[5]), int(sys.argv[6])
 rows = {}  # name -> list of (llama.cpp, lava) per pair
 bound = {}  # name -> lava's fraction of its bandwidth bound, per pair
 for i in range(1, pairs + 1):
@@ -116,14 +121,14 @@ for i in range(1, pairs + 1):
     pre = {(r["tokens"], r["policy"]): r for r in lava["prefill"]}
     for depth in depths:
         ctx = 8160 if depth == 8192 else depth
-        for policy, label in [("full", "full"), ("lava", "LAVa B=128")]:
+        for policy, label in [("full", "full"), ("lava", f"LAVa B={budget}")]:
             if depth in best_tg and (ctx, policy) in dec:
                 rows.setdefault(f"decode at {depth}, {label}", []).append((best_tg[depth], dec[(ctx, policy)]))
                 if frac.get((ctx, policy)) is not None:
                     bound.setdefault(f"decode at {depth}, {label}", []).append(frac[(ctx, policy)])
-    p = pre.get((2048, "full"))
+    p = pre.get((prefill, "full"))
     if p:
-        rows.setdefault("prefill 2048, full", []).append((best_pp, 2048 / p["seconds"]))
+        rows.setdefault(f"prefill {prefill}, full", []).append((best_pp, prefill / p["seconds"]))
 print(f"\n{dtype}: {pairs} interleaved pairs (tok/s medians; ratio lava / llama.cpp: median [min, max] of the pairs)")
 print(f"{'':<26} {'llama.cpp':>10} {'lava':>8} {'ratio':>6} {'min':>6} {'max':>6} {'of bound':>9}")
 for name, ps in rows.items():

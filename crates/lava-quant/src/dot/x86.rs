@@ -7,7 +7,8 @@
 //! the AVX-512 level), Q2_K, Q3_K (8 vectors of 32 codes at both levels), F32, F16, BF16.
 //!
 //! At the AVX-512 level, for 12 or more activation rows, the 32-element types run [`inter16`] instead: 16 rows per
-//! 512-bit vector, one lane each, over the interleaved activations.
+//! 512-bit vector, one lane each, over the interleaved activations; for 16 or more, Q4_K and Q6_K
+//! run [`tiled`]: 16 weight rows per 512-bit vector, one lane each, unpacked once per tile.
 //!
 //! Every kernel computes the same integers as the portable definition (weight codes as unsigned
 //! bytes times activation codes as signed bytes; Q8_0 takes the sign of the weight onto the
