@@ -816,7 +816,7 @@ const KT_ROWS: usize = 16;
 /// `2 * KT_ACT` activation rows, or `rows` not a multiple of [`KT_ROWS`]); the caller runs the
 /// per-row kernels for the rest.
 pub(crate) fn tiled(m: &QuantMatrix, a: &Activations, rows: Range<usize>, out: &mut [f32]) -> usize {
-    if !matches!(m.kind, GgmlType::Q4_K | GgmlType::Q6_K) || a.rows < 2 * KT_ACT || rows.len() % KT_ROWS != 0 || a.q.len() != a.rows * m.cols {
+    if !matches!(m.kind, GgmlType::Q4_K | GgmlType::Q6_K) || a.rows < 2 * KT_ACT || !rows.len().is_multiple_of(KT_ROWS) || a.q.len() != a.rows * m.cols {
         return 0;
     }
     let done = a.rows / KT_ACT * KT_ACT;
