@@ -651,12 +651,27 @@ unsafe fn q4k512<const N: usize, const Q5: bool>(m: &QuantMatrix, a: &ActView, r
     }
 }
 
+/// Q6_K's codes (`0..64`, biased by 32) of half `h` of the super-block at `blk`: 4 vectors
+/// of 32, codes `128h + 32j ..` in vector `j`.
+#[inline(always)]
+unsafe fn q6k_codes(blk: *const u8, h: usize) -> [__m256i; 4] {
+    let (m4, m30) = (_mm256_set1_epi8(15), _mm256_set1_epi8(0x30));
+    let ql0 = _mm256_loadu_si256(blk.add(64 * h) as *const __m256i);
+    let ql1 = _mm256_loadu_si256(blk.add(64 * h + 32) as *const __m256i);
+    let qh = _mm256_loadu_si256(blk.add(128 + 32 * h) as *const __m256i);
+    [
+        _mm256_or_si256(_mm256_and_si256(ql0, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30)),
+        _mm256_or_si256(_mm256_and_si256(ql1, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30)),
+        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4), _mm256_and_si256(qh, m30)),
+        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4), _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30)),
+    ]
+}
+
 /// Q6_K: per super-block, 8 vectors of 32 codes (`0..64`, biased by 32), two groups each.
 #[inline(always)]
 unsafe fn q6k<const N: usize>(m: &QuantMatrix, a: &ActView, rows: Range<usize>, out: &mut [f32]) {
     let (len, nb, cols) = (rows.len(), m.cols / 256, m.cols);
     let (xq, xd, xb) = (a.q.as_ptr(), a.d.as_ptr(), a.bsums.as_ptr());
-    let (m4, m30) = (_mm256_set1_epi8(15), _mm256_set1_epi8(0x30));
     for (i, r) in rows.enumerate() {
         let row = m.data.as_ptr().add(r * m.row_bytes);
         let mut acc = [_mm256_setzero_ps(); N];
@@ -666,15 +681,7 @@ unsafe fn q6k<const N: usize>(m: &QuantMatrix, a: &ActView, rows: Range<usize>, 
             let sc = blk.add(192) as *const i8;
             let mut isum = [_mm256_setzero_si256(); N];
             for h in 0..2 {
-                let ql0 = _mm256_loadu_si256(blk.add(64 * h) as *const __m256i);
-                let ql1 = _mm256_loadu_si256(blk.add(64 * h + 32) as *const __m256i);
-                let qh = _mm256_loadu_si256(blk.add(128 + 32 * h) as *const __m256i);
-                let q = [
-                    _mm256_or_si256(_mm256_and_si256(ql0, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30)),
-                    _mm256_or_si256(_mm256_and_si256(ql1, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30)),
-                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4), _mm256_and_si256(qh, m30)),
-                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4), _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30)),
-                ];
+                let q = q6k_codes(blk, h);
                 for (j, &qj) in q.iter().enumerate() {
                     // Codes 32e..32e+32 of this half: groups 2e and 2e + 1 (low and high 128 bits).
                     let e = 4 * h + j;
@@ -890,18 +897,9 @@ unsafe fn unpack_block<const G: usize>(m: &QuantMatrix, r0: usize, b: usize, t: 
                 *t.min.get_unchecked_mut(at(g)) = dmin * mn[g] as f32;
             }
         } else {
-            // Q6_K: codes 0..64 (biased by 32), as in the per-row kernel `q6k`.
-            let m30 = _mm256_set1_epi8(0x30);
+            // Q6_K: codes 0..64 (biased by 32).
             for h in 0..2 {
-                let ql0 = _mm256_loadu_si256(blk.add(64 * h) as *const __m256i);
-                let ql1 = _mm256_loadu_si256(blk.add(64 * h + 32) as *const __m256i);
-                let qh = _mm256_loadu_si256(blk.add(128 + 32 * h) as *const __m256i);
-                let q = [
-                    _mm256_or_si256(_mm256_and_si256(ql0, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30)),
-                    _mm256_or_si256(_mm256_and_si256(ql1, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30)),
-                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4), _mm256_and_si256(qh, m30)),
-                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4), _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30)),
-                ];
+                let q = q6k_codes(blk, h);
                 for (j, &qj) in q.iter().enumerate() {
                     _mm256_storeu_si256(dst.add(128 * h + 32 * j) as *mut __m256i, qj);
                 }
