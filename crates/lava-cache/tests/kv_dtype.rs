@@ -181,8 +181,28 @@ fn row(x: &[f32], t: usize, g: usize, i: usize) -> &[f32] {
 
 /// Naive f64 attention of query row `q` over `(k, v)` rows.
 fn attend_naive(q: &[f32], rows: &[(&[f32], &[f32])]) -> Vec<f64> {
-    let scale = 1.0 / (D as f64).sqrt();
-    let logits: Vec<f64> = rows.iter().map(|(k, _)| q.iter().zip(*k).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>() * scale).collect();
+    attend_naive_with(q, rows, false)
+}
+
+/// [`attend_naive`]; with `q8_query`, the scaled query `q / sqrt(D)` is first
+/// rounded to Q8_0 (per 32 values `d = max|x| / 127`, `round(x * (1/d)) * d`),
+/// as a decode that scores Q8_0 keys in the integer domain does.
+fn attend_naive_with(q: &[f32], rows: &[(&[f32], &[f32])], q8_query: bool) -> Vec<f64> {
+    let scale = 1.0 / (D as f32).sqrt();
+    let q: Vec<f64> = if q8_query {
+        let scaled: Vec<f32> = q.iter().map(|&x| x * scale).collect();
+        scaled
+            .chunks(32)
+            .flat_map(|b| {
+                let d = b.iter().fold(0f32, |m, x| m.max(x.abs())) / 127.0;
+                let inv = if d == 0.0 { 0.0 } else { 1.0 / d };
+                b.iter().map(move |&x| (x * inv).round() as f64 * d as f64)
+            })
+            .collect()
+    } else {
+        q.iter().map(|&x| x as f64 / (D as f64).sqrt()).collect()
+    };
+    let logits: Vec<f64> = rows.iter().map(|(k, _)| q.iter().zip(*k).map(|(&a, &b)| a * b as f64).sum::<f64>()).collect();
     let m = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
     let w: Vec<f64> = logits.iter().map(|&x| (x - m).exp()).collect();
     let total: f64 = w.iter().sum();
@@ -214,9 +234,23 @@ fn expected_decode<B: Backend>(x: &LayerInputs, n: usize, s: usize, kept: &[Vec<
         let g = h / g_size;
         let mut rows: Vec<(&[f32], &[f32])> = kept[g].iter().map(|&p| (row(&prompt_k, n, g, p), row(&prompt_v, n, g, p))).collect();
         rows.extend((0..s).map(|j| (row(&dec_k[j], 1, g, 0), row(&dec_v[j], 1, g, 0))));
-        out.extend(attend_naive(&x.q[s][h * D..(h + 1) * D], &rows));
+        out.extend(attend_naive_with(&x.q[s][h * D..(h + 1) * D], &rows, q8_query::<B>(dtype)));
     }
     out
+}
+
+/// Whether `B`'s decode over `dtype` quantizes the query first (Q8_0 on
+/// flex on a CPU with AVX-512 VNNI: lava-flex's integer-domain scoring).
+fn q8_query<B: Backend>(dtype: KvDtype) -> bool {
+    #[cfg(feature = "flex")]
+    {
+        dtype == KvDtype::Q8_0 && std::any::TypeId::of::<B>() == std::any::TypeId::of::<Fx>() && lava_flex::stored::q8_0_quantizes_query(D)
+    }
+    #[cfg(not(feature = "flex"))]
+    {
+        let _ = dtype;
+        false
+    }
 }
 
 fn assert_close(got: &[f32], want: &[f64], tol: f64, what: &str) {

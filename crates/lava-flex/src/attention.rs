@@ -24,7 +24,7 @@ pub struct Segment {
 }
 
 /// Rows of K/V per block of the decode kernel for head dims 64/128.
-const DECODE_BLOCK: usize = 64;
+pub(crate) const DECODE_BLOCK: usize = 64;
 
 /// Rows of K/V above which [`decode_attention`] splits the work across threads.
 pub(crate) const PARALLEL_ROWS: usize = 2048;
@@ -520,6 +520,11 @@ pub(crate) struct Partial {
 }
 
 impl Partial {
+    /// A part's running max, sum and value accumulator (`[H_q, D]`) per query head.
+    pub(crate) fn from_parts(max: Vec<f32>, sum: Vec<f32>, acc: Vec<f32>) -> Self {
+        Self { max, sum, acc }
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn compute(q: &[f32], h_q: usize, g: usize, d: usize, keys: &[f32], values: &[f32], segments: &[Segment], scale: f32) -> Self {
         #[cfg(target_arch = "x86_64")]
@@ -781,11 +786,11 @@ fn decode_blocks(segments: &[Segment]) -> impl Iterator<Item = (&Segment, Range<
 /// Rows `start, start + stride, ..` (`len` of them, at most [`DECODE_BLOCK`])
 /// of one KV head: a block of the AVX-512 decode kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct StridedBlock {
-    kv_head: usize,
-    start: usize,
-    stride: usize,
-    len: usize,
+pub(crate) struct StridedBlock {
+    pub(crate) kv_head: usize,
+    pub(crate) start: usize,
+    pub(crate) stride: usize,
+    pub(crate) len: usize,
 }
 
 /// The rows of `segments` in blocks of at most [`DECODE_BLOCK`] rows of one KV
@@ -793,7 +798,7 @@ struct StridedBlock {
 /// a head's one-row segments (decode appends them one per step and KV head,
 /// so each head's are evenly spaced) gathered into blocks of a common stride,
 /// in the order they come. Every row of `segments` is in exactly one block.
-fn strided_blocks(segments: &[Segment]) -> Vec<StridedBlock> {
+pub(crate) fn strided_blocks(segments: &[Segment]) -> Vec<StridedBlock> {
     let mut out = Vec::new();
     // Each KV head's one-row block being gathered.
     let mut open: Vec<Option<StridedBlock>> = Vec::new();
@@ -831,7 +836,7 @@ fn strided_blocks(segments: &[Segment]) -> Vec<StridedBlock> {
 /// adds them to `sum`. Returns the factor the head's value accumulator must be
 /// multiplied by when the max rose (flash attention's rescaling), else `None`.
 #[inline(always)]
-fn softmax_block(p: &mut [f32], max: &mut f32, sum: &mut f32) -> Option<f32> {
+pub(crate) fn softmax_block(p: &mut [f32], max: &mut f32, sum: &mut f32) -> Option<f32> {
     let block_max = max_lanes(p);
     let shrink = (block_max > *max).then(|| {
         let shrink = exp(*max - block_max);

@@ -29,6 +29,7 @@ pub mod bridge;
 pub mod gemm;
 pub mod matmul;
 pub mod packed;
+mod q8_attention;
 pub mod slots;
 pub mod spin_pool;
 pub mod stored;

@@ -1,0 +1,349 @@
+//! Decode attention over K/V stored as Q8_0, read where they lie and scored
+//! in the integer domain (AVX-512 VNNI), as llama.cpp's CPU flash attention
+//! does for a Q8_0 K: each query head is quantized to Q8_0 once per call
+//! ([`QueryCodes`]), a key's logit is the sum over its 32-value blocks of
+//! `d_q * d_k * (q codes . k codes)`, the integer dot products by `vpdpbusd`
+//! (64 multiply-adds per instruction, 4 times f32 FMA's rate). The values are
+//! widened to f32 in registers, 32 columns (one Q8_0 block) at a time, and
+//! added into the accumulators of all the query heads that share the KV head
+//! at once, so each V row is read and converted once.
+//!
+//! The widening path of [`crate::stored`] (dequantize, then the f32 kernel)
+//! is the fallback on other CPUs and head dims. This path differs from it by
+//! the query's quantization alone (a relative error of about 1/254 of each
+//! 32-value block's largest query element, in each logit's terms).
+
+use half::f16;
+
+use crate::attention::{Partial, Segment};
+
+/// Values per Q8_0 block.
+const QK8_0: usize = 32;
+
+/// K or V rows as Q8_0: `codes` `[R, D]`, one f16 scale per 32 codes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Q8Rows<'a> {
+    pub(crate) codes: &'a [i8],
+    pub(crate) scales: &'a [f16],
+}
+
+/// The query heads `[H_q, D]`, times the softmax scale `1/sqrt(D)`, as Q8_0
+/// (ggml's rounding: per 32 values `d = max|x| / 127`, codes `round(x / d)`),
+/// the codes biased by 128 to unsigned bytes (`vpdpbusd` multiplies unsigned
+/// by signed bytes; the bias is taken out again with `128 * sum(k codes)`).
+pub(crate) struct QueryCodes {
+    /// `code + 128`, `[H_q, D]`.
+    biased: Vec<u8>,
+    /// `d` of each block, `[H_q, D / 32]`.
+    scales: Vec<f32>,
+}
+
+impl QueryCodes {
+    /// `q` `[H_q, D]` (`D` a multiple of 32) times `scale`, quantized.
+    pub(crate) fn new(q: &[f32], h_q: usize, d: usize, scale: f32) -> Self {
+        let mut biased = vec![0u8; h_q * d];
+        let mut scales = vec![0f32; h_q * d / QK8_0];
+        for ((x, c), s) in q[..h_q * d].chunks_exact(QK8_0).zip(biased.chunks_exact_mut(QK8_0)).zip(scales.iter_mut()) {
+            let amax = x.iter().fold(0f32, |m, v| m.max((v * scale).abs()));
+            let dq = amax / 127.0;
+            let inv = if dq == 0.0 { 0.0 } else { 1.0 / dq };
+            for (c, &v) in c.iter_mut().zip(x) {
+                *c = ((v * scale * inv).round().clamp(-127.0, 127.0) as i32 + 128) as u8;
+            }
+            *s = dq;
+        }
+        Self { biased, scales }
+    }
+}
+
+/// Whether this CPU runs [`partial`].
+pub(crate) fn available(d: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        matches!(d, 64 | 128 | 256)
+            && std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512bw")
+            && std::is_x86_feature_detected!("avx512vnni")
+            && std::is_x86_feature_detected!("f16c")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = d;
+        false
+    }
+}
+
+/// One part's softmax sums (see [`Partial`]) of the query heads over the
+/// rows `segments` (query head `h` reads KV head `h / g`). The caller checked
+/// [`available`], that every segment lies in both storages and that `q`
+/// holds `H_q` heads of `d`.
+pub(crate) fn partial(q: &QueryCodes, h_q: usize, g: usize, d: usize, keys: Q8Rows<'_>, values: Q8Rows<'_>, segments: &[Segment]) -> Partial {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: the caller checked `available(d)`: the CPU has the features.
+        unsafe {
+            match d {
+                64 => return x86::partial::<64, 1>(q, h_q, g, keys, values, segments),
+                128 => return x86::partial::<128, 2>(q, h_q, g, keys, values, segments),
+                256 => return x86::partial::<256, 4>(q, h_q, g, keys, values, segments),
+                _ => {}
+            }
+        }
+    }
+    let _ = (q, h_q, g, d, keys, values, segments);
+    unreachable!("q8_attention::partial without `available`")
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::{Q8Rows, QueryCodes, QK8_0};
+    use crate::attention::{softmax_block, strided_blocks, Partial, Segment, DECODE_BLOCK};
+
+    /// Query heads whose value accumulators are held in registers at once.
+    const HEADS: usize = 8;
+
+    /// `y` with `y[i] = sum of the lanes of x[i]`.
+    #[inline(always)]
+    unsafe fn sum16(x: &[__m512; 16]) -> __m512 {
+        // Pairs within each 128-bit lane: [x0+x2, y0+y2, x1+x3, y1+y3].
+        let a: [__m512; 8] = std::array::from_fn(|k| _mm512_add_ps(_mm512_unpacklo_ps(x[2 * k], x[2 * k + 1]), _mm512_unpackhi_ps(x[2 * k], x[2 * k + 1])));
+        // Each 128-bit lane: its part of the sums of 4 inputs.
+        let b: [__m512; 4] = std::array::from_fn(|k| _mm512_add_ps(_mm512_shuffle_ps::<0x44>(a[2 * k], a[2 * k + 1]), _mm512_shuffle_ps::<0xEE>(a[2 * k], a[2 * k + 1])));
+        // The 4 lanes of each added.
+        let e0 = _mm512_add_ps(_mm512_shuffle_f32x4::<0x44>(b[0], b[1]), _mm512_shuffle_f32x4::<0xEE>(b[0], b[1]));
+        let e1 = _mm512_add_ps(_mm512_shuffle_f32x4::<0x44>(b[2], b[3]), _mm512_shuffle_f32x4::<0xEE>(b[2], b[3]));
+        _mm512_add_ps(_mm512_shuffle_f32x4::<0x88>(e0, e1), _mm512_shuffle_f32x4::<0xDD>(e0, e1))
+    }
+
+    /// The `D / 32` f16 scales at `p` as f32 in the low lanes.
+    #[inline(always)]
+    unsafe fn row_scales<const D: usize>(p: *const half::f16) -> __m512 {
+        let bits = match D / QK8_0 {
+            2 => _mm_cvtsi32_si128(std::ptr::read_unaligned(p as *const i32)),
+            4 => _mm_loadl_epi64(p as *const __m128i),
+            _ => _mm_loadu_si128(p as *const __m128i),
+        };
+        _mm512_castps256_ps512(_mm256_cvtph_ps(bits))
+    }
+
+    #[inline(always)]
+    unsafe fn f16_to_f32(x: half::f16) -> f32 {
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(x.to_bits() as i32)))
+    }
+
+    /// # Safety
+    /// The CPU has AVX-512 F/BW/VNNI and F16C; `L * 64 == D`; the caller's
+    /// contract of [`super::partial`].
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    pub(super) unsafe fn partial<const D: usize, const L: usize>(q: &QueryCodes, h_q: usize, g: usize, keys: Q8Rows<'_>, values: Q8Rows<'_>, segments: &[Segment]) -> Partial {
+        debug_assert!(L * 64 == D);
+        let nb = D / QK8_0;
+        let mut max = vec![f32::NEG_INFINITY; h_q];
+        let mut sum = vec![0f32; h_q];
+        let mut acc = vec![0f32; h_q * D];
+        // Per query head and code vector `c`: the query's block scales as lanes
+        // (lanes 0..8 hold block 2c's, 8..16 block 2c+1's), as `vpdpbusd` lays
+        // out a 64-code product.
+        let q_lanes: Vec<f32> = (0..h_q * L * 16).map(|i| q.scales[(i / (L * 16)) * nb + 2 * ((i / 16) % L) + (i % 16) / 8]).collect();
+        let pick: [__m512i; L] = std::array::from_fn(|c| _mm512_set_epi32(2 * c as i32 + 1, 2 * c as i32 + 1, 2 * c as i32 + 1, 2 * c as i32 + 1, 2 * c as i32 + 1, 2 * c as i32 + 1, 2 * c as i32 + 1, 2 * c as i32 + 1, 2 * c as i32, 2 * c as i32, 2 * c as i32, 2 * c as i32, 2 * c as i32, 2 * c as i32, 2 * c as i32, 2 * c as i32));
+        let bias = _mm512_set1_epi8(-128); // 0x80: 128 as the unsigned operand
+        let rows = keys.codes.len().min(values.codes.len()) / D;
+        // `[g][DECODE_BLOCK]` logits, then softmax weights, of one block.
+        let mut p = vec![0f32; g * DECODE_BLOCK];
+        // One group of 16 rows' per-lane logit terms, `[g][16]`.
+        let mut terms = vec![[_mm512_setzero_ps(); 16]; g];
+        for b in strided_blocks(segments) {
+            if b.len == 0 || b.start + (b.len - 1) * b.stride >= rows {
+                continue; // unreachable: the caller checked every segment
+            }
+            let row = |j: usize| b.start + j * b.stride;
+            let h0 = b.kv_head * g;
+            // Logits, 16 rows at a time.
+            for j0 in (0..b.len).step_by(16) {
+                for jj in 0..16 {
+                    if j0 + jj >= b.len {
+                        for t in terms.iter_mut() {
+                            t[jj] = _mm512_setzero_ps();
+                        }
+                        continue;
+                    }
+                    let r = row(j0 + jj);
+                    let kc = keys.codes.as_ptr().add(r * D);
+                    let ks = row_scales::<D>(keys.scales.as_ptr().add(r * nb));
+                    let k: [__m512i; L] = std::array::from_fn(|c| _mm512_loadu_si512(kc.add(64 * c) as *const _));
+                    // -128 * (sum of each lane's 4 codes): takes the query's bias out.
+                    let unbias: [__m512i; L] = std::array::from_fn(|c| _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_dpbusd_epi32(_mm512_setzero_si512(), bias, k[c])));
+                    let kd: [__m512; L] = std::array::from_fn(|c| _mm512_permutexvar_ps(pick[c], ks));
+                    for (i, t) in terms.iter_mut().enumerate() {
+                        let h = h0 + i;
+                        let qc = q.biased.as_ptr().add(h * D);
+                        let ql = q_lanes.as_ptr().add(h * L * 16);
+                        let mut f = _mm512_setzero_ps();
+                        for c in 0..L {
+                            let dot = _mm512_dpbusd_epi32(unbias[c], _mm512_loadu_si512(qc.add(64 * c) as *const _), k[c]);
+                            f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(kd[c], _mm512_loadu_ps(ql.add(16 * c))), f);
+                        }
+                        t[jj] = f;
+                    }
+                }
+                for (i, t) in terms.iter().enumerate() {
+                    // `p` has room for 16 past any `j0 < DECODE_BLOCK`; only `b.len` are read.
+                    let s = sum16(t);
+                    let n = (b.len - j0).min(16);
+                    _mm512_mask_storeu_ps(p.as_mut_ptr().add(i * DECODE_BLOCK + j0), (1u32 << n).wrapping_sub(1) as u16, s);
+                }
+            }
+            // Online softmax, per query head.
+            for i in 0..g {
+                let h = h0 + i;
+                if let Some(shrink) = softmax_block(&mut p[i * DECODE_BLOCK..i * DECODE_BLOCK + b.len], &mut max[h], &mut sum[h]) {
+                    acc[h * D..(h + 1) * D].iter_mut().for_each(|x| *x *= shrink);
+                }
+            }
+            // Weighted values: one 32-column block of V at a time, up to
+            // `HEADS` query heads' accumulators in registers.
+            for first in (0..g).step_by(HEADS) {
+                let n = (g - first).min(HEADS);
+                for c in 0..nb {
+                    let args = (&p[first * DECODE_BLOCK..], acc.as_mut_ptr().add((h0 + first) * D + c * QK8_0), values, &row, b.len, c);
+                    match n {
+                        1 => add_values::<D, 1, _>(args),
+                        2 => add_values::<D, 2, _>(args),
+                        3 => add_values::<D, 3, _>(args),
+                        4 => add_values::<D, 4, _>(args),
+                        5 => add_values::<D, 5, _>(args),
+                        6 => add_values::<D, 6, _>(args),
+                        7 => add_values::<D, 7, _>(args),
+                        _ => add_values::<D, 8, _>(args),
+                    }
+                }
+            }
+        }
+        Partial::from_parts(max, sum, acc)
+    }
+
+    /// Adds `sum_j p[i][j] * V[row(j), 32c .. 32c + 32]` into the 32
+    /// accumulators at `acc + i * D` of each of `N` query heads.
+    #[inline(always)]
+    unsafe fn add_values<const D: usize, const N: usize, R: Fn(usize) -> usize>((p, acc, values, row, len, c): (&[f32], *mut f32, Q8Rows<'_>, &R, usize, usize)) {
+        let nb = D / QK8_0;
+        let mut a0: [__m512; N] = std::array::from_fn(|i| _mm512_loadu_ps(acc.add(i * D)));
+        let mut a1: [__m512; N] = std::array::from_fn(|i| _mm512_loadu_ps(acc.add(i * D + 16)));
+        for j in 0..len {
+            let r = row(j);
+            let vc = values.codes.as_ptr().add(r * D + c * QK8_0);
+            let s = _mm512_set1_ps(f16_to_f32(*values.scales.get_unchecked(r * nb + c)));
+            let v0 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(vc as *const __m128i))), s);
+            let v1 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(vc.add(16) as *const __m128i))), s);
+            for i in 0..N {
+                let w = _mm512_set1_ps(*p.get_unchecked(i * DECODE_BLOCK + j));
+                a0[i] = _mm512_fmadd_ps(w, v0, a0[i]);
+                a1[i] = _mm512_fmadd_ps(w, v1, a1[i]);
+            }
+        }
+        for i in 0..N {
+            _mm512_storeu_ps(acc.add(i * D), a0[i]);
+            _mm512_storeu_ps(acc.add(i * D + 16), a1[i]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stored::quantize_rows_q8_0;
+
+    fn values(len: usize, seed: u64) -> Vec<f32> {
+        let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (0..len)
+            .map(|_| {
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// ggml's Q8_0 of one block, as f64 values (`x * (1/d)` rounded half away from zero).
+    fn q8_0_block(x: &[f32]) -> Vec<f64> {
+        let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let d = amax / 127.0;
+        let inv = if d == 0.0 { 0.0 } else { 1.0 / d };
+        x.iter().map(|&v| (v * inv).round() as f64 * d as f64).collect()
+    }
+
+    /// Softmax attention in f64 of `q` (already scaled) over the rows of `segments`.
+    fn reference(q: &[f64], h_q: usize, h_kv: usize, d: usize, keys: &[f64], vals: &[f64], segments: &[Segment]) -> Vec<f64> {
+        let g = h_q / h_kv;
+        let mut out = vec![0f64; h_q * d];
+        for h in 0..h_q {
+            let rows: Vec<usize> = segments.iter().filter(|s| s.kv_head == h / g).flat_map(|s| s.rows.clone()).collect();
+            let logits: Vec<f64> = rows.iter().map(|&r| (0..d).map(|i| q[h * d + i] * keys[r * d + i]).sum()).collect();
+            let m = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let w: Vec<f64> = logits.iter().map(|l| (l - m).exp()).collect();
+            let total: f64 = w.iter().sum();
+            for (wj, &r) in w.iter().zip(&rows) {
+                for i in 0..d {
+                    out[h * d + i] += wj / total * vals[r * d + i];
+                }
+            }
+        }
+        out
+    }
+
+    fn dequantized(codes: &[i8], scales: &[f16]) -> Vec<f64> {
+        codes.iter().enumerate().map(|(i, &c)| c as f64 * scales[i / QK8_0].to_f64()).collect()
+    }
+
+    /// Against f64 attention over the dequantized K/V, with the query
+    /// quantized the same way (then only the f32 sums differ) and with the
+    /// exact query (then the query's 8 bits show): head dims 64/128/256,
+    /// 1 to 9 query heads per KV head (more than one register group), runs of
+    /// rows of every length and decode's interleaved one-row segments.
+    #[test]
+    fn vnni_kernel_matches_f64_attention_over_the_stored_values() {
+        if !available(128) {
+            eprintln!("skipped: this CPU has no AVX-512 VNNI");
+            return;
+        }
+        for (d, h_kv, g) in [(64, 3, 3), (128, 2, 6), (128, 1, 9), (256, 1, 4), (64, 2, 7), (128, 2, 1)] {
+            let h_q = h_kv * g;
+            let rows = 300 + 2 * h_kv * 37;
+            let mut segments: Vec<Segment> = (0..h_kv).map(|h| Segment { kv_head: h, rows: h * 150..h * 150 + 150 - 7 * h }).collect();
+            // Decode's one-row segments, heads interleaved, after the prefill rows.
+            for t in 0..37 {
+                for h in 0..h_kv {
+                    let r = 300 + t * h_kv + h;
+                    segments.push(Segment { kv_head: h, rows: r..r + 1 });
+                }
+            }
+            let scale = 1.0 / (d as f32).sqrt();
+            // Keys with a few large values, as real keys have.
+            let mut k = values(rows * d, 1 + d as u64);
+            k.iter_mut().step_by(37).for_each(|x| *x *= 9.0);
+            let v = values(rows * d, 2 + g as u64);
+            let q: Vec<f32> = values(h_q * d, 3 + h_kv as u64).iter().map(|x| x * 4.0).collect();
+            let quantize = |x: &[f32]| {
+                let mut c = vec![0i8; x.len()];
+                let mut s = vec![f16::ZERO; x.len() / QK8_0];
+                quantize_rows_q8_0(x, &mut c, &mut s);
+                (c, s)
+            };
+            let ((kc, ks), (vc, vs)) = (quantize(&k), quantize(&v));
+            let (kd, vd) = (dequantized(&kc, &ks), dequantized(&vc, &vs));
+            let codes = QueryCodes::new(&q, h_q, d, scale);
+            let part = partial(&codes, h_q, g, d, Q8Rows { codes: &kc, scales: &ks }, Q8Rows { codes: &vc, scales: &vs }, &segments);
+            let got = Partial::merge(std::slice::from_ref(&part), h_q, d);
+            let scaled: Vec<f32> = q.iter().map(|x| x * scale).collect();
+            let q_quantized: Vec<f64> = scaled.chunks_exact(QK8_0).flat_map(q8_0_block).collect();
+            let q_exact: Vec<f64> = scaled.iter().map(|&x| x as f64).collect();
+            let want = reference(&q_quantized, h_q, h_kv, d, &kd, &vd, &segments);
+            let exact = reference(&q_exact, h_q, h_kv, d, &kd, &vd, &segments);
+            let worst = |w: &[f64]| got.iter().zip(w).map(|(&a, &b)| (a as f64 - b).abs()).fold(0f64, f64::max);
+            assert!(worst(&want) < 5e-6, "d {d} g {g}: {} from the quantized query's attention", worst(&want));
+            assert!(worst(&exact) < 2e-2, "d {d} g {g}: {} from the exact query's attention", worst(&exact));
+            assert!(worst(&exact) > 1e-6, "d {d} g {g}: the query is not quantized?");
+        }
+    }
+}
