@@ -529,6 +529,10 @@ impl Partial {
     pub(crate) fn compute(q: &[f32], h_q: usize, g: usize, d: usize, keys: &[f32], values: &[f32], segments: &[Segment], scale: f32) -> Self {
         #[cfg(target_arch = "x86_64")]
         {
+            if crate::decode_kernel::available_f32(d) {
+                // Head dims 64/128/256 on AVX-512: the kernel body shared with Q8_0 K/V.
+                return crate::decode_kernel::partial_f32(q, h_q, g, d, scale, keys, values, segments);
+            }
             if std::is_x86_feature_detected!("avx512f") {
                 // SAFETY: the CPU supports the features the function is compiled for.
                 return unsafe { Self::compute_avx512(q, h_q, g, d, keys, values, segments, scale) };
@@ -545,12 +549,8 @@ impl Partial {
     #[target_feature(enable = "avx512f,avx2,fma")]
     #[allow(clippy::too_many_arguments)]
     unsafe fn compute_avx512(q: &[f32], h_q: usize, g: usize, d: usize, keys: &[f32], values: &[f32], segments: &[Segment], scale: f32) -> Self {
-        use crate::simd::Avx512;
-        match d {
-            64 => Self::blocked_simd::<Avx512, 64, 4>(q, h_q, g, keys, values, segments, scale),
-            128 => Self::blocked_simd::<Avx512, 128, 8>(q, h_q, g, keys, values, segments, scale),
-            _ => Self::compute_portable::<true>(q, h_q, g, d, keys, values, segments, scale),
-        }
+        // Head dims 64/128/256 take `decode_kernel`; the others the portable loops, fused.
+        Self::compute_portable::<true>(q, h_q, g, d, keys, values, segments, scale)
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -974,9 +974,9 @@ mod tests {
 
     #[test]
     fn attend_rows_matches_f64_reference() {
-        // Head dims 64 and 128 take the blocked kernels, 8 and 40 the generic one.
-        for d in [8, 40, 64, 128] {
-            let (h_q, h_kv) = (6, 2);
+        // Head dims 64, 128 and 256 take the blocked kernels, 8 and 40 the generic
+        // one; 9 query heads per KV head take two register groups in `decode_kernel`.
+        for (d, h_q, h_kv) in [(8, 6, 2), (40, 6, 2), (64, 6, 2), (128, 6, 2), (256, 6, 2), (128, 18, 2), (64, 14, 2)] {
             // Interleaved single rows (decode appends) after grouped runs (prefill),
             // with unused rows in between; runs that end inside a block, and a
             // later run whose logits exceed the earlier max (rescaling).

@@ -29,7 +29,7 @@ pub mod bridge;
 pub mod gemm;
 pub mod matmul;
 pub mod packed;
-mod q8_attention;
+mod decode_kernel;
 pub mod slots;
 pub mod spin_pool;
 pub mod stored;

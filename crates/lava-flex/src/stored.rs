@@ -13,7 +13,7 @@ use half::f16;
 use half::slice::HalfFloatSliceExt;
 
 use crate::attention::{split_rows, Partial, Segment, PARALLEL_ROWS};
-use crate::q8_attention::{self, Q8Rows, QueryCodes};
+use crate::decode_kernel::{self, Q8Rows, QueryCodes};
 use crate::bridge::{float_from_flex, float_to_flex, from_host, int_from_flex, int_to_flex, is_flex, is_plain, to_flex};
 
 /// Rows widened to f32 at a time (`WIDEN_ROWS * D` floats of K and as many of V).
@@ -91,10 +91,10 @@ pub fn attend_stored_rows(
     let pieces = split_rows(segments, total, parts);
     let scale = 1.0 / (d as f32).sqrt();
     if let (StoredRows::Q8_0 { codes: kc, scales: ks }, StoredRows::Q8_0 { codes: vc, scales: vs }) = (keys, values) {
-        if q8_attention::available(d) {
+        if decode_kernel::available(d) {
             let qc = QueryCodes::new(q, h_q, d, scale);
             let (k, v) = (Q8Rows { codes: kc, scales: ks }, Q8Rows { codes: vc, scales: vs });
-            let partials = crate::spin_pool::map(pieces.len(), &|i| q8_attention::partial(&qc, h_q, g, d, k, v, &pieces[i]));
+            let partials = crate::spin_pool::map(pieces.len(), &|i| decode_kernel::partial(&qc, h_q, g, d, k, v, &pieces[i]));
             return Some(Partial::merge(&partials, h_q, d));
         }
     }
@@ -126,7 +126,7 @@ pub fn attend_stored_rows(
 /// does for a Q8_0 K; elsewhere the stored rows are widened to f32 and the
 /// query is used as it is.
 pub fn q8_0_quantizes_query(d: usize) -> bool {
-    q8_attention::available(d)
+    decode_kernel::available(d)
 }
 
 /// `[H_q, 1, D]` decode attention of `q` over f16 `keys`/`values` (`[R, D]`

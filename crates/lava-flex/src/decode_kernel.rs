@@ -94,6 +94,39 @@ pub(crate) fn partial(q: &QueryCodes, h_q: usize, g: usize, d: usize, keys: Q8Ro
     unreachable!("q8_attention::partial without `available`")
 }
 
+/// Whether this CPU runs [`partial_f32`] for head dim `d`.
+pub(crate) fn available_f32(d: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        matches!(d, 64 | 128 | 256) && std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = d;
+        false
+    }
+}
+
+/// [`partial`] over f32 K/V (`[R, D]`), the query scaled by `scale` but not
+/// quantized. The caller checked [`available_f32`] and the segments.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn partial_f32(q: &[f32], h_q: usize, g: usize, d: usize, scale: f32, keys: &[f32], values: &[f32], segments: &[Segment]) -> Partial {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: the caller checked `available_f32(d)`: the CPU has the features.
+        unsafe {
+            match d {
+                64 => return x86::partial_f32::<64>(q, h_q, g, scale, keys, values, segments),
+                128 => return x86::partial_f32::<128>(q, h_q, g, scale, keys, values, segments),
+                256 => return x86::partial_f32::<256>(q, h_q, g, scale, keys, values, segments),
+                _ => {}
+            }
+        }
+    }
+    let _ = (q, h_q, g, d, scale, keys, values, segments);
+    unreachable!("decode_kernel::partial_f32 without `available_f32`")
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
@@ -133,23 +166,153 @@ mod x86 {
         _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(x.to_bits() as i32)))
     }
 
+    /// How one KV head's rows are stored, as the kernel body reads them: a
+    /// key row's per-lane logit terms for one query head (their lane sum is
+    /// the scaled logit), and 32 columns of a value row as f32.
+    pub(super) trait Rows {
+        /// What is prepared once per key row for all its query heads.
+        type Key: Copy;
+        unsafe fn key(&self, r: usize) -> Self::Key;
+        unsafe fn terms(&self, key: &Self::Key, h: usize) -> __m512;
+        unsafe fn value32(&self, r: usize, c: usize) -> (__m512, __m512);
+        fn rows(&self) -> usize;
+    }
+
+    /// Q8_0 K/V and the query as Q8_0 codes: `vpdpbusd` (AVX-512 VNNI).
+    pub(super) struct Q8<'a, const D: usize, const L: usize> {
+        q: &'a QueryCodes,
+        /// Per query head and code vector `c`: the query's block scales as
+        /// lanes (0..8 block 2c's, 8..16 block 2c+1's), as `vpdpbusd` lays out
+        /// a 64-code product.
+        q_lanes: Vec<f32>,
+        pick: [__m512i; L],
+        keys: Q8Rows<'a>,
+        values: Q8Rows<'a>,
+    }
+
+    impl<'a, const D: usize, const L: usize> Q8<'a, D, L> {
+        #[inline(always)]
+        pub(super) unsafe fn new(q: &'a QueryCodes, h_q: usize, keys: Q8Rows<'a>, values: Q8Rows<'a>) -> Self {
+            let nb = D / QK8_0;
+            let q_lanes = (0..h_q * L * 16).map(|i| q.scales[(i / (L * 16)) * nb + 2 * ((i / 16) % L) + (i % 16) / 8]).collect();
+            let pick = std::array::from_fn(|c| {
+                let (lo, hi) = (2 * c as i32, 2 * c as i32 + 1);
+                _mm512_set_epi32(hi, hi, hi, hi, hi, hi, hi, hi, lo, lo, lo, lo, lo, lo, lo, lo)
+            });
+            Self { q, q_lanes, pick, keys, values }
+        }
+    }
+
+    impl<const D: usize, const L: usize> Rows for Q8<'_, D, L> {
+        /// The row's codes, `-128 * (sum of each lane's 4 codes)` (takes the
+        /// query's bias out) and its block scales as lanes.
+        type Key = ([__m512i; L], [__m512i; L], [__m512; L]);
+        #[inline(always)]
+        unsafe fn key(&self, r: usize) -> Self::Key {
+            let kc = self.keys.codes.as_ptr().add(r * D);
+            let ks = row_scales::<D>(self.keys.scales.as_ptr().add(r * (D / QK8_0)));
+            let k: [__m512i; L] = std::array::from_fn(|c| _mm512_loadu_si512(kc.add(64 * c) as *const _));
+            let bias = _mm512_set1_epi8(-128); // 0x80: 128 as the unsigned operand
+            let unbias = std::array::from_fn(|c| _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_dpbusd_epi32(_mm512_setzero_si512(), bias, k[c])));
+            (k, unbias, std::array::from_fn(|c| _mm512_permutexvar_ps(self.pick[c], ks)))
+        }
+        #[inline(always)]
+        unsafe fn terms(&self, (k, unbias, kd): &Self::Key, h: usize) -> __m512 {
+            let qc = self.q.biased.as_ptr().add(h * D);
+            let ql = self.q_lanes.as_ptr().add(h * L * 16);
+            let mut f = _mm512_setzero_ps();
+            for c in 0..L {
+                let dot = _mm512_dpbusd_epi32(unbias[c], _mm512_loadu_si512(qc.add(64 * c) as *const _), k[c]);
+                f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(kd[c], _mm512_loadu_ps(ql.add(16 * c))), f);
+            }
+            f
+        }
+        #[inline(always)]
+        unsafe fn value32(&self, r: usize, c: usize) -> (__m512, __m512) {
+            let vc = self.values.codes.as_ptr().add(r * D + c * QK8_0);
+            let s = _mm512_set1_ps(f16_to_f32(*self.values.scales.get_unchecked(r * (D / QK8_0) + c)));
+            let v0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(vc as *const __m128i)));
+            let v1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(vc.add(16) as *const __m128i)));
+            (_mm512_mul_ps(v0, s), _mm512_mul_ps(v1, s))
+        }
+        fn rows(&self) -> usize {
+            (self.keys.codes.len().min(self.values.codes.len()) / D).min(self.keys.scales.len().min(self.values.scales.len()) * QK8_0 / D)
+        }
+    }
+
+    /// f32 K/V and the query scaled once (AVX-512F).
+    pub(super) struct F32<'a, const D: usize> {
+        q: Vec<f32>,
+        keys: &'a [f32],
+        values: &'a [f32],
+    }
+
+    impl<'a, const D: usize> F32<'a, D> {
+        pub(super) fn new(q: &[f32], h_q: usize, scale: f32, keys: &'a [f32], values: &'a [f32]) -> Self {
+            Self { q: q[..h_q * D].iter().map(|&x| x * scale).collect(), keys, values }
+        }
+    }
+
+    impl<const D: usize> Rows for F32<'_, D> {
+        type Key = *const f32;
+        #[inline(always)]
+        unsafe fn key(&self, r: usize) -> *const f32 {
+            self.keys.as_ptr().add(r * D)
+        }
+        #[inline(always)]
+        unsafe fn terms(&self, &k: &*const f32, h: usize) -> __m512 {
+            // Two interleaved chains of fused multiply-adds.
+            let q = self.q.as_ptr().add(h * D);
+            let mut t0 = _mm512_mul_ps(_mm512_loadu_ps(q), _mm512_loadu_ps(k));
+            let mut t1 = _mm512_mul_ps(_mm512_loadu_ps(q.add(16)), _mm512_loadu_ps(k.add(16)));
+            for c in (32..D).step_by(32) {
+                t0 = _mm512_fmadd_ps(_mm512_loadu_ps(q.add(c)), _mm512_loadu_ps(k.add(c)), t0);
+                t1 = _mm512_fmadd_ps(_mm512_loadu_ps(q.add(c + 16)), _mm512_loadu_ps(k.add(c + 16)), t1);
+            }
+            _mm512_add_ps(t0, t1)
+        }
+        #[inline(always)]
+        unsafe fn value32(&self, r: usize, c: usize) -> (__m512, __m512) {
+            let v = self.values.as_ptr().add(r * D + c * 32);
+            (_mm512_loadu_ps(v), _mm512_loadu_ps(v.add(16)))
+        }
+        fn rows(&self) -> usize {
+            self.keys.len().min(self.values.len()) / D
+        }
+    }
+
+    /// The Q8_0 entry point.
+    ///
     /// # Safety
     /// The CPU has AVX-512 F/BW/VNNI and F16C; `L * 64 == D`; the caller's
     /// contract of [`super::partial`].
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
     pub(super) unsafe fn partial<const D: usize, const L: usize>(q: &QueryCodes, h_q: usize, g: usize, keys: Q8Rows<'_>, values: Q8Rows<'_>, segments: &[Segment]) -> Partial {
-        debug_assert!(L * 64 == D);
-        let nb = D / QK8_0;
+        body::<D, _>(&Q8::<D, L>::new(q, h_q, keys, values), h_q, g, segments)
+    }
+
+    /// The f32 entry point.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; `D` is a multiple of 32; the caller's contract
+    /// of [`super::partial_f32`].
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(super) unsafe fn partial_f32<const D: usize>(q: &[f32], h_q: usize, g: usize, scale: f32, keys: &[f32], values: &[f32], segments: &[Segment]) -> Partial {
+        body::<D, _>(&F32::<D>::new(q, h_q, scale, keys, values), h_q, g, segments)
+    }
+
+    /// The kernel body, once for every storage: per block of up to
+    /// [`DECODE_BLOCK`] rows of one KV head ([`strided_blocks`]), the logits of
+    /// its `g` query heads 16 rows at a time (each key row prepared once, the
+    /// 16 rows' lane sums in one [`sum16`]), the online softmax per head, then
+    /// the weighted values 32 columns at a time into up to [`HEADS`] heads'
+    /// accumulators held in registers (each value row read once).
+    #[inline(always)]
+    unsafe fn body<const D: usize, R: Rows>(kv: &R, h_q: usize, g: usize, segments: &[Segment]) -> Partial {
         let mut max = vec![f32::NEG_INFINITY; h_q];
         let mut sum = vec![0f32; h_q];
         let mut acc = vec![0f32; h_q * D];
-        // Per query head and code vector `c`: the query's block scales as lanes
-        // (lanes 0..8 hold block 2c's, 8..16 block 2c+1's), as `vpdpbusd` lays
-        // out a 64-code product.
-        let q_lanes: Vec<f32> = (0..h_q * L * 16).map(|i| q.scales[(i / (L * 16)) * nb + 2 * ((i / 16) % L) + (i % 16) / 8]).collect();
-        let pick: [__m512i; L] = std::array::from_fn(|c| _mm512_set_epi32(2 * c as i32 + 1, 2 * c as i32 + 1, 2 * c as i32 + 1, 2 * c as i32 + 1, 2 * c as i32 + 1, 2 * c as i32 + 1, 2 * c as i32 + 1, 2 * c as i32 + 1, 2 * c as i32, 2 * c as i32, 2 * c as i32, 2 * c as i32, 2 * c as i32, 2 * c as i32, 2 * c as i32, 2 * c as i32));
-        let bias = _mm512_set1_epi8(-128); // 0x80: 128 as the unsigned operand
-        let rows = keys.codes.len().min(values.codes.len()) / D;
+        let rows = kv.rows();
         // `[g][DECODE_BLOCK]` logits, then softmax weights, of one block.
         let mut p = vec![0f32; g * DECODE_BLOCK];
         // One group of 16 rows' per-lane logit terms, `[g][16]`.
@@ -160,7 +323,6 @@ mod x86 {
             }
             let row = |j: usize| b.start + j * b.stride;
             let h0 = b.kv_head * g;
-            // Logits, 16 rows at a time.
             for j0 in (0..b.len).step_by(16) {
                 for jj in 0..16 {
                     if j0 + jj >= b.len {
@@ -169,54 +331,36 @@ mod x86 {
                         }
                         continue;
                     }
-                    let r = row(j0 + jj);
-                    let kc = keys.codes.as_ptr().add(r * D);
-                    let ks = row_scales::<D>(keys.scales.as_ptr().add(r * nb));
-                    let k: [__m512i; L] = std::array::from_fn(|c| _mm512_loadu_si512(kc.add(64 * c) as *const _));
-                    // -128 * (sum of each lane's 4 codes): takes the query's bias out.
-                    let unbias: [__m512i; L] = std::array::from_fn(|c| _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_dpbusd_epi32(_mm512_setzero_si512(), bias, k[c])));
-                    let kd: [__m512; L] = std::array::from_fn(|c| _mm512_permutexvar_ps(pick[c], ks));
+                    let key = kv.key(row(j0 + jj));
                     for (i, t) in terms.iter_mut().enumerate() {
-                        let h = h0 + i;
-                        let qc = q.biased.as_ptr().add(h * D);
-                        let ql = q_lanes.as_ptr().add(h * L * 16);
-                        let mut f = _mm512_setzero_ps();
-                        for c in 0..L {
-                            let dot = _mm512_dpbusd_epi32(unbias[c], _mm512_loadu_si512(qc.add(64 * c) as *const _), k[c]);
-                            f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(kd[c], _mm512_loadu_ps(ql.add(16 * c))), f);
-                        }
-                        t[jj] = f;
+                        t[jj] = kv.terms(&key, h0 + i);
                     }
                 }
+                let n = (b.len - j0).min(16);
                 for (i, t) in terms.iter().enumerate() {
-                    // `p` has room for 16 past any `j0 < DECODE_BLOCK`; only `b.len` are read.
-                    let s = sum16(t);
-                    let n = (b.len - j0).min(16);
-                    _mm512_mask_storeu_ps(p.as_mut_ptr().add(i * DECODE_BLOCK + j0), (1u32 << n).wrapping_sub(1) as u16, s);
+                    // `p` has room for 16 past any `j0 < DECODE_BLOCK`; `n` are stored.
+                    _mm512_mask_storeu_ps(p.as_mut_ptr().add(i * DECODE_BLOCK + j0), (1u32 << n).wrapping_sub(1) as u16, sum16(t));
                 }
             }
-            // Online softmax, per query head.
             for i in 0..g {
                 let h = h0 + i;
                 if let Some(shrink) = softmax_block(&mut p[i * DECODE_BLOCK..i * DECODE_BLOCK + b.len], &mut max[h], &mut sum[h]) {
                     acc[h * D..(h + 1) * D].iter_mut().for_each(|x| *x *= shrink);
                 }
             }
-            // Weighted values: one 32-column block of V at a time, up to
-            // `HEADS` query heads' accumulators in registers.
             for first in (0..g).step_by(HEADS) {
                 let n = (g - first).min(HEADS);
-                for c in 0..nb {
-                    let args = (&p[first * DECODE_BLOCK..], acc.as_mut_ptr().add((h0 + first) * D + c * QK8_0), values, &row, b.len, c);
+                for c in 0..D / 32 {
+                    let args = (&p[first * DECODE_BLOCK..], acc.as_mut_ptr().add((h0 + first) * D + c * 32), kv, &row, b.len, c);
                     match n {
-                        1 => add_values::<D, 1, _>(args),
-                        2 => add_values::<D, 2, _>(args),
-                        3 => add_values::<D, 3, _>(args),
-                        4 => add_values::<D, 4, _>(args),
-                        5 => add_values::<D, 5, _>(args),
-                        6 => add_values::<D, 6, _>(args),
-                        7 => add_values::<D, 7, _>(args),
-                        _ => add_values::<D, 8, _>(args),
+                        1 => add_values::<D, 1, _, _>(args),
+                        2 => add_values::<D, 2, _, _>(args),
+                        3 => add_values::<D, 3, _, _>(args),
+                        4 => add_values::<D, 4, _, _>(args),
+                        5 => add_values::<D, 5, _, _>(args),
+                        6 => add_values::<D, 6, _, _>(args),
+                        7 => add_values::<D, 7, _, _>(args),
+                        _ => add_values::<D, 8, _, _>(args),
                     }
                 }
             }
@@ -227,16 +371,11 @@ mod x86 {
     /// Adds `sum_j p[i][j] * V[row(j), 32c .. 32c + 32]` into the 32
     /// accumulators at `acc + i * D` of each of `N` query heads.
     #[inline(always)]
-    unsafe fn add_values<const D: usize, const N: usize, R: Fn(usize) -> usize>((p, acc, values, row, len, c): (&[f32], *mut f32, Q8Rows<'_>, &R, usize, usize)) {
-        let nb = D / QK8_0;
+    unsafe fn add_values<const D: usize, const N: usize, K: Rows, F: Fn(usize) -> usize>((p, acc, kv, row, len, c): (&[f32], *mut f32, &K, &F, usize, usize)) {
         let mut a0: [__m512; N] = std::array::from_fn(|i| _mm512_loadu_ps(acc.add(i * D)));
         let mut a1: [__m512; N] = std::array::from_fn(|i| _mm512_loadu_ps(acc.add(i * D + 16)));
         for j in 0..len {
-            let r = row(j);
-            let vc = values.codes.as_ptr().add(r * D + c * QK8_0);
-            let s = _mm512_set1_ps(f16_to_f32(*values.scales.get_unchecked(r * nb + c)));
-            let v0 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(vc as *const __m128i))), s);
-            let v1 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(vc.add(16) as *const __m128i))), s);
+            let (v0, v1) = kv.value32(row(j), c);
             for i in 0..N {
                 let w = _mm512_set1_ps(*p.get_unchecked(i * DECODE_BLOCK + j));
                 a0[i] = _mm512_fmadd_ps(w, v0, a0[i]);
