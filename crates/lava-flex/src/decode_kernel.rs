@@ -172,6 +172,11 @@ mod x86 {
     pub(super) trait Rows {
         /// What is prepared once per key row for all its query heads.
         type Key: Copy;
+        /// Whether a pass of the weighted values takes whole rows (for up to
+        /// `24 / (D / 16)` heads, each value row read in full once per pass,
+        /// as the hardware prefetcher likes) or 32 columns (one Q8_0 block,
+        /// for up to [`HEADS`] heads, each row widened once per head group).
+        const WHOLE_ROWS: bool;
         unsafe fn key(&self, r: usize) -> Self::Key;
         unsafe fn terms(&self, key: &Self::Key, h: usize) -> __m512;
         unsafe fn value32(&self, r: usize, c: usize) -> (__m512, __m512);
@@ -207,6 +212,7 @@ mod x86 {
         /// The row's codes, `-128 * (sum of each lane's 4 codes)` (takes the
         /// query's bias out) and its block scales as lanes.
         type Key = ([__m512i; L], [__m512i; L], [__m512; L]);
+        const WHOLE_ROWS: bool = false;
         #[inline(always)]
         unsafe fn key(&self, r: usize) -> Self::Key {
             let kc = self.keys.codes.as_ptr().add(r * D);
@@ -255,6 +261,7 @@ mod x86 {
 
     impl<const D: usize> Rows for F32<'_, D> {
         type Key = *const f32;
+        const WHOLE_ROWS: bool = true;
         #[inline(always)]
         unsafe fn key(&self, r: usize) -> *const f32 {
             self.keys.as_ptr().add(r * D)
@@ -348,43 +355,48 @@ mod x86 {
                     acc[h * D..(h + 1) * D].iter_mut().for_each(|x| *x *= shrink);
                 }
             }
-            for first in (0..g).step_by(HEADS) {
-                let n = (g - first).min(HEADS);
-                for c in 0..D / 32 {
-                    let args = (&p[first * DECODE_BLOCK..], acc.as_mut_ptr().add((h0 + first) * D + c * 32), kv, &row, b.len, c);
-                    match n {
-                        1 => add_values::<D, 1, _, _>(args),
-                        2 => add_values::<D, 2, _, _>(args),
-                        3 => add_values::<D, 3, _, _>(args),
-                        4 => add_values::<D, 4, _, _>(args),
-                        5 => add_values::<D, 5, _, _>(args),
-                        6 => add_values::<D, 6, _, _>(args),
-                        7 => add_values::<D, 7, _, _>(args),
-                        _ => add_values::<D, 8, _, _>(args),
+            // Weighted values: `W` vectors (`16 W` columns) of up to `N` query
+            // heads' accumulators in registers per pass over the block's rows.
+            let (w, heads) = if R::WHOLE_ROWS { (D / 16, (24 / (D / 16)).max(1)) } else { (2, HEADS) };
+            for first in (0..g).step_by(heads) {
+                let n = (g - first).min(heads);
+                for c in (0..D).step_by(16 * w) {
+                    let args = (&p[first * DECODE_BLOCK..], acc.as_mut_ptr().add((h0 + first) * D + c), kv, &row, b.len, c / 32);
+                    macro_rules! pass {
+                        ($($w:literal: $($n:literal)*;)*) => {
+                            match (w, n) {
+                                $($(($w, $n) => add_values::<D, $n, $w, _, _>(args),)*)*
+                                _ => unreachable!("no pass of {w} vectors for {n} heads"),
+                            }
+                        };
                     }
+                    pass! { 2: 1 2 3 4 5 6 7 8; 4: 1 2 3 4 5 6; 8: 1 2 3; 16: 1; }
                 }
             }
         }
         Partial::from_parts(max, sum, acc)
     }
 
-    /// Adds `sum_j p[i][j] * V[row(j), 32c .. 32c + 32]` into the 32
+    /// Adds `sum_j p[i][j] * V[row(j), 32c .. 32c + 16 W]` into the `16 W`
     /// accumulators at `acc + i * D` of each of `N` query heads.
     #[inline(always)]
-    unsafe fn add_values<const D: usize, const N: usize, K: Rows, F: Fn(usize) -> usize>((p, acc, kv, row, len, c): (&[f32], *mut f32, &K, &F, usize, usize)) {
-        let mut a0: [__m512; N] = std::array::from_fn(|i| _mm512_loadu_ps(acc.add(i * D)));
-        let mut a1: [__m512; N] = std::array::from_fn(|i| _mm512_loadu_ps(acc.add(i * D + 16)));
+    unsafe fn add_values<const D: usize, const N: usize, const W: usize, K: Rows, F: Fn(usize) -> usize>((p, acc, kv, row, len, c): (&[f32], *mut f32, &K, &F, usize, usize)) {
+        let mut a: [[__m512; W]; N] = std::array::from_fn(|i| std::array::from_fn(|k| _mm512_loadu_ps(acc.add(i * D + 16 * k))));
         for j in 0..len {
-            let (v0, v1) = kv.value32(row(j), c);
-            for i in 0..N {
-                let w = _mm512_set1_ps(*p.get_unchecked(i * DECODE_BLOCK + j));
-                a0[i] = _mm512_fmadd_ps(w, v0, a0[i]);
-                a1[i] = _mm512_fmadd_ps(w, v1, a1[i]);
+            let r = row(j);
+            for k in (0..W).step_by(2) {
+                let (v0, v1) = kv.value32(r, c + k / 2);
+                for i in 0..N {
+                    let w = _mm512_set1_ps(*p.get_unchecked(i * DECODE_BLOCK + j));
+                    a[i][k] = _mm512_fmadd_ps(w, v0, a[i][k]);
+                    a[i][k + 1] = _mm512_fmadd_ps(w, v1, a[i][k + 1]);
+                }
             }
         }
         for i in 0..N {
-            _mm512_storeu_ps(acc.add(i * D), a0[i]);
-            _mm512_storeu_ps(acc.add(i * D + 16), a1[i]);
+            for k in 0..W {
+                _mm512_storeu_ps(acc.add(i * D + 16 * k), a[i][k]);
+            }
         }
     }
 }
