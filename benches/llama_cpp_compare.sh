@@ -21,7 +21,7 @@
 # otherwise): the full cache and LAVa at --budget (128), decode at each depth (8192 is run
 # at 8160 so the timed steps fit the 8k context), prefill of --prefill, K/V stored as
 # --kv-dtype (default f32; llama.cpp keeps its f16 KV). Each lava decode figure is
-# also given as a fraction of its bandwidth bound, triad bandwidth / (weight bytes +
+# also given as a fraction of its bandwidth bound, read bandwidth (`lava bench`: all threads summing a 512 MiB array) / (weight bytes +
 # KV bytes), with the bytes as held (quantized weights and KV counted as stored).
 set -euo pipefail
 cd "$(dirname "$0")/.."
