@@ -566,7 +566,7 @@ impl Partial {
     }
 
     /// [`Self::compute_blocked`] written with vector intrinsics (`L = D / W`
-    /// vectors of `W` lanes per row; AVX-512 or AVX2, inlined into the entry
+    /// vectors of `W` lanes per row; AVX2 (AVX-512 takes `decode_kernel`), inlined into the entry
     /// point compiled for it): the compiler vectorises the portable loops
     /// across rows with gathers instead. Blocks come from [`strided_blocks`],
     /// so the one-row segments that decode appends leave (one per step and KV
@@ -925,12 +925,13 @@ fn exp(x: f32) -> f32 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::bridge::{write_in_place, write_ints_in_place};
     use burn::tensor::{Int, TensorData};
 
-    fn values(len: usize, seed: u64) -> Vec<f32> {
+    /// `len` pseudo-random values in [-2, 2), reproducible from `seed`.
+    pub(crate) fn values(len: usize, seed: u64) -> Vec<f32> {
         let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         (0..len)
             .map(|_| {

@@ -1,17 +1,20 @@
-//! Decode attention over K/V stored as Q8_0, read where they lie and scored
-//! in the integer domain (AVX-512 VNNI), as llama.cpp's CPU flash attention
-//! does for a Q8_0 K: each query head is quantized to Q8_0 once per call
-//! ([`QueryCodes`]), a key's logit is the sum over its 32-value blocks of
-//! `d_q * d_k * (q codes . k codes)`, the integer dot products by `vpdpbusd`
-//! (64 multiply-adds per instruction, 4 times f32 FMA's rate). The values are
-//! widened to f32 in registers, 32 columns (one Q8_0 block) at a time, and
-//! added into the accumulators of all the query heads that share the KV head
-//! at once, so each V row is read and converted once.
+//! Decode attention on AVX-512, one kernel body for K/V stored as f32 or as
+//! Q8_0 (the `Rows` trait of the x86 module says how a storage is read):
+//! per block of one KV head's rows, each key row is prepared once for all the
+//! query heads that share it, 16 rows' logits are summed in one transpose, and
+//! the weighted values are added in register passes into several heads'
+//! accumulators at once, so each value row is read once per pass.
 //!
-//! The widening path of [`crate::stored`] (dequantize, then the f32 kernel)
-//! is the fallback on other CPUs and head dims. This path differs from it by
-//! the query's quantization alone (a relative error of about 1/254 of each
-//! 32-value block's largest query element, in each logit's terms).
+//! Q8_0 is read where it lies and scored in the integer domain (AVX-512
+//! VNNI), as llama.cpp's CPU flash attention does for a Q8_0 K: each query
+//! head is quantized to Q8_0 once per call ([`QueryCodes`]), a key's logit is
+//! the sum over its 32-value blocks of `d_q * d_k * (q codes . k codes)`, the
+//! integer dot products by `vpdpbusd` (64 multiply-adds per instruction). The
+//! values are widened to f32 in registers, 32 columns (one Q8_0 block) at a
+//! time. The widening path of [`crate::stored`] (dequantize, then the f32
+//! kernel) is the fallback on other CPUs and head dims; this path differs from
+//! it by the query's quantization alone (a relative error of about 1/254 of
+//! each 32-value block's largest query element, in each logit's terms).
 
 use half::f16;
 
@@ -34,25 +37,27 @@ pub(crate) struct Q8Rows<'a> {
 pub(crate) struct QueryCodes {
     /// `code + 128`, `[H_q, D]`.
     biased: Vec<u8>,
-    /// `d` of each block, `[H_q, D / 32]`.
-    scales: Vec<f32>,
+    /// `d` of each block, repeated 8 times, `[H_q, D / 4]`: the lanes of
+    /// `vpdpbusd`'s product of 64 codes (lanes 0..8 hold a vector's first
+    /// block, 8..16 its second).
+    lanes: Vec<f32>,
 }
 
 impl QueryCodes {
     /// `q` `[H_q, D]` (`D` a multiple of 32) times `scale`, quantized.
     pub(crate) fn new(q: &[f32], h_q: usize, d: usize, scale: f32) -> Self {
         let mut biased = vec![0u8; h_q * d];
-        let mut scales = vec![0f32; h_q * d / QK8_0];
-        for ((x, c), s) in q[..h_q * d].chunks_exact(QK8_0).zip(biased.chunks_exact_mut(QK8_0)).zip(scales.iter_mut()) {
+        let mut lanes = vec![0f32; h_q * d / 4];
+        for ((x, c), s) in q[..h_q * d].chunks_exact(QK8_0).zip(biased.chunks_exact_mut(QK8_0)).zip(lanes.chunks_exact_mut(8)) {
             let amax = x.iter().fold(0f32, |m, v| m.max((v * scale).abs()));
             let dq = amax / 127.0;
             let inv = if dq == 0.0 { 0.0 } else { 1.0 / dq };
             for (c, &v) in c.iter_mut().zip(x) {
                 *c = ((v * scale * inv).round().clamp(-127.0, 127.0) as i32 + 128) as u8;
             }
-            *s = dq;
+            s.fill(dq);
         }
-        Self { biased, scales }
+        Self { biased, lanes }
     }
 }
 
@@ -194,10 +199,6 @@ mod x86 {
     /// Q8_0 K/V and the query as Q8_0 codes: `vpdpbusd` (AVX-512 VNNI).
     pub(super) struct Q8<'a, const D: usize, const L: usize> {
         q: &'a QueryCodes,
-        /// Per query head and code vector `c`: the query's block scales as
-        /// lanes (0..8 block 2c's, 8..16 block 2c+1's), as `vpdpbusd` lays out
-        /// a 64-code product.
-        q_lanes: Vec<f32>,
         pick: [__m512i; L],
         keys: Q8Rows<'a>,
         values: Q8Rows<'a>,
@@ -205,14 +206,12 @@ mod x86 {
 
     impl<'a, const D: usize, const L: usize> Q8<'a, D, L> {
         #[inline(always)]
-        pub(super) unsafe fn new(q: &'a QueryCodes, h_q: usize, keys: Q8Rows<'a>, values: Q8Rows<'a>) -> Self {
-            let nb = D / QK8_0;
-            let q_lanes = (0..h_q * L * 16).map(|i| q.scales[(i / (L * 16)) * nb + 2 * ((i / 16) % L) + (i % 16) / 8]).collect();
+        pub(super) unsafe fn new(q: &'a QueryCodes, keys: Q8Rows<'a>, values: Q8Rows<'a>) -> Self {
             let pick = std::array::from_fn(|c| {
                 let (lo, hi) = (2 * c as i32, 2 * c as i32 + 1);
                 _mm512_set_epi32(hi, hi, hi, hi, hi, hi, hi, hi, lo, lo, lo, lo, lo, lo, lo, lo)
             });
-            Self { q, q_lanes, pick, keys, values }
+            Self { q, pick, keys, values }
         }
     }
 
@@ -233,7 +232,7 @@ mod x86 {
         #[inline(always)]
         unsafe fn terms(&self, (k, unbias, kd): &Self::Key, h: usize) -> __m512 {
             let qc = self.q.biased.as_ptr().add(h * D);
-            let ql = self.q_lanes.as_ptr().add(h * L * 16);
+            let ql = self.q.lanes.as_ptr().add(h * L * 16);
             let mut f = _mm512_setzero_ps();
             for c in 0..L {
                 let dot = _mm512_dpbusd_epi32(unbias[c], _mm512_loadu_si512(qc.add(64 * c) as *const _), k[c]);
@@ -317,7 +316,7 @@ mod x86 {
     /// contract of [`super::partial`].
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
     pub(super) unsafe fn partial<const D: usize, const L: usize>(q: &QueryCodes, h_q: usize, g: usize, keys: Q8Rows<'_>, values: Q8Rows<'_>, segments: &[Segment]) -> Partial {
-        body::<D, _>(&Q8::<D, L>::new(q, h_q, keys, values), h_q, g, segments)
+        body::<D, _>(&Q8::<D, L>::new(q, keys, values), h_q, g, segments)
     }
 
     /// The f32 entry point.
@@ -429,14 +428,9 @@ mod tests {
     use super::*;
     use crate::stored::quantize_rows_q8_0;
 
+    /// Pseudo-random values in [-1, 1).
     fn values(len: usize, seed: u64) -> Vec<f32> {
-        let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (0..len)
-            .map(|_| {
-                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
+        crate::attention::tests::values(len, seed).iter().map(|x| x / 2.0).collect()
     }
 
     /// ggml's Q8_0 of one block, as f64 values (`x * (1/d)` rounded half away from zero).

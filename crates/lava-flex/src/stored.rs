@@ -3,8 +3,9 @@
 //! [`WIDEN_ROWS`] rows of one KV head is widened to f32 in a small scratch
 //! buffer (it stays in cache) and attended by the f32 decode kernel of
 //! [`crate::attention`]; the runs' partial softmax sums are merged
-//! (max-shifted), as across threads. The generic path of `lava-cache`
-//! (dequantize, then attend) is the reference.
+//! (max-shifted), as across threads. Q8_0 on a CPU with AVX-512 VNNI takes
+//! the crate's `decode_kernel` instead (keys scored in the integer domain). The
+//! generic path of `lava-cache` (dequantize, then attend) is the reference.
 
 use std::ops::Range;
 
